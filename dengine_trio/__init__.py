@@ -1,0 +1,1 @@
+"""dengine_trio: embedded Raft consensus on trio."""
