@@ -1,0 +1,45 @@
+"""Tuning of the Raft core. Times are in milliseconds of the caller's clock."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import attrs
+
+
+class Durability(str, Enum):
+    """When an entry counts toward commit.
+
+    DISK_FIRST: only once durable (fsynced) on the node that counts it.
+    MEM_FIRST: once appended in memory; the runtime flushes in batches, so a crash of a
+    majority can lose acknowledged writes within the flush window.
+    """
+
+    DISK_FIRST = "DiskFirst"
+    MEM_FIRST = "MemFirst"
+
+
+@attrs.frozen(slots=True)
+class RaftConfig:
+    node_id: int
+    voters: tuple[int, ...]
+    election_timeout_min_ms: float = 600.0
+    election_timeout_max_ms: float = 900.0
+    heartbeat_interval_ms: float = 50.0
+    lease_duration_ms: float = 500.0
+    max_entries_per_msg: int = 512
+    max_bytes_per_msg: int = 1 << 20
+    max_inflight_msgs: int = 64
+    durability: Durability = Durability.DISK_FIRST
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.node_id not in self.voters:
+            raise ValueError(f"node {self.node_id} is not among the voters {self.voters}")
+        if not 0 < self.election_timeout_min_ms < self.election_timeout_max_ms:
+            raise ValueError("election timeout range must be 0 < min < max")
+        if not 0 < self.heartbeat_interval_ms < self.election_timeout_min_ms:
+            raise ValueError("heartbeat interval must be shorter than the election timeout")
+        if self.lease_duration_ms >= self.election_timeout_min_ms:
+            raise ValueError("lease must be shorter than the minimum election timeout")

@@ -1,0 +1,102 @@
+"""What the Raft core asks its runtime to do.
+
+``RaftNode.step`` returns effects in the order they must be carried out: a ``PersistHardState``
+must be durable (fsynced) before any later ``Send`` in the same list leaves the node.
+``PersistEntries`` may complete asynchronously; the runtime reports completion with the
+``Persisted`` event, and the core holds back whatever must wait for durability.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import attrs
+
+from .messages import Entry, Message
+
+
+class Role(str, Enum):
+    FOLLOWER = "Follower"
+    PRE_CANDIDATE = "PreCandidate"
+    CANDIDATE = "Candidate"
+    LEADER = "Leader"
+
+
+@attrs.frozen(slots=True)
+class Send:
+    message: Message
+
+
+@attrs.frozen(slots=True)
+class PersistHardState:
+    """Make (term, voted_for) durable before sending anything that follows. 0 means no vote."""
+
+    term: int
+    voted_for: int
+
+
+@attrs.frozen(slots=True)
+class PersistEntries:
+    """Append ``entries`` to the durable log, first truncating it from ``entries[0].index``."""
+
+    entries: tuple[Entry, ...]
+
+
+@attrs.frozen(slots=True)
+class Apply:
+    """Committed entries, in log order, for the state machine (no-ops included; skip them)."""
+
+    entries: tuple[Entry, ...]
+
+
+@attrs.frozen(slots=True)
+class ReadReady:
+    """Serve read ``request_id`` once the state machine has applied ``read_index``."""
+
+    request_id: int
+    read_index: int
+
+
+@attrs.frozen(slots=True)
+class ReadFailed:
+    """The read could not get a read index here; ``leader_id`` (0 if unknown) may serve it."""
+
+    request_id: int
+    leader_id: int
+
+
+@attrs.frozen(slots=True)
+class Proposed:
+    """The command became entry (``index``, ``term``); it is committed when that entry applies."""
+
+    request_id: int
+    index: int
+    term: int
+
+
+@attrs.frozen(slots=True)
+class ProposalRejected:
+    """This node cannot take proposals; ``leader_id`` (0 if unknown) is where to forward them."""
+
+    request_id: int
+    leader_id: int
+
+
+@attrs.frozen(slots=True)
+class RoleChanged:
+    role: Role
+    term: int
+    leader_id: int
+
+
+Effect = (
+    Send
+    | PersistHardState
+    | PersistEntries
+    | Apply
+    | ReadReady
+    | ReadFailed
+    | Proposed
+    | ProposalRejected
+    | RoleChanged
+)

@@ -1,0 +1,176 @@
+"""The RPCs Raft nodes exchange, and the log entry they carry.
+
+Every message names its sender (``src``), its receiver (``dst``) and the sender's ``term``; the
+rules in ``node.py`` compare terms before anything else (Raft paper, Figure 2, "Rules for all
+servers"). These are plain attrs classes so the wire layer can encode them with cattrs.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import attrs
+
+
+class EntryKind(IntEnum):
+    """What an entry carries. A no-op is what a new leader appends to commit its term (§8)."""
+
+    COMMAND = 0
+    NOOP = 1
+
+
+@attrs.frozen(slots=True)
+class Entry:
+    """One log entry: ``data`` is an opaque command for the state machine."""
+
+    term: int
+    index: int
+    data: bytes = b""
+    kind: EntryKind = EntryKind.COMMAND
+
+
+@attrs.frozen(slots=True)
+class RequestVote:
+    """RequestVote RPC (§5.2), also used for PreVote (Ongaro's thesis §9.6).
+
+    A pre-vote carries the term the sender *would* campaign in, without the sender having moved
+    to it. ``transfer`` marks a campaign started by TimeoutNow (leadership transfer, thesis §3.10):
+    receivers then ignore their "heard from a leader recently" guard.
+    """
+
+    term: int
+    src: int
+    dst: int
+    last_log_index: int
+    last_log_term: int
+    pre_vote: bool = False
+    transfer: bool = False
+
+
+@attrs.frozen(slots=True)
+class RequestVoteResponse:
+    term: int
+    src: int
+    dst: int
+    granted: bool
+    pre_vote: bool = False
+
+
+@attrs.frozen(slots=True)
+class AppendEntries:
+    """AppendEntries RPC (§5.3): entries following ``prev_log_index``; may be empty."""
+
+    term: int
+    src: int
+    dst: int
+    prev_log_index: int
+    prev_log_term: int
+    entries: tuple[Entry, ...]
+    leader_commit: int
+
+
+@attrs.frozen(slots=True)
+class AppendEntriesResponse:
+    """Reply to AppendEntries.
+
+    On success ``match_index`` is the highest index the follower knows to match the leader's log
+    (and, under DiskFirst, has made durable). On rejection ``reject_index`` echoes the request's
+    ``prev_log_index`` so the leader can ignore stale rejections, and ``conflict_index`` /
+    ``conflict_term`` let it skip a whole conflicting term at once (§5.3, "fast back-tracking").
+    """
+
+    term: int
+    src: int
+    dst: int
+    success: bool
+    match_index: int = 0
+    reject_index: int = 0
+    conflict_index: int = 0
+    conflict_term: int = 0
+
+
+@attrs.frozen(slots=True)
+class Heartbeat:
+    """Leader's periodic liveness message (etcd's MsgHeartbeat).
+
+    ``commit`` is already capped by the leader at what this follower is known to hold. ``seq``
+    numbers the heartbeat round; a quorum of acknowledgements of round ``seq`` confirms
+    leadership as of the time that round was sent (ReadIndex and the leader lease use this).
+    """
+
+    term: int
+    src: int
+    dst: int
+    commit: int
+    seq: int
+
+
+@attrs.frozen(slots=True)
+class HeartbeatResponse:
+    """Echoes ``seq``; ``last_index`` lets the leader notice a follower that lost its tail."""
+
+    term: int
+    src: int
+    dst: int
+    seq: int
+    last_index: int
+
+
+@attrs.frozen(slots=True)
+class TimeoutNow:
+    """Leadership transfer: the receiver campaigns at once, skipping PreVote."""
+
+    term: int
+    src: int
+    dst: int
+
+
+@attrs.frozen(slots=True)
+class ReadIndex:
+    """A follower asks the leader for a read index on behalf of one of its clients.
+
+    ``lease`` lets the leader answer from its lease without a heartbeat round.
+    """
+
+    term: int
+    src: int
+    dst: int
+    request_id: int
+    lease: bool = False
+
+
+@attrs.frozen(slots=True)
+class ReadIndexResponse:
+    """``read_index`` is 0 and ``ok`` False when the leader could not serve the request."""
+
+    term: int
+    src: int
+    dst: int
+    request_id: int
+    read_index: int
+    ok: bool
+
+
+Message = (
+    RequestVote
+    | RequestVoteResponse
+    | AppendEntries
+    | AppendEntriesResponse
+    | Heartbeat
+    | HeartbeatResponse
+    | TimeoutNow
+    | ReadIndex
+    | ReadIndexResponse
+)
+
+MESSAGE_TYPES: tuple[type, ...] = (
+    RequestVote,
+    RequestVoteResponse,
+    AppendEntries,
+    AppendEntriesResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    TimeoutNow,
+    ReadIndex,
+    ReadIndexResponse,
+)
