@@ -1,0 +1,490 @@
+"""Node configuration: one TOML file per node, structured by cattrs into frozen attrs classes.
+
+The schema is the one of ``three-nodes-embedded.md`` (``[cluster]``, ``[raft.read_consistency]``,
+``[raft.persistence]``) plus optional sections for timings and limits; see
+``docs/configuration.md``. Every mistake surfaces as one :class:`ConfigError` whose text is a
+single line ``<file>: <dotted.key>: <problem>``, so an operator sees at once what to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+)
+from cattrs.gen import make_dict_structure_fn
+
+from dengine_trio.policy import ReadPolicy
+from dengine_trio.raft.config import Durability, RaftConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+__all__ = [
+    "ROLE_FOLLOWER",
+    "STATUS_ACTIVE",
+    "Batch",
+    "ClusterConfig",
+    "ConfigError",
+    "FlushPolicy",
+    "Limits",
+    "NodeConfig",
+    "PeerConfig",
+    "PersistenceConfig",
+    "RaftSection",
+    "ReadConsistencyConfig",
+    "ReplicationConfig",
+    "SnapshotConfig",
+    "TimingConfig",
+    "load_config",
+    "resolve_config_path",
+]
+
+ROLE_FOLLOWER = 1
+"""``role = 1`` in ``initial_cluster``: the node starts as a Follower (the only start role)."""
+STATUS_ACTIVE = 2
+"""``status = 2`` in ``initial_cluster``: an active voting member (the only status so far)."""
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used. ``str()`` is one line naming file and key."""
+
+    def __init__(self, file: str | Path, key: str | None, problem: str) -> None:
+        self.file = str(file)
+        self.key = key
+        # A multi-line message would break the one-line-per-error promise in logs.
+        self.problem = " ".join(problem.split())
+        prefix = f"{self.file}: {key}: " if key else f"{self.file}: "
+        super().__init__(prefix + self.problem)
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema. Defaults are the documented ones; docs/configuration.md explains each.
+
+
+@attrs.frozen(slots=True)
+class PeerConfig:
+    """One member of ``[cluster] initial_cluster``."""
+
+    id: int
+    address: str
+    role: int = ROLE_FOLLOWER
+    status: int = STATUS_ACTIVE
+
+
+def _default_db_root_dir(cluster: ClusterConfig) -> str:
+    return f"./db/{cluster.node_id}"
+
+
+@attrs.frozen(slots=True)
+class ClusterConfig:
+    node_id: int
+    listen_address: str
+    initial_cluster: list[PeerConfig]
+    db_root_dir: str = attrs.field(default=attrs.Factory(_default_db_root_dir, takes_self=True))
+    name: str = "dengine"
+
+
+@attrs.frozen(slots=True)
+class ReadConsistencyConfig:
+    default_policy: ReadPolicy = ReadPolicy.LINEARIZABLE
+    lease_duration_ms: int = 500
+
+
+@attrs.frozen(slots=True)
+class Batch:
+    """MemFirst flush: fsync once ``threshold`` entries are pending or ``interval_ms`` passed."""
+
+    threshold: int = 100
+    interval_ms: int = 20
+
+
+@attrs.frozen(slots=True)
+class FlushPolicy:
+    """``flush_policy = { Batch = { ... } }``: a one-key table naming the policy kind."""
+
+    batch: Batch = attrs.Factory(Batch)
+
+
+@attrs.frozen(slots=True)
+class PersistenceConfig:
+    strategy: Durability = Durability.DISK_FIRST
+    flush_policy: FlushPolicy = attrs.Factory(FlushPolicy)
+
+
+@attrs.frozen(slots=True)
+class SnapshotConfig:
+    enable: bool = False
+
+
+@attrs.frozen(slots=True)
+class TimingConfig:
+    election_timeout_min_ms: int = 600
+    election_timeout_max_ms: int = 900
+    heartbeat_interval_ms: int = 50
+    request_timeout_ms: int = 5000
+
+
+@attrs.frozen(slots=True)
+class ReplicationConfig:
+    max_entries_per_msg: int = 512
+    max_bytes_per_msg: int = 1 << 20
+    max_inflight_msgs: int = 64
+
+
+@attrs.frozen(slots=True)
+class RaftSection:
+    read_consistency: ReadConsistencyConfig = attrs.Factory(ReadConsistencyConfig)
+    persistence: PersistenceConfig = attrs.Factory(PersistenceConfig)
+    snapshot: SnapshotConfig = attrs.Factory(SnapshotConfig)
+    timing: TimingConfig = attrs.Factory(TimingConfig)
+    replication: ReplicationConfig = attrs.Factory(ReplicationConfig)
+
+
+@attrs.frozen(slots=True)
+class Limits:
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 1 << 20
+    max_body_bytes: int = 1 << 20
+    max_pending_requests: int = 10_000
+
+
+@attrs.frozen(slots=True)
+class _FileSchema:
+    """What the TOML file holds; NodeConfig adds where it came from."""
+
+    cluster: ClusterConfig
+    raft: RaftSection = attrs.Factory(RaftSection)
+    limits: Limits = attrs.Factory(Limits)
+
+
+@attrs.frozen(slots=True)
+class NodeConfig:
+    """A validated node configuration. Construction validates; invalid values raise ConfigError."""
+
+    path: Path
+    cluster: ClusterConfig
+    raft: RaftSection = attrs.Factory(RaftSection)
+    limits: Limits = attrs.Factory(Limits)
+
+    def __attrs_post_init__(self) -> None:
+        for key, problem in _problems(self):
+            raise ConfigError(self.path, key, problem)
+
+    def raft_config(self) -> RaftConfig:
+        """The Raft core's tuning; every member of ``initial_cluster`` is a voter."""
+        timing = self.raft.timing
+        replication = self.raft.replication
+        return RaftConfig(
+            node_id=self.cluster.node_id,
+            voters=tuple(sorted(p.id for p in self.cluster.initial_cluster)),
+            election_timeout_min_ms=timing.election_timeout_min_ms,
+            election_timeout_max_ms=timing.election_timeout_max_ms,
+            heartbeat_interval_ms=timing.heartbeat_interval_ms,
+            lease_duration_ms=self.raft.read_consistency.lease_duration_ms,
+            max_entries_per_msg=replication.max_entries_per_msg,
+            max_bytes_per_msg=replication.max_bytes_per_msg,
+            max_inflight_msgs=replication.max_inflight_msgs,
+            durability=self.raft.persistence.strategy,
+        )
+
+    def peer_addresses(self) -> dict[int, tuple[str, int]]:
+        """Raft address of every member, this node included: ``{id: (host, port)}``."""
+        return {p.id: _split_address(p.address) for p in self.cluster.initial_cluster}
+
+    def listen_host_port(self) -> tuple[str, int]:
+        """Where this node's Raft listener binds."""
+        return _split_address(self.cluster.listen_address)
+
+    def db_root_path(self) -> Path:
+        """``db_root_dir`` as an absolute path (a relative one is taken from the cwd)."""
+        return Path(self.cluster.db_root_dir).absolute()
+
+    def cluster_id(self) -> str:
+        """Identity exchanged in the node handshake: ``<name>-<12 hex digits>``.
+
+        The digits hash the sorted ``(id, address)`` membership, so a node configured with
+        another membership (or a node of another cluster) is refused instead of voting.
+        """
+        members = sorted((p.id, p.address) for p in self.cluster.initial_cluster)
+        digest = hashlib.sha256(json.dumps(members).encode()).hexdigest()[:12]
+        return f"{self.cluster.name}-{digest}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation beyond types: (dotted key, problem) pairs, in file order.
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 hosts in brackets) -> ``(host, port)``; ValueError if malformed."""
+    host, sep, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"{address!r} is not host:port")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} of {address!r} is outside 1-65535")
+    return host, port
+
+
+def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
+    cluster = cfg.cluster
+    if cluster.node_id < 1:
+        yield "cluster.node_id", f"must be a positive integer, got {cluster.node_id}"
+    if not cluster.name:
+        yield "cluster.name", "must not be empty"
+    if not cluster.db_root_dir:
+        yield "cluster.db_root_dir", "must not be empty"
+    try:
+        _split_address(cluster.listen_address)
+    except ValueError as exc:
+        yield "cluster.listen_address", f'{exc} (expected e.g. "0.0.0.0:9081")'
+
+    seen_ids: set[int] = set()
+    seen_addresses: dict[tuple[str, int], int] = {}
+    for i, peer in enumerate(cluster.initial_cluster):
+        key = f"cluster.initial_cluster[{i}]"
+        if peer.id < 1:
+            yield f"{key}.id", f"must be a positive integer, got {peer.id}"
+        if peer.id in seen_ids:
+            yield f"{key}.id", f"duplicate id {peer.id}"
+        seen_ids.add(peer.id)
+        try:
+            host_port = _split_address(peer.address)
+        except ValueError as exc:
+            yield f"{key}.address", f'{exc} (expected e.g. "0.0.0.0:9081")'
+        else:
+            normalized = (host_port[0].lower(), host_port[1])
+            if normalized in seen_addresses:
+                other = seen_addresses[normalized]
+                yield f"{key}.address", f"duplicate address {peer.address!r} (also node {other})"
+            seen_addresses.setdefault(normalized, peer.id)
+        if peer.role != ROLE_FOLLOWER:
+            yield (
+                f"{key}.role",
+                f"unsupported role {peer.role}; supported: {ROLE_FOLLOWER} (starts as Follower)",
+            )
+        if peer.status != STATUS_ACTIVE:
+            yield (
+                f"{key}.status",
+                f"unsupported status {peer.status}; "
+                f"supported: {STATUS_ACTIVE} (active voting member)",
+            )
+    if cluster.node_id not in seen_ids:
+        yield (
+            "cluster.node_id",
+            f"node {cluster.node_id} is not in cluster.initial_cluster "
+            f"(ids: {', '.join(str(p.id) for p in cluster.initial_cluster) or 'none'})",
+        )
+
+    timing = cfg.raft.timing
+    election_min = timing.election_timeout_min_ms
+    yield from _positive("raft.timing", timing)
+    if timing.election_timeout_min_ms >= timing.election_timeout_max_ms:
+        yield (
+            "raft.timing.election_timeout_min_ms",
+            f"must be less than raft.timing.election_timeout_max_ms "
+            f"({timing.election_timeout_max_ms})",
+        )
+    if timing.heartbeat_interval_ms >= election_min:
+        yield (
+            "raft.timing.heartbeat_interval_ms",
+            f"must be shorter than raft.timing.election_timeout_min_ms ({election_min})",
+        )
+
+    lease_ms = cfg.raft.read_consistency.lease_duration_ms
+    if lease_ms <= 0:
+        yield "raft.read_consistency.lease_duration_ms", f"must be positive, got {lease_ms}"
+    elif lease_ms >= election_min:
+        # A lease outliving the election timeout would let an old leader serve reads while a
+        # new leader, elected after that timeout, already accepts writes.
+        yield (
+            "raft.read_consistency.lease_duration_ms",
+            f"must be shorter than raft.timing.election_timeout_min_ms ({election_min})",
+        )
+
+    yield from _positive(
+        "raft.persistence.flush_policy.Batch", cfg.raft.persistence.flush_policy.batch
+    )
+    yield from _positive("raft.replication", cfg.raft.replication)
+    yield from _positive("limits", cfg.limits)
+
+
+def _positive(section: str, obj: Any) -> Iterator[tuple[str, str]]:
+    """Every field of ``obj`` (all integers) must be > 0."""
+    for field in attrs.fields(type(obj)):
+        value = getattr(obj, field.name)
+        if value <= 0:
+            yield f"{section}.{field.name}", f"must be positive, got {value}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Structuring: a strict cattrs converter. TOML already has types, so nothing is coerced: a
+# quoted "600" where an integer belongs is a mistake worth reporting, not guessing about.
+
+
+class _Invalid(ValueError):
+    """A problem whose message is already written for the operator."""
+
+
+def _toml_type(value: object) -> str:
+    names = {bool: "boolean", int: "integer", float: "float", str: "string"}
+    names |= {list: "array", dict: "table"}
+    name = names.get(type(value), type(value).__name__)
+    return f"{name} {value!r}" if isinstance(value, (bool, int, float, str)) else name
+
+
+def _strict(expected: str, check: Callable[[object], bool]) -> Callable[[Any, type], Any]:
+    def structure(value: Any, _: type) -> Any:
+        if not check(value):
+            raise _Invalid(f"expected {expected}, got {_toml_type(value)}")
+        return value
+
+    return structure
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def _structure_enum(value: Any, cls: type[E]) -> E:
+    allowed = [member.value for member in cls]
+    if isinstance(value, str):
+        for member in cls:
+            if member.value == value:
+                return member
+    choices = ", ".join(f'"{v}"' for v in allowed)
+    raise _Invalid(f"must be one of {choices}, got {_toml_type(value)}")
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(
+        int, _strict("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
+    )
+    conv.register_structure_hook(str, _strict("a string", lambda v: isinstance(v, str)))
+    conv.register_structure_hook(bool, _strict("a boolean", lambda v: isinstance(v, bool)))
+    # Registered per class: the enums derive from str, so the str hook would otherwise win.
+    for enum_cls in (ReadPolicy, Durability):
+        conv.register_structure_hook(enum_cls, _structure_enum)
+
+    def table_hook(cl: type) -> Callable[[Any, type], Any]:
+        inner = make_dict_structure_fn(cl, conv, _cattrs_forbid_extra_keys=True)
+
+        def structure(value: Any, t: type) -> Any:
+            if not isinstance(value, dict):
+                raise _Invalid(f"expected a table, got {_toml_type(value)}")
+            return inner(value, t)
+
+        return structure
+
+    conv.register_structure_hook_factory(attrs.has, table_hook)
+
+    peer_list = list[PeerConfig]
+    structure_peers = conv.get_structure_hook(peer_list)
+
+    def peers_hook(value: Any, t: type) -> list[PeerConfig]:
+        if not isinstance(value, list):
+            raise _Invalid(f"expected an array of tables, got {_toml_type(value)}")
+        result: list[PeerConfig] = structure_peers(value, t)
+        return result
+
+    conv.register_structure_hook_func(lambda t: t == peer_list, peers_hook)
+
+    def flush_policy_hook(value: Any, _: type) -> FlushPolicy:
+        if not isinstance(value, dict) or len(value) != 1:
+            raise _Invalid(
+                "expected one policy kind, e.g. { Batch = { threshold = 100, interval_ms = 20 } }"
+            )
+        ((kind, body),) = value.items()
+        if kind != "Batch":
+            raise _Invalid(f"unknown flush policy kind {kind!r}; supported: Batch")
+        try:
+            return FlushPolicy(batch=conv.structure(body, Batch))
+        except Exception as exc:
+            # Re-wrap so the error path reads flush_policy.Batch.<key>, as written in the file.
+            note = cattrs.AttributeValidationNote("structuring Batch", "Batch", Batch)
+            exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
+            raise ClassValidationError(
+                "while structuring FlushPolicy", [exc], FlushPolicy
+            ) from None
+
+    conv.register_structure_hook(FlushPolicy, flush_policy_hook)
+    return conv
+
+
+_converter = _make_converter()
+
+
+def _flatten(exc: BaseException, path: str) -> Iterator[tuple[str, str]]:
+    """Walk cattrs' exception groups (as ``cattrs.transform_error`` does) to (key, problem)."""
+    if isinstance(exc, (ClassValidationError, IterableValidationError)):
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            if isinstance(note, cattrs.AttributeValidationNote):
+                sub_path = f"{path}.{note.name}" if path else note.name
+            else:
+                sub_path = f"{path}[{note.index!r}]"
+            yield from _flatten(sub, sub_path)
+        for sub in without:
+            yield from _flatten(sub, path)
+    elif isinstance(exc, ForbiddenExtraKeysError):
+        for extra in sorted(exc.extra_fields):
+            yield (f"{path}.{extra}" if path else extra), "unknown key"
+    elif isinstance(exc, KeyError):
+        yield path, "required key is missing"
+    elif isinstance(exc, _Invalid):
+        yield path, str(exc)
+    else:
+        yield path, f"invalid value ({type(exc).__name__}: {exc})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points.
+
+
+def resolve_config_path(arg: str | Path) -> Path:
+    """The file ``arg`` names: as given if it is a file, else with ``.toml`` appended.
+
+    So ``--config-path config/n1`` and ``--config-path config/n1.toml`` both work. Raises
+    ConfigError if neither exists.
+    """
+    given = Path(arg)
+    if given.is_file():
+        return given
+    with_suffix = Path(f"{arg}.toml")
+    if with_suffix.is_file():
+        return with_suffix
+    raise ConfigError(arg, None, f"cannot read: no such file (also tried {with_suffix})")
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read, structure and validate one node's TOML file (``.toml`` may be left off)."""
+    resolved = resolve_config_path(path)
+    try:
+        data = tomllib.loads(resolved.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(resolved, None, f"cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(resolved, None, f"cannot read: not UTF-8 ({exc.reason})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(resolved, None, f"invalid TOML: {exc}") from exc
+    try:
+        schema = _converter.structure(data, _FileSchema)
+    except Exception as exc:
+        key, problem = next(_flatten(exc, ""), ("", str(exc)))
+        raise ConfigError(resolved, key or None, problem) from exc
+    return NodeConfig(path=resolved, cluster=schema.cluster, raft=schema.raft, limits=schema.limits)
