@@ -175,7 +175,7 @@ class _FileSchema:
 class NodeConfig:
     """A validated node configuration. Construction validates; invalid values raise ConfigError."""
 
-    path: Path
+    path: Path = attrs.field(converter=Path)
     cluster: ClusterConfig
     raft: RaftSection = attrs.Factory(RaftSection)
     limits: Limits = attrs.Factory(Limits)
@@ -382,7 +382,9 @@ def _make_converter() -> cattrs.Converter:
         conv.register_structure_hook(enum_cls, _structure_enum)
 
     def table_hook(cl: type) -> Callable[[Any, type], Any]:
-        inner = make_dict_structure_fn(cl, conv, _cattrs_forbid_extra_keys=True)
+        inner: Callable[[Any, type], Any] = make_dict_structure_fn(
+            cl, conv, _cattrs_forbid_extra_keys=True
+        )
 
         def structure(value: Any, t: type) -> Any:
             if not isinstance(value, dict):

@@ -1,0 +1,334 @@
+"""Node configuration: shipped files, the mission's file, and one-line errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dengine_trio.config import (
+    Batch,
+    ClusterConfig,
+    ConfigError,
+    NodeConfig,
+    PeerConfig,
+    load_config,
+    resolve_config_path,
+)
+from dengine_trio.policy import ReadPolicy
+from dengine_trio.raft.config import Durability
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Copied verbatim from three-nodes-embedded.md, "Node Configuration".
+MISSION_TOML = """\
+[cluster]
+node_id = 1  # 2, 3 for other nodes
+listen_address = "0.0.0.0:9081"
+initial_cluster = [
+    { id = 1, address = "0.0.0.0:9081", role = 1, status = 2 },
+    { id = 2, address = "0.0.0.0:9082", role = 1, status = 2 },
+    { id = 3, address = "0.0.0.0:9083", role = 1, status = 2 },
+]
+
+[raft.read_consistency]
+default_policy = "LeaseRead"
+lease_duration_ms = 500
+
+[raft.persistence]
+strategy = "MemFirst"
+flush_policy = { Batch = { threshold = 100, interval_ms = 20 } }
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "node.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_mission_file_loads_with_its_values_and_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MISSION_TOML))
+    assert cfg.cluster.node_id == 1
+    assert cfg.listen_host_port() == ("0.0.0.0", 9081)
+    assert [(p.id, p.address, p.role, p.status) for p in cfg.cluster.initial_cluster] == [
+        (1, "0.0.0.0:9081", 1, 2),
+        (2, "0.0.0.0:9082", 1, 2),
+        (3, "0.0.0.0:9083", 1, 2),
+    ]
+    assert cfg.raft.read_consistency.default_policy is ReadPolicy.LEASE
+    assert cfg.raft.read_consistency.lease_duration_ms == 500
+    assert cfg.raft.persistence.strategy is Durability.MEM_FIRST
+    assert cfg.raft.persistence.flush_policy.batch == Batch(threshold=100, interval_ms=20)
+    # Defaults for everything the mission leaves out.
+    assert cfg.cluster.db_root_dir == "./db/1"
+    assert cfg.cluster.name == "dengine"
+    assert cfg.raft.snapshot.enable is False
+    timing = cfg.raft.timing
+    assert (timing.election_timeout_min_ms, timing.election_timeout_max_ms) == (600, 900)
+    assert (timing.heartbeat_interval_ms, timing.request_timeout_ms) == (50, 5000)
+    replication = cfg.raft.replication
+    assert replication.max_entries_per_msg == 512
+    assert replication.max_bytes_per_msg == 1048576
+    assert replication.max_inflight_msgs == 64
+    assert cfg.limits.max_key_bytes == 1024
+    assert cfg.limits.max_value_bytes == 1048576
+    assert cfg.limits.max_body_bytes == 1048576
+    assert cfg.limits.max_pending_requests == 10000
+
+
+def test_raft_config_carries_the_file_values(tmp_path: Path) -> None:
+    extra = "\n[raft.timing]\nelection_timeout_min_ms = 700\nelection_timeout_max_ms = 1000\n"
+    extra += "heartbeat_interval_ms = 70\n[raft.replication]\nmax_entries_per_msg = 64\n"
+    extra += "max_bytes_per_msg = 4096\nmax_inflight_msgs = 8\n"
+    cfg = load_config(write(tmp_path, MISSION_TOML.replace("node_id = 1 ", "node_id = 2 ") + extra))
+    raft = cfg.raft_config()
+    assert raft.node_id == 2
+    assert raft.voters == (1, 2, 3)
+    assert (raft.election_timeout_min_ms, raft.election_timeout_max_ms) == (700, 1000)
+    assert raft.heartbeat_interval_ms == 70
+    assert raft.lease_duration_ms == 500
+    assert (raft.max_entries_per_msg, raft.max_bytes_per_msg, raft.max_inflight_msgs) == (
+        64,
+        4096,
+        8,
+    )
+    assert raft.durability is Durability.MEM_FIRST
+
+
+@pytest.mark.parametrize(
+    ("relative", "node_id", "members", "db_root_dir"),
+    [(f"config/n{n}.toml", n, 3, f"./db/{n}") for n in (1, 2, 3)]
+    + [(f"config/five/n{n}.toml", n, 5, f"./db/five/{n}") for n in (1, 2, 3, 4, 5)],
+)
+def test_shipped_files_load(relative: str, node_id: int, members: int, db_root_dir: str) -> None:
+    cfg = load_config(REPO / relative)
+    assert cfg.cluster.node_id == node_id
+    assert cfg.listen_host_port() == ("0.0.0.0", 9080 + node_id)
+    assert cfg.peer_addresses() == {i: ("0.0.0.0", 9080 + i) for i in range(1, members + 1)}
+    assert cfg.cluster.db_root_dir == db_root_dir
+    assert cfg.raft.read_consistency.default_policy is ReadPolicy.LEASE
+    assert cfg.raft.read_consistency.lease_duration_ms == 500
+    assert cfg.raft.persistence.strategy is Durability.MEM_FIRST
+    assert cfg.raft.persistence.flush_policy.batch == Batch(threshold=100, interval_ms=20)
+    assert cfg.raft_config().voters == tuple(range(1, members + 1))
+
+
+def test_shipped_nodes_of_one_cluster_share_its_identity() -> None:
+    three = {load_config(REPO / f"config/n{n}").cluster_id() for n in (1, 2, 3)}
+    five = {load_config(REPO / f"config/five/n{n}").cluster_id() for n in range(1, 6)}
+    assert len(three) == 1
+    assert len(five) == 1
+    assert three != five
+    assert three.pop().startswith("dengine-")
+
+
+def test_cluster_id_follows_membership_and_name_not_order(tmp_path: Path) -> None:
+    base = load_config(write(tmp_path, MISSION_TOML)).cluster_id()
+    reordered = MISSION_TOML.replace(
+        '    { id = 1, address = "0.0.0.0:9081", role = 1, status = 2 },\n', ""
+    ).replace(
+        "]\n\n[raft", '    { id = 1, address = "0.0.0.0:9081", role = 1, status = 2 },\n]\n\n[raft'
+    )
+    assert load_config(write(tmp_path, reordered, "r.toml")).cluster_id() == base
+    moved = MISSION_TOML.replace('"0.0.0.0:9083"', '"0.0.0.0:9093"')
+    assert load_config(write(tmp_path, moved, "m.toml")).cluster_id() != base
+    named = MISSION_TOML.replace("[raft.read", 'name = "other"\n\n[raft.read', 1)
+    other = load_config(write(tmp_path, named, "n.toml")).cluster_id()
+    assert other.startswith("other-")
+    assert other != base
+
+
+def test_path_with_or_without_toml_suffix(tmp_path: Path) -> None:
+    path = write(tmp_path, MISSION_TOML, "n1.toml")
+    assert resolve_config_path(str(tmp_path / "n1")) == path
+    assert resolve_config_path(str(path)) == path
+    assert load_config(tmp_path / "n1").path == path
+    assert load_config(str(path)).cluster.node_id == 1
+
+
+def test_file_named_exactly_wins_over_toml_suffix(tmp_path: Path) -> None:
+    exact = write(tmp_path, MISSION_TOML, "n1")
+    write(tmp_path, "not toml at all [", "n1.toml")
+    assert resolve_config_path(str(exact)) == exact
+
+
+def test_db_root_dir_relative_to_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(write(tmp_path, MISSION_TOML))
+    assert cfg.db_root_path() == tmp_path / "db" / "1"
+    absolute = MISSION_TOML.replace("[raft.read", f'db_root_dir = "{tmp_path}/data"\n\n[raft.read')
+    cfg = load_config(write(tmp_path, absolute, "abs.toml"))
+    assert cfg.db_root_path() == tmp_path / "data"
+
+
+def test_snapshot_enable_accepted(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MISSION_TOML + "\n[raft.snapshot]\nenable = true\n"))
+    assert cfg.raft.snapshot.enable is True
+
+
+def test_ipv6_addresses(tmp_path: Path) -> None:
+    text = MISSION_TOML.replace("0.0.0.0:", "[::1]:")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.listen_host_port() == ("::1", 9081)
+    assert cfg.peer_addresses()[3] == ("::1", 9083)
+
+
+def test_constructing_node_config_in_code_validates() -> None:
+    cluster = ClusterConfig(
+        node_id=4, listen_address="127.0.0.1:9084", initial_cluster=[PeerConfig(1, "a:1")]
+    )
+    with pytest.raises(ConfigError, match=r"^mem: cluster\.node_id: node 4 is not in"):
+        NodeConfig(path=Path("mem"), cluster=cluster)
+
+
+def sub(old: str, new: str, count: int = 1) -> str:
+    assert old in MISSION_TOML, old
+    return MISSION_TOML.replace(old, new, count)
+
+
+PEER2 = '{ id = 2, address = "0.0.0.0:9082", role = 1, status = 2 }'
+
+# (id, file text, dotted key, a piece of the problem)
+# fmt: off
+BAD_FILES = [
+    # unknown keys, at every depth
+    ("unknown-cluster-key", sub("node_id = 1 ", "nodeid = 7\nnode_id = 1 "), "cluster.nodeid",
+     "unknown key"),
+    ("unknown-section", MISSION_TOML + "\n[metrics]\nport = 9100\n", "metrics", "unknown key"),
+    ("unknown-raft-section", MISSION_TOML + "\n[raft.compaction]\nevery = 3\n", "raft.compaction",
+     "unknown key"),
+    ("unknown-timing-key", MISSION_TOML + "\n[raft.timing]\nelection_timeout_ms = 500\n",
+     "raft.timing.election_timeout_ms", "unknown key"),
+    ("unknown-peer-key", sub(PEER2, PEER2.replace(" }", ", weight = 3 }")),
+     "cluster.initial_cluster[1].weight", "unknown key"),
+    ("unknown-batch-key", sub("interval_ms = 20", "interval_ms = 20, max = 3"),
+     "raft.persistence.flush_policy.Batch.max", "unknown key"),
+    # wrong types: the path of the offending key
+    ("string-node-id", sub("node_id = 1 ", 'node_id = "1" '), "cluster.node_id",
+     "expected an integer, got string '1'"),
+    ("string-lease", sub("lease_duration_ms = 500", 'lease_duration_ms = "500"'),
+     "raft.read_consistency.lease_duration_ms", "expected an integer"),
+    ("float-peer-id", sub("{ id = 2,", "{ id = 2.5,"), "cluster.initial_cluster[1].id",
+     "expected an integer, got float 2.5"),
+    ("bool-threshold", sub("threshold = 100", "threshold = true"),
+     "raft.persistence.flush_policy.Batch.threshold", "expected an integer, got boolean True"),
+    ("int-address", sub('address = "0.0.0.0:9083"', "address = 9083"),
+     "cluster.initial_cluster[2].address", "expected a string, got integer 9083"),
+    ("int-snapshot-enable", MISSION_TOML + "\n[raft.snapshot]\nenable = 1\n",
+     "raft.snapshot.enable", "expected a boolean"),
+    ("cluster-list-not-array",
+     MISSION_TOML.split("initial_cluster")[0] + 'initial_cluster = "1,2,3"\n'
+     + "[raft" + MISSION_TOML.split("[raft", 1)[1],
+     "cluster.initial_cluster", "expected an array of tables, got string '1,2,3'"),
+    ("peer-not-table", sub(PEER2, '"node2"'), "cluster.initial_cluster[1]",
+     "expected a table, got string"),
+    ("section-not-table", "limits = 5\n" + MISSION_TOML, "limits", "expected a table, got integer"),
+    ("missing-node-id", sub("node_id = 1  # 2, 3 for other nodes\n", ""), "cluster.node_id",
+     "required key is missing"),
+    ("missing-peer-address", sub(' address = "0.0.0.0:9082",', ""),
+     "cluster.initial_cluster[1].address", "required key is missing"),
+    ("missing-cluster", MISSION_TOML.split("[raft.read_consistency]")[1], "cluster",
+     "required key is missing"),
+    ("unknown-read-policy", sub('"LeaseRead"', '"Strong"'),
+     "raft.read_consistency.default_policy",
+     'must be one of "LinearizableRead", "LeaseRead", "EventualConsistency"'),
+    ("unknown-strategy", sub('"MemFirst"', '"MemOnly"'), "raft.persistence.strategy",
+     'must be one of "DiskFirst", "MemFirst"'),
+    # membership
+    ("node-not-member", sub("node_id = 1 ", "node_id = 4 "), "cluster.node_id",
+     "node 4 is not in cluster.initial_cluster (ids: 1, 2, 3)"),
+    ("duplicate-id", sub("{ id = 3,", "{ id = 2,"), "cluster.initial_cluster[2].id",
+     "duplicate id 2"),
+    ("duplicate-address", sub('"0.0.0.0:9083"', '"0.0.0.0:9082"'),
+     "cluster.initial_cluster[2].address", "duplicate address '0.0.0.0:9082' (also node 2)"),
+    ("address-no-port", sub('address = "0.0.0.0:9082"', 'address = "0.0.0.0"'),
+     "cluster.initial_cluster[1].address", "is not host:port"),
+    ("address-port-zero", sub('address = "0.0.0.0:9082"', 'address = "0.0.0.0:0"'),
+     "cluster.initial_cluster[1].address", "outside 1-65535"),
+    ("address-port-too-big", sub('address = "0.0.0.0:9082"', 'address = "0.0.0.0:65536"'),
+     "cluster.initial_cluster[1].address", "outside 1-65535"),
+    ("listen-no-host", sub('listen_address = "0.0.0.0:9081"', 'listen_address = ":9081"'),
+     "cluster.listen_address", "is not host:port"),
+    ("role-leader", sub("{ id = 2, address = \"0.0.0.0:9082\", role = 1",
+                        "{ id = 2, address = \"0.0.0.0:9082\", role = 2"),
+     "cluster.initial_cluster[1].role", "unsupported role 2; supported: 1 (starts as Follower)"),
+    ("status-learner", sub("role = 1, status = 2 }", "role = 1, status = 1 }"),
+     "cluster.initial_cluster[0].status",
+     "unsupported status 1; supported: 2 (active voting member)"),
+    # timings
+    ("lease-equals-election-min", sub("lease_duration_ms = 500", "lease_duration_ms = 600"),
+     "raft.read_consistency.lease_duration_ms",
+     "must be shorter than raft.timing.election_timeout_min_ms (600)"),
+    ("lease-zero", sub("lease_duration_ms = 500", "lease_duration_ms = 0"),
+     "raft.read_consistency.lease_duration_ms", "must be positive"),
+    ("election-min-not-below-max",
+     MISSION_TOML + "\n[raft.timing]\nelection_timeout_min_ms = 900\n",
+     "raft.timing.election_timeout_min_ms",
+     "must be less than raft.timing.election_timeout_max_ms (900)"),
+    ("heartbeat-not-below-election-min",
+     MISSION_TOML + "\n[raft.timing]\nheartbeat_interval_ms = 600\n",
+     "raft.timing.heartbeat_interval_ms",
+     "must be shorter than raft.timing.election_timeout_min_ms (600)"),
+    ("request-timeout-negative", MISSION_TOML + "\n[raft.timing]\nrequest_timeout_ms = -1\n",
+     "raft.timing.request_timeout_ms", "must be positive, got -1"),
+    # flush policy
+    ("threshold-zero", sub("threshold = 100", "threshold = 0"),
+     "raft.persistence.flush_policy.Batch.threshold", "must be positive, got 0"),
+    ("interval-negative", sub("interval_ms = 20", "interval_ms = -5"),
+     "raft.persistence.flush_policy.Batch.interval_ms", "must be positive, got -5"),
+    ("unknown-flush-kind", sub("{ Batch = { threshold = 100, interval_ms = 20 } }",
+                               "{ Immediate = {} }"),
+     "raft.persistence.flush_policy", "unknown flush policy kind 'Immediate'; supported: Batch"),
+    ("two-flush-kinds", sub("interval_ms = 20 } }", "interval_ms = 20 }, Immediate = {} }"),
+     "raft.persistence.flush_policy", "expected one policy kind"),
+    # limits and replication
+    ("limit-zero", MISSION_TOML + "\n[limits]\nmax_value_bytes = 0\n",
+     "limits.max_value_bytes", "must be positive, got 0"),
+    ("replication-zero", MISSION_TOML + "\n[raft.replication]\nmax_inflight_msgs = 0\n",
+     "raft.replication.max_inflight_msgs", "must be positive, got 0"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"), [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES]
+)
+def test_bad_file_gives_one_line_naming_file_and_key(
+    tmp_path: Path, text: str, key: str, problem: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: {key}: "), message
+    assert problem in message
+    assert (info.value.file, info.value.key) == (str(path), key)
+
+
+def test_invalid_toml_syntax(tmp_path: Path) -> None:
+    path = write(tmp_path, MISSION_TOML.replace("lease_duration_ms = 500", "lease_duration_ms ="))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: invalid TOML: ")
+    assert "line 12" in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'absent'}: cannot read: ")
+    assert "absent.toml" in message
+
+
+def test_directory_is_not_a_config(tmp_path: Path) -> None:
+    (tmp_path / "n1").mkdir()
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "n1")
