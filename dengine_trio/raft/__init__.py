@@ -1,0 +1,52 @@
+"""The sans-IO Raft core: ``RaftNode.step(now_ms, event) -> list[Effect]``.
+
+No trio, no sockets, no clock, no randomness of its own: the runtime (or the test simulator)
+feeds it events and carries out the effects it returns, in order.
+"""
+
+from .config import Durability, RaftConfig
+from .effects import (
+    Apply,
+    Effect,
+    PersistEntries,
+    PersistHardState,
+    ProposalRejected,
+    Proposed,
+    ReadFailed,
+    ReadReady,
+    Role,
+    RoleChanged,
+    Send,
+)
+from .events import Event, Persisted, Propose, ReadRequest, Receive, Tick, TransferLeader
+from .messages import MESSAGE_TYPES, Entry, EntryKind, Message
+from .node import RaftNode, RandomSource
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "Apply",
+    "Durability",
+    "Effect",
+    "Entry",
+    "EntryKind",
+    "Event",
+    "Message",
+    "PersistEntries",
+    "PersistHardState",
+    "Persisted",
+    "ProposalRejected",
+    "Propose",
+    "Proposed",
+    "RaftConfig",
+    "RaftNode",
+    "RandomSource",
+    "ReadFailed",
+    "ReadReady",
+    "ReadRequest",
+    "Receive",
+    "Role",
+    "RoleChanged",
+    "Send",
+    "Tick",
+    "TransferLeader",
+]

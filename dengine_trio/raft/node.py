@@ -1,0 +1,789 @@
+"""The Raft rules: ``RaftNode.step(now_ms, event) -> list[Effect]``.
+
+A pure state machine in the sans-IO style of h11 and etcd's raft: it never reads a clock, never
+sleeps, never touches a socket or a file, and draws randomness only from the source its caller
+passes in. Section numbers refer to the Raft paper (Ongaro & Ousterhout, 2014); "thesis" to
+Ongaro's dissertation (2014), which describes PreVote, CheckQuorum, the lease and transfers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from .config import Durability, RaftConfig
+from .effects import (
+    Apply,
+    Effect,
+    PersistEntries,
+    PersistHardState,
+    ProposalRejected,
+    Proposed,
+    ReadFailed,
+    ReadReady,
+    Role,
+    RoleChanged,
+    Send,
+)
+from .events import Event, Persisted, Propose, ReadRequest, Receive, Tick, TransferLeader
+from .log import RaftLog
+from .messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Entry,
+    EntryKind,
+    Heartbeat,
+    HeartbeatResponse,
+    Message,
+    ReadIndex,
+    ReadIndexResponse,
+    RequestVote,
+    RequestVoteResponse,
+    TimeoutNow,
+)
+from .progress import Progress, ProgressState
+from .quorum import majority, quorum_value
+
+NEVER = float("inf")
+
+
+class RandomSource(Protocol):
+    """Anything with ``uniform``, e.g. ``random.Random(seed)``: the caller owns the seed."""
+
+    def uniform(self, a: float, b: float) -> float: ...
+
+
+class _PendingRead:
+    """A read waiting for a heartbeat round (ReadIndex). ``origin`` is 0 for a local client,
+    else the follower that asked on behalf of its client."""
+
+    __slots__ = ("origin", "read_index", "request_id", "seq")
+
+    def __init__(self, seq: int, request_id: int, origin: int, read_index: int) -> None:
+        self.seq = seq
+        self.request_id = request_id
+        self.origin = origin
+        self.read_index = read_index
+
+
+class RaftNode:
+    def __init__(
+        self,
+        config: RaftConfig,
+        rng: RandomSource,
+        *,
+        term: int = 0,
+        voted_for: int = 0,
+        entries: Iterable[Entry] = (),
+        now_ms: float = 0.0,
+    ) -> None:
+        """Start (or restart) a node from what storage recovered: hard state and the log.
+
+        Everything recovered is durable by definition, so ``durable_index`` starts at the end.
+        """
+        self.config = config
+        self.id = config.node_id
+        self.peers: tuple[int, ...] = tuple(v for v in config.voters if v != config.node_id)
+        self._quorum = majority(len(config.voters))
+        self._rng = rng
+        self._mem_first = config.durability is Durability.MEM_FIRST
+
+        self.term = term
+        self.voted_for = voted_for
+        self.log = RaftLog(entries)
+        self.durable_index = self.log.last_index
+        self.commit_index = 0
+        self._applied_emitted = 0
+
+        self.role = Role.FOLLOWER
+        self.leader_id = 0
+        self.now = now_ms
+        self._out: list[Effect] = []
+        self._announced: tuple[Role, int, int] | None = None
+
+        self._election_deadline = NEVER
+        self._last_leader_contact = float("-inf")
+        self._reset_election_timer()
+
+        # Candidate and pre-candidate: who answered what.
+        self._votes: dict[int, bool] = {}
+
+        # Follower: highest index known to match the current leader's log in this term, and
+        # the match last reported to it (DiskFirst re-reports once durability catches up).
+        self._leader_match = 0
+        self._reported_match = 0
+        # Follower: reads sent to the leader for a read index, request_id -> time asked.
+        self._forwarded_reads: dict[int, float] = {}
+
+        # Leader state, reset on every election won.
+        self.progress: dict[int, Progress] = {}
+        self._leader_since = float("-inf")
+        self._next_heartbeat = NEVER
+        self._next_check_quorum = NEVER
+        self._hb_seq = 0
+        self._round_sent_at: dict[int, float] = {}
+        self._lease_seq = 0
+        self._lease_expiry = float("-inf")
+        self._pending_reads: list[_PendingRead] = []
+        self._reads_before_commit: list[tuple[int, int, bool]] = []
+        self._round_open = False  # a heartbeat round was started during this step
+        self._transfer_target = 0
+        self._transfer_deadline = NEVER
+        self._commit_advanced = False
+
+    # ------------------------------------------------------------------ driving the node
+
+    def step(self, now_ms: float, event: Event) -> list[Effect]:
+        """Consume one event at time ``now_ms``; return the effects, in the order to carry out."""
+        return self.step_many(now_ms, (event,))
+
+    def step_many(self, now_ms: float, events: Iterable[Event]) -> list[Effect]:
+        """Consume several events at once, so that one AppendEntries per follower carries all
+        the proposals among them (batching)."""
+        self.now = max(self.now, now_ms)
+        self._round_open = False
+        for event in events:
+            self._dispatch(event)
+        self._flush()
+        out, self._out = self._out, []
+        return out
+
+    def next_deadline(self) -> float:
+        """When the node next needs a ``Tick``; the runtime may sleep until then."""
+        if self.role is Role.LEADER:
+            deadline = min(self._next_heartbeat, self._next_check_quorum, self._transfer_deadline)
+        else:
+            deadline = self._election_deadline
+        if self._forwarded_reads:
+            deadline = min(deadline, min(self._forwarded_reads.values()) + self._read_expiry_ms)
+        return deadline
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    def has_quorum_contact(self, now_ms: float) -> bool:
+        """Leader only: has a majority (self included) been heard from within an election
+        timeout? This is what a load balancer's /primary check should mean."""
+        if self.role is not Role.LEADER:
+            return False
+        window = self.config.election_timeout_min_ms
+        heard = 1 + sum(1 for p in self.progress.values() if now_ms - p.last_contact_ms < window)
+        return heard >= self._quorum
+
+    def leader_contact_within(self, now_ms: float, window_ms: float) -> bool:
+        return self.role is Role.FOLLOWER and (
+            self.leader_id != 0 and now_ms - self._last_leader_contact < window_ms
+        )
+
+    def lease_valid(self, now_ms: float) -> bool:
+        """May a lease read be served locally right now? (thesis §6.4.1)"""
+        return (
+            self.role is Role.LEADER
+            and now_ms < self._lease_expiry
+            # A new leader waits out an election timeout: until then the previous leader's
+            # lease may still be running on its own clock.
+            and now_ms >= self._leader_since + self.config.election_timeout_min_ms
+            and self._transfer_target == 0
+            and self._committed_in_term()
+        )
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, Receive):
+            self._receive(event.message)
+        elif isinstance(event, Propose):
+            self._on_propose(event)
+        elif isinstance(event, Tick):
+            self._on_tick()
+        elif isinstance(event, Persisted):
+            self._on_persisted(event)
+        elif isinstance(event, ReadRequest):
+            self._on_read_request(event)
+        elif isinstance(event, TransferLeader):
+            self._on_transfer_leader(event)
+        else:  # pragma: no cover - exhaustive over Event
+            raise TypeError(f"unknown event {event!r}")
+
+    def _send(self, message: Message) -> None:
+        self._out.append(Send(message))
+
+    # ------------------------------------------------------------------ time
+
+    def _reset_election_timer(self) -> None:
+        cfg = self.config
+        timeout = self._rng.uniform(cfg.election_timeout_min_ms, cfg.election_timeout_max_ms)
+        self._election_deadline = self.now + timeout
+
+    @property
+    def _read_expiry_ms(self) -> float:
+        return 2 * self.config.election_timeout_max_ms
+
+    def _on_tick(self) -> None:
+        now = self.now
+        if self._forwarded_reads:
+            # The leader may never answer (message lost, leader crashed): give up eventually so
+            # the request does not linger here forever; the client sees a failure and retries.
+            expired = [
+                r for r, t in self._forwarded_reads.items() if now - t >= self._read_expiry_ms
+            ]
+            for request_id in expired:
+                del self._forwarded_reads[request_id]
+                self._out.append(ReadFailed(request_id, self.leader_id))
+        if self.role is Role.LEADER:
+            if now >= self._transfer_deadline:
+                self._transfer_target = 0  # transfer timed out: keep leading (thesis §3.10)
+                self._transfer_deadline = NEVER
+            if now >= self._next_check_quorum:
+                self._check_quorum()
+                if self.role is not Role.LEADER:
+                    return
+            if now >= self._next_heartbeat:
+                self._broadcast_heartbeat()
+        elif now >= self._election_deadline:
+            self._campaign(pre_vote=self.config.pre_vote)
+
+    def _check_quorum(self) -> None:
+        """CheckQuorum (thesis §6.2): a leader that has not heard from a majority within an
+        election timeout steps down, so a partitioned leader stops serving (and its lease)."""
+        self._next_check_quorum = self.now + self.config.election_timeout_min_ms
+        if not self.config.check_quorum:
+            return
+        active = 1 + sum(1 for p in self.progress.values() if p.recent_active)
+        for p in self.progress.values():
+            p.recent_active = False
+        if active < self._quorum:
+            self._become_follower(self.term, 0)
+
+    # ------------------------------------------------------------------ role transitions
+
+    def _persist_hard_state(self) -> None:
+        self._out.append(PersistHardState(self.term, self.voted_for))
+
+    def _become_follower(self, term: int, leader_id: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.voted_for = 0
+            self._persist_hard_state()
+            self._leader_match = 0
+            self._reported_match = 0
+            self._fail_forwarded_reads()
+        if self.role is Role.LEADER:
+            self._fail_leader_reads()
+            self.progress = {}
+            self._transfer_target = 0
+            self._transfer_deadline = NEVER
+            self._lease_expiry = float("-inf")
+        self.role = Role.FOLLOWER
+        self.leader_id = leader_id
+        self._reset_election_timer()
+
+    def _campaign(self, *, pre_vote: bool, transfer: bool = False) -> None:
+        """Start an election (§5.2), first as a pre-candidate when PreVote is on (thesis §9.6):
+        a pre-vote asks "would you vote for me?" without bumping anybody's term, so a node
+        that cannot win (stale log, partitioned) never disrupts the cluster."""
+        if self.role is Role.LEADER:
+            return
+        self._fail_forwarded_reads()
+        self.leader_id = 0
+        self._votes = {self.id: True}
+        self._reset_election_timer()
+        if pre_vote:
+            self.role = Role.PRE_CANDIDATE
+            campaign_term = self.term + 1
+        else:
+            self.role = Role.CANDIDATE
+            self.term += 1
+            self.voted_for = self.id
+            self._persist_hard_state()
+            campaign_term = self.term
+        if len(self._votes) >= self._quorum:
+            self._won_votes()
+            return
+        for peer in self.peers:
+            self._send(
+                RequestVote(
+                    term=campaign_term,
+                    src=self.id,
+                    dst=peer,
+                    last_log_index=self.log.last_index,
+                    last_log_term=self.log.last_term,
+                    pre_vote=pre_vote,
+                    transfer=transfer,
+                )
+            )
+
+    def _won_votes(self) -> None:
+        if self.role is Role.PRE_CANDIDATE:
+            self._campaign(pre_vote=False)
+        elif self.role is Role.CANDIDATE:
+            self._become_leader()
+
+    def _become_leader(self) -> None:
+        self.role = Role.LEADER
+        self.leader_id = self.id
+        self._leader_since = self.now
+        next_index = self.log.last_index + 1
+        self.progress = {p: Progress(next_index) for p in self.peers}
+        self._hb_seq = 0
+        self._round_sent_at = {}
+        self._lease_seq = 0
+        self._lease_expiry = float("-inf")
+        self._next_heartbeat = self.now  # announce ourselves at once
+        self._next_check_quorum = self.now + self.config.election_timeout_min_ms
+        self._election_deadline = NEVER
+        # §8: a no-op of our own term, so entries of earlier terms can commit (Figure 8) and
+        # reads know the commit index is current once it commits.
+        noop = Entry(self.term, self.log.last_index + 1, b"", EntryKind.NOOP)
+        self._append_local([noop])
+        self._broadcast_heartbeat()
+
+    # ------------------------------------------------------------------ messages
+
+    def _receive(self, m: Message) -> None:
+        if m.dst != self.id:
+            return
+        if m.term > self.term:
+            if isinstance(m, RequestVote):
+                if not m.transfer and self._in_leader_lease():
+                    # Thesis §4.2.3: a node that heard from a live leader within the minimum
+                    # election timeout ignores campaigns; this is also what makes the leader's
+                    # lease safe. TimeoutNow campaigns (transfer) are exempt.
+                    return
+                if not m.pre_vote:
+                    self._become_follower(m.term, 0)
+            elif isinstance(m, RequestVoteResponse) and m.pre_vote and m.granted:
+                pass  # a granted pre-vote carries the term we would campaign in
+            else:
+                leader = m.src if isinstance(m, (AppendEntries, Heartbeat)) else 0
+                self._become_follower(m.term, leader)
+        elif m.term < self.term:
+            self._receive_stale(m)
+            return
+
+        if isinstance(m, AppendEntries):
+            self._on_append_entries(m)
+        elif isinstance(m, AppendEntriesResponse):
+            self._on_append_response(m)
+        elif isinstance(m, Heartbeat):
+            self._on_heartbeat(m)
+        elif isinstance(m, HeartbeatResponse):
+            self._on_heartbeat_response(m)
+        elif isinstance(m, RequestVote):
+            self._on_request_vote(m)
+        elif isinstance(m, RequestVoteResponse):
+            self._on_vote_response(m)
+        elif isinstance(m, ReadIndex):
+            self._on_read_index(m)
+        elif isinstance(m, ReadIndexResponse):
+            self._on_read_index_response(m)
+        elif isinstance(m, TimeoutNow):
+            if self.role is Role.FOLLOWER:
+                self._campaign(pre_vote=False, transfer=True)
+
+    def _in_leader_lease(self) -> bool:
+        if not self.config.check_quorum:
+            return False
+        if self.role is Role.LEADER:
+            return True
+        return self.leader_id != 0 and (
+            self.now - self._last_leader_contact < self.config.election_timeout_min_ms
+        )
+
+    def _receive_stale(self, m: Message) -> None:
+        """A message from an older term. Answer the ones whose sender is waiting on us with our
+        term, so a deposed leader (or a pre-candidate) learns it is behind."""
+        if isinstance(m, (AppendEntries, Heartbeat)):
+            self._send(AppendEntriesResponse(self.term, self.id, m.src, success=False))
+        elif isinstance(m, RequestVote):
+            self._send(RequestVoteResponse(self.term, self.id, m.src, False, m.pre_vote))
+        elif isinstance(m, ReadIndex):
+            self._send(ReadIndexResponse(self.term, self.id, m.src, m.request_id, 0, False))
+
+    def _heard_from_leader(self, leader_id: int) -> None:
+        if self.role is not Role.FOLLOWER:
+            self._become_follower(self.term, leader_id)
+        self.leader_id = leader_id
+        self._last_leader_contact = self.now
+        self._reset_election_timer()
+
+    # --- votes
+
+    def _on_request_vote(self, m: RequestVote) -> None:
+        up_to_date = self.log.is_up_to_date(m.last_log_index, m.last_log_term)
+        if m.pre_vote:
+            granted = m.term > self.term and up_to_date
+            self._send(
+                RequestVoteResponse(m.term if granted else self.term, self.id, m.src, granted, True)
+            )
+            return
+        granted = (
+            m.term == self.term
+            and self.voted_for in (0, m.src)
+            and (self.leader_id == 0 or self.voted_for == m.src)
+            and up_to_date
+        )
+        if granted and self.voted_for != m.src:
+            self.voted_for = m.src
+            self._persist_hard_state()  # §5.2: the vote is durable before it is sent
+        if granted:
+            self._reset_election_timer()
+        self._send(RequestVoteResponse(self.term, self.id, m.src, granted, False))
+
+    def _on_vote_response(self, m: RequestVoteResponse) -> None:
+        expected = Role.PRE_CANDIDATE if m.pre_vote else Role.CANDIDATE
+        if self.role is not expected:
+            return
+        if m.pre_vote and m.granted and m.term != self.term + 1:
+            return  # a grant for some other campaign
+        self._votes[m.src] = m.granted
+        granted = sum(1 for g in self._votes.values() if g)
+        if granted >= self._quorum:
+            self._won_votes()
+        elif len(self._votes) - granted >= self._quorum:
+            self._become_follower(self.term, 0)
+
+    # --- replication, follower side
+
+    def _on_append_entries(self, m: AppendEntries) -> None:
+        self._heard_from_leader(m.src)
+        prev_index, prev_term, entries = m.prev_log_index, m.prev_log_term, m.entries
+        if prev_index < self.commit_index:
+            # Our committed prefix matches every later leader's log (leader completeness), so
+            # skip over it: a delayed duplicate can never try to rewrite it.
+            entries = entries[self.commit_index - prev_index :]
+            prev_index = self.commit_index
+            prev_term = self.log.term_at(prev_index) or 0
+        if not self.log.matches(prev_index, prev_term):
+            if prev_index > self.log.last_index:
+                conflict_index, conflict_term = self.log.last_index + 1, 0
+            else:
+                conflict_term = self.log.term_at(prev_index) or 0
+                conflict_index = max(
+                    self.log.first_index_of_term_at(prev_index), self.commit_index + 1
+                )
+            self._send(
+                AppendEntriesResponse(
+                    self.term,
+                    self.id,
+                    m.src,
+                    success=False,
+                    reject_index=m.prev_log_index,
+                    conflict_index=conflict_index,
+                    conflict_term=conflict_term,
+                )
+            )
+            return
+        new: tuple[Entry, ...] = ()
+        for pos, entry in enumerate(entries):
+            have = self.log.term_at(entry.index)
+            if have is None:
+                new = entries[pos:]
+                break
+            if have != entry.term:
+                # §5.3: a conflicting suffix is deleted; it can never hold a committed entry.
+                self.log.truncate_from(entry.index)
+                self.durable_index = min(self.durable_index, entry.index - 1)
+                new = entries[pos:]
+                break
+        if new:
+            self.log.append(new)
+            self._out.append(PersistEntries(new))
+        last_new = prev_index + len(entries)
+        self._leader_match = max(self._leader_match, last_new)
+        self._advance_follower_commit(min(m.leader_commit, last_new))
+        self._report_match(m.src, force=True)
+
+    def _advance_follower_commit(self, index: int) -> None:
+        if index > self.commit_index:
+            self.commit_index = index
+
+    def _report_match(self, leader: int, *, force: bool) -> None:
+        """Tell the leader how far our log matches its own. Under DiskFirst only durable
+        entries count, so the report may lag the append and follow the ``Persisted`` event."""
+        match = (
+            self._leader_match if self._mem_first else min(self._leader_match, self.durable_index)
+        )
+        if force or match > self._reported_match:
+            self._reported_match = max(self._reported_match, match)
+            self._send(AppendEntriesResponse(self.term, self.id, leader, True, match_index=match))
+
+    def _on_heartbeat(self, m: Heartbeat) -> None:
+        self._heard_from_leader(m.src)
+        # The leader capped ``commit`` at what it knows we hold; a restarted MemFirst follower
+        # may hold less, and never commits past its own log.
+        self._advance_follower_commit(min(m.commit, self.log.last_index))
+        self._send(HeartbeatResponse(self.term, self.id, m.src, m.seq, self.log.last_index))
+
+    # --- replication, leader side
+
+    def _append_local(self, entries: list[Entry]) -> None:
+        self.log.append(entries)
+        self._out.append(PersistEntries(tuple(entries)))
+
+    def _self_match(self) -> int:
+        return self.log.last_index if self._mem_first else self.durable_index
+
+    def _maybe_commit(self) -> None:
+        """§5.3/§5.4.2: commit the highest index a majority holds, but only by counting
+        replicas of an entry of the current term (Figure 8)."""
+        if self.role is not Role.LEADER:
+            return
+        candidate = quorum_value(
+            [self._self_match(), *(p.match_index for p in self.progress.values())]
+        )
+        if candidate > self.commit_index and self.log.term_at(candidate) == self.term:
+            first_in_term = not self._committed_in_term()
+            self.commit_index = candidate
+            self._commit_advanced = True
+            if first_in_term:
+                self._release_reads_before_commit()
+
+    def _committed_in_term(self) -> bool:
+        return self.log.term_at(self.commit_index) == self.term
+
+    def _send_append(self, peer: int, progress: Progress, *, send_empty: bool) -> None:
+        if progress.paused(self.config.max_inflight_msgs):
+            return
+        cfg = self.config
+        entries = self.log.batch_from(
+            progress.next_index, cfg.max_entries_per_msg, cfg.max_bytes_per_msg
+        )
+        if not entries and not send_empty:
+            return
+        prev_index = progress.next_index - 1
+        self._send(
+            AppendEntries(
+                term=self.term,
+                src=self.id,
+                dst=peer,
+                prev_log_index=prev_index,
+                prev_log_term=self.log.term_at(prev_index) or 0,
+                entries=tuple(entries),
+                leader_commit=self.commit_index,
+            )
+        )
+        if entries:
+            progress.sent(entries[-1].index)
+        elif progress.state is ProgressState.PROBE:
+            progress.probe_sent = True
+
+    def _on_append_response(self, m: AppendEntriesResponse) -> None:
+        if self.role is not Role.LEADER:
+            return
+        progress = self.progress.get(m.src)
+        if progress is None:
+            return
+        self._touch(progress)
+        if m.success:
+            if progress.acknowledge(m.match_index):
+                if progress.state is ProgressState.PROBE:
+                    progress.become_replicate()
+                self._maybe_commit()
+                self._maybe_send_timeout_now(m.src, progress)
+            elif progress.state is ProgressState.PROBE:
+                progress.probe_sent = False
+            self._send_append(m.src, progress, send_empty=False)
+            return
+        if m.conflict_term:
+            last_of_term = self.log.last_index_of_term(m.conflict_term)
+            hint_next = last_of_term + 1 if last_of_term else m.conflict_index
+        else:
+            hint_next = m.conflict_index
+        if progress.reject(m.reject_index, max(hint_next, 1)):
+            self._send_append(m.src, progress, send_empty=True)
+
+    def _touch(self, progress: Progress) -> None:
+        progress.recent_active = True
+        progress.last_contact_ms = self.now
+
+    def _broadcast_heartbeat(self) -> None:
+        """Start a heartbeat round. A majority acknowledging round ``seq`` proves we were
+        leader when it was sent: ReadIndex waits for that, and the lease counts from it."""
+        self._next_heartbeat = self.now + self.config.heartbeat_interval_ms
+        self._hb_seq += 1
+        self._round_sent_at[self._hb_seq] = self.now
+        self._round_open = True
+        for peer, progress in self.progress.items():
+            commit = min(progress.match_index, self.commit_index)
+            self._send(Heartbeat(self.term, self.id, peer, commit, self._hb_seq))
+        self._advance_reads()  # a single-node cluster confirms itself
+
+    def _on_heartbeat_response(self, m: HeartbeatResponse) -> None:
+        if self.role is not Role.LEADER:
+            return
+        progress = self.progress.get(m.src)
+        if progress is None:
+            return
+        self._touch(progress)
+        if m.seq > progress.acked_seq:
+            progress.acked_seq = m.seq
+            self._advance_reads()
+        if m.last_index < progress.match_index:
+            # A MemFirst follower restarted without its unflushed tail: it no longer holds
+            # what it acknowledged. Probe again from what it has.
+            progress.match_index = m.last_index
+            progress.become_probe()
+        if progress.state is ProgressState.PROBE:
+            progress.probe_sent = False
+        elif progress.paused(self.config.max_inflight_msgs):
+            progress.inflight.popleft()  # a reply may have been lost: let one more through
+        if progress.match_index < self.log.last_index:
+            self._send_append(m.src, progress, send_empty=True)
+
+    # ------------------------------------------------------------------ proposals
+
+    def _on_propose(self, event: Propose) -> None:
+        if self.role is not Role.LEADER or self._transfer_target:
+            leader = 0 if self.role is Role.LEADER else self.leader_id
+            self._out.append(ProposalRejected(event.request_id, leader))
+            return
+        entry = Entry(self.term, self.log.last_index + 1, event.data)
+        self._append_local([entry])
+        self._out.append(Proposed(event.request_id, entry.index, entry.term))
+
+    def _on_persisted(self, event: Persisted) -> None:
+        index = min(event.index, self.log.last_index)
+        if index <= self.durable_index or self.log.term_at(event.index) != event.term:
+            return  # old news, or about entries since truncated away
+        self.durable_index = index
+        if self.role is Role.LEADER:
+            self._maybe_commit()
+        elif self.role is Role.FOLLOWER and self.leader_id and not self._mem_first:
+            self._report_match(self.leader_id, force=False)
+
+    # ------------------------------------------------------------------ reads
+
+    def _on_read_request(self, event: ReadRequest) -> None:
+        if self.role is Role.LEADER:
+            self._leader_read(event.request_id, 0, event.lease)
+        elif self.role is Role.FOLLOWER and self.leader_id:
+            self._forwarded_reads[event.request_id] = self.now
+            self._send(ReadIndex(self.term, self.id, self.leader_id, event.request_id, event.lease))
+        else:
+            self._out.append(ReadFailed(event.request_id, 0))
+
+    def _on_read_index(self, m: ReadIndex) -> None:
+        if self.role is Role.LEADER:
+            self._leader_read(m.request_id, m.src, m.lease)
+        else:
+            self._send(ReadIndexResponse(self.term, self.id, m.src, m.request_id, 0, False))
+
+    def _on_read_index_response(self, m: ReadIndexResponse) -> None:
+        if self._forwarded_reads.pop(m.request_id, None) is None:
+            return
+        if m.ok:
+            self._out.append(ReadReady(m.request_id, m.read_index))
+        else:
+            self._out.append(ReadFailed(m.request_id, self.leader_id))
+
+    def _leader_read(self, request_id: int, origin: int, lease: bool) -> None:
+        if self._transfer_target:
+            self._read_done(request_id, origin, None)
+            return
+        if not self._committed_in_term():
+            # Until our no-op commits we do not know the commit index of earlier terms
+            # (thesis §6.4): hold the read.
+            self._reads_before_commit.append((request_id, origin, lease))
+            return
+        if lease and self.lease_valid(self.now):
+            self._read_done(request_id, origin, self.commit_index)
+            return
+        if not self._round_open:
+            self._broadcast_heartbeat()
+        self._pending_reads.append(
+            _PendingRead(self._hb_seq, request_id, origin, self.commit_index)
+        )
+        self._advance_reads()
+
+    def _release_reads_before_commit(self) -> None:
+        waiting, self._reads_before_commit = self._reads_before_commit, []
+        for request_id, origin, lease in waiting:
+            self._leader_read(request_id, origin, lease)
+
+    def _advance_reads(self) -> None:
+        confirmed = quorum_value([self._hb_seq, *(p.acked_seq for p in self.progress.values())])
+        if confirmed > self._lease_seq:
+            # The lease runs from when the confirmed round was *sent*: every voter that acked
+            # it then ignored campaigns for an election timeout from a later moment.
+            self._lease_seq = confirmed
+            self._lease_expiry = self._round_sent_at[confirmed] + self.config.lease_duration_ms
+            for seq in [s for s in self._round_sent_at if s <= confirmed]:
+                del self._round_sent_at[seq]
+        if self._pending_reads and self._pending_reads[0].seq <= confirmed:
+            still: list[_PendingRead] = []
+            for read in self._pending_reads:
+                if read.seq <= confirmed:
+                    self._read_done(read.request_id, read.origin, read.read_index)
+                else:
+                    still.append(read)
+            self._pending_reads = still
+
+    def _read_done(self, request_id: int, origin: int, read_index: int | None) -> None:
+        if origin == 0:
+            if read_index is None:
+                self._out.append(ReadFailed(request_id, self._transfer_target or 0))
+            else:
+                self._out.append(ReadReady(request_id, read_index))
+        else:
+            ok = read_index is not None
+            self._send(
+                ReadIndexResponse(self.term, self.id, origin, request_id, read_index or 0, ok)
+            )
+
+    def _fail_leader_reads(self) -> None:
+        for read in self._pending_reads:
+            self._read_done(read.request_id, read.origin, None)
+        for request_id, origin, _lease in self._reads_before_commit:
+            self._read_done(request_id, origin, None)
+        self._pending_reads = []
+        self._reads_before_commit = []
+
+    def _fail_forwarded_reads(self) -> None:
+        for request_id in self._forwarded_reads:
+            self._out.append(ReadFailed(request_id, 0))
+        self._forwarded_reads = {}
+
+    # ------------------------------------------------------------------ leadership transfer
+
+    def _on_transfer_leader(self, event: TransferLeader) -> None:
+        """Thesis §3.10: stop taking proposals, bring the target up to date, then TimeoutNow."""
+        if self.role is not Role.LEADER or not self.progress:
+            return
+        target = event.target
+        if target == 0:
+            target = max(self.progress, key=lambda p: self.progress[p].match_index)
+        if target == self.id or target not in self.progress:
+            return
+        self._transfer_target = target
+        self._transfer_deadline = self.now + self.config.election_timeout_min_ms
+        self._lease_expiry = float("-inf")  # the successor will not honour our lease
+        progress = self.progress[target]
+        if not self._maybe_send_timeout_now(target, progress):
+            self._send_append(target, progress, send_empty=True)
+
+    def _maybe_send_timeout_now(self, peer: int, progress: Progress) -> bool:
+        if self._transfer_target != peer or progress.match_index != self.log.last_index:
+            return False
+        self._send(TimeoutNow(self.term, self.id, peer))
+        return True
+
+    # ------------------------------------------------------------------ end of step
+
+    def _flush(self) -> None:
+        if self.role is Role.LEADER:
+            send_empty = self._commit_advanced  # carry the new commit index promptly
+            for peer, progress in self.progress.items():
+                self._send_append(peer, progress, send_empty=send_empty)
+        self._commit_advanced = False
+        if self.commit_index > self._applied_emitted:
+            entries = self.log.slice(self._applied_emitted + 1, self.commit_index)
+            self._applied_emitted = self.commit_index
+            self._out.append(Apply(tuple(entries)))
+        state = (self.role, self.term, self.leader_id)
+        if state != self._announced:
+            self._announced = state
+            self._out.append(RoleChanged(*state))

@@ -1,0 +1,92 @@
+"""What a leader knows about one follower's log (etcd raft's tracker.Progress).
+
+``PROBE``: we do not know where the follower's log matches ours; send one AppendEntries at a
+time and back-track on rejection. ``REPLICATE``: the follower is in sync; send optimistically
+(pipelining), bounded by ``max_inflight`` unacknowledged messages.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum
+
+
+class ProgressState(Enum):
+    PROBE = "probe"
+    REPLICATE = "replicate"
+
+
+class Progress:
+    __slots__ = (
+        "acked_seq",
+        "inflight",
+        "last_contact_ms",
+        "match_index",
+        "next_index",
+        "probe_sent",
+        "recent_active",
+        "state",
+    )
+
+    def __init__(self, next_index: int) -> None:
+        self.next_index = next_index
+        self.match_index = 0
+        self.state = ProgressState.PROBE
+        self.probe_sent = False
+        # Last index carried by each unacknowledged pipelined AppendEntries.
+        self.inflight: deque[int] = deque()
+        self.recent_active = False  # heard from since the last CheckQuorum round
+        self.last_contact_ms = float("-inf")
+        self.acked_seq = 0  # newest heartbeat round this follower acknowledged
+
+    def paused(self, max_inflight: int) -> bool:
+        if self.state is ProgressState.PROBE:
+            return self.probe_sent
+        return len(self.inflight) >= max_inflight
+
+    def become_probe(self) -> None:
+        self.state = ProgressState.PROBE
+        self.next_index = self.match_index + 1
+        self.probe_sent = False
+        self.inflight.clear()
+
+    def become_replicate(self) -> None:
+        self.state = ProgressState.REPLICATE
+        self.next_index = self.match_index + 1
+        self.probe_sent = False
+        self.inflight.clear()
+
+    def sent(self, last_index: int) -> None:
+        """Record an AppendEntries carrying entries up to ``last_index``."""
+        if self.state is ProgressState.REPLICATE:
+            self.next_index = last_index + 1
+            self.inflight.append(last_index)
+        else:
+            self.probe_sent = True
+
+    def acknowledge(self, match_index: int) -> bool:
+        """Apply a successful reply; False if it told us nothing new (stale or duplicate)."""
+        if match_index <= self.match_index:
+            return False
+        self.match_index = match_index
+        self.next_index = max(self.next_index, match_index + 1)
+        while self.inflight and self.inflight[0] <= match_index:
+            self.inflight.popleft()
+        return True
+
+    def reject(self, reject_index: int, hint_next: int) -> bool:
+        """Apply a rejection of the AppendEntries whose prev_log_index was ``reject_index``.
+
+        Returns False for a stale rejection (one about a message we have since moved past).
+        """
+        if self.state is ProgressState.REPLICATE:
+            if reject_index <= self.match_index:
+                return False
+            self.become_probe()
+            self.next_index = max(self.match_index + 1, min(reject_index, hint_next))
+            return True
+        if reject_index != self.next_index - 1:
+            return False
+        self.next_index = max(self.match_index + 1, min(reject_index, hint_next), 1)
+        self.probe_sent = False
+        return True
