@@ -1,0 +1,79 @@
+"""Messages runtimes exchange besides the Raft RPCs: the connection handshake and the
+forwarding of client writes from a follower to the leader.
+
+Like the Raft messages, the peer-to-peer ones name their sender (``src``) and receiver (``dst``)
+so the transport can route and check them the same way.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import attrs
+
+from dengine_trio.raft.messages import MESSAGE_TYPES
+
+PROTOCOL_VERSION = 1
+"""Bumped whenever the encoding of any message changes incompatibly."""
+
+
+@attrs.frozen(slots=True)
+class Hello:
+    """First frame on every connection: who is calling whom, in which cluster."""
+
+    cluster_id: str
+    src: int
+    dst: int
+    protocol_version: int
+
+
+@attrs.frozen(slots=True)
+class HelloReply:
+    """The listener's answer to ``Hello``; on ``ok=False`` it closes the connection."""
+
+    ok: bool
+    reason: str = ""
+
+
+class ForwardStatus(IntEnum):
+    """Outcome of a forwarded write, mirroring the client errors in ``dengine_trio.errors``."""
+
+    OK = 0
+    NOT_LEADER = 1
+    NO_LEADER = 2
+    TIMEOUT = 3
+    TOO_LARGE = 4
+    OVERLOADED = 5
+    STOPPED = 6
+
+
+@attrs.frozen(slots=True)
+class ForwardPropose:
+    """A follower hands a client's command to the leader; ``request_id`` is the follower's."""
+
+    src: int
+    dst: int
+    request_id: int
+    data: bytes
+
+
+@attrs.frozen(slots=True)
+class ForwardResult:
+    """The leader's answer to ``ForwardPropose``.
+
+    ``leader_id`` is the leader as known by the replier (0 when unknown), so a follower told
+    NOT_LEADER can retry at the right node. ``result`` is the state machine's answer on OK.
+    """
+
+    src: int
+    dst: int
+    request_id: int
+    status: ForwardStatus
+    leader_id: int = 0
+    result: bytes = b""
+
+
+HANDSHAKE_TYPES: tuple[type, ...] = (Hello, HelloReply)
+
+PEER_MESSAGE_TYPES: tuple[type, ...] = (*MESSAGE_TYPES, ForwardPropose, ForwardResult)
+"""What a transport carries and delivers once a connection is established."""
