@@ -1,0 +1,432 @@
+"""The write-ahead log: Raft entries appended to segment files, verified on recovery.
+
+The on-disk format and the recovery rules are described in ``dengine_trio/storage/__init__.py``.
+
+Threading: ``append`` runs on the trio thread, ``sync`` in a worker thread, possibly at the same
+time (group commit). Everything that reads or changes the set of segments, the current file
+descriptor or the last entry happens under ``_lock``; ``sync`` only holds it to note what it is
+about to cover, never while it waits for the disk. File descriptors retired while a sync is in
+flight are closed by that sync, so it never fsyncs a descriptor that was closed (or reused)
+under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import struct
+import threading
+import zlib
+from array import array
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import msgpack
+
+from ..raft.messages import Entry, EntryKind
+from ._fs import fsync_directory, write_all
+from .errors import CorruptLogError, StorageError
+
+logger = logging.getLogger("dengine_trio.storage")
+
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+SEGMENT_SUFFIX = ".wal"
+SEGMENT_NAME_DIGITS = 20  # wide enough for any unsigned 64-bit index
+
+RECORD_HEADER = struct.Struct("<II")
+"""Record header: payload length in bytes, then CRC32 (``zlib.crc32``) of the payload."""
+
+# The smallest payload msgpack can produce for an entry ([0, 0, 0, b""]); a shorter length
+# can only be damage (a run of zero bytes reads as length 0 with a matching CRC of 0).
+MIN_PAYLOAD_BYTES = 6
+# Every payload is a msgpack array of four items, so it starts with this byte (fixarray, 4).
+_PAYLOAD_FIRST_BYTE = 0x94
+
+_SEGMENT_NAME = re.compile(rf"(\d{{{SEGMENT_NAME_DIGITS}}}){re.escape(SEGMENT_SUFFIX)}")
+_OPEN_FOR_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+
+
+def segment_name(first_index: int) -> str:
+    """File name of the segment whose first record holds entry ``first_index``."""
+    return f"{first_index:0{SEGMENT_NAME_DIGITS}d}{SEGMENT_SUFFIX}"
+
+
+@attrs.define
+class _Segment:
+    first_index: int
+    path: Path
+    offsets: array  # byte offset of each record in the file, one per entry
+    size_bytes: int
+
+    @property
+    def last_index(self) -> int:
+        return self.first_index + len(self.offsets) - 1
+
+
+class WriteAheadLog:
+    """Append-only log of ``Entry`` records in one directory of segment files.
+
+    Use ``WriteAheadLog.open``; the constructor is internal.
+    """
+
+    def __init__(
+        self, directory: Path, segments: list[_Segment], last: tuple[int, int], segment_bytes: int
+    ) -> None:
+        self._directory = directory
+        self._segments = segments
+        self._segment_bytes = segment_bytes
+        self._last = last  # (index, term) of the last entry written, (0, 0) when empty
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+        self._sync_mutex = threading.Lock()  # one sync at a time; close waits for it
+        self._sync_in_flight = False
+        self._retired_fds: list[int] = []
+        self._dir_dirty = False
+        self._truncations = 0
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._packer = msgpack.Packer()
+
+    # -- recovery -------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, directory: str | Path, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    ) -> tuple[WriteAheadLog, list[Entry]]:
+        """Open (creating if needed) the log in ``directory`` and recover its entries.
+
+        Returns the log, ready to append after its last entry, and every entry it holds in
+        index order. A torn or corrupt tail of the last segment is logged and truncated away;
+        damage anywhere else raises ``CorruptLogError``. What is returned is durable.
+        """
+        if segment_bytes <= 0:
+            raise ValueError(f"segment_bytes must be positive, got {segment_bytes}")
+        directory = Path(directory)
+        created = not directory.exists()
+        directory.mkdir(parents=True, exist_ok=True)
+        if created:
+            fsync_directory(directory.parent)
+        found = sorted(
+            (int(match.group(1)), path)
+            for path in directory.iterdir()
+            if (match := _SEGMENT_NAME.fullmatch(path.name))
+        )
+        segments: list[_Segment] = []
+        entries: list[Entry] = []
+        for position, (first_index, path) in enumerate(found):
+            is_last = position == len(found) - 1
+            if segments and first_index != segments[-1].last_index + 1:
+                raise CorruptLogError(
+                    f"{path}: segment starts at index {first_index} but the previous segment "
+                    f"{segments[-1].path.name} ends at index {segments[-1].last_index}"
+                )
+            segment = _recover_segment(path, first_index, is_last, entries)
+            if segment.offsets:
+                segments.append(segment)
+            elif is_last:
+                # A roll that crashed before its first write, or a tail torn at offset 0: the
+                # file holds nothing, and the next append recreates it under the right name.
+                path.unlink()
+            else:
+                raise CorruptLogError(f"{path}: segment holds no records but is not the last")
+        last = (entries[-1].index, entries[-1].term) if entries else (0, 0)
+        wal = cls(directory, segments, last, segment_bytes)
+        if segments:
+            wal._fd = os.open(segments[-1].path, _OPEN_FOR_APPEND)
+            # A crashed process may have left written-but-unsynced data in the page cache;
+            # recovery hands it out as the log, so make it durable now.
+            os.fsync(wal._fd)
+        fsync_directory(directory)
+        return wal, entries
+
+    # -- writing --------------------------------------------------------------------------
+
+    @property
+    def last_index(self) -> int:
+        """Index of the last entry appended, 0 when the log is empty."""
+        return self._last[0]
+
+    @property
+    def first_index(self) -> int:
+        """Index of the first entry held, 0 when the log is empty."""
+        segments = self._segments
+        return segments[0].first_index if segments and self._last[0] else 0
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Write ``entries`` (contiguous indexes) after truncating the log from the first one.
+
+        Not durable until ``sync``. One encode and one ``os.write`` per call; truncation and
+        the start of a new segment are the rare paths that also fsync.
+        """
+        if not entries:
+            return
+        first = entries[0].index
+        payload, relative_offsets = self._encode(entries, first)
+        with self._lock:
+            self._check_usable()
+            last_index = self._last[0]
+            if self._segments:
+                if first > last_index + 1:
+                    raise ValueError(f"entry {first} would leave a gap after {last_index}")
+                if first < self._segments[0].first_index:
+                    raise ValueError(
+                        f"entry {first} precedes the log's first entry "
+                        f"{self._segments[0].first_index}"
+                    )
+            elif first < 1:
+                raise ValueError(f"entry indexes start at 1, got {first}")
+            try:
+                if first <= last_index:
+                    self._truncate_from(first)
+                if not self._segments or self._segments[-1].size_bytes >= self._segment_bytes:
+                    self._start_segment(first)
+                segment = self._segments[-1]
+                assert self._fd is not None
+                write_all(self._fd, payload)
+            except BaseException as exc:
+                # What reached the file is unknown now; recovery on restart sorts it out.
+                self._failure = exc
+                raise
+            base = segment.size_bytes
+            if base:
+                segment.offsets.extend([base + offset for offset in relative_offsets])
+            else:
+                segment.offsets.extend(relative_offsets)
+            segment.size_bytes = base + len(payload)
+            self._last = (entries[-1].index, entries[-1].term)
+
+    def _encode(self, entries: Sequence[Entry], first: int) -> tuple[bytes, array]:
+        pack = self._packer.pack
+        header = RECORD_HEADER.pack
+        crc32 = zlib.crc32
+        parts: list[bytes] = []
+        offsets = array("Q")
+        position = 0
+        expected = first
+        for entry in entries:
+            if entry.index != expected:
+                raise ValueError(f"entries are not contiguous: {entry.index} after {expected - 1}")
+            expected += 1
+            data = pack((entry.term, entry.index, entry.kind, entry.data))
+            parts.append(header(len(data), crc32(data)))
+            parts.append(data)
+            offsets.append(position)
+            position += RECORD_HEADER.size + len(data)
+        return b"".join(parts), offsets
+
+    def _start_segment(self, first_index: int) -> None:
+        """Roll to a new segment. Called with ``_lock`` held."""
+        if self._fd is not None:
+            # The new file must never be durable while the old one's tail is not: recovery
+            # would find a hole between them and, rightly, refuse the log.
+            os.fsync(self._fd)
+            self._retire(self._fd)
+            self._fd = None
+        path = self._directory / segment_name(first_index)
+        self._fd = os.open(path, _OPEN_FOR_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+        self._segments.append(_Segment(first_index, path, array("Q"), 0))
+        self._dir_dirty = True
+
+    def _truncate_from(self, index: int) -> None:
+        """Drop entries ``index`` and later. Called with ``_lock`` held; rare, so it fsyncs."""
+        self._truncations += 1
+        segments = self._segments
+        removed = False
+        while segments[-1].first_index > index:
+            dropped = segments.pop()
+            if self._fd is not None:
+                self._retire(self._fd)
+                self._fd = None
+            dropped.path.unlink()
+            removed = True
+        if removed:
+            # Removals first and durably: a cut segment followed by a stale later segment
+            # would read as a hole in the log.
+            fsync_directory(self._directory)
+        segment = segments[-1]
+        if self._fd is None:
+            self._fd = os.open(segment.path, _OPEN_FOR_APPEND)
+        keep = index - segment.first_index
+        cut_at = segment.offsets[keep]
+        os.ftruncate(self._fd, cut_at)
+        os.fsync(self._fd)
+        del segment.offsets[keep:]
+        segment.size_bytes = cut_at
+
+    def _retire(self, fd: int) -> None:
+        """Close ``fd`` now, or after the sync in flight, which may be fsyncing it."""
+        if self._sync_in_flight:
+            self._retired_fds.append(fd)
+        else:
+            os.close(fd)
+
+    # -- durability -----------------------------------------------------------------------
+
+    def sync(self) -> tuple[int, int]:
+        """Make everything appended so far durable; return the (index, term) it covers.
+
+        Safe to call from a worker thread while the owning thread keeps appending: the result
+        covers what was appended before the call and possibly more. (0, 0) when empty.
+        """
+        with self._sync_mutex:
+            while True:
+                with self._lock:
+                    self._check_usable()
+                    covered = self._last
+                    fd = self._fd
+                    dir_dirty = self._dir_dirty
+                    self._dir_dirty = False
+                    truncations = self._truncations
+                    self._sync_in_flight = True
+                try:
+                    # Only the current segment can hold unsynced data: a roll fsyncs the
+                    # segment it leaves.
+                    if fd is not None:
+                        os.fsync(fd)
+                    if dir_dirty:
+                        fsync_directory(self._directory)
+                except OSError as exc:
+                    # After a failed fsync the kernel may have dropped the dirty pages; no
+                    # later fsync can vouch for them, so this log takes no more writes.
+                    self._failure = exc
+                    raise StorageError(f"fsync of the write-ahead log failed: {exc}") from exc
+                finally:
+                    with self._lock:
+                        self._sync_in_flight = False
+                        for retired in self._retired_fds:
+                            os.close(retired)
+                        self._retired_fds.clear()
+                        truncated_meanwhile = self._truncations != truncations
+                # A truncation during the fsync may have cut away what ``covered`` names;
+                # cover the log as it is now instead.
+                if not truncated_meanwhile:
+                    return covered
+
+    def close(self) -> None:
+        """Sync everything appended, then close the files. Idempotent."""
+        if self._closed:
+            return
+        try:
+            if self._failure is None:
+                self.sync()
+        finally:
+            with self._sync_mutex, self._lock:
+                self._closed = True
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+                for retired in self._retired_fds:
+                    os.close(retired)
+                self._retired_fds.clear()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StorageError(f"write-ahead log {self._directory} is closed")
+        if self._failure is not None:
+            raise StorageError(
+                f"write-ahead log {self._directory} failed earlier ({self._failure!r}); "
+                "restart the node to recover it"
+            )
+
+
+def _recover_segment(path: Path, first_index: int, is_last: bool, entries: list[Entry]) -> _Segment:
+    """Read and verify one segment, appending its entries to ``entries``."""
+    data = path.read_bytes()
+    view = memoryview(data)
+    offsets = array("Q")
+    expected = first_index
+    position = 0
+    while position < len(data):
+        end, problem = _frame_at(data, view, position)
+        if problem is not None:
+            if not is_last:
+                raise CorruptLogError(
+                    f"{path}: bad record at offset {position} ({problem}) in a segment that is "
+                    "not the last"
+                )
+            follower = _next_intact_frame(data, view, position)
+            if follower is not None:
+                raise CorruptLogError(
+                    f"{path}: bad record at offset {position} ({problem}) followed by an intact "
+                    f"record at offset {follower}; refusing to skip it"
+                )
+            logger.warning(
+                "%s: torn or corrupt tail at offset %d (%s); truncating %d bytes",
+                path,
+                position,
+                problem,
+                len(data) - position,
+            )
+            _truncate_file(path, position)
+            break
+        payload = view[position + RECORD_HEADER.size : end]
+        try:
+            entry = _decode(payload)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            # The checksum matched, so this is not a torn write: the log was written wrong.
+            raise CorruptLogError(
+                f"{path}: record at offset {position} has a valid checksum but cannot be "
+                f"decoded ({exc})"
+            ) from exc
+        if entry.index != expected:
+            raise CorruptLogError(
+                f"{path}: record at offset {position} holds index {entry.index}, "
+                f"expected {expected}"
+            )
+        entries.append(entry)
+        offsets.append(position)
+        expected += 1
+        position = end
+    return _Segment(first_index, path, offsets, position)
+
+
+def _frame_at(data: bytes, view: memoryview, position: int) -> tuple[int, str | None]:
+    """Check the record framed at ``position``: (end offset, None) or (-1, what is wrong)."""
+    available = len(data) - position
+    if available < RECORD_HEADER.size:
+        return -1, f"incomplete record header, {available} of {RECORD_HEADER.size} bytes"
+    length, crc = RECORD_HEADER.unpack_from(data, position)
+    if length < MIN_PAYLOAD_BYTES:
+        return -1, f"impossible payload length {length}"
+    start = position + RECORD_HEADER.size
+    end = start + length
+    if end > len(data):
+        return -1, f"payload of {length} bytes runs past the end of the file"
+    if zlib.crc32(view[start:end]) != crc:
+        return -1, "checksum mismatch"
+    return end, None
+
+
+def _next_intact_frame(data: bytes, view: memoryview, bad_position: int) -> int | None:
+    """Offset of the first intact record starting after ``bad_position``, if any.
+
+    The bad record's length field cannot be trusted, so look at every offset whose payload
+    would start with the byte every payload starts with.
+    """
+    search_from = bad_position + 1 + RECORD_HEADER.size
+    while True:
+        payload_start = data.find(_PAYLOAD_FIRST_BYTE, search_from)
+        if payload_start < 0:
+            return None
+        candidate = payload_start - RECORD_HEADER.size
+        if _frame_at(data, view, candidate)[1] is None:
+            return candidate
+        search_from = payload_start + 1
+
+
+def _decode(payload: memoryview) -> Entry:
+    term, index, kind, data = msgpack.unpackb(payload)
+    if not (isinstance(term, int) and isinstance(index, int) and isinstance(data, bytes)):
+        raise TypeError("fields have the wrong types")
+    return Entry(term=term, index=index, data=data, kind=EntryKind(kind))
+
+
+def _truncate_file(path: Path, size_bytes: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, size_bytes)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
