@@ -34,3 +34,17 @@ chaos: $(STAMP) ## long randomized campaigns (minutes)
 
 clean: ## remove logs, databases and snapshots
 	rm -rf logs db snapshots
+
+.PHONY: start-cluster start-node1 start-node2 start-node3
+
+start-cluster: $(STAMP) ## run nodes 1-3 in parallel (KV 8081-8083, health 10001-10003); Ctrl+C stops them
+	$(BIN)/python -m dengine_trio.devcluster
+
+start-node1: $(STAMP) ## run node 1 in the foreground (KV 8081, health 10001, config/n1.toml)
+	$(BIN)/python -m dengine_trio --config-path config/n1 --port 8081 --health-port 10001
+
+start-node2: $(STAMP) ## run node 2 in the foreground (KV 8082, health 10002, config/n2.toml)
+	$(BIN)/python -m dengine_trio --config-path config/n2 --port 8082 --health-port 10002
+
+start-node3: $(STAMP) ## run node 3 in the foreground (KV 8083, health 10003, config/n3.toml)
+	$(BIN)/python -m dengine_trio --config-path config/n3 --port 8083 --health-port 10003

@@ -1,0 +1,138 @@
+"""HTTP faces of a node: the KV app (business port) and the health app (health port).
+
+Both are Quart apps (quart-trio) served by Hypercorn inside the node's nursery. What they share
+lives here: the JSON error body ``{"error": "<code>", "message": "..."}`` that every 4xx/5xx
+carries (Quart's own 404/405/413 included), the mapping of engine errors to statuses, and the
+Hypercorn settings. ``create_kv_app`` is in :mod:`dengine_trio.api.kv`, ``create_health_app``
+in :mod:`dengine_trio.api.health`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+from hypercorn.config import Config as HypercornConfig
+from quart import Quart, Response
+from werkzeug.exceptions import HTTPException
+
+from dengine_trio import errors
+
+__all__ = [
+    "JSON_CONTENT_TYPE",
+    "ApiError",
+    "bind_listener",
+    "hypercorn_config",
+    "install_error_handlers",
+    "json_error",
+]
+
+JSON_CONTENT_TYPE = "application/json"
+RETRY_AFTER_S = "1"
+
+log = logging.getLogger("dengine_trio.api")
+
+
+class ApiError(Exception):
+    """A request the API refuses: rendered as ``status`` with a JSON error body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def json_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    """The JSON error response every 4xx/5xx of both apps uses."""
+    body = json.dumps({"error": code, "message": message}, separators=(",", ":"))
+    return Response(body, status=status, content_type=JSON_CONTENT_TYPE, headers=headers)
+
+
+def _engine_error(exc: errors.DengineError) -> Response:
+    retry = {"Retry-After": RETRY_AFTER_S}
+    if isinstance(exc, errors.NotLeader):
+        return json_error(503, "not_leader", f"no leader reachable: {exc}", retry)
+    if isinstance(exc, errors.NoLeader):
+        return json_error(503, "no_leader", "no leader reachable, retry shortly", retry)
+    if isinstance(exc, errors.Stopped):
+        return json_error(503, "stopped", "this node is shutting down", retry)
+    if isinstance(exc, errors.Overloaded):
+        return json_error(503, "overloaded", "too many pending requests, retry shortly", retry)
+    if isinstance(exc, errors.Timeout):
+        return json_error(504, "timeout", "not committed in time; a write may still apply")
+    if isinstance(exc, errors.TooLarge):
+        return json_error(413, "too_large", str(exc) or "request exceeds a configured limit")
+    return json_error(500, "internal", f"{type(exc).__name__}: {exc}")
+
+
+def _http_error_code(exc: HTTPException) -> str:
+    # "Method Not Allowed" -> "method_not_allowed": stable codes derived from werkzeug's names.
+    name = exc.name or "error"
+    return "_".join(name.lower().replace("-", " ").split())
+
+
+def install_error_handlers(app: Quart) -> None:
+    """Make every error of ``app`` a JSON body: API refusals, engine errors, Quart's own."""
+
+    async def on_api_error(exc: ApiError) -> Response:
+        return json_error(exc.status, exc.code, exc.message)
+
+    async def on_engine_error(exc: errors.DengineError) -> Response:
+        return _engine_error(exc)
+
+    async def on_http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        response = json_error(status, _http_error_code(exc), exc.description or exc.name)
+        if status == 405 and exc.response is None:
+            # 405 must say what is allowed; werkzeug keeps it in valid_methods.
+            allowed = getattr(exc, "valid_methods", None)
+            if allowed:
+                response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    async def on_unexpected(exc: Exception) -> Response:
+        # A bug of ours, never a client's fault: keep the traceback in the log, JSON outside.
+        log.exception("unhandled error in %s", app.name)
+        return json_error(500, "internal", "internal error")
+
+    app.register_error_handler(ApiError, on_api_error)
+    app.register_error_handler(errors.DengineError, on_engine_error)
+    app.register_error_handler(HTTPException, on_http_error)
+    app.register_error_handler(Exception, on_unexpected)
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for Hypercorn, so a taken port fails at once with a plain OSError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def hypercorn_config(
+    sock: socket.socket, *, access_log: bool = False, graceful_timeout_s: float = 1.0
+) -> HypercornConfig:
+    """Hypercorn settings for one app listening on ``sock`` (Hypercorn takes the socket over).
+
+    Keep-alive stays on (clients and load balancers reuse connections); the access log is off
+    unless asked for; the graceful timeout is short so a stopping node does not linger on
+    idle keep-alive connections.
+    """
+    config = HypercornConfig()
+    config.bind = [f"fd://{sock.detach()}"]
+    config.accesslog = logging.getLogger("hypercorn.access") if access_log else None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = graceful_timeout_s
+    config.keep_alive_timeout = 75.0
+    config.include_server_header = False
+    return config

@@ -1,0 +1,141 @@
+"""The business app: a JSON key-value API over the embedded client.
+
+``POST /kv`` ``{"key": "...", "value": "..."}`` -> ``200 {}`` once committed (a follower's
+engine forwards it to the leader); ``GET /kv/<key>`` -> ``200 {"value": "..."}`` or ``404``;
+``DELETE /kv/<key>`` -> ``200 {}``. Keys and values are JSON strings, stored as their UTF-8
+bytes. Handlers only parse, call the client and map errors, so the per-request cost stays close
+to Quart's own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.routing import PathConverter
+
+from dengine_trio.api import JSON_CONTENT_TYPE, ApiError, install_error_handlers, json_error
+from dengine_trio.policy import ReadPolicy
+
+if TYPE_CHECKING:
+    from dengine_trio.engine import EmbeddedEngine
+
+__all__ = ["CONSISTENCY_PARAM", "create_kv_app"]
+
+CONSISTENCY_PARAM = "consistency"
+_POLICIES: dict[str, ReadPolicy] = {
+    "linearizable": ReadPolicy.LINEARIZABLE,
+    "lease": ReadPolicy.LEASE,
+    "eventual": ReadPolicy.EVENTUAL,
+}
+_COMPACT = (",", ":")
+_EMPTY_OBJECT = b"{}"
+_ABSENT = json.dumps(
+    {"value": None, "error": "not_found", "message": "no such key"}, separators=_COMPACT
+).encode()
+
+
+class KeyConverter(PathConverter):
+    """Matches any key, even empty, with leading, doubled or trailing slashes (URL-encoded)."""
+
+    regex = ".*"
+    # werkzeug infers part_isolating from the regex unless it is set explicitly.
+    part_isolating = False
+
+
+def create_kv_app(engine: EmbeddedEngine) -> QuartTrio:
+    """The KV app of ``engine``; limits and the default read policy come from its config."""
+    client = engine.client()
+    limits = engine.config.limits
+    max_key_bytes = limits.max_key_bytes
+    max_value_bytes = limits.max_value_bytes
+
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
+    app.url_map.converters["key"] = KeyConverter
+    # Doubled slashes are part of a key, not something to redirect away.
+    app.url_map.merge_slashes = False
+    install_error_handlers(app)
+
+    async def on_body_too_large(_: RequestEntityTooLarge) -> Response:
+        message = f"the request body exceeds {limits.max_body_bytes} bytes"
+        return json_error(413, "body_too_large", message)
+
+    app.register_error_handler(RequestEntityTooLarge, on_body_too_large)
+
+    # Hoisted: these run for every request.
+    loads = json.loads
+    dumps = json.dumps
+    response_class = app.response_class
+
+    def key_bytes(key: object) -> bytes:
+        if type(key) is not str:
+            raise ApiError(400, "invalid_key", '"key" must be a string')
+        if not key:
+            raise ApiError(400, "empty_key", "the key must not be empty")
+        try:
+            encoded = key.encode()
+        except UnicodeEncodeError:
+            raise ApiError(400, "invalid_key", "the key is not valid Unicode") from None
+        if len(encoded) > max_key_bytes:
+            raise ApiError(413, "key_too_large", f"the key exceeds {max_key_bytes} bytes (UTF-8)")
+        return encoded
+
+    @app.post("/kv")
+    async def put_kv() -> Response:
+        body = await request.get_data(cache=False)
+        try:
+            doc = loads(body)
+        except (ValueError, RecursionError):  # bad syntax or encoding; absurd nesting
+            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        if type(doc) is not dict:
+            raise ApiError(400, "invalid_request", 'expected {"key": "...", "value": "..."}')
+        key = doc.get("key")
+        value = doc.get("value")
+        if key is None:
+            raise ApiError(400, "invalid_request", 'missing "key"')
+        encoded_key = key_bytes(key)
+        if type(value) is not str:
+            detail = 'missing "value"' if value is None else '"value" must be a string'
+            raise ApiError(400, "invalid_request", detail)
+        try:
+            encoded_value = value.encode()
+        except UnicodeEncodeError:
+            raise ApiError(400, "invalid_value", "the value is not valid Unicode") from None
+        if len(encoded_value) > max_value_bytes:
+            raise ApiError(
+                413, "value_too_large", f"the value exceeds {max_value_bytes} bytes (UTF-8)"
+            )
+        await client.put(encoded_key, encoded_value)
+        return response_class(_EMPTY_OBJECT, content_type=JSON_CONTENT_TYPE)
+
+    @app.get("/kv/<key:key>")
+    async def get_kv(key: str) -> Response:
+        encoded_key = key_bytes(key)
+        policy: ReadPolicy | None = None
+        if request.query_string:
+            requested = request.args.get(CONSISTENCY_PARAM)
+            if requested is not None:
+                policy = _POLICIES.get(requested)
+                if policy is None:
+                    raise ApiError(
+                        400,
+                        "invalid_consistency",
+                        f"{CONSISTENCY_PARAM} must be one of {', '.join(_POLICIES)}",
+                    )
+        value = await client.get(encoded_key, policy)
+        if value is None:
+            return response_class(_ABSENT, status=404, content_type=JSON_CONTENT_TYPE)
+        # Values were JSON strings, so they decode; "replace" keeps a bug from becoming a 500.
+        text = dumps({"value": value.decode("utf-8", "replace")}, separators=_COMPACT)
+        return response_class(text, content_type=JSON_CONTENT_TYPE)
+
+    @app.delete("/kv/<key:key>")
+    async def delete_kv(key: str) -> Response:
+        await client.delete(key_bytes(key))
+        return response_class(_EMPTY_OBJECT, content_type=JSON_CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,246 @@
+"""The node process, e.g. ``python -m dengine_trio --config-path config/n1 --port 8081``.
+
+One trio run per process. Its nursery holds the embedded engine, the KV app on ``--port`` and
+the health app on ``--health-port``. The HTTP servers listen at once, whether or not peers are
+up: a node never exits because the rest of the cluster is missing.
+
+SIGINT or SIGTERM stops the node gracefully: a leader first hands leadership to an up-to-date
+follower (so a planned restart costs about one round trip of unavailability instead of an
+election timeout), then the HTTP servers stop, then the engine flushes and stops; exit 0. A
+second signal skips what is left of the graceful part but still flushes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from functools import partial
+
+import trio
+from hypercorn.trio import serve
+
+from dengine_trio import errors
+from dengine_trio.api import bind_listener, hypercorn_config
+from dengine_trio.api.health import create_health_app
+from dengine_trio.api.kv import create_kv_app
+from dengine_trio.config import ConfigError, NodeConfig, load_config
+from dengine_trio.engine import EmbeddedEngine
+from dengine_trio.log import LEVELS, parse_level, setup_logging
+
+__all__ = ["EXIT_CONFIG", "EXIT_STARTUP", "build_parser", "main", "serve_node"]
+
+EXIT_CONFIG = 2
+"""Exit status for a configuration or usage error (as argparse uses for usage errors)."""
+EXIT_STARTUP = 1
+"""Exit status when the node cannot start, e.g. a port is taken."""
+
+DEFAULT_HOST = "0.0.0.0"
+KV_PORT_BASE = 8080
+HEALTH_PORT_BASE = 10000
+
+log = logging.getLogger("dengine_trio.node")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of a node process."""
+    parser = argparse.ArgumentParser(
+        prog="dengine-trio",
+        description="Run one node of a dengine_trio cluster: the embedded Raft engine, "
+        "the KV HTTP API and the health API.",
+    )
+    parser.add_argument(
+        "--config-path",
+        help="node TOML file, with or without .toml (the CONFIG_PATH environment variable "
+        "overrides it)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        help=f"KV API port (default {KV_PORT_BASE} + node_id, e.g. 8081 for node 1)",
+    )
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        help=f"health API port (default {HEALTH_PORT_BASE} + node_id, e.g. 10001 for node 1)",
+    )
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address both APIs bind (default {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LOG_LEVEL", "info"),
+        help=f"one of {', '.join(LEVELS)} (default: $LOG_LEVEL, else info)",
+    )
+    parser.add_argument(
+        "--access-log", action="store_true", help="log every HTTP request (off by default)"
+    )
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"dengine-trio: {message}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a node until SIGINT/SIGTERM; return the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config_arg = os.environ.get("CONFIG_PATH") or args.config_path
+    if not config_arg:
+        return _fail("no configuration: pass --config-path or set CONFIG_PATH")
+    try:
+        level = parse_level(args.log_level)
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
+        config = load_config(config_arg)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+
+    node_id = config.cluster.node_id
+    port = KV_PORT_BASE + node_id if args.port is None else args.port
+    health_port = HEALTH_PORT_BASE + node_id if args.health_port is None else args.health_port
+    for flag, value in (("--port", port), ("--health-port", health_port)):
+        if not 0 <= value <= 65535:
+            return _fail(f"{flag}: {value} is not a TCP port")
+    if port == health_port and port != 0:
+        return _fail(f"--port and --health-port must differ (both {port})")
+
+    setup_logging(level, node_id)
+    listeners: list[socket.socket] = []
+    for what, value in (("KV API", port), ("health API", health_port)):
+        try:
+            listeners.append(bind_listener(args.host, value))
+        except OSError as exc:
+            log.error("cannot listen on %s:%d for the %s: %s", args.host, value, what, exc)
+            for sock in listeners:
+                sock.close()
+            return EXIT_STARTUP
+    try:
+        trio.run(partial(serve_node, config, *listeners, access_log=args.access_log))
+    except KeyboardInterrupt:  # a signal before the receiver was installed
+        return 130
+    except Exception as exc:
+        cause = next(_os_errors(exc), None)
+        if cause is None:
+            raise
+        log.error("node %d cannot run: %s", node_id, cause)
+        return EXIT_STARTUP
+    return 0
+
+
+def _os_errors(exc: BaseException) -> Iterator[OSError]:
+    """OSErrors inside ``exc``, looking through (trio's) exception groups."""
+    if isinstance(exc, OSError):
+        yield exc
+    for inner in getattr(exc, "exceptions", ()):
+        yield from _os_errors(inner)
+
+
+async def serve_node(
+    config: NodeConfig,
+    kv_listener: socket.socket,
+    health_listener: socket.socket,
+    *,
+    access_log: bool = False,
+) -> None:
+    """Run the engine and both HTTP apps on the given bound sockets until SIGINT/SIGTERM."""
+    timing = config.raft.timing
+    kv_address = _address(kv_listener)
+    health_address = _address(health_listener)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with EmbeddedEngine.start(config) as engine:
+            kv_config = hypercorn_config(kv_listener, access_log=access_log)
+            health_config = hypercorn_config(health_listener, access_log=access_log)
+            http_stop = trio.Event()
+            with trio.CancelScope() as graceful:
+                async with trio.open_nursery() as nursery:
+                    shutdown = partial(
+                        _shut_down, engine, http_stop, timing.election_timeout_max_ms / 1000
+                    )
+                    nursery.start_soon(_watch_signals, signals, nursery, shutdown, graceful)
+                    nursery.start_soon(_report_ready, engine, timing.request_timeout_ms / 1000)
+                    async with trio.open_nursery() as servers:
+                        for app, cfg in (
+                            (create_kv_app(engine), kv_config),
+                            (create_health_app(engine), health_config),
+                        ):
+                            await servers.start(
+                                partial(serve, app, cfg, shutdown_trigger=http_stop.wait)
+                            )
+                        log.info(
+                            "KV API on http://%s, health API on http://%s",
+                            kv_address,
+                            health_address,
+                        )
+                    log.info("HTTP servers stopped")
+                    nursery.cancel_scope.cancel()
+            log.info("stopping the engine")
+            await engine.stop()
+    log.info("stopped")
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+async def _watch_signals(
+    signals: AsyncIterator[int],
+    nursery: trio.Nursery,
+    shutdown: Callable[[], Awaitable[None]],
+    graceful: trio.CancelScope,
+) -> None:
+    """First signal: start the graceful shutdown. Another one: cut what is left of it."""
+    shutting_down = False
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if not shutting_down:
+            shutting_down = True
+            log.info("%s received: shutting down", name)
+            nursery.start_soon(shutdown)
+        else:
+            log.warning("%s received again: skipping the rest of the graceful shutdown", name)
+            graceful.cancel()
+
+
+async def _shut_down(
+    engine: EmbeddedEngine, http_stop: trio.Event, transfer_timeout_s: float
+) -> None:
+    await _hand_over_leadership(engine, transfer_timeout_s)
+    log.info("stopping HTTP servers")
+    http_stop.set()
+
+
+async def _hand_over_leadership(engine: EmbeddedEngine, timeout_s: float) -> None:
+    if not engine.is_leader():
+        return
+    log.info("leader: transferring leadership before stopping (up to %.1f s)", timeout_s)
+    try:
+        moved = await engine.transfer_leadership(timeout_s)
+    except errors.DengineError as exc:
+        log.warning("leadership transfer failed: %s", exc)
+        return
+    if moved:
+        log.info("leadership transferred to node %s", engine.leader_id())
+    else:
+        log.warning("leadership transfer did not finish in %.1f s; stopping anyway", timeout_s)
+
+
+async def _report_ready(engine: EmbeddedEngine, interval_s: float) -> None:
+    """One line once a leader is known, and a reminder while the cluster has none."""
+    while True:
+        try:
+            leader_id, term = await engine.wait_ready(interval_s)
+        except errors.Timeout:
+            log.info("no leader yet: waiting for a majority of the cluster to be up")
+            continue
+        log.info("cluster ready: node %d leads in term %d", leader_id, term)
+        return
