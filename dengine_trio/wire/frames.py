@@ -25,7 +25,9 @@ class FrameReader:
 
     ``feed`` returns every frame completed by the bytes received so far; a partial frame stays
     buffered. A header announcing more than ``max_frame_bytes`` raises ``FrameTooLarge`` as soon
-    as the header arrives, without waiting for (or buffering) the body.
+    as the header arrives, without waiting for (or buffering) the body; the stream is then
+    unusable (frames before it in the same ``feed`` are dropped with the connection) and every
+    later ``feed`` raises again.
     """
 
     def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
@@ -58,8 +60,8 @@ class FrameReader:
                     break
                 frames.append(view[pos + HEADER_BYTES : end].tobytes())
                 pos = end
-        del buf[:pos]
-        # Frames before the oversized one are whole and valid: hand them over first.
-        if self._error is not None and not frames:
+        if self._error is not None:
+            buf.clear()
             raise self._error
+        del buf[:pos]
         return frames

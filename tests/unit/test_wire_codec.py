@@ -1,0 +1,222 @@
+"""The codec round-trips every message and turns any bad input into CodecError, nothing else."""
+
+from __future__ import annotations
+
+import typing
+from enum import IntEnum
+from typing import Any
+
+import attrs
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dengine_trio.raft.messages import (
+    MESSAGE_TYPES,
+    AppendEntries,
+    Entry,
+    EntryKind,
+    Heartbeat,
+    RequestVote,
+)
+from dengine_trio.wire import (
+    TAGS,
+    CodecError,
+    ForwardPropose,
+    ForwardResult,
+    ForwardStatus,
+    Hello,
+    HelloReply,
+    decode,
+    encode,
+)
+
+ALL_TYPES = (*MESSAGE_TYPES, Hello, HelloReply, ForwardPropose, ForwardResult)
+MSGPACK_INTS = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
+    if tp is bool:
+        return st.booleans()
+    if tp is int:
+        return MSGPACK_INTS
+    if tp is bytes:
+        return st.binary(max_size=64)
+    if tp is str:
+        return st.text(max_size=16)
+    if isinstance(tp, type) and issubclass(tp, IntEnum):
+        return st.sampled_from(list(tp))
+    if typing.get_origin(tp) is tuple:
+        (item, _ellipsis) = typing.get_args(tp)
+        return st.lists(strategy_for(item), max_size=6).map(tuple)
+    if attrs.has(tp):
+        return messages_of(tp)
+    raise AssertionError(f"no strategy for {tp!r}")
+
+
+def messages_of(cls: type) -> st.SearchStrategy[Any]:
+    """Instances of an attrs message class, every field drawn from its declared type."""
+    hints = typing.get_type_hints(cls)
+    return st.builds(cls, **{f.name: strategy_for(hints[f.name]) for f in attrs.fields(cls)})
+
+
+any_message = st.one_of([messages_of(cls) for cls in ALL_TYPES])
+
+
+def test_every_message_type_has_a_unique_tag() -> None:
+    assert set(TAGS) == set(ALL_TYPES)
+    assert len(set(TAGS.values())) == len(TAGS)
+
+
+def test_encoding_is_stable() -> None:
+    """The bytes on the wire are a protocol: a change here breaks mixed-version clusters."""
+    assert encode(Heartbeat(term=1, src=2, dst=3, commit=4, seq=5)) == bytes.fromhex(
+        "9205950102030405"
+    )
+    ae = AppendEntries(
+        term=2,
+        src=1,
+        dst=3,
+        prev_log_index=7,
+        prev_log_term=1,
+        entries=(Entry(2, 8, b"x", EntryKind.COMMAND), Entry(2, 9, b"", EntryKind.NOOP)),
+        leader_commit=6,
+    )
+    # [3, [2, 1, 3, 7, 1, [[2, 8, b"x", 0], [2, 9, b"", 1]], 6]]
+    assert encode(ae) == bytes.fromhex("920397020103070192940208c4017800940209c4000106")
+
+
+@pytest.mark.parametrize("cls", ALL_TYPES, ids=lambda c: c.__name__)
+@SETTINGS
+@given(data=st.data())
+def test_round_trip(cls: Any, data: st.DataObject) -> None:
+    names = [f.name for f in attrs.fields(cls)]
+    msg = data.draw(messages_of(cls))
+    decoded = decode(encode(msg))
+    assert decoded == msg
+    assert type(decoded) is cls
+    for name in names:
+        # Enums come back as enum members, not bare ints.
+        assert type(getattr(decoded, name)) is type(getattr(msg, name))
+
+
+def test_append_entries_with_many_entries_round_trips() -> None:
+    entries = tuple(
+        Entry(3, 100 + i, bytes([i % 256]) * 256, EntryKind.COMMAND) for i in range(256)
+    )
+    msg = AppendEntries(3, 1, 2, 99, 3, entries, 99)
+    decoded = decode(encode(msg))
+    assert decoded == msg
+    assert isinstance(decoded, AppendEntries)
+    assert all(type(e.kind) is EntryKind for e in decoded.entries)
+
+
+@SETTINGS
+@given(st.binary(max_size=200))
+def test_decode_of_arbitrary_bytes_raises_only_codec_error(data: bytes) -> None:
+    try:
+        msg = decode(data)
+    except CodecError:
+        return
+    assert type(msg) in ALL_TYPES
+
+
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | MSGPACK_INTS
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=8) | st.dictionaries(st.text(max_size=4), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@SETTINGS
+@given(st.sampled_from(sorted(TAGS.values())) | MSGPACK_INTS, msgpack_values)
+def test_decode_of_well_formed_msgpack_with_wrong_shape_raises_only_codec_error(
+    tag: int, payload: Any
+) -> None:
+    try:
+        msg = decode(msgpack.packb([tag, payload]))
+    except CodecError:
+        return
+    assert type(msg) in ALL_TYPES
+
+
+@SETTINGS
+@given(any_message, st.data())
+def test_corrupted_encodings_raise_only_codec_error(msg: Any, data: st.DataObject) -> None:
+    encoded = bytearray(encode(msg))
+    position = data.draw(st.integers(0, len(encoded) - 1))
+    if data.draw(st.booleans()):
+        encoded[position] = data.draw(st.integers(0, 255))
+    else:
+        del encoded[position:]
+    try:
+        decoded = decode(bytes(encoded))
+    except CodecError:
+        return
+    assert type(decoded) in ALL_TYPES
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [33, [1, ""]],  # int where a bool is declared
+        [33, [True]],  # too few fields
+        [33, [True, "", 1]],  # too many fields
+        [33, {"ok": True, "reason": ""}],  # a map instead of a list
+        [5, [1, 2, 3, 4, True]],  # bool where an int is declared
+        [5, [1, 2, 3, 4, 5.0]],  # float where an int is declared
+        [34, [1, 2, 3, "text"]],  # str where bytes are declared
+        [32, [b"cluster", 1, 2, 1]],  # bytes where a str is declared
+        [35, [1, 2, 3, 99, 0, b""]],  # unknown ForwardStatus
+        [3, [1, 2, 3, 4, 5, [[1, 2, b"", 7]], 6]],  # unknown EntryKind
+        [3, [1, 2, 3, 4, 5, [[1, 2, b""]], 6]],  # short entry
+        [3, [1, 2, 3, 4, 5, [[1, 2, b"", True]], 6]],  # bool as EntryKind
+        [3, [1, 2, 3, 4, 5, "entries", 6]],
+        [99, [1]],  # unknown tag
+        ["5", [1, 2, 3, 4, 5]],  # tag of the wrong type
+        [5],  # no payload
+    ],
+)
+def test_wrong_shapes_and_types_are_refused(payload: Any) -> None:
+    with pytest.raises(CodecError):
+        decode(msgpack.packb(payload))
+
+
+def test_trailing_bytes_are_refused() -> None:
+    with pytest.raises(CodecError):
+        decode(encode(Heartbeat(1, 2, 3, 4, 5)) + b"\x00")
+
+
+def test_invalid_utf8_is_refused() -> None:
+    data = bytearray(encode(Hello("ab", 1, 2, 1)))
+    data[data.index(b"ab")] = 0xFF
+    with pytest.raises(CodecError):
+        decode(bytes(data))
+
+
+def test_encode_refuses_what_it_cannot_encode() -> None:
+    with pytest.raises(CodecError):
+        encode(RequestVote(2**64, 1, 2, 0, 0))
+    with pytest.raises(CodecError):
+        encode(object())
+
+
+def test_forward_status_names_match_client_errors() -> None:
+    assert [s.name for s in ForwardStatus] == [
+        "OK",
+        "NOT_LEADER",
+        "NO_LEADER",
+        "TIMEOUT",
+        "TOO_LARGE",
+        "OVERLOADED",
+        "STOPPED",
+    ]
