@@ -1,0 +1,93 @@
+"""A separate process for the storage tests (run as a script, not collected by pytest).
+
+storage_process.py try DB      open DB; print "opened", or "locked: <message>"
+storage_process.py hold DB     open DB, print "held <pid>", keep it until stdin closes
+storage_process.py write DB    append and sync entries (trio, sync in a worker thread, as
+                               the runtime does) and print "synced <index> <term>" after
+                               each sync, until killed
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import trio
+
+from dengine_trio.raft.messages import Entry
+from dengine_trio.storage import Storage, StorageLockedError
+
+SEGMENT_BYTES = 8192
+WRITE_TERM = 3
+MAX_INDEX = 200_000  # an upper bound on the disk a forgotten writer can fill
+
+
+def payload(index: int) -> bytes:
+    """The data of entry ``index``, so a reader can check every entry it recovers."""
+    return b"entry-%d;" % index * (1 + index % 5)
+
+
+def try_open(db: str) -> None:
+    try:
+        storage = Storage.open(db)
+    except StorageLockedError as exc:
+        print(f"locked: {exc}", flush=True)
+        return
+    storage.close()
+    print("opened", flush=True)
+
+
+def hold(db: str) -> None:
+    with Storage.open(db):
+        print(f"held {os.getpid()}", flush=True)
+        sys.stdin.read()
+
+
+async def write(db: str) -> None:
+    storage = Storage.open(db, segment_bytes=SEGMENT_BYTES)
+    storage.save_hard_state(term=WRITE_TERM, voted_for=1)
+    next_index = storage.last_index + 1
+    limit = trio.Event()
+
+    async def append_forever() -> None:
+        nonlocal next_index
+        batch_size = 1
+        while next_index <= MAX_INDEX:
+            last = next_index + batch_size - 1
+            storage.append(
+                [
+                    Entry(term=WRITE_TERM, index=i, data=payload(i))
+                    for i in range(next_index, last + 1)
+                ]
+            )
+            next_index = last + 1
+            batch_size = batch_size % 7 + 1
+            await trio.sleep(0)
+        limit.set()
+
+    async def sync_forever() -> None:
+        while True:
+            index, term = await trio.to_thread.run_sync(storage.sync)
+            print(f"synced {index} {term}", flush=True)
+            if limit.is_set():
+                await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(append_forever)
+        nursery.start_soon(sync_forever)
+
+
+def main() -> None:
+    command, db = sys.argv[1], sys.argv[2]
+    if command == "try":
+        try_open(db)
+    elif command == "hold":
+        hold(db)
+    elif command == "write":
+        trio.run(write, db)
+    else:
+        raise SystemExit(f"unknown command {command!r}")
+
+
+if __name__ == "__main__":
+    main()
