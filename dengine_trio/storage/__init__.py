@@ -53,8 +53,9 @@ each record the index after its predecessor's.
 
 * Torn or corrupt tail: a record of the LAST segment that is incomplete (short header or
   payload running past the end of the file), has an impossible length or a checksum
-  mismatch, with no intact record (valid length and CRC) starting at any later offset of that
-  file. It and everything after it is the remains of an interrupted write: a warning on the
+  mismatch, with no intact record starting at any later offset of that file (intact: a
+  plausible length, a payload starting with ``0x94``, msgpack's 4-item array, and a matching
+  CRC). It and everything after it is the remains of an interrupted write: a warning on the
   ``dengine_trio.storage`` logger names the file and offset, the file is truncated there
   (ftruncate + fsync) and recovery returns the entries before it.
 * Anything else raises ``CorruptLogError`` naming the file, the offset and the damage: a bad
