@@ -87,8 +87,12 @@ def _fail(message: str) -> int:
     return EXIT_CONFIG
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run a node until SIGINT/SIGTERM; return the process exit status."""
+def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ()) -> int:
+    """Run a node until SIGINT/SIGTERM; return the process exit status.
+
+    ``held_signals`` is a list the caller's own handler appends SIGINT/SIGTERM to until the
+    node installs its receiver; each counts as if it had arrived afterwards.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     config_arg = os.environ.get("CONFIG_PATH") or args.config_path
@@ -124,8 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sock.close()
             return EXIT_STARTUP
     try:
-        trio.run(partial(serve_node, config, *listeners, access_log=args.access_log))
-    except KeyboardInterrupt:  # a signal before the receiver was installed
+        trio.run(
+            partial(
+                serve_node,
+                config,
+                *listeners,
+                access_log=args.access_log,
+                held_signals=held_signals,
+            )
+        )
+    except KeyboardInterrupt:  # SIGINT before the receiver, when no one held it for us
         return 130
     except Exception as exc:
         cause = next(_os_errors(exc), None)
@@ -150,8 +162,12 @@ async def serve_node(
     health_listener: socket.socket,
     *,
     access_log: bool = False,
+    held_signals: Sequence[int] = (),
 ) -> None:
-    """Run the engine and both HTTP apps on the given bound sockets until SIGINT/SIGTERM."""
+    """Run the engine and both HTTP apps on the given bound sockets until SIGINT/SIGTERM.
+
+    Signals in ``held_signals`` (see :func:`main`) count as received once the receiver is up.
+    """
     timing = config.raft.timing
     kv_address = _address(kv_listener)
     health_address = _address(health_listener)
@@ -165,7 +181,9 @@ async def serve_node(
                     shutdown = partial(
                         _shut_down, engine, http_stop, timing.election_timeout_max_ms / 1000
                     )
-                    nursery.start_soon(_watch_signals, signals, nursery, shutdown, graceful)
+                    nursery.start_soon(
+                        _watch_signals, signals, held_signals, nursery, shutdown, graceful
+                    )
                     nursery.start_soon(_report_ready, engine, timing.request_timeout_ms / 1000)
                     async with trio.open_nursery() as servers:
                         for app, cfg in (
@@ -194,13 +212,16 @@ def _address(sock: socket.socket) -> str:
 
 async def _watch_signals(
     signals: AsyncIterator[int],
+    held_signals: Sequence[int],
     nursery: trio.Nursery,
     shutdown: Callable[[], Awaitable[None]],
     graceful: trio.CancelScope,
 ) -> None:
     """First signal: start the graceful shutdown. Another one: cut what is left of it."""
     shutting_down = False
-    async for signum in signals:
+
+    def on_signal(signum: int) -> None:
+        nonlocal shutting_down
         name = signal.Signals(signum).name
         if not shutting_down:
             shutting_down = True
@@ -209,6 +230,12 @@ async def _watch_signals(
         else:
             log.warning("%s received again: skipping the rest of the graceful shutdown", name)
             graceful.cancel()
+
+    # The receiver is open by now, so nothing more lands in held_signals.
+    for signum in list(held_signals):
+        on_signal(signum)
+    async for signum in signals:
+        on_signal(signum)
 
 
 async def _shut_down(

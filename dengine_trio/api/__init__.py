@@ -14,7 +14,7 @@ import logging
 import socket
 
 from hypercorn.config import Config as HypercornConfig
-from quart import Quart, Response
+from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from dengine_trio import errors
@@ -76,7 +76,23 @@ def _http_error_code(exc: HTTPException) -> str:
 
 
 def install_error_handlers(app: Quart) -> None:
-    """Make every error of ``app`` a JSON body: API refusals, engine errors, Quart's own."""
+    """Make every error of ``app`` a JSON body: API refusals, engine errors, Quart's own.
+
+    Also reads any request body a handler left unread before the response goes out:
+    Hypercorn (0.18, h11) can stall a keep-alive connection whose response was sent before
+    the request body arrived, e.g. a 405 to a PUT with a body.
+    """
+
+    async def drain_request_body(response: Response) -> Response:
+        # POST /kv reads its whole body before any 2xx, so the hot path skips this.
+        if response.status_code < 400 and request.method == "POST":
+            return response
+        if request.content_length or "Transfer-Encoding" in request.headers:
+            try:
+                await request.get_data(cache=False)
+            except HTTPException:  # too large, or too slow: do not reuse the connection
+                response.headers["Connection"] = "close"
+        return response
 
     async def on_api_error(exc: ApiError) -> Response:
         return json_error(exc.status, exc.code, exc.message)
@@ -99,6 +115,7 @@ def install_error_handlers(app: Quart) -> None:
         log.exception("unhandled error in %s", app.name)
         return json_error(500, "internal", "internal error")
 
+    app.after_request(drain_request_body)
     app.register_error_handler(ApiError, on_api_error)
     app.register_error_handler(errors.DengineError, on_engine_error)
     app.register_error_handler(HTTPException, on_http_error)

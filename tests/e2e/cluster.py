@@ -1,0 +1,253 @@
+"""Real node processes for end-to-end tests: free ports, config files, bounded waits.
+
+Every node is ``python -m dengine_trio`` with its own TOML file in a temporary directory and
+ports chosen free at test time, so the suite runs beside a developer's own cluster. Every wait
+polls with a deadline; nothing sleeps in place of a condition.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote
+
+import httpx
+
+T = TypeVar("T")
+
+START_TIMEOUT_S = 60.0
+"""Generous: three interpreters start on a shared two-core machine."""
+EXIT_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.05
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on every interface right now."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("0.0.0.0", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def wait_until(check: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    """Poll ``check`` until it returns something other than None (or False)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(POLL_INTERVAL_S)
+
+
+def key_path(key: str) -> str:
+    """``/kv/<key>`` with every character escaped, dots too (clients fold ``/..`` away)."""
+    return "/kv/" + quote(key, safe="").replace(".", "%2E")
+
+
+def node_toml(node_id: int, raft_ports: list[int], db_dir: Path, extra: str = "") -> str:
+    """A node file in the mission's schema, on loopback."""
+    members = ",\n".join(
+        f'    {{ id = {i}, address = "127.0.0.1:{port}", role = 1, status = 2 }}'
+        for i, port in enumerate(raft_ports, start=1)
+    )
+    return f"""\
+[cluster]
+node_id = {node_id}
+listen_address = "127.0.0.1:{raft_ports[node_id - 1]}"
+initial_cluster = [
+{members},
+]
+db_root_dir = "{db_dir.as_posix()}"
+
+[raft.read_consistency]
+default_policy = "LeaseRead"
+lease_duration_ms = 500
+
+[raft.persistence]
+strategy = "MemFirst"
+flush_policy = {{ Batch = {{ threshold = 100, interval_ms = 20 }} }}
+{extra}"""
+
+
+def run_cli(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m dengine_trio ARGS`` to completion (for runs expected to exit at once)."""
+    return subprocess.run(
+        [sys.executable, "-m", "dengine_trio", *args],
+        cwd=cwd,
+        env={**_base_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=EXIT_TIMEOUT_S,
+        check=False,
+    )
+
+
+def _base_env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "info"}
+    env.pop("CONFIG_PATH", None)
+    return env
+
+
+class Node:
+    """One node process and HTTP clients for its two ports."""
+
+    def __init__(self, node_id: int, config_path: Path, port: int, health_port: int) -> None:
+        self.node_id = node_id
+        self.config_path = config_path
+        self.port = port
+        self.health_port = health_port
+        self.log_path = config_path.with_suffix(".log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stop_requested = False
+        # trust_env=False: a proxy from the environment must not sit between test and node.
+        self.kv = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, trust_env=False)
+        self.health = httpx.Client(
+            base_url=f"http://127.0.0.1:{health_port}", timeout=10, trust_env=False
+        )
+
+    def start(self, cwd: Path) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "dengine_trio",
+                    # Without .toml on purpose: the CLI accepts both spellings.
+                    "--config-path", str(self.config_path.with_suffix("")),
+                    "--port", str(self.port),
+                    "--health-port", str(self.health_port),
+                ],
+                cwd=cwd,
+                env=_base_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        self.stop_requested = True
+        if self.running():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float = EXIT_TIMEOUT_S) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout_s)
+
+    def kill(self) -> None:
+        self.stop_requested = True
+        if self.running():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(timeout=EXIT_TIMEOUT_S)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def status_code(self, client: httpx.Client, path: str) -> int | None:
+        """The status of ``GET path``, or None if the node does not answer."""
+        try:
+            return client.get(path).status_code
+        except httpx.TransportError:
+            return None
+
+    def close(self) -> None:
+        self.kv.close()
+        self.health.close()
+
+
+class Cluster:
+    """Nodes of one cluster, each with its own config file under ``root``."""
+
+    def __init__(self, root: Path, size: int = 3, extra_toml: str = "") -> None:
+        self.root = root
+        ports = free_ports(3 * size)
+        raft_ports, kv_ports, health_ports = ports[:size], ports[size : 2 * size], ports[2 * size :]
+        self.nodes: list[Node] = []
+        for node_id in range(1, size + 1):
+            path = root / f"n{node_id}.toml"
+            path.write_text(node_toml(node_id, raft_ports, root / "db" / str(node_id), extra_toml))
+            self.nodes.append(Node(node_id, path, kv_ports[node_id - 1], health_ports[node_id - 1]))
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start(self.root)
+
+    def alive(self) -> list[Node]:
+        return [n for n in self.nodes if n.running()]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- node {n.node_id} ---\n{n.log_text()[-4000:]}" for n in self.nodes)
+
+    def wait_for_leader(self, timeout_s: float = START_TIMEOUT_S) -> Node:
+        """The one live node whose ``/primary`` is 200, once all answer and exactly one is."""
+
+        def single_primary() -> Node | None:
+            for node in self.nodes:
+                if node.proc is None or node.stop_requested:
+                    continue
+                if node.proc.poll() is not None:
+                    raise AssertionError(
+                        f"node {node.node_id} exited with {node.proc.returncode}\n{self.logs()}"
+                    )
+            alive = self.alive()
+            # Every node must answer too, or a test could signal one that is still starting.
+            if any(n.status_code(n.health, "/status") != 200 for n in alive):
+                return None
+            primaries = [n for n in alive if n.status_code(n.health, "/primary") == 200]
+            return primaries[0] if len(primaries) == 1 else None
+
+        try:
+            return wait_until(
+                single_primary, timeout_s, "every node to answer and exactly one /primary 200"
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
+
+    def followers(self, leader: Node) -> list[Node]:
+        return [n for n in self.alive() if n is not leader]
+
+    def stop(self) -> None:
+        """SIGTERM every node, then kill whatever is still running after the bound."""
+        for node in self.nodes:
+            node.terminate()
+        for node in self.nodes:
+            if node.proc is not None:
+                try:
+                    node.wait()
+                except subprocess.TimeoutExpired:
+                    node.kill()
+            node.close()
+
+
+@contextmanager
+def running_cluster(root: Path, size: int = 3, extra_toml: str = "") -> Iterator[Cluster]:
+    """A started cluster, stopped (and if need be killed) on the way out."""
+    cluster = Cluster(root, size, extra_toml)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,0 +1,83 @@
+"""A node refuses a bad configuration at once: exit status 2, one line on stderr, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.cluster import free_ports, node_toml, run_cli
+
+EXIT_CONFIG = 2
+
+
+def good_toml(root: Path) -> str:
+    return node_toml(1, free_ports(3), root / "db" / "1")
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    stderr = result.stderr
+    assert result.returncode == EXIT_CONFIG, (result.returncode, stderr)
+    assert result.stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+BAD_FILES = {
+    "unknown-key": (
+        lambda good: good.replace("[cluster]\n", "[cluster]\nnode_name = 'x'\n"),
+        "cluster.node_name",
+    ),
+    "wrong-type": (
+        lambda good: good.replace("lease_duration_ms = 500", 'lease_duration_ms = "500"'),
+        "lease_duration_ms",
+    ),
+    "node-not-a-member": (lambda good: good.replace("node_id = 1", "node_id = 7"), "node_id"),
+    "duplicate-ids": (lambda good: good.replace("{ id = 2,", "{ id = 1,"), "duplicate"),
+    "lease-not-shorter-than-election-timeout": (
+        lambda good: good.replace("lease_duration_ms = 500", "lease_duration_ms = 5000"),
+        "lease_duration_ms",
+    ),
+    "unknown-policy": (
+        lambda good: good.replace('"LeaseRead"', '"Strong"'),
+        "default_policy",
+    ),
+    "not-toml": (lambda good: good + "\n[[[ nope\n", "n1.toml"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_a_bad_config_file_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
+    mutate, fragment = BAD_FILES[case]
+    good = good_toml(tmp_path)
+    bad = mutate(good)
+    assert bad != good
+    (tmp_path / "n1.toml").write_text(bad)
+    port, health_port = free_ports(2)
+    result = run_cli(
+        ["--config-path", "n1", "--port", str(port), "--health-port", str(health_port)],
+        cwd=tmp_path,
+    )
+    assert_refused(result, "n1.toml", fragment)
+
+
+def test_a_missing_config_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = run_cli(["--config-path", "config/n9"], cwd=tmp_path)
+    assert_refused(result, "config/n9")
+
+
+def test_config_path_from_the_environment_overrides_the_flag(tmp_path: Path) -> None:
+    (tmp_path / "good.toml").write_text(good_toml(tmp_path))
+    (tmp_path / "bad.toml").write_text(good_toml(tmp_path).replace("node_id = 1", "node_id = 9"))
+    result = run_cli(["--config-path", "good"], cwd=tmp_path, env={"CONFIG_PATH": "bad"})
+    assert_refused(result, "bad.toml", "node_id")
+
+
+def test_an_unknown_log_level_exits_2_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "n1.toml").write_text(good_toml(tmp_path))
+    result = run_cli(["--config-path", "n1", "--log-level", "loud"], cwd=tmp_path)
+    assert_refused(result, "loud")
