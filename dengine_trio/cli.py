@@ -269,5 +269,7 @@ async def _report_ready(engine: EmbeddedEngine, interval_s: float) -> None:
         except errors.Timeout:
             log.info("no leader yet: waiting for a majority of the cluster to be up")
             continue
+        except errors.DengineError:  # stopping: nothing left to report
+            return
         log.info("cluster ready: node %d leads in term %d", leader_id, term)
         return

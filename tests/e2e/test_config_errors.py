@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -81,3 +82,21 @@ def test_an_unknown_log_level_exits_2_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "n1.toml").write_text(good_toml(tmp_path))
     result = run_cli(["--config-path", "n1", "--log-level", "loud"], cwd=tmp_path)
     assert_refused(result, "loud")
+
+
+def test_a_taken_port_exits_1_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "n1.toml").write_text(good_toml(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (health_port,) = free_ports(1)
+        result = run_cli(
+            ["--config-path", "n1", "--port", str(port), "--health-port", str(health_port)],
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f":{port}" in lines[0]
+    assert "Traceback" not in result.stderr
