@@ -1,0 +1,526 @@
+"""The node runtime: a trio nursery around one sans-IO ``RaftNode``.
+
+Tasks in the node's nursery:
+
+* the Raft loop (``_raft_loop``): the only caller of ``RaftNode.step``. It drains the inbox
+  (messages, proposals, reads, ``Persisted`` reports) in batches, ticks the core when its next
+  deadline passes, and carries out the effects in the order the core returned them. Committed
+  entries are applied to the state machine right there, in log order, so that "applied" and
+  the core's view never disagree;
+* the transport (``Transport.run``): the inbound listener and one outbound link per peer;
+* the flush task (``_flush_loop``): fsyncs the log in a worker thread. DiskFirst: group commit
+  (one fsync covers everything appended while the previous one ran). MemFirst: when
+  ``threshold`` entries are pending or ``interval_ms`` has passed;
+* one short task per forwarded request from a follower.
+
+Cancelling the nursery is shutdown; ``run`` then flushes and closes the storage before it
+returns, so nothing keeps running and nothing acknowledged is left unflushed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import random
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import trio
+
+from ..config import NodeConfig
+from ..errors import DengineError, NoLeader, NotLeader, Overloaded, Stopped, Timeout, TooLarge
+from ..raft import (
+    Apply,
+    Durability,
+    Effect,
+    EntryKind,
+    Event,
+    Persisted,
+    PersistEntries,
+    PersistHardState,
+    ProposalRejected,
+    Propose,
+    Proposed,
+    RaftNode,
+    ReadFailed,
+    ReadReady,
+    ReadRequest,
+    Receive,
+    Role,
+    RoleChanged,
+    Send,
+    Tick,
+    TransferLeader,
+)
+from ..raft.messages import MESSAGE_TYPES
+from ..statemachine import StateMachine
+from ..storage import Storage
+from ..wire import ForwardPropose, ForwardResult, ForwardStatus
+from ..wire.errors import CodecError
+from .transport import Transport
+
+log = logging.getLogger("dengine_trio.node")
+
+_RAFT_MESSAGES = MESSAGE_TYPES
+
+_STATUS_FOR_ERROR: dict[type[DengineError], ForwardStatus] = {
+    NotLeader: ForwardStatus.NOT_LEADER,
+    NoLeader: ForwardStatus.NO_LEADER,
+    Timeout: ForwardStatus.TIMEOUT,
+    TooLarge: ForwardStatus.TOO_LARGE,
+    Overloaded: ForwardStatus.OVERLOADED,
+    Stopped: ForwardStatus.STOPPED,
+}
+
+
+class _Waiter:
+    """One pending request: resolved exactly once with a value or an exception."""
+
+    __slots__ = ("error", "event", "index", "term", "value")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.index = 0
+        self.term = 0
+
+    def resolve(self, value: Any = None) -> None:
+        if not self.event.is_set():
+            self.value = value
+            self.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.event.is_set():
+            self.error = error
+            self.event.set()
+
+
+class NodeRuntime:
+    """One Raft node: storage, transport, core and state machine, run in one nursery."""
+
+    def __init__(self, config: NodeConfig, state_machine: StateMachine) -> None:
+        self.config = config
+        self.node_id = config.cluster.node_id
+        self.state_machine = state_machine
+        self.raft_config = config.raft_config()
+        timing = config.raft.timing
+        self.request_timeout_s = timing.request_timeout_ms / 1000
+        self._max_pending = config.limits.max_pending_requests
+        batch = config.raft.persistence.flush_policy.batch
+        self._flush_threshold = batch.threshold
+        self._flush_interval_s = batch.interval_ms / 1000
+        self._disk_first = self.raft_config.durability is Durability.DISK_FIRST
+
+        self.raft: RaftNode | None = None
+        self.storage: Storage | None = None
+        self.transport: Transport | None = None
+        self.applied_index = 0
+        self.stopped = False
+
+        self._inbox: list[Event] = []
+        self._wakeup = trio.Event()
+        self._ids = itertools.count(1)
+        self._proposals: dict[int, _Waiter] = {}
+        self._by_index: dict[int, _Waiter] = {}
+        self._reads: dict[int, _Waiter] = {}
+        self._reads_by_index: list[tuple[int, int, _Waiter]] = []  # heap on read index
+        self._forwards: dict[int, _Waiter] = {}
+        self._unflushed = 0
+        self._flush_needed = trio.Event()
+        self._flush_threshold_hit = trio.Event()
+        self._state_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._cancel_scope: trio.CancelScope | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @staticmethod
+    def now_ms() -> float:
+        return trio.current_time() * 1000.0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        storage = await trio.to_thread.run_sync(Storage.open, cfg.db_root_path())
+        self.storage = storage
+        try:
+            hs = storage.hard_state
+            self.raft = RaftNode(
+                self.raft_config,
+                random.Random(),
+                term=hs.term,
+                voted_for=hs.voted_for,
+                entries=storage.entries,
+                now_ms=self.now_ms(),
+            )
+            storage.entries = []  # the core holds the log now
+            if self.raft.log.last_index:
+                log.info(
+                    "node %d recovered term %d, vote %d, %d log entries from %s",
+                    self.node_id,
+                    hs.term,
+                    hs.voted_for,
+                    self.raft.log.last_index,
+                    cfg.db_root_path(),
+                )
+            peers = {i: a for i, a in cfg.peer_addresses().items() if i != self.node_id}
+            self.transport = Transport(
+                self.node_id,
+                cfg.cluster_id(),
+                cfg.listen_host_port(),
+                peers,
+                self._deliver,
+                log=logging.getLogger("dengine_trio.transport"),
+            )
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._cancel_scope = nursery.cancel_scope
+                await nursery.start(self.transport.run)
+                nursery.start_soon(self._raft_loop)
+                nursery.start_soon(self._flush_loop)
+                task_status.started()
+        finally:
+            self.stopped = True
+            self._fail_everything(Stopped("node stopped"))
+            with trio.CancelScope(shield=True):
+                # Graceful stop: everything appended becomes durable before we exit.
+                await trio.to_thread.run_sync(storage.close)
+            self._notify_state_change()
+            log.info("node %d stopped", self.node_id)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    # ------------------------------------------------------------------ the Raft loop
+
+    def _submit(self, event: Event) -> None:
+        self._inbox.append(event)
+        self._wakeup.set()
+
+    def _deliver(self, message: object) -> None:
+        """Transport callback, in the trio thread; must not block."""
+        if isinstance(message, _RAFT_MESSAGES):
+            self._submit(Receive(message))  # type: ignore[arg-type]
+        elif isinstance(message, ForwardPropose):
+            if self._nursery is not None and not self.stopped:
+                self._nursery.start_soon(self._serve_forwarded, message)
+        elif isinstance(message, ForwardResult):
+            waiter = self._forwards.pop(message.request_id, None)
+            if waiter is not None:
+                waiter.resolve(message)
+
+    async def _raft_loop(self) -> None:
+        raft = self.raft
+        assert raft is not None
+        while True:
+            deadline_s = raft.next_deadline() / 1000.0
+            if not self._inbox:
+                if math.isinf(deadline_s):
+                    await self._wakeup.wait()
+                else:
+                    with trio.move_on_at(deadline_s):
+                        await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            events, self._inbox = self._inbox, []
+            now_ms = self.now_ms()
+            if now_ms >= raft.next_deadline():
+                events.append(Tick())
+            if events:
+                await self._carry_out(raft.step_many(now_ms, events))
+            # Let transport and client tasks run between batches, so inputs batch up.
+            await trio.lowlevel.checkpoint()
+
+    async def _carry_out(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Send):
+                self._send(effect.message)
+            elif isinstance(effect, PersistEntries):
+                self._persist_entries(effect)
+            elif isinstance(effect, Apply):
+                self._apply(effect)
+            elif isinstance(effect, Proposed):
+                waiter = self._proposals.pop(effect.request_id, None)
+                if waiter is not None:
+                    waiter.index, waiter.term = effect.index, effect.term
+                    self._by_index[effect.index] = waiter
+            elif isinstance(effect, ReadReady):
+                self._read_ready(effect)
+            elif isinstance(effect, ProposalRejected):
+                waiter = self._proposals.pop(effect.request_id, None)
+                if waiter is not None:
+                    waiter.fail(NotLeader(effect.leader_id or None))
+            elif isinstance(effect, ReadFailed):
+                waiter = self._reads.pop(effect.request_id, None)
+                if waiter is not None:
+                    waiter.fail(NotLeader(effect.leader_id or None))
+            elif isinstance(effect, PersistHardState):
+                # Raft's rule: term and vote are durable before any message that depends on
+                # them leaves (the Sends that follow in this list).
+                assert self.storage is not None
+                await trio.to_thread.run_sync(
+                    self.storage.save_hard_state, effect.term, effect.voted_for
+                )
+            elif isinstance(effect, RoleChanged):
+                self._role_changed(effect)
+
+    def _send(self, message: object) -> None:
+        assert self.transport is not None
+        try:
+            self.transport.send(message)
+        except (CodecError, ValueError, TypeError) as exc:  # e.g. a frame over the limit
+            log.warning(
+                "node %d dropped a message to %s: %s",
+                self.node_id,
+                getattr(message, "dst", "?"),
+                exc,
+            )
+
+    def _role_changed(self, change: RoleChanged) -> None:
+        if change.role is Role.LEADER:
+            log.info("node %d term %d: elected leader", self.node_id, change.term)
+        elif change.role is Role.FOLLOWER and change.leader_id:
+            log.info(
+                "node %d term %d: follower of leader %d",
+                self.node_id,
+                change.term,
+                change.leader_id,
+            )
+        elif change.role is Role.FOLLOWER:
+            log.info("node %d term %d: follower, no leader known", self.node_id, change.term)
+        else:
+            log.info(
+                "node %d term %d: %s, campaigning", self.node_id, change.term, change.role.value
+            )
+        self._notify_state_change()
+
+    def _notify_state_change(self) -> None:
+        self._state_changed.set()
+        self._state_changed = trio.Event()
+
+    # ------------------------------------------------------------------ persistence
+
+    def _persist_entries(self, effect: PersistEntries) -> None:
+        assert self.storage is not None
+        self.storage.append(effect.entries)
+        self._unflushed += len(effect.entries)
+        self._flush_needed.set()
+        if self._disk_first or self._unflushed >= self._flush_threshold:
+            self._flush_threshold_hit.set()
+
+    async def _flush_loop(self) -> None:
+        storage = self.storage
+        assert storage is not None
+        while True:
+            await self._flush_needed.wait()
+            if not self._disk_first:
+                # MemFirst batch policy: flush at `threshold` pending entries or after
+                # `interval_ms`, whichever comes first.
+                with trio.move_on_after(self._flush_interval_s):
+                    await self._flush_threshold_hit.wait()
+            self._flush_needed = trio.Event()
+            self._flush_threshold_hit = trio.Event()
+            self._unflushed = 0
+            index, term = await trio.to_thread.run_sync(storage.sync)
+            if index:
+                self._submit(Persisted(index, term))
+
+    # ------------------------------------------------------------------ applying
+
+    def _apply(self, effect: Apply) -> None:
+        sm = self.state_machine
+        by_index = self._by_index
+        for entry in effect.entries:
+            result = b""
+            if entry.kind is EntryKind.COMMAND:
+                result = sm.apply(entry.index, entry.data)
+            self.applied_index = entry.index
+            waiter = by_index.pop(entry.index, None)
+            if waiter is not None:
+                if waiter.term == entry.term:
+                    waiter.resolve(result)
+                else:  # our entry was overwritten by a newer leader's: never committed
+                    waiter.fail(NotLeader(self.raft.leader_id if self.raft else None))
+        heap = self._reads_by_index
+        while heap and heap[0][0] <= self.applied_index:
+            _, _, waiter = heapq.heappop(heap)
+            waiter.resolve(None)
+
+    def _read_ready(self, effect: ReadReady) -> None:
+        waiter = self._reads.pop(effect.request_id, None)
+        if waiter is None:
+            return
+        if effect.read_index <= self.applied_index:
+            waiter.resolve(None)
+        else:
+            heapq.heappush(self._reads_by_index, (effect.read_index, next(self._ids), waiter))
+
+    # ------------------------------------------------------------------ requests
+
+    def _check_capacity(self) -> None:
+        if self.stopped:
+            raise Stopped("node is stopping")
+        pending = (
+            len(self._proposals)
+            + len(self._by_index)
+            + len(self._reads)
+            + len(self._reads_by_index)
+        )
+        if pending >= self._max_pending:
+            raise Overloaded(f"{pending} requests pending on node {self.node_id}")
+
+    async def _wait(self, waiter: _Waiter, deadline: float, cleanup: Callable[[], object]) -> Any:
+        with trio.move_on_at(deadline):
+            await waiter.event.wait()
+        if not waiter.event.is_set():
+            cleanup()
+            raise Timeout("request timed out; a write may or may not have been applied")
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.value
+
+    async def _wait_for_leader(self, deadline: float) -> int:
+        raft = self.raft
+        assert raft is not None
+        while not raft.leader_id:
+            if self.stopped:
+                raise Stopped("node is stopping")
+            with trio.move_on_at(deadline):
+                await self._state_changed.wait()
+            if trio.current_time() >= deadline and not raft.leader_id:
+                raise NoLeader("no leader elected")
+        return raft.leader_id
+
+    async def propose(self, command: bytes, timeout_s: float | None = None) -> bytes:
+        """Replicate ``command``; return the state machine's result once it is applied here.
+
+        On a follower the command is forwarded to the leader. Retries cover only outcomes
+        where the command certainly was not committed (rejected, or overwritten).
+        """
+        deadline = trio.current_time() + (timeout_s or self.request_timeout_s)
+        while True:
+            leader = await self._wait_for_leader(deadline)
+            try:
+                if leader == self.node_id:
+                    return await self._propose_local(command, deadline)
+                return await self._propose_forwarded(leader, command, deadline)
+            except (NotLeader, NoLeader) as exc:
+                if trio.current_time() >= deadline:
+                    raise NoLeader("no leader accepted the request in time") from exc
+                # Leadership is moving: wait for news (or a beat) and try again.
+                with trio.move_on_after(0.05):
+                    await self._state_changed.wait()
+
+    async def _propose_local(self, command: bytes, deadline: float) -> bytes:
+        self._check_capacity()
+        request_id = next(self._ids)
+        waiter = _Waiter()
+        self._proposals[request_id] = waiter
+        self._submit(Propose(request_id, command))
+
+        def forget() -> None:
+            self._proposals.pop(request_id, None)
+            if waiter.index and self._by_index.get(waiter.index) is waiter:
+                del self._by_index[waiter.index]
+
+        result: bytes = await self._wait(waiter, deadline, forget)
+        return result
+
+    async def _propose_forwarded(self, leader: int, command: bytes, deadline: float) -> bytes:
+        if self.stopped:
+            raise Stopped("node is stopping")
+        request_id = next(self._ids)
+        waiter = _Waiter()
+        self._forwards[request_id] = waiter
+        self._send(
+            ForwardPropose(src=self.node_id, dst=leader, request_id=request_id, data=command)
+        )
+        reply: ForwardResult = await self._wait(
+            waiter, deadline, lambda: self._forwards.pop(request_id, None)
+        )
+        if reply.status == ForwardStatus.OK:
+            return reply.result
+        if reply.status == ForwardStatus.NOT_LEADER:
+            raise NotLeader(reply.leader_id or None)
+        error = {v: k for k, v in _STATUS_FOR_ERROR.items()}[reply.status]
+        raise error("forwarded request failed on the leader")
+
+    async def _serve_forwarded(self, message: ForwardPropose) -> None:
+        """Leader side of a follower's forwarded write."""
+        status, result = ForwardStatus.OK, b""
+        try:
+            if self.raft is None or not self.raft.is_leader:
+                raise NotLeader(self.raft.leader_id if self.raft else None)
+            deadline = trio.current_time() + self.request_timeout_s
+            result = await self._propose_local(message.data, deadline)
+        except NotLeader:
+            status = ForwardStatus.NOT_LEADER
+        except DengineError as exc:
+            status = _STATUS_FOR_ERROR.get(type(exc), ForwardStatus.NO_LEADER)
+        leader = self.raft.leader_id if self.raft else 0
+        if not self.stopped:
+            self._send(
+                ForwardResult(
+                    src=self.node_id,
+                    dst=message.src,
+                    request_id=message.request_id,
+                    status=status,
+                    leader_id=leader,
+                    result=result,
+                )
+            )
+
+    async def read_barrier(self, *, lease: bool, timeout_s: float | None = None) -> None:
+        """Return once the local state machine reflects every write committed before the call
+        (linearizable), or the leader's lease vouches for it (lease)."""
+        raft = self.raft
+        assert raft is not None
+        if (
+            lease
+            and raft.role is Role.LEADER
+            and self.applied_index >= raft.commit_index
+            and raft.lease_valid(self.now_ms())
+        ):
+            return  # the lease read fast path: no message, no task switch
+        deadline = trio.current_time() + (timeout_s or self.request_timeout_s)
+        while True:
+            self._check_capacity()
+            await self._wait_for_leader(deadline)
+            request_id = next(self._ids)
+            waiter = _Waiter()
+            self._reads[request_id] = waiter
+            self._submit(ReadRequest(request_id, lease))
+            try:
+                await self._wait(waiter, deadline, partial(self._reads.pop, request_id, None))
+                return
+            except NotLeader as exc:  # reads are idempotent: retry until the deadline
+                if trio.current_time() >= deadline:
+                    raise NoLeader("no leader confirmed the read in time") from exc
+                with trio.move_on_after(0.05):
+                    await self._state_changed.wait()
+
+    async def transfer_leadership(self, timeout_s: float) -> bool:
+        raft = self.raft
+        if raft is None or not raft.is_leader:
+            return False
+        self._submit(TransferLeader(0))
+        with trio.move_on_after(timeout_s):
+            while raft.is_leader or not raft.leader_id:
+                await self._state_changed.wait()
+        return not raft.is_leader and raft.leader_id not in (0, self.node_id)
+
+    async def wait_for_state_change(self) -> None:
+        await self._state_changed.wait()
+
+    def _fail_everything(self, error: BaseException) -> None:
+        for table in (self._proposals, self._by_index, self._reads, self._forwards):
+            for waiter in table.values():
+                waiter.fail(error)
+            table.clear()
+        for _, _, waiter in self._reads_by_index:
+            waiter.fail(error)
+        self._reads_by_index = []
