@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from dengine_trio import EmbeddedEngine, ReadPolicy
-from dengine_trio.errors import TooLarge
+from dengine_trio.errors import Stopped, TooLarge
 
 from .cluster import write_configs
 
@@ -103,5 +103,5 @@ async def test_stop_leaves_no_task_running(tmp_path: Path) -> None:
     assert all(not n.child_tasks for n in task.child_nurseries)
     for engine in engines.values():
         assert engine._runtime.stopped
-        with pytest.raises(Exception):
+        with pytest.raises(Stopped):
             await engine.client().put(b"k", b"v")

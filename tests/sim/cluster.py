@@ -431,7 +431,8 @@ class Cluster:
         if have != self.committed:
             raise InvariantViolation(
                 f"t={self.now}: leader {node.id} of term {term} lacks committed entries "
-                f"(committed up to {len(self.committed)}, its log ends at {node.raft.log.last_index})"
+                f"(committed up to {len(self.committed)}, "
+                f"its log ends at {node.raft.log.last_index})"
             )
 
     def _check_applied(self, node: SimNode, entry: Entry) -> None:

@@ -91,7 +91,7 @@ def replay(schedule: Schedule) -> Cluster:
         name, *args = action
         if name == "partition":
             groups: dict[int, list[int]] = {}
-            for node_id, group in zip(c.ids, args[0]):  # type: ignore[call-overload]
+            for node_id, group in zip(c.ids, args[0], strict=True):  # type: ignore[call-overload]
                 groups.setdefault(group, []).append(node_id)
             c.partition(*groups.values())
         elif name == "cut" and args[0] != args[1]:
