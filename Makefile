@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LINT_PATHS := dengine_trio tests $(wildcard bench)
 LOG_LEVEL ?= info
 export LOG_LEVEL
 
@@ -22,8 +23,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install the project with its test extras
 
 lint: $(STAMP) ## ruff and mypy
-	$(BIN)/ruff check dengine_trio tests bench
-	$(BIN)/ruff format --check dengine_trio tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
 test: lint ## lint, then the whole test suite (bounded hypothesis budget)
