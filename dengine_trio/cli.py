@@ -31,6 +31,7 @@ from dengine_trio.api.kv import create_kv_app
 from dengine_trio.config import ConfigError, NodeConfig, load_config
 from dengine_trio.engine import EmbeddedEngine
 from dengine_trio.log import LEVELS, parse_level, setup_logging
+from dengine_trio.storage import StorageError
 
 __all__ = ["EXIT_CONFIG", "EXIT_STARTUP", "build_parser", "main", "serve_node"]
 
@@ -140,7 +141,7 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
     except KeyboardInterrupt:  # SIGINT before the receiver, when no one held it for us
         return 130
     except Exception as exc:
-        cause = next(_os_errors(exc), None)
+        cause = next(_startup_errors(exc), None)
         if cause is None:
             raise
         log.error("node %d cannot run: %s", node_id, cause)
@@ -148,12 +149,13 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
     return 0
 
 
-def _os_errors(exc: BaseException) -> Iterator[OSError]:
-    """OSErrors inside ``exc``, looking through (trio's) exception groups."""
-    if isinstance(exc, OSError):
+def _startup_errors(exc: BaseException) -> Iterator[Exception]:
+    """Errors a node cannot run through (the OS refused something, the db_root_dir is locked
+    or corrupt) inside ``exc``, looking through (trio's) exception groups."""
+    if isinstance(exc, (OSError, StorageError)):
         yield exc
     for inner in getattr(exc, "exceptions", ()):
-        yield from _os_errors(inner)
+        yield from _startup_errors(inner)
 
 
 async def serve_node(

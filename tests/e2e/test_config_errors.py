@@ -100,3 +100,35 @@ def test_a_taken_port_exits_1_naming_it(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert f":{port}" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_a_second_process_on_the_same_db_root_dir_is_refused(tmp_path: Path) -> None:
+    """The directory lock: the second node exits 1 with one clear line; the first runs on."""
+    from tests.e2e.cluster import Node, wait_until
+
+    config = tmp_path / "n1.toml"
+    config.write_text(good_toml(tmp_path))
+    port, health_port, port2, health_port2 = free_ports(4)
+    first = Node(1, config, port, health_port)
+    first.start(tmp_path)
+    try:
+        wait_until(lambda: first.status_code(first.health, "/status") == 200, 20, "first node up")
+        second = run_cli(
+            [
+                "--config-path",
+                str(config),
+                "--port",
+                str(port2),
+                "--health-port",
+                str(health_port2),
+            ],
+            cwd=tmp_path,
+        )
+        assert second.returncode == 1, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "in use by another process" in lines[0], second.stderr
+        assert "Traceback" not in second.stderr
+        assert first.running() and first.status_code(first.health, "/status") == 200
+    finally:
+        first.kill()
+        first.close()

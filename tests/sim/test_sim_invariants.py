@@ -144,7 +144,7 @@ def test_fault_schedules_keep_raft_safe(schedule: Schedule) -> None:
 @pytest.mark.skipif(not CHAOS, reason="long campaign: run with make chaos")
 def test_long_simulator_campaign() -> None:
     """The long campaign: thousands of schedules; prints what it ran."""
-    budget = int(os.environ.get("DENGINE_SIM_EXAMPLES", "3000"))
+    budget = int(os.environ.get("DENGINE_SIM_EXAMPLES", "10000"))
     stats = {"schedules": 0, "steps": 0, "ops": 0}
     faults: dict[str, int] = {}
 
