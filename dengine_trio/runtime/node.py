@@ -133,6 +133,8 @@ class NodeRuntime:
         self._flush_needed = trio.Event()
         self._flush_threshold_hit = trio.Event()
         self._state_changed = trio.Event()
+        self._was_leader = False
+        self._last_term = 0
         self._nursery: trio.Nursery | None = None
         self._cancel_scope: trio.CancelScope | None = None
 
@@ -281,6 +283,14 @@ class NodeRuntime:
             )
 
     def _role_changed(self, change: RoleChanged) -> None:
+        was_leader, self._was_leader = self._was_leader, change.role is Role.LEADER
+        last_term, self._last_term = self._last_term, change.term
+        if was_leader and change.role is not Role.LEADER:
+            if change.term == last_term:
+                why = "no quorum heard within an election timeout (CheckQuorum)"
+            else:
+                why = f"saw term {change.term}"
+            log.warning("node %d term %d: stepped down as leader: %s", self.node_id, last_term, why)
         if change.role is Role.LEADER:
             log.info("node %d term %d: elected leader", self.node_id, change.term)
         elif change.role is Role.FOLLOWER and change.leader_id:
