@@ -1,0 +1,315 @@
+"""A linearizability checker for a key-value register (put, get, delete), one key at a time.
+
+The search is Wing & Gong's, with the pruning of Lowe, Knossos and Porcupine:
+
+- P-compositionality: a history is linearizable iff each key's sub-history is, so every key is
+  checked on its own (small histories, small states).
+- Depth-first search over the list of call and return events, with a memo of the configurations
+  (set of linearized operations, register state) already explored: reaching one twice cannot
+  succeed the second time.
+- Just-in-time linearization: only operations invoked before the earliest pending return can be
+  linearized next; meeting a return whose operation is not linearized yet means backtracking.
+
+Outcomes follow Jepsen. An operation whose outcome is unknown (timed out, node crashed) may have
+taken effect at any instant after its invocation, or never: its return is at infinity and the
+search may leave it out. An operation that failed for sure had no effect and is dropped, as is
+every read that did not return a value.
+
+The answer is sound: a violation is reported only once the search has shown that no
+linearization exists. A search that runs out of its step budget says "inconclusive" instead.
+A violation is explained by a small sub-history that is itself not linearizable, shrunk by
+removing operations whose removal could not have created the violation (see ``_safe_removal``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from enum import Enum
+from typing import Literal
+
+import attrs
+
+Kind = Literal["put", "get", "delete"]
+Outcome = Literal["ok", "fail", "unknown"]
+
+DEFAULT_MAX_STEPS_PER_KEY = 500_000
+DEFAULT_SHRINK_STEPS = 2_000_000
+
+
+def _check_operation(op: Operation, _attribute: object, _value: object) -> None:
+    if op.kind not in ("put", "get", "delete"):
+        raise ValueError(f"unknown kind {op.kind!r}")
+    if op.outcome not in ("ok", "fail", "unknown"):
+        raise ValueError(f"unknown outcome {op.outcome!r}")
+    if op.kind == "put" and op.value is None:
+        raise ValueError("a put needs a value (None stands for absent)")
+    if op.kind == "delete" and op.value is not None:
+        raise ValueError("a delete carries no value")
+    if op.outcome == "ok" and op.complete is None:
+        raise ValueError("an operation known to have succeeded needs its completion time")
+    if op.complete is not None and op.complete < op.invoke:
+        raise ValueError(f"completed at {op.complete} before it was invoked at {op.invoke}")
+
+
+@attrs.frozen
+class Operation:
+    """One client operation as observed by its client.
+
+    ``value`` is what a put wrote, or what a get returned (None: the key was absent); it is None
+    for a delete. Times are in any one unit on one clock; an operation that completed before
+    another was invoked (strictly) precedes it, equal times count as concurrent.
+    ``outcome``: "ok" took effect (a get returned ``value``); "fail" certainly took no effect;
+    "unknown" may or may not have taken effect (``complete`` is then ignored).
+    """
+
+    client_id: Hashable
+    kind: Kind
+    key: Hashable
+    value: Hashable | None
+    invoke: float
+    complete: float | None
+    outcome: Outcome = attrs.field(default="ok", validator=_check_operation)
+
+    def describe(self) -> str:
+        if self.kind == "put":
+            what = f"put {self.key!s} = {self.value!r}"
+        elif self.kind == "delete":
+            what = f"delete {self.key!s}"
+        else:
+            shown = "absent" if self.value is None else repr(self.value)
+            what = f"get {self.key!s} -> {shown}"
+        if self.outcome == "unknown":
+            when = f"invoked {self.invoke:.3f}, outcome unknown"
+        else:
+            when = f"invoked {self.invoke:.3f}, returned {self.complete:.3f}"
+        return f"client {self.client_id!s:>4}  {what:<28} {when}"
+
+
+class Verdict(str, Enum):
+    LINEARIZABLE = "linearizable"
+    VIOLATION = "violation"
+    INCONCLUSIVE = "inconclusive"
+
+
+@attrs.frozen
+class Result:
+    """``ok``: every key was shown linearizable. ``key``: the first key that was not (a
+    violation, or ``inconclusive`` when the step budget ran out before an answer)."""
+
+    ok: bool
+    key: Hashable | None = None
+    explanation: str = ""
+    inconclusive: bool = False
+    operations: tuple[Operation, ...] = ()  # the shrunk non-linearizable window, if any
+
+    @property
+    def violation(self) -> bool:
+        return not self.ok and not self.inconclusive
+
+
+def check(
+    history: Iterable[Operation],
+    *,
+    max_steps_per_key: int = DEFAULT_MAX_STEPS_PER_KEY,
+    shrink_steps: int = DEFAULT_SHRINK_STEPS,
+) -> Result:
+    """Check a key-value history for linearizability, key by key.
+
+    ``max_steps_per_key`` bounds each key's search; ``shrink_steps`` bounds the total search
+    effort spent shrinking a violation to a small window.
+    """
+    by_key: dict[Hashable, list[Operation]] = {}
+    for op in history:
+        by_key.setdefault(op.key, []).append(op)
+    undecided: Hashable | None = None
+    undecided_count = 0
+    for key, ops in by_key.items():
+        relevant = relevant_operations(ops)
+        verdict = check_key(relevant, max_steps=max_steps_per_key)
+        if verdict is Verdict.VIOLATION:
+            window = shrink(relevant, step_budget=shrink_steps)
+            return Result(
+                ok=False,
+                key=key,
+                explanation=_explain(key, window, len(relevant)),
+                operations=tuple(window),
+            )
+        if verdict is Verdict.INCONCLUSIVE and undecided is None:
+            undecided, undecided_count = key, len(relevant)
+    if undecided is not None:
+        return Result(
+            ok=False,
+            key=undecided,
+            inconclusive=True,
+            explanation=(
+                f"key {undecided!s}: inconclusive: no answer within {max_steps_per_key} search "
+                f"steps over {undecided_count} operations"
+            ),
+        )
+    return Result(ok=True)
+
+
+def relevant_operations(ops: Iterable[Operation]) -> list[Operation]:
+    """The operations that constrain a linearization: writes that did or may have taken
+    effect, and reads that returned. A write of unknown outcome whose value no read returned
+    is left out too: had it taken effect, nothing could tell (see ``_safe_removal``)."""
+    kept = [
+        op for op in ops if op.outcome == "ok" or (op.outcome == "unknown" and op.kind != "get")
+    ]
+    read_values = {op.value for op in kept if op.kind == "get"}
+    return [op for op in kept if op.outcome == "ok" or op.value in read_values]
+
+
+def check_key(ops: Sequence[Operation], *, max_steps: int = DEFAULT_MAX_STEPS_PER_KEY) -> Verdict:
+    """Is this one key's history linearizable? ``ops`` should be ``relevant_operations``."""
+    found, _ = _search(ops, max_steps)
+    if found is None:
+        return Verdict.INCONCLUSIVE
+    return Verdict.LINEARIZABLE if found else Verdict.VIOLATION
+
+
+_GET, _PUT, _DELETE = 0, 1, 2
+_KINDS = {"get": _GET, "put": _PUT, "delete": _DELETE}
+
+
+def _event_time(op: Operation, is_return: int, definite: bool) -> float:
+    if not is_return:
+        return op.invoke
+    return op.complete if definite and op.complete is not None else float("inf")
+
+
+def _search(ops: Sequence[Operation], max_steps: int) -> tuple[bool | None, int]:
+    """(True: linearizable, False: not, None: gave up after ``max_steps`` steps; steps taken)"""
+    n = len(ops)
+    kinds = [_KINDS[op.kind] for op in ops]
+    values = [op.value for op in ops]
+    definite = [op.outcome == "ok" for op in ops]
+    # Entry e is op e // 2's call (even e) or return (odd e). At equal times calls come first,
+    # so operations that touch in time count as concurrent: never a false violation.
+    order = sorted(
+        range(2 * n),
+        key=lambda e: (_event_time(ops[e >> 1], e & 1, definite[e >> 1]), e & 1, e),
+    )
+    head = 2 * n
+    nxt = [-1] * (2 * n + 1)
+    prv = [-1] * (2 * n + 1)
+    last = head
+    for e in order:
+        nxt[last], prv[e] = e, last
+        last = e
+
+    def lift(op: int) -> None:
+        for e in (2 * op, 2 * op + 1):
+            nxt[prv[e]] = nxt[e]
+            if nxt[e] != -1:
+                prv[nxt[e]] = prv[e]
+
+    def unlift(op: int) -> None:
+        for e in (2 * op + 1, 2 * op):
+            nxt[prv[e]] = e
+            if nxt[e] != -1:
+                prv[nxt[e]] = e
+
+    # A write of unknown outcome matters only while some read of its value is still to be
+    # linearized; placed after all of them it changes nothing anyone sees, so it is skipped.
+    readers_left: dict[Hashable | None, int] = {}
+    for i in range(n):
+        if kinds[i] == _GET:
+            readers_left[values[i]] = readers_left.get(values[i], 0) + 1
+
+    remaining = sum(definite)
+    state: Hashable | None = None  # the register starts absent
+    linearized = 0
+    memo: set[tuple[int, Hashable | None]] = set()
+    stack: list[tuple[int, Hashable | None]] = []  # (op, state before it)
+    entry = nxt[head]
+    steps = 0
+    while remaining:
+        steps += 1
+        if steps > max_steps:
+            return None, max_steps
+        if not entry & 1:  # a call: try to linearize its operation here
+            op = entry >> 1
+            kind = kinds[op]
+            if kind == _GET:
+                applicable, after = state == values[op], state
+            else:
+                applicable = definite[op] or readers_left.get(values[op], 0) > 0
+                after = values[op] if kind == _PUT else None
+            if applicable:
+                key = (linearized | (1 << op), after)
+                if key not in memo:
+                    memo.add(key)
+                    stack.append((op, state))
+                    linearized, state = key
+                    lift(op)
+                    remaining -= definite[op]
+                    if kind == _GET:
+                        readers_left[values[op]] -= 1
+                    entry = nxt[head]
+                    continue
+            entry = nxt[entry]
+        else:  # the earliest pending return: its operation had to be linearized by now
+            if not stack:
+                return False, steps
+            op, state = stack.pop()
+            linearized &= ~(1 << op)
+            unlift(op)
+            remaining += definite[op]
+            if kinds[op] == _GET:
+                readers_left[values[op]] += 1
+            entry = nxt[2 * op]
+    return True, steps
+
+
+def _safe_removal(current: Sequence[Operation], chunk: Sequence[Operation]) -> set[int]:
+    """The ids of the operations of ``chunk`` whose removal from ``current`` keeps a
+    linearizable history linearizable, so that a violation left after removing them was
+    already there. A read: always (it changes no state). A write: when no remaining read
+    returns its value, since in any linearization the reads between it and the next write
+    return its value: there are none, and without it the next write overwrites the same."""
+    reads = {id(op) for op in chunk if op.kind == "get"}
+    read_values = {op.value for op in current if op.kind == "get" and id(op) not in reads}
+    writes = {id(op) for op in chunk if op.kind != "get" and op.value not in read_values}
+    return reads | writes
+
+
+def shrink(ops: Sequence[Operation], *, step_budget: int = DEFAULT_SHRINK_STEPS) -> list[Operation]:
+    """A small non-linearizable sub-history of a non-linearizable ``ops`` (delta debugging:
+    drop chunks, halving their size, while the rest is still shown non-linearizable)."""
+    current = list(ops)
+    found, base_steps = _search(current, step_budget)
+    if found is not False:
+        return current
+    budget = step_budget - base_steps
+    # A sub-history is rarely much harder than the whole; one that is must not eat the budget.
+    per_candidate = max(10_000, 4 * base_steps)
+    size = max(1, len(current) // 2)
+    while budget > 0:
+        removed_any = False
+        start = 0
+        while start < len(current) and budget > 0:
+            chunk = current[start : start + size]
+            drop = _safe_removal(current, chunk)
+            if drop:
+                candidate = [op for op in current if id(op) not in drop]
+                found, steps = _search(candidate, min(budget, per_candidate))
+                budget -= steps
+                if found is False:
+                    current = candidate
+                    removed_any = True
+                    continue  # the next chunk now starts at ``start``
+            start += size
+        if size == 1 and not removed_any:
+            break
+        size = max(1, size // 2)
+    return sorted(current, key=lambda op: (op.invoke, op.complete is None, op.complete or 0.0))
+
+
+def _explain(key: Hashable, window: Sequence[Operation], total: int) -> str:
+    lines = [
+        f"key {key!s} is not linearizable. No order of these {len(window)} operations "
+        f"(shrunk from {total} on this key) respects both real time and a register:"
+    ]
+    lines.extend("  " + op.describe() for op in window)
+    return "\n".join(lines)
