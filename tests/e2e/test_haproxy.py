@@ -82,10 +82,12 @@ def render_haproxy_config(
 class HAProxy:
     """One ``haproxy -f <file> -db`` process and its stats page, for a rendered config."""
 
-    def __init__(self, root: Path, nodes: Sequence[Node]) -> None:
+    def __init__(self, root: Path, nodes: Sequence[Node], port: int = 0) -> None:
+        """``port``: where clients connect (0: a free one)."""
         if HAPROXY is None:
             raise RuntimeError("haproxy is not installed")
-        self.port, self.stats_port = free_ports(2)
+        free = free_ports(2)
+        self.port, self.stats_port = port or free[0], free[1]
         self.config_path = root / "haproxy.cfg"
         self.config_path.write_text(
             render_haproxy_config(
@@ -166,10 +168,10 @@ class HAProxy:
 
 
 @contextmanager
-def lb_cluster(root: Path) -> Iterator[tuple[Cluster, HAProxy]]:
+def lb_cluster(root: Path, lb_port: int = 0) -> Iterator[tuple[Cluster, HAProxy]]:
     """Three started nodes and HAProxy in front of them, both stopped on the way out."""
     with running_cluster(root) as cluster:
-        lb = HAProxy(root, cluster.nodes)
+        lb = HAProxy(root, cluster.nodes, lb_port)
         try:
             lb.start()
             yield cluster, lb
