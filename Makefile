@@ -49,3 +49,15 @@ start-node2: $(STAMP) ## run node 2 in the foreground (KV 8082, health 10002, co
 
 start-node3: $(STAMP) ## run node 3 in the foreground (KV 8083, health 10003, config/n3.toml)
 	$(BIN)/python -m dengine_trio --config-path config/n3 --port 8083 --health-port 10003
+
+.PHONY: start-lb bench-failover
+
+start-lb: ## run HAProxy with deploy/haproxy.cfg in the foreground (clients on 127.0.0.1:8080)
+	@haproxy=$$(command -v haproxy || command -v /usr/sbin/haproxy || command -v /usr/local/sbin/haproxy) || { \
+		echo "haproxy is not installed; on Debian/Ubuntu: sudo apt-get install haproxy" >&2; \
+		exit 1; }; \
+	echo "$$haproxy -f deploy/haproxy.cfg -db"; \
+	exec "$$haproxy" -f deploy/haproxy.cfg -db
+
+bench-failover: $(STAMP) ## leader SIGKILL/SIGTERM through HAProxy, 10 runs each (about 2 minutes)
+	$(BIN)/python -m bench.failover

@@ -26,6 +26,7 @@ import argparse
 import inspect
 import itertools
 import math
+import re
 import signal
 import statistics
 import sys
@@ -33,7 +34,6 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -285,11 +285,12 @@ class Bench:
         for line in self.lb.log_text().splitlines():
             stamp, _, message = line.partition(" ")
             try:
-                at = datetime.fromisoformat(stamp).timestamp() - wall0
+                at = float(stamp) - wall0
             except ValueError:
                 continue
-            if 0 <= at <= end - t0 and message.startswith("Server "):
-                lines.append((at, f"  {at:+7.3f} s  haproxy: {message.split(', reason')[0]}"))
+            state_change = re.search(r"Server \S+ is (UP|DOWN)", message)
+            if 0 <= at <= end - t0 and state_change:
+                lines.append((at, f"  {at:+7.3f} s  haproxy: {state_change.group(0)}"))
         for _, line in sorted(lines, key=lambda item: item[0]):
             print(line, flush=True)
 

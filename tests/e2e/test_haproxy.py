@@ -13,9 +13,11 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -31,7 +33,8 @@ from tests.e2e.cluster import (
     wait_until,
 )
 
-HAPROXY = shutil.which("haproxy")
+# Debian puts it in /usr/sbin, which is not on every user's PATH.
+HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/local/sbin:/usr/sbin")
 SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
 MISSION_LB_PORT = 8080
 MISSION_STATS_PORT = 8404
@@ -106,13 +109,20 @@ class HAProxy:
 
     def start(self) -> None:
         assert HAPROXY is not None
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [HAPROXY, "-f", str(self.config_path), "-db"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.proc = subprocess.Popen(
+            [HAPROXY, "-f", str(self.config_path), "-db"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        threading.Thread(target=self._copy_output, args=(self.proc.stdout,), daemon=True).start()
+
+    def _copy_output(self, output: IO[bytes]) -> None:
+        """Each line of HAProxy's output into the log, after the wall-clock time it came."""
+        with open(self.log_path, "ab") as log, output:
+            for line in output:
+                log.write(f"{time.time():.6f} ".encode() + line)
+                log.flush()
 
     def log_text(self) -> str:
         try:
