@@ -775,6 +775,10 @@ class RaftNode:
 
     def _flush(self) -> None:
         if self.role is Role.LEADER:
+            if self._mem_first:
+                # MemFirst counts the leader's own append at once (no Persisted to wait for);
+                # this is what lets a single-node cluster commit a proposal in the same step.
+                self._maybe_commit()
             send_empty = self._commit_advanced  # carry the new commit index promptly
             for peer, progress in self.progress.items():
                 self._send_append(peer, progress, send_empty=send_empty)

@@ -58,13 +58,15 @@ from ..raft import (
 from ..raft.messages import MESSAGE_TYPES
 from ..statemachine import StateMachine
 from ..storage import Storage
-from ..wire import ForwardPropose, ForwardResult, ForwardStatus
+from ..wire import MAX_FRAME_BYTES, ForwardPropose, ForwardResult, ForwardStatus
 from ..wire.errors import CodecError
 from .transport import Transport
 
 log = logging.getLogger("dengine_trio.node")
 
 _RAFT_MESSAGES = MESSAGE_TYPES
+# Headroom below the frame limit for the AppendEntries envelope around a single entry.
+MAX_COMMAND_BYTES = MAX_FRAME_BYTES - (1 << 20)
 
 _STATUS_FOR_ERROR: dict[type[DengineError], ForwardStatus] = {
     NotLeader: ForwardStatus.NOT_LEADER,
@@ -148,6 +150,8 @@ class NodeRuntime:
         cfg = self.config
         storage = await trio.to_thread.run_sync(Storage.open, cfg.db_root_path())
         self.storage = storage
+        # The log is replayed into the state machine from the start as commits become known.
+        self.state_machine.reset()
         try:
             hs = storage.hard_state
             self.raft = RaftNode(
@@ -379,6 +383,7 @@ class NodeRuntime:
             + len(self._by_index)
             + len(self._reads)
             + len(self._reads_by_index)
+            + len(self._forwards)
         )
         if pending >= self._max_pending:
             raise Overloaded(f"{pending} requests pending on node {self.node_id}")
@@ -411,7 +416,12 @@ class NodeRuntime:
         On a follower the command is forwarded to the leader. Retries cover only outcomes
         where the command certainly was not committed (rejected, or overwritten).
         """
-        deadline = trio.current_time() + (timeout_s or self.request_timeout_s)
+        if len(command) > MAX_COMMAND_BYTES:
+            # One entry must fit one frame, or replication would stall on it for good.
+            raise TooLarge(f"command of {len(command)} bytes exceeds {MAX_COMMAND_BYTES}")
+        deadline = trio.current_time() + (
+            self.request_timeout_s if timeout_s is None else timeout_s
+        )
         while True:
             leader = await self._wait_for_leader(deadline)
             try:
@@ -441,8 +451,7 @@ class NodeRuntime:
         return result
 
     async def _propose_forwarded(self, leader: int, command: bytes, deadline: float) -> bytes:
-        if self.stopped:
-            raise Stopped("node is stopping")
+        self._check_capacity()
         request_id = next(self._ids)
         waiter = _Waiter()
         self._forwards[request_id] = waiter
@@ -496,7 +505,9 @@ class NodeRuntime:
             and raft.lease_valid(self.now_ms())
         ):
             return  # the lease read fast path: no message, no task switch
-        deadline = trio.current_time() + (timeout_s or self.request_timeout_s)
+        deadline = trio.current_time() + (
+            self.request_timeout_s if timeout_s is None else timeout_s
+        )
         while True:
             self._check_capacity()
             await self._wait_for_leader(deadline)

@@ -105,3 +105,19 @@ async def test_stop_leaves_no_task_running(tmp_path: Path) -> None:
         assert engine._runtime.stopped
         with pytest.raises(Stopped):
             await engine.client().put(b"k", b"v")
+
+
+async def test_a_command_too_large_for_one_frame_is_refused_and_replication_goes_on(
+    tmp_path: Path,
+) -> None:
+    from dengine_trio.runtime.node import MAX_COMMAND_BYTES
+
+    configs = write_configs(tmp_path)
+    async with AsyncExitStack() as stack:
+        engines = await start_all(stack, configs)
+        leader = await wait_leader(engines)
+        with pytest.raises(TooLarge):
+            await engines[leader].propose(b"x" * (MAX_COMMAND_BYTES + 1))
+        await engines[leader].client().put(b"after", b"ok")
+        follower = next(n for n in engines if n != leader)
+        assert await engines[follower].client().get_linearizable(b"after") == b"ok"

@@ -134,3 +134,10 @@ def test_mem_first_commits_before_disk_disk_first_after() -> None:
         op = c.put(leader, "k")
         c.run_for(50)  # replication done, disks still busy
         assert bool(c.history[op].ok) is expect_commit
+
+
+def test_single_node_mem_first_commits_without_waiting_for_the_disk() -> None:
+    c = Cluster(1, seed=10, durability=Durability.MEM_FIRST, disk_latency_ms=(1_000.0, 1_000.0))
+    leader = c.wait_for_leader(5_000)
+    op = c.put(leader, "k")
+    assert c.history[op].ok  # committed and applied in the very step that proposed it
