@@ -43,6 +43,9 @@ class EmbeddedEngine:
     ) -> AsyncIterator[EmbeddedEngine]:
         """Open storage, start the node's tasks, and stop them (flushing) on exit."""
         engine = cls(config, state_machine)
+        # Outside the nursery, so a locked or corrupt db_root_dir raises StorageError itself
+        # rather than inside an exception group.
+        await engine._runtime.open_storage()
         async with trio.open_nursery() as nursery:
             await nursery.start(engine._run)
             try:

@@ -146,10 +146,14 @@ class NodeRuntime:
     def now_ms() -> float:
         return trio.current_time() * 1000.0
 
+    async def open_storage(self) -> Storage:
+        """Lock and recover ``db_root_dir``; raises ``StorageError`` (locked, corrupt)."""
+        self.storage = await trio.to_thread.run_sync(Storage.open, self.config.db_root_path())
+        return self.storage
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        storage = await trio.to_thread.run_sync(Storage.open, cfg.db_root_path())
-        self.storage = storage
+        storage = self.storage or await self.open_storage()
         # The log is replayed into the state machine from the start as commits become known.
         self.state_machine.reset()
         try:
