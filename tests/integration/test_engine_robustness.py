@@ -494,7 +494,6 @@ async def test_lone_node_gives_up_after_the_request_timeout(
         assert await client.get_eventual(b"k") is None
 
 
-@pytest.mark.xfail(strict=True, reason=SPIN_REASON)
 async def test_virtual_time_keeps_moving_for_a_lone_node(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
