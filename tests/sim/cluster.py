@@ -44,6 +44,8 @@ from dengine_trio.raft import (
     TransferLeader,
 )
 
+from ..support.linearizability import Kind, Operation, Outcome, Result, check
+
 
 class InvariantViolation(AssertionError):
     pass
@@ -131,6 +133,7 @@ class Cluster:
         self.steps = 0
         self.faults_injected: dict[str, int] = {}
         self._value_counter = 0
+        self.linearizability: Result | None = None  # set by check_linearizability
 
     # ------------------------------------------------------------------ plumbing
 
@@ -504,6 +507,49 @@ class Cluster:
                 raise InvariantViolation(
                     f"committed entry {index} is durable on only {holders} nodes"
                 )
+
+    def client_history(self) -> list[Operation]:
+        """The history for the linearizability checker: every put, and the linearizable and
+        lease reads (eventual reads promise no order; ``check_history`` covers them).
+
+        A put has three outcomes. Rejected by the node, or proposed as an entry that another
+        entry replaced at its index (that index committed with another term, so the entry can
+        never commit): certainly not applied. Applied where it was proposed: applied. Node
+        crashed first, or still pending at the end: unknown, it may commit later or never.
+        """
+        operations = []
+        kind: Kind
+        outcome: Outcome
+        for op_id, op in enumerate(self.history):
+            if op.kind == "put":
+                outcome = "unknown" if op.ok is None else "ok" if op.ok else "fail"
+                kind = "put"
+            elif op.kind in ("read-linearizable", "read-lease"):
+                if not op.ok:
+                    continue
+                outcome, kind = "ok", "get"
+            else:
+                continue
+            operations.append(
+                Operation(
+                    f"#{op_id}@n{op.node}" + ("/lease" if op.kind == "read-lease" else ""),
+                    kind,
+                    op.key,
+                    op.value,
+                    op.invoke,
+                    op.complete,
+                    outcome,
+                )
+            )
+        return operations
+
+    def check_linearizability(self) -> Result:
+        """Puts, linearizable and lease reads form a linearizable history, key by key. Raises
+        on a violation; an inconclusive search (step budget spent) is returned, not raised."""
+        result = self.linearizability = check(self.client_history())
+        if result.violation:
+            raise InvariantViolation(result.explanation)
+        return result
 
     def check_history(self) -> None:
         """Reads never return a value that was never written, nor (linearizable and lease

@@ -71,6 +71,7 @@ class Operation:
     outcome: Outcome = attrs.field(default="ok", validator=_check_operation)
 
     def describe(self) -> str:
+        """One readable line: client, operation, value, times."""
         if self.kind == "put":
             what = f"put {self.key!s} = {self.value!r}"
         elif self.kind == "delete":
@@ -82,7 +83,7 @@ class Operation:
             when = f"invoked {self.invoke:.3f}, outcome unknown"
         else:
             when = f"invoked {self.invoke:.3f}, returned {self.complete:.3f}"
-        return f"client {self.client_id!s:>4}  {what:<28} {when}"
+        return f"{'client ' + str(self.client_id):<24} {what:<26} {when}"
 
 
 class Verdict(str, Enum):
