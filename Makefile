@@ -61,3 +61,8 @@ start-lb: ## run HAProxy with deploy/haproxy.cfg in the foreground (clients on 1
 
 bench-failover: $(STAMP) ## leader SIGKILL/SIGTERM through HAProxy, 10 runs each (about 2 minutes)
 	$(BIN)/python -m bench.failover
+
+.PHONY: bench-write
+
+bench-write: $(STAMP) ## write latency (1 client) and throughput (64 writers), 3 processes, MemFirst and DiskFirst (about 1 minute)
+	$(BIN)/python -m bench.write
