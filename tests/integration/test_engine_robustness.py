@@ -454,24 +454,9 @@ async def test_flood_through_a_follower_is_bounded_on_both_nodes(tmp_path: Path)
 # ---------------------------------------------------------------------------------------------
 # Virtual time: waits that would otherwise cost real seconds
 
-SPIN_REASON = (
-    "NodeRuntime._raft_loop sleeps until next_deadline()/1000 s but ticks only when "
-    "current_time()*1000 >= next_deadline(); for about 0.7% of deadlines the float round trip "
-    "lands a hair below the deadline, so the loop wakes, does not tick and spins without "
-    "blocking. Under a real clock the spin ends within a microsecond; under MockClock(rate=0) "
-    "time never advances again and the node livelocks"
-)
-
-
-@pytest.fixture
-def virtual_clock() -> trio.testing.MockClock:
-    """Jumps over every idle wait, and also runs at real speed, so that a task spinning on a
-    deadline (see SPIN_REASON) still sees time move instead of livelocking the test."""
-    return trio.testing.MockClock(rate=1.0, autojump_threshold=0)
-
 
 async def test_lone_node_gives_up_after_the_request_timeout(
-    tmp_path: Path, virtual_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     """One node of three, its peers never started: no leader can be elected, so requests fail
     with NoLeader once request_timeout_ms (5 s, virtual) has passed, and wait_ready with
@@ -499,7 +484,9 @@ async def test_virtual_time_keeps_moving_for_a_lone_node(
 ) -> None:
     """600 virtual seconds of a node campaigning alone (about 1,500 election deadlines) under a
     pure autojump clock: time must keep moving, which it does only if the Raft loop blocks
-    whenever it has nothing to do."""
+    whenever it has nothing to do. (It once did not: it slept until next_deadline()/1000 s
+    but ticked only when current_time()*1000 >= next_deadline(), and for ~0.7% of deadlines
+    the float round trip landed a hair short, so it woke, did not tick, and spun.)"""
     configs = write_configs(tmp_path)
     async with EmbeddedEngine.start(configs[0]) as engine:
         end = trio.current_time() + 600
