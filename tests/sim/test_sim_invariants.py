@@ -103,7 +103,7 @@ def _run(schedule: Schedule) -> Cluster:
                 c.call_at(at, lambda n=node, k=key, p=kind: c.read(n, k, p))
 
     for run_ms, action in schedule.actions:
-        client_load(run_ms, 3)
+        client_load(run_ms, 8)
         c.run_for(run_ms)
         name, *args = action
         if name == "partition":
