@@ -220,6 +220,26 @@ def test_rendering_moves_every_port_of_the_shipped_file_and_nothing_else() -> No
         render_haproxy_config(shipped + "server x 127.0.0.1:9999\n", 1, 2, nodes)
 
 
+def backend_lines(text: str, name: str) -> list[str]:
+    """The directive lines of ``backend name`` in an HAProxy file, comments left out."""
+    section = re.search(rf"^backend {name}\n(.*?)(?=^\S|\Z)", text, re.M | re.S)
+    assert section is not None, name
+    lines = (line.split("#", 1)[0].strip() for line in section.group(1).splitlines())
+    return [line for line in lines if line]
+
+
+def test_writes_are_retried_only_when_never_sent_and_never_over_a_kept_connection() -> None:
+    shipped = SHIPPED_CONFIG.read_text()
+    write = backend_lines(shipped, "kv_write")
+    # A resent write could apply twice: only failed connects (nothing sent) may be retried.
+    assert [line for line in write if line.startswith("retry-on")] == ["retry-on conn-failure"]
+    assert "option httpchk GET /primary" in write
+    read = backend_lines(shipped, "kv_read")
+    assert "option httpchk GET /replica" in read
+    # A stopping node would leave a request on a kept-alive connection unanswered for 1 s.
+    assert "option http-server-close" in shipped
+
+
 def test_haproxy_accepts_the_shipped_file() -> None:
     assert HAPROXY is not None
     result = subprocess.run(
