@@ -1,0 +1,1 @@
+"""Process chaos: real nodes behind a fault-injecting proxy, checked for linearizability."""

@@ -1,0 +1,290 @@
+"""Three real node processes whose Raft links all pass through a :class:`ProxyNetwork`.
+
+Each node binds its Raft listener on its own port, but every node's ``initial_cluster`` names
+the proxy's front ports, the same list everywhere (the cluster id hashes it). So every byte
+between two nodes crosses the proxy, and the nemesis can cut, delay or black-hole any direction
+of any link. Processes are ``tests.e2e.cluster.Node``; the waits here are async (the proxy runs
+in the same trio loop) and every one is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from tests.e2e.cluster import Node, free_ports, key_path
+
+from .proxy import ProxyNetwork
+
+__all__ = ["ChaosCluster", "chaos_node_toml"]
+
+HOST = "127.0.0.1"
+STATUS_TIMEOUT_S = 2.0
+POLL_INTERVAL_S = 0.1
+EXIT_TIMEOUT_S = 30.0
+
+
+def chaos_node_toml(
+    node_id: int,
+    listen_port: int,
+    member_addresses: dict[int, str],
+    db_dir: Path,
+    durability: str,
+    extra: str = "",
+) -> str:
+    """A node file: binds ``listen_port``, dials its peers at ``member_addresses``."""
+    members = ",\n".join(
+        f'    {{ id = {i}, address = "{address}", role = 1, status = 2 }}'
+        for i, address in sorted(member_addresses.items())
+    )
+    return f"""\
+[cluster]
+node_id = {node_id}
+listen_address = "{HOST}:{listen_port}"
+initial_cluster = [
+{members},
+]
+db_root_dir = "{db_dir.as_posix()}"
+
+[raft.read_consistency]
+default_policy = "LinearizableRead"
+lease_duration_ms = 500
+
+[raft.persistence]
+strategy = "{durability}"
+flush_policy = {{ Batch = {{ threshold = 100, interval_ms = 20 }} }}
+{extra}"""
+
+
+class ChaosCluster:
+    """Nodes 1..size under ``root``, their links behind ``self.network``.
+
+    Use ``async with ChaosCluster(...) as c``: it starts the proxy and the processes, and on the
+    way out resumes paused nodes, stops every process (SIGTERM, then SIGKILL after a bound) and
+    stops the proxy.
+    """
+
+    def __init__(
+        self, root: Path, durability: str = "DiskFirst", size: int = 3, extra_toml: str = ""
+    ) -> None:
+        self.root = root
+        self.durability = durability
+        ports = free_ports(4 * size)
+        raft, front, kv, health = (ports[i * size : (i + 1) * size] for i in range(4))
+        ids = list(range(1, size + 1))
+        self.network = ProxyNetwork(
+            backends={i: (HOST, raft[i - 1]) for i in ids}, fronts={i: front[i - 1] for i in ids}
+        )
+        members = {i: self.network.address(i) for i in ids}
+        self.nodes: dict[int, Node] = {}
+        for i in ids:
+            path = root / f"n{i}.toml"
+            db_dir = root / "db" / str(i)
+            path.write_text(
+                chaos_node_toml(i, raft[i - 1], members, db_dir, durability, extra_toml)
+            )
+            self.nodes[i] = Node(i, path, kv[i - 1], health[i - 1])
+        self.paused: set[int] = set()
+        self.http = httpx.AsyncClient(trust_env=False, timeout=STATUS_TIMEOUT_S)
+        self._nursery_scope: trio.CancelScope | None = None
+
+    @property
+    def ids(self) -> list[int]:
+        return sorted(self.nodes)
+
+    async def __aenter__(self) -> ChaosCluster:
+        self._nursery_cm = trio.open_nursery()
+        nursery = await self._nursery_cm.__aenter__()
+        self._nursery_scope = nursery.cancel_scope
+        await nursery.start(self.network.run)
+        for i in self.ids:
+            self.start(i)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            with trio.CancelScope(shield=True):
+                await self.stop_all()
+                await self.http.aclose()
+        finally:
+            assert self._nursery_scope is not None
+            self._nursery_scope.cancel()
+            await self._nursery_cm.__aexit__(None, None, None)
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def start(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        if not node.running():
+            node.start(self.root)
+            self.paused.discard(node_id)
+
+    def running(self, node_id: int) -> bool:
+        return self.nodes[node_id].running()
+
+    async def kill(self, node_id: int) -> None:
+        """SIGKILL, and wait for the process to be gone."""
+        proc = self.nodes[node_id].proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            await trio.to_thread.run_sync(proc.wait)
+        self.paused.discard(node_id)
+
+    async def kill_all(self) -> None:
+        """SIGKILL to every live node back to back (no await in between), then reap them."""
+        procs = [n.proc for n in self.nodes.values() if n.proc is not None and n.running()]
+        for proc in procs:
+            proc.send_signal(signal.SIGKILL)
+        for proc in procs:
+            await trio.to_thread.run_sync(proc.wait)
+        self.paused.clear()
+
+    def pause(self, node_id: int) -> None:
+        proc = self.nodes[node_id].proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGSTOP)
+            self.paused.add(node_id)
+
+    def resume(self, node_id: int) -> None:
+        proc = self.nodes[node_id].proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+        self.paused.discard(node_id)
+
+    def heal(self) -> None:
+        """Every link healthy, every paused node resumed, every dead node restarted."""
+        self.network.heal()
+        for i in self.ids:
+            self.resume(i)
+            self.start(i)
+
+    async def stop_all(self) -> None:
+        for i in self.ids:
+            self.resume(i)
+        for node in self.nodes.values():
+            node.terminate()
+        for node in self.nodes.values():
+            proc = node.proc
+            if proc is None:
+                continue
+            with trio.move_on_after(EXIT_TIMEOUT_S):
+                await trio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
+            if proc.poll() is None:
+                proc.kill()
+                await trio.to_thread.run_sync(proc.wait)
+            node.close()
+
+    def logs(self, tail_chars: int = 4000) -> str:
+        return "\n".join(
+            f"--- node {n.node_id} ---\n{n.log_text()[-tail_chars:]}" for n in self.nodes.values()
+        )
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def kv_url(self, node_id: int, path: str) -> str:
+        return f"http://{HOST}:{self.nodes[node_id].port}{path}"
+
+    def key_url(self, node_id: int, key: str, consistency: str) -> str:
+        return self.kv_url(node_id, f"{key_path(key)}?consistency={consistency}")
+
+    async def status(self, node_id: int) -> dict[str, Any] | None:
+        """The node's ``/status``, or None if it does not answer in time."""
+        if not self.running(node_id) or node_id in self.paused:
+            return None
+        url = f"http://{HOST}:{self.nodes[node_id].health_port}/status"
+        try:
+            response = await self.http.get(url)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        result: dict[str, Any] = json.loads(response.content)
+        return result
+
+    async def statuses(self) -> dict[int, dict[str, Any] | None]:
+        return {i: await self.status(i) for i in self.ids}
+
+    async def leader(self) -> int | None:
+        """The node that says it leads in the highest term, if any answers so."""
+        best: tuple[int, int] | None = None
+        for i, st in (await self.statuses()).items():
+            if st is not None and st["role"] == "Leader" and (best is None or st["term"] > best[0]):
+                best = (st["term"], i)
+        return best[1] if best else None
+
+    async def wait_for_leader(self, timeout_s: float) -> int:
+        """Every node answers, agrees on one leader, and that node says it leads."""
+        with trio.move_on_after(timeout_s):
+            while True:
+                self._check_exits()
+                sts = await self.statuses()
+                leaders = {st["leader_id"] if st else None for st in sts.values()}
+                if len(leaders) == 1:
+                    (leader,) = leaders
+                    st = sts.get(leader) if isinstance(leader, int) else None
+                    if isinstance(leader, int) and st is not None and st["role"] == "Leader":
+                        return leader
+                await trio.sleep(POLL_INTERVAL_S)
+        raise AssertionError(
+            f"no leader agreed on by every node within {timeout_s:.0f} s: "
+            f"{await self.statuses()}\n{self.logs()}"
+        )
+
+    async def wait_converged(self, keys: list[str], timeout_s: float) -> dict[str, str | None]:
+        """Wait until every node has applied the same index and holds the same value for
+        every key (eventual reads, bracketed by two equal status rounds); return the values."""
+        last: object = None
+        with trio.move_on_after(timeout_s):
+            while True:
+                self._check_exits()
+                before = await self._applied_indexes()
+                if before is not None:
+                    views = {i: await self._eventual_view(i, keys) for i in self.ids}
+                    after = await self._applied_indexes()
+                    last = (before, views)
+                    distinct = {json.dumps(v, sort_keys=True) for v in views.values()}
+                    if after == before and None not in views.values() and len(distinct) == 1:
+                        view = views[self.ids[0]]
+                        assert view is not None
+                        return view
+                await trio.sleep(POLL_INTERVAL_S)
+        raise AssertionError(
+            f"nodes did not converge within {timeout_s:.0f} s; last look: {last}\n{self.logs()}"
+        )
+
+    async def _applied_indexes(self) -> tuple[int, int] | None:
+        """(applied_index, commit_index) if every node reports the same pair, else None."""
+        sts = await self.statuses()
+        pairs = {(st["applied_index"], st["commit_index"]) if st else None for st in sts.values()}
+        if len(pairs) != 1:
+            return None
+        (pair,) = pairs
+        return pair
+
+    async def _eventual_view(self, node_id: int, keys: list[str]) -> dict[str, str | None] | None:
+        view: dict[str, str | None] = {}
+        for key in keys:
+            try:
+                response = await self.http.get(self.key_url(node_id, key, "eventual"))
+            except httpx.HTTPError:
+                return None
+            if response.status_code == 404:
+                view[key] = None
+            elif response.status_code == 200:
+                view[key] = json.loads(response.content)["value"]
+            else:
+                return None
+        return view
+
+    def _check_exits(self) -> None:
+        for node in self.nodes.values():
+            proc = node.proc
+            if proc is not None and proc.poll() is not None and proc.returncode != -signal.SIGKILL:
+                raise AssertionError(
+                    f"node {node.node_id} exited with {proc.returncode}\n{self.logs()}"
+                )
