@@ -15,10 +15,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 
-from .campaign import ScheduleReport, run_schedule
+from tests.support.linearizability import check
+
+from .campaign import HEAL_TIMEOUT_S, START_TIMEOUT_S, ScheduleReport, run_schedule
+from .cluster import ChaosCluster
 from .nemesis import FAULT_KINDS, make_schedule
+from .proxy import LinkFault, LinkMode
+from .workload import CLIENT_TIMEOUT_S, Workload
 
 CHAOS = os.environ.get("DENGINE_CHAOS") == "1"
 REPLAY = os.environ.get("DENGINE_CHAOS_REPLAY", "")
@@ -92,3 +98,28 @@ async def test_long_process_campaign(tmp_path: Path) -> None:
         f"(MemFirst {lost['MemFirst']}), {inconclusive} schedules inconclusive, "
         f"{time.monotonic() - started:.0f} s"
     )
+
+
+async def test_a_stale_read_through_a_cut_is_caught(tmp_path: Path) -> None:
+    """The pipeline can fail: a follower cut off by the proxy does not see a committed write.
+    Its linearizable read refuses to answer rather than answer stale; its eventual read,
+    passed off as linearizable, makes the checker report a violation."""
+    async with ChaosCluster(tmp_path, "DiskFirst") as cluster:
+        leader = await cluster.wait_for_leader(START_TIMEOUT_S)
+        loner = next(i for i in cluster.ids if i != leader)
+        net = cluster.network
+        net.set_links(net.links_of(loner), LinkFault(LinkMode.CUT))
+        workload = Workload(cluster, seed=0, keys=["k"])
+        async with httpx.AsyncClient(trust_env=False, timeout=CLIENT_TIMEOUT_S) as http:
+            written = await workload.put(http, "writer", leader, "k", "v1")
+            assert written.outcome == "ok", workload.responses
+            refused = await workload.get(http, "reader", loner, "k", "linearizable")
+            assert refused.outcome == "fail", refused
+            stale = await workload.get(http, "reader", loner, "k", "eventual")
+        assert stale.outcome == "ok" and stale.value is None
+        result = check(workload.history)
+        assert result.violation
+        assert "get k -> absent" in result.explanation
+        # Healed, the loner catches up and the same read is fresh.
+        net.heal()
+        assert (await cluster.wait_converged(["k"], HEAL_TIMEOUT_S)) == {"k": "v1"}
