@@ -66,6 +66,24 @@ class _PendingRead:
         self.read_index = read_index
 
 
+def _well_formed(m: AppendEntries) -> bool:
+    """Entries start right after ``prev_log_index``, span exactly their count, and carry terms
+    no newer than the sender's. (Checked at the ends only: the per-entry walk would cost the
+    hot path, and peers are authenticated members running this code.)"""
+    entries = m.entries
+    if m.prev_log_index < 0 or m.leader_commit < 0:
+        return False
+    if not entries:
+        return True
+    first, last = entries[0], entries[-1]
+    return (
+        first.index == m.prev_log_index + 1
+        and last.index == m.prev_log_index + len(entries)
+        and m.prev_log_term <= first.term
+        and first.term <= last.term <= m.term
+    )
+
+
 class RaftNode:
     def __init__(
         self,
@@ -449,6 +467,8 @@ class RaftNode:
     # --- replication, follower side
 
     def _on_append_entries(self, m: AppendEntries) -> None:
+        if not _well_formed(m):
+            return  # a confused peer must not be able to break our log's shape
         self._heard_from_leader(m.src)
         prev_index, prev_term, entries = m.prev_log_index, m.prev_log_term, m.entries
         if prev_index < self.commit_index:

@@ -157,3 +157,14 @@ def test_higher_term_vote_request_ignored_while_leader_is_fresh() -> None:
     # After an election timeout without the leader, the campaign is heard.
     effects = follower.step(200 + 1_000, Receive(RequestVote(5, 3, 2, 10, 4)))
     assert follower.term == 5 and sent(effects, RequestVoteResponse)[0].granted
+
+
+def test_malformed_append_entries_is_ignored() -> None:
+    follower = node(2, entries=log_of(1, 1), term=1)
+    gap = (Entry(1, 4, b"x"),)  # should start at prev + 1 = 3
+    effects = follower.step(0, Receive(AppendEntries(1, 1, 2, 2, 1, gap, 0)))
+    assert follower.log.last_index == 2 and not sent(effects, AppendEntriesResponse)
+    future_term = (Entry(9, 3, b"x"),)  # newer than the sender's own term
+    effects = follower.step(0, Receive(AppendEntries(1, 1, 2, 2, 1, future_term, 0)))
+    assert follower.log.last_index == 2 and not effects
+    assert follower.leader_id == 0  # not even taken as a sign of life from a leader
