@@ -599,7 +599,8 @@ class RaftNode:
             return
         self._touch(progress)
         if m.success:
-            if progress.acknowledge(m.match_index):
+            # Capped: no follower can hold more of our log than there is of it.
+            if progress.acknowledge(min(m.match_index, self.log.last_index)):
                 if progress.state is ProgressState.PROBE:
                     progress.become_replicate()
                 self._maybe_commit()
