@@ -10,7 +10,10 @@ in the same trio loop) and every one is bounded.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,12 @@ import trio
 
 from tests.e2e.cluster import Node, free_ports, key_path
 
+from . import fsync_probe
 from .proxy import ProxyNetwork
 
-__all__ = ["ChaosCluster", "chaos_node_toml"]
+__all__ = ["ChaosCluster", "ProbedNode", "chaos_node_toml"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 HOST = "127.0.0.1"
 STATUS_TIMEOUT_S = 2.0
@@ -61,6 +67,42 @@ flush_policy = {{ Batch = {{ threshold = 100, interval_ms = 20 }} }}
 {extra}"""
 
 
+class ProbedNode(Node):
+    """A node run under ``tests.chaos.fsync_probe``: its fsyncs are recorded in ``fsync_log``."""
+
+    def __init__(
+        self, node_id: int, config_path: Path, port: int, health_port: int, db_dir: Path
+    ) -> None:
+        super().__init__(node_id, config_path, port, health_port)
+        self.db_dir = db_dir
+        self.fsync_log = config_path.with_suffix(".fsync")
+
+    def start(self, cwd: Path) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "info"}
+        env.pop("CONFIG_PATH", None)
+        env[fsync_probe.LOG_ENV] = str(self.fsync_log)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "tests.chaos.fsync_probe",
+                    "--config-path", str(self.config_path),
+                    "--port", str(self.port),
+                    "--health-port", str(self.health_port),
+                ],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def power_cut(self) -> int:
+        """Drop what this (stopped) node wrote but never fsynced; return the bytes dropped."""
+        assert not self.running()
+        return fsync_probe.power_cut(self.db_dir, self.fsync_log)
+
+
 class ChaosCluster:
     """Nodes 1..size under ``root``, their links behind ``self.network``.
 
@@ -70,7 +112,13 @@ class ChaosCluster:
     """
 
     def __init__(
-        self, root: Path, durability: str = "DiskFirst", size: int = 3, extra_toml: str = ""
+        self,
+        root: Path,
+        durability: str = "DiskFirst",
+        size: int = 3,
+        extra_toml: str = "",
+        *,
+        probe_fsync: bool = False,
     ) -> None:
         self.root = root
         self.durability = durability
@@ -88,7 +136,10 @@ class ChaosCluster:
             path.write_text(
                 chaos_node_toml(i, raft[i - 1], members, db_dir, durability, extra_toml)
             )
-            self.nodes[i] = Node(i, path, kv[i - 1], health[i - 1])
+            if probe_fsync:
+                self.nodes[i] = ProbedNode(i, path, kv[i - 1], health[i - 1], db_dir)
+            else:
+                self.nodes[i] = Node(i, path, kv[i - 1], health[i - 1])
         self.paused: set[int] = set()
         self.http = httpx.AsyncClient(trust_env=False, timeout=STATUS_TIMEOUT_S)
         self._nursery_scope: trio.CancelScope | None = None
