@@ -66,3 +66,11 @@ bench-failover: $(STAMP) ## leader SIGKILL/SIGTERM through HAProxy, 10 runs each
 
 bench-write: $(STAMP) ## write latency (1 client) and throughput (64 writers), 3 processes, MemFirst and DiskFirst (about 1 minute)
 	$(BIN)/python -m bench.write
+
+.PHONY: bench
+
+bench: $(STAMP) ## the suite: embedded vs PySyncObj, HTTP vs its ceiling and etcd; writes docs/benchmarks.md (about 8 minutes)
+	@$(BIN)/python -c "import pysyncobj, matplotlib" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,bench]'
+	@command -v wrk >/dev/null || echo "wrk is not installed: the HTTP part will be skipped (sudo apt-get install wrk)"
+	@command -v etcd >/dev/null || echo "etcd is not installed: etcd will be skipped (sudo apt-get install etcd-server)"
+	$(BIN)/python -m bench.suite

@@ -143,9 +143,15 @@ request_timeout_ms = 10000
 
 
 @asynccontextmanager
-async def follower_processes(root: Path, configs: list[Path]) -> AsyncIterator[None]:
-    """Nodes 2 and 3 as node processes (logs in ``root``); SIGTERM, then SIGKILL, on exit."""
+async def follower_processes(
+    root: Path, configs: list[Path]
+) -> AsyncIterator[list[tuple[int, int]]]:
+    """Nodes 2 and 3 as node processes (logs in ``root``); SIGTERM, then SIGKILL, on exit.
+
+    Yields each process's (KV port, health port), in the order of ``configs``.
+    """
     processes: list[tuple[trio.Process, Path, IO[bytes]]] = []
+    ports: list[tuple[int, int]] = []
     http_ports = free_ports(2 * len(configs))
     try:
         for config, kv_port, health_port in zip(
@@ -172,7 +178,8 @@ async def follower_processes(root: Path, configs: list[Path]) -> AsyncIterator[N
                 command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
             )
             processes.append((process, log_path, log_file))
-        yield
+            ports.append((kv_port, health_port))
+        yield ports
         for process, log_path, _ in processes:
             if process.returncode is not None:
                 raise BenchError(

@@ -1,0 +1,98 @@
+"""The HTTP stack's ceiling: the KV API's routes with no engine behind them.
+
+A QuartTrio app served by Hypercorn with the node's own settings
+(``dengine_trio.api.hypercorn_config`` on a socket from ``bind_listener``), whose handlers do
+the KV app's request work and nothing else: ``POST /kv`` reads the body, parses the JSON and
+checks and encodes ``key`` and ``value`` as the KV app does, then answers ``{}``; ``GET /kv/<key>``
+answers ``{"value": ...}`` from a dictionary (the 100 keys ``g-00000000``..``g-00000099``, each
+holding 256 bytes). What our API serves below this is the price of the engine.
+
+    python -m bench.ceiling --port 8090 [--max-seconds 1800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+import trio
+from hypercorn.trio import serve
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from dengine_trio.api import JSON_CONTENT_TYPE, bind_listener, hypercorn_config
+
+GET_KEYS = [f"g-{i:08d}" for i in range(100)]
+VALUE_TEXT = "v" * 256
+
+
+def create_ceiling_app() -> QuartTrio:
+    app = QuartTrio(__name__)
+    store = {key: VALUE_TEXT for key in GET_KEYS}
+    loads = json.loads
+    dumps = json.dumps
+    compact = (",", ":")
+    response_class = app.response_class
+
+    def bad(message: str) -> Response:
+        body = dumps({"error": "invalid_request", "message": message}, separators=compact)
+        return response_class(body, status=400, content_type=JSON_CONTENT_TYPE)
+
+    @app.post("/kv")
+    async def put_kv() -> Response:
+        body = await request.get_data(cache=False)
+        try:
+            doc = loads(body)
+        except ValueError:
+            return bad("the body is not valid JSON")
+        if type(doc) is not dict:
+            return bad("expected an object")
+        key = doc.get("key")
+        value = doc.get("value")
+        if type(key) is not str or not key or type(value) is not str:
+            return bad('"key" and "value" must be strings')
+        key.encode()
+        value.encode()
+        return response_class(b"{}", content_type=JSON_CONTENT_TYPE)
+
+    @app.get("/kv/<path:key>")
+    async def get_kv(key: str) -> Response:
+        value = store.get(key)
+        if value is None:
+            return response_class(b'{"value":null}', status=404, content_type=JSON_CONTENT_TYPE)
+        text = dumps({"value": value}, separators=compact)
+        return response_class(text, content_type=JSON_CONTENT_TYPE)
+
+    return app
+
+
+async def run(port: int, max_seconds: float) -> None:
+    config = hypercorn_config(bind_listener("127.0.0.1", port))
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                with trio.move_on_after(max_seconds):
+                    async for _ in signals:
+                        break
+                stop.set()
+
+            nursery.start_soon(watch)
+            await serve(create_ceiling_app(), config, shutdown_trigger=stop.wait)
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ceiling")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--max-seconds", type=float, default=1800.0)
+    args = parser.parse_args(argv)
+    trio.run(run, args.port, args.max_seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

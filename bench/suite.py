@@ -1,0 +1,475 @@
+"""The benchmark suite (``make bench``): embedded against PySyncObj, HTTP against its ceiling
+and etcd, every comparison measured in the same run with the sides alternating.
+
+1. **Embedded**, client in the leader's process, three processes per cluster, three clusters
+   up at once (ours MemFirst, ours DiskFirst, PySyncObj), each driven by a worker process
+   (``bench.embedded_side``, ``bench.pysyncobj_side``). Each round runs every phase on every
+   side in turn (A, B, C, A, B, C, ...): single-client writes, 64 concurrent writers (PySyncObj:
+   synchronous writes, and pipelined writes with callbacks), and reads per policy.
+2. **HTTP** (``bench.http_side``): wrk against our leader and a follower, the ceiling app and
+   etcd, round-robin over every target, at 16 connections (throughput) and at 1 (latency).
+
+Progress goes to stderr; the table is printed at the end and written to
+``docs/benchmarks.md`` (between generated-section markers) with a chart in
+``docs/benchmarks.png``. Every run is bounded in count and time, the whole suite by
+``--max-minutes``; temporary directories are removed and every process group ended, also on
+failure or Ctrl+C.
+
+    .venv/bin/python -m bench.suite [--rounds 5] [--http-rounds 5] [--no-doc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from bench import http_side
+from bench.measure import Run, ratio
+from bench.procs import Worker, WorkerError, worker
+from bench.report import Report, Scenario, Target, chart, markdown, ratio_text, update_doc
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+CHART = ROOT / "docs" / "benchmarks.png"
+WORKER_READY_S = 90.0
+CALL_TIMEOUT_S = 120.0
+
+
+class Suite:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.started = time.monotonic()
+        self.scenarios: dict[str, Scenario] = {}
+        self.notes: list[str] = []
+
+    def progress(self, message: str) -> None:
+        elapsed = int(time.monotonic() - self.started)
+        print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {message}", file=sys.stderr, flush=True)
+
+    def scenario(self, key: str, section: str, system: str, operation: str, load: str) -> Scenario:
+        if key not in self.scenarios:
+            self.scenarios[key] = Scenario(key, section, system, operation, load)
+        return self.scenarios[key]
+
+    def record(self, scenario: Scenario, run: Run, label: str) -> None:
+        scenario.runs.append(run)
+        extra = f", {run.errors} errors" if run.errors else ""
+        self.progress(
+            f"{label} {scenario.system} {scenario.operation}: {run.throughput:,.0f} ops/s, "
+            f"p50 {run.p50_s * 1000:.3f} ms, p99 {run.p99_s * 1000:.3f} ms{extra}"
+        )
+
+    # ------------------------------------------------------------------ embedded
+
+    async def embedded(self) -> None:
+        a = self.args
+        python = sys.executable
+        ours = {
+            s: [python, "-m", "bench.embedded_side", "--strategy", s]
+            for s in ("MemFirst", "DiskFirst")
+        }
+        pso = [python, "-m", "bench.pysyncobj_side", "leader"]
+        phases: list[tuple[str, str, str, dict[str, object]]] = [
+            # (scenario suffix, operation, load, command) for our clusters
+            ("single", "write", "1 client, sequential", {"phase": "single", "count": a.writes}),
+            (
+                "writers",
+                "write",
+                f"{a.writers} concurrent writers",
+                {"phase": "writers", "count": a.concurrent_writes, "writers": a.writers},
+            ),
+            (
+                "read_eventual",
+                "read eventual",
+                "1 task, tight loop",
+                {"phase": "read_eventual", "count": a.eventual_reads},
+            ),
+            (
+                "read_lease",
+                "read lease",
+                "1 task, tight loop",
+                {"phase": "read_lease", "count": a.lease_reads},
+            ),
+            (
+                "read_linearizable",
+                "read linearizable",
+                f"{a.writers} concurrent readers",
+                {
+                    "phase": "read_linearizable",
+                    "count": a.linearizable_reads,
+                    "readers": a.writers,
+                },
+            ),
+        ]
+        self.progress("embedded: starting three clusters (ours MemFirst, DiskFirst; PySyncObj)")
+        async with (
+            worker("MemFirst", ours["MemFirst"], ready_timeout_s=WORKER_READY_S) as mem,
+            worker("DiskFirst", ours["DiskFirst"], ready_timeout_s=WORKER_READY_S) as disk,
+            worker("PySyncObj", pso, ready_timeout_s=WORKER_READY_S) as syncobj,
+        ):
+            sides: list[tuple[str, Worker]] = [("MemFirst", mem), ("DiskFirst", disk)]
+            failed: dict[str, str] = {}
+            for round_no in range(1, a.rounds + 1):
+                label = f"embedded {round_no}/{a.rounds}"
+                for suffix, operation, load, command in phases:
+                    for name, side in sides:
+                        s = self.scenario(
+                            f"{name} {suffix}", "embedded", f"ours {name}", operation, load
+                        )
+                        await self.call(side, name, failed, s, label, round=round_no, **command)
+                    if suffix == "single":
+                        s = self.scenario(
+                            "PySyncObj sync",
+                            "embedded",
+                            "PySyncObj",
+                            "write, sync=True",
+                            "1 client, sequential",
+                        )
+                        await self.call(
+                            syncobj, "PySyncObj", failed, s, label,
+                            phase="sync", count=a.pysyncobj_sync_writes, round=round_no,
+                        )  # fmt: skip
+                    if suffix == "writers":
+                        s = self.scenario(
+                            "PySyncObj pipelined",
+                            "embedded",
+                            "PySyncObj",
+                            "write, pipelined (callbacks)",
+                            f"{a.concurrent_writes} submitted at once",
+                        )
+                        await self.call(
+                            syncobj, "PySyncObj", failed, s, label,
+                            phase="pipelined", count=a.concurrent_writes, round=round_no,
+                        )  # fmt: skip
+            self.notes += [f"{name} stopped early: {why}" for name, why in failed.items()]
+        self.progress("embedded: clusters stopped")
+
+    async def call(
+        self,
+        side: Worker,
+        name: str,
+        failed: dict[str, str],
+        scenario: Scenario,
+        label: str,
+        **command: object,
+    ) -> None:
+        if name in failed:
+            return
+        try:
+            result = await side.call(CALL_TIMEOUT_S, **command)
+        except (WorkerError, trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
+            failed[name] = repr(exc)
+            scenario.failure = repr(exc)
+            self.progress(f"{label} {name} FAILED: {exc!r}; its remaining phases are skipped")
+            return
+        self.record(scenario, Run.from_dict(result), label)
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def http(self) -> None:
+        a = self.args
+        wrk = shutil.which("wrk")
+        if wrk is None:
+            note = f"HTTP part skipped: `wrk` is not installed ({http_side.WRK_INSTALL_HINT})"
+            self.notes.append(note)
+            self.progress(note)
+            return
+        self.progress("HTTP: starting our cluster, the ceiling app and etcd")
+        async with http_side.http_servers(with_etcd=not a.no_etcd) as servers:
+            self.notes += servers.notes
+            loads = [
+                ("c16", a.http_connections, a.http_seconds, f"{a.http_connections} connections"),
+                ("c1", 1, a.latency_seconds, "1 connection"),
+            ]
+            max_requests = a.http_max_requests
+            for round_no in range(1, a.http_rounds + 1):
+                label = f"HTTP {round_no}/{a.http_rounds}"
+                for suffix, connections, seconds, load in loads:
+                    for i, target in enumerate(servers.targets):
+                        s = self.scenario(
+                            f"{target.name} {suffix}", "http", target.system, target.operation, load
+                        )
+                        if s.failure:
+                            continue
+                        try:
+                            run = await http_side.run_wrk(
+                                wrk,
+                                target,
+                                connections=connections,
+                                duration_s=seconds,
+                                max_requests=max_requests,
+                                prefix=f"w{round_no}{suffix[1:]}{i}",
+                            )
+                        except (RuntimeError, OSError, trio.TooSlowError) as exc:
+                            s.failure = repr(exc)
+                            self.progress(f"{label} {target.name} FAILED: {exc!r}")
+                            continue
+                        if run.ops >= max_requests:
+                            self.notes.append(
+                                f"{target.name} ({load}) hit the {max_requests}-request bound: "
+                                "its throughput is understated"
+                            )
+                        self.record(s, run, f"{label} {load}:")
+        self.progress("HTTP: servers stopped")
+
+    # ------------------------------------------------------------------ report
+
+    def get(self, key: str) -> Scenario | None:
+        s = self.scenarios.get(key)
+        return s if s is not None and s.runs else None
+
+    def comparisons_and_targets(self) -> tuple[list[tuple[str, str]], list[Target]]:
+        comparisons: list[tuple[str, str]] = []
+        targets: list[Target] = []
+        mem_w, pso_p = self.get("MemFirst writers"), self.get("PySyncObj pipelined")
+        disk_w = self.get("DiskFirst writers")
+        mem_s, pso_s = self.get("MemFirst single"), self.get("PySyncObj sync")
+        disk_s = self.get("DiskFirst single")
+        if mem_w and pso_p:
+            r = ratio(mem_w.combined.throughput, pso_p.combined.throughput)
+            comparisons.append(
+                ("ours MemFirst 64 writers / PySyncObj pipelined (throughput)", f"{r:.2f}x")
+            )
+            targets.append(
+                Target(
+                    "Embedded writes, 64 concurrent, MemFirst: >= 1.5x PySyncObj pipelined",
+                    f"{mem_w.combined.throughput:,.0f} vs {pso_p.combined.throughput:,.0f} "
+                    f"ops/s = {r:.2f}x",
+                    r >= 1.5,
+                )
+            )
+        if disk_w and pso_p:
+            comparisons.append(
+                (
+                    "ours DiskFirst 64 writers / PySyncObj pipelined (throughput)",
+                    ratio_text(disk_w.combined.throughput, pso_p.combined.throughput),
+                )
+            )
+        for name, ours in (("MemFirst", mem_s), ("DiskFirst", disk_s)):
+            if ours and pso_s:
+                comparisons.append(
+                    (
+                        f"PySyncObj sync write p50 / ours {name} single-client p50",
+                        ratio_text(pso_s.combined.p50_s, ours.combined.p50_s),
+                    )
+                )
+                comparisons.append(
+                    (
+                        f"ours {name} single client / PySyncObj sync (throughput)",
+                        ratio_text(ours.combined.throughput, pso_s.combined.throughput),
+                    )
+                )
+        if mem_s:
+            p50 = mem_s.combined.p50_s * 1000
+            targets.append(
+                Target(
+                    "Embedded single-client write p50 <= 1 ms (MemFirst)",
+                    f"{p50:.2f} ms (DiskFirst "
+                    f"{disk_s.combined.p50_s * 1000 if disk_s else float('nan'):.2f} ms)",
+                    p50 <= 1.0,
+                )
+            )
+        for policy, floor in (("eventual", 1_000_000), ("lease", 300_000)):
+            found = [s for s in (self.get(f"{n} read_{policy}") for n in ("MemFirst",)) if s]
+            if found:
+                rate = found[0].combined.throughput
+                targets.append(
+                    Target(
+                        f"Embedded {policy} reads >= {floor:,}/s (leader, MemFirst)",
+                        f"{rate:,.0f}/s",
+                        rate >= floor,
+                    )
+                )
+        ceiling = {"POST": self.get("ceiling POST c16"), "GET": self.get("ceiling GET c16")}
+        ceiling_c1 = {"POST": self.get("ceiling POST c1"), "GET": self.get("ceiling GET c1")}
+        for s in list(self.scenarios.values()):
+            if s.section != "http" or not s.runs or not s.system.startswith("ours"):
+                continue
+            method = s.operation.split()[0]
+            if s.key.endswith("c16") and ceiling[method]:
+                base = ceiling[method]
+                assert base is not None
+                comparisons.append(
+                    (
+                        f"HTTP {s.system} {s.operation} / ceiling {method} (throughput, "
+                        f"{self.args.http_connections} connections)",
+                        ratio_text(s.combined.throughput, base.combined.throughput),
+                    )
+                )
+            if s.key.endswith("c1") and ceiling_c1[method]:
+                base = ceiling_c1[method]
+                assert base is not None
+                delta = (s.combined.p50_s - base.combined.p50_s) * 1000
+                comparisons.append(
+                    (
+                        f"HTTP {s.system} {s.operation} p50 - ceiling {method} p50 (1 connection)",
+                        f"{delta:+.2f} ms",
+                    )
+                )
+        leader = "ours (leader)"
+        for op, method, goal in (
+            ("POST", "POST", 0.8),
+            ("GET lease", "GET", 0.9),
+            ("GET eventual", "GET", 0.9),
+            ("GET linearizable", "GET", 0.9),
+        ):
+            ours_s = self.get(f"{leader} {op} c16")
+            base_s = ceiling[method]
+            if ours_s and base_s:
+                r = ratio(ours_s.combined.throughput, base_s.combined.throughput)
+                targets.append(
+                    Target(
+                        f"HTTP {op} on the leader >= {goal}x the ceiling's throughput",
+                        f"{ours_s.combined.throughput:,.0f} vs "
+                        f"{base_s.combined.throughput:,.0f} req/s = {r:.2f}x",
+                        r >= goal,
+                    )
+                )
+            ours_1, base_1 = self.get(f"{leader} {op} c1"), ceiling_c1[method]
+            if ours_1 and base_1:
+                delta = (ours_1.combined.p50_s - base_1.combined.p50_s) * 1000
+                targets.append(
+                    Target(
+                        f"HTTP {op} on the leader, p50 at 1 connection within 0.3 ms of "
+                        "the ceiling's",
+                        f"{ours_1.combined.p50_s * 1000:.2f} vs "
+                        f"{base_1.combined.p50_s * 1000:.2f} ms = {delta:+.2f} ms",
+                        delta <= 0.3,
+                    )
+                )
+        for op, etcd_op in (
+            ("POST", "POST put"),
+            ("GET linearizable", "GET range linearizable"),
+            ("GET eventual", "GET range serializable"),
+        ):
+            ours_s, etcd_s = self.get(f"{leader} {op} c16"), self.get(f"etcd {etcd_op} c16")
+            if ours_s and etcd_s:
+                comparisons.append(
+                    (
+                        f"HTTP ours (leader) {op} / etcd {etcd_op} (throughput)",
+                        ratio_text(ours_s.combined.throughput, etcd_s.combined.throughput),
+                    )
+                )
+        return comparisons, targets
+
+    def header(self, elapsed_s: float) -> list[str]:
+        a = self.args
+        cpu = "unknown CPU"
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+        command = "make bench" + (
+            f"  # = python -m bench.suite {shlex.join(a.argv)}" if a.argv else ""
+        )
+        return [
+            f"### make bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+            "",
+            f"* **Command**: `{command}` (took {elapsed_s / 60:.1f} min)",
+            f"* **Machine**: `nproc` = {len(os.sched_getaffinity(0))}, {cpu}, "
+            f"{platform.system()} {platform.release()}; load average at the end {load}",
+            f"* **Python**: {platform.python_implementation()} {platform.python_version()}",
+            f"* **Load**: embedded {a.rounds} rounds per side (single client {a.writes} puts; "
+            f"{a.writers} writers share {a.concurrent_writes} puts; {a.eventual_reads:,} eventual "
+            f"and {a.lease_reads:,} lease reads; {a.linearizable_reads:,} linearizable reads by "
+            f"{a.writers} readers; PySyncObj {a.pysyncobj_sync_writes} sync writes and "
+            f"{a.concurrent_writes} pipelined); HTTP {a.http_rounds} rounds of wrk "
+            f"({a.http_seconds:g} s at {a.http_connections} connections, {a.latency_seconds:g} s "
+            "at 1). Keys 10-12 bytes, values 256 bytes.",
+        ]
+
+
+async def run_suite(suite: Suite) -> None:
+    a = suite.args
+    with trio.fail_after(a.max_minutes * 60):
+        if not a.skip_embedded:
+            await suite.embedded()
+        if not a.skip_http:
+            await suite.http()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.suite", description=(__doc__ or "").split("\n")[0]
+    )
+    add = parser.add_argument
+    add("--rounds", type=int, default=5, help="embedded rounds (each side once a round)")
+    add("--writes", type=int, default=500, help="single-client puts per run")
+    add("--writers", type=int, default=64, help="concurrent writers (and linearizable readers)")
+    add("--concurrent-writes", type=int, default=10_000, help="puts per concurrent run")
+    add("--eventual-reads", type=int, default=400_000)
+    add("--lease-reads", type=int, default=200_000)
+    add("--linearizable-reads", type=int, default=5_000)
+    add("--pysyncobj-sync-writes", type=int, default=30, help="PySyncObj sync writes per run")
+    add("--http-rounds", type=int, default=5)
+    add("--http-seconds", type=float, default=3.0, help="wrk duration of a throughput run")
+    add("--latency-seconds", type=float, default=2.0, help="wrk duration at 1 connection")
+    add("--http-connections", type=int, default=16)
+    add("--http-max-requests", type=int, default=200_000, help="count bound of one wrk run")
+    add("--no-etcd", action="store_true", help="leave etcd out")
+    add("--skip-embedded", action="store_true")
+    add("--skip-http", action="store_true")
+    add("--max-minutes", type=float, default=14.0, help="abort the whole suite after this")
+    add("--no-doc", action="store_true", help="do not write docs/benchmarks.md and the chart")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(raw)
+    args.argv = raw
+    counts = ["rounds", "writes", "writers", "concurrent_writes", "eventual_reads"]
+    counts += ["lease_reads", "linearizable_reads", "pysyncobj_sync_writes", "http_rounds"]
+    for flag in counts:
+        if getattr(args, flag) < 1:
+            print(f"--{flag.replace('_', '-')} must be positive", file=sys.stderr)
+            return 2
+    suite = Suite(args)
+    suite.progress(
+        f"make bench: {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}; "
+        f"this takes about 8 minutes (bounded at {args.max_minutes:g})"
+    )
+    status = 0
+    try:
+        trio.run(run_suite, suite)
+    except trio.TooSlowError:
+        suite.notes.append(f"the suite hit its {args.max_minutes:g}-minute bound: partial results")
+        status = 1
+    except KeyboardInterrupt:
+        print("interrupted: partial results, docs not written", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        suite.notes.append(f"the suite failed: {exc!r}")
+        print(f"bench failed: {exc!r}", file=sys.stderr)
+        status = 1
+    elapsed = time.monotonic() - suite.started
+    comparisons, targets = suite.comparisons_and_targets()
+    report = Report(suite.header(elapsed), suite.scenarios, comparisons, targets, suite.notes)
+    text = markdown(report)
+    print()
+    print(text)
+    if not args.no_doc and suite.scenarios:
+        why_not = chart(report, CHART)
+        if why_not:
+            print(why_not, file=sys.stderr)
+        update_doc(DOC, text)
+        print(f"written: {DOC.relative_to(ROOT)}" + ("" if why_not else f", {CHART.name}"))
+    suite.progress(f"done in {elapsed / 60:.1f} min")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
