@@ -121,6 +121,7 @@ class ChaosCluster:
         probe_fsync: bool = False,
     ) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.durability = durability
         ports = free_ports(4 * size)
         raft, front, kv, health = (ports[i * size : (i + 1) * size] for i in range(4))

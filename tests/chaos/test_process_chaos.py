@@ -65,7 +65,7 @@ async def test_replay(tmp_path: Path) -> None:
 @pytest.mark.skipif(not CHAOS, reason="long campaign: run with make chaos")
 async def test_long_process_campaign(tmp_path: Path) -> None:
     """Seeded schedules of about a minute each until the budget is spent; prints a summary."""
-    budget_s = float(os.environ.get("DENGINE_PROCESS_CHAOS_S", "540"))
+    budget_s = float(os.environ.get("DENGINE_PROCESS_CHAOS_S", "480"))
     schedule_s = float(os.environ.get("DENGINE_PROCESS_SCHEDULE_S", "45"))
     base_seed = int(os.environ.get("DENGINE_CHAOS_SEED", str(random.randrange(1 << 30))))
     started = time.monotonic()
