@@ -75,8 +75,7 @@ async def tight_reads(read: Callable[[bytes], Awaitable[object]], count: int) ->
             await read(key)
             latencies.append(clock() - started)
         await trio.sleep(0)
-    run = run_from_latencies(done, elapsed, latencies)
-    return run
+    return run_from_latencies(done, elapsed, latencies)
 
 
 async def concurrent_reads(
@@ -118,36 +117,62 @@ async def run_phase(client: Client, command: dict[str, Any]) -> Run:
     raise ValueError(f"unknown phase {phase!r}")
 
 
+START_ATTEMPTS = 3
+
+
 async def serve(strategy: str, root: Path, phase_timeout_s: float) -> None:
-    configs = write_configs(root, strategy)
+    """Start the cluster (again, on fresh ports, if node 1 did not win: bounded), then run
+    phases until stdin ends."""
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-    buffer = bytearray()
-    async with EmbeddedEngine.start(load_config(configs[0])) as engine:
-        async with follower_processes(root, configs[1:]):
-            term = await wait_until_leader(engine, [root / "n2.log", root / "n3.log"])
-            client = engine.client()
-            for key in READ_KEYS:
-                await client.put(key, VALUE)
-            send_result(ready=True, term=term)
-            while True:
-                while b"\n" not in buffer:
-                    chunk = await stdin.receive_some(65536)
-                    if not chunk:
-                        return  # the suite is done with us
-                    buffer += chunk
-                line, _, rest = bytes(buffer).partition(b"\n")
-                buffer[:] = rest
-                command = json.loads(line)
-                cpu0 = time.process_time()
+    for attempt in range(1, START_ATTEMPTS + 1):
+        cluster_root = root / f"cluster{attempt}"
+        cluster_root.mkdir()
+        configs = write_configs(cluster_root, strategy)
+        async with EmbeddedEngine.start(load_config(configs[0])) as engine:
+            async with follower_processes(cluster_root, configs[1:]):
+                logs = [cluster_root / "n2.log", cluster_root / "n3.log"]
                 try:
-                    check_still_leading(engine, term, "the pause between phases")
-                    with trio.fail_after(phase_timeout_s):
-                        run = await run_phase(client, command)
-                    check_still_leading(engine, term, command["phase"])
-                except (BenchError, trio.TooSlowError, ValueError) as exc:
-                    send_result(error=f"{strategy} {command.get('phase')}: {exc!r}")
+                    term = await wait_until_leader(engine, logs)
+                except BenchError:
+                    if attempt == START_ATTEMPTS:
+                        raise
                     continue
-                send_result(**run.as_dict(), cpu_s=time.process_time() - cpu0)
+                client = engine.client()
+                for key in READ_KEYS:
+                    await client.put(key, VALUE)
+                send_result(ready=True, term=term)
+                await serve_phases(strategy, engine, term, stdin, phase_timeout_s)
+                return
+
+
+async def serve_phases(
+    strategy: str,
+    engine: EmbeddedEngine,
+    term: int,
+    stdin: trio.lowlevel.FdStream,
+    phase_timeout_s: float,
+) -> None:
+    client = engine.client()
+    buffer = bytearray()
+    while True:
+        while b"\n" not in buffer:
+            chunk = await stdin.receive_some(65536)
+            if not chunk:
+                return  # the suite is done with us
+            buffer += chunk
+        line, _, rest = bytes(buffer).partition(b"\n")
+        buffer[:] = rest
+        command = json.loads(line)
+        cpu0 = time.process_time()
+        try:
+            check_still_leading(engine, term, "the pause between phases")
+            with trio.fail_after(phase_timeout_s):
+                run = await run_phase(client, command)
+            check_still_leading(engine, term, command["phase"])
+        except (BenchError, trio.TooSlowError, ValueError) as exc:
+            send_result(error=f"{strategy} {command.get('phase')}: {exc!r}")
+            continue
+        send_result(**run.as_dict(), cpu_s=time.process_time() - cpu0)
 
 
 async def main_async(strategy: str, phase_timeout_s: float) -> None:

@@ -22,14 +22,14 @@ import threading
 import time
 from typing import Any
 
-from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj import SyncObj, SyncObjConf, SyncObjException
 from pysyncobj.batteries import ReplDict
 
 from bench.measure import Run, run_from_latencies
 from bench.procs import send_result
 
 VALUE = bytes(range(256))
-READY_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 20.0
 CALL_TIMEOUT_S = 10.0
 FOLLOWER_LIFETIME_S = 1800.0
 """A follower whose leader vanished without closing its stdin still ends."""
@@ -38,8 +38,10 @@ FOLLOWER_LIFETIME_S = 1800.0
 def conf(leader: bool) -> SyncObjConf:
     # connectionTimeout must be >= raftMaxTimeout; only elections depend on these values.
     if leader:
-        return SyncObjConf(raftMinTimeout=0.4, raftMaxTimeout=1.4, connectionTimeout=5.0)
-    return SyncObjConf(raftMinTimeout=3.0, raftMaxTimeout=4.0, connectionTimeout=5.0)
+        timeouts = {"raftMinTimeout": 0.4, "raftMaxTimeout": 1.4}
+    else:
+        timeouts = {"raftMinTimeout": 3.0, "raftMaxTimeout": 4.0}
+    return SyncObjConf(connectionTimeout=5.0, maxBindRetries=5, **timeouts)
 
 
 def follower(self_address: str, partners: list[str]) -> int:
@@ -62,6 +64,8 @@ class Leader:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             status = self.node.getStatus()
+            if status["leader"] is not None and status["leader"] != self.node.selfNode:
+                break  # another node won: no point waiting
             if status["leader"] == self.node.selfNode and self.node.isReady():
                 # The first write of the term commits: the followers are caught up.
                 self.data.set(b"warmup", VALUE, sync=True, timeout=CALL_TIMEOUT_S)
@@ -115,28 +119,60 @@ class Leader:
         return run
 
 
-def leader_main(phase_timeout_s: float) -> int:
+START_ATTEMPTS = 3
+
+
+def stop_followers(followers: list[subprocess.Popen[bytes]]) -> None:
+    for process in followers:
+        if process.stdin is not None:
+            process.stdin.close()
+    for process in followers:
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    followers.clear()
+
+
+def start_cluster(followers: list[subprocess.Popen[bytes]]) -> tuple[Leader, int]:
+    """The leader (bound before its followers start, so it campaigns first) and two
+    followers; a fresh cluster on fresh ports if another node won (bounded attempts)."""
     from bench.write import free_ports
 
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
-    followers = []
-    try:
-
-        def partners_of(i: int) -> list[str]:
-            return [addresses[i], *(a for a in addresses if a != addresses[i])]
-
-        for i in (1, 2):
-            followers.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "bench.pysyncobj_side", "follower", *partners_of(i)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                )
-            )
+    failure = ""
+    for _ in range(START_ATTEMPTS):
+        addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
         leader = Leader(addresses)
         try:
-            term = leader.wait_leading()
+            leader.node.waitBinded()
+        except SyncObjException as exc:  # the port was taken meanwhile: new ports
+            failure = repr(exc)
+            leader.node.destroy()
+            continue
+        for i in (1, 2):
+            partners = [a for a in addresses if a != addresses[i]]
+            command = [sys.executable, "-m", "bench.pysyncobj_side", "follower", addresses[i]]
+            followers.append(
+                subprocess.Popen(
+                    [*command, *partners], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+                )
+            )
+        try:
+            return leader, leader.wait_leading()
         except RuntimeError as exc:
+            failure = str(exc)
+            leader.node.destroy()
+            stop_followers(followers)
+    raise RuntimeError(f"{START_ATTEMPTS} attempts: {failure}")
+
+
+def leader_main(phase_timeout_s: float) -> int:
+    followers: list[subprocess.Popen[bytes]] = []
+    try:
+        try:
+            leader, term = start_cluster(followers)
+        except Exception as exc:
             send_result(error=str(exc))
             return 1
         send_result(ready=True, term=term)
@@ -160,15 +196,7 @@ def leader_main(phase_timeout_s: float) -> int:
         leader.node.destroy()
         return 0
     finally:
-        for process in followers:
-            if process.stdin is not None:
-                process.stdin.close()
-        for process in followers:
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_followers(followers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from bench.report import Report, Scenario, Target, chart, markdown, ratio_text, 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 CHART = ROOT / "docs" / "benchmarks.png"
-WORKER_READY_S = 90.0
+WORKER_READY_S = 120.0
 CALL_TIMEOUT_S = 120.0
 
 
@@ -64,7 +64,8 @@ class Suite:
         scenario.runs.append(run)
         extra = f", {run.errors} errors" if run.errors else ""
         self.progress(
-            f"{label} {scenario.system} {scenario.operation}: {run.throughput:,.0f} ops/s, "
+            f"{label} {scenario.system} {scenario.operation} ({scenario.load}): "
+            f"{run.throughput:,.0f} ops/s, "
             f"p50 {run.p50_s * 1000:.3f} ms, p99 {run.p99_s * 1000:.3f} ms{extra}"
         )
 
@@ -218,7 +219,7 @@ class Suite:
                                 f"{target.name} ({load}) hit the {max_requests}-request bound: "
                                 "its throughput is understated"
                             )
-                        self.record(s, run, f"{label} {load}:")
+                        self.record(s, run, label)
         self.progress("HTTP: servers stopped")
 
     # ------------------------------------------------------------------ report
