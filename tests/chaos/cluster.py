@@ -3,8 +3,8 @@
 Each node binds its Raft listener on its own port, but every node's ``initial_cluster`` names
 the proxy's front ports, the same list everywhere (the cluster id hashes it). So every byte
 between two nodes crosses the proxy, and the nemesis can cut, delay or black-hole any direction
-of any link. Processes are ``tests.e2e.cluster.Node``; the waits here are async (the proxy runs
-in the same trio loop) and every one is bounded.
+of any link. Every process binds 127.0.0.1 only (``--host``). The waits are async (the proxy
+runs in the same trio loop) and every one is bounded.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.e2e.cluster import Node, free_ports, key_path
 from . import fsync_probe
 from .proxy import ProxyNetwork
 
-__all__ = ["ChaosCluster", "ProbedNode", "chaos_node_toml"]
+__all__ = ["ChaosCluster", "ChaosNode", "chaos_node_toml"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,26 +67,40 @@ flush_policy = {{ Batch = {{ threshold = 100, interval_ms = 20 }} }}
 {extra}"""
 
 
-class ProbedNode(Node):
-    """A node run under ``tests.chaos.fsync_probe``: its fsyncs are recorded in ``fsync_log``."""
+class ChaosNode(Node):
+    """A node process bound to 127.0.0.1 only (HTTP too). With ``probe_fsync`` it runs under
+    ``tests.chaos.fsync_probe``, its fsyncs recorded in ``fsync_log`` for ``power_cut``."""
 
     def __init__(
-        self, node_id: int, config_path: Path, port: int, health_port: int, db_dir: Path
+        self,
+        node_id: int,
+        config_path: Path,
+        port: int,
+        health_port: int,
+        db_dir: Path,
+        *,
+        probe_fsync: bool = False,
     ) -> None:
         super().__init__(node_id, config_path, port, health_port)
         self.db_dir = db_dir
+        self.probe_fsync = probe_fsync
         self.fsync_log = config_path.with_suffix(".fsync")
 
     def start(self, cwd: Path) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "info"}
         env.pop("CONFIG_PATH", None)
-        env[fsync_probe.LOG_ENV] = str(self.fsync_log)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        module = "dengine_trio"
+        if self.probe_fsync:
+            module = "tests.chaos.fsync_probe"
+            env[fsync_probe.LOG_ENV] = str(self.fsync_log)
+            path = [str(REPO_ROOT), env.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [
-                    sys.executable, "-m", "tests.chaos.fsync_probe",
+                    sys.executable, "-m", module,
                     "--config-path", str(self.config_path),
+                    "--host", HOST,
                     "--port", str(self.port),
                     "--health-port", str(self.health_port),
                 ],
@@ -99,7 +113,7 @@ class ProbedNode(Node):
 
     def power_cut(self) -> int:
         """Drop what this (stopped) node wrote but never fsynced; return the bytes dropped."""
-        assert not self.running()
+        assert self.probe_fsync and not self.running()
         return fsync_probe.power_cut(self.db_dir, self.fsync_log)
 
 
@@ -130,17 +144,16 @@ class ChaosCluster:
             backends={i: (HOST, raft[i - 1]) for i in ids}, fronts={i: front[i - 1] for i in ids}
         )
         members = {i: self.network.address(i) for i in ids}
-        self.nodes: dict[int, Node] = {}
+        self.nodes: dict[int, ChaosNode] = {}
         for i in ids:
             path = root / f"n{i}.toml"
             db_dir = root / "db" / str(i)
             path.write_text(
                 chaos_node_toml(i, raft[i - 1], members, db_dir, durability, extra_toml)
             )
-            if probe_fsync:
-                self.nodes[i] = ProbedNode(i, path, kv[i - 1], health[i - 1], db_dir)
-            else:
-                self.nodes[i] = Node(i, path, kv[i - 1], health[i - 1])
+            self.nodes[i] = ChaosNode(
+                i, path, kv[i - 1], health[i - 1], db_dir, probe_fsync=probe_fsync
+            )
         self.paused: set[int] = set()
         self.http = httpx.AsyncClient(trust_env=False, timeout=STATUS_TIMEOUT_S)
         self._nursery_scope: trio.CancelScope | None = None

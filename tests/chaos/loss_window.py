@@ -18,7 +18,7 @@ import attrs
 import httpx
 import trio
 
-from .cluster import ChaosCluster, ProbedNode
+from .cluster import ChaosCluster
 from .workload import CLIENT_TIMEOUT_S
 
 __all__ = ["LossRound", "measure_round"]
@@ -59,7 +59,7 @@ async def measure_round(
     writers: int = 8,
     load_s: float = 2.0,
 ) -> LossRound:
-    """One round on a running ``cluster`` (nodes must be ``ProbedNode``s for a power cut)."""
+    """One round on a running ``cluster`` (started with ``probe_fsync=True`` for a power cut)."""
     fault = "SIGKILL all + power cut" if power_cut else "SIGKILL all"
     result = LossRound(cluster.durability, fault)
     leader = await cluster.wait_for_leader(RESTART_TIMEOUT_S)
@@ -99,7 +99,6 @@ async def measure_round(
     result.writes_per_s = sum(t <= killed_at for t in acked.values()) / (killed_at - started)
     if power_cut:
         for node in cluster.nodes.values():
-            assert isinstance(node, ProbedNode)
             result.bytes_cut += node.power_cut()
     for i in cluster.ids:
         cluster.start(i)

@@ -20,6 +20,7 @@ synchronous calls from any task of that loop.
 from __future__ import annotations
 
 import math
+import struct
 from collections import Counter
 from enum import Enum
 from functools import partial
@@ -27,11 +28,13 @@ from functools import partial
 import attrs
 import trio
 
-from dengine_trio.wire import CodecError, FrameReader, Hello, decode
+from dengine_trio.wire import CodecError, Hello, decode
+from dengine_trio.wire.frames import HEADER_BYTES
 
 __all__ = ["HELLO_TIMEOUT_S", "LinkFault", "LinkMode", "ProxyNetwork"]
 
 HELLO_TIMEOUT_S = 10.0
+MAX_HELLO_BYTES = 4096
 CONNECT_TIMEOUT_S = 5.0
 RECEIVE_BYTES = 64 * 1024
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -170,21 +173,26 @@ class ProxyNetwork:
                     self._connections[link].discard(conn)
 
     async def _read_hello(self, client: trio.SocketStream) -> tuple[int, bytes] | None:
-        """The dialer's node id and every byte read so far (Hello included), or None."""
-        reader = FrameReader()
+        """The dialer's node id and every byte read so far (Hello included), or None.
+
+        Only the first frame is parsed: whatever follows it is the link's business."""
         received = bytearray()
-        frames: list[bytes] = []
+        hello_end = 0
         try:
             with trio.move_on_after(HELLO_TIMEOUT_S):
-                while not frames:
+                while not hello_end or len(received) < hello_end:
                     data = await client.receive_some(RECEIVE_BYTES)
                     if not data:
                         return None
                     received += data
-                    frames = reader.feed(data)
-            if not frames:
+                    if not hello_end and len(received) >= HEADER_BYTES:
+                        (size,) = struct.unpack_from(">I", received)
+                        if size > MAX_HELLO_BYTES:
+                            return None
+                        hello_end = HEADER_BYTES + size
+            if not hello_end or len(received) < hello_end:
                 return None
-            hello = decode(frames[0])
+            hello = decode(bytes(received[HEADER_BYTES:hello_end]))
         except (*_STREAM_ERRORS, CodecError):
             return None
         if type(hello) is not Hello:
