@@ -35,17 +35,22 @@ FOLLOWER_LIFETIME_S = 1800.0
 """A follower whose leader vanished without closing its stdin still ends."""
 
 
-def conf(leader: bool) -> SyncObjConf:
+COMPACTION_OFF = {"logCompactionMinEntries": 2**62, "logCompactionMinTime": 1e12}
+"""Log compaction (a forked full dump) never starts: our engine has no snapshots yet."""
+
+
+def conf(leader: bool, compaction: bool = True) -> SyncObjConf:
     # connectionTimeout must be >= raftMaxTimeout; only elections depend on these values.
     if leader:
         timeouts = {"raftMinTimeout": 0.4, "raftMaxTimeout": 1.4}
     else:
         timeouts = {"raftMinTimeout": 3.0, "raftMaxTimeout": 4.0}
-    return SyncObjConf(connectionTimeout=5.0, maxBindRetries=5, **timeouts)
+    extra: dict[str, float] = {} if compaction else COMPACTION_OFF
+    return SyncObjConf(connectionTimeout=5.0, maxBindRetries=5, **timeouts, **extra)
 
 
-def follower(self_address: str, partners: list[str]) -> int:
-    node = SyncObj(self_address, partners, consumers=[ReplDict()], conf=conf(leader=False))
+def follower(self_address: str, partners: list[str], compaction: bool) -> int:
+    node = SyncObj(self_address, partners, consumers=[ReplDict()], conf=conf(False, compaction))
     reader = threading.Thread(target=sys.stdin.read, daemon=True)
     reader.start()
     reader.join(FOLLOWER_LIFETIME_S)  # returns at EOF: the leader's worker is gone
@@ -54,10 +59,10 @@ def follower(self_address: str, partners: list[str]) -> int:
 
 
 class Leader:
-    def __init__(self, addresses: list[str]) -> None:
+    def __init__(self, addresses: list[str], compaction: bool) -> None:
         self.data = ReplDict()
         self.node = SyncObj(
-            addresses[0], addresses[1:], consumers=[self.data], conf=conf(leader=True)
+            addresses[0], addresses[1:], consumers=[self.data], conf=conf(True, compaction)
         )
 
     def wait_leading(self) -> int:
@@ -135,7 +140,7 @@ def stop_followers(followers: list[subprocess.Popen[bytes]]) -> None:
     followers.clear()
 
 
-def start_cluster(followers: list[subprocess.Popen[bytes]]) -> tuple[Leader, int]:
+def start_cluster(followers: list[subprocess.Popen[bytes]], compaction: bool) -> tuple[Leader, int]:
     """The leader (bound before its followers start, so it campaigns first) and two
     followers; a fresh cluster on fresh ports if another node won (bounded attempts)."""
     from bench.write import free_ports
@@ -143,7 +148,7 @@ def start_cluster(followers: list[subprocess.Popen[bytes]]) -> tuple[Leader, int
     failure = ""
     for _ in range(START_ATTEMPTS):
         addresses = [f"127.0.0.1:{port}" for port in free_ports(3)]
-        leader = Leader(addresses)
+        leader = Leader(addresses, compaction)
         try:
             leader.node.waitBinded()
         except SyncObjException as exc:  # the port was taken meanwhile: new ports
@@ -153,10 +158,9 @@ def start_cluster(followers: list[subprocess.Popen[bytes]]) -> tuple[Leader, int
         for i in (1, 2):
             partners = [a for a in addresses if a != addresses[i]]
             command = [sys.executable, "-m", "bench.pysyncobj_side", "follower", addresses[i]]
+            command += [*partners, *([] if compaction else ["--no-compaction"])]
             followers.append(
-                subprocess.Popen(
-                    [*command, *partners], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
-                )
+                subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
             )
         try:
             return leader, leader.wait_leading()
@@ -167,11 +171,11 @@ def start_cluster(followers: list[subprocess.Popen[bytes]]) -> tuple[Leader, int
     raise RuntimeError(f"{START_ATTEMPTS} attempts: {failure}")
 
 
-def leader_main(phase_timeout_s: float) -> int:
+def leader_main(phase_timeout_s: float, compaction: bool) -> int:
     followers: list[subprocess.Popen[bytes]] = []
     try:
         try:
-            leader, term = start_cluster(followers)
+            leader, term = start_cluster(followers, compaction)
         except Exception as exc:
             send_result(error=str(exc))
             return 1
@@ -204,13 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="role", required=True)
     lead = sub.add_parser("leader")
     lead.add_argument("--phase-timeout", type=float, default=120.0)
-    follow = sub.add_parser("follower")
+    for role in (lead, follow := sub.add_parser("follower")):
+        role.add_argument(
+            "--no-compaction", action="store_true", help="never start PySyncObj's log compaction"
+        )
     follow.add_argument("address")
     follow.add_argument("partners", nargs=2)
     args = parser.parse_args(argv)
     if args.role == "follower":
-        return follower(args.address, args.partners)
-    return leader_main(args.phase_timeout)
+        return follower(args.address, args.partners, not args.no_compaction)
+    return leader_main(args.phase_timeout, not args.no_compaction)
 
 
 if __name__ == "__main__":

@@ -146,11 +146,11 @@ def chart(report: Report, path: Path) -> str | None:
     fig, axes = plt.subplots(1, len(groups), figsize=(17, 6.5))
     for ax, (title, keep) in zip(axes, groups, strict=True):
         chosen = [s for s in report.scenarios.values() if keep(s) and s.runs]
-        labels = [f"{s.system}\n{s.operation}" for s in chosen]
+        labels = [f"{s.system}\n{s.operation}, {s.load}" for s in chosen]
         values = [s.combined.throughput for s in chosen]
         colors = [
             "#888888"
-            if s.system in ("ceiling", "PySyncObj")
+            if s.system.startswith(("ceiling", "PySyncObj"))
             else "#d62728"
             if s.system == "etcd"
             else "#1f77b4"

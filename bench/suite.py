@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 CHART = ROOT / "docs" / "benchmarks.png"
 WORKER_READY_S = 120.0
+NO_COMPACTION = "PySyncObj, no log compaction"
 CALL_TIMEOUT_S = 120.0
 
 
@@ -111,11 +112,17 @@ class Suite:
                 },
             ),
         ]
-        self.progress("embedded: starting three clusters (ours MemFirst, DiskFirst; PySyncObj)")
+        self.progress(
+            "embedded: starting four clusters (ours MemFirst, DiskFirst; PySyncObj with and "
+            "without log compaction)"
+        )
         async with (
             worker("MemFirst", ours["MemFirst"], ready_timeout_s=WORKER_READY_S) as mem,
             worker("DiskFirst", ours["DiskFirst"], ready_timeout_s=WORKER_READY_S) as disk,
             worker("PySyncObj", pso, ready_timeout_s=WORKER_READY_S) as syncobj,
+            worker(
+                "PySyncObj-nc", [*pso, "--no-compaction"], ready_timeout_s=WORKER_READY_S
+            ) as syncobj_nc,
         ):
             sides: list[tuple[str, Worker]] = [("MemFirst", mem), ("DiskFirst", disk)]
             failed: dict[str, str] = {}
@@ -140,17 +147,21 @@ class Suite:
                             phase="sync", count=a.pysyncobj_sync_writes, round=round_no,
                         )  # fmt: skip
                     if suffix == "writers":
-                        s = self.scenario(
-                            "PySyncObj pipelined",
-                            "embedded",
-                            "PySyncObj",
-                            "write, pipelined (callbacks)",
-                            f"{a.concurrent_writes} submitted at once",
-                        )
-                        await self.call(
-                            syncobj, "PySyncObj", failed, s, label,
-                            phase="pipelined", count=a.concurrent_writes, round=round_no,
-                        )  # fmt: skip
+                        for key, system, side in (
+                            ("PySyncObj pipelined", "PySyncObj", syncobj),
+                            ("PySyncObj-nc pipelined", NO_COMPACTION, syncobj_nc),
+                        ):
+                            s = self.scenario(
+                                key,
+                                "embedded",
+                                system,
+                                "write, pipelined (callbacks)",
+                                f"{a.concurrent_writes} submitted at once",
+                            )
+                            await self.call(
+                                side, key.split()[0], failed, s, label,
+                                phase="pipelined", count=a.concurrent_writes, round=round_no,
+                            )  # fmt: skip
             self.notes += [f"{name} stopped early: {why}" for name, why in failed.items()]
         self.progress("embedded: clusters stopped")
 
@@ -244,6 +255,21 @@ class Suite:
                 Target(
                     "Embedded writes, 64 concurrent, MemFirst: >= 1.5x PySyncObj pipelined",
                     f"{mem_w.combined.throughput:,.0f} vs {pso_p.combined.throughput:,.0f} "
+                    f"ops/s = {r:.2f}x",
+                    r >= 1.5,
+                )
+            )
+        pso_nc = self.get("PySyncObj-nc pipelined")
+        if mem_w and pso_nc:
+            r = ratio(mem_w.combined.throughput, pso_nc.combined.throughput)
+            comparisons.append(
+                (f"ours MemFirst 64 writers / {NO_COMPACTION} pipelined (throughput)", f"{r:.2f}x")
+            )
+            targets.append(
+                Target(
+                    "(the same, against PySyncObj with its log compaction off: our engine has "
+                    "no snapshots yet, so this is the like-for-like comparison)",
+                    f"{mem_w.combined.throughput:,.0f} vs {pso_nc.combined.throughput:,.0f} "
                     f"ops/s = {r:.2f}x",
                     r >= 1.5,
                 )
