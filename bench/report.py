@@ -143,10 +143,10 @@ def chart(report: Report, path: Path) -> str | None:
         ),
         ("HTTP, 16 connections (req/s)", lambda s: s.section == "http" and s.key.endswith("c16")),
     ]
-    fig, axes = plt.subplots(1, len(groups), figsize=(17, 6.5))
+    fig, axes = plt.subplots(1, len(groups), figsize=(18, 7.5))
     for ax, (title, keep) in zip(axes, groups, strict=True):
         chosen = [s for s in report.scenarios.values() if keep(s) and s.runs]
-        labels = [f"{s.system}\n{s.operation}, {s.load}" for s in chosen]
+        labels = [f"{s.system}\n{s.operation}\n{s.load}" for s in chosen]
         values = [s.combined.throughput for s in chosen]
         colors = [
             "#888888"
