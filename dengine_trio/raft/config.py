@@ -27,6 +27,9 @@ class RaftConfig:
     election_timeout_max_ms: float = 900.0
     heartbeat_interval_ms: float = 50.0
     lease_duration_ms: float = 500.0
+    # How long a new commit index may wait to ride on the next AppendEntries before a message
+    # of its own carries it to the followers.
+    commit_notify_delay_ms: float = 2.0
     max_entries_per_msg: int = 512
     max_bytes_per_msg: int = 1 << 20
     max_inflight_msgs: int = 64

@@ -148,6 +148,7 @@ class RaftNode:
         self._transfer_target = 0
         self._transfer_deadline = NEVER
         self._commit_advanced = False
+        self._commit_notify_at = NEVER
 
     # ------------------------------------------------------------------ driving the node
 
@@ -169,7 +170,12 @@ class RaftNode:
     def next_deadline(self) -> float:
         """When the node next needs a ``Tick``; the runtime may sleep until then."""
         if self.role is Role.LEADER:
-            deadline = min(self._next_heartbeat, self._next_check_quorum, self._transfer_deadline)
+            deadline = min(
+                self._next_heartbeat,
+                self._next_check_quorum,
+                self._transfer_deadline,
+                self._commit_notify_at,
+            )
         else:
             deadline = self._election_deadline
         if self._forwarded_reads:
@@ -261,6 +267,8 @@ class RaftNode:
                     return
             if now >= self._next_heartbeat:
                 self._broadcast_heartbeat()
+            if now >= self._commit_notify_at:
+                self._notify_commit()
         elif now >= self._election_deadline:
             self._campaign(pre_vote=self.config.pre_vote)
 
@@ -295,6 +303,7 @@ class RaftNode:
             self._transfer_target = 0
             self._transfer_deadline = NEVER
             self._lease_expiry = float("-inf")
+            self._commit_notify_at = NEVER
         self.role = Role.FOLLOWER
         self.leader_id = leader_id
         self._reset_election_timer()
@@ -352,6 +361,7 @@ class RaftNode:
         self._lease_expiry = float("-inf")
         self._next_heartbeat = self.now  # announce ourselves at once
         self._next_check_quorum = self.now + self.config.election_timeout_min_ms
+        self._commit_notify_at = NEVER
         self._election_deadline = NEVER
         # §8: a no-op of our own term, so entries of earlier terms can commit (Figure 8) and
         # reads know the commit index is current once it commits.
@@ -586,6 +596,7 @@ class RaftNode:
                 leader_commit=self.commit_index,
             )
         )
+        progress.sent_commit = self.commit_index
         if entries:
             progress.sent(entries[-1].index)
         elif progress.state is ProgressState.PROBE:
@@ -630,6 +641,7 @@ class RaftNode:
         self._round_open = True
         for peer, progress in self.progress.items():
             commit = min(progress.match_index, self.commit_index)
+            progress.sent_commit = max(progress.sent_commit, commit)
             self._send(Heartbeat(self.term, self.id, peer, commit, self._hb_seq))
         self._advance_reads()  # a single-node cluster confirms itself
 
@@ -697,6 +709,9 @@ class RaftNode:
         if self._forwarded_reads.pop(m.request_id, None) is None:
             return
         if m.ok:
+            # The read index is the leader's commit index: whatever of it our log is known to
+            # share with the leader is committed, so the read need not wait for a heartbeat.
+            self._advance_follower_commit(min(m.read_index, self._leader_match))
             self._out.append(ReadReady(m.request_id, m.read_index))
         else:
             self._out.append(ReadFailed(m.request_id, self.leader_id))
@@ -794,15 +809,29 @@ class RaftNode:
 
     # ------------------------------------------------------------------ end of step
 
+    def _notify_commit(self) -> None:
+        self._commit_notify_at = NEVER
+        for peer, progress in self.progress.items():
+            if progress.sent_commit < self.commit_index:
+                self._send_append(peer, progress, send_empty=True)
+
     def _flush(self) -> None:
         if self.role is Role.LEADER:
             if self._mem_first:
                 # MemFirst counts the leader's own append at once (no Persisted to wait for);
                 # this is what lets a single-node cluster commit a proposal in the same step.
                 self._maybe_commit()
-            send_empty = self._commit_advanced  # carry the new commit index promptly
             for peer, progress in self.progress.items():
-                self._send_append(peer, progress, send_empty=send_empty)
+                self._send_append(peer, progress, send_empty=False)
+            if (
+                self._commit_advanced
+                and self._commit_notify_at == NEVER
+                and any(p.sent_commit < self.commit_index for p in self.progress.values())
+            ):
+                # Followers learn a new commit index from the next AppendEntries, which under
+                # load follows within a moment; only if none went out by then does a message
+                # of its own carry it. This halves the messages of a lone client's writes.
+                self._commit_notify_at = self.now + self.config.commit_notify_delay_ms
         self._commit_advanced = False
         if self.commit_index > self._applied_emitted:
             entries = self.log.slice(self._applied_emitted + 1, self.commit_index)

@@ -25,6 +25,7 @@ class Progress:
         "next_index",
         "probe_sent",
         "recent_active",
+        "sent_commit",
         "state",
     )
 
@@ -38,6 +39,7 @@ class Progress:
         self.recent_active = False  # heard from since the last CheckQuorum round
         self.last_contact_ms = float("-inf")
         self.acked_seq = 0  # newest heartbeat round this follower acknowledged
+        self.sent_commit = 0  # newest commit index we told this follower about
 
     def paused(self, max_inflight: int) -> bool:
         if self.state is ProgressState.PROBE:
