@@ -14,14 +14,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import trio
 
 from .config import NodeConfig
 from .errors import Stopped, Timeout, TooLarge
 from .policy import ReadPolicy
-from .raft import Role
+from .raft import RaftNode, Role
 from .runtime.node import NodeRuntime
 from .statemachine import KVStateMachine, StateMachine, encode_delete, encode_put
 
@@ -68,7 +67,7 @@ class EmbeddedEngine:
     # ------------------------------------------------------------------ state
 
     @property
-    def _raft(self) -> Any:
+    def _raft(self) -> RaftNode:
         raft = self._runtime.raft
         if raft is None:
             raise Stopped("engine not running")

@@ -64,7 +64,6 @@ from .transport import Transport
 
 log = logging.getLogger("dengine_trio.node")
 
-_RAFT_MESSAGES = MESSAGE_TYPES
 # Headroom below the frame limit for the AppendEntries envelope around a single entry.
 MAX_COMMAND_BYTES = MAX_FRAME_BYTES - (1 << 20)
 
@@ -76,6 +75,7 @@ _STATUS_FOR_ERROR: dict[type[DengineError], ForwardStatus] = {
     Overloaded: ForwardStatus.OVERLOADED,
     Stopped: ForwardStatus.STOPPED,
 }
+_ERROR_FOR_STATUS = {status: error for error, status in _STATUS_FOR_ERROR.items()}
 
 
 class _Waiter:
@@ -214,7 +214,7 @@ class NodeRuntime:
 
     def _deliver(self, message: object) -> None:
         """Transport callback, in the trio thread; must not block."""
-        if isinstance(message, _RAFT_MESSAGES):
+        if isinstance(message, MESSAGE_TYPES):
             self._submit(Receive(message))  # type: ignore[arg-type]
         elif isinstance(message, ForwardPropose):
             if self._nursery is not None and not self.stopped:
@@ -474,7 +474,7 @@ class NodeRuntime:
             return reply.result
         if reply.status == ForwardStatus.NOT_LEADER:
             raise NotLeader(reply.leader_id or None)
-        error = {v: k for k, v in _STATUS_FOR_ERROR.items()}[reply.status]
+        error = _ERROR_FOR_STATUS[reply.status]
         raise error("forwarded request failed on the leader")
 
     async def _serve_forwarded(self, message: ForwardPropose) -> None:

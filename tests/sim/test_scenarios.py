@@ -3,7 +3,7 @@ the test injects them)."""
 
 from __future__ import annotations
 
-from dengine_trio.raft import Durability, Role
+from dengine_trio.raft import Durability, ProposalRejected, Propose, Role
 
 from .cluster import Cluster
 
@@ -23,10 +23,8 @@ def test_proposal_on_follower_names_the_leader() -> None:
     c = Cluster(3, seed=2)
     leader = c.wait_for_leader()
     follower = next(n for n in c.ids if n != leader)
-    effects = c.raft(follower).step(
-        c.now, __import__("dengine_trio.raft", fromlist=["Propose"]).Propose(99, b"x")
-    )
-    rejected = [e for e in effects if type(e).__name__ == "ProposalRejected"]
+    effects = c.raft(follower).step(c.now, Propose(99, b"x"))
+    rejected = [e for e in effects if isinstance(e, ProposalRejected)]
     assert rejected and rejected[0].leader_id == leader
 
 
