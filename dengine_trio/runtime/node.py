@@ -125,6 +125,9 @@ class NodeRuntime:
 
         self._inbox: list[Event] = []
         self._wakeup = trio.Event()
+        self._raft_sleeps_until_ms = -math.inf  # the Raft loop's deadline while it waits
+        self._busy = False  # effects are being carried out across an await: do not step
+        self._deferred: list[Effect] = []  # what an inline step left for the Raft loop
         self._ids = itertools.count(1)
         self._proposals: dict[int, _Waiter] = {}
         self._by_index: dict[int, _Waiter] = {}
@@ -183,6 +186,7 @@ class NodeRuntime:
                 cfg.listen_host_port(),
                 peers,
                 self._deliver,
+                delivered=self._step_now,
                 log=logging.getLogger("dengine_trio.transport"),
             )
             async with trio.open_nursery() as nursery:
@@ -209,13 +213,16 @@ class NodeRuntime:
     # ------------------------------------------------------------------ the Raft loop
 
     def _submit(self, event: Event) -> None:
+        """Queue a client's event for the Raft loop, which steps the core with every event
+        that arrived in the meantime: concurrent proposals share one AppendEntries."""
         self._inbox.append(event)
         self._wakeup.set()
 
     def _deliver(self, message: object) -> None:
-        """Transport callback, in the trio thread; must not block."""
+        """Transport callback, in the trio thread; must not block. Raft messages wait in
+        the inbox for ``_step_now``, which the transport calls after each read."""
         if isinstance(message, MESSAGE_TYPES):
-            self._submit(Receive(message))  # type: ignore[arg-type]
+            self._inbox.append(Receive(message))  # type: ignore[arg-type]
         elif isinstance(message, ForwardPropose):
             if self._nursery is not None and not self.stopped:
                 self._nursery.start_soon(self._serve_forwarded, message)
@@ -224,34 +231,99 @@ class NodeRuntime:
             if waiter is not None:
                 waiter.resolve(message)
 
+    def _step_now(self) -> None:
+        """Step the core right here, in the calling task, rather than waking the Raft loop.
+
+        Called by the transport after each read and by the flush task after each fsync: a
+        message is handled, and its reply written to the socket, without a task switch,
+        which in trio costs more than the Raft work itself. Effects that must await (a
+        hard-state save) are left, with everything after them, to the Raft loop, and until
+        it has carried them out no one else steps the core, so effects keep their order.
+        """
+        if not self._inbox or self.raft is None:
+            return
+        if self._busy:
+            self._wakeup.set()  # the Raft loop takes the inbox once it is done
+            return
+        try:
+            effects = self._step_inbox()
+            done = self._carry_out_now(effects, 0)
+        except Exception as exc:
+            # The core has moved on without its effects (a failed log write, say): the node
+            # must stop, as it would had the Raft loop failed. Raised as a RuntimeError so
+            # that the transport, which treats an OSError as a broken connection, cannot
+            # mistake it for one and carry on.
+            raise RuntimeError(f"node {self.node_id} failed stepping its Raft core") from exc
+        if done < len(effects):
+            self._deferred = effects[done:]
+            self._busy = True
+            self._wakeup.set()
+        elif self.raft.next_deadline() < self._raft_sleeps_until_ms:
+            self._wakeup.set()  # e.g. a commit notice became due before the loop's deadline
+
+    def _step_inbox(self) -> list[Effect]:
+        """Step the core with the inbox, and a ``Tick`` if its deadline has passed."""
+        raft = self.raft
+        assert raft is not None
+        events, self._inbox = self._inbox, []
+        deadline_ms = raft.next_deadline()
+        now_ms = self.now_ms()
+        if trio.current_time() >= deadline_ms / 1000.0:
+            # Trio says the deadline passed; the ms round trip may land a hair short of it,
+            # and the core must still see its deadline reached (or the loop would spin).
+            now_ms = max(now_ms, deadline_ms)
+        if now_ms >= deadline_ms:
+            events.append(Tick())
+        return raft.step_many(now_ms, events) if events else []
+
     async def _raft_loop(self) -> None:
         raft = self.raft
         assert raft is not None
         while True:
-            deadline_s = raft.next_deadline() / 1000.0
+            if self._deferred:
+                effects, self._deferred = self._deferred, []
+                await self._carry_out(effects)
             if not self._inbox:
-                if math.isinf(deadline_s):
+                deadline_ms = raft.next_deadline()
+                self._raft_sleeps_until_ms = deadline_ms
+                if math.isinf(deadline_ms):
                     await self._wakeup.wait()
                 else:
-                    with trio.move_on_at(deadline_s):
+                    with trio.move_on_at(deadline_ms / 1000.0):
                         await self._wakeup.wait()
+                self._raft_sleeps_until_ms = -math.inf
             self._wakeup = trio.Event()
-            events, self._inbox = self._inbox, []
-            deadline_ms = raft.next_deadline()
-            now_ms = self.now_ms()
-            if trio.current_time() >= deadline_s:
-                # Trio says the deadline passed; the ms round trip may land a hair short of
-                # it, and the core must still see its deadline reached (or we would spin).
-                now_ms = max(now_ms, deadline_ms)
-            if now_ms >= deadline_ms:
-                events.append(Tick())
-            if events:
-                await self._carry_out(raft.step_many(now_ms, events))
-            # Let transport and client tasks run between batches, so inputs batch up.
-            await trio.lowlevel.checkpoint()
+            if self._deferred:
+                continue  # an inline step left effects: they go before anything newer
+            await self._carry_out(self._step_inbox())
+            if self._inbox:
+                # Let transport and client tasks run between batches, so inputs batch up.
+                await trio.lowlevel.checkpoint()
 
     async def _carry_out(self, effects: list[Effect]) -> None:
-        for effect in effects:
+        done = self._carry_out_now(effects, 0)
+        if done == len(effects):
+            return
+        self._busy = True
+        try:
+            while done < len(effects):
+                effect = effects[done]
+                assert isinstance(effect, PersistHardState)
+                # Raft's rule: term and vote are durable before any message that depends on
+                # them leaves (the Sends that follow in this list).
+                assert self.storage is not None
+                await trio.to_thread.run_sync(
+                    self.storage.save_hard_state, effect.term, effect.voted_for
+                )
+                done = self._carry_out_now(effects, done + 1)
+        finally:
+            self._busy = False
+
+    def _carry_out_now(self, effects: list[Effect], start: int) -> int:
+        """Carry out ``effects[start:]`` in order up to the first that must await (a
+        ``PersistHardState``); return its position, or ``len(effects)``."""
+        for position in range(start, len(effects)):
+            effect = effects[position]
             if isinstance(effect, Send):
                 self._send(effect.message)
             elif isinstance(effect, PersistEntries):
@@ -274,14 +346,10 @@ class NodeRuntime:
                 if waiter is not None:
                     waiter.fail(NotLeader(effect.leader_id or None))
             elif isinstance(effect, PersistHardState):
-                # Raft's rule: term and vote are durable before any message that depends on
-                # them leaves (the Sends that follow in this list).
-                assert self.storage is not None
-                await trio.to_thread.run_sync(
-                    self.storage.save_hard_state, effect.term, effect.voted_for
-                )
+                return position
             elif isinstance(effect, RoleChanged):
                 self._role_changed(effect)
+        return len(effects)
 
     def _send(self, message: object) -> None:
         assert self.transport is not None
@@ -350,7 +418,8 @@ class NodeRuntime:
             self._unflushed = 0
             index, term = await trio.to_thread.run_sync(storage.sync)
             if index:
-                self._submit(Persisted(index, term))
+                self._inbox.append(Persisted(index, term))
+                self._step_now()
 
     # ------------------------------------------------------------------ applying
 

@@ -14,6 +14,7 @@ closes that connection only; Raft already tolerates the messages lost with it.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import deque
 from collections.abc import Callable
@@ -105,6 +106,12 @@ class _OutboundLink:
         self.queued_bytes = 0
         self.wakeup = trio.Event()
         self.last_refusal = ""
+        self.fd = -1
+        """The connected socket's descriptor, or -1 while there is no connection."""
+        self.pumping = False
+        """The pump task owns the stream's send side (woken to send, or in ``send_all``)."""
+        self.unsent = b""
+        """The tail of a batch a direct write could not finish; the pump sends it first."""
 
     def take_batch(self) -> bytes:
         queue = self.queue
@@ -140,8 +147,10 @@ class Transport:
 
     ``peers`` maps every OTHER node's id to its ``(host, port)``. ``deliver`` is called in the
     trio thread, synchronously, with each decoded message (a Raft message, ``ForwardPropose`` or
-    ``ForwardResult``) whose sender is the handshaken peer; it must not block. An exception from
-    ``deliver`` is a bug of the caller and propagates out of ``run``.
+    ``ForwardResult``) whose sender is the handshaken peer; it must not block. ``delivered``,
+    if given, is called the same way once the messages of one read from a peer have all been
+    delivered, so they can be handled as a batch. An exception from either is a bug of the
+    caller and propagates out of ``run``.
     """
 
     def __init__(
@@ -152,6 +161,7 @@ class Transport:
         peers: dict[int, tuple[str, int]],
         deliver: Callable[[object], None],
         *,
+        delivered: Callable[[], None] | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         queue_limit: int = 4096,
         log: logging.Logger | None = None,
@@ -165,6 +175,7 @@ class Transport:
         self.listen = listen
         self.peers = dict(peers)
         self.deliver = deliver
+        self.delivered = delivered
         self.max_frame_bytes = max_frame_bytes
         self.queue_limit = queue_limit
         self.log = log if log is not None else logging.getLogger("dengine_trio.transport")
@@ -209,7 +220,31 @@ class Transport:
         queue.append(frame)
         link.queued_bytes += len(frame)
         link.stats.queued = len(queue)
-        link.wakeup.set()
+        if link.fd >= 0 and not link.pumping:
+            self._write_now(link)
+        else:
+            link.wakeup.set()
+
+    def _write_now(self, link: _OutboundLink) -> None:
+        """Write the queue straight to the idle, connected socket.
+
+        Saves a task switch per message in each process, which is most of a message's cost
+        in trio: the pump is only woken for what the socket does not take at once (a full
+        send buffer) and for errors, which it then meets and handles in ``send_all``.
+        """
+        frames = len(link.queue)
+        batch = link.take_batch()
+        frames -= len(link.queue)
+        try:
+            written = os.write(link.fd, batch)
+        except OSError:  # BlockingIOError included: the pump waits for the socket instead
+            written = 0
+        link.stats.frames_out += frames
+        link.stats.bytes_out += written
+        if written < len(batch) or link.queue:
+            link.unsent = batch[written:]
+            link.pumping = True
+            link.wakeup.set()
 
     # -- running --------------------------------------------------------------------------
 
@@ -358,11 +393,21 @@ class Transport:
                 close("closed by peer" if not data else "peer wrote on our outbound link")
 
             nursery.start_soon(watch_for_close)
+            link.pumping = True
+            link.fd = stream.socket.fileno()
             try:
                 while True:
-                    while not link.queue:
+                    while not link.queue and not link.unsent:
+                        # Idle: ``send`` writes directly until it wakes us again.
+                        link.pumping = False
                         link.wakeup = trio.Event()
                         await link.wakeup.wait()
+                    link.pumping = True
+                    if link.unsent:
+                        unsent, link.unsent = link.unsent, b""
+                        await stream.send_all(unsent)
+                        link.stats.bytes_out += len(unsent)
+                        continue
                     frames = len(link.queue)
                     batch = link.take_batch()
                     frames -= len(link.queue)
@@ -371,6 +416,11 @@ class Transport:
                     link.stats.bytes_out += len(batch)
             except _STREAM_ERRORS as exc:
                 close(f"send failed: {exc!r}")
+            finally:
+                link.fd = -1
+                link.pumping = False
+                # A half-sent batch dies with its connection: the next one starts at a frame.
+                link.unsent = b""
         return reason
 
     # -- inbound --------------------------------------------------------------------------
@@ -386,6 +436,8 @@ class Transport:
         try:
             for payload in pending:
                 self._receive(peer_id, payload)
+            if self.delivered is not None:
+                self.delivered()
             while True:
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data:
@@ -394,6 +446,8 @@ class Transport:
                 self.stats.bytes_in += len(data)
                 for payload in reader.feed(data):
                     self._receive(peer_id, payload)
+                if self.delivered is not None:
+                    self.delivered()
         except (CodecError, _ProtocolViolation) as exc:
             self.stats.connections_closed_on_error += 1
             self.log.warning(

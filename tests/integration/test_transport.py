@@ -216,6 +216,43 @@ async def test_three_nodes_reach_each_other_in_order() -> None:
                 assert [m.seq for m in node.inbox if m.src == src] == list(range(count))  # type: ignore[attr-defined]
 
 
+async def test_bursts_larger_than_the_socket_buffer_arrive_whole_and_in_order() -> None:
+    """``send`` writes straight to an idle socket; what the socket does not take at once (a
+    partial write, cutting a frame) is finished by the pump before anything queued later."""
+    ports = dict(zip((1, 2), free_ports(2), strict=True))
+    a, b = Node(1, ports), Node(2, ports)
+    payload = os.urandom(64 * 1024)
+    count = 200  # 12.8 MB sent without yielding: far more than a loopback socket buffers
+
+    def append(seq: int) -> AppendEntries:
+        entry = Entry(term=1, index=seq, data=payload, kind=EntryKind.COMMAND)
+        return AppendEntries(
+            term=1,
+            src=1,
+            dst=2,
+            prev_log_index=seq - 1,
+            prev_log_term=1,
+            entries=(entry,),
+            leader_commit=0,
+        )
+
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            await a.start(nursery)
+            await b.start(nursery)
+            a.transport.send(hb(1, 2, 0))
+            await b.wait_for(heartbeat(1, 0))  # linked: later sends go straight to the socket
+            for seq in range(1, count + 1):
+                a.transport.send(append(seq))
+            a.transport.send(hb(1, 2, 1))
+            await b.wait_for(heartbeat(1, 1))
+            nursery.cancel_scope.cancel()
+    appends = [m for m in b.inbox if isinstance(m, AppendEntries)]
+    assert [m.prev_log_index + 1 for m in appends] == list(range(1, count + 1))
+    assert all(m.entries[0].data == payload for m in appends)
+    assert a.transport.stats.peers[2].connects == 1  # the link never broke
+
+
 async def test_peer_addresses_may_be_the_wildcard_address() -> None:
     """The mission's config names peers as 0.0.0.0:port, which on Linux reaches loopback."""
     ports = dict(zip((1, 2), free_ports(2), strict=True))
