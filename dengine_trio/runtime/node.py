@@ -134,6 +134,12 @@ class NodeRuntime:
         self._reads: dict[int, _Waiter] = {}
         self._reads_by_index: list[tuple[int, int, _Waiter]] = []  # heap on read index
         self._forwards: dict[int, _Waiter] = {}
+        # Request deadlines, swept by one task rather than a cancel scope per request (which
+        # cost ~13% of the leader's CPU with 64 writers). A heap on the deadline; resolved
+        # waiters are dropped lazily.
+        self._deadlines: list[tuple[float, int, _Waiter, Callable[[], object]]] = []
+        self._sweep_at = math.inf  # when the sweeper wakes next
+        self._deadline_sooner = trio.Event()
         self._unflushed = 0
         self._flush_needed = trio.Event()
         self._flush_threshold_hit = trio.Event()
@@ -195,6 +201,7 @@ class NodeRuntime:
                 await nursery.start(self.transport.run)
                 nursery.start_soon(self._raft_loop)
                 nursery.start_soon(self._flush_loop)
+                nursery.start_soon(self._sweep_deadlines)
                 task_status.started()
         finally:
             self.stopped = True
@@ -453,28 +460,54 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ requests
 
-    def _check_capacity(self) -> None:
-        if self.stopped:
-            raise Stopped("node is stopping")
-        pending = (
+    def _pending(self) -> int:
+        return (
             len(self._proposals)
             + len(self._by_index)
             + len(self._reads)
             + len(self._reads_by_index)
             + len(self._forwards)
         )
+
+    def _check_capacity(self) -> None:
+        if self.stopped:
+            raise Stopped("node is stopping")
+        pending = self._pending()
         if pending >= self._max_pending:
             raise Overloaded(f"{pending} requests pending on node {self.node_id}")
 
     async def _wait(self, waiter: _Waiter, deadline: float, cleanup: Callable[[], object]) -> Any:
-        with trio.move_on_at(deadline):
-            await waiter.event.wait()
+        """Wait for ``waiter``; at ``deadline`` it fails with ``Timeout`` after ``cleanup``."""
         if not waiter.event.is_set():
-            cleanup()
-            raise Timeout("request timed out; a write may or may not have been applied")
+            heap = self._deadlines
+            if len(heap) > 2 * self._pending() + 64:
+                # Compact: most entries are long resolved (each waits for its deadline to
+                # reach the top of the heap otherwise).
+                heap[:] = [item for item in heap if not item[2].event.is_set()]
+                heapq.heapify(heap)
+            heapq.heappush(heap, (deadline, next(self._ids), waiter, cleanup))
+            if deadline < self._sweep_at:
+                self._deadline_sooner.set()
+            await waiter.event.wait()
         if waiter.error is not None:
             raise waiter.error
         return waiter.value
+
+    async def _sweep_deadlines(self) -> None:
+        heap = self._deadlines
+        while True:
+            now = trio.current_time()
+            while heap and (heap[0][0] <= now or heap[0][2].event.is_set()):
+                _, _, waiter, cleanup = heapq.heappop(heap)
+                if not waiter.event.is_set():
+                    cleanup()
+                    waiter.fail(
+                        Timeout("request timed out; a write may or may not have been applied")
+                    )
+            self._sweep_at = heap[0][0] if heap else math.inf
+            self._deadline_sooner = trio.Event()
+            with trio.move_on_at(self._sweep_at):
+                await self._deadline_sooner.wait()
 
     async def _wait_for_leader(self, deadline: float) -> int:
         raft = self.raft
