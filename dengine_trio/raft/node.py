@@ -195,16 +195,6 @@ class RaftNode:
     def is_leader(self) -> bool:
         return self.role is Role.LEADER
 
-    def quiet(self) -> bool:
-        """Leader with nothing in flight: no AppendEntries unanswered, no read round pending.
-        A request stepped now goes out alone without holding up a batch, so a runtime may
-        step it at once; otherwise it would better wait to share the next message."""
-        if self.role is not Role.LEADER or self._pending_reads or not self.progress:
-            return False  # (a single node batches: its writes wait for no one anyway)
-        return all(
-            p.state is ProgressState.REPLICATE and not p.inflight for p in self.progress.values()
-        )
-
     def has_quorum_contact(self, now_ms: float) -> bool:
         """Leader only: has a majority (self included) been heard from within an election
         timeout? This is what a load balancer's /primary check should mean."""

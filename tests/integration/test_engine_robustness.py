@@ -506,3 +506,47 @@ async def test_virtual_time_keeps_moving_for_a_lone_node(
                     stuck_at = before
                     nursery.cancel_scope.cancel()
         assert stuck_at is None, f"virtual time stuck at {stuck_at} s, role {engine.status()}"
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``exc`` itself."""
+    inner = getattr(exc, "exceptions", None)
+    if inner is None:
+        return [exc]
+    return [leaf for sub in inner for leaf in _leaves(sub)]
+
+
+async def test_a_node_whose_log_write_fails_stops_and_the_others_carry_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node 3 steps its core in the task that reads from the leader; its log write failing
+    there must stop node 3 (the error raised from its engine), never pass for a broken
+    connection while the core carries on without the entries it believes it wrote."""
+    configs = write_configs(tmp_path)
+    async with AsyncExitStack() as stack:
+        engines = await start_all(stack, configs[:2])
+        leader = engines[await wait_leader(engines)]
+        await leader.client().put(b"before", b"3 joins")
+        with pytest.raises(BaseException) as caught:  # noqa: PT011 - checked below
+            async with EmbeddedEngine.start(configs[2]) as node3:
+                storage = node3._runtime.storage
+                assert storage is not None
+
+                def disk_full(entries: object) -> None:
+                    raise OSError(28, "No space left on device")
+
+                # Once node 3 has caught up (its term saved), what comes next is stepped
+                # inline, in the task reading from the leader.
+                await wait_until(
+                    lambda: node3._runtime.applied_index >= leader._runtime.applied_index
+                )
+                monkeypatch.setattr(storage, "append", disk_full)
+                await leader.client().put(b"during", b"node 3 fails")
+                await trio.sleep(WAIT_S)  # cancelled once node 3 has stopped
+        failures = _leaves(caught.value)
+        assert any(
+            isinstance(f, RuntimeError) and isinstance(f.__cause__, OSError) for f in failures
+        ), failures
+        with trio.fail_after(WAIT_S):
+            await leader.client().put(b"after", b"3 stopped")
+            assert await leader.client().get_linearizable(b"after") == b"3 stopped"
