@@ -71,6 +71,15 @@ bench-write: $(STAMP) ## write latency (1 client) and throughput (64 writers), 3
 
 bench: $(STAMP) ## the suite: embedded vs PySyncObj, HTTP vs its ceiling and etcd; writes docs/benchmarks.md (about 8 minutes)
 	@$(BIN)/python -c "import pysyncobj, matplotlib" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,bench]'
+	@missing=""; command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing from the OS packages (best effort)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q $$missing >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$missing >/dev/null 2>&1; } || \
+		echo "could not install$$missing"; \
+	fi
 	@command -v wrk >/dev/null || echo "wrk is not installed: the HTTP part will be skipped (sudo apt-get install wrk)"
 	@command -v etcd >/dev/null || echo "etcd is not installed: etcd will be skipped (sudo apt-get install etcd-server)"
 	$(BIN)/python -m bench.suite

@@ -2,19 +2,23 @@
 
 Tasks in the node's nursery:
 
-* the Raft loop (``_raft_loop``): the only caller of ``RaftNode.step``. It drains the inbox
-  (messages, proposals, reads, ``Persisted`` reports) in batches, ticks the core when its next
-  deadline passes, and carries out the effects in the order the core returned them. Committed
-  entries are applied to the state machine right there, in log order, so that "applied" and
-  the core's view never disagree;
-* the transport (``Transport.run``): the inbound listener and one outbound link per peer;
+* the Raft loop (``_raft_loop``): steps the core with client requests (proposals, reads) in
+  batches, ticks it when its next deadline passes, and carries out the effects in the order
+  the core returned them;
+* the transport (``Transport.run``): the inbound listener and one outbound link per peer. A
+  task that receives from a peer steps the core itself (``_step_now``) and its replies go
+  straight to the sockets, so a message costs no task switch; what must await (a hard-state
+  save) is left, in order, to the Raft loop;
 * the flush task (``_flush_loop``): fsyncs the log in a worker thread. DiskFirst: group commit
   (one fsync covers everything appended while the previous one ran). MemFirst: when
   ``threshold`` entries are pending or ``interval_ms`` has passed;
+* the deadline sweeper (``_sweep_deadlines``): fails requests that reach their deadline;
 * one short task per forwarded request from a follower.
 
-Cancelling the nursery is shutdown; ``run`` then flushes and closes the storage before it
-returns, so nothing keeps running and nothing acknowledged is left unflushed.
+Committed entries are applied to the state machine by whichever task stepped the core, in log
+order, so that "applied" and the core's view never disagree. Cancelling the nursery is
+shutdown; ``run`` then flushes and closes the storage before it returns, so nothing keeps
+running and nothing acknowledged is left unflushed.
 """
 
 from __future__ import annotations
