@@ -83,26 +83,51 @@ _ERROR_FOR_STATUS = {status: error for error, status in _STATUS_FOR_ERROR.items(
 
 
 class _Waiter:
-    """One pending request: resolved exactly once with a value or an exception."""
+    """One pending request, awaited by the one task that made it: resolved exactly once with
+    a value or an exception.
 
-    __slots__ = ("error", "event", "index", "term", "value")
+    Not a ``trio.Event``: its parking lot is more than one waiting task needs, and a request
+    costs a waiter; this one parks and reschedules that task directly.
+    """
+
+    __slots__ = ("done", "error", "index", "task", "term", "value")
 
     def __init__(self) -> None:
-        self.event = trio.Event()
+        self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
         self.index = 0
         self.term = 0
+        self.task: trio.lowlevel.Task | None = None
 
     def resolve(self, value: Any = None) -> None:
-        if not self.event.is_set():
+        if not self.done:
+            self.done = True
             self.value = value
-            self.event.set()
+            self._wake()
 
     def fail(self, error: BaseException) -> None:
-        if not self.event.is_set():
+        if not self.done:
+            self.done = True
             self.error = error
-            self.event.set()
+            self._wake()
+
+    def _wake(self) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        """Until resolved (returns at once if it is); cancellable like any trio wait."""
+        if self.done:
+            return
+        self.task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class NodeRuntime:
@@ -475,35 +500,32 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ requests
 
-    def _pending(self) -> int:
-        return (
+    def _check_capacity(self) -> None:
+        if self.stopped:
+            raise Stopped("node is stopping")
+        pending = (
             len(self._proposals)
             + len(self._by_index)
             + len(self._reads)
             + len(self._reads_by_index)
             + len(self._forwards)
         )
-
-    def _check_capacity(self) -> None:
-        if self.stopped:
-            raise Stopped("node is stopping")
-        pending = self._pending()
         if pending >= self._max_pending:
             raise Overloaded(f"{pending} requests pending on node {self.node_id}")
 
     async def _wait(self, waiter: _Waiter, deadline: float, cleanup: Callable[[], object]) -> Any:
         """Wait for ``waiter``; at ``deadline`` it fails with ``Timeout`` after ``cleanup``."""
-        if not waiter.event.is_set():
+        if not waiter.done:
             heap = self._deadlines
-            if len(heap) > 2 * self._pending() + 64:
-                # Compact: most entries are long resolved (each waits for its deadline to
-                # reach the top of the heap otherwise).
-                heap[:] = [item for item in heap if not item[2].event.is_set()]
+            if len(heap) > 2 * self._max_pending + 64:
+                # Compact: at most max_pending entries are unresolved, so most are long done
+                # (each would otherwise wait for its deadline to reach the top of the heap).
+                heap[:] = [item for item in heap if not item[2].done]
                 heapq.heapify(heap)
             heapq.heappush(heap, (deadline, next(self._ids), waiter, cleanup))
             if deadline < self._sweep_at:
                 self._deadline_sooner.set()
-            await waiter.event.wait()
+            await waiter.wait()
         if waiter.error is not None:
             raise waiter.error
         return waiter.value
@@ -512,9 +534,9 @@ class NodeRuntime:
         heap = self._deadlines
         while True:
             now = trio.current_time()
-            while heap and (heap[0][0] <= now or heap[0][2].event.is_set()):
+            while heap and (heap[0][0] <= now or heap[0][2].done):
                 _, _, waiter, cleanup = heapq.heappop(heap)
-                if not waiter.event.is_set():
+                if not waiter.done:
                     cleanup()
                     waiter.fail(
                         Timeout("request timed out; a write may or may not have been applied")
