@@ -69,7 +69,7 @@ bench-write: $(STAMP) ## write latency (1 client) and throughput (64 writers), 3
 
 .PHONY: bench
 
-bench: $(STAMP) ## the suite: embedded vs PySyncObj, HTTP vs its ceiling and etcd; writes docs/benchmarks.md (about 8 minutes)
+bench: $(STAMP) ## the suite: embedded vs PySyncObj, HTTP vs its ceiling and etcd; writes docs/benchmarks.md (about 9 minutes)
 	@$(BIN)/python -c "import pysyncobj, matplotlib" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,bench]'
 	@missing=""; command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \

@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench.suite", description=(__doc__ or "").split("\n")[0]
     )
     add = parser.add_argument
-    add("--rounds", type=int, default=5, help="embedded rounds (each side once a round)")
+    add("--rounds", type=int, default=7, help="embedded rounds (each side once a round)")
     add("--writes", type=int, default=500, help="single-client puts per run")
     add("--writers", type=int, default=64, help="concurrent writers (and linearizable readers)")
     add("--concurrent-writes", type=int, default=10_000, help="puts per concurrent run")
@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lease-reads", type=int, default=200_000)
     add("--linearizable-reads", type=int, default=5_000)
     add("--pysyncobj-sync-writes", type=int, default=30, help="PySyncObj sync writes per run")
-    add("--http-rounds", type=int, default=5)
+    add("--http-rounds", type=int, default=7)
     add("--http-seconds", type=float, default=3.0, help="wrk duration of a throughput run")
     add("--latency-seconds", type=float, default=2.0, help="wrk duration at 1 connection")
     add("--http-connections", type=int, default=16)
@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     suite = Suite(args)
     suite.progress(
         f"make bench: {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}; "
-        f"this takes about 8 minutes (bounded at {args.max_minutes:g})"
+        f"this takes about 9 minutes (bounded at {args.max_minutes:g})"
     )
     status = 0
     try:

@@ -527,7 +527,7 @@ async def test_a_node_whose_log_write_fails_stops_and_the_others_carry_on(
         engines = await start_all(stack, configs[:2])
         leader = engines[await wait_leader(engines)]
         await leader.client().put(b"before", b"3 joins")
-        with pytest.raises(BaseException) as caught:  # noqa: PT011 - checked below
+        with pytest.raises(BaseException) as caught:
             async with EmbeddedEngine.start(configs[2]) as node3:
                 storage = node3._runtime.storage
                 assert storage is not None
