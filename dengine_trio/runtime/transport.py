@@ -436,9 +436,9 @@ class Transport:
         try:
             for payload in pending:
                 self._receive(peer_id, payload)
-            if self.delivered is not None:
-                self.delivered()
             while True:
+                if self.delivered is not None:
+                    self.delivered()
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     self.log.debug("node %d: peer %d closed its link", self.node_id, peer_id)
@@ -446,8 +446,6 @@ class Transport:
                 self.stats.bytes_in += len(data)
                 for payload in reader.feed(data):
                     self._receive(peer_id, payload)
-                if self.delivered is not None:
-                    self.delivered()
         except (CodecError, _ProtocolViolation) as exc:
             self.stats.connections_closed_on_error += 1
             self.log.warning(
@@ -467,6 +465,9 @@ class Transport:
             )
         finally:
             self.stats.inbound_open -= 1
+            if self.delivered is not None:
+                # What arrived before a bad frame (or the end) is handled all the same.
+                self.delivered()
 
     def _receive(self, peer_id: int, payload: bytes) -> None:
         msg: Any = decode(payload)

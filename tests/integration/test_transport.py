@@ -487,6 +487,29 @@ async def test_message_not_from_the_handshaken_peer_closes_the_connection() -> N
     assert a.transport.stats.connections_closed_on_error == 1
 
 
+async def test_delivered_follows_each_read_even_one_cut_short_by_a_bad_frame() -> None:
+    """``delivered`` tells the receiver a batch is complete (the node steps its core then):
+    it comes after every read's messages, also those before a frame that closed the link."""
+    ports = dict(zip((1, 2), free_ports(2), strict=True))
+    batches: list[list[object]] = []
+    a = Node(1, ports, delivered=lambda: batches.append(list(a.inbox)))
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            await a.start(nursery)
+            async with await trio.open_tcp_stream("127.0.0.1", ports[1]) as stream:
+                assert (await raw_handshake(stream, Hello(CLUSTER, 2, 1, PROTOCOL_VERSION))).ok
+                await stream.send_all(encode_frame(encode(hb(2, 1, 1))))
+                await a.wait_for(heartbeat(2, 1))
+                await wait_until(lambda: bool(batches) and batches[-1] == [hb(2, 1, 1)])
+                await stream.send_all(
+                    encode_frame(encode(hb(2, 1, 2))) + encode_frame(b"\xc1 not msgpack")
+                )
+                assert await read_until_closed(stream) == b""
+            await wait_until(lambda: batches[-1] == [hb(2, 1, 1), hb(2, 1, 2)])
+            nursery.cancel_scope.cancel()
+    assert a.transport.stats.connections_closed_on_error == 1
+
+
 def _count_tasks() -> int:
     def count(task: trio.lowlevel.Task) -> int:
         return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
