@@ -1,7 +1,7 @@
 """What one operation costs node 1: CPU, trio scheduling and messages, per operation.
 
-Three nodes as ``bench.write`` runs them (node 1 in this process, the client in it, MemFirst),
-then, one phase after another:
+Three nodes as ``bench.write`` runs them (node 1 in this process, the client in it; MemFirst
+unless ``--strategy DiskFirst``), then, one phase after another:
 
 * ``put``: sequential puts, one at a time;
 * ``read``: sequential linearizable reads (a ReadIndex round each);
@@ -13,7 +13,8 @@ operation, and the CPU share of the two follower processes. These are the figure
 engine's hot-path work is judged by (docs/benchmarks.md, "Engine hot paths"); a trio
 instrument counts passes and steps, which slows node 1 by a few percent.
 
-    python -m bench.costs [--ops 1000] [--concurrent 20000] [--rounds 2]
+    python -m bench.costs [--strategy MemFirst|DiskFirst] [--ops 1000] [--concurrent 20000]
+                          [--rounds 2]
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ async def measure(
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="dengine-costs-") as tmp:
         root = Path(tmp)
-        configs = write_configs(root, "MemFirst")
+        configs = write_configs(root, args.strategy)
         async with follower_processes(root, configs[1:]):
             async with EmbeddedEngine.start(load_config(configs[0])) as engine:
                 await wait_until_leader(engine, [root / "n2.log", root / "n3.log"])
@@ -155,6 +156,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--strategy", choices=("MemFirst", "DiskFirst"), default="MemFirst")
     parser.add_argument("--ops", type=int, default=1000, help="sequential puts and reads")
     parser.add_argument("--concurrent", type=int, default=20000, help="puts by 64 writers")
     parser.add_argument("--rounds", type=int, default=2)

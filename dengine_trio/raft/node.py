@@ -532,7 +532,11 @@ class RaftNode:
         last_new = prev_index + len(entries)
         self._leader_match = max(self._leader_match, last_new)
         self._advance_follower_commit(min(m.leader_commit, last_new))
-        self._report_match(m.src, force=True)
+        # DiskFirst counts new entries only once durable, and the Persisted event reports
+        # them then: an answer now would tell the leader nothing new, and would double the
+        # messages of every write. Anything else (a heartbeat-like or duplicate AppendEntries,
+        # MemFirst) is answered at once.
+        self._report_match(m.src, force=self._mem_first or not new)
 
     def _advance_follower_commit(self, index: int) -> None:
         if index > self.commit_index:

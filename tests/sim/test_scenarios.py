@@ -36,7 +36,8 @@ def test_partitioned_leader_steps_down_by_check_quorum() -> None:
     c.partition([old], rest)
     c.run_for(c.config_for(old).election_timeout_min_ms * 2 + 50)
     assert c.raft(old).role is not Role.LEADER
-    new = c.leader()
+    # The majority side elects a leader (maybe after a split vote: timeouts are random).
+    new = c.wait_for_leader(timeout_ms=5_000)
     assert new in rest and c.raft(new).term > old_term
     # The old leader's term did not move while it was alone (PreVote), and it rejoins quietly.
     assert c.raft(old).term == old_term

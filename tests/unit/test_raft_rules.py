@@ -140,6 +140,10 @@ def test_disk_first_follower_acknowledges_after_persisting() -> None:
     follower = node(2, term=1)
     entries = (Entry(1, 1, b"a"), Entry(1, 2, b"b"))
     effects = follower.step(0, Receive(AppendEntries(1, 1, 2, 0, 0, entries, 0)))
+    # Nothing to tell before the fsync: new entries count only once durable.
+    assert not sent(effects, AppendEntriesResponse)
+    # A duplicate (nothing new to write) is answered at once, with what is durable.
+    effects = follower.step(0, Receive(AppendEntries(1, 1, 2, 0, 0, entries, 0)))
     assert sent(effects, AppendEntriesResponse)[0].match_index == 0
     effects = follower.step(1, Persisted(2, 1))
     assert sent(effects, AppendEntriesResponse)[0].match_index == 2
