@@ -9,7 +9,8 @@ Tasks in the node's nursery:
   task that receives from a peer steps the core itself (``_step_now``) and its replies go
   straight to the sockets, so a message costs no task switch; what must await (a hard-state
   save) is left, in order, to the Raft loop;
-* the flush task (``_flush_loop``): fsyncs the log in a worker thread. DiskFirst: group commit
+* the flush task (``_flush_loop``): fsyncs the log in the node's fsync thread (a long-lived
+  ``WorkerThread``: ``trio.to_thread`` costs more than the fsync). DiskFirst: group commit
   (one fsync covers everything appended while the previous one ran). MemFirst: when
   ``threshold`` entries are pending or ``interval_ms`` has passed;
 * the deadline sweeper (``_sweep_deadlines``): fails requests that reach their deadline;
@@ -65,6 +66,7 @@ from ..storage import Storage
 from ..wire import MAX_FRAME_BYTES, ForwardPropose, ForwardResult, ForwardStatus
 from ..wire.errors import CodecError
 from .transport import Transport
+from .worker import WorkerThread
 
 log = logging.getLogger("dengine_trio.node")
 
@@ -225,12 +227,15 @@ class NodeRuntime:
                 delivered=self._step_now,
                 log=logging.getLogger("dengine_trio.transport"),
             )
-            async with trio.open_nursery() as nursery:
+            async with (
+                WorkerThread(f"dengine-fsync-{self.node_id}") as fsync_thread,
+                trio.open_nursery() as nursery,
+            ):
                 self._nursery = nursery
                 self._cancel_scope = nursery.cancel_scope
                 await nursery.start(self.transport.run)
                 nursery.start_soon(self._raft_loop)
-                nursery.start_soon(self._flush_loop)
+                nursery.start_soon(self._flush_loop, fsync_thread)
                 nursery.start_soon(self._sweep_deadlines)
                 task_status.started()
             if self._failure is not None:
@@ -451,7 +456,7 @@ class NodeRuntime:
         if self._disk_first or self._unflushed >= self._flush_threshold:
             self._flush_threshold_hit.set()
 
-    async def _flush_loop(self) -> None:
+    async def _flush_loop(self, fsync_thread: WorkerThread) -> None:
         storage = self.storage
         assert storage is not None
         while True:
@@ -464,7 +469,7 @@ class NodeRuntime:
             self._flush_needed = trio.Event()
             self._flush_threshold_hit = trio.Event()
             self._unflushed = 0
-            index, term = await trio.to_thread.run_sync(storage.sync)
+            index, term = await fsync_thread.run(storage.sync)
             if index:
                 self._inbox.append(Persisted(index, term))
                 self._step_now()
