@@ -28,16 +28,14 @@ from dengine_trio.runtime.node import NodeRuntime
 from dengine_trio.wire import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
-    FrameReader,
     Hello,
-    HelloReply,
-    decode,
     encode,
     encode_frame,
 )
 
 from .cluster import write_configs
 from .crash_writer import key, value
+from .wire_helpers import raw_handshake, read_until_closed
 
 WAIT_S = 20  # bound on every wait; generous because the machine is shared
 CRASH_WRITER = Path(__file__).with_name("crash_writer.py")
@@ -83,28 +81,6 @@ def followers_caught_up(engine: EmbeddedEngine) -> bool:
     return isinstance(peers, dict) and all(
         p["match_index"] == status["last_log_index"] for p in peers.values()
     )
-
-
-async def raw_handshake(stream: trio.SocketStream, hello: Hello) -> HelloReply:
-    await stream.send_all(encode_frame(encode(hello)))
-    reader = FrameReader()
-    frames: list[bytes] = []
-    while not frames:
-        data = await stream.receive_some()
-        assert data, "closed without a HelloReply"
-        frames = reader.feed(data)
-    reply = decode(frames[0])
-    assert isinstance(reply, HelloReply)
-    return reply
-
-
-async def read_until_closed(stream: trio.SocketStream) -> None:
-    while True:
-        try:
-            if not await stream.receive_some():
-                return
-        except trio.BrokenResourceError:  # a reset: the node closed with our bytes unread
-            return
 
 
 # ---------------------------------------------------------------------------------------------

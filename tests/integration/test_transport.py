@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -38,19 +37,11 @@ from dengine_trio.wire import (
     encode_frame,
 )
 
+from .cluster import free_ports
+from .wire_helpers import raw_handshake, read_until_closed
+
 CLUSTER = "test-cluster"
 WAIT_S = 10  # bound on every wait; generous because the machine is shared
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def hb(src: int, dst: int, seq: int) -> Heartbeat:
@@ -121,34 +112,6 @@ class Node:
         assert self._scope is not None
         self._scope.cancel()
         await self._stopped.wait()
-
-
-async def raw_handshake(
-    stream: trio.SocketStream, hello: Hello, reader: FrameReader | None = None
-) -> HelloReply:
-    await stream.send_all(encode_frame(encode(hello)))
-    reader = reader or FrameReader()
-    frames: list[bytes] = []
-    while not frames:
-        data = await stream.receive_some()
-        assert data, "closed without a HelloReply"
-        frames = reader.feed(data)
-    reply = decode(frames[0])
-    assert isinstance(reply, HelloReply)
-    return reply
-
-
-async def read_until_closed(stream: trio.SocketStream) -> bytes:
-    """Everything the other side sends until it closes the connection."""
-    received = b""
-    while True:
-        try:
-            data = await stream.receive_some()
-        except trio.BrokenResourceError:  # a reset: closed with our bytes unread
-            return received
-        if not data:
-            return received
-        received += data
 
 
 async def test_two_nodes_exchange_every_kind_of_message_both_ways() -> None:
