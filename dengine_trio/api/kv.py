@@ -39,9 +39,13 @@ _ABSENT = json.dumps(
 
 
 class KeyConverter(PathConverter):
-    """Matches any key, even empty, with leading, doubled or trailing slashes (URL-encoded)."""
+    """Matches any key, even empty, with leading, doubled or trailing slashes (URL-encoded).
 
-    regex = ".*"
+    Any character at all, line breaks included: werkzeug compiles rules without ``re.DOTALL``,
+    so ``.*`` would stop at a ``\n`` and a key the write path accepted would be unreachable.
+    """
+
+    regex = r"[\s\S]*"
     # werkzeug infers part_isolating from the regex unless it is set explicitly.
     part_isolating = False
 

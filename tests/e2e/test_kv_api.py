@@ -7,6 +7,8 @@ from functools import partial
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from tests.e2e.cluster import Cluster, Node, key_path, wait_until
 from tests.e2e.conftest import MAX_VALUE_BYTES
@@ -109,6 +111,48 @@ def test_write_via_a_follower_reads_back_on_every_node_with_every_policy(
             EVENTUAL_TIMEOUT_S,
             f"an eventual read of {key!r} on node {node.node_id}",
         )
+
+
+# Every key the write path accepts: any Unicode scalar value (JSON cannot carry a lone
+# surrogate as UTF-8, and the write path refuses one), of at most max_key_bytes bytes of UTF-8.
+ANY_KEY = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=24)
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(key=ANY_KEY)
+@example(key="a\nb")
+@example(key="\r\n")
+@example(key="\n")
+@example(key="\x00")
+@example(key=".")
+@example(key="..")
+@example(key="a/../b")
+@example(key="/./")
+@example(key="%2E")
+@example(key="%")
+@example(key="?x=1#y")
+@example(key="\u2028\u0085")
+@example(key="\U0010ffff")
+def test_every_key_the_write_path_accepts_can_be_read_and_deleted(
+    cluster: Cluster, key: str
+) -> None:
+    leader = cluster.wait_for_leader()
+    follower = cluster.followers(leader)[0]
+    put(follower, key, "v")
+    response = read(leader, key, "linearizable")
+    assert response.status_code == 200, (key, response.text)
+    assert response.json() == {"value": "v"}
+    response = follower.kv.delete(key_path(key))
+    assert response.status_code == 200, (key, response.text)
+    assert response.json() == {}
+    response = read(follower, key, "linearizable")
+    assert response.status_code == 404, (key, response.text)
+    assert response.json()["value"] is None
 
 
 def test_overwrite_then_delete_from_different_nodes(cluster: Cluster) -> None:
