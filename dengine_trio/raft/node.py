@@ -123,17 +123,16 @@ class RaftNode:
         self._last_leader_contact = float("-inf")
         self._reset_election_timer()
 
-        # Candidate and pre-candidate: who answered what.
-        self._votes: dict[int, bool] = {}
-
+        # Per-role state (leader, candidate, per-leader follower facts): declared here,
+        # set only by ``_reset_role_state`` on every role or term change.
+        self._votes: dict[int, bool] = {}  # (pre-)candidate: who answered what
         # Follower: highest index known to match the current leader's log in this term, and
         # the match last reported to it (DiskFirst re-reports once durability catches up).
         self._leader_match = 0
         self._reported_match = 0
         # Follower: reads sent to the leader for a read index, request_id -> time asked.
         self._forwarded_reads: dict[int, float] = {}
-
-        # Leader state, reset on every election won.
+        # Leader.
         self.progress: dict[int, Progress] = {}
         self._leader_since = float("-inf")
         self._next_heartbeat = NEVER
@@ -144,11 +143,13 @@ class RaftNode:
         self._lease_expiry = float("-inf")
         self._pending_reads: list[_PendingRead] = []
         self._reads_before_commit: list[tuple[int, int, bool]] = []
-        self._round_open = False  # a heartbeat round was started during this step
         self._transfer_target = 0
         self._transfer_deadline = NEVER
+        self._timeout_now_sent = False  # this term's lease is gone for good (thesis §3.10)
         self._commit_advanced = False
         self._commit_notify_at = NEVER
+        self._reset_role_state()
+        self._round_open = False  # a heartbeat round was started during this step
         # Proposals appended in this step and not yet handed out as one PersistEntries.
         self._proposed: list[Entry] = []
 
@@ -296,23 +297,54 @@ class RaftNode:
     def _persist_hard_state(self) -> None:
         self._out.append(PersistHardState(self.term, self.voted_for))
 
-    def _become_follower(self, term: int, leader_id: int) -> None:
+    def _change_state(self, role: Role, term: int, leader_id: int) -> None:
+        """The one place the role or the term changes (Figure 2, "Rules for all servers").
+
+        Whatever belonged to the old role or the old term goes, whoever caused the change (a
+        message, our own campaign, CheckQuorum): the match we reported to a leader, votes
+        counted, progress, heartbeat rounds, the lease, a pending transfer, waiting reads.
+        Keeping any of it across a term change lets one leader's facts be used by another's
+        (issue 11 item 6: a match reported to the old leader committed an entry of the new).
+        """
+        if term != self.term or role is not self.role:
+            self._reset_role_state()
         if term != self.term:
             self.term = term
             self.voted_for = 0
             self._persist_hard_state()
-            self._leader_match = 0
-            self._reported_match = 0
-            self._fail_forwarded_reads()
-        if self.role is Role.LEADER:
-            self._fail_leader_reads()
-            self.progress = {}
-            self._transfer_target = 0
-            self._transfer_deadline = NEVER
-            self._lease_expiry = float("-inf")
-            self._commit_notify_at = NEVER
-        self.role = Role.FOLLOWER
+        self.role = role
         self.leader_id = leader_id
+
+    def _reset_role_state(self) -> None:
+        """Drop every piece of leader, candidate and per-leader follower state."""
+        # Reads waiting here can no longer be answered by this role: fail them so the client
+        # retries (at the new leader, if known).
+        self._fail_leader_reads()
+        self._fail_forwarded_reads()
+        # Follower, per leader: facts about one leader's log in one term.
+        self._leader_match = 0
+        self._reported_match = 0
+        # Pre-candidate and candidate.
+        self._votes = {}
+        # Leader.
+        self.progress = {}
+        self._leader_since = float("-inf")
+        self._next_heartbeat = NEVER
+        self._next_check_quorum = NEVER
+        self._hb_seq = 0
+        self._round_sent_at = {}
+        self._lease_seq = 0
+        self._lease_expiry = float("-inf")
+        self._pending_reads = []
+        self._reads_before_commit = []
+        self._transfer_target = 0
+        self._transfer_deadline = NEVER
+        self._timeout_now_sent = False
+        self._commit_advanced = False
+        self._commit_notify_at = NEVER
+
+    def _become_follower(self, term: int, leader_id: int) -> None:
+        self._change_state(Role.FOLLOWER, term, leader_id)
         self._reset_election_timer()
 
     def _campaign(self, *, pre_vote: bool, transfer: bool = False) -> None:
@@ -321,19 +353,16 @@ class RaftNode:
         that cannot win (stale log, partitioned) never disrupts the cluster."""
         if self.role is Role.LEADER:
             return
-        self._fail_forwarded_reads()
-        self.leader_id = 0
-        self._votes = {self.id: True}
-        self._reset_election_timer()
         if pre_vote:
-            self.role = Role.PRE_CANDIDATE
+            self._change_state(Role.PRE_CANDIDATE, self.term, 0)
             campaign_term = self.term + 1
         else:
-            self.role = Role.CANDIDATE
-            self.term += 1
+            self._change_state(Role.CANDIDATE, self.term + 1, 0)
             self.voted_for = self.id
             self._persist_hard_state()
             campaign_term = self.term
+        self._votes = {self.id: True}
+        self._reset_election_timer()
         if len(self._votes) >= self._quorum:
             self._won_votes()
             return
@@ -357,18 +386,12 @@ class RaftNode:
             self._become_leader()
 
     def _become_leader(self) -> None:
-        self.role = Role.LEADER
-        self.leader_id = self.id
+        self._change_state(Role.LEADER, self.term, self.id)
         self._leader_since = self.now
         next_index = self.log.last_index + 1
         self.progress = {p: Progress(next_index) for p in self.peers}
-        self._hb_seq = 0
-        self._round_sent_at = {}
-        self._lease_seq = 0
-        self._lease_expiry = float("-inf")
         self._next_heartbeat = self.now  # announce ourselves at once
         self._next_check_quorum = self.now + self.config.election_timeout_min_ms
-        self._commit_notify_at = NEVER
         self._election_deadline = NEVER
         # §8: a no-op of our own term, so entries of earlier terms can commit (Figure 8) and
         # reads know the commit index is current once it commits.
@@ -524,6 +547,8 @@ class RaftNode:
                 # §5.3: a conflicting suffix is deleted; it can never hold a committed entry.
                 self.log.truncate_from(entry.index)
                 self.durable_index = min(self.durable_index, entry.index - 1)
+                # (Never below a match of this term: this leader's log only grows.)
+                self._leader_match = min(self._leader_match, entry.index - 1)
                 new = entries[pos:]
                 break
         if new:

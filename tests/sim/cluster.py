@@ -82,6 +82,32 @@ class SimNode:
         return true_now * self.rate
 
 
+@dataclass
+class LinkRule:
+    """What the network does to the messages of some types on some links, until removed.
+
+    ``src``/``dst`` 0 match any node; an empty ``types`` matches every message type.
+    ``action`` is "drop", "hold" (kept, in order, until ``Cluster.release``) or "delay"
+    (``delay_ms`` more, and the link then keeps its order: a stalled, not a reordering, link).
+    ``remaining`` bounds how many messages the rule takes (None: no bound).
+    """
+
+    action: str
+    src: int = 0
+    dst: int = 0
+    types: tuple[type, ...] = ()
+    delay_ms: float = 0.0
+    remaining: int | None = None
+
+    def matches(self, message: Message) -> bool:
+        return (
+            (self.src == 0 or self.src == message.src)
+            and (self.dst == 0 or self.dst == message.dst)
+            and (not self.types or isinstance(message, self.types))
+            and (self.remaining is None or self.remaining > 0)
+        )
+
+
 @dataclass(frozen=True)
 class NetworkFaults:
     drop: float = 0.0
@@ -118,6 +144,9 @@ class Cluster:
         self.now = 0.0
         self.faults = NetworkFaults()
         self.cut: set[tuple[int, int]] = set()  # (src, dst) links that drop everything
+        self.rules: list[LinkRule] = []  # per-link, per-message-type drops, holds, delays
+        self.held: list[Message] = []  # messages a "hold" rule keeps, in the order sent
+        self._link_last: dict[tuple[int, int], float] = {}  # last delivery time on a link
         self._queue: list[tuple[float, int, str, Any]] = []
         self._seq = 0
         self.nodes: dict[int, SimNode] = {}
@@ -243,13 +272,30 @@ class Cluster:
     def _transmit(self, message: Message) -> None:
         if (message.src, message.dst) in self.cut:
             return
+        rule = next((r for r in self.rules if r.matches(message)), None)
+        extra = 0.0
+        if rule is not None:
+            if rule.remaining is not None:
+                rule.remaining -= 1
+            self._count(f"{rule.action}-{type(message).__name__}")
+            if rule.action == "drop":
+                return
+            if rule.action == "hold":
+                self.held.append(message)
+                return
+            extra = rule.delay_ms
         faults = self.faults
         if faults.drop and self.rng.random() < faults.drop:
             return
         copies = 2 if faults.duplicate and self.rng.random() < faults.duplicate else 1
         for _ in range(copies):
-            delay = self.rng.uniform(faults.delay_min_ms, faults.delay_max_ms)
-            self._push(self.now + delay, "deliver", message)
+            at = self.now + self.rng.uniform(faults.delay_min_ms, faults.delay_max_ms) + extra
+            if rule is not None:
+                # A stalled link delivers late but in order.
+                link = (message.src, message.dst)
+                at = max(at, self._link_last.get(link, 0.0) + 1e-3)
+                self._link_last[link] = at
+            self._push(at, "deliver", message)
 
     def _schedule_disk(self, node: SimNode) -> None:
         low, high = self.disk_latency_ms
@@ -384,8 +430,64 @@ class Cluster:
         self.cut.add((src, dst))
 
     def heal(self) -> None:
+        """Reconnect everything: cuts and rules go, held messages are finally delivered."""
         self.cut = set()
         self.faults = NetworkFaults()
+        self.rules = []
+        self.release()
+
+    # --- per-message-type control (a link that stalls, a TimeoutNow that arrives late ...)
+
+    def add_rule(self, rule: LinkRule) -> LinkRule:
+        """Apply ``rule`` to messages sent from now on (the first matching rule wins)."""
+        self._count(f"rule-{rule.action}")
+        self.rules.append(rule)
+        return rule
+
+    def remove_rule(self, rule: LinkRule) -> None:
+        if rule in self.rules:
+            self.rules.remove(rule)
+
+    def hold(self, src: int = 0, dst: int = 0, *types: type) -> LinkRule:
+        """Keep matching messages in the network until ``release``."""
+        return self.add_rule(LinkRule("hold", src, dst, types))
+
+    def drop(self, src: int = 0, dst: int = 0, *types: type, count: int | None = None) -> LinkRule:
+        return self.add_rule(LinkRule("drop", src, dst, types, remaining=count))
+
+    def stall(self, src: int, dst: int, delay_ms: float, *types: type) -> LinkRule:
+        """Deliver matching messages ``delay_ms`` late, in the order sent."""
+        return self.add_rule(LinkRule("delay", src, dst, types, delay_ms=delay_ms))
+
+    def release(self, src: int = 0, dst: int = 0, *types: type) -> int:
+        """Stop holding matching messages and deliver the held ones now, in the order sent
+        (a cut link still drops them). Returns how many were released."""
+        probe = LinkRule("hold", src, dst, types)
+
+        def covered(r: LinkRule) -> bool:  # a hold rule no wider than what is released
+            return (
+                r.action == "hold"
+                and src in (0, r.src)
+                and dst in (0, r.dst)
+                and (not types or (bool(r.types) and set(r.types) <= set(types)))
+            )
+
+        self.rules = [r for r in self.rules if not covered(r)]
+        out = [m for m in self.held if probe.matches(m)]
+        self.held = [m for m in self.held if not probe.matches(m)]
+        for pos, message in enumerate(out):
+            self._push(self.now + 0.1 + pos * 1e-3, "deliver", message)
+        return len(out)
+
+    def inject(self, message: Message, delay_ms: float = 0.0) -> None:
+        """Put ``message`` on the network as if its ``src`` had sent it."""
+        self._push(self.now + delay_ms, "deliver", message)
+
+    def bounce(self, node_id: int, down_ms: float, *, lose_unflushed: bool = False) -> None:
+        """Restart a node's process: down now (disk intact unless ``lose_unflushed``), back
+        ``down_ms`` later."""
+        self.crash(node_id, lose_unflushed=lose_unflushed)
+        self.call_at(self.now + down_ms, lambda: self.restart(node_id))
 
     def set_faults(self, faults: NetworkFaults) -> None:
         self._count("network-faults")
