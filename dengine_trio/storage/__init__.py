@@ -8,6 +8,7 @@ Everything lives under ``db_root_dir``::
     <db_root_dir>/LOCK          flock(2) lock; holds the pid of the owning process
     <db_root_dir>/hard_state    current term and vote (28 bytes)
     <db_root_dir>/wal/<first index, 20 digits>.wal   write-ahead log segments
+    <db_root_dir>/wal/synced    synced-position marker (28 bytes)
 
 ``LOCK``
     Held with ``flock(LOCK_EX | LOCK_NB)`` for as long as the node runs; a second process on
@@ -43,6 +44,14 @@ Write-ahead log segments (``wal/*.wal``)
     segment holding it at that record's offset (``ftruncate`` + fsync), then writes. If the
     cut falls on the first record of a segment, the emptied file is kept and written to.
 
+``wal/synced``
+    Little-endian: magic ``b"DTSP"`` (4 bytes), format version ``1`` (u32), first index of a
+    segment (u64), bytes of that segment covered by an fsync (u64), CRC32 of the preceding 24
+    bytes (u32). Written in place (one ``pwrite`` at offset 0) after every successful sync,
+    without an fsync of its own, so after a power loss it may be older than the log but never
+    ahead of what is durable. A truncation that cuts below it lowers it and fsyncs it first;
+    recovery and ``close`` leave it exact and fsynced. (0, 0): nothing synced.
+
 Recovery
 ========
 
@@ -51,23 +60,31 @@ framing (length at least 6 bytes and within the file), CRC32, a payload that dec
 entry, and the index: the first record of a segment must hold the index in the file name, and
 each record the index after its predecessor's.
 
-* Torn or corrupt tail: a record of the LAST segment that is incomplete (short header or
-  payload running past the end of the file), has an impossible length or a checksum
-  mismatch, with no intact record starting at any later offset of that file (intact: a
-  plausible length, a payload starting with ``0x94``, msgpack's 4-item array, and a matching
-  CRC). It and everything after it is the remains of an interrupted write: a warning on the
+A record is bad when it is incomplete (short header or payload running past the end of the
+file), has an impossible length or a checksum mismatch. Whether a bad record is a torn write or
+corruption is decided by the synced position in ``wal/synced``, never by what follows it: a
+value may embed well-framed records, and the pages of unsynced appends reach the disk in any
+order, so intact-looking records after a bad one prove nothing.
+
+* Torn tail: a bad record of the LAST segment at or past the synced position. It and
+  everything after it is the remains of an interrupted write: a warning on the
   ``dengine_trio.storage`` logger names the file and offset, the file is truncated there
   (ftruncate + fsync) and recovery returns the entries before it.
 * Anything else raises ``CorruptLogError`` naming the file, the offset and the damage: a bad
-  record followed by an intact one, a bad record in a segment that is not the last, a record
-  whose CRC is valid but whose payload does not decode, an index out of sequence, a segment
-  whose name does not follow its predecessor, or an empty segment that is not the last.
-  Recovery never skips a damaged record: a hole in a Raft log could lose committed entries.
+  record before the synced position (whatever follows it), a segment that ends before it, a
+  marker naming a segment that is missing, a bad record in a segment that is not the last, a
+  record whose CRC is valid but whose payload does not decode, an index out of sequence, a
+  segment whose name does not follow its predecessor, or an empty segment that is not the
+  last. Recovery never skips a damaged record: a hole in a Raft log could lose committed
+  entries.
+* No marker, or an unreadable one (a log written before it existed): a warning, and nothing
+  of the last segment counts as synced, so damage there is cut as a torn tail.
 * A last segment left with no records (a crash just after starting it, or a tail torn at
   offset 0) is deleted.
 
-What recovery returns is durable: the last segment and the directory are fsynced at open,
-because a crashed predecessor may have left written but unsynced data in the page cache.
+What recovery returns is durable: the last segment, the marker (set to the log's end) and the
+directory are fsynced at open, because a crashed predecessor may have left written but
+unsynced data in the page cache.
 
 Durability contract
 ===================

@@ -8,6 +8,28 @@ descriptor or the last entry happens under ``_lock``; ``sync`` only holds it to 
 about to cover, never while it waits for the disk. File descriptors retired while a sync is in
 flight are closed by that sync, so it never fsyncs a descriptor that was closed (or reused)
 under it.
+
+Torn tail or corruption: the synced-position marker
+---------------------------------------------------
+Recovery must tell a write interrupted by a crash (cut it away) from damage to records that
+were durable (refuse to start). Bytes found after a bad record cannot decide it: a value may
+embed a perfectly framed record, and the page cache writes the pages of unsynced appends back
+in any order, so an intact-looking record after a bad one is what a torn write looks like
+too. What decides it is whether the damage lies in the part of the log that an fsync had
+covered. ``wal/synced`` (``SYNCED_MARKER``) records it: after every successful ``sync`` the
+segment and byte offset it covered are written there with ``pwrite`` and no fsync of their
+own. The marker is therefore a LOWER bound of what is durable: it is written only after the
+fsync it describes returned, and a power loss can only leave an older value. A truncation
+lowers it and fsyncs it before cutting, and recovery rewrites and fsyncs it, so it never
+names bytes that are not durable. Consequences:
+
+* damage at or past the marker is a torn tail, whatever follows it (never refused);
+* damage before it, or a segment ending before it, is corruption of durable data
+  (``CorruptLogError``);
+* the only blind spot is damage to records fsynced after the marker's last write-back
+  (after a power loss: at most the kernel's dirty write-back delay, ~30 s); those are cut as
+  a torn tail, as a damaged last record always was before the marker existed. A missing or
+  unreadable marker (a log from an older version) means "nothing known to be synced".
 """
 
 from __future__ import annotations
@@ -41,8 +63,15 @@ RECORD_HEADER = struct.Struct("<II")
 # The smallest payload msgpack can produce for an entry ([0, 0, 0, b""]); a shorter length
 # can only be damage (a run of zero bytes reads as length 0 with a matching CRC of 0).
 MIN_PAYLOAD_BYTES = 6
-# Every payload is a msgpack array of four items, so it starts with this byte (fixarray, 4).
-_PAYLOAD_FIRST_BYTE = 0x94
+
+SYNCED_MARKER = "synced"
+"""Name of the synced-position marker file in the log directory."""
+SYNCED_FORMAT = struct.Struct("<4sIQQ")
+"""Marker: magic ``b"DTSP"``, version 1 (u32), first index of the segment (u64), bytes of that
+segment covered by an fsync (u64); then CRC32 of those 24 bytes (u32)."""
+_SYNCED_MAGIC = b"DTSP"
+_SYNCED_VERSION = 1
+_SYNCED_BYTES = SYNCED_FORMAT.size + 4
 
 _SEGMENT_NAME = re.compile(rf"(\d{{{SEGMENT_NAME_DIGITS}}}){re.escape(SEGMENT_SUFFIX)}")
 _OPEN_FOR_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
@@ -72,9 +101,18 @@ class WriteAheadLog:
     """
 
     def __init__(
-        self, directory: Path, segments: list[_Segment], last: tuple[int, int], segment_bytes: int
+        self,
+        directory: Path,
+        segments: list[_Segment],
+        last: tuple[int, int],
+        segment_bytes: int,
+        marker_fd: int,
+        synced: tuple[int, int],
     ) -> None:
         self._directory = directory
+        self._marker_fd = marker_fd
+        # What the marker file holds: (first index of a segment, bytes of it fsynced).
+        self._synced = synced
         self._segments = segments
         self._segment_bytes = segment_bytes
         self._last = last  # (index, term) of the last entry written, (0, 0) when empty
@@ -98,8 +136,10 @@ class WriteAheadLog:
         """Open (creating if needed) the log in ``directory`` and recover its entries.
 
         Returns the log, ready to append after its last entry, and every entry it holds in
-        index order. A torn or corrupt tail of the last segment is logged and truncated away;
-        damage anywhere else raises ``CorruptLogError``. What is returned is durable.
+        index order. Damage at or after the synced position (``wal/synced``, see the module
+        docstring) is a torn tail: logged and truncated away. Damage before it, a segment that
+        ends before it, and damage anywhere in a segment that is not the last raise
+        ``CorruptLogError``. What is returned is durable, and the marker is set to its end.
         """
         if segment_bytes <= 0:
             raise ValueError(f"segment_bytes must be positive, got {segment_bytes}")
@@ -113,6 +153,19 @@ class WriteAheadLog:
             for path in directory.iterdir()
             if (match := _SEGMENT_NAME.fullmatch(path.name))
         )
+        marker = _read_marker(directory / SYNCED_MARKER)
+        if marker is None and found:
+            logger.warning(
+                "%s: no readable synced-position marker (%s); any damage in the last segment "
+                "will be taken for a torn write",
+                directory,
+                SYNCED_MARKER,
+            )
+        if marker is not None and marker[1] > 0 and marker[0] not in {f for f, _ in found}:
+            raise CorruptLogError(
+                f"{directory}: {SYNCED_MARKER} says {marker[1]} bytes of segment "
+                f"{segment_name(marker[0])} were fsynced, but that segment is missing"
+            )
         segments: list[_Segment] = []
         entries: list[Entry] = []
         for position, (first_index, path) in enumerate(found):
@@ -122,7 +175,8 @@ class WriteAheadLog:
                     f"{path}: segment starts at index {first_index} but the previous segment "
                     f"{segments[-1].path.name} ends at index {segments[-1].last_index}"
                 )
-            segment = _recover_segment(path, first_index, is_last, entries)
+            synced_bytes = marker[1] if marker is not None and marker[0] == first_index else 0
+            segment = _recover_segment(path, first_index, is_last, entries, synced_bytes)
             if segment.offsets:
                 segments.append(segment)
             elif is_last:
@@ -132,13 +186,21 @@ class WriteAheadLog:
             else:
                 raise CorruptLogError(f"{path}: segment holds no records but is not the last")
         last = (entries[-1].index, entries[-1].term) if entries else (0, 0)
-        wal = cls(directory, segments, last, segment_bytes)
+        fd: int | None = None
         if segments:
-            wal._fd = os.open(segments[-1].path, _OPEN_FOR_APPEND)
+            fd = os.open(segments[-1].path, _OPEN_FOR_APPEND)
             # A crashed process may have left written-but-unsynced data in the page cache;
             # recovery hands it out as the log, so make it durable now.
-            os.fsync(wal._fd)
+            os.fsync(fd)
+        synced = (segments[-1].first_index, segments[-1].size_bytes) if segments else (0, 0)
+        marker_fd = os.open(
+            directory / SYNCED_MARKER, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+        _write_marker(marker_fd, synced)
+        os.fsync(marker_fd)
         fsync_directory(directory)
+        wal = cls(directory, segments, last, segment_bytes, marker_fd, synced)
+        wal._fd = fd
         return wal, entries
 
     # -- writing --------------------------------------------------------------------------
@@ -233,6 +295,13 @@ class WriteAheadLog:
         """Drop entries ``index`` and later. Called with ``_lock`` held; rare, so it fsyncs."""
         self._truncations += 1
         segments = self._segments
+        holder = next(s for s in reversed(segments) if s.first_index <= index)
+        cut_point = (holder.first_index, holder.offsets[index - holder.first_index])
+        if self._synced > cut_point:
+            # Lowered durably BEFORE the cut: a marker naming bytes that are gone, or were
+            # rewritten and not yet synced, would make recovery refuse a torn tail.
+            self._set_marker(cut_point)
+            os.fsync(self._marker_fd)
         removed = False
         while segments[-1].first_index > index:
             dropped = segments.pop()
@@ -255,6 +324,11 @@ class WriteAheadLog:
         del segment.offsets[keep:]
         segment.size_bytes = cut_at
 
+    def _set_marker(self, synced: tuple[int, int]) -> None:
+        """Record ``synced`` in the marker file (no fsync). Called with ``_lock`` held."""
+        _write_marker(self._marker_fd, synced)
+        self._synced = synced
+
     def _retire(self, fd: int) -> None:
         """Close ``fd`` now, or after the sync in flight, which may be fsyncing it."""
         if self._sync_in_flight:
@@ -276,6 +350,12 @@ class WriteAheadLog:
                     self._check_usable()
                     covered = self._last
                     fd = self._fd
+                    noted = (
+                        (self._segments[-1].first_index, self._segments[-1].size_bytes)
+                        if self._segments
+                        else None
+                    )
+                    done = False
                     dir_dirty = self._dir_dirty
                     self._dir_dirty = False
                     truncations = self._truncations
@@ -287,6 +367,7 @@ class WriteAheadLog:
                         os.fsync(fd)
                     if dir_dirty:
                         fsync_directory(self._directory)
+                    done = True
                 except OSError as exc:
                     # After a failed fsync the kernel may have dropped the dirty pages; no
                     # later fsync can vouch for them, so this log takes no more writes.
@@ -299,6 +380,16 @@ class WriteAheadLog:
                             os.close(retired)
                         self._retired_fds.clear()
                         truncated_meanwhile = self._truncations != truncations
+                        if done and not truncated_meanwhile and noted and noted != self._synced:
+                            # No fsync of its own: the marker only has to be a lower bound
+                            # (see the module docstring), and a stale one is exactly that.
+                            try:
+                                self._set_marker(noted)
+                            except OSError as exc:
+                                self._failure = exc
+                                raise StorageError(
+                                    f"writing the synced-position marker failed: {exc}"
+                                ) from exc
                 # A truncation during the fsync may have cut away what ``covered`` names;
                 # cover the log as it is now instead.
                 if not truncated_meanwhile:
@@ -311,9 +402,14 @@ class WriteAheadLog:
         try:
             if self._failure is None:
                 self.sync()
+                # A graceful stop leaves an exact marker, so recovery is strict about all of it.
+                os.fsync(self._marker_fd)
         finally:
             with self._sync_mutex, self._lock:
                 self._closed = True
+                if self._marker_fd >= 0:
+                    os.close(self._marker_fd)
+                    self._marker_fd = -1
                 if self._fd is not None:
                     os.close(self._fd)
                     self._fd = None
@@ -331,8 +427,16 @@ class WriteAheadLog:
             )
 
 
-def _recover_segment(path: Path, first_index: int, is_last: bool, entries: list[Entry]) -> _Segment:
-    """Read and verify one segment, appending its entries to ``entries``."""
+def _recover_segment(
+    path: Path, first_index: int, is_last: bool, entries: list[Entry], synced_bytes: int
+) -> _Segment:
+    """Read and verify one segment, appending its entries to ``entries``.
+
+    ``synced_bytes``: how much of this segment the marker says was fsynced (0: unknown). A bad
+    record there is corruption; past it, in the last segment, it is where a torn write begins,
+    and nothing after it (a value may hold framed records; pages of unsynced writes reach the
+    disk in any order) is taken as evidence otherwise.
+    """
     data = path.read_bytes()
     view = memoryview(data)
     offsets = array("Q")
@@ -341,22 +445,24 @@ def _recover_segment(path: Path, first_index: int, is_last: bool, entries: list[
     while position < len(data):
         end, problem = _frame_at(data, view, position)
         if problem is not None:
+            if position < synced_bytes:
+                raise CorruptLogError(
+                    f"{path}: bad record at offset {position} ({problem}) in the synced part "
+                    f"of the segment (fsynced up to offset {synced_bytes}, per "
+                    f"{SYNCED_MARKER}); refusing to cut synced records"
+                )
             if not is_last:
                 raise CorruptLogError(
                     f"{path}: bad record at offset {position} ({problem}) in a segment that is "
                     "not the last"
                 )
-            follower = _next_intact_frame(data, view, position)
-            if follower is not None:
-                raise CorruptLogError(
-                    f"{path}: bad record at offset {position} ({problem}) followed by an intact "
-                    f"record at offset {follower}; refusing to skip it"
-                )
             logger.warning(
-                "%s: torn or corrupt tail at offset %d (%s); truncating %d bytes",
+                "%s: torn write at offset %d (%s), past the synced position %d; truncating "
+                "%d bytes",
                 path,
                 position,
                 problem,
+                synced_bytes,
                 len(data) - position,
             )
             _truncate_file(path, position)
@@ -379,6 +485,11 @@ def _recover_segment(path: Path, first_index: int, is_last: bool, entries: list[
         offsets.append(position)
         expected += 1
         position = end
+    if position < synced_bytes:
+        raise CorruptLogError(
+            f"{path}: the segment ends at offset {position} but {synced_bytes} bytes of it were "
+            f"fsynced (per {SYNCED_MARKER}); synced records are missing"
+        )
     return _Segment(first_index, path, offsets, position)
 
 
@@ -399,21 +510,32 @@ def _frame_at(data: bytes, view: memoryview, position: int) -> tuple[int, str | 
     return end, None
 
 
-def _next_intact_frame(data: bytes, view: memoryview, bad_position: int) -> int | None:
-    """Offset of the first intact record starting after ``bad_position``, if any.
+def _read_marker(path: Path) -> tuple[int, int] | None:
+    """(first index of a segment, bytes of it fsynced) from the marker; None if absent or bad.
 
-    The bad record's length field cannot be trusted, so look at every offset whose payload
-    would start with the byte every payload starts with.
+    A bad marker is not an error: it can only make recovery take damage for a torn write (the
+    behaviour of a log that predates the marker), never refuse a torn write.
     """
-    search_from = bad_position + 1 + RECORD_HEADER.size
-    while True:
-        payload_start = data.find(_PAYLOAD_FIRST_BYTE, search_from)
-        if payload_start < 0:
-            return None
-        candidate = payload_start - RECORD_HEADER.size
-        if _frame_at(data, view, candidate)[1] is None:
-            return candidate
-        search_from = payload_start + 1
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(raw) != _SYNCED_BYTES:
+        logger.warning("%s: %d bytes, expected %d; ignoring it", path, len(raw), _SYNCED_BYTES)
+        return None
+    magic, version, first_index, synced_bytes = SYNCED_FORMAT.unpack_from(raw)
+    (crc,) = struct.unpack_from("<I", raw, SYNCED_FORMAT.size)
+    if magic != _SYNCED_MAGIC or version != _SYNCED_VERSION or zlib.crc32(raw[:-4]) != crc:
+        logger.warning("%s: bad magic, version or checksum; ignoring it", path)
+        return None
+    return first_index, synced_bytes
+
+
+def _write_marker(fd: int, synced: tuple[int, int]) -> None:
+    body = SYNCED_FORMAT.pack(_SYNCED_MAGIC, _SYNCED_VERSION, *synced)
+    # One small pwrite at offset 0: within one sector, so it reaches the disk whole or not at
+    # all on any device; the checksum catches the rest.
+    os.pwrite(fd, body + struct.pack("<I", zlib.crc32(body)), 0)
 
 
 def _decode(payload: memoryview) -> Entry:

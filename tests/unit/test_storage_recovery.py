@@ -39,6 +39,14 @@ def write_log(directory: Path, last: int = 40, batch: int = 4) -> list[Entry]:
     return written
 
 
+def mark_synced(directory: Path, segment: Path, synced_bytes: int) -> None:
+    """Make the log look as if its last fsync covered ``synced_bytes`` of ``segment``: the
+    marker file ``synced`` in the documented format, as a crash before the next sync leaves it.
+    Damage past that point is then a torn write; damage before it, corruption."""
+    body = struct.pack("<4sIQQ", b"DTSP", 1, int(segment.name.removesuffix(".wal")), synced_bytes)
+    (directory / "synced").write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+
+
 def segments(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.wal"))
 
@@ -84,6 +92,7 @@ def test_torn_tail_recovers_exactly_the_intact_prefix(
         directory = Path(scratch) / "wal"
         shutil.copytree(source, directory)
         last = segments(directory)[-1]
+        mark_synced(directory, last, 0)  # the last segment's writes were never synced
         raw = last.read_bytes()
         cut = data.draw(st.integers(min_value=0, max_value=len(raw) - 1), label="cut")
         # Without fill the file just ends early; with it, the lost bytes read as zeros, as
@@ -118,6 +127,7 @@ def test_torn_tail_is_reported_and_truncated(
     written = write_log(tmp_path)
     last = segments(tmp_path)[-1]
     start, end = record_spans(last)[-1]
+    mark_synced(tmp_path, last, start)
     with open(last, "r+b") as f:
         f.truncate(end - 3)
 
@@ -126,19 +136,20 @@ def test_torn_tail_is_reported_and_truncated(
     wal.close()
     assert entries == written[:-1]
     assert last.stat().st_size == start
-    [record] = caplog.records
+    [record] = [r for r in caplog.records if "torn write" in r.getMessage()]
     assert record.name == "dengine_trio.storage"
     assert str(last) in record.getMessage()
     assert f"offset {start}" in record.getMessage()
 
 
 @pytest.mark.parametrize("where", ["length", "checksum", "payload"])
-def test_flipped_byte_in_last_record_is_truncated_with_a_warning(
+def test_flipped_byte_in_unsynced_last_record_is_truncated_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, where: str
 ) -> None:
     written = write_log(tmp_path)
     last = segments(tmp_path)[-1]
     start, end = record_spans(last)[-1]
+    mark_synced(tmp_path, last, start)
     flip_byte(last, {"length": start + 1, "checksum": start + 5, "payload": end - 2}[where])
 
     with caplog.at_level(logging.WARNING, logger="dengine_trio.storage"):
