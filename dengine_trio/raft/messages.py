@@ -93,8 +93,11 @@ class AppendEntriesResponse:
 class Heartbeat:
     """Leader's periodic liveness message (etcd's MsgHeartbeat).
 
-    ``commit`` is already capped by the leader at what this follower is known to hold. ``seq``
-    numbers the heartbeat round; a quorum of acknowledgements of round ``seq`` confirms
+    ``commit`` is already capped by the leader at what it believes this follower holds, and
+    ``commit_term`` is the term of the leader's entry there: the follower commits up to
+    ``commit`` only if it holds that very entry (by log matching, §5.3, then the whole prefix),
+    since a restarted follower may hold less, or older entries, than the leader believes.
+    ``seq`` numbers the heartbeat round; a quorum of acknowledgements of round ``seq`` confirms
     leadership as of the time that round was sent (ReadIndex and the leader lease use this).
     """
 
@@ -103,11 +106,14 @@ class Heartbeat:
     dst: int
     commit: int
     seq: int
+    commit_term: int = 0
 
 
 @attrs.frozen(slots=True)
 class HeartbeatResponse:
-    """Echoes ``seq``; ``last_index`` lets the leader notice a follower that lost its tail."""
+    """Echoes ``seq``. ``last_index`` lets the leader notice a follower that lost its tail: it
+    is the follower's last index, or less when the follower could not confirm that it shares
+    the leader's entry at the heartbeat's ``commit`` (the leader then probes from there)."""
 
     term: int
     src: int

@@ -564,6 +564,11 @@ class RaftNode:
         self._report_match(m.src, force=self._mem_first or not new)
 
     def _advance_follower_commit(self, index: int) -> None:
+        """Commit up to ``index`` as far as our log is known to match the leader's in this
+        term, whatever message told us (AppendEntries, Heartbeat, ReadIndexResponse): a commit
+        index past that would apply entries the leader does not have, or skip the
+        AppendEntries that brings the missing ones (issue 11 item 7)."""
+        index = min(index, self._leader_match)
         if index > self.commit_index:
             self.commit_index = index
 
@@ -579,10 +584,16 @@ class RaftNode:
 
     def _on_heartbeat(self, m: Heartbeat) -> None:
         self._heard_from_leader(m.src)
-        # The leader capped ``commit`` at what it knows we hold; a restarted MemFirst follower
-        # may hold less, and never commits past its own log.
-        self._advance_follower_commit(min(m.commit, self.log.last_index))
-        self._send(HeartbeatResponse(self.term, self.id, m.src, m.seq, self.log.last_index))
+        # The leader capped ``commit`` at what it believes we hold. A restarted MemFirst
+        # follower may hold less, or an older entry there (its overwrite never reached the
+        # disk): only holding the leader's very entry at ``commit`` shows the prefix is shared.
+        if m.commit > self._leader_match and self.log.term_at(m.commit) == m.commit_term:
+            self._leader_match = m.commit
+        self._advance_follower_commit(m.commit)
+        last_index = self.log.last_index
+        if m.commit > self._leader_match:
+            last_index = min(last_index, m.commit - 1)  # "probe me": see HeartbeatResponse
+        self._send(HeartbeatResponse(self.term, self.id, m.src, m.seq, last_index))
 
     # --- replication, leader side
 
@@ -678,7 +689,8 @@ class RaftNode:
         for peer, progress in self.progress.items():
             commit = min(progress.match_index, self.commit_index)
             progress.sent_commit = max(progress.sent_commit, commit)
-            self._send(Heartbeat(self.term, self.id, peer, commit, self._hb_seq))
+            commit_term = self.log.term_at(commit) or 0
+            self._send(Heartbeat(self.term, self.id, peer, commit, self._hb_seq, commit_term))
         self._advance_reads()  # a single-node cluster confirms itself
 
     def _on_heartbeat_response(self, m: HeartbeatResponse) -> None:
@@ -755,7 +767,7 @@ class RaftNode:
         if m.ok:
             # The read index is the leader's commit index: whatever of it our log is known to
             # share with the leader is committed, so the read need not wait for a heartbeat.
-            self._advance_follower_commit(min(m.read_index, self._leader_match))
+            self._advance_follower_commit(m.read_index)
             self._out.append(ReadReady(m.request_id, m.read_index))
         else:
             self._out.append(ReadFailed(m.request_id, self.leader_id))

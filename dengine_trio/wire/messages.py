@@ -13,8 +13,9 @@ import attrs
 
 from dengine_trio.raft.messages import MESSAGE_TYPES
 
-PROTOCOL_VERSION = 1
-"""Bumped whenever the encoding of any message changes incompatibly."""
+PROTOCOL_VERSION = 2
+"""Bumped whenever the encoding of any message changes incompatibly (2: ``Heartbeat`` carries
+``commit_term``)."""
 
 
 @attrs.frozen(slots=True)

@@ -147,6 +147,7 @@ class Cluster:
         self.rules: list[LinkRule] = []  # per-link, per-message-type drops, holds, delays
         self.held: list[Message] = []  # messages a "hold" rule keeps, in the order sent
         self._link_last: dict[tuple[int, int], float] = {}  # last delivery time on a link
+        self.disk_stalled: set[int] = set()  # nodes whose disk writes do not complete
         self._queue: list[tuple[float, int, str, Any]] = []
         self._seq = 0
         self.nodes: dict[int, SimNode] = {}
@@ -231,7 +232,10 @@ class Cluster:
             node_id, generation = payload
             node = self.nodes[node_id]
             if node.raft is not None and generation == node.disk_generation:
-                self._complete_disk_write(node)
+                if node_id in self.disk_stalled:
+                    node.disk_generation += 1  # resumed by ``stall_disk(node, False)``
+                else:
+                    self._complete_disk_write(node)
         elif kind == "call":
             payload()
 
@@ -479,6 +483,18 @@ class Cluster:
             self._push(self.now + 0.1 + pos * 1e-3, "deliver", message)
         return len(out)
 
+    def stall_disk(self, node_id: int, stalled: bool = True) -> None:
+        """Hold (or resume) a node's disk: its writes stay in flight, lost by a crash."""
+        node = self.nodes[node_id]
+        if stalled:
+            self._count("disk-stall")
+            self.disk_stalled.add(node_id)
+        elif node_id in self.disk_stalled:
+            self.disk_stalled.discard(node_id)
+            node.disk_generation += 1
+            if node.pending_writes:
+                self._schedule_disk(node)
+
     def inject(self, message: Message, delay_ms: float = 0.0) -> None:
         """Put ``message`` on the network as if its ``src`` had sent it."""
         self._push(self.now + delay_ms, "deliver", message)
@@ -575,6 +591,25 @@ class Cluster:
         raft = node.raft
         if raft is None:
             return
+        # The commit index only ever covers entries the node holds and shares with the
+        # leader of its term (issue 11 item 7): whatever message advanced it.
+        if raft.commit_index > raft.log.last_index:
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id} commit index {raft.commit_index} is past the end "
+                f"of its log ({raft.log.last_index})"
+            )
+        leader = self.nodes[raft.leader_id].raft if raft.leader_id else None
+        if (
+            raft.role is Role.FOLLOWER
+            and leader is not None
+            and leader.role is Role.LEADER
+            and leader.term == raft.term
+            and leader.log.slice(1, raft.commit_index) != raft.log.slice(1, raft.commit_index)
+        ):
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id} commits up to {raft.commit_index}, but its log "
+                f"there differs from its leader {raft.leader_id}'s"
+            )
         # A node's log agrees with the committed log up to its own commit index.
         upto = min(raft.commit_index, len(self.committed))
         if raft.log.slice(1, upto) != self.committed[:upto]:

@@ -108,3 +108,44 @@ def test_append_entries_does_not_resurrect_a_match_from_an_earlier_term() -> Non
         if isinstance(e, Send) and isinstance(e.message, AppendEntriesResponse)
     ]
     assert [r.match_index for r in replies] == [1]
+
+
+def test_restarted_follower_does_not_commit_an_entry_it_no_longer_shares() -> None:
+    """Issue 11 item 7, through a heartbeat: five voters, MemFirst. A leads term t; its put at
+    index 3 reaches only F, whose disk makes it durable. A crashes; L2 wins t+1 without F and
+    its no-op overwrites index 3 in F's memory; F acknowledges (MemFirst) and crashes before
+    that overwrite reaches its disk. F restarts holding A's index 3 of term t. L2 believes F
+    matches it through 3, and its heartbeats say "committed up to 3": F may not take that as
+    leave to commit the entry *it* holds at 3, which L2's log does not share."""
+    c = Cluster(5, seed=71, durability=Durability.MEM_FIRST)
+    a = c.wait_for_leader()
+    t = c.raft(a).term
+    c.put(a, "k")
+    c.run_for(50)
+    f, *rest = (n for n in c.ids if n != a)
+    for n in rest:
+        c.cut_link(a, n)
+    c.put(a, "x")
+    c.run_for(80)
+    assert [e.term for e in c.nodes[f].disk_log] == [t, t, t]
+    c.crash(a)
+    for n in rest:  # F hears the new leader but cannot vote in its election
+        c.cut_link(f, n)
+    while (l2 := c.leader()) is None or c.raft(l2).term == t:
+        c.run_for(1)
+    c.stall_disk(f)
+    c.run_for(20)
+    assert c.raft(f).term == t + 1 and c.raft(f).log.term_at(3) == t + 1
+    c.heal()
+    c.run_for(80)  # F's answers now reach L2
+    assert c.raft(l2).progress[f].match_index >= 3
+    c.crash(f)  # the overwrite of index 3 never reached F's disk
+    c.stall_disk(f, False)
+    c.restart(f)
+    assert c.raft(f).log.term_at(3) == t
+    c.run_for(500)  # heartbeats; every step is checked (state machine safety, commit bounds)
+    assert c.raft(f).log.term_at(3) == t + 1 and c.raft(f).commit_index >= 3
+    c.put(l2, "after")
+    c.run_for(100)
+    assert c.nodes[f].state == c.nodes[l2].state
+    c.check_history()

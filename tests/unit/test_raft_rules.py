@@ -14,6 +14,8 @@ from dengine_trio.raft import (
     PersistHardState,
     RaftConfig,
     RaftNode,
+    ReadReady,
+    ReadRequest,
     Receive,
     Role,
     Send,
@@ -22,8 +24,12 @@ from dengine_trio.raft import (
 from dengine_trio.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    ReadIndexResponse,
     RequestVote,
     RequestVoteResponse,
+    TimeoutNow,
 )
 
 
@@ -172,3 +178,44 @@ def test_malformed_append_entries_is_ignored() -> None:
     effects = follower.step(0, Receive(AppendEntries(1, 1, 2, 2, 1, future_term, 0)))
     assert follower.log.last_index == 2 and not effects
     assert follower.leader_id == 0  # not even taken as a sign of life from a leader
+
+
+def test_follower_commits_only_what_it_shares_with_the_leader() -> None:
+    """Issue 11 item 7: whatever message carries the leader's commit index, a follower commits
+    only entries it holds and knows to match the leader's log in this term."""
+    # Restarted holding an entry of term 1 at index 3 where the leader (term 2) has its own.
+    follower = node(2, entries=log_of(1, 1, 1), term=2)
+    effects = follower.step(0, Receive(Heartbeat(2, 1, 2, commit=3, seq=1, commit_term=2)))
+    assert follower.commit_index == 0
+    (reply,) = sent(effects, HeartbeatResponse)
+    assert reply.last_index == 2  # "probe me from 2": the leader rewrites index 3
+    # Holding the leader's very entry at the commit index shows the whole prefix matches.
+    effects = follower.step(1, Receive(Heartbeat(2, 1, 2, commit=2, seq=2, commit_term=1)))
+    assert follower.commit_index == 2 and sent(effects, HeartbeatResponse)[0].last_index == 3
+    # A read index past what is known to match commits no further than that match.
+    follower.step(2, ReadRequest(7))
+    effects = follower.step(3, Receive(ReadIndexResponse(2, 1, 2, 7, read_index=9, ok=True)))
+    assert follower.commit_index == 2
+    assert [e.read_index for e in effects if isinstance(e, ReadReady)] == [9]
+
+
+def test_own_campaign_forgets_the_match_reported_to_the_old_leader() -> None:
+    """Issue 11 item 6: raising our own term (a campaign) drops the per-leader match, so the
+    next leader hears only what matches its own log."""
+    follower = node(2, term=1, durability=Durability.MEM_FIRST)
+    entries = (Entry(1, 1, b"a"), Entry(1, 2, b"b"))
+    follower.step(0, Receive(AppendEntries(1, 1, 2, 0, 0, entries, 0)))
+    follower.step(1, Receive(TimeoutNow(1, 1, 2)))
+    assert follower.role is Role.CANDIDATE and follower.term == 2
+    # The winner (3) has only entry 1 in common with us; its no-op replaces entry 2.
+    noop = (Entry(2, 2, b"", EntryKind.NOOP),)
+    effects = follower.step(2, Receive(AppendEntries(2, 3, 2, 1, 1, noop, 0)))
+    assert [r.match_index for r in sent(effects, AppendEntriesResponse)] == [2]
+    effects = follower.step(3, Receive(AppendEntries(2, 3, 2, 1, 1, (), 0)))
+    assert [r.match_index for r in sent(effects, AppendEntriesResponse)] == [2]
+    follower2 = node(2, term=1, durability=Durability.MEM_FIRST)
+    follower2.step(0, Receive(AppendEntries(1, 1, 2, 0, 0, entries, 0)))
+    follower2.step(1, Receive(TimeoutNow(1, 1, 2)))
+    # An empty AppendEntries of the new term matching only entry 1 reports 1, not 2.
+    effects = follower2.step(2, Receive(AppendEntries(2, 3, 2, 1, 1, (), 0)))
+    assert [r.match_index for r in sent(effects, AppendEntriesResponse)] == [1]

@@ -72,8 +72,8 @@ def test_every_message_type_has_a_unique_tag() -> None:
 
 def test_encoding_is_stable() -> None:
     """The bytes on the wire are a protocol: a change here breaks mixed-version clusters."""
-    assert encode(Heartbeat(term=1, src=2, dst=3, commit=4, seq=5)) == bytes.fromhex(
-        "9205950102030405"
+    assert encode(Heartbeat(term=1, src=2, dst=3, commit=4, seq=5, commit_term=6)) == (
+        bytes.fromhex("920596010203040506")
     )
     ae = AppendEntries(
         term=2,
