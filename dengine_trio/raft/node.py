@@ -138,7 +138,7 @@ class RaftNode:
         self._next_heartbeat = NEVER
         self._next_check_quorum = NEVER
         self._hb_seq = 0
-        self._round_sent_at: dict[int, float] = {}
+        self._round_sent_at: dict[int, tuple[float, bool]] = {}  # seq -> (sent, lease ok)
         self._lease_seq = 0
         self._lease_expiry = float("-inf")
         self._pending_reads: list[_PendingRead] = []
@@ -219,6 +219,7 @@ class RaftNode:
             # lease may still be running on its own clock.
             and now_ms >= self._leader_since + self.config.election_timeout_min_ms
             and self._transfer_target == 0
+            and not self._timeout_now_sent
             and self._committed_in_term()
         )
 
@@ -684,7 +685,11 @@ class RaftNode:
         leader when it was sent: ReadIndex waits for that, and the lease counts from it."""
         self._next_heartbeat = self.now + self.config.heartbeat_interval_ms
         self._hb_seq += 1
-        self._round_sent_at[self._hb_seq] = self.now
+        # A round sent while a transfer is pending, or after TimeoutNow went out in this term,
+        # never extends the lease: the transferee's campaign passes the voters' stickiness,
+        # so their acknowledgements promise nothing (issue 11 item 1).
+        lease_ok = not self._transfer_target and not self._timeout_now_sent
+        self._round_sent_at[self._hb_seq] = (self.now, lease_ok)
         self._round_open = True
         for peer, progress in self.progress.items():
             commit = min(progress.match_index, self.commit_index)
@@ -799,12 +804,14 @@ class RaftNode:
     def _advance_reads(self) -> None:
         confirmed = quorum_value([self._hb_seq, *(p.acked_seq for p in self.progress.values())])
         if confirmed > self._lease_seq:
-            # The lease runs from when the confirmed round was *sent*: every voter that acked
-            # it then ignored campaigns for an election timeout from a later moment.
+            # The lease runs from when the newest confirmed round was *sent*: every voter that
+            # acked it then ignored campaigns for an election timeout from a later moment.
             self._lease_seq = confirmed
-            self._lease_expiry = self._round_sent_at[confirmed] + self.config.lease_duration_ms
             for seq in [s for s in self._round_sent_at if s <= confirmed]:
-                del self._round_sent_at[seq]
+                sent_at, lease_ok = self._round_sent_at.pop(seq)
+                if lease_ok:
+                    expiry = sent_at + self.config.lease_duration_ms
+                    self._lease_expiry = max(self._lease_expiry, expiry)
         if self._pending_reads and self._pending_reads[0].seq <= confirmed:
             still: list[_PendingRead] = []
             for read in self._pending_reads:
@@ -860,6 +867,13 @@ class RaftNode:
     def _maybe_send_timeout_now(self, peer: int, progress: Progress) -> bool:
         if self._transfer_target != peer or progress.match_index != self.log.last_index:
             return False
+        # From here on the target may win an election at any moment, however late the
+        # TimeoutNow arrives (even after the transfer is abandoned) and whatever stickiness
+        # the voters owe us: we never serve a lease read again in this term. That is what
+        # makes a stale TimeoutNow harmless; it carries our term, so in any later term it is
+        # ignored as stale.
+        self._timeout_now_sent = True
+        self._lease_expiry = float("-inf")
         self._send(TimeoutNow(self.term, self.id, peer))
         return True
 

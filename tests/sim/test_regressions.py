@@ -149,3 +149,80 @@ def test_restarted_follower_does_not_commit_an_entry_it_no_longer_shares() -> No
     c.run_for(100)
     assert c.nodes[f].state == c.nodes[l2].state
     c.check_history()
+
+
+def _lease_ready(c: Cluster, leader: int) -> None:
+    """Run until ``leader`` may serve lease reads, and commit ``k=old`` first."""
+    c.put(leader, "k")
+    c.run_for(c.config_for(leader).election_timeout_min_ms + 100)
+    raft = c.raft(leader)
+    assert raft.lease_valid(raft.now)
+
+
+def test_abandoned_transfer_does_not_revive_the_lease() -> None:
+    """Issue 11 item 1, first input: the leader A starts a transfer to B and keeps sending
+    heartbeat rounds while the TimeoutNow is in flight; the transfer times out; the TimeoutNow
+    then elects B (a transfer campaign passes the voters' stickiness) and B commits k=new. A,
+    cut off from the news, must not serve k=old from a lease renewed by rounds sent during the
+    transfer."""
+    c = Cluster(3, seed=81)
+    a = c.wait_for_leader()
+    b, other = (n for n in c.ids if n != a)
+    _lease_ready(c, a)
+    term = c.raft(a).term
+    c.hold(a, b, TimeoutNow)
+    c.transfer(a, b)
+    c.run_for(1)
+    assert c.raft(a)._transfer_target == b and len(c.held) == 1
+    c.run_for(c.config_for(a).election_timeout_min_ms + 10)  # rounds acked; transfer abandoned
+    assert c.raft(a)._transfer_target == 0 and c.raft(a).is_leader
+    c.cut_link(b, a)
+    c.cut_link(other, a)
+    c.release(a, b, TimeoutNow)
+    while not (c.leader() == b and c.raft(b)._committed_in_term()):
+        c.run_for(1)
+    assert c.raft(b).term == term + 1 and c.raft(a).is_leader
+    put = c.put(b, "k")
+    c.run_for(10)
+    assert c.history[put].ok
+    read = c.read(a, "k", "lease")
+    assert c.history[read].complete is None  # not from the lease: a heartbeat round first
+    c.run_for(1_000)
+    c.heal()
+    c.run_for(500)
+    c.check_history()
+    c.check_linearizability()
+
+
+def test_stale_timeout_now_cannot_elect_behind_a_live_lease() -> None:
+    """Issue 11 item 1, second input: the A-B path stalls (A to B 700 ms, B to A 760 ms,
+    order kept). A starts a transfer to B; the TimeoutNow sits in the stalled link; the
+    transfer times out; C keeps acknowledging A's rounds after the deadline; then the stale
+    TimeoutNow arrives, B campaigns past C's stickiness and commits k=new. A must not serve
+    k=old by lease: once it has sent TimeoutNow, its lease is gone for the rest of the term."""
+    c = Cluster(3, seed=82)
+    a = c.wait_for_leader()
+    b, other = (n for n in c.ids if n != a)
+    _lease_ready(c, a)
+    term = c.raft(a).term
+    c.stall(a, b, 700)
+    c.stall(b, a, 760)
+    c.transfer(a, b)
+    c.run_for(c.config_for(a).election_timeout_min_ms + 10)
+    assert c.raft(a)._transfer_target == 0 and c.raft(a).is_leader
+    assert c.raft(b).term == term  # the TimeoutNow has not arrived yet
+    while c.raft(b).term == term:
+        c.run_for(1)
+    c.cut_link(other, a)  # A keeps its view a while longer
+    while not (c.leader() == b and c.raft(b)._committed_in_term()):
+        c.run_for(1)
+    put = c.put(b, "k")
+    c.run_for(10)
+    assert c.history[put].ok and c.raft(a).is_leader
+    read = c.read(a, "k", "lease")
+    assert c.history[read].complete is None  # not from the lease: a heartbeat round first
+    c.run_for(1_000)
+    c.heal()
+    c.run_for(500)
+    c.check_history()
+    c.check_linearizability()
