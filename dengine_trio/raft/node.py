@@ -122,6 +122,15 @@ class RaftNode:
         self._election_deadline = NEVER
         self._last_leader_contact = float("-inf")
         self._reset_election_timer()
+        # Thesis §6.4 (and etcd raft): a node that restarts with durable state may have
+        # acknowledged a leader's heartbeat rounds just before it went down, and so promised
+        # to ignore campaigns for an election timeout; that promise lived in memory. It keeps
+        # it by granting no votes or PreVotes for the minimum election timeout after boot. A
+        # brand-new node (term 0, empty log) has promised nothing and votes at once.
+        restarted = term > 0 or self.log.last_index > 0
+        self._votes_quiet_until = (
+            now_ms + config.election_timeout_min_ms if restarted else float("-inf")
+        )
 
         # Per-role state (leader, candidate, per-leader follower facts): declared here,
         # set only by ``_reset_role_state`` on every role or term change.
@@ -444,6 +453,10 @@ class RaftNode:
                 self._campaign(pre_vote=False, transfer=True)
 
     def _in_leader_lease(self) -> bool:
+        """Would we refuse a (non-transfer) campaign now? While a leader we know of may hold a
+        lease that our acknowledgements back, or during the quiet period after a restart."""
+        if self.now < self._votes_quiet_until:
+            return True
         if not self.config.check_quorum:
             return False
         if self.role is Role.LEADER:
@@ -474,13 +487,14 @@ class RaftNode:
     def _on_request_vote(self, m: RequestVote) -> None:
         up_to_date = self.log.is_up_to_date(m.last_log_index, m.last_log_term)
         if m.pre_vote:
-            granted = m.term > self.term and up_to_date
+            granted = m.term > self.term and up_to_date and self.now >= self._votes_quiet_until
             self._send(
                 RequestVoteResponse(m.term if granted else self.term, self.id, m.src, granted, True)
             )
             return
         granted = (
             m.term == self.term
+            and (m.transfer or self.now >= self._votes_quiet_until)
             and self.voted_for in (0, m.src)
             and (self.leader_id == 0 or self.voted_for == m.src)
             and up_to_date

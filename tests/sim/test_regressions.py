@@ -226,3 +226,41 @@ def test_stale_timeout_now_cannot_elect_behind_a_live_lease() -> None:
     c.run_for(500)
     c.check_history()
     c.check_linearizability()
+
+
+def test_restarted_voter_keeps_backing_the_lease() -> None:
+    """Issue 11 item 2, for restarts of 0-350 ms: A leads with a valid lease; A-C is cut; B,
+    hearing A, refuses C's PreVotes; B's process restarts (disk intact) just before C's next
+    campaign while A-B stays down (A's reconnect backoff). B must not grant C's PreVote and
+    vote at once: it acknowledged A's rounds before the restart, and A's lease relies on that.
+    """
+    for down_ms in (0.0, 100.0, 300.0, 350.0):
+        c = Cluster(3, seed=91)
+        a = c.wait_for_leader()
+        b, cc = (n for n in c.ids if n != a)
+        _lease_ready(c, a)
+        term = c.raft(a).term
+        c.partition([a, b], [cc])
+        c.cut_link(a, cc)
+        while c.raft(cc).role is not Role.PRE_CANDIDATE:  # C's first campaign: refused by B
+            c.run_for(1)
+        c.run_for(10)
+        assert c.raft(cc).term == term
+        next_campaign = c.raft(cc)._election_deadline
+        c.run_until(next_campaign - down_ms - 20)
+        c.cut_link(a, b)
+        c.cut_link(b, a)
+        c.bounce(b, down_ms)
+        c.cut.discard((b, cc))
+        c.cut.discard((cc, b))
+        c.run_until(next_campaign + 30)
+        assert c.raft(a).is_leader and c.raft(a).term == term
+        if c.raft(cc).is_leader:  # (only without the rule) C commits k=new
+            c.put(cc, "k")
+        c.run_for(10)
+        c.read(a, "k", "lease")
+        c.run_for(2_000)
+        c.heal()
+        c.run_for(500)
+        c.check_history()
+        c.check_linearizability()

@@ -219,3 +219,25 @@ def test_own_campaign_forgets_the_match_reported_to_the_old_leader() -> None:
     # An empty AppendEntries of the new term matching only entry 1 reports 1, not 2.
     effects = follower2.step(2, Receive(AppendEntries(2, 3, 2, 1, 1, (), 0)))
     assert [r.match_index for r in sent(effects, AppendEntriesResponse)] == [1]
+
+
+def test_restarted_node_grants_no_votes_for_an_election_timeout() -> None:
+    """Issue 11 item 2 (thesis §6.4): a node that boots with durable state may have backed a
+    lease before it went down; it grants no vote or PreVote for the minimum election timeout.
+    A transfer campaign is exempt (the leader that asked for it gave up its lease)."""
+    cfg = RaftConfig(node_id=2, voters=(1, 2, 3))
+    restarted = RaftNode(cfg, random.Random(0), term=1, entries=log_of(1), now_ms=1_000.0)
+    for pre_vote in (True, False):
+        vote = RequestVote(2, 3, 2, last_log_index=1, last_log_term=1, pre_vote=pre_vote)
+        effects = restarted.step(1_500, Receive(vote))
+        assert not [r for r in sent(effects, RequestVoteResponse) if r.granted]
+        assert restarted.term == 1
+    transfer = RequestVote(2, 3, 2, last_log_index=1, last_log_term=1, transfer=True)
+    assert sent(restarted.step(1_550, Receive(transfer)), RequestVoteResponse)[0].granted
+    later = RaftNode(cfg, random.Random(0), term=1, entries=log_of(1), now_ms=1_000.0)
+    effects = later.step(1_600, Receive(RequestVote(2, 3, 2, 1, 1, pre_vote=True)))
+    assert sent(effects, RequestVoteResponse)[0].granted
+    # A brand-new node has promised nothing.
+    fresh = RaftNode(cfg, random.Random(0), now_ms=1_000.0)
+    effects = fresh.step(1_001, Receive(RequestVote(1, 3, 2, 0, 0)))
+    assert sent(effects, RequestVoteResponse)[0].granted
