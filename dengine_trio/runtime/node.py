@@ -65,7 +65,8 @@ from ..statemachine import StateMachine
 from ..storage import Storage
 from ..wire import MAX_FRAME_BYTES, ForwardPropose, ForwardResult, ForwardStatus
 from ..wire.errors import CodecError
-from .transport import Transport
+from .clock import node_clock
+from .transport import Transport, new_incarnation
 from .worker import WorkerThread
 
 log = logging.getLogger("dengine_trio.node")
@@ -159,7 +160,15 @@ class NodeRuntime:
         self._raft_sleeps_until_ms = -math.inf  # the Raft loop's deadline while it waits
         self._busy = False  # effects are being carried out across an await: do not step
         self._deferred: list[Effect] = []  # what an inline step left for the Raft loop
-        self._ids = itertools.count(1)
+        self.incarnation = new_incarnation()
+        """Names this process of the node to its peers (``Hello``, forwarded requests)."""
+        # Request ids name one request across restarts too: the high 31 bits come from the
+        # incarnation. A reply to a request of an earlier process of this node (a forwarded
+        # write's ForwardResult, a ReadIndexResponse, which the core matches by id alone) can
+        # still arrive after a restart, in flight or from a peer's queue, and must find no
+        # request to answer. 2^32 requests per process before the low bits wrap into another
+        # prefix.
+        self._ids = itertools.count((self.incarnation >> 32 << 32) + 1)
         self._proposals: dict[int, _Waiter] = {}
         self._by_index: dict[int, _Waiter] = {}
         self._reads: dict[int, _Waiter] = {}
@@ -185,7 +194,9 @@ class NodeRuntime:
 
     @staticmethod
     def now_ms() -> float:
-        return trio.current_time() * 1000.0
+        """The core's clock (ms): trio's plus time suspended (``runtime/clock.py``), so a
+        resumed leader's lease is judged on the time that really passed."""
+        return node_clock.now_ms()
 
     async def open_storage(self) -> Storage:
         """Lock and recover ``db_root_dir``; raises ``StorageError`` (locked, corrupt)."""
@@ -226,6 +237,7 @@ class NodeRuntime:
                 self._deliver,
                 delivered=self._step_now,
                 log=logging.getLogger("dengine_trio.transport"),
+                incarnation=self.incarnation,
             )
             async with (
                 WorkerThread(f"dengine-fsync-{self.node_id}") as fsync_thread,
@@ -273,6 +285,8 @@ class NodeRuntime:
             if self._nursery is not None and not self.stopped:
                 self._nursery.start_soon(self._serve_forwarded, message)
         elif isinstance(message, ForwardResult):
+            if message.incarnation != self.incarnation:
+                return  # the answer to a request of an earlier process of this node
             waiter = self._forwards.pop(message.request_id, None)
             if waiter is not None:
                 waiter.resolve(message)
@@ -321,7 +335,7 @@ class NodeRuntime:
         events, self._inbox = self._inbox, []
         deadline_ms = raft.next_deadline()
         now_ms = self.now_ms()
-        if trio.current_time() >= deadline_ms / 1000.0:
+        if trio.current_time() >= node_clock.trio_deadline(deadline_ms):
             # Trio says the deadline passed; the ms round trip may land a hair short of it,
             # and the core must still see its deadline reached (or the loop would spin).
             now_ms = max(now_ms, deadline_ms)
@@ -342,7 +356,7 @@ class NodeRuntime:
                 if math.isinf(deadline_ms):
                     await self._wakeup.wait()
                 else:
-                    with trio.move_on_at(deadline_ms / 1000.0):
+                    with trio.move_on_at(node_clock.trio_deadline(deadline_ms)):
                         await self._wakeup.wait()
                 self._raft_sleeps_until_ms = -math.inf
             self._wakeup = trio.Event()
@@ -610,7 +624,13 @@ class NodeRuntime:
         waiter = _Waiter()
         self._forwards[request_id] = waiter
         self._send(
-            ForwardPropose(src=self.node_id, dst=leader, request_id=request_id, data=command)
+            ForwardPropose(
+                src=self.node_id,
+                dst=leader,
+                request_id=request_id,
+                data=command,
+                incarnation=self.incarnation,
+            )
         )
         reply: ForwardResult = await self._wait(
             waiter, deadline, lambda: self._forwards.pop(request_id, None)
@@ -644,6 +664,7 @@ class NodeRuntime:
                     status=status,
                     leader_id=leader,
                     result=result,
+                    incarnation=message.incarnation,
                 )
             )
 
