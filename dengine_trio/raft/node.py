@@ -135,6 +135,7 @@ class RaftNode:
         # Per-role state (leader, candidate, per-leader follower facts): declared here,
         # set only by ``_reset_role_state`` on every role or term change.
         self._votes: dict[int, bool] = {}  # (pre-)candidate: who answered what
+        self._vote_contact: dict[int, float] = {}  # candidate: when each voter answered
         # Follower: highest index known to match the current leader's log in this term, and
         # the match last reported to it (DiskFirst re-reports once durability catches up).
         self._leader_match = 0
@@ -145,7 +146,6 @@ class RaftNode:
         self.progress: dict[int, Progress] = {}
         self._leader_since = float("-inf")
         self._next_heartbeat = NEVER
-        self._next_check_quorum = NEVER
         self._hb_seq = 0
         self._round_sent_at: dict[int, tuple[float, bool]] = {}  # seq -> (sent, lease ok)
         self._lease_seq = 0
@@ -173,6 +173,7 @@ class RaftNode:
         the proposals among them (batching)."""
         self.now = max(self.now, now_ms)
         self._round_open = False
+        self._check_quorum()
         for event in events:
             if self._proposed and type(event) is not Propose:
                 # Any other event may write the log itself (a new leader's entries, say):
@@ -189,7 +190,7 @@ class RaftNode:
         if self.role is Role.LEADER:
             deadline = min(
                 self._next_heartbeat,
-                self._next_check_quorum,
+                self._quorum_contact_deadline(),
                 self._transfer_deadline,
                 self._commit_notify_at,
             )
@@ -206,13 +207,13 @@ class RaftNode:
         return self.role is Role.LEADER
 
     def has_quorum_contact(self, now_ms: float) -> bool:
-        """Leader only: has a majority (self included) been heard from within an election
-        timeout? This is what a load balancer's /primary check should mean."""
+        """Leader only: has a majority (self included) been heard from within the minimum
+        election timeout (ms)? This is what a load balancer's /primary check should mean; with
+        ``check_quorum`` on, a leader steps down the moment it stops being true (thesis §6.2),
+        so a leader answers True at every step boundary."""
         if self.role is not Role.LEADER:
             return False
-        window = self.config.election_timeout_min_ms
-        heard = 1 + sum(1 for p in self.progress.values() if now_ms - p.last_contact_ms < window)
-        return heard >= self._quorum
+        return now_ms - self._quorum_contact_ms() < self.config.election_timeout_min_ms
 
     def leader_contact_within(self, now_ms: float, window_ms: float) -> bool:
         return self.role is Role.FOLLOWER and (
@@ -279,10 +280,6 @@ class RaftNode:
             if now >= self._transfer_deadline:
                 self._transfer_target = 0  # transfer timed out: keep leading (thesis §3.10)
                 self._transfer_deadline = NEVER
-            if now >= self._next_check_quorum:
-                self._check_quorum()
-                if self.role is not Role.LEADER:
-                    return
             if now >= self._next_heartbeat:
                 self._broadcast_heartbeat()
             if now >= self._commit_notify_at:
@@ -291,16 +288,22 @@ class RaftNode:
             self._campaign(pre_vote=self.config.pre_vote)
 
     def _check_quorum(self) -> None:
-        """CheckQuorum (thesis §6.2): a leader that has not heard from a majority within an
-        election timeout steps down, so a partitioned leader stops serving (and its lease)."""
-        self._next_check_quorum = self.now + self.config.election_timeout_min_ms
-        if not self.config.check_quorum:
-            return
-        active = 1 + sum(1 for p in self.progress.values() if p.recent_active)
-        for p in self.progress.values():
-            p.recent_active = False
-        if active < self._quorum:
+        """CheckQuorum (thesis §6.2), checked at the start of every step rather than once a
+        period: a leader steps down (and its lease goes) as soon as it has not heard from a
+        majority for the minimum election timeout, so ``has_quorum_contact`` holds for a leader
+        at every step, and a partitioned leader stops serving after exactly one timeout."""
+        if self.role is Role.LEADER and self.now >= self._quorum_contact_deadline():
             self._become_follower(self.term, 0)
+
+    def _quorum_contact_ms(self) -> float:
+        """The latest time by which a majority (self included, heard "now") had been heard
+        from: the majority-th most recent contact. A voter's granted vote counts as contact."""
+        return quorum_value([self.now, *(p.last_contact_ms for p in self.progress.values())])
+
+    def _quorum_contact_deadline(self) -> float:
+        if not self.config.check_quorum or self.role is not Role.LEADER:
+            return NEVER
+        return self._quorum_contact_ms() + self.config.election_timeout_min_ms
 
     # ------------------------------------------------------------------ role transitions
 
@@ -336,11 +339,11 @@ class RaftNode:
         self._reported_match = 0
         # Pre-candidate and candidate.
         self._votes = {}
+        self._vote_contact = {}
         # Leader.
         self.progress = {}
         self._leader_since = float("-inf")
         self._next_heartbeat = NEVER
-        self._next_check_quorum = NEVER
         self._hb_seq = 0
         self._round_sent_at = {}
         self._lease_seq = 0
@@ -396,12 +399,15 @@ class RaftNode:
             self._become_leader()
 
     def _become_leader(self) -> None:
+        voted_at = self._vote_contact
         self._change_state(Role.LEADER, self.term, self.id)
         self._leader_since = self.now
         next_index = self.log.last_index + 1
         self.progress = {p: Progress(next_index) for p in self.peers}
+        for peer, at in voted_at.items():
+            if peer in self.progress:
+                self.progress[peer].last_contact_ms = at
         self._next_heartbeat = self.now  # announce ourselves at once
-        self._next_check_quorum = self.now + self.config.election_timeout_min_ms
         self._election_deadline = NEVER
         # §8: a no-op of our own term, so entries of earlier terms can commit (Figure 8) and
         # reads know the commit index is current once it commits.
@@ -513,6 +519,8 @@ class RaftNode:
         if m.pre_vote and m.granted and m.term != self.term + 1:
             return  # a grant for some other campaign
         self._votes[m.src] = m.granted
+        if not m.pre_vote:
+            self._vote_contact[m.src] = self.now
         granted = sum(1 for g in self._votes.values() if g)
         if granted >= self._quorum:
             self._won_votes()
@@ -691,7 +699,6 @@ class RaftNode:
             self._send_append(m.src, progress, send_empty=True)
 
     def _touch(self, progress: Progress) -> None:
-        progress.recent_active = True
         progress.last_contact_ms = self.now
 
     def _broadcast_heartbeat(self) -> None:

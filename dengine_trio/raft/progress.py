@@ -24,7 +24,6 @@ class Progress:
         "match_index",
         "next_index",
         "probe_sent",
-        "recent_active",
         "sent_commit",
         "state",
     )
@@ -36,8 +35,9 @@ class Progress:
         self.probe_sent = False
         # Last index carried by each unacknowledged pipelined AppendEntries.
         self.inflight: deque[int] = deque()
-        self.recent_active = False  # heard from since the last CheckQuorum round
-        self.last_contact_ms = float("-inf")
+        self.last_contact_ms = float(
+            "-inf"
+        )  # when we last heard from it in this term (CheckQuorum)
         self.acked_seq = 0  # newest heartbeat round this follower acknowledged
         self.sent_commit = 0  # newest commit index we told this follower about
 

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
+
+T = TypeVar("T", int, float)
 
 
 def majority(voters: int) -> int:
     return voters // 2 + 1
 
 
-def quorum_value(values: Iterable[int]) -> int:
+def quorum_value(values: Iterable[T]) -> T:
     """The largest value that a majority of ``values`` is at least equal to.
 
     For match indexes this is the commit candidate (§5.3); for acknowledged heartbeat rounds it
-    is the newest round a majority has confirmed.
+    is the newest round a majority has confirmed; for contact times (ms), the latest moment by
+    which a majority had been heard from (CheckQuorum).
     """
     ordered = sorted(values, reverse=True)
     return ordered[majority(len(ordered)) - 1]

@@ -591,6 +591,13 @@ class Cluster:
         raft = node.raft
         if raft is None:
             return
+        # CheckQuorum: a leader has heard from a majority within an election timeout (what
+        # /primary reports), or it is no longer leader.
+        if raft.role is Role.LEADER and raft.config.check_quorum:
+            if not raft.has_quorum_contact(raft.now):
+                raise InvariantViolation(
+                    f"t={self.now}: node {node.id} leads without quorum contact"
+                )
         # The commit index only ever covers entries the node holds and shares with the
         # leader of its term (issue 11 item 7): whatever message advanced it.
         if raft.commit_index > raft.log.last_index:

@@ -264,3 +264,23 @@ def test_restarted_voter_keeps_backing_the_lease() -> None:
         c.run_for(500)
         c.check_history()
         c.check_linearizability()
+
+
+def test_leader_without_quorum_steps_down_after_one_election_timeout() -> None:
+    """Issue 11 item 9: CheckQuorum as a continuous rule. A leader steps down as soon as it
+    has not heard from a majority (itself included) for the minimum election timeout, not at
+    the next periodic check (which let /primary say 200 for up to ~2 timeouts)."""
+    for seed in range(101, 106):
+        c = Cluster(5, seed=seed)
+        a = c.wait_for_leader()
+        c.run_for(c.rng.uniform(0, 700))  # anywhere in the old check period
+        raft = c.raft(a)
+        rest = [n for n in c.ids if n != a]
+        c.partition([a, rest[0]], rest[1:])  # A keeps one follower: not a majority of five
+        cut_at = c.now
+        timeout = c.config_for(a).election_timeout_min_ms
+        # Last heard from the majority within one heartbeat round (50 ms) before the cut.
+        c.run_until(cut_at + timeout - 60)
+        assert raft.is_leader and raft.has_quorum_contact(raft.now)
+        c.run_until(cut_at + timeout + 5)  # answers in flight at the cut arrive within ~2 ms
+        assert not raft.is_leader and not raft.has_quorum_contact(raft.now)
