@@ -60,7 +60,7 @@ from ..raft import (
     Tick,
     TransferLeader,
 )
-from ..raft.messages import MESSAGE_TYPES
+from ..raft.messages import MESSAGE_TYPES, AppendEntries, Heartbeat, RequestVote
 from ..statemachine import StateMachine
 from ..storage import Storage
 from ..wire import MAX_FRAME_BYTES, ForwardPropose, ForwardResult, ForwardStatus
@@ -189,6 +189,7 @@ class NodeRuntime:
         self._nursery: trio.Nursery | None = None
         self._cancel_scope: trio.CancelScope | None = None
         self._failure: Exception | None = None  # what stopped the node from the inside
+        self._started_empty = False  # armed until a peer shows a history, or we hold entries
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -210,6 +211,7 @@ class NodeRuntime:
         self.state_machine.reset()
         try:
             hs = storage.hard_state
+            self._started_empty = hs.term == 0 and hs.voted_for == 0 and not storage.entries
             self.raft = RaftNode(
                 self.raft_config,
                 random.Random(),
@@ -280,6 +282,8 @@ class NodeRuntime:
         """Transport callback, in the trio thread; must not block. Raft messages wait in
         the inbox for ``_step_now``, which the transport calls after each read."""
         if isinstance(message, MESSAGE_TYPES):
+            if self._started_empty:
+                self._warn_if_peer_has_history(message)
             self._inbox.append(Receive(message))  # type: ignore[arg-type]
         elif isinstance(message, ForwardPropose):
             if self._nursery is not None and not self.stopped:
@@ -290,6 +294,38 @@ class NodeRuntime:
             waiter = self._forwards.pop(message.request_id, None)
             if waiter is not None:
                 waiter.resolve(message)
+
+    def _warn_if_peer_has_history(self, message: object) -> None:
+        """One loud line when this node started with no term, vote or log but a peer's message
+        shows a log it never received: a voter whose data directory was wiped can lose
+        acknowledged writes (issue 11 item 5; the real fix needs membership). Also seen on a
+        node's very first start after its peers made progress without it; the line says so."""
+        raft = self.raft
+        if raft is None or raft.log.last_index > 0:
+            self._started_empty = False  # it holds entries now: later evidence is its own
+            return
+        if isinstance(message, RequestVote):
+            shown = message.last_log_index
+        elif isinstance(message, AppendEntries):
+            shown = max(message.prev_log_index, message.leader_commit)
+        elif isinstance(message, Heartbeat):
+            shown = message.commit
+        else:
+            return
+        if shown > 0:
+            self._started_empty = False
+            log.warning(
+                "node %d started with an empty data directory (%s), but node %d has a log up "
+                "to index %d (term %d): if this node held data before (a wiped or replaced "
+                "directory), acknowledged writes can be lost; stop it and see docs/durability.md, "
+                "section \"A voter's data directory\". (On a node's very first start, after its "
+                "peers made progress without it, this is expected.)",
+                self.node_id,
+                self.config.db_root_path(),
+                getattr(message, "src", 0),
+                shown,
+                getattr(message, "term", 0),
+            )
 
     def _step_now(self) -> None:
         """Step the core right here, in the calling task, rather than waking the Raft loop.
