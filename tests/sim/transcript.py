@@ -261,6 +261,7 @@ class Interaction:
             "load": self.cmd_load,
             "timeout": self.cmd_timeout,
             "advance": self.cmd_advance,
+            "run": self.cmd_run,
             "campaign": self.cmd_campaign,
             "propose": self.cmd_propose,
             "read": self.cmd_read,
@@ -570,13 +571,46 @@ class Interaction:
             ]
             if not due:
                 break
-            node = self.nodes[min(due)[1]]
+            offset, node_id = min(due)
+            # Time passes for every node advanced, not only the one whose timer fires.
+            for other in nodes:
+                other.clock = max(other.clock, start[other.id] + offset)
+            node = self.nodes[node_id]
             assert node.raft is not None
             node.clock = max(node.clock, node.raft.next_deadline())
             self.step(node, Tick(), f"{node.id} tick @{fmt_time(node.clock)}")
         else:
             raise TranscriptError(f"the nodes keep asking for ticks within {delta} ms")
         for node in nodes:
+            node.clock = max(node.clock, start[node.id] + delta)
+
+    def cmd_run(self, args: list[str], opts: dict[str, str]) -> None:
+        """``run <ms>``: let the whole cluster run for that long on a network without delay:
+        deliver every message (as ``stabilize``), tick the node whose deadline comes first,
+        and again, until no live node has a deadline within ``ms``."""
+        if len(args) != 1:
+            raise TranscriptError("usage: run <ms>")
+        delta = float(args[0])
+        start = {n.id: n.clock for n in self.nodes.values()}
+        for _ in range(MAX_TICKS):
+            self.cmd_stabilize([], {})
+            due = [
+                (n.raft.next_deadline() - start[n.id], n.id)
+                for n in self.nodes.values()
+                if n.raft is not None and n.raft.next_deadline() <= start[n.id] + delta
+            ]
+            if not due:
+                break
+            offset, node_id = min(due)
+            for other in self.nodes.values():
+                other.clock = max(other.clock, start[other.id] + offset)
+            node = self.nodes[node_id]
+            assert node.raft is not None
+            node.clock = max(node.clock, node.raft.next_deadline())
+            self.step(node, Tick(), f"{node.id} tick @{fmt_time(node.clock)}")
+        else:
+            raise TranscriptError(f"the nodes keep asking for ticks within {delta} ms")
+        for node in self.nodes.values():
             node.clock = max(node.clock, start[node.id] + delta)
 
     def cmd_campaign(self, args: list[str], opts: dict[str, str]) -> None:
