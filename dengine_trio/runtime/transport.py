@@ -9,11 +9,20 @@ Every connection opens with ``Hello`` -> ``HelloReply``, so a node from another 
 misconfigured address or a stray client is refused before any message reaches Raft. After
 that, anything unexpected on one connection (a malformed, oversized or misattributed frame)
 closes that connection only; Raft already tolerates the messages lost with it.
+
+Both halves of the handshake name the sender's *incarnation* (a random number drawn when its
+process starts). What is queued for a peer is addressed to one process of that peer: when the
+peer turns out to be a new process, the queue is discarded, so a restarted peer never reads
+answers to its previous process's requests. A caller claiming node N whose incarnation is not
+the one this node reaches at N's address is refused (only that connection): either N
+restarted and the old link has not noticed yet (the link is re-checked at once, and the next
+attempt is accepted), or a second process claims node N.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from collections import deque
@@ -59,6 +68,8 @@ class PeerStats:
     bytes_out: int = 0
     drops: int = 0
     """Messages discarded because the queue was full (the oldest one goes)."""
+    discarded: int = 0
+    """Messages discarded because the peer restarted: they were for its previous process."""
     queued: int = 0
 
 
@@ -91,6 +102,11 @@ class TransportStats:
         return snapshot
 
 
+def new_incarnation() -> int:
+    """A random, nonzero 63-bit number naming one process of a node (see ``Hello``)."""
+    return random.SystemRandom().getrandbits(63) or 1
+
+
 class _ProtocolViolation(Exception):
     pass
 
@@ -112,6 +128,13 @@ class _OutboundLink:
         """The pump task owns the stream's send side (woken to send, or in ``send_all``)."""
         self.unsent = b""
         """The tail of a batch a direct write could not finish; the pump sends it first."""
+        self.peer_incarnation = 0
+        """The peer's process the queue is for: the latest one met by either handshake."""
+        self.connected_incarnation = 0
+        """The process at the other end of the current connection; 0 without one."""
+        self.connection_scope: trio.CancelScope | None = None
+        self.rechecked_at = -math.inf
+        self.claims_logged: set[int] = set()
 
     def take_batch(self) -> bytes:
         queue = self.queue
@@ -165,12 +188,15 @@ class Transport:
         max_frame_bytes: int = MAX_FRAME_BYTES,
         queue_limit: int = 4096,
         log: logging.Logger | None = None,
+        incarnation: int | None = None,
     ) -> None:
         if node_id in peers:
             raise ValueError(f"peers must be the other nodes, but include node {node_id}")
         if queue_limit < 1:
             raise ValueError("queue_limit must be at least 1")
         self.node_id = node_id
+        self.incarnation = new_incarnation() if incarnation is None else incarnation
+        """This process's incarnation, sent in both halves of every handshake."""
         self.cluster_id = cluster_id
         self.listen = listen
         self.peers = dict(peers)
@@ -188,7 +214,9 @@ class Transport:
             self.stats.peers[peer_id] = stats
             self._links[peer_id] = _OutboundLink(peer_id, (host, port), stats)
         self._hello_frames = {
-            peer_id: encode_frame(encode(Hello(cluster_id, node_id, peer_id, PROTOCOL_VERSION)))
+            peer_id: encode_frame(
+                encode(Hello(cluster_id, node_id, peer_id, PROTOCOL_VERSION, self.incarnation))
+            )
             for peer_id in self.peers
         }
         self._random = random.Random()
@@ -292,9 +320,14 @@ class Transport:
                 )
                 connected_at = trio.current_time()
                 try:
-                    reason = await self._pump(link, stream)
+                    with trio.CancelScope() as link.connection_scope:
+                        reason = await self._pump(link, stream)
+                    if link.connection_scope.cancelled_caught:
+                        reason = "closed to check which process is at the peer's address"
                 finally:
                     link.stats.connected = False
+                    link.connected_incarnation = 0
+                    link.connection_scope = None
                     await trio.aclose_forcefully(stream)
                 self.log.info(
                     "node %d: link to peer %d lost: %s", self.node_id, link.peer_id, reason
@@ -357,6 +390,8 @@ class Transport:
                 return None
             link.last_refusal = ""
             handshaken = True
+            self._meet_incarnation(link, reply.incarnation)
+            link.connected_incarnation = reply.incarnation
             return stream
         except (*_STREAM_ERRORS, trio.TooSlowError, CodecError, _ProtocolViolation) as exc:
             link.stats.connect_failures += 1
@@ -500,6 +535,14 @@ class Transport:
             if frames:
                 hello = decode(frames[0])
                 reason = self._check_hello(hello)
+                if not reason:
+                    assert isinstance(hello, Hello)
+                    claim = self._check_claim(hello, remote)
+                    if claim:
+                        # Logged by _check_claim, once: the caller retries every second.
+                        self.stats.connections_refused += 1
+                        await self._refuse(stream, claim[:_MAX_REASON_CHARS])
+                        return None
             elif not reason:
                 reason = f"no Hello within {HANDSHAKE_TIMEOUT_S} s"
         except CodecError as exc:
@@ -512,16 +555,12 @@ class Transport:
             self.log.warning(
                 "node %d: refused connection from %s: %s", self.node_id, remote, reason
             )
-            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
-                try:
-                    await stream.send_all(encode_frame(encode(HelloReply(False, reason))))
-                except _STREAM_ERRORS:
-                    pass
+            await self._refuse(stream, reason)
             return None
         assert isinstance(hello, Hello)
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT_S):
-                await stream.send_all(encode_frame(encode(HelloReply(True, ""))))
+                await stream.send_all(encode_frame(encode(HelloReply(True, "", self.incarnation))))
         except (*_STREAM_ERRORS, trio.TooSlowError) as exc:
             self.log.info(
                 "node %d: connection from peer %d at %s failed in the handshake: %r",
@@ -533,7 +572,78 @@ class Transport:
             return None
         self.stats.connections_accepted += 1
         self.log.debug("node %d: accepted link from peer %d at %s", self.node_id, hello.src, remote)
+        if hello.incarnation:
+            self._meet_incarnation(self._links[hello.src], hello.incarnation)
         return hello.src, frames[1:]
+
+    def _meet_incarnation(self, link: _OutboundLink, incarnation: int) -> None:
+        """A handshake met ``incarnation`` of ``link``'s peer: if that is a new process of the
+        peer, what is queued was for the previous one (answers to requests nobody waits for
+        any more, Raft messages Raft will send again): drop it."""
+        if not incarnation or incarnation == link.peer_incarnation:
+            return
+        if link.peer_incarnation and link.queue:
+            dropped = len(link.queue)
+            link.queue.clear()
+            link.queued_bytes = 0
+            link.stats.queued = 0
+            link.stats.discarded += dropped
+            self.log.info(
+                "node %d: peer %d is a new process; discarded %d messages queued for the "
+                "previous one",
+                self.node_id,
+                link.peer_id,
+                dropped,
+            )
+        link.peer_incarnation = incarnation
+
+    def _check_claim(self, hello: Hello, remote: str) -> str:
+        """Why a caller claiming ``hello.src`` is not taken for that node, or "".
+
+        The process this node reaches at the peer's configured address is that node. A
+        caller with another incarnation is either the peer restarted (the old link has not
+        noticed yet: re-check it now, so the caller's next attempt gets in) or a second process
+        claiming the same node id."""
+        link = self._links[hello.src]
+        known = link.connected_incarnation
+        if not hello.incarnation or not known or hello.incarnation == known:
+            return ""
+        now = trio.current_time()
+        recheck = now - link.rechecked_at >= BACKOFF_MAX_S
+        if recheck and link.connection_scope is not None:
+            link.rechecked_at = now
+            link.connection_scope.cancel()
+        reason = (
+            f"Hello from node {hello.src} (process {hello.incarnation:x}) at {remote}, but node "
+            f"{hello.src}'s address {link.stats.address} is served by process {known:x}"
+        )
+        if recheck:
+            self.log.info(
+                "node %d: refused connection from %s: %s; checking which process is at "
+                "that address",
+                self.node_id,
+                remote,
+                reason,
+            )
+        elif hello.incarnation not in link.claims_logged:
+            link.claims_logged.add(hello.incarnation)
+            self.log.warning(
+                "node %d: refused connection from %s: %s; is a second process running as node %d?",
+                self.node_id,
+                remote,
+                reason,
+                hello.src,
+            )
+        return reason
+
+    async def _refuse(self, stream: trio.SocketStream, reason: str) -> None:
+        with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+            try:
+                await stream.send_all(
+                    encode_frame(encode(HelloReply(False, reason, self.incarnation)))
+                )
+            except _STREAM_ERRORS:
+                pass
 
     def _check_hello(self, hello: object) -> str:
         """Why ``hello`` is refused, or "" if it is accepted."""

@@ -13,19 +13,25 @@ import attrs
 
 from dengine_trio.raft.messages import MESSAGE_TYPES
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """Bumped whenever the encoding of any message changes incompatibly (2: ``Heartbeat`` carries
-``commit_term``)."""
+``commit_term``; 3: incarnations in the handshake and in forwarded requests)."""
 
 
 @attrs.frozen(slots=True)
 class Hello:
-    """First frame on every connection: who is calling whom, in which cluster."""
+    """First frame on every connection: who is calling whom, in which cluster.
+
+    ``incarnation`` names the caller's process: a random 63-bit number drawn at each start, so
+    the listener can tell a restarted peer (whose earlier requests nobody waits for any more)
+    from the process it knew, and two processes claiming one node id from each other.
+    """
 
     cluster_id: str
     src: int
     dst: int
     protocol_version: int
+    incarnation: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -34,6 +40,8 @@ class HelloReply:
 
     ok: bool
     reason: str = ""
+    incarnation: int = 0
+    """The listener's own incarnation (see ``Hello``)."""
 
 
 class ForwardStatus(IntEnum):
@@ -50,12 +58,17 @@ class ForwardStatus(IntEnum):
 
 @attrs.frozen(slots=True)
 class ForwardPropose:
-    """A follower hands a client's command to the leader; ``request_id`` is the follower's."""
+    """A follower hands a client's command to the leader.
+
+    ``request_id`` and ``incarnation`` are the follower's: the leader echoes both, and the
+    follower takes a ``ForwardResult`` only if both name a request of its current process.
+    """
 
     src: int
     dst: int
     request_id: int
     data: bytes
+    incarnation: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -64,6 +77,7 @@ class ForwardResult:
 
     ``leader_id`` is the leader as known by the replier (0 when unknown), so a follower told
     NOT_LEADER can retry at the right node. ``result`` is the state machine's answer on OK.
+    ``request_id`` and ``incarnation`` echo the ``ForwardPropose``.
     """
 
     src: int
@@ -72,6 +86,7 @@ class ForwardResult:
     status: ForwardStatus
     leader_id: int = 0
     result: bytes = b""
+    incarnation: int = 0
 
 
 HANDSHAKE_TYPES: tuple[type, ...] = (Hello, HelloReply)

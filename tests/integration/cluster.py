@@ -5,7 +5,10 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import trio
+
 from dengine_trio.config import NodeConfig, load_config
+from dengine_trio.engine import EmbeddedEngine
 
 
 def free_ports(count: int) -> list[int]:
@@ -26,11 +29,18 @@ def write_configs(
     strategy: str = "DiskFirst",
     policy: str = "LinearizableRead",
     extra: str = "",
+    fronts: dict[int, int] | None = None,
+    election_timeout_ms: tuple[int, int] = (300, 500),
+    request_timeout_ms: int = 5000,
 ) -> list[NodeConfig]:
-    """Write one TOML file per node under ``root`` and load them."""
+    """Write one TOML file per node under ``root`` and load them.
+
+    With ``fronts`` (node id -> port, e.g. a ``tests.chaos.proxy.ProxyNetwork``'s), every
+    node's ``initial_cluster`` names those ports while each node listens on its own port."""
     ports = free_ports(size)
     members = ",\n".join(
-        f'    {{ id = {i + 1}, address = "127.0.0.1:{port}", role = 1, status = 2 }}'
+        f'    {{ id = {i + 1}, address = "127.0.0.1:{fronts[i + 1] if fronts else port}", '
+        "role = 1, status = 2 }"
         for i, port in enumerate(ports)
     )
     configs = []
@@ -56,12 +66,49 @@ strategy = "{strategy}"
 flush_policy = {{ Batch = {{ threshold = 100, interval_ms = 20 }} }}
 
 [raft.timing]
-election_timeout_min_ms = 300
-election_timeout_max_ms = 500
+election_timeout_min_ms = {election_timeout_ms[0]}
+election_timeout_max_ms = {election_timeout_ms[1]}
 heartbeat_interval_ms = 30
-request_timeout_ms = 5000
+request_timeout_ms = {request_timeout_ms}
 {extra}
 """
         )
         configs.append(load_config(path))
     return configs
+
+
+class EngineHandle:
+    """One node that a test can stop and start again (a new process, as far as the cluster
+    can tell) while the others run: each run is a task of the test's nursery."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self._engine: EmbeddedEngine | None = None
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+
+    @property
+    def engine(self) -> EmbeddedEngine:
+        assert self._engine is not None, "not started"
+        return self._engine
+
+    @property
+    def running(self) -> bool:
+        return self._engine is not None and not self._stopped.is_set()
+
+    async def start(self, nursery: trio.Nursery) -> EmbeddedEngine:
+        self._stop, self._stopped = trio.Event(), trio.Event()
+        self._engine = await nursery.start(self._run)
+        return self._engine
+
+    async def _run(self, *, task_status: trio.TaskStatus[EmbeddedEngine]) -> None:
+        try:
+            async with EmbeddedEngine.start(self.config) as engine:
+                task_status.started(engine)
+                await self._stop.wait()
+        finally:
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self._stopped.wait()

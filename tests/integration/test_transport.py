@@ -533,3 +533,70 @@ async def test_cancelling_run_leaves_no_task_and_no_socket() -> None:
 def test_decode_errors_are_codec_errors() -> None:
     """What the transport relies on to keep a bad connection from escaping ``run``."""
     assert issubclass(FrameTooLarge, CodecError)
+
+
+async def test_what_was_queued_for_a_peers_previous_process_is_discarded() -> None:
+    """Frames queued while a peer was away were for the process that went away: a new
+    process of the peer (another incarnation) must not read answers to requests it never
+    made. A reconnect to the same process keeps them."""
+    ports = dict(zip((1, 2), free_ports(2), strict=True))
+    a, b = Node(1, ports), Node(2, ports)
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            await a.start(nursery)
+            await b.start(nursery)
+            a.transport.send(hb(1, 2, 1))
+            await b.wait_for(heartbeat(1, 1))
+
+            # The same process comes back: what was queued meanwhile arrives.
+            await b.stop()
+            await wait_until(lambda: not a.transport.stats.peers[2].connected)
+            a.transport.send(hb(1, 2, 2))
+            await b.start(nursery)
+            await b.wait_for(heartbeat(1, 2))
+
+            # A new process of node 2: what was queued for the old one is dropped.
+            await b.stop()
+            await wait_until(lambda: not a.transport.stats.peers[2].connected)
+            a.transport.send(hb(1, 2, 3))
+            a.transport.send(hb(1, 2, 4))
+            b2 = Node(2, ports)
+            await b2.start(nursery)
+            await wait_until(lambda: a.transport.stats.peers[2].connected)
+            a.transport.send(hb(1, 2, 5))
+            await b2.wait_for(heartbeat(1, 5))
+            nursery.cancel_scope.cancel()
+    assert [m.seq for m in b2.inbox] == [5]  # type: ignore[attr-defined]
+    assert a.transport.stats.peers[2].discarded == 2
+
+
+async def test_a_second_process_claiming_a_nodes_id_is_refused_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ports = dict(zip((1, 2), free_ports(2), strict=True))
+    a, b = Node(1, ports), Node(2, ports)
+    caplog.set_level(logging.INFO, logger="dengine_trio.transport")
+    impostor = Hello(CLUSTER, 2, 1, PROTOCOL_VERSION, b.transport.incarnation + 1)
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            await a.start(nursery)
+            await b.start(nursery)
+            await wait_until(lambda: a.transport.stats.peers[2].connected)
+            for attempt in range(3):
+                async with await trio.open_tcp_stream("127.0.0.1", ports[1]) as stream:
+                    reply = await raw_handshake(stream, impostor)
+                assert not reply.ok
+                assert "is served by process" in reply.reason
+                # The first refusal re-checks node 1's own link to node 2: the real node 2
+                # is still there.
+                peer = a.transport.stats.peers[2]
+                await wait_until(lambda: peer.connects == 2 and peer.connected)
+                b.transport.send(hb(2, 1, attempt))
+                await a.wait_for(heartbeat(2, attempt))
+            nursery.cancel_scope.cancel()
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "second process" in r.message
+    ]
+    assert len(warnings) == 1
+    assert a.transport.stats.peers[2].connects == 2  # the link was re-checked once
+    assert a.inbox == [hb(2, 1, 0), hb(2, 1, 1), hb(2, 1, 2)]

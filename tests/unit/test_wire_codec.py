@@ -170,13 +170,13 @@ def test_corrupted_encodings_raise_only_codec_error(msg: Any, data: st.DataObjec
     [
         [33, [1, ""]],  # int where a bool is declared
         [33, [True]],  # too few fields
-        [33, [True, "", 1]],  # too many fields
+        [33, [True, "", 1, 2]],  # too many fields
         [33, {"ok": True, "reason": ""}],  # a map instead of a list
         [5, [1, 2, 3, 4, True]],  # bool where an int is declared
         [5, [1, 2, 3, 4, 5.0]],  # float where an int is declared
-        [34, [1, 2, 3, "text"]],  # str where bytes are declared
-        [32, [b"cluster", 1, 2, 1]],  # bytes where a str is declared
-        [35, [1, 2, 3, 99, 0, b""]],  # unknown ForwardStatus
+        [34, [1, 2, 3, "text", 1]],  # str where bytes are declared
+        [32, [b"cluster", 1, 2, 1, 1]],  # bytes where a str is declared
+        [35, [1, 2, 3, 99, 0, b"", 1]],  # unknown ForwardStatus
         [3, [1, 2, 3, 4, 5, [[1, 2, b"", 7]], 6]],  # unknown EntryKind
         [3, [1, 2, 3, 4, 5, [[1, 2, b""]], 6]],  # short entry
         [3, [1, 2, 3, 4, 5, [[1, 2, b"", True]], 6]],  # bool as EntryKind
