@@ -582,6 +582,7 @@ async def test_a_second_process_claiming_a_nodes_id_is_refused_and_logged_once(
             await a.start(nursery)
             await b.start(nursery)
             await wait_until(lambda: a.transport.stats.peers[2].connected)
+            peer = a.transport.stats.peers[2]
             for attempt in range(3):
                 async with await trio.open_tcp_stream("127.0.0.1", ports[1]) as stream:
                     reply = await raw_handshake(stream, impostor)
@@ -589,7 +590,6 @@ async def test_a_second_process_claiming_a_nodes_id_is_refused_and_logged_once(
                 assert "is served by process" in reply.reason
                 # The first refusal re-checks node 1's own link to node 2: the real node 2
                 # is still there.
-                peer = a.transport.stats.peers[2]
                 await wait_until(lambda: peer.connects == 2 and peer.connected)
                 b.transport.send(hb(2, 1, attempt))
                 await a.wait_for(heartbeat(2, attempt))
