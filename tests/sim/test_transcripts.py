@@ -18,13 +18,14 @@ from .transcript import (
     parse,
     rewrite_requested,
     run_transcript,
+    transcript_id,
     transcript_paths,
 )
 
 PATHS = transcript_paths()
 
 
-@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+@pytest.mark.parametrize("path", PATHS, ids=[transcript_id(p) for p in PATHS])
 def test_transcript(path: Path) -> None:
     before, after = run_transcript(path)
     if before == after:
@@ -83,3 +84,19 @@ def test_a_second_leader_in_one_term_is_refused() -> None:
     interaction.run("campaign 1")
     with pytest.raises(TranscriptError, match="election safety"):
         interaction.run("stabilize")
+
+
+def test_more_directories_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "one.txt").write_text("start 1\n----\n1: Follower\n")
+    monkeypatch.setenv("DENGINE_SCENARIOS_DIR", str(mine))
+    paths = transcript_paths()
+    assert paths[-1] == mine / "one.txt"
+    assert transcript_id(paths[-1]) == "mine/one"
+    assert transcript_id(paths[0]) == paths[0].stem  # tests/scenarios keeps bare names
+    monkeypatch.setenv("DENGINE_SCENARIOS_DIR", str(tmp_path / "absent"))
+    with pytest.raises(TranscriptError, match="is not a directory"):
+        transcript_paths()

@@ -904,6 +904,13 @@ def transcript_paths() -> list[Path]:
     return paths
 
 
+def transcript_id(path: Path) -> str:
+    """The test id: the file name, prefixed by its directory unless it is tests/scenarios."""
+    if path.parent == SCENARIOS_DIR:
+        return path.stem
+    return f"{path.parent.name}/{path.stem}"
+
+
 def rewrite_requested() -> bool:
     return os.environ.get(REWRITE_ENV, "") not in ("", "0")
 
@@ -916,6 +923,7 @@ __all__ = [
     "render",
     "rewrite_requested",
     "run_transcript",
+    "transcript_id",
     "transcript_paths",
 ]
 
