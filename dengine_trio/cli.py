@@ -25,7 +25,7 @@ import trio
 from hypercorn.trio import serve
 
 from dengine_trio import errors
-from dengine_trio.api import bind_listener, hypercorn_config
+from dengine_trio.api import bind_listener, hypercorn_config, kernel_backlog_cap
 from dengine_trio.api.health import create_health_app
 from dengine_trio.api.kv import create_kv_app
 from dengine_trio.config import ConfigError, NodeConfig, load_config
@@ -119,6 +119,17 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
         return _fail(f"--port and --health-port must differ (both {port})")
 
     setup_logging(level, node_id)
+    cap = kernel_backlog_cap()
+    if cap is not None and cap < config.http.listen_backlog:
+        log.warning(
+            "http.listen_backlog = %d is capped by the kernel at net.core.somaxconn = %d: "
+            "a burst above %d simultaneous connects may be refused (raise it with "
+            "sysctl -w net.core.somaxconn=%d)",
+            config.http.listen_backlog,
+            cap,
+            cap,
+            config.http.listen_backlog,
+        )
     listeners: list[socket.socket] = []
     for what, value in (("KV API", port), ("health API", health_port)):
         try:
@@ -175,8 +186,11 @@ async def serve_node(
     health_address = _address(health_listener)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with EmbeddedEngine.start(config) as engine:
-            kv_config = hypercorn_config(kv_listener, access_log=access_log)
-            health_config = hypercorn_config(health_listener, access_log=access_log)
+            backlog = config.http.listen_backlog
+            kv_config = hypercorn_config(kv_listener, backlog=backlog, access_log=access_log)
+            health_config = hypercorn_config(
+                health_listener, backlog=backlog, access_log=access_log
+            )
             http_stop = trio.Event()
             with trio.CancelScope() as graceful:
                 async with trio.open_nursery() as nursery:

@@ -34,12 +34,14 @@ else:
     import tomli as tomllib
 
 __all__ = [
+    "DEFAULT_LISTEN_BACKLOG",
     "ROLE_FOLLOWER",
     "STATUS_ACTIVE",
     "Batch",
     "ClusterConfig",
     "ConfigError",
     "FlushPolicy",
+    "HttpConfig",
     "Limits",
     "NodeConfig",
     "PeerConfig",
@@ -162,6 +164,21 @@ class Limits:
     max_pending_requests: int = 10_000
 
 
+DEFAULT_LISTEN_BACKLOG = 4096
+
+
+@attrs.frozen(slots=True)
+class HttpConfig:
+    """The two HTTP listeners (KV and health port).
+
+    ``listen_backlog``: connections the kernel completes and queues for each listener before
+    the node accepts them. A burst larger than this is not queued: Linux drops or resets the
+    excess connects. Linux caps it at ``net.core.somaxconn`` (4096 on kernels since 5.4).
+    """
+
+    listen_backlog: int = DEFAULT_LISTEN_BACKLOG
+
+
 @attrs.frozen(slots=True)
 class _FileSchema:
     """What the TOML file holds; NodeConfig adds where it came from."""
@@ -169,6 +186,7 @@ class _FileSchema:
     cluster: ClusterConfig
     raft: RaftSection = attrs.Factory(RaftSection)
     limits: Limits = attrs.Factory(Limits)
+    http: HttpConfig = attrs.Factory(HttpConfig)
 
 
 @attrs.frozen(slots=True)
@@ -179,6 +197,7 @@ class NodeConfig:
     cluster: ClusterConfig
     raft: RaftSection = attrs.Factory(RaftSection)
     limits: Limits = attrs.Factory(Limits)
+    http: HttpConfig = attrs.Factory(HttpConfig)
 
     def __attrs_post_init__(self) -> None:
         for key, problem in _problems(self):
@@ -322,6 +341,7 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
     )
     yield from _positive("raft.replication", cfg.raft.replication)
     yield from _positive("limits", cfg.limits)
+    yield from _positive("http", cfg.http)
 
 
 def _positive(section: str, obj: Any) -> Iterator[tuple[str, str]]:
@@ -489,4 +509,10 @@ def load_config(path: str | Path) -> NodeConfig:
     except Exception as exc:
         key, problem = next(_flatten(exc, ""), ("", str(exc)))
         raise ConfigError(resolved, key or None, problem) from exc
-    return NodeConfig(path=resolved, cluster=schema.cluster, raft=schema.raft, limits=schema.limits)
+    return NodeConfig(
+        path=resolved,
+        cluster=schema.cluster,
+        raft=schema.raft,
+        limits=schema.limits,
+        http=schema.http,
+    )

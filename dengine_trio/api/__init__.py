@@ -12,20 +12,26 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from typing import Any
 
+import trio
 from hypercorn.config import Config as HypercornConfig
 from quart import Quart, Response, request
+from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from dengine_trio import errors
+from dengine_trio.config import DEFAULT_LISTEN_BACKLOG
 
 __all__ = [
     "JSON_CONTENT_TYPE",
     "ApiError",
+    "App",
     "bind_listener",
     "hypercorn_config",
     "install_error_handlers",
     "json_error",
+    "kernel_backlog_cap",
 ]
 
 JSON_CONTENT_TYPE = "application/json"
@@ -42,6 +48,36 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+class App(QuartTrio):
+    """A QuartTrio app whose last response message is sent shielded from cancellation.
+
+    Why: quart-trio answers a request in one task and listens for ``http.disconnect`` in
+    another, and cancels both as soon as either ends. When a response is the last one on its
+    connection (HTTP/1.0, ``Connection: close``, an error that closes), Hypercorn (0.18, trio
+    worker) closes the socket from inside the app's final ``send``: it first queues
+    ``http.disconnect``, whose listener then cancels the sending task at the next checkpoint,
+    before the socket is shut down and closed. The connection then stayed open forever
+    (upstream: pgjones/hypercorn#330). Shielding that one ``send`` lets Hypercorn finish its
+    close; it cannot block longer than Hypercorn's own (already shielded) write of the body.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            send = _shield_last_send(send)
+        await super().__call__(scope, receive, send)
+
+
+def _shield_last_send(send: Any) -> Any:
+    async def shielded_send(message: Any) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            with trio.CancelScope(shield=True):
+                await send(message)
+        else:
+            await send(message)
+
+    return shielded_send
 
 
 def json_error(
@@ -136,16 +172,32 @@ def bind_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
+def kernel_backlog_cap() -> int | None:
+    """Linux's ``net.core.somaxconn``, the most any listen backlog gets; None if unknown."""
+    try:
+        with open("/proc/sys/net/core/somaxconn", encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def hypercorn_config(
-    sock: socket.socket, *, access_log: bool = False, graceful_timeout_s: float = 1.0
+    sock: socket.socket,
+    *,
+    backlog: int = DEFAULT_LISTEN_BACKLOG,
+    access_log: bool = False,
+    graceful_timeout_s: float = 1.0,
 ) -> HypercornConfig:
     """Hypercorn settings for one app listening on ``sock`` (Hypercorn takes the socket over).
 
+    ``backlog`` is the listen backlog (connections, ``[http] listen_backlog``): Hypercorn's
+    default of 100 made Linux reset part of a burst of a few hundred simultaneous connects.
     Keep-alive stays on (clients and load balancers reuse connections); the access log is off
     unless asked for; the graceful timeout is short so a stopping node does not linger on
     idle keep-alive connections.
     """
     config = HypercornConfig()
+    config.backlog = backlog
     config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = logging.getLogger("hypercorn.access") if access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")

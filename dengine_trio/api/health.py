@@ -12,9 +12,8 @@ import json
 from typing import TYPE_CHECKING
 
 from quart import Response
-from quart_trio import QuartTrio
 
-from dengine_trio.api import JSON_CONTENT_TYPE, install_error_handlers, json_error
+from dengine_trio.api import JSON_CONTENT_TYPE, App, install_error_handlers, json_error
 
 if TYPE_CHECKING:
     from dengine_trio.engine import EmbeddedEngine
@@ -22,9 +21,9 @@ if TYPE_CHECKING:
 __all__ = ["create_health_app"]
 
 
-def create_health_app(engine: EmbeddedEngine) -> QuartTrio:
+def create_health_app(engine: EmbeddedEngine) -> App:
     """The health app of ``engine``."""
-    app = QuartTrio(__name__)
+    app = App(__name__)
     install_error_handlers(app)
     node_id = engine.node_id
 

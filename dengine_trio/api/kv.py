@@ -13,11 +13,10 @@ import json
 from typing import TYPE_CHECKING
 
 from quart import Response, request
-from quart_trio import QuartTrio
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import PathConverter
 
-from dengine_trio.api import JSON_CONTENT_TYPE, ApiError, install_error_handlers, json_error
+from dengine_trio.api import JSON_CONTENT_TYPE, ApiError, App, install_error_handlers, json_error
 from dengine_trio.policy import ReadPolicy
 
 if TYPE_CHECKING:
@@ -50,14 +49,14 @@ class KeyConverter(PathConverter):
     part_isolating = False
 
 
-def create_kv_app(engine: EmbeddedEngine) -> QuartTrio:
+def create_kv_app(engine: EmbeddedEngine) -> App:
     """The KV app of ``engine``; limits and the default read policy come from its config."""
     client = engine.client()
     limits = engine.config.limits
     max_key_bytes = limits.max_key_bytes
     max_value_bytes = limits.max_value_bytes
 
-    app = QuartTrio(__name__)
+    app = App(__name__)
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
     app.url_map.converters["key"] = KeyConverter
     # Doubled slashes are part of a key, not something to redirect away.
