@@ -165,7 +165,8 @@ def fmt_message(m: Message) -> str:
             f" hint={m.conflict_term}/{m.conflict_index}"
         )
     if isinstance(m, Heartbeat):
-        return f"{head} MsgHeartbeat term={m.term} commit={m.commit} seq={m.seq}"
+        # The commit index comes with the term of the leader's entry there: a position.
+        return f"{head} MsgHeartbeat term={m.term} commit={m.commit_term}/{m.commit} seq={m.seq}"
     if isinstance(m, HeartbeatResponse):
         return f"{head} MsgHeartbeatResp term={m.term} seq={m.seq} last={m.last_index}"
     if isinstance(m, TimeoutNow):
