@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,7 @@ from tests.e2e.cluster import (
     running_cluster,
     wait_until,
 )
+from tests.e2e.test_http_connections import burst_of_posts
 
 # Debian puts it in /usr/sbin, which is not on every user's PATH.
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/local/sbin:/usr/sbin")
@@ -355,3 +357,46 @@ def test_writes_resume_through_the_load_balancer_after_the_leader_is_killed(
         assert not states["kv_write"][f"n{leader.node_id}"]
         assert not states["kv_read"][f"n{leader.node_id}_replica"]
         lb.wait_for_routes(new_leader, [follower], FAILOVER_TIMEOUT_S)
+
+
+LB_BURST_WRITES = 600
+
+
+def test_a_burst_of_writes_through_the_load_balancer_is_queued_not_refused(
+    tmp_path: Path,
+) -> None:
+    with lb_cluster(tmp_path) as (cluster, lb):
+        leader = cluster.wait_for_leader()
+        lb.wait_for_routes(leader, cluster.followers(leader), START_TIMEOUT_S)
+        outcomes = burst_of_posts(lb.port, LB_BURST_WRITES)
+        assert outcomes == Counter({200: LB_BURST_WRITES}), (outcomes, lb.log_text()[-2000:])
+
+
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_the_load_balancers_own_errors_are_json_like_the_nodes(tmp_path: Path, method: str) -> None:
+    # Nodes configured but never started: HAProxy has no server to send to and answers itself.
+    cluster = Cluster(tmp_path)
+    lb = HAProxy(tmp_path, cluster.nodes)
+    try:
+        lb.start()
+        with lb_client(lb) as client:
+            response = wait_until(
+                lambda: _answer(client, method), START_TIMEOUT_S, "HAProxy to answer"
+            )
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"].startswith("application/json"), response.text
+        body = response.json()
+        assert set(body) == {"error", "message"}, body
+        assert body["error"] == "no_server", body
+        assert "Retry-After" in response.headers
+    finally:
+        lb.stop()
+
+
+def _answer(client: httpx.Client, method: str) -> httpx.Response | None:
+    try:
+        if method == "POST":
+            return client.post("/kv", json={"key": "k", "value": "v"})
+        return client.get(key_path("k"))
+    except httpx.TransportError:  # HAProxy not listening yet
+        return None
