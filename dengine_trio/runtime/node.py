@@ -63,7 +63,7 @@ from ..raft import (
 from ..raft.messages import MESSAGE_TYPES, AppendEntries, Heartbeat, RequestVote
 from ..statemachine import StateMachine
 from ..storage import Storage
-from ..wire import MAX_FRAME_BYTES, ForwardPropose, ForwardResult, ForwardStatus
+from ..wire import MAX_FRAME_BYTES, ForwardAccepted, ForwardPropose, ForwardResult, ForwardStatus
 from ..wire.errors import CodecError
 from .clock import node_clock
 from .transport import Transport, new_incarnation
@@ -93,11 +93,12 @@ class _Waiter:
     costs a waiter; this one parks and reschedules that task directly.
     """
 
-    __slots__ = ("done", "error", "index", "task", "term", "value")
+    __slots__ = ("done", "error", "index", "on_proposed", "task", "term", "value")
 
     def __init__(self) -> None:
         self.done = False
         self.value: Any = None
+        self.on_proposed: Callable[[int, int], object] | None = None
         self.error: BaseException | None = None
         self.index = 0
         self.term = 0
@@ -131,6 +132,23 @@ class _Waiter:
     def _abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
         self.task = None
         return trio.lowlevel.Abort.SUCCEEDED
+
+
+class _Forward:
+    """A write this follower forwarded to ``leader``, waiting for its outcome.
+
+    ``frame`` is the ``ForwardPropose`` as queued (None once it may have reached a socket);
+    ``index``/``term`` the entry the leader made of it, once a ``ForwardAccepted`` said so.
+    """
+
+    __slots__ = ("frame", "index", "leader", "term", "waiter")
+
+    def __init__(self, leader: int) -> None:
+        self.leader = leader
+        self.waiter = _Waiter()
+        self.frame: bytes | None = None
+        self.index = 0
+        self.term = 0
 
 
 class NodeRuntime:
@@ -173,7 +191,10 @@ class NodeRuntime:
         self._by_index: dict[int, _Waiter] = {}
         self._reads: dict[int, _Waiter] = {}
         self._reads_by_index: list[tuple[int, int, _Waiter]] = []  # heap on read index
-        self._forwards: dict[int, _Waiter] = {}
+        self._forwards: dict[int, _Forward] = {}
+        # Forwarded writes the leader took as entry (index, term), by index: settled by what
+        # this node applies at that index, whatever becomes of that leader.
+        self._forwarded_entries: dict[int, list[_Forward]] = {}
         # Request deadlines, swept by one task rather than a cancel scope per request (which
         # cost ~13% of the leader's CPU with 64 writers). A heap on the deadline; resolved
         # waiters are dropped lazily.
@@ -291,9 +312,24 @@ class NodeRuntime:
         elif isinstance(message, ForwardResult):
             if message.incarnation != self.incarnation:
                 return  # the answer to a request of an earlier process of this node
-            waiter = self._forwards.pop(message.request_id, None)
-            if waiter is not None:
-                waiter.resolve(message)
+            forward = self._forwards.get(message.request_id)
+            if forward is None:
+                return
+            if message.status == ForwardStatus.OK:
+                forward.waiter.resolve(message.result)
+            elif message.status == ForwardStatus.NOT_LEADER:
+                forward.waiter.fail(NotLeader(message.leader_id or None))
+            else:
+                error = _ERROR_FOR_STATUS[message.status]
+                forward.waiter.fail(error("forwarded request failed on the leader"))
+        elif isinstance(message, ForwardAccepted):
+            if message.incarnation != self.incarnation:
+                return
+            forward = self._forwards.get(message.request_id)
+            if forward is None or forward.waiter.done or message.index <= self.applied_index:
+                return  # (applied already: its ForwardResult carries the result)
+            forward.index, forward.term = message.index, message.term
+            self._forwarded_entries.setdefault(message.index, []).append(forward)
 
     def _warn_if_peer_has_history(self, message: object) -> None:
         """One loud line when this node started with no term, vote or log but a peer's message
@@ -438,6 +474,8 @@ class NodeRuntime:
                 if waiter is not None:
                     waiter.index, waiter.term = effect.index, effect.term
                     self._by_index[effect.index] = waiter
+                    if waiter.on_proposed is not None:
+                        waiter.on_proposed(effect.index, effect.term)
             elif isinstance(effect, ReadReady):
                 self._read_ready(effect)
             elif isinstance(effect, ProposalRejected):
@@ -454,10 +492,11 @@ class NodeRuntime:
                 self._role_changed(effect)
         return len(effects)
 
-    def _send(self, message: object) -> None:
+    def _send(self, message: object) -> bytes | None:
+        """Queue ``message``; its frame (see ``Transport.withdraw``), or None if dropped."""
         assert self.transport is not None
         try:
-            self.transport.send(message)
+            return self.transport.send(message)
         except (CodecError, ValueError, TypeError) as exc:  # e.g. a frame over the limit
             log.warning(
                 "node %d dropped a message to %s: %s",
@@ -465,8 +504,11 @@ class NodeRuntime:
                 getattr(message, "dst", "?"),
                 exc,
             )
+            return None
 
     def _role_changed(self, change: RoleChanged) -> None:
+        if self._forwards:
+            self._withdraw_forwards(change.leader_id)
         was_leader, self._was_leader = self._was_leader, change.role is Role.LEADER
         last_term, self._last_term = self._last_term, change.term
         if was_leader and change.role is not Role.LEADER:
@@ -491,6 +533,20 @@ class NodeRuntime:
                 "node %d term %d: %s, campaigning", self.node_id, change.term, change.role.value
             )
         self._notify_state_change()
+
+    def _withdraw_forwards(self, leader_id: int) -> None:
+        """Leadership moved away from where pending writes were forwarded: those whose frame
+        is still in the transport's queue certainly never reached that node, so they are
+        taken back and go to the next leader (``propose`` retries a ``NotLeader``). The others
+        may have been taken: they wait for their outcome."""
+        assert self.transport is not None
+        for forward in self._forwards.values():
+            frame = forward.frame
+            if frame is None or forward.leader == leader_id:
+                continue
+            forward.frame = None
+            if self.transport.withdraw(forward.leader, frame):
+                forward.waiter.fail(NotLeader(leader_id or None))
 
     def _notify_state_change(self) -> None:
         self._state_changed.set()
@@ -540,6 +596,12 @@ class NodeRuntime:
                     waiter.resolve(result)
                 else:  # our entry was overwritten by a newer leader's: never committed
                     waiter.fail(NotLeader(self.raft.leader_id if self.raft else None))
+            if self._forwarded_entries:
+                for forward in self._forwarded_entries.pop(entry.index, ()):
+                    if forward.term == entry.term:  # committed, by whichever leader
+                        forward.waiter.resolve(result)
+                    else:  # overwritten: never committed, so it may be sent again
+                        forward.waiter.fail(NotLeader(self.raft.leader_id if self.raft else None))
         heap = self._reads_by_index
         while heap and heap[0][0] <= self.applied_index:
             _, _, waiter = heapq.heappop(heap)
@@ -639,10 +701,16 @@ class NodeRuntime:
                 with trio.move_on_after(0.05):
                     await self._state_changed.wait()
 
-    async def _propose_local(self, command: bytes, deadline: float) -> bytes:
+    async def _propose_local(
+        self,
+        command: bytes,
+        deadline: float,
+        on_proposed: Callable[[int, int], object] | None = None,
+    ) -> bytes:
         self._check_capacity()
         request_id = next(self._ids)
         waiter = _Waiter()
+        waiter.on_proposed = on_proposed
         self._proposals[request_id] = waiter
         self._submit(Propose(request_id, command))
 
@@ -655,11 +723,14 @@ class NodeRuntime:
         return result
 
     async def _propose_forwarded(self, leader: int, command: bytes, deadline: float) -> bytes:
+        """Forward ``command`` to ``leader``; its result once committed. Raises ``NotLeader``
+        (or ``NoLeader``) only when the command certainly was not committed: refused, taken
+        back from the transport's queue unsent, or its entry overwritten."""
         self._check_capacity()
         request_id = next(self._ids)
-        waiter = _Waiter()
-        self._forwards[request_id] = waiter
-        self._send(
+        forward = _Forward(leader)
+        self._forwards[request_id] = forward
+        forward.frame = self._send(
             ForwardPropose(
                 src=self.node_id,
                 dst=leader,
@@ -668,15 +739,17 @@ class NodeRuntime:
                 incarnation=self.incarnation,
             )
         )
-        reply: ForwardResult = await self._wait(
-            waiter, deadline, lambda: self._forwards.pop(request_id, None)
-        )
-        if reply.status == ForwardStatus.OK:
-            return reply.result
-        if reply.status == ForwardStatus.NOT_LEADER:
-            raise NotLeader(reply.leader_id or None)
-        error = _ERROR_FOR_STATUS[reply.status]
-        raise error("forwarded request failed on the leader")
+        try:
+            result: bytes = await self._wait(forward.waiter, deadline, lambda: None)
+            return result
+        finally:
+            self._forwards.pop(request_id, None)
+            if forward.index:
+                waiting = self._forwarded_entries.get(forward.index, [])
+                if forward in waiting:
+                    waiting.remove(forward)
+                    if not waiting:
+                        del self._forwarded_entries[forward.index]
 
     async def _serve_forwarded(self, message: ForwardPropose) -> None:
         """Leader side of a follower's forwarded write."""
@@ -685,7 +758,22 @@ class NodeRuntime:
             if self.raft is None or not self.raft.is_leader:
                 raise NotLeader(self.raft.leader_id if self.raft else None)
             deadline = trio.current_time() + self.request_timeout_s
-            result = await self._propose_local(message.data, deadline)
+
+            def accepted(index: int, term: int) -> None:
+                # Lets the follower settle the request even if this node dies before the
+                # entry commits: it knows which entry to watch.
+                self._send(
+                    ForwardAccepted(
+                        src=self.node_id,
+                        dst=message.src,
+                        request_id=message.request_id,
+                        index=index,
+                        term=term,
+                        incarnation=message.incarnation,
+                    )
+                )
+
+            result = await self._propose_local(message.data, deadline, accepted)
         except NotLeader:
             status = ForwardStatus.NOT_LEADER
         except DengineError as exc:
@@ -749,10 +837,14 @@ class NodeRuntime:
         await self._state_changed.wait()
 
     def _fail_everything(self, error: BaseException) -> None:
-        for table in (self._proposals, self._by_index, self._reads, self._forwards):
+        for table in (self._proposals, self._by_index, self._reads):
             for waiter in table.values():
                 waiter.fail(error)
             table.clear()
+        for forward in self._forwards.values():
+            forward.waiter.fail(error)
+        self._forwards.clear()
+        self._forwarded_entries.clear()
         for _, _, waiter in self._reads_by_index:
             waiter.fail(error)
         self._reads_by_index = []

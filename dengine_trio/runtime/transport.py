@@ -223,8 +223,9 @@ class Transport:
 
     # -- sending --------------------------------------------------------------------------
 
-    def send(self, msg: object) -> None:
-        """Queue ``msg`` for ``msg.dst``; never blocks.
+    def send(self, msg: object) -> bytes:
+        """Queue ``msg`` for ``msg.dst``; never blocks. Returns its frame, which ``withdraw``
+        takes back while it is still queued.
 
         When that peer's queue holds ``queue_limit`` messages the oldest is dropped (and
         counted): the newest messages carry the newest terms and log state. Raises
@@ -252,6 +253,24 @@ class Transport:
             self._write_now(link)
         else:
             link.wakeup.set()
+        return frame
+
+    def withdraw(self, dst: int, frame: bytes) -> bool:
+        """Take ``frame`` (as returned by ``send``) out of ``dst``'s queue; True if it was
+        still there, so no byte of it was written to any socket: the peer certainly never
+        receives it. False once it went to a socket (delivered or not, nobody can tell), or
+        was dropped from the queue."""
+        link = self._links.get(dst)
+        if link is None:
+            return False
+        queue = link.queue
+        for position, queued in enumerate(queue):
+            if queued is frame:
+                del queue[position]
+                link.queued_bytes -= len(frame)
+                link.stats.queued = len(queue)
+                return True
+        return False
 
     def _write_now(self, link: _OutboundLink) -> None:
         """Write the queue straight to the idle, connected socket.

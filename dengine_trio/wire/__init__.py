@@ -6,6 +6,7 @@ from dengine_trio.wire.frames import MAX_FRAME_BYTES, FrameReader, encode_frame
 from dengine_trio.wire.messages import (
     PEER_MESSAGE_TYPES,
     PROTOCOL_VERSION,
+    ForwardAccepted,
     ForwardPropose,
     ForwardResult,
     ForwardStatus,
@@ -19,6 +20,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "TAGS",
     "CodecError",
+    "ForwardAccepted",
     "ForwardPropose",
     "ForwardResult",
     "ForwardStatus",

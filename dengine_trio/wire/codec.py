@@ -36,6 +36,7 @@ from dengine_trio.raft.messages import (
 )
 from dengine_trio.wire.errors import CodecError
 from dengine_trio.wire.messages import (
+    ForwardAccepted,
     ForwardPropose,
     ForwardResult,
     ForwardStatus,
@@ -57,6 +58,7 @@ TAGS: dict[type, int] = {
     HelloReply: 33,
     ForwardPropose: 34,
     ForwardResult: 35,
+    ForwardAccepted: 36,
 }
 """Wire tag of each message type. Stable across versions: add new tags, never renumber."""
 

@@ -15,7 +15,8 @@ from dengine_trio.raft.messages import MESSAGE_TYPES
 
 PROTOCOL_VERSION = 3
 """Bumped whenever the encoding of any message changes incompatibly (2: ``Heartbeat`` carries
-``commit_term``; 3: incarnations in the handshake and in forwarded requests)."""
+``commit_term``; 3: incarnations in the handshake and in forwarded requests,
+``ForwardAccepted``)."""
 
 
 @attrs.frozen(slots=True)
@@ -89,7 +90,30 @@ class ForwardResult:
     incarnation: int = 0
 
 
+@attrs.frozen(slots=True)
+class ForwardAccepted:
+    """The leader took a ``ForwardPropose`` into its log as entry (``index``, ``term``).
+
+    Sent before the entry commits, so the follower can settle the request itself, whatever
+    becomes of this leader: the write is committed once the follower applies an entry
+    (``index``, ``term``), and certainly not committed (it may be sent again) once it applies
+    another term at ``index``. ``request_id`` and ``incarnation`` echo the ``ForwardPropose``.
+    """
+
+    src: int
+    dst: int
+    request_id: int
+    index: int
+    term: int
+    incarnation: int = 0
+
+
 HANDSHAKE_TYPES: tuple[type, ...] = (Hello, HelloReply)
 
-PEER_MESSAGE_TYPES: tuple[type, ...] = (*MESSAGE_TYPES, ForwardPropose, ForwardResult)
+PEER_MESSAGE_TYPES: tuple[type, ...] = (
+    *MESSAGE_TYPES,
+    ForwardPropose,
+    ForwardResult,
+    ForwardAccepted,
+)
 """What a transport carries and delivers once a connection is established."""

@@ -10,67 +10,23 @@ single directions of single links, real files.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import trio
 
-from dengine_trio import EmbeddedEngine
 from dengine_trio.errors import DengineError
 from dengine_trio.raft.messages import ReadIndexResponse
-from tests.chaos.proxy import LinkFault, LinkMode, ProxyNetwork
+from tests.chaos.proxy import LinkFault
 
-from .cluster import EngineHandle, free_ports, write_configs
-
-CUT = LinkFault(LinkMode.CUT)
-HEALTHY = LinkFault()
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    with trio.fail_after(timeout_s):
-        while not condition():
-            await trio.sleep(0.01)
-
-
-async def proxied_cluster(
-    nursery: trio.Nursery, root: Path, **config: Any
-) -> tuple[ProxyNetwork, dict[int, EngineHandle]]:
-    fronts = dict(zip((1, 2, 3), free_ports(3), strict=True))
-    configs = write_configs(root, fronts=fronts, **config)
-    net = ProxyNetwork({c.cluster.node_id: c.listen_host_port() for c in configs}, fronts)
-    await nursery.start(net.run)
-    nodes = {c.cluster.node_id: EngineHandle(c) for c in configs}
-    for node in nodes.values():
-        await node.start(nursery)
-    return net, nodes
-
-
-async def agreed_leader(nodes: dict[int, EngineHandle]) -> int:
-    def agreed() -> bool:
-        ids = {n.engine.leader_id() for n in nodes.values() if n.running}
-        return len(ids) == 1 and None not in ids
-
-    await wait_until(agreed)
-    leader = next(n.engine.leader_id() for n in nodes.values() if n.running)
-    assert leader is not None
-    await nodes[leader].engine.wait_ready(10)
-    return leader
-
-
-def record_sends(engine: EmbeddedEngine) -> list[object]:
-    """Every message ``engine``'s transport is asked to send, from now on."""
-    transport = engine._runtime.transport
-    assert transport is not None
-    sent: list[object] = []
-    send = transport.send
-
-    def recording(message: object) -> None:
-        sent.append(message)
-        send(message)
-
-    transport.send = recording  # type: ignore[method-assign]
-    return sent
+from .cluster import (
+    CUT,
+    HEALTHY,
+    EngineHandle,
+    agreed_leader,
+    proxied_cluster,
+    record_sends,
+    wait_until,
+)
 
 
 async def hand_over(nodes: dict[int, EngineHandle], leader: int, to: int) -> None:

@@ -600,3 +600,25 @@ async def test_a_second_process_claiming_a_nodes_id_is_refused_and_logged_once(
     assert len(warnings) == 1
     assert a.transport.stats.peers[2].connects == 2  # the link was re-checked once
     assert a.inbox == [hb(2, 1, 0), hb(2, 1, 1), hb(2, 1, 2)]
+
+
+async def test_withdraw_takes_back_only_what_no_socket_has_seen() -> None:
+    ports = dict(zip((1, 2), free_ports(2), strict=True))
+    a, b = Node(1, ports), Node(2, ports)
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            await a.start(nursery)
+            # Node 2 is not up: both wait in the queue; one is taken back.
+            kept = a.transport.send(hb(1, 2, 1))
+            taken_back = a.transport.send(hb(1, 2, 2))
+            assert a.transport.withdraw(2, taken_back)
+            assert not a.transport.withdraw(2, taken_back)
+            await b.start(nursery)
+            await b.wait_for(heartbeat(1, 1))
+            # Written to the socket: too late to take back.
+            assert not a.transport.withdraw(2, kept)
+            a.transport.send(hb(1, 2, 3))
+            await b.wait_for(heartbeat(1, 3))
+            nursery.cancel_scope.cancel()
+    assert [m.seq for m in b.inbox] == [1, 3]  # type: ignore[attr-defined]
+    assert a.transport.stats.peers[2].queued == 0
