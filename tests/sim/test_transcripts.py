@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from dengine_trio.raft import Entry
+
 from .transcript import (
     Interaction,
     TranscriptError,
@@ -100,3 +102,16 @@ def test_more_directories_come_from_the_environment(
     monkeypatch.setenv("DENGINE_SCENARIOS_DIR", str(tmp_path / "absent"))
     with pytest.raises(TranscriptError, match="is not a directory"):
         transcript_paths()
+
+
+def test_a_stale_read_is_refused() -> None:
+    """The runner's linearizability guard can fail: a read served from a state that misses a
+    write applied elsewhere before the read began stops the run."""
+    interaction = Interaction()
+    for line in ("start 3", "output off", "run 700", "propose 1 k=old", "stabilize"):
+        interaction.run(line)
+    interaction.run("read 2 k")  # a follower read, waiting for its read index
+    interaction.read_floor[interaction.next_request] = 3  # as if k=new had been applied at 3
+    interaction.applied_log[3] = Entry(1, 3, b"k=new")
+    with pytest.raises(TranscriptError, match="linearizability: read #2 of k"):
+        interaction.run("stabilize")

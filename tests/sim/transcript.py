@@ -29,9 +29,10 @@ The model, kept simple on purpose:
   for ``persist`` (or ``stabilize``) with ``disk=manual``. ``crash`` loses unfinished writes.
 - The state machine is a dictionary: a command ``k=v`` sets ``k``. Reads print the value.
 
-Safety is checked as the transcript runs: at most one leader per term, and no two nodes apply
-different entries at one index. A violation raises ``TranscriptError`` even in rewrite mode, so
-a transcript can never bless a broken run.
+Safety is checked as the transcript runs: at most one leader per term, no two nodes apply
+different entries at one index, and no read misses a write applied anywhere before it began.
+A violation raises ``TranscriptError`` even in rewrite mode, so a transcript can never bless a
+broken run.
 """
 
 from __future__ import annotations
@@ -254,6 +255,9 @@ class Interaction:
         self.out: list[str] = []
         self.next_request = 0
         self.read_keys: dict[int, str] = {}
+        # request -> highest index applied anywhere when the read was invoked: every write up
+        # to it completed before the read began, so the read must see it (linearizability).
+        self.read_floor: dict[int, int] = {}
         self.leaders: dict[int, int] = {}  # term -> leader, for election safety
         self.applied_log: dict[int, Entry] = {}  # index -> entry applied somewhere
         self.commands: dict[str, Callable[[list[str], dict[str, str]], None]] = {
@@ -428,12 +432,26 @@ class Interaction:
         for index, request in node.waiting_reads:
             if node.applied >= index:
                 key = self.read_keys.get(request, "")
+                self.check_fresh(node, request, key)
                 value = node.state.get(key)
                 shown = "(absent)" if value is None else f'"{value}"'
                 self.emit(f"read #{request} {key} = {shown} (applied {node.applied})", 1)
             else:
                 still.append((index, request))
         node.waiting_reads = still
+
+    def check_fresh(self, node: Node, request: int, key: str) -> None:
+        """A read served from ``node``'s state must not miss a write of ``key`` that was applied
+        somewhere (so committed, and acknowledged to its client) before the read began."""
+        floor = self.read_floor.get(request, 0)
+        for index in range(node.applied + 1, floor + 1):
+            entry = self.applied_log[index]
+            if entry.kind is EntryKind.COMMAND and entry.data.split(b"=", 1)[0] == key.encode():
+                raise TranscriptError(
+                    f"linearizability: read #{request} of {key} served by node {node.id} at"
+                    f" applied index {node.applied} misses {fmt_entry(entry)}, committed before"
+                    " the read began"
+                )
 
     def finish_writes(self, node: Node, indent: int) -> None:
         """The disk completes every pending entry write of ``node``; report ``Persisted``."""
@@ -647,6 +665,7 @@ class Interaction:
         lease = _bool(opts.get("lease", "false"))
         request = self.request()
         self.read_keys[request] = args[1]
+        self.read_floor[request] = max(n.applied for n in self.nodes.values())
         kind = "lease" if lease else "linearizable"
         self.step(
             node, ReadRequest(request, lease), f"{node.id} read #{request} {args[1]} ({kind})"
