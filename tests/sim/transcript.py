@@ -17,8 +17,9 @@ arguments and the output format are documented in ``docs/testing.md`` ("Scenario
 
 The model, kept simple on purpose:
 
-- Each node has its own clock (ms). Time moves only through ``advance`` (every live node, or the
-  ones named) and ``campaign`` (the campaigning node's clock jumps to its election deadline).
+- Each node has its own clock (ms). Time moves only through ``run`` (every node, messages
+  delivered as they are sent), ``advance`` (every node, or the ones named, messages left queued)
+  and ``campaign`` (the campaigning node's clock alone jumps to its election deadline).
   Election timeouts are not random: node ``i`` draws ``min + (max - min) * ((i - 1) % 10) / 10``
   (600, 630, 660 ms ... with the default range) unless ``timeout`` fixes them.
 - The network is a FIFO queue of messages. Nothing is delivered until ``deliver`` or
@@ -573,12 +574,12 @@ class Interaction:
     # ------------------------------------------------------------------ commands: time
 
     def cmd_advance(self, args: list[str], opts: dict[str, str]) -> None:
-        """``advance <ms> [node...]``: move the clocks of the live nodes named (default: all)
-        forward, ticking each at every deadline it asked for. Messages stay queued."""
+        """``advance <ms> [node...]``: move the clocks of the nodes named (default: all)
+        forward, ticking each live one at every deadline it asked for. Messages stay queued."""
         if not args:
             raise TranscriptError("usage: advance <ms> [node...]")
         delta = float(args[0])
-        nodes = [n for n in self.selected(args[1:]) if n.raft is not None]
+        nodes = self.selected(args[1:])  # a down node's clock moves too: it restarts later
         start = {n.id: n.clock for n in nodes}
         # Interleave the nodes' ticks in the order of their deadlines (relative to where each
         # clock started), as they would happen in real time.
@@ -786,7 +787,7 @@ class Interaction:
 
     def cmd_restart(self, args: list[str], opts: dict[str, str]) -> None:
         """``restart <node>...``: boot from the durable hard state and log, at the node's
-        clock (``advance`` moves a down node's clock too, when named)."""
+        clock (which ``run`` and ``advance`` move while the node is down)."""
         for arg in args:
             node = self.node(arg)
             if node.raft is not None:
