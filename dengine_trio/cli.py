@@ -6,7 +6,8 @@ up: a node never exits because the rest of the cluster is missing.
 
 SIGINT or SIGTERM stops the node gracefully: a leader first hands leadership to an up-to-date
 follower (so a planned restart costs about one round trip of unavailability instead of an
-election timeout), then the HTTP servers stop, then the engine flushes and stops; exit 0. A
+election timeout), then requests still pending fail with 503 stopped (each gets its answer),
+then the HTTP servers stop, then the engine flushes and stops; exit 0. A
 second signal skips what is left of the graceful part but still flushes.
 """
 
@@ -258,6 +259,9 @@ async def _shut_down(
     engine: EmbeddedEngine, http_stop: trio.Event, transfer_timeout_s: float
 ) -> None:
     await _hand_over_leadership(engine, transfer_timeout_s)
+    # Before the servers stop: their handlers still waiting on the engine answer 503 stopped
+    # now, rather than being cut off with the connection (Hypercorn's graceful timeout).
+    engine.refuse_requests()
     log.info("stopping HTTP servers")
     http_stop.set()
 

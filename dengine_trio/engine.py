@@ -64,6 +64,12 @@ class EmbeddedEngine:
         self._runtime.stop()
         await self._done.wait()
 
+    def refuse_requests(self) -> None:
+        """Begin a stop: requests pending on this node fail with ``Stopped`` at once, and new
+        ones are refused with it, while the node still takes part in Raft until ``stop``.
+        A server calls this before it stops serving, so every request gets an answer."""
+        self._runtime.refuse_requests()
+
     # ------------------------------------------------------------------ state
 
     @property

@@ -172,6 +172,7 @@ class NodeRuntime:
         self.transport: Transport | None = None
         self.applied_index = 0
         self.stopped = False
+        self._refusing = False  # refuse_requests was called: the node is about to stop
 
         self._inbox: list[Event] = []
         self._wakeup = trio.Event()
@@ -290,6 +291,14 @@ class NodeRuntime:
         self.stopped = True
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
+
+    def refuse_requests(self) -> None:
+        """First step of a stop: every pending request fails with ``Stopped`` now and new ones
+        are refused with it, while the node keeps taking part in Raft until ``stop``. Lets
+        the HTTP layer answer every request before its servers stop. Idempotent."""
+        self._refusing = True
+        self._fail_everything(Stopped("node is stopping"))
+        self._notify_state_change()
 
     # ------------------------------------------------------------------ the Raft loop
 
@@ -619,7 +628,7 @@ class NodeRuntime:
     # ------------------------------------------------------------------ requests
 
     def _check_capacity(self) -> None:
-        if self.stopped:
+        if self.stopped or self._refusing:
             raise Stopped("node is stopping")
         pending = (
             len(self._proposals)
@@ -668,7 +677,7 @@ class NodeRuntime:
         raft = self.raft
         assert raft is not None
         while not raft.leader_id:
-            if self.stopped:
+            if self.stopped or self._refusing:
                 raise Stopped("node is stopping")
             with trio.move_on_at(deadline):
                 await self._state_changed.wait()
@@ -755,7 +764,8 @@ class NodeRuntime:
         """Leader side of a follower's forwarded write."""
         status, result = ForwardStatus.OK, b""
         try:
-            if self.raft is None or not self.raft.is_leader:
+            if self.raft is None or not self.raft.is_leader or self._refusing:
+                # (Stopping: certainly not proposed here, so the follower may send it on.)
                 raise NotLeader(self.raft.leader_id if self.raft else None)
             deadline = trio.current_time() + self.request_timeout_s
 
