@@ -9,6 +9,7 @@ single line ``<file>: <dotted.key>: <problem>``, so an operator sees at once wha
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from cattrs.gen import make_dict_structure_fn
 
 from dengine_trio.policy import ReadPolicy
 from dengine_trio.raft.config import Durability, RaftConfig
+from dengine_trio.wire import MAX_FRAME_BYTES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -98,6 +100,9 @@ class ClusterConfig:
     initial_cluster: list[PeerConfig]
     db_root_dir: str = attrs.field(default=attrs.Factory(_default_db_root_dir, takes_self=True))
     name: str = "dengine"
+    # Peers reach this node through a proxy or port mapping at its initial_cluster address,
+    # which then need not match listen_address.
+    behind_proxy: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -246,6 +251,14 @@ class NodeConfig:
 # ---------------------------------------------------------------------------------------------
 # Validation beyond types: (dotted key, problem) pairs, in file order.
 
+MAX_COMMAND_BYTES = MAX_FRAME_BYTES - (1 << 20)
+"""Largest command (and AppendEntries payload) the transport carries: its frame limit less
+the headroom the runtime keeps for the message envelope (``runtime.node.MAX_COMMAND_BYTES``)."""
+PUT_COMMAND_OVERHEAD_BYTES = 64
+"""Upper bound of what ``encode_put`` adds around key and value (msgpack headers: 12 bytes)."""
+
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
 
 def _split_address(address: str) -> tuple[str, int]:
     """``host:port`` (IPv6 hosts in brackets) -> ``(host, port)``; ValueError if malformed."""
@@ -309,6 +322,8 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
             f"node {cluster.node_id} is not in cluster.initial_cluster "
             f"(ids: {', '.join(str(p.id) for p in cluster.initial_cluster) or 'none'})",
         )
+    elif not cluster.behind_proxy:
+        yield from _listen_matches_own_address(cluster)
 
     timing = cfg.raft.timing
     election_min = timing.election_timeout_min_ms
@@ -341,7 +356,71 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
     )
     yield from _positive("raft.replication", cfg.raft.replication)
     yield from _positive("limits", cfg.limits)
+    yield from _fits_in_a_frame(cfg)
     yield from _positive("http", cfg.http)
+
+
+def _listen_matches_own_address(cluster: ClusterConfig) -> Iterator[tuple[str, str]]:
+    """``listen_address`` must be where the peers reach this node (its own member address).
+
+    The ports must be equal. The hosts must be equal unless the node listens on every
+    interface (``0.0.0.0``, ``[::]``); a host name is not resolved here, so a name and an IP
+    address are let through (``localhost`` may well be ``127.0.0.1``). ``behind_proxy = true``
+    skips the check (a port mapping or proxy in front of the node).
+    """
+    index, own = next(
+        (i, p) for i, p in enumerate(cluster.initial_cluster) if p.id == cluster.node_id
+    )
+    try:
+        listen_host, listen_port = _split_address(cluster.listen_address)
+        own_host, own_port = _split_address(own.address)
+    except ValueError:
+        return  # reported with its own key
+    where = f"this node's address in cluster.initial_cluster[{index}] ({own.address!r})"
+    if listen_port != own_port:
+        yield (
+            "cluster.listen_address",
+            f"port {listen_port} differs from {where} (if peers reach it through a proxy "
+            "or port mapping, set behind_proxy = true)",
+        )
+    elif listen_host not in _WILDCARD_HOSTS and listen_host.lower() != own_host.lower():
+        if _is_ip(listen_host) and _is_ip(own_host):
+            yield (
+                "cluster.listen_address",
+                f"host {listen_host} differs from {where}; listen on it or on 0.0.0.0 "
+                "(or set behind_proxy = true)",
+            )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _fits_in_a_frame(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
+    """Limits above what one transport frame carries would be accepted, then fail at run time
+    (the first big write refused, or an AppendEntries batch that can never be sent)."""
+    limits = cfg.limits
+    if 0 < limits.max_key_bytes and 0 < limits.max_value_bytes:
+        largest_put = limits.max_key_bytes + limits.max_value_bytes + PUT_COMMAND_OVERHEAD_BYTES
+        if largest_put > MAX_COMMAND_BYTES:
+            yield (
+                "limits.max_value_bytes",
+                f"{limits.max_value_bytes} with max_key_bytes {limits.max_key_bytes} makes a "
+                f"write of {largest_put} bytes, over the {MAX_COMMAND_BYTES} bytes the "
+                f"transport's frame limit ({MAX_FRAME_BYTES}) leaves for one command; at most "
+                f"{MAX_COMMAND_BYTES - limits.max_key_bytes - PUT_COMMAND_OVERHEAD_BYTES}",
+            )
+    batch = cfg.raft.replication.max_bytes_per_msg
+    if batch > MAX_COMMAND_BYTES:
+        yield (
+            "raft.replication.max_bytes_per_msg",
+            f"{batch} is over the {MAX_COMMAND_BYTES} bytes the transport's frame limit "
+            f"({MAX_FRAME_BYTES}) leaves for the entries of one message",
+        )
 
 
 def _positive(section: str, obj: Any) -> Iterator[tuple[str, str]]:

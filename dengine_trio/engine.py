@@ -115,7 +115,8 @@ class EmbeddedEngine:
         now = self._runtime.now_ms()
         status: dict[str, object] = {
             "node_id": self.node_id,
-            "role": raft.role.value if raft else "Stopped",
+            # Lower case, as /primary and /replica spell it: "pre_candidate", "leader", ...
+            "role": raft.role.name.lower() if raft else "stopped",
             "term": raft.term if raft else 0,
             "leader_id": (raft.leader_id or None) if raft else None,
             "commit_index": raft.commit_index if raft else 0,

@@ -96,14 +96,16 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
             raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
         if type(doc) is not dict:
             raise ApiError(400, "invalid_request", 'expected {"key": "...", "value": "..."}')
-        key = doc.get("key")
-        value = doc.get("value")
-        if key is None:
+        # A missing member is a malformed request; a member of the wrong type (null included)
+        # is a bad key or value, named as such.
+        if "key" not in doc:
             raise ApiError(400, "invalid_request", 'missing "key"')
-        encoded_key = key_bytes(key)
+        encoded_key = key_bytes(doc["key"])
+        if "value" not in doc:
+            raise ApiError(400, "invalid_request", 'missing "value"')
+        value = doc["value"]
         if type(value) is not str:
-            detail = 'missing "value"' if value is None else '"value" must be a string'
-            raise ApiError(400, "invalid_request", detail)
+            raise ApiError(400, "invalid_value", '"value" must be a string')
         try:
             encoded_value = value.encode()
         except UnicodeEncodeError:

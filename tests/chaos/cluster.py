@@ -52,6 +52,8 @@ def chaos_node_toml(
 [cluster]
 node_id = {node_id}
 listen_address = "{HOST}:{listen_port}"
+# Peers dial this node through the chaos proxy, at its initial_cluster address.
+behind_proxy = true
 initial_cluster = [
 {members},
 ]
@@ -278,7 +280,7 @@ class ChaosCluster:
         """The node that says it leads in the highest term, if any answers so."""
         best: tuple[int, int] | None = None
         for i, st in (await self.statuses()).items():
-            if st is not None and st["role"] == "Leader" and (best is None or st["term"] > best[0]):
+            if st is not None and st["role"] == "leader" and (best is None or st["term"] > best[0]):
                 best = (st["term"], i)
         return best[1] if best else None
 
@@ -292,7 +294,7 @@ class ChaosCluster:
                 if len(leaders) == 1:
                     (leader,) = leaders
                     st = sts.get(leader) if isinstance(leader, int) else None
-                    if isinstance(leader, int) and st is not None and st["role"] == "Leader":
+                    if isinstance(leader, int) and st is not None and st["role"] == "leader":
                         return leader
                 await trio.sleep(POLL_INTERVAL_S)
         raise AssertionError(

@@ -48,6 +48,14 @@ BAD_FILES = {
         "default_policy",
     ),
     "not-toml": (lambda good: good + "\n[[[ nope\n", "n1.toml"),
+    "value-limit-over-frame-limit": (
+        lambda good: good + "\n[limits]\nmax_value_bytes = 16777216\n",
+        "limits.max_value_bytes",
+    ),
+    "listen-address-not-own-address": (
+        lambda good: good.replace('listen_address = "127.0.0.1:', 'listen_address = "127.0.0.2:'),
+        "cluster.listen_address",
+    ),
 }
 
 

@@ -77,10 +77,14 @@ def test_status_reports_the_node_and_on_the_leader_its_peers(cluster: Cluster) -
     for peer in status["peers"].values():
         assert {"match_index", "last_contact_ms"} <= set(peer)
 
+    # One spelling of a role everywhere: /status says what /primary and /replica say.
+    assert status["role"] == leader.health.get("/primary").json()["role"] == "leader"
     for follower in cluster.followers(leader):
         status = follower.health.get("/status").json()
         assert status["node_id"] == follower.node_id
-        assert status["role"] != status_role_of(leader)
+        wait_until(partial(is_replica, follower), REPLICA_TIMEOUT_S, "a follower's /replica")
+        assert status_role_of(follower) == follower.health.get("/replica").json()["role"]
+        assert status_role_of(follower) == "follower"
 
 
 def status_role_of(node: Node) -> object:
@@ -201,8 +205,11 @@ BAD_KV_REQUESTS = [
     ("POST", "/kv", b'["key", "value"]', 400, "invalid_request"),
     ("POST", "/kv", b'{"value": "v"}', 400, "invalid_request"),
     ("POST", "/kv", b'{"key": "k"}', 400, "invalid_request"),
-    ("POST", "/kv", b'{"key": "k", "value": 5}', 400, "invalid_request"),
-    ("POST", "/kv", b'{"key": "k", "value": null}', 400, "invalid_request"),
+    ("POST", "/kv", b'{"key": "k", "value": 5}', 400, "invalid_value"),
+    ("POST", "/kv", b'{"key": "k", "value": null}', 400, "invalid_value"),
+    ("POST", "/kv", b'{"key": "k", "value": {"v": 1}}', 400, "invalid_value"),
+    ("POST", "/kv", b'{"key": "k", "value": true}', 400, "invalid_value"),
+    ("POST", "/kv", b'{"key": null, "value": "v"}', 400, "invalid_key"),
     ("POST", "/kv", b'{"key": 5, "value": "v"}', 400, "invalid_key"),
     ("POST", "/kv", b'{"key": ["k"], "value": "v"}', 400, "invalid_key"),
     ("POST", "/kv", b'{"key": "", "value": "v"}', 400, "empty_key"),

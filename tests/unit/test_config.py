@@ -81,7 +81,10 @@ def test_raft_config_carries_the_file_values(tmp_path: Path) -> None:
     extra = "\n[raft.timing]\nelection_timeout_min_ms = 700\nelection_timeout_max_ms = 1000\n"
     extra += "heartbeat_interval_ms = 70\n[raft.replication]\nmax_entries_per_msg = 64\n"
     extra += "max_bytes_per_msg = 4096\nmax_inflight_msgs = 8\n"
-    cfg = load_config(write(tmp_path, MISSION_TOML.replace("node_id = 1 ", "node_id = 2 ") + extra))
+    node2 = MISSION_TOML.replace("node_id = 1 ", "node_id = 2 ").replace(
+        'listen_address = "0.0.0.0:9081"', 'listen_address = "0.0.0.0:9082"'
+    )
+    cfg = load_config(write(tmp_path, node2 + extra))
     raft = cfg.raft_config()
     assert raft.node_id == 2
     assert raft.voters == (1, 2, 3)
@@ -289,6 +292,26 @@ BAD_FILES = [
      "limits.max_value_bytes", "must be positive, got 0"),
     ("replication-zero", MISSION_TOML + "\n[raft.replication]\nmax_inflight_msgs = 0\n",
      "raft.replication.max_inflight_msgs", "must be positive, got 0"),
+    ("backlog-zero", MISSION_TOML + "\n[http]\nlisten_backlog = 0\n",
+     "http.listen_backlog", "must be positive, got 0"),
+    # limits the transport cannot carry: refused at load time, not at the first big write
+    ("value-over-frame-limit", MISSION_TOML + "\n[limits]\nmax_value_bytes = 16777216\n",
+     "limits.max_value_bytes", "transport's frame limit"),
+    ("key-and-value-over-frame-limit",
+     MISSION_TOML + "\n[limits]\nmax_key_bytes = 1048576\nmax_value_bytes = 15000000\n",
+     "limits.max_value_bytes", "transport's frame limit"),
+    ("batch-over-frame-limit",
+     MISSION_TOML + "\n[raft.replication]\nmax_bytes_per_msg = 20000000\n",
+     "raft.replication.max_bytes_per_msg", "transport's frame limit"),
+    # this node's own member address must be where it listens
+    ("listen-port-not-own-address", sub('listen_address = "0.0.0.0:9081"',
+                                        'listen_address = "0.0.0.0:9091"'),
+     "cluster.listen_address",
+     "port 9091 differs from this node's address in cluster.initial_cluster[0] ('0.0.0.0:9081')"),
+    ("listen-host-not-own-address", sub('listen_address = "0.0.0.0:9081"',
+                                        'listen_address = "10.0.0.7:9081"'),
+     "cluster.listen_address",
+     "host 10.0.0.7 differs from this node's address in cluster.initial_cluster[0]"),
 ]
 # fmt: on
 
@@ -332,3 +355,47 @@ def test_directory_is_not_a_config(tmp_path: Path) -> None:
     (tmp_path / "n1").mkdir()
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "n1")
+
+
+@pytest.mark.parametrize(
+    ("listen", "own"),
+    [
+        ("0.0.0.0:9081", "10.0.0.1:9081"),  # every interface, reached at one of them
+        ("[::]:9081", "[2001:db8::1]:9081"),
+        ("10.0.0.1:9081", "10.0.0.1:9081"),
+        ("127.0.0.1:9081", "localhost:9081"),  # a name: may resolve to the listen address
+        ("node1.example:9081", "NODE1.example:9081"),
+    ],
+)
+def test_listen_address_may_be_a_wildcard_or_the_own_address(
+    tmp_path: Path, listen: str, own: str
+) -> None:
+    text = sub('listen_address = "0.0.0.0:9081"', f'listen_address = "{listen}"').replace(
+        '{ id = 1, address = "0.0.0.0:9081"', f'{{ id = 1, address = "{own}"'
+    )
+    assert load_config(write(tmp_path, text)).listen_host_port()[1] == 9081
+
+
+def test_limits_just_under_the_frame_limit_load(tmp_path: Path) -> None:
+    from dengine_trio.runtime.node import MAX_COMMAND_BYTES
+
+    value = MAX_COMMAND_BYTES - 1024 - 64
+    text = MISSION_TOML + f"\n[limits]\nmax_value_bytes = {value}\nmax_body_bytes = {value}\n"
+    assert load_config(write(tmp_path, text)).limits.max_value_bytes == value
+    text = MISSION_TOML + f"\n[raft.replication]\nmax_bytes_per_msg = {MAX_COMMAND_BYTES}\n"
+    assert load_config(write(tmp_path, text)).raft.replication.max_bytes_per_msg > 0
+
+
+def test_the_frame_headroom_is_the_runtimes() -> None:
+    from dengine_trio import config
+    from dengine_trio.runtime import node
+
+    assert config.MAX_COMMAND_BYTES == node.MAX_COMMAND_BYTES
+
+
+def test_behind_proxy_lets_listen_address_differ(tmp_path: Path) -> None:
+    text = sub('listen_address = "0.0.0.0:9081"', 'listen_address = "0.0.0.0:19081"')
+    with pytest.raises(ConfigError, match="behind_proxy = true"):
+        load_config(write(tmp_path, text))
+    text = text.replace("[cluster]\n", "[cluster]\nbehind_proxy = true\n")
+    assert load_config(write(tmp_path, text)).listen_host_port() == ("0.0.0.0", 19081)
