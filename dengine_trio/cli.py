@@ -7,8 +7,9 @@ up: a node never exits because the rest of the cluster is missing.
 SIGINT or SIGTERM stops the node gracefully: a leader first hands leadership to an up-to-date
 follower (so a planned restart costs about one round trip of unavailability instead of an
 election timeout), then requests still pending fail with 503 stopped (each gets its answer),
-then the HTTP servers stop, then the engine flushes and stops; exit 0. A
-second signal skips what is left of the graceful part but still flushes.
+then the HTTP servers stop, then the engine flushes and stops; exit 0. A second signal more
+than a second after the first skips what is left of the graceful part but still flushes; one
+within that second (make forwarding a SIGTERM) is the same stop.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ EXIT_CONFIG = 2
 """Exit status for a configuration or usage error (as argparse uses for usage errors)."""
 EXIT_STARTUP = 1
 """Exit status when the node cannot start, e.g. a port is taken."""
+
+REPEAT_WINDOW_S = 1.0
+"""A stop signal this soon (seconds) after the first one is part of the same stop."""
 
 DEFAULT_HOST = "0.0.0.0"
 KV_PORT_BASE = 8080
@@ -234,16 +238,29 @@ async def _watch_signals(
     shutdown: Callable[[], Awaitable[None]],
     graceful: trio.CancelScope,
 ) -> None:
-    """First signal: start the graceful shutdown. Another one: cut what is left of it."""
-    shutting_down = False
+    """First signal: start the graceful shutdown. Another one, later than
+    :data:`REPEAT_WINDOW_S` after the first: cut what is left of it.
+
+    A repeat inside the window is the same stop, not impatience: ``kill %1`` on a
+    ``make start-nodeN`` job signals make and the node, and make forwards its SIGTERM too.
+    """
+    first_at: float | None = None
 
     def on_signal(signum: int) -> None:
-        nonlocal shutting_down
+        nonlocal first_at
         name = signal.Signals(signum).name
-        if not shutting_down:
-            shutting_down = True
+        now = trio.current_time()
+        if first_at is None:
+            first_at = now
             log.info("%s received: shutting down", name)
             nursery.start_soon(shutdown)
+        elif now - first_at <= REPEAT_WINDOW_S:
+            log.info(
+                "%s received again within %.0f s: already stopping (send it again later to "
+                "skip the rest of the graceful shutdown)",
+                name,
+                REPEAT_WINDOW_S,
+            )
         else:
             log.warning("%s received again: skipping the rest of the graceful shutdown", name)
             graceful.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 from functools import partial
 from pathlib import Path
 
@@ -53,3 +54,19 @@ def test_sigterm_of_a_follower_exits_0_and_the_cluster_keeps_serving(tmp_path: P
         put(leader, "two", "of three")
         for node in cluster.alive():
             assert read(node, "two", "linearizable").json() == {"value": "of three"}
+
+
+def test_two_stop_signals_at_once_are_one_graceful_stop(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as cluster:
+        leader = cluster.wait_for_leader()
+        assert leader.proc is not None
+        # `kill %1` on a `make start-nodeN` job: the job's SIGTERM and the one make forwards
+        # arrive together (SIGINT here: two pending SIGTERMs could merge into one).
+        leader.proc.send_signal(signal.SIGTERM)
+        leader.proc.send_signal(signal.SIGINT)
+        assert leader.wait() == 0, cluster.logs()
+        log = leader.log_text()
+        assert "skipping" not in log, log
+        assert TRANSFERRED.search(log), log
+        assert log.count("shutting down") == 1, log
+        assert log.rstrip().endswith("stopped"), log
