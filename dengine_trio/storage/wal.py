@@ -193,12 +193,21 @@ class WriteAheadLog:
             # recovery hands it out as the log, so make it durable now.
             os.fsync(fd)
         synced = (segments[-1].first_index, segments[-1].size_bytes) if segments else (0, 0)
-        marker_fd = os.open(
-            directory / SYNCED_MARKER, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644
-        )
-        _write_marker(marker_fd, synced)
-        os.fsync(marker_fd)
-        fsync_directory(directory)
+        try:
+            marker_fd = os.open(
+                directory / SYNCED_MARKER, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+            try:
+                _write_marker(marker_fd, synced)
+                os.fsync(marker_fd)
+                fsync_directory(directory)
+            except BaseException:
+                os.close(marker_fd)
+                raise
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
         wal = cls(directory, segments, last, segment_bytes, marker_fd, synced)
         wal._fd = fd
         return wal, entries
