@@ -10,6 +10,10 @@ segment never fsynced is removed.
 
 The imitation errs toward losing more, never less: a record not yet written when the process
 died makes its fsync count as never done.
+
+The WAL's synced-position marker (``wal/synced``, fixed size, fsynced at open) keeps its latest
+content: the log writes it only after the fsync it names has returned, and so after this probe
+recorded that fsync, so it never names more than the cut segments keep.
 """
 
 from __future__ import annotations
