@@ -330,3 +330,32 @@ def test_an_unreadable_marker_is_ignored_with_a_warning(
     wal.close()
     assert entries == plain_entries(1, 6)
     assert any("ignoring it" in r.getMessage() for r in caplog.records)
+
+
+def test_a_torn_write_in_a_segment_the_marker_does_not_name_yet_is_cut(tmp_path: Path) -> None:
+    """The unsynced append started a new segment: the marker still names the previous one,
+    which the roll fsynced whole; the new segment's torn record, holding a frame, is cut."""
+    live = tmp_path / "live"
+    wal, _ = WriteAheadLog.open(live, segment_bytes=100)
+    synced: list[Entry] = []
+    while not synced or _last_segment(live).stat().st_size < 100:
+        synced += plain_entries(len(synced) + 1, len(synced) + 1)
+        wal.append(synced[-1:])
+    wal.sync()  # the next append rolls to a new segment
+    marker_before = read_marker(live)
+    assert marker_before == (1, _last_segment(live).stat().st_size)
+    embedded = encode_record(1, len(synced) + 2, 0, b"next-looking record")
+    torn = Entry(term=1, index=len(synced) + 1, data=b"<" + embedded + b">")
+    wal.append([torn])
+    image = tmp_path / "image"
+    shutil.copytree(live, image)
+    wal.close()
+    segment = _last_segment(image)
+    assert segment.name == f"{torn.index:020d}.wal"
+    assert read_marker(image) == marker_before  # it names the previous segment
+    tear(segment, segment.stat().st_size - 2, "gone")
+
+    wal, entries = WriteAheadLog.open(image)
+    wal.close()
+    assert entries == synced
+    assert not segment.exists()
