@@ -1,16 +1,22 @@
 """``make start-cluster``: run the three local nodes at once, each output line tagged ``[NodeN]``.
 
 Each node runs in its own session, so a Ctrl+C in the terminal reaches only this launcher, which
-passes one SIGTERM to every node: each then stops gracefully (leader hand-over, flush) exactly
-as it would alone, and the launcher exits once all three have. A second Ctrl+C kills them. If a
-node exits by itself (a taken port, a bad config), the others are stopped too, so the failure
-cannot scroll by unnoticed.
+passes one SIGTERM to every node still running: each then stops gracefully (leader hand-over,
+flush) exactly as it would alone, and the launcher exits once all have. A second stop signal
+within :data:`REPEAT_WINDOW_S` of the first is the same stop (``kill`` of a ``make`` job also
+reaches make, which forwards its own SIGTERM); one after that kills the nodes.
+
+A node that exits by itself (killed, a taken port, a bad config) is reported on a
+``[devcluster]`` line with its id, how it ended and how to start it again, and the others keep
+running: the quick start is where a user tries a failover. The launcher exits by itself only
+when no node is left.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,10 +24,15 @@ from collections.abc import AsyncIterator, Sequence
 
 import trio
 
-__all__ = ["NodeSpec", "main", "mission_nodes", "run_cluster"]
+__all__ = ["REPEAT_WINDOW_S", "NodeSpec", "describe_exit", "main", "mission_nodes", "run_cluster"]
 
 NodeSpec = tuple[int, str, int, int]
 """(node id, config path, KV port, health port)."""
+
+REPEAT_WINDOW_S = 1.0
+"""A stop signal this soon (seconds) after the first one is part of the same stop."""
+
+_TAG = b"[devcluster] "
 
 
 def mission_nodes(count: int = 3) -> list[NodeSpec]:
@@ -29,88 +40,164 @@ def mission_nodes(count: int = 3) -> list[NodeSpec]:
     return [(i, f"config/n{i}", 8080 + i, 10000 + i) for i in range(1, count + 1)]
 
 
-async def _pump(stream: trio.abc.ReceiveStream, prefix: bytes, out: trio.Lock) -> None:
+def node_command(spec: NodeSpec, extra_args: Sequence[str] = ()) -> list[str]:
+    """The command line that runs the node ``spec`` on its own."""
+    _, config_path, port, health_port = spec
+    return [
+        sys.executable, "-m", "dengine_trio",
+        "--config-path", config_path,
+        "--port", str(port),
+        "--health-port", str(health_port),
+        *extra_args,
+    ]  # fmt: skip
+
+
+def restart_hint(spec: NodeSpec, extra_args: Sequence[str] = ()) -> str:
+    """How to start ``spec`` again by hand, in another terminal, from the same directory."""
+    node_id = spec[0]
+    if node_id <= 3 and spec == mission_nodes()[node_id - 1] and not extra_args:
+        return f"make start-node{node_id}"
+    return shlex.join(node_command(spec, extra_args))
+
+
+def describe_exit(returncode: int) -> str:
+    """``-9`` -> ``killed by SIGKILL (exit 137)``; ``2`` -> ``exit status 2``."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name} (exit {128 - returncode})"
+    return f"exit status {returncode}"
+
+
+class _Output:
+    """The launcher's standard output, shared line by line by the nodes and the launcher."""
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+
+    async def write(self, data: bytes) -> None:
+        async with self.lock:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+
+    async def say(self, text: str) -> None:
+        await self.write(_TAG + text.encode() + b"\n")
+
+
+async def _pump(stream: trio.abc.ReceiveStream, prefix: bytes, out: _Output) -> None:
     pending = b""
     async for chunk in stream:
         pending += chunk
         *lines, pending = pending.split(b"\n")
         if lines:
-            async with out:
-                sys.stdout.buffer.write(b"".join(prefix + line + b"\n" for line in lines))
-                sys.stdout.buffer.flush()
+            await out.write(b"".join(prefix + line + b"\n" for line in lines))
     if pending:
-        async with out:
-            sys.stdout.buffer.write(prefix + pending + b"\n")
-            sys.stdout.buffer.flush()
+        await out.write(prefix + pending + b"\n")
 
 
 class _Nodes:
-    """The node processes, and whether they were already asked to stop."""
+    """The node processes, and the stop the launcher was asked for, if any."""
 
-    def __init__(self) -> None:
-        self.procs: list[trio.Process] = []
-        # A second SIGTERM could reach a node after it put the default handler back and kill
-        # it mid-flush, so SIGTERM is sent once; only an impatient user escalates to SIGKILL.
-        self.stopping = False
+    def __init__(self, out: _Output) -> None:
+        self.out = out
+        self.procs: dict[int, trio.Process] = {}
+        self.stop_requested_at: float | None = None
+        self.running_at_stop: list[int] = []
+        self.killed = False
 
-    def stop(self) -> None:
-        signum = signal.SIGKILL if self.stopping else signal.SIGTERM
-        self.stopping = True
-        for proc in self.procs:
+    def running(self) -> list[int]:
+        return [i for i, p in self.procs.items() if p.returncode is None]
+
+    async def stop(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        now = trio.current_time()
+        if self.stop_requested_at is None:
+            # Sent once: a second SIGTERM could reach a node after it put the default handler
+            # back and kill it mid-flush.
+            self.stop_requested_at = now
+            self.running_at_stop = self.running()
+            await self.out.say(f"{name}: stopping nodes {_ids(self.running_at_stop)} gracefully")
+            self._signal_all(signal.SIGTERM)
+        elif now - self.stop_requested_at <= REPEAT_WINDOW_S:
+            await self.out.say(
+                f"{name} again within {REPEAT_WINDOW_S:.0f} s: the same stop "
+                "(send it again later to kill the nodes)"
+            )
+        elif not self.killed:
+            self.killed = True
+            await self.out.say(f"{name} again: killing nodes {_ids(self.running())}")
+            self._signal_all(signal.SIGKILL)
+
+    def _signal_all(self, signum: int) -> None:
+        for proc in self.procs.values():
             if proc.returncode is None:
                 proc.send_signal(signum)
 
     async def stop_on_signals(self, signals: AsyncIterator[int]) -> None:
-        async for _ in signals:
-            self.stop()
+        async for signum in signals:
+            await self.stop(signum)
 
     def exit_status(self) -> int:
-        """The worst exit status of the nodes; killed by signal N counts as 128 + N."""
-        codes = [p.returncode if p.returncode is not None else 1 for p in self.procs]
-        return max((c if c >= 0 else 128 - c for c in codes), default=0)
+        """The worst exit status of the nodes the launcher stopped, or of all if none was.
+
+        A node that died before a stop was asked for has been reported already; it does not
+        turn a clean Ctrl+C of the others into a failure. Killed by signal N counts as 128 + N.
+        """
+        ids = self.running_at_stop if self.stop_requested_at is not None else list(self.procs)
+        codes = [self.procs[i].returncode for i in ids]
+        return max((1 if c is None else c if c >= 0 else 128 - c for c in codes), default=0)
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ", ".join(map(str, ids)) or "(none)"
 
 
 async def run_cluster(nodes: Sequence[NodeSpec], extra_args: Sequence[str] = ()) -> int:
-    """Run ``nodes`` until SIGINT/SIGTERM or until one exits; the worst exit status."""
-    out = trio.Lock()
+    """Run ``nodes`` until SIGINT/SIGTERM or until none is left; see :meth:`_Nodes.exit_status`."""
+    out = _Output()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("CONFIG_PATH", None)  # it would override every node's --config-path
-    running = _Nodes()
+    running = _Nodes(out)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as watchers:
             watchers.start_soon(running.stop_on_signals, signals)
             # The pumps end by themselves at EOF, after each node has said its last line.
             async with trio.open_nursery() as nursery:
-                one_exited = trio.Event()
 
-                async def watch(proc: trio.Process) -> None:
-                    await proc.wait()
-                    one_exited.set()
+                async def watch(spec: NodeSpec, proc: trio.Process) -> None:
+                    code = await proc.wait()
+                    if running.stop_requested_at is not None:
+                        return
+                    node_id = spec[0]
+                    left = running.running()
+                    if left:
+                        await out.say(
+                            f"node {node_id} died: {describe_exit(code)}; nodes "
+                            f"{_ids(left)} keep running. Start it again in another terminal: "
+                            f"{restart_hint(spec, extra_args)}"
+                        )
+                    else:
+                        await out.say(
+                            f"node {node_id} died: {describe_exit(code)}; "
+                            "no node is left"
+                        )
 
-                for node_id, config_path, port, health_port in nodes:
-                    command = [
-                        sys.executable, "-m", "dengine_trio",
-                        "--config-path", config_path,
-                        "--port", str(port),
-                        "--health-port", str(health_port),
-                        *extra_args,
-                    ]  # fmt: skip
+                for spec in nodes:
                     proc = await trio.lowlevel.open_process(
-                        command,
+                        node_command(spec, extra_args),
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT,
                         env=env,
                         start_new_session=True,
                     )
-                    running.procs.append(proc)
+                    running.procs[spec[0]] = proc
                     assert proc.stdout is not None
-                    nursery.start_soon(_pump, proc.stdout, f"[Node{node_id}] ".encode(), out)
-                    nursery.start_soon(watch, proc)
-
-                await one_exited.wait()
-                if not running.stopping:  # a node quit on its own: stop the others
-                    running.stop()
+                    await out.say(f"node {spec[0]}: pid {proc.pid}")
+                    nursery.start_soon(_pump, proc.stdout, f"[Node{spec[0]}] ".encode(), out)
+                    nursery.start_soon(watch, spec, proc)
             watchers.cancel_scope.cancel()
     return running.exit_status()
 
@@ -118,11 +205,27 @@ async def run_cluster(nodes: Sequence[NodeSpec], extra_args: Sequence[str] = ())
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dengine_trio.devcluster",
-        description="Run config/n1..nN locally on ports 8081.. and 10001.., output prefixed.",
+        description="Run config/n1..nN locally on ports 8081.. and 10001.., output prefixed. "
+        "Other arguments are passed to every node.",
     )
     parser.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    parser.add_argument(
+        "--node",
+        action="append",
+        type=_node_spec,
+        metavar="ID:CONFIG:PORT:HEALTH_PORT",
+        help="run this node instead of config/n1..nN (repeat for each node)",
+    )
     args, extra = parser.parse_known_args(argv)
-    return trio.run(run_cluster, mission_nodes(args.nodes), extra)
+    return trio.run(run_cluster, args.node or mission_nodes(args.nodes), extra)
+
+
+def _node_spec(text: str) -> NodeSpec:
+    try:
+        node_id, config_path, port, health_port = text.rsplit(":", 3)
+        return int(node_id), config_path, int(port), int(health_port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ID:CONFIG:PORT:HEALTH_PORT") from None
 
 
 if __name__ == "__main__":

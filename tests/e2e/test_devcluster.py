@@ -1,0 +1,130 @@
+"""``make start-cluster`` (``python -m dengine_trio.devcluster``) with real node processes.
+
+A node that dies is reported with its id and how it died, the others keep running (the quick
+start is where a user tries a failover), and stopping the launcher stops each survivor
+gracefully exactly once, also when the stop signal arrives twice (make forwards its own).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.e2e.cluster import (
+    EXIT_TIMEOUT_S,
+    START_TIMEOUT_S,
+    Cluster,
+    Node,
+    wait_until,
+)
+from tests.e2e.test_kv_api import put, read
+
+PID_LINE = re.compile(r"^\[devcluster\] node (\d+): pid (\d+)", re.M)
+
+
+class Launcher:
+    """The devcluster process running the nodes of ``cluster``, its output in a file."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.log_path = cluster.root / "devcluster.log"
+        specs = [
+            f"{n.node_id}:{n.config_path.with_suffix('')}:{n.port}:{n.health_port}"
+            for n in cluster.nodes
+        ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "info"}
+        env.pop("CONFIG_PATH", None)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dengine_trio.devcluster"]
+                + [arg for spec in specs for arg in ("--node", spec)],
+                cwd=cluster.root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def pids(self) -> dict[int, int] | None:
+        """Node id -> pid, once the launcher has printed every node's."""
+        found = {int(m.group(1)): int(m.group(2)) for m in PID_LINE.finditer(self.output())}
+        return found if len(found) == len(self.cluster.nodes) else None
+
+    def node_lines(self, node: Node) -> list[str]:
+        prefix = f"[Node{node.node_id}] "
+        return [line for line in self.output().splitlines() if line.startswith(prefix)]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(EXIT_TIMEOUT_S)
+        for pid in (self.pids() or {}).values():  # nodes run in their own sessions
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@contextmanager
+def launched(root: Path) -> Iterator[tuple[Cluster, Launcher]]:
+    cluster = Cluster(root)
+    launcher = Launcher(cluster)
+    try:
+        yield cluster, launcher
+    finally:
+        launcher.stop()
+        for node in cluster.nodes:
+            node.close()
+
+
+def single_leader(nodes: list[Node]) -> Node | None:
+    if any(n.status_code(n.health, "/status") != 200 for n in nodes):
+        return None
+    leaders = [n for n in nodes if n.status_code(n.health, "/primary") == 200]
+    return leaders[0] if len(leaders) == 1 else None
+
+
+def test_a_killed_node_is_reported_the_others_keep_running_and_stop_once(
+    tmp_path: Path,
+) -> None:
+    with launched(tmp_path) as (cluster, launcher):
+        pids = wait_until(launcher.pids, START_TIMEOUT_S, "the launcher to print node pids")
+        leader = wait_until(lambda: single_leader(cluster.nodes), START_TIMEOUT_S, "a leader")
+        put(leader, "before", "the kill")
+
+        os.kill(pids[leader.node_id], signal.SIGKILL)
+        report = re.compile(
+            rf"^\[devcluster\] node {leader.node_id} died: killed by SIGKILL .*$", re.M
+        )
+        line = wait_until(
+            lambda: report.search(launcher.output()), EXIT_TIMEOUT_S, "the death report"
+        ).group(0)
+        assert "start-node" in line or "--config-path" in line, line  # how to restart it
+
+        survivors = [n for n in cluster.nodes if n is not leader]
+        new_leader = wait_until(lambda: single_leader(survivors), START_TIMEOUT_S, "a new leader")
+        assert launcher.proc.poll() is None, launcher.output()
+        put(new_leader, "after", "the kill")
+        for node in survivors:
+            assert read(node, "before", "linearizable").json() == {"value": "the kill"}
+
+        # Stopping `make start-cluster` with `kill`: the launcher gets make's SIGTERM too.
+        launcher.proc.send_signal(signal.SIGTERM)
+        launcher.proc.send_signal(signal.SIGINT)
+        assert launcher.proc.wait(EXIT_TIMEOUT_S) == 0, launcher.output()
+        output = launcher.output()
+        assert "SIGKILL" not in output.split(line, 1)[1], output
+        for node in survivors:
+            lines = launcher.node_lines(node)
+            assert sum("shutting down" in x for x in lines) == 1, output
+            assert lines[-1].endswith("stopped"), output
+            assert not any("skipping" in x for x in lines), output
