@@ -2,23 +2,32 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two install stamps: running a node needs only the runtime dependencies (a first
+# `make start-cluster` installs those alone); lint, tests and benchmarks add the test extras.
+RUN_STAMP := $(VENV)/.installed-run
+STAMP := $(VENV)/.installed-test
 LINT_PATHS := dengine_trio tests $(wildcard bench)
 LOG_LEVEL ?= info
 export LOG_LEVEL
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install lint test chaos clean
+.PHONY: help install install-run lint test chaos clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
+
+install-run: $(RUN_STAMP) ## create .venv and install the project with its runtime dependencies only
 
 install: $(STAMP) ## create .venv and install the project with its test extras
 
@@ -38,16 +47,16 @@ clean: ## remove logs, databases and snapshots
 
 .PHONY: start-cluster start-node1 start-node2 start-node3
 
-start-cluster: $(STAMP) ## run nodes 1-3 in parallel (KV 8081-8083, health 10001-10003); Ctrl+C stops them
+start-cluster: $(RUN_STAMP) ## run nodes 1-3 in parallel (KV 8081-8083, health 10001-10003); Ctrl+C stops them
 	$(BIN)/python -m dengine_trio.devcluster
 
-start-node1: $(STAMP) ## run node 1 in the foreground (KV 8081, health 10001, config/n1.toml)
+start-node1: $(RUN_STAMP) ## run node 1 in the foreground (KV 8081, health 10001, config/n1.toml)
 	$(BIN)/python -m dengine_trio --config-path config/n1 --port 8081 --health-port 10001
 
-start-node2: $(STAMP) ## run node 2 in the foreground (KV 8082, health 10002, config/n2.toml)
+start-node2: $(RUN_STAMP) ## run node 2 in the foreground (KV 8082, health 10002, config/n2.toml)
 	$(BIN)/python -m dengine_trio --config-path config/n2 --port 8082 --health-port 10002
 
-start-node3: $(STAMP) ## run node 3 in the foreground (KV 8083, health 10003, config/n3.toml)
+start-node3: $(RUN_STAMP) ## run node 3 in the foreground (KV 8083, health 10003, config/n3.toml)
 	$(BIN)/python -m dengine_trio --config-path config/n3 --port 8083 --health-port 10003
 
 .PHONY: start-lb bench-failover
@@ -69,7 +78,15 @@ bench-write: $(STAMP) ## write latency (1 client) and throughput (64 writers), 3
 
 .PHONY: bench
 
-bench: $(STAMP) ## the suite: embedded vs PySyncObj, HTTP vs its ceiling and etcd; writes docs/benchmarks.md (about 9 minutes)
+bench: $(STAMP) ## the suite: embedded vs PySyncObj, HTTP vs its ceiling and etcd; rewrites docs/benchmarks.md (about 9 minutes)
+	@echo "make bench will, without asking:"
+	@echo "  - install the bench extras (pysyncobj, matplotlib) into $(VENV) if missing;"
+	@echo "  - if run as root with apt-get, install the OS packages wrk and etcd-server if missing"
+	@echo "    (otherwise those parts are skipped, with a message);"
+	@echo "  - run the benchmarks (about 9 minutes), then rewrite the generated section of the"
+	@echo "    tracked docs/benchmarks.md and docs/benchmarks.png (git diff shows the change;"
+	@echo "    .venv/bin/python -m bench.suite --no-doc runs them without writing)."
+	@echo "Ctrl+C stops it at any point."
 	@$(BIN)/python -c "import pysyncobj, matplotlib" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,bench]'
 	@missing=""; command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \

@@ -22,6 +22,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from functools import partial
+from importlib import metadata
 
 import trio
 from hypercorn.trio import serve
@@ -35,7 +36,7 @@ from dengine_trio.engine import EmbeddedEngine
 from dengine_trio.log import LEVELS, parse_level, setup_logging
 from dengine_trio.storage import StorageError
 
-__all__ = ["EXIT_CONFIG", "EXIT_STARTUP", "build_parser", "main", "serve_node"]
+__all__ = ["EXIT_CONFIG", "EXIT_STARTUP", "build_parser", "main", "package_version", "serve_node"]
 
 EXIT_CONFIG = 2
 """Exit status for a configuration or usage error (as argparse uses for usage errors)."""
@@ -85,7 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--access-log", action="store_true", help="log every HTTP request (off by default)"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version (``pyproject.toml``), from its metadata."""
+    try:
+        return metadata.version("dengine_trio")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def _fail(message: str) -> int:
