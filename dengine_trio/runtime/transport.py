@@ -134,7 +134,10 @@ class _OutboundLink:
         """The process at the other end of the current connection; 0 without one."""
         self.connection_scope: trio.CancelScope | None = None
         self.rechecked_at = -math.inf
+        self.claims_seen: set[int] = set()
         self.claims_logged: set[int] = set()
+        self.inbound: dict[trio.CancelScope, int] = {}
+        """Open inbound connections from this peer: their cancel scope -> incarnation."""
 
     def take_batch(self) -> bytes:
         queue = self.queue
@@ -411,6 +414,7 @@ class Transport:
             handshaken = True
             self._meet_incarnation(link, reply.incarnation)
             link.connected_incarnation = reply.incarnation
+            self._close_other_processes(link, reply.incarnation)
             return stream
         except (*_STREAM_ERRORS, trio.TooSlowError, CodecError, _ProtocolViolation) as exc:
             link.stats.connect_failures += 1
@@ -485,8 +489,29 @@ class Transport:
         accepted = await self._accept_handshake(stream, reader, remote)
         if accepted is None:
             return
-        peer_id, pending = accepted
+        peer_id, incarnation, pending = accepted
         self.stats.inbound_open += 1
+        scope = trio.CancelScope()
+        inbound = self._links[peer_id].inbound
+        inbound[scope] = incarnation
+        try:
+            with scope:
+                await self._receive_from(stream, reader, peer_id, remote, pending)
+        finally:
+            del inbound[scope]
+            self.stats.inbound_open -= 1
+            if self.delivered is not None:
+                # What arrived before a bad frame (or the end) is handled all the same.
+                self.delivered()
+
+    async def _receive_from(
+        self,
+        stream: trio.SocketStream,
+        reader: FrameReader,
+        peer_id: int,
+        remote: str,
+        pending: list[bytes],
+    ) -> None:
         try:
             for payload in pending:
                 self._receive(peer_id, payload)
@@ -517,11 +542,6 @@ class Transport:
                 remote,
                 exc,
             )
-        finally:
-            self.stats.inbound_open -= 1
-            if self.delivered is not None:
-                # What arrived before a bad frame (or the end) is handled all the same.
-                self.delivered()
 
     def _receive(self, peer_id: int, payload: bytes) -> None:
         msg: Any = decode(payload)
@@ -537,9 +557,9 @@ class Transport:
 
     async def _accept_handshake(
         self, stream: trio.SocketStream, reader: FrameReader, remote: str
-    ) -> tuple[int, list[bytes]] | None:
-        """Read and check ``Hello``; on success return the peer id and any frames that came
-        with it, otherwise refuse (one WARNING) and return None."""
+    ) -> tuple[int, int, list[bytes]] | None:
+        """Read and check ``Hello``; on success return the peer id, its incarnation and any
+        frames that came with it, otherwise refuse (one WARNING) and return None."""
         frames: list[bytes] = []
         reason = ""
         hello: object = None
@@ -593,7 +613,7 @@ class Transport:
         self.log.debug("node %d: accepted link from peer %d at %s", self.node_id, hello.src, remote)
         if hello.incarnation:
             self._meet_incarnation(self._links[hello.src], hello.incarnation)
-        return hello.src, frames[1:]
+        return hello.src, hello.incarnation, frames[1:]
 
     def _meet_incarnation(self, link: _OutboundLink, incarnation: int) -> None:
         """A handshake met ``incarnation`` of ``link``'s peer: if that is a new process of the
@@ -621,39 +641,58 @@ class Transport:
 
         The process this node reaches at the peer's configured address is that node. A
         caller with another incarnation is either the peer restarted (the old link has not
-        noticed yet: re-check it now, so the caller's next attempt gets in) or a second process
-        claiming the same node id."""
+        noticed yet: it is re-checked now, so the caller's next attempt gets in) or a second
+        process claiming the same node id: said once, as a WARNING, when the same caller is
+        refused again after the re-check."""
         link = self._links[hello.src]
         known = link.connected_incarnation
-        if not hello.incarnation or not known or hello.incarnation == known:
+        claim = hello.incarnation
+        if not claim or not known or claim == known:
             return ""
-        now = trio.current_time()
-        recheck = now - link.rechecked_at >= BACKOFF_MAX_S
-        if recheck and link.connection_scope is not None:
-            link.rechecked_at = now
-            link.connection_scope.cancel()
         reason = (
-            f"Hello from node {hello.src} (process {hello.incarnation:x}) at {remote}, but node "
-            f"{hello.src}'s address {link.stats.address} is served by process {known:x}"
+            f"node {hello.src}'s address {link.stats.address} is served by another process "
+            f"({known:x}) than the caller ({claim:x})"
         )
-        if recheck:
+        if claim not in link.claims_seen:
+            link.claims_seen.add(claim)
             self.log.info(
-                "node %d: refused connection from %s: %s; checking which process is at "
-                "that address",
+                "node %d: refused connection from %s claiming node %d: %s; checking which "
+                "process is at that address",
                 self.node_id,
                 remote,
+                hello.src,
                 reason,
             )
-        elif hello.incarnation not in link.claims_logged:
-            link.claims_logged.add(hello.incarnation)
+        elif claim not in link.claims_logged:
+            link.claims_logged.add(claim)
             self.log.warning(
-                "node %d: refused connection from %s: %s; is a second process running as node %d?",
+                "node %d: refused connection from %s claiming node %d: %s; is a second "
+                "process running as node %d?",
                 self.node_id,
                 remote,
+                hello.src,
                 reason,
                 hello.src,
             )
+        now = trio.current_time()
+        if now - link.rechecked_at >= BACKOFF_MAX_S and link.connection_scope is not None:
+            link.rechecked_at = now
+            link.connection_scope.cancel()
         return reason
+
+    def _close_other_processes(self, link: _OutboundLink, incarnation: int) -> None:
+        """The process at the peer's address is ``incarnation``: inbound connections from any
+        other process claiming that peer (a previous one whose connection lingers, or one
+        accepted while the peer's address could not be checked) are closed."""
+        for scope, other in list(link.inbound.items()):
+            if other and other != incarnation:
+                self.log.info(
+                    "node %d: closing a connection from another process (%x) claiming node %d",
+                    self.node_id,
+                    other,
+                    link.peer_id,
+                )
+                scope.cancel()
 
     async def _refuse(self, stream: trio.SocketStream, reason: str) -> None:
         with trio.move_on_after(HANDSHAKE_TIMEOUT_S):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from dengine_trio.config import NodeConfig, load_config
@@ -32,18 +33,13 @@ def write_configs(
     strategy: str = "DiskFirst",
     policy: str = "LinearizableRead",
     extra: str = "",
-    fronts: dict[int, int] | None = None,
     election_timeout_ms: tuple[int, int] = (300, 500),
     request_timeout_ms: int = 5000,
 ) -> list[NodeConfig]:
-    """Write one TOML file per node under ``root`` and load them.
-
-    With ``fronts`` (node id -> port, e.g. a ``tests.chaos.proxy.ProxyNetwork``'s), every
-    node's ``initial_cluster`` names those ports while each node listens on its own port."""
+    """Write one TOML file per node under ``root`` and load them."""
     ports = free_ports(size)
     members = ",\n".join(
-        f'    {{ id = {i + 1}, address = "127.0.0.1:{fronts[i + 1] if fronts else port}", '
-        "role = 1, status = 2 }"
+        f'    {{ id = {i + 1}, address = "127.0.0.1:{port}", role = 1, status = 2 }}'
         for i, port in enumerate(ports)
     )
     configs = []
@@ -78,6 +74,31 @@ request_timeout_ms = {request_timeout_ms}
         )
         configs.append(load_config(path))
     return configs
+
+
+class _ListeningElsewhere(NodeConfig):
+    """A node configuration whose Raft listener (and data directory) is not the one its file
+    says: a node behind a proxy, or a second process claiming a node's id. (Built this way
+    because the file's ``listen_address`` must be the node's own address.)"""
+
+    __slots__ = ("_db", "_listen")
+
+    def listen_host_port(self) -> tuple[str, int]:
+        return self._listen
+
+    def db_root_path(self) -> Path:
+        return self._db
+
+
+def listening_elsewhere(
+    config: NodeConfig, host: str, port: int, db_root: Path | None = None
+) -> NodeConfig:
+    elsewhere = _ListeningElsewhere(
+        **{f.name: getattr(config, f.name) for f in attrs.fields(NodeConfig)}
+    )
+    object.__setattr__(elsewhere, "_listen", (host, port))
+    object.__setattr__(elsewhere, "_db", db_root or config.db_root_path())
+    return elsewhere
 
 
 class EngineHandle:
@@ -130,8 +151,14 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> 
 async def proxied_cluster(
     nursery: trio.Nursery, root: Path, **config: Any
 ) -> tuple[ProxyNetwork, dict[int, EngineHandle]]:
-    fronts = dict(zip((1, 2, 3), free_ports(3), strict=True))
-    configs = write_configs(root, fronts=fronts, **config)
+    # Every node's initial_cluster names the proxy's front ports; each node binds a port of
+    # its own behind the proxy.
+    configs = write_configs(root, **config)
+    fronts = {c.cluster.node_id: c.listen_host_port()[1] for c in configs}
+    configs = [
+        listening_elsewhere(c, "127.0.0.1", port)
+        for c, port in zip(configs, free_ports(3), strict=True)
+    ]
     net = ProxyNetwork({c.cluster.node_id: c.listen_host_port() for c in configs}, fronts)
     await nursery.start(net.run)
     nodes = {c.cluster.node_id: EngineHandle(c) for c in configs}

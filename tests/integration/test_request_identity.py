@@ -10,8 +10,10 @@ single directions of single links, real files.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 import trio
 
 from dengine_trio.errors import DengineError
@@ -23,9 +25,11 @@ from .cluster import (
     HEALTHY,
     EngineHandle,
     agreed_leader,
+    free_ports,
+    listening_elsewhere,
     proxied_cluster,
-    record_sends,
     wait_until,
+    write_configs,
 )
 
 
@@ -103,28 +107,37 @@ async def test_a_restarted_followers_write_is_not_answered_by_its_old_writes_rep
 async def test_a_restarted_followers_read_is_not_answered_by_its_old_reads_index(
     tmp_path: Path,
 ) -> None:
+    """The answer to F's old read is still on its way when F has restarted and begun a new
+    read. The transport drops what was queued for F's previous process and the connections of
+    that process; what is left is an answer the leader computed for the old request and sends
+    after F's new process connected (here: held at the leader's send until then), on a link
+    slow enough that F's new read begins before it arrives."""
     async with trio.open_nursery() as nursery:
         net, nodes = await proxied_cluster(nursery, tmp_path, election_timeout_ms=(2500, 3000))
         leader = await agreed_leader(nodes)
         f = next(n for n in nodes if n != leader)
         client = nodes[leader].engine.client()
         await client.put(b"k", b"old")
-        leader_sent = record_sends(nodes[leader].engine)
 
-        def read_answers() -> list[ReadIndexResponse]:
-            return [m for m in leader_sent if isinstance(m, ReadIndexResponse) and m.dst == f]
+        transport = nodes[leader].engine._runtime.transport
+        assert transport is not None
+        send = transport.send
+        held: list[ReadIndexResponse] = []
 
-        # F's first read (request id 1 in F's process) is slow to reach the leader; F's
-        # process ends meanwhile (the proxy still delivers what it had taken).
-        net.set_link(f, leader, LinkFault(delay_s=1.5))
+        def hold_read_answers_to_f(message: object) -> object:
+            if isinstance(message, ReadIndexResponse) and message.dst == f:
+                held.append(message)
+                return b""
+            return send(message)
+
+        transport.send = hold_read_answers_to_f  # type: ignore[method-assign]
+
+        # F's first read (request id 1 in F's process) gets its read index of the time.
         async with trio.open_nursery() as reads:
             reads.start_soon(nodes[f].engine.client().get_linearizable, b"k")
-            # Sent (the transport writes to an idle socket at once), then taken by the proxy.
-            await wait_until(lambda: bool(nodes[f].engine._runtime._reads))
-            await trio.sleep(0.1)
+            await wait_until(lambda: len(held) == 1)
             reads.cancel_scope.cancel()
         await nodes[f].stop()
-        net.set_link(f, leader, HEALTHY)
 
         # F comes back as a new process and catches up; from now on the leader's messages take
         # a second to reach F, order kept.
@@ -138,12 +151,56 @@ async def test_a_restarted_followers_read_is_not_answered_by_its_old_reads_index
             )
         )
         net.set_link(leader, f, LinkFault(delay_s=1.0))
-        # The old read reaches the leader, which answers it with its read index of now.
-        await wait_until(lambda: bool(read_answers()))
-        # Then a write is acknowledged (leader and G), then F's first read (request id 1
-        # again) begins.
+        # The leader sends its answer to the old read now, to F's new process.
+        transport.send = send  # type: ignore[method-assign]
+        send(held[0])
+        # A write is acknowledged (leader and G), then F's first read (request id 1 again)
+        # begins, before that answer arrives.
         await client.put(b"k", b"new")
-        result = await f_engine.client().get_linearizable(b"k")
+        result: list[bytes | None] = []
+
+        async def read_new() -> None:
+            result.append(await f_engine.client().get_linearizable(b"k"))
+
+        nursery.start_soon(read_new)
+        await wait_until(lambda: bool(result))
         # Linearizable: the read began after "new" was acknowledged.
-        assert result == b"new"
+        assert result == [b"new"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_second_process_claiming_a_node_id_is_refused_and_named_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 11 item 17: a copy of node 2 started elsewhere (another port, another directory)
+    dials the others as node 2. They refuse it, say so once, and keep working with the real
+    node 2."""
+    caplog.set_level(logging.INFO, logger="dengine_trio.transport")
+    configs = write_configs(tmp_path)
+    second = listening_elsewhere(configs[1], "127.0.0.1", free_ports(1)[0], tmp_path / "second-2")
+    async with trio.open_nursery() as nursery:
+        nodes = {c.cluster.node_id: EngineHandle(c) for c in configs}
+        for node in nodes.values():
+            await node.start(nursery)
+        leader = await agreed_leader(nodes)
+        impostor = EngineHandle(second)
+        await impostor.start(nursery)
+        refusals = [
+            nodes[n].engine._runtime.transport.stats  # type: ignore[union-attr]
+            for n in (1, 3)
+        ]
+        await wait_until(lambda: all(s.connections_refused >= 2 for s in refusals))
+        # The cluster goes on with the real node 2.
+        await nodes[leader].engine.client().put(b"k", b"v")
+        assert await nodes[2].engine.client().get_linearizable(b"k") == b"v"
+        await impostor.stop()
+        nursery.cancel_scope.cancel()
+    for node_id in (1, 3):
+        named = [
+            r
+            for r in caplog.records
+            if r.levelno == logging.WARNING
+            and r.message.startswith(f"node {node_id}: refused connection")
+            and "second process running as node 2" in r.message
+        ]
+        assert len(named) == 1, [r.message for r in caplog.records]

@@ -587,7 +587,7 @@ async def test_a_second_process_claiming_a_nodes_id_is_refused_and_logged_once(
                 async with await trio.open_tcp_stream("127.0.0.1", ports[1]) as stream:
                     reply = await raw_handshake(stream, impostor)
                 assert not reply.ok
-                assert "is served by process" in reply.reason
+                assert "is served by another process" in reply.reason
                 # The first refusal re-checks node 1's own link to node 2: the real node 2
                 # is still there.
                 await wait_until(lambda: peer.connects == 2 and peer.connected)
@@ -622,3 +622,23 @@ async def test_withdraw_takes_back_only_what_no_socket_has_seen() -> None:
             nursery.cancel_scope.cancel()
     assert [m.seq for m in b.inbox] == [1, 3]  # type: ignore[attr-defined]
     assert a.transport.stats.peers[2].queued == 0
+
+
+async def test_a_connection_from_another_process_of_a_peer_closes_once_the_peer_is_reached() -> (
+    None
+):
+    """Accepted while node 2's address could not be checked (node 2 down), a connection
+    claiming node 2 from another process is closed once node 1 reaches the real node 2."""
+    ports = dict(zip((1, 2), free_ports(2), strict=True))
+    a, b = Node(1, ports), Node(2, ports)
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            await a.start(nursery)
+            async with await trio.open_tcp_stream("127.0.0.1", ports[1]) as stream:
+                other = Hello(CLUSTER, 2, 1, PROTOCOL_VERSION, b.transport.incarnation + 1)
+                assert (await raw_handshake(stream, other)).ok
+                await b.start(nursery)
+                assert await read_until_closed(stream) == b""
+            b.transport.send(hb(2, 1, 1))
+            await a.wait_for(heartbeat(2, 1))
+            nursery.cancel_scope.cancel()
