@@ -31,12 +31,22 @@ from dengine_trio import errors
 from dengine_trio.api import bind_listener, hypercorn_config, kernel_backlog_cap
 from dengine_trio.api.health import create_health_app
 from dengine_trio.api.kv import create_kv_app
-from dengine_trio.config import ConfigError, NodeConfig, load_config
+from dengine_trio.config import ConfigError, NodeConfig, check_message_limits, load_config
 from dengine_trio.engine import EmbeddedEngine
 from dengine_trio.log import LEVELS, parse_level, setup_logging
+from dengine_trio.runtime.node import MAX_COMMAND_BYTES
 from dengine_trio.storage import StorageError
+from dengine_trio.wire import MAX_FRAME_BYTES
 
-__all__ = ["EXIT_CONFIG", "EXIT_STARTUP", "build_parser", "main", "package_version", "serve_node"]
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_STARTUP",
+    "build_parser",
+    "load_node_config",
+    "main",
+    "package_version",
+    "serve_node",
+]
 
 EXIT_CONFIG = 2
 """Exit status for a configuration or usage error (as argparse uses for usage errors)."""
@@ -119,7 +129,7 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
     except ValueError as exc:
         return _fail(str(exc))
     try:
-        config = load_config(config_arg)
+        config = load_node_config(config_arg)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
@@ -173,6 +183,13 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
         log.error("node %d cannot run: %s", node_id, cause)
         return EXIT_STARTUP
     return 0
+
+
+def load_node_config(path: str) -> NodeConfig:
+    """:func:`load_config`, plus the sizes the transport can carry (ConfigError if not)."""
+    config = load_config(path)
+    check_message_limits(config, MAX_COMMAND_BYTES, MAX_FRAME_BYTES)
+    return config
 
 
 def _startup_errors(exc: BaseException) -> Iterator[Exception]:
@@ -296,6 +313,10 @@ async def _shut_down(
 async def _hand_over_leadership(engine: EmbeddedEngine, timeout_s: float) -> None:
     if not engine.is_leader():
         return
+    if not engine.reachable_peers():
+        # E.g. the whole cluster is stopping: not a failure, and not worth a wait.
+        log.info("leader: no peer reachable to hand leadership to; stopping")
+        return
     log.info("leader: transferring leadership before stopping (up to %.1f s)", timeout_s)
     try:
         moved = await engine.transfer_leadership(timeout_s)
@@ -304,6 +325,8 @@ async def _hand_over_leadership(engine: EmbeddedEngine, timeout_s: float) -> Non
         return
     if moved:
         log.info("leadership transferred to node %s", engine.leader_id())
+    elif not engine.reachable_peers():
+        log.info("leadership not handed over: the peers stopped meanwhile; stopping")
     else:
         log.warning("leadership transfer did not finish in %.1f s; stopping anyway", timeout_s)
 

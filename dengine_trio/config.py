@@ -28,7 +28,6 @@ from cattrs.gen import make_dict_structure_fn
 
 from dengine_trio.policy import ReadPolicy
 from dengine_trio.raft.config import Durability, RaftConfig
-from dengine_trio.wire import MAX_FRAME_BYTES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,6 +52,7 @@ __all__ = [
     "ReplicationConfig",
     "SnapshotConfig",
     "TimingConfig",
+    "check_message_limits",
     "load_config",
     "resolve_config_path",
 ]
@@ -251,9 +251,6 @@ class NodeConfig:
 # ---------------------------------------------------------------------------------------------
 # Validation beyond types: (dotted key, problem) pairs, in file order.
 
-MAX_COMMAND_BYTES = MAX_FRAME_BYTES - (1 << 20)
-"""Largest command (and AppendEntries payload) the transport carries: its frame limit less
-the headroom the runtime keeps for the message envelope (``runtime.node.MAX_COMMAND_BYTES``)."""
 PUT_COMMAND_OVERHEAD_BYTES = 64
 """Upper bound of what ``encode_put`` adds around key and value (msgpack headers: 12 bytes)."""
 
@@ -356,7 +353,6 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
     )
     yield from _positive("raft.replication", cfg.raft.replication)
     yield from _positive("limits", cfg.limits)
-    yield from _fits_in_a_frame(cfg)
     yield from _positive("http", cfg.http)
 
 
@@ -400,26 +396,38 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _fits_in_a_frame(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
-    """Limits above what one transport frame carries would be accepted, then fail at run time
-    (the first big write refused, or an AppendEntries batch that can never be sent)."""
+def check_message_limits(cfg: NodeConfig, max_command_bytes: int, frame_bytes: int) -> None:
+    """Raise ConfigError if ``cfg``'s sizes exceed what one transport message carries.
+
+    ``max_command_bytes``: the largest command (and AppendEntries payload) the transport
+    carries, its frame limit ``frame_bytes`` less the envelope headroom. Both come from the
+    caller because the transport sits above this module. Without this check such limits would
+    be accepted, then fail at run time (the first big write refused, or an AppendEntries batch
+    that can never be sent).
+    """
+    for key, problem in _fits_in_a_frame(cfg, max_command_bytes, frame_bytes):
+        raise ConfigError(cfg.path, key, problem)
+
+
+def _fits_in_a_frame(
+    cfg: NodeConfig, max_command_bytes: int, frame_bytes: int
+) -> Iterator[tuple[str, str]]:
     limits = cfg.limits
-    if 0 < limits.max_key_bytes and 0 < limits.max_value_bytes:
-        largest_put = limits.max_key_bytes + limits.max_value_bytes + PUT_COMMAND_OVERHEAD_BYTES
-        if largest_put > MAX_COMMAND_BYTES:
-            yield (
-                "limits.max_value_bytes",
-                f"{limits.max_value_bytes} with max_key_bytes {limits.max_key_bytes} makes a "
-                f"write of {largest_put} bytes, over the {MAX_COMMAND_BYTES} bytes the "
-                f"transport's frame limit ({MAX_FRAME_BYTES}) leaves for one command; at most "
-                f"{MAX_COMMAND_BYTES - limits.max_key_bytes - PUT_COMMAND_OVERHEAD_BYTES}",
-            )
+    largest_put = limits.max_key_bytes + limits.max_value_bytes + PUT_COMMAND_OVERHEAD_BYTES
+    if largest_put > max_command_bytes:
+        yield (
+            "limits.max_value_bytes",
+            f"{limits.max_value_bytes} with max_key_bytes {limits.max_key_bytes} makes a "
+            f"write of {largest_put} bytes, over the {max_command_bytes} bytes the transport's "
+            f"frame limit ({frame_bytes}) leaves for one command; at most "
+            f"{max_command_bytes - limits.max_key_bytes - PUT_COMMAND_OVERHEAD_BYTES}",
+        )
     batch = cfg.raft.replication.max_bytes_per_msg
-    if batch > MAX_COMMAND_BYTES:
+    if batch > max_command_bytes:
         yield (
             "raft.replication.max_bytes_per_msg",
-            f"{batch} is over the {MAX_COMMAND_BYTES} bytes the transport's frame limit "
-            f"({MAX_FRAME_BYTES}) leaves for the entries of one message",
+            f"{batch} is over the {max_command_bytes} bytes the transport's frame limit "
+            f"({frame_bytes}) leaves for the entries of one message",
         )
 
 
