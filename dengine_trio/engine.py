@@ -141,8 +141,13 @@ class EmbeddedEngine:
         return status
 
     async def transfer_leadership(self, timeout_s: float) -> bool:
-        """Hand leadership to the most up-to-date follower; True once another node leads."""
+        """Hand leadership to the most up-to-date follower; True once another node leads.
+        False after ``timeout_s`` seconds, or at once when no peer is reachable."""
         return await self._runtime.transfer_leadership(timeout_s)
+
+    def reachable_peers(self) -> list[int]:
+        """Ids of the peers this node is connected to right now (their processes are up)."""
+        return self._runtime.reachable_peers()
 
     # ------------------------------------------------------------------ custom state machines
 

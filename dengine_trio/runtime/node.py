@@ -207,6 +207,7 @@ class NodeRuntime:
         self._flush_threshold_hit = trio.Event()
         self._state_changed = trio.Event()
         self._was_leader = False
+        self._transferring = False  # transfer_leadership is under way: a step-down is planned
         self._last_term = 0
         self._nursery: trio.Nursery | None = None
         self._cancel_scope: trio.CancelScope | None = None
@@ -521,11 +522,22 @@ class NodeRuntime:
         was_leader, self._was_leader = self._was_leader, change.role is Role.LEADER
         last_term, self._last_term = self._last_term, change.term
         if was_leader and change.role is not Role.LEADER:
-            if change.term == last_term:
-                why = "no quorum heard within an election timeout (CheckQuorum)"
+            if self._transferring and change.term > last_term:
+                # The hand-over this node asked for: normal operations, logged at INFO.
+                log.info(
+                    "node %d term %d: stepped down as leader: handed over (term %d)",
+                    self.node_id,
+                    last_term,
+                    change.term,
+                )
             else:
-                why = f"saw term {change.term}"
-            log.warning("node %d term %d: stepped down as leader: %s", self.node_id, last_term, why)
+                if change.term == last_term:
+                    why = "no quorum heard within an election timeout (CheckQuorum)"
+                else:
+                    why = f"saw term {change.term}"
+                log.warning(
+                    "node %d term %d: stepped down as leader: %s", self.node_id, last_term, why
+                )
         if change.role is Role.LEADER:
             log.info("node %d term %d: elected leader", self.node_id, change.term)
         elif change.role is Role.FOLLOWER and change.leader_id:
@@ -833,14 +845,32 @@ class NodeRuntime:
                 with trio.move_on_after(0.05):
                     await self._state_changed.wait()
 
+    def reachable_peers(self) -> list[int]:
+        """The peers this node's transport is connected to right now (their processes are
+        up and took the handshake), in id order."""
+        if self.transport is None:
+            return []
+        return sorted(p for p, stats in self.transport.stats.peers.items() if stats.connected)
+
     async def transfer_leadership(self, timeout_s: float) -> bool:
+        """Hand leadership to the most up-to-date follower (Raft thesis §3.10); True once
+        another node leads. Gives up (False) after ``timeout_s`` seconds, or as soon as no
+        peer is reachable (whole-cluster stop: nobody to hand over to)."""
         raft = self.raft
-        if raft is None or not raft.is_leader:
+        if raft is None or not raft.is_leader or not self.reachable_peers():
             return False
-        self._submit(TransferLeader(0))
-        with trio.move_on_after(timeout_s):
-            while raft.is_leader or not raft.leader_id:
-                await self._state_changed.wait()
+        self._transferring = True
+        try:
+            self._submit(TransferLeader(0))
+            with trio.move_on_after(timeout_s):
+                while raft.is_leader or not raft.leader_id:
+                    # Woken by role changes; the peers' links are looked at between them.
+                    with trio.move_on_after(0.05):
+                        await self._state_changed.wait()
+                    if raft.is_leader and not self.reachable_peers():
+                        break
+        finally:
+            self._transferring = False
         return not raft.is_leader and raft.leader_id not in (0, self.node_id)
 
     async def wait_for_state_change(self) -> None:
