@@ -76,17 +76,20 @@ bench-failover: $(STAMP) ## leader SIGKILL/SIGTERM through HAProxy, 10 runs each
 bench-write: $(STAMP) ## write latency (1 client) and throughput (64 writers), 3 processes, MemFirst and DiskFirst (about 1 minute)
 	$(BIN)/python -m bench.write
 
-.PHONY: bench
+.PHONY: bench bench-notice
 
-bench: $(STAMP) ## the suite: embedded vs PySyncObj, HTTP vs its ceiling and etcd; rewrites docs/benchmarks.md (about 9 minutes)
+# Printed before anything is installed or run (a prerequisite listed first runs first).
+bench-notice:
 	@echo "make bench will, without asking:"
-	@echo "  - install the bench extras (pysyncobj, matplotlib) into $(VENV) if missing;"
+	@echo "  - install the test and bench extras (pysyncobj, matplotlib) into $(VENV) if missing;"
 	@echo "  - if run as root with apt-get, install the OS packages wrk and etcd-server if missing"
 	@echo "    (otherwise those parts are skipped, with a message);"
 	@echo "  - run the benchmarks (about 9 minutes), then rewrite the generated section of the"
 	@echo "    tracked docs/benchmarks.md and docs/benchmarks.png (git diff shows the change;"
 	@echo "    .venv/bin/python -m bench.suite --no-doc runs them without writing)."
 	@echo "Ctrl+C stops it at any point."
+
+bench: bench-notice $(STAMP) ## the suite: embedded vs PySyncObj, HTTP vs its ceiling and etcd; rewrites docs/benchmarks.md (about 9 minutes)
 	@$(BIN)/python -c "import pysyncobj, matplotlib" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,bench]'
 	@missing=""; command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \

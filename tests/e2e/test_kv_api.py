@@ -125,7 +125,6 @@ ANY_KEY = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_siz
 @settings(
     max_examples=80,
     deadline=None,
-    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(key=ANY_KEY)
