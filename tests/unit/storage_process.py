@@ -5,6 +5,9 @@ storage_process.py hold DB     open DB, print "held <pid>", keep it until stdin 
 storage_process.py write DB    append and sync entries (trio, sync in a worker thread, as
                                the runtime does) and print "synced <index> <term>" after
                                each sync, until killed
+storage_process.py snapshots DIR   write KV snapshots of ~1 MiB into DIR in small chunks,
+                               one after another (keeping the newest 2), and print
+                               "committed <index>" after each commit, until killed
 """
 
 from __future__ import annotations
@@ -15,11 +18,16 @@ import sys
 import trio
 
 from dengine_trio.raft.messages import Entry
+from dengine_trio.statemachine import KVStateMachine, encode_put
 from dengine_trio.storage import Storage, StorageLockedError
+from dengine_trio.storage.snapshots import SnapshotHeader, SnapshotWriter, remove_old_snapshots
 
 SEGMENT_BYTES = 8192
 WRITE_TERM = 3
 MAX_INDEX = 200_000  # an upper bound on the disk a forgotten writer can fill
+SNAPSHOT_CLUSTER = "crash-000000000000"
+SNAPSHOT_KEYS = 4000
+MAX_SNAPSHOTS = 2000  # the writer stops by itself after this many (~2 GB written, 2 kept)
 
 
 def payload(index: int) -> bytes:
@@ -77,6 +85,24 @@ async def write(db: str) -> None:
         nursery.start_soon(sync_forever)
 
 
+def snapshot_state(index: int) -> KVStateMachine:
+    """The state a snapshot at ``index`` holds, so a reader can check what it restores."""
+    sm = KVStateMachine()
+    for key in range(SNAPSHOT_KEYS):
+        sm.apply(index, encode_put(b"key-%d" % key, b"%d;" % index * 40))
+    return sm
+
+
+def snapshots(directory: str) -> None:
+    for index in range(1, MAX_SNAPSHOTS + 1):
+        header = SnapshotHeader(index, 1, SNAPSHOT_CLUSTER, {1: "127.0.0.1:1"})
+        with SnapshotWriter.create(directory, header, chunk_bytes=4096) as writer:
+            snapshot_state(index).snapshot()(writer)
+            writer.commit()
+        print(f"committed {index}", flush=True)
+        remove_old_snapshots(directory, keep=2)
+
+
 def main() -> None:
     command, db = sys.argv[1], sys.argv[2]
     if command == "try":
@@ -85,6 +111,8 @@ def main() -> None:
         hold(db)
     elif command == "write":
         trio.run(write, db)
+    elif command == "snapshots":
+        snapshots(db)
     else:
         raise SystemExit(f"unknown command {command!r}")
 
