@@ -59,8 +59,10 @@ class App(QuartTrio):
     worker) closes the socket from inside the app's final ``send``: it first queues
     ``http.disconnect``, whose listener then cancels the sending task at the next checkpoint,
     before the socket is shut down and closed. The connection then stayed open forever
-    (upstream: pgjones/hypercorn#330). Shielding that one ``send`` lets Hypercorn finish its
-    close; it cannot block longer than Hypercorn's own (already shielded) write of the body.
+    (upstream: pgjones/hypercorn#330). On a kept-alive connection the same cancel skipped the
+    restart of Hypercorn's idle timer, so an idle client connection was never closed either.
+    Shielding that one ``send`` lets Hypercorn finish either; it cannot block longer than
+    Hypercorn's own (already shielded) write of the body.
     """
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

@@ -12,9 +12,13 @@ import json
 import socket
 import threading
 from collections import Counter
+from functools import partial
 
 import pytest
+import trio
+from hypercorn.trio import serve
 
+from dengine_trio.api import App, bind_listener, hypercorn_config
 from tests.e2e.cluster import Cluster, Node
 
 READ_TIMEOUT_S = 10.0
@@ -151,3 +155,37 @@ def test_a_burst_of_simultaneous_connections_is_queued_not_refused(cluster: Clus
     for node in (leader, cluster.followers(leader)[0]):
         outcomes = burst_of_posts(node.port, BURST_CONNECTIONS)
         assert outcomes == Counter({200: BURST_CONNECTIONS}), (node.node_id, outcomes)
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout() -> None:
+    """The same cancellation that kept asked-for closes from happening also skipped the restart
+    of Hypercorn's idle timer after a response, so an idle client connection stayed open for
+    good. In-process (real Hypercorn, real socket) with a short keep-alive timeout."""
+    app = App("idle-test")
+
+    @app.get("/")
+    async def index() -> str:
+        return "ok"
+
+    listener = bind_listener("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    config = hypercorn_config(listener)  # takes the socket over
+    config.keep_alive_timeout = 0.5
+
+    def idle_client() -> tuple[bytes, bool]:
+        with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT_S) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            try:
+                while chunk := sock.recv(65536):
+                    received += chunk
+            except TimeoutError:
+                return received, False
+            return received, True
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve, app, config))
+        received, closed = await trio.to_thread.run_sync(idle_client)
+        nursery.cancel_scope.cancel()
+    assert received.startswith(b"HTTP/1.1 200"), received
+    assert closed, "an idle keep-alive connection was never closed"
