@@ -180,8 +180,7 @@ async def run_cluster(nodes: Sequence[NodeSpec], extra_args: Sequence[str] = ())
                         )
                     else:
                         await out.say(
-                            f"node {node_id} died: {describe_exit(code)}; "
-                            "no node is left"
+                            f"node {node_id} died: {describe_exit(code)}; no node is left"
                         )
 
                 for spec in nodes:
