@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -400,3 +401,24 @@ def _answer(client: httpx.Client, method: str) -> httpx.Response | None:
         return client.get(key_path("k"))
     except httpx.TransportError:  # HAProxy not listening yet
         return None
+
+
+def test_every_error_haproxy_can_answer_itself_is_a_json_body_in_the_nodes_shape() -> None:
+    shipped = SHIPPED_CONFIG.read_text()
+    lines = [
+        line.strip() for line in shipped.splitlines() if line.strip().startswith("http-error ")
+    ]
+    statuses = set()
+    for line in lines:
+        match = re.fullmatch(
+            r"http-error status (\d+) content-type application/json (?:hdr \S+ \S+ )?string '(.*)'",
+            line,
+        )
+        assert match, line
+        statuses.add(int(match.group(1)))
+        body = json.loads(match.group(2))
+        assert set(body) == {"error", "message"}, line
+        assert re.fullmatch(r"[a-z_]+", body["error"]), line
+    # What HAProxy itself may answer in this setup: no server or queue full, a node's bad or
+    # missing answer, its timeout, an unparsable or too slow request, an internal error.
+    assert statuses == {400, 408, 500, 502, 503, 504}
