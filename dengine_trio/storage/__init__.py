@@ -9,6 +9,8 @@ Everything lives under ``db_root_dir``::
     <db_root_dir>/hard_state    current term and vote (28 bytes)
     <db_root_dir>/wal/<first index, 20 digits>.wal   write-ahead log segments
     <db_root_dir>/wal/synced    synced-position marker (28 bytes)
+    <snapshots_dir>/snapshot-<last index>-<last term>.snap   snapshots (not used by the node
+                                yet; format and atomicity in ``storage/snapshots.py``)
 
 ``LOCK``
     Held with ``flock(LOCK_EX | LOCK_NB)`` for as long as the node runs; a second process on
@@ -107,17 +109,39 @@ from ._fs import fsync_directory
 from .errors import CorruptHardStateError, CorruptLogError, StorageError, StorageLockedError
 from .hard_state import HardState, load_hard_state, save_hard_state
 from .lock import DirectoryLock
+from .snapshots import (
+    CorruptSnapshotError,
+    ForeignSnapshotError,
+    SnapshotChunkError,
+    SnapshotError,
+    SnapshotFile,
+    SnapshotHeader,
+    SnapshotReader,
+    SnapshotReceiver,
+    SnapshotWriter,
+    UnsupportedSnapshotVersionError,
+)
 from .wal import DEFAULT_SEGMENT_BYTES, WriteAheadLog
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
     "CorruptHardStateError",
     "CorruptLogError",
+    "CorruptSnapshotError",
     "DirectoryLock",
+    "ForeignSnapshotError",
     "HardState",
+    "SnapshotChunkError",
+    "SnapshotError",
+    "SnapshotFile",
+    "SnapshotHeader",
+    "SnapshotReader",
+    "SnapshotReceiver",
+    "SnapshotWriter",
     "Storage",
     "StorageError",
     "StorageLockedError",
+    "UnsupportedSnapshotVersionError",
     "WriteAheadLog",
     "load_hard_state",
     "save_hard_state",

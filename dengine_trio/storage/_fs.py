@@ -15,7 +15,7 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     """``os.write`` until every byte is written: a regular file may take a write in parts."""
     view = memoryview(data)
     while view:

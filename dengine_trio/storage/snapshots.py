@@ -234,9 +234,7 @@ class SnapshotReader:
         self._verified = False
 
     @classmethod
-    def open(
-        cls, path: str | Path, cluster_id: str | None = None, *, skip_cluster_check: bool = False
-    ) -> SnapshotReader:
+    def open(cls, path: str | Path, cluster_id: str | None = None) -> SnapshotReader:
         """Open ``path``; ``cluster_id`` None skips the cluster check (a backup tool)."""
         path = Path(path)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -303,6 +301,8 @@ class SnapshotReader:
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` payload bytes (all the rest when negative); ``b""`` at the end, only
         once the file CRC has matched (``CorruptSnapshotError`` otherwise)."""
+        if size == 0:
+            return b""
         remaining = self._end - self._position
         if remaining == 0:
             self._verify_end()
@@ -459,16 +459,19 @@ class SnapshotWriter:
             raise
         return writer
 
-    def _emit(self, data: bytes | bytearray) -> None:
+    def _emit(self, data: bytes | bytearray | memoryview) -> None:
         self._crc = zlib.crc32(data, self._crc)
-        write_all(self._fd, bytes(data))
+        write_all(self._fd, data)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append payload bytes; returns ``len(data)`` (a file-like ``write``)."""
         if self._done:
             raise ValueError("snapshot writer is closed")
-        self._buffer += data
         self._payload_bytes += len(data)
+        if not self._buffer and len(data) >= self._chunk_bytes:
+            self._emit(data)  # a large write goes straight to the file, not through a copy
+            return len(data)
+        self._buffer += data
         if len(self._buffer) >= self._chunk_bytes:
             self._flush()
         return len(data)
