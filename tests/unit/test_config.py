@@ -414,3 +414,27 @@ def test_behind_proxy_lets_listen_address_differ(tmp_path: Path) -> None:
         load_config(write(tmp_path, text))
     text = text.replace("[cluster]\n", "[cluster]\nbehind_proxy = true\n")
     assert load_config(write(tmp_path, text)).listen_host_port() == ("0.0.0.0", 19081)
+
+
+def test_the_complete_file_of_the_docs_loads_with_the_defaults_it_claims(tmp_path: Path) -> None:
+    import re
+
+    docs = (REPO / "docs" / "configuration.md").read_text()
+    match = re.search(r"## A complete file.*?```toml\n(.*?)```", docs, re.S)
+    assert match is not None
+    complete = load_node_config(str(write(tmp_path, match.group(1))))
+    # Everything but [cluster] is written out with its default value.
+    minimal = load_config(
+        write(
+            tmp_path,
+            match.group(1).split("[raft.read_consistency]")[0],
+            "minimal.toml",
+        )
+    )
+    assert complete.raft == minimal.raft
+    assert complete.raft.timing == minimal.raft.timing
+    assert complete.raft.replication == minimal.raft.replication
+    assert complete.raft.snapshot == minimal.raft.snapshot
+    assert complete.limits == minimal.limits
+    assert complete.http == minimal.http
+    assert complete.cluster == minimal.cluster
