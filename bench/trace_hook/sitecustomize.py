@@ -28,6 +28,7 @@ from typing import Any
 def _install() -> None:
     from dengine_trio.raft.messages import AppendEntries, Heartbeat, HeartbeatResponse
     from dengine_trio.runtime import node, transport
+    from dengine_trio.runtime import requests as request_table
 
     clock = time.perf_counter
     current: dict[str, float] = {}
@@ -58,14 +59,14 @@ def _install() -> None:
 
     send = transport.Transport.send
     receive = transport.Transport._receive
-    resolve = node._Waiter.resolve
+    resolve = request_table.Waiter.resolve
 
-    def traced_send(self: Any, msg: object) -> None:
+    def traced_send(self: Any, msg: object) -> bytes:
         if "enter" in current and type(msg) in (AppendEntries, Heartbeat):
             timed("send")
         if type(msg) is HeartbeatResponse and heartbeat_read:
             follower_answers.append(clock() - heartbeat_read.pop())
-        send(self, msg)
+        return send(self, msg)
 
     def traced_receive(self: Any, peer_id: int, payload: bytes) -> None:
         if "enter" not in current:
@@ -81,7 +82,7 @@ def _install() -> None:
 
     transport.Transport.send = traced_send  # type: ignore[method-assign]
     transport.Transport._receive = traced_receive  # type: ignore[method-assign]
-    node._Waiter.resolve = traced_resolve  # type: ignore[method-assign]
+    request_table.Waiter.resolve = traced_resolve  # type: ignore[method-assign]
 
     def report() -> None:
         lines = []

@@ -336,10 +336,9 @@ class PendingHighWater(trio.abc.Instrument):
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         rt = self.runtime
-        pending = len(rt._proposals) + len(rt._by_index) + len(rt._reads)
-        pending += len(rt._reads_by_index)
-        if self.forwards:
-            pending += len(rt._forwards)
+        pending = rt.requests.pending()
+        if not self.forwards:
+            pending -= rt.forwarding.pending()
         self.high = max(self.high, pending)
 
 

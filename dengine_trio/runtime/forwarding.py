@@ -1,0 +1,229 @@
+"""The forwarding protocol: a follower hands a client's write to the leader.
+
+Follower side (``propose``): ``ForwardPropose`` to the leader, then wait for the first of
+
+* ``ForwardResult`` from the leader (its outcome, with the state machine's result on OK);
+* this node applying the entry (``index``, ``term``) the leader named in ``ForwardAccepted``:
+  committed, whichever leader committed it; or another term's entry at ``index``: overwritten,
+  certainly not committed;
+* leadership moving while the ``ForwardPropose`` is still in the transport's queue: it is taken
+  back (``Transport.withdraw``), so it certainly never reached anyone.
+
+Only the outcomes where the write certainly was not committed raise ``NotLeader`` (the caller
+may send it again); a write the leader may have taken and that nothing settles in time ends
+with ``Timeout``. Every answer names the request (id and the follower's incarnation), so an
+answer meant for an earlier process of this node is dropped.
+
+Leader side (``serve``): propose locally, send ``ForwardAccepted`` once the command is an
+entry, and ``ForwardResult`` once it is applied (or failed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from ..errors import DengineError, NoLeader, NotLeader, Overloaded, Stopped, Timeout, TooLarge
+from ..wire import ForwardAccepted, ForwardPropose, ForwardResult, ForwardStatus
+from .requests import RequestTable, Waiter
+
+__all__ = ["Forwarding"]
+
+_STATUS_FOR_ERROR: dict[type[DengineError], ForwardStatus] = {
+    NotLeader: ForwardStatus.NOT_LEADER,
+    NoLeader: ForwardStatus.NO_LEADER,
+    Timeout: ForwardStatus.TIMEOUT,
+    TooLarge: ForwardStatus.TOO_LARGE,
+    Overloaded: ForwardStatus.OVERLOADED,
+    Stopped: ForwardStatus.STOPPED,
+}
+_ERROR_FOR_STATUS = {status: error for error, status in _STATUS_FOR_ERROR.items()}
+
+ProposeLocal = Callable[[bytes, float, Callable[[int, int], object]], Awaitable[bytes]]
+
+
+class _Forward:
+    """A write this follower forwarded to ``leader``, waiting for its outcome.
+
+    ``frame`` is the ``ForwardPropose`` as queued (None once it may have reached a socket);
+    ``index``/``term`` the entry the leader made of it, once a ``ForwardAccepted`` said so.
+    """
+
+    __slots__ = ("frame", "index", "leader", "term", "waiter")
+
+    def __init__(self, leader: int) -> None:
+        self.leader = leader
+        self.waiter = Waiter()
+        self.frame: bytes | None = None
+        self.index = 0
+        self.term = 0
+
+
+class Forwarding:
+    """Both sides of forwarded writes for one node.
+
+    ``send`` queues a message and returns its frame (None if it could not be sent);
+    ``withdraw(dst, frame)`` takes a still-queued frame back (True) or not (False).
+    ``leadership()`` is (this node leads, leader id or 0). ``propose_local(command,
+    deadline, on_proposed)`` proposes on this node (the leader). ``stopped()`` is true once the
+    node's tasks are stopping: no more answers go out.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        incarnation: int,
+        requests: RequestTable,
+        *,
+        send: Callable[[object], bytes | None],
+        withdraw: Callable[[int, bytes], bool],
+        leadership: Callable[[], tuple[bool, int]],
+        propose_local: ProposeLocal,
+        stopped: Callable[[], bool],
+        request_timeout_s: float,
+    ) -> None:
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self._requests = requests
+        self._send = send
+        self._withdraw = withdraw
+        self._leadership = leadership
+        self._propose_local = propose_local
+        self._stopped = stopped
+        self._timeout_s = request_timeout_s
+        self._forwards: dict[int, _Forward] = {}
+        # Forwarded writes the leader took as entry (index, term), by index: settled by what
+        # this node applies at that index, whatever becomes of that leader.
+        self._entries: dict[int, list[_Forward]] = {}
+
+    def pending(self) -> int:
+        return len(self._forwards)
+
+    # -- follower side ---------------------------------------------------------------------
+
+    async def propose(self, leader: int, command: bytes, deadline: float) -> bytes:
+        """Forward ``command`` to ``leader``; its result once committed. Raises ``NotLeader``
+        (or ``NoLeader``) only when the command certainly was not committed; ``Timeout`` at
+        ``deadline`` (trio time, s); the leader's error otherwise."""
+        requests = self._requests
+        requests.check_capacity()
+        request_id = next(requests.ids)
+        forward = _Forward(leader)
+        self._forwards[request_id] = forward
+        forward.frame = self._send(
+            ForwardPropose(
+                src=self.node_id,
+                dst=leader,
+                request_id=request_id,
+                data=command,
+                incarnation=self.incarnation,
+            )
+        )
+        try:
+            result: bytes = await requests.wait(forward.waiter, deadline, lambda: None)
+            return result
+        finally:
+            self._forwards.pop(request_id, None)
+            if forward.index:
+                waiting = self._entries.get(forward.index, [])
+                if forward in waiting:
+                    waiting.remove(forward)
+                    if not waiting:
+                        del self._entries[forward.index]
+
+    def result(self, message: ForwardResult) -> None:
+        if message.incarnation != self.incarnation:
+            return  # the answer to a request of an earlier process of this node
+        forward = self._forwards.get(message.request_id)
+        if forward is None:
+            return
+        if message.status == ForwardStatus.OK:
+            forward.waiter.resolve(message.result)
+        elif message.status == ForwardStatus.NOT_LEADER:
+            forward.waiter.fail(NotLeader(message.leader_id or None))
+        else:
+            error = _ERROR_FOR_STATUS[message.status]
+            forward.waiter.fail(error("forwarded request failed on the leader"))
+
+    def accepted(self, message: ForwardAccepted, applied_index: int) -> None:
+        if message.incarnation != self.incarnation:
+            return
+        forward = self._forwards.get(message.request_id)
+        if forward is None or forward.waiter.done or message.index <= applied_index:
+            return  # (applied already: its ForwardResult carries the result)
+        forward.index, forward.term = message.index, message.term
+        self._entries.setdefault(message.index, []).append(forward)
+
+    def applied(self, index: int, term: int, result: bytes, leader_id: int) -> None:
+        """This node applied entry (``index``, ``term``) with ``result``."""
+        if not self._entries:
+            return
+        for forward in self._entries.pop(index, ()):
+            if forward.term == term:  # committed, by whichever leader
+                forward.waiter.resolve(result)
+            else:  # overwritten: never committed, so it may be sent again
+                forward.waiter.fail(NotLeader(leader_id or None))
+
+    def leader_changed(self, leader_id: int) -> None:
+        """Leadership moved: forwards to another node whose frame is still in the transport's
+        queue certainly never reached it, so they are taken back and fail with ``NotLeader``
+        (to go to the next leader). The others may have been taken: they wait."""
+        for forward in self._forwards.values():
+            frame = forward.frame
+            if frame is None or forward.leader == leader_id:
+                continue
+            forward.frame = None
+            if self._withdraw(forward.leader, frame):
+                forward.waiter.fail(NotLeader(leader_id or None))
+
+    def fail_all(self, error: BaseException) -> None:
+        for forward in self._forwards.values():
+            forward.waiter.fail(error)
+        self._forwards.clear()
+        self._entries.clear()
+
+    # -- leader side -----------------------------------------------------------------------
+
+    async def serve(self, message: ForwardPropose, refusing: bool) -> None:
+        """Propose a follower's forwarded write here and answer it. ``refusing``: this node
+        is stopping and takes no requests (certainly not proposed: NOT_LEADER, so the
+        follower may send it on)."""
+        status, result = ForwardStatus.OK, b""
+        is_leader, leader_id = self._leadership()
+        try:
+            if not is_leader or refusing:
+                raise NotLeader(leader_id or None)
+            deadline = trio.current_time() + self._timeout_s
+
+            def accepted(index: int, term: int) -> None:
+                # Lets the follower settle the request even if this node dies before the
+                # entry commits: it knows which entry to watch.
+                self._send(
+                    ForwardAccepted(
+                        src=self.node_id,
+                        dst=message.src,
+                        request_id=message.request_id,
+                        index=index,
+                        term=term,
+                        incarnation=message.incarnation,
+                    )
+                )
+
+            result = await self._propose_local(message.data, deadline, accepted)
+        except NotLeader:
+            status = ForwardStatus.NOT_LEADER
+        except DengineError as exc:
+            status = _STATUS_FOR_ERROR.get(type(exc), ForwardStatus.NO_LEADER)
+        if not self._stopped():
+            self._send(
+                ForwardResult(
+                    src=self.node_id,
+                    dst=message.src,
+                    request_id=message.request_id,
+                    status=status,
+                    leader_id=self._leadership()[1],
+                    result=result,
+                    incarnation=message.incarnation,
+                )
+            )

@@ -1,0 +1,239 @@
+"""The request table: what clients of this node wait for, and how each wait ends.
+
+A request (a proposal, a read) is a ``Waiter`` under a request id. The core's effects settle it
+(``Proposed`` then the entry's ``Apply``, ``ProposalRejected``, ``ReadReady`` then the apply of
+the read index, ``ReadFailed``); its deadline fails it with ``Timeout``; a stop fails it with
+``Stopped``. The number of pending requests is bounded (``Overloaded``).
+
+Deadlines are swept by one task (``sweep_deadlines``) from one heap rather than a cancel scope
+per request, which cost ~13% of the leader's CPU with 64 writers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..errors import NotLeader, Overloaded, Stopped, Timeout
+
+__all__ = ["RequestTable", "Waiter"]
+
+
+class Waiter:
+    """One pending request, awaited by the one task that made it: resolved exactly once with
+    a value or an exception.
+
+    Not a ``trio.Event``: its parking lot is more than one waiting task needs, and a request
+    costs a waiter; this one parks and reschedules that task directly.
+    """
+
+    __slots__ = ("done", "error", "index", "on_proposed", "task", "term", "value")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.index = 0
+        self.term = 0
+        self.task: trio.lowlevel.Task | None = None
+        self.on_proposed: Callable[[int, int], object] | None = None
+        """Called with (index, term) once a proposal is an entry of the leader's log."""
+
+    def resolve(self, value: Any = None) -> None:
+        if not self.done:
+            self.done = True
+            self.value = value
+            self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done:
+            self.done = True
+            self.error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        """Until resolved (returns at once if it is); cancellable like any trio wait."""
+        if self.done:
+            return
+        self.task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
+class RequestTable:
+    """Pending proposals and reads of one node, their deadlines and their capacity.
+
+    ``first_id`` starts the request ids (see ``NodeRuntime``: they carry the incarnation).
+    ``also_pending`` counts requests kept elsewhere (forwarded writes) against
+    ``max_pending``.
+    """
+
+    def __init__(
+        self, node_id: int, max_pending: int, first_id: int, also_pending: Callable[[], int]
+    ) -> None:
+        self.node_id = node_id
+        self.max_pending = max_pending
+        self.ids = itertools.count(first_id)
+        self.closed = False
+        """Set by ``close``: every new request fails with ``Stopped``."""
+        self._also_pending = also_pending
+        self._proposals: dict[int, Waiter] = {}
+        self._by_index: dict[int, Waiter] = {}
+        self._reads: dict[int, Waiter] = {}
+        self._reads_by_index: list[tuple[int, int, Waiter]] = []  # heap on read index
+        # A heap on the deadline; resolved waiters are dropped lazily.
+        self._deadlines: list[tuple[float, int, Waiter, Callable[[], object]]] = []
+        self._sweep_at = math.inf  # when the sweeper wakes next
+        self._deadline_sooner = trio.Event()
+
+    def pending(self) -> int:
+        """Requests waiting here and elsewhere (``also_pending``)."""
+        return (
+            len(self._proposals)
+            + len(self._by_index)
+            + len(self._reads)
+            + len(self._reads_by_index)
+            + self._also_pending()
+        )
+
+    def check_capacity(self) -> None:
+        """Raises ``Stopped`` once closed, ``Overloaded`` at ``max_pending`` requests."""
+        if self.closed:
+            raise Stopped("node is stopping")
+        pending = self.pending()
+        if pending >= self.max_pending:
+            raise Overloaded(f"{pending} requests pending on node {self.node_id}")
+
+    # -- making requests -------------------------------------------------------------------
+
+    def new_proposal(
+        self, on_proposed: Callable[[int, int], object] | None = None
+    ) -> tuple[int, Waiter]:
+        self.check_capacity()
+        request_id = next(self.ids)
+        waiter = Waiter()
+        waiter.on_proposed = on_proposed
+        self._proposals[request_id] = waiter
+        return request_id, waiter
+
+    def forget_proposal(self, request_id: int, waiter: Waiter) -> None:
+        self._proposals.pop(request_id, None)
+        if waiter.index and self._by_index.get(waiter.index) is waiter:
+            del self._by_index[waiter.index]
+
+    def new_read(self) -> tuple[int, Waiter]:
+        self.check_capacity()
+        request_id = next(self.ids)
+        waiter = Waiter()
+        self._reads[request_id] = waiter
+        return request_id, waiter
+
+    def forget_read(self, request_id: int) -> None:
+        self._reads.pop(request_id, None)
+
+    async def wait(self, waiter: Waiter, deadline: float, cleanup: Callable[[], object]) -> Any:
+        """``waiter``'s value, or its error raised; at ``deadline`` (trio time, s) it fails
+        with ``Timeout`` after ``cleanup``."""
+        if not waiter.done:
+            heap = self._deadlines
+            if len(heap) > 2 * self.max_pending + 64:
+                # Compact: at most max_pending entries are unresolved, so most are long done
+                # (each would otherwise wait for its deadline to reach the top of the heap).
+                heap[:] = [item for item in heap if not item[2].done]
+                heapq.heapify(heap)
+            heapq.heappush(heap, (deadline, next(self.ids), waiter, cleanup))
+            if deadline < self._sweep_at:
+                self._deadline_sooner.set()
+            await waiter.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.value
+
+    async def sweep_deadlines(self) -> None:
+        """Runs until cancelled: fails every waiter that reaches its deadline unresolved."""
+        heap = self._deadlines
+        while True:
+            now = trio.current_time()
+            while heap and (heap[0][0] <= now or heap[0][2].done):
+                _, _, waiter, cleanup = heapq.heappop(heap)
+                if not waiter.done:
+                    cleanup()
+                    waiter.fail(
+                        Timeout("request timed out; a write may or may not have been applied")
+                    )
+            self._sweep_at = heap[0][0] if heap else math.inf
+            self._deadline_sooner = trio.Event()
+            with trio.move_on_at(self._sweep_at):
+                await self._deadline_sooner.wait()
+
+    # -- outcomes (from the core's effects) ------------------------------------------------
+
+    def proposed(self, request_id: int, index: int, term: int) -> None:
+        waiter = self._proposals.pop(request_id, None)
+        if waiter is not None:
+            waiter.index, waiter.term = index, term
+            self._by_index[index] = waiter
+            if waiter.on_proposed is not None:
+                waiter.on_proposed(index, term)
+
+    def proposal_rejected(self, request_id: int, leader_id: int) -> None:
+        waiter = self._proposals.pop(request_id, None)
+        if waiter is not None:
+            waiter.fail(NotLeader(leader_id or None))
+
+    def applied(self, index: int, term: int, result: bytes, leader_id: int) -> None:
+        """Entry (``index``, ``term``) was applied with ``result``."""
+        waiter = self._by_index.pop(index, None)
+        if waiter is not None:
+            if waiter.term == term:
+                waiter.resolve(result)
+            else:  # our entry was overwritten by a newer leader's: never committed
+                waiter.fail(NotLeader(leader_id or None))
+
+    def reads_applied(self, applied_index: int) -> None:
+        heap = self._reads_by_index
+        while heap and heap[0][0] <= applied_index:
+            _, _, waiter = heapq.heappop(heap)
+            waiter.resolve(None)
+
+    def read_ready(self, request_id: int, read_index: int, applied_index: int) -> None:
+        waiter = self._reads.pop(request_id, None)
+        if waiter is None:
+            return
+        if read_index <= applied_index:
+            waiter.resolve(None)
+        else:
+            heapq.heappush(self._reads_by_index, (read_index, next(self.ids), waiter))
+
+    def read_failed(self, request_id: int, leader_id: int) -> None:
+        waiter = self._reads.pop(request_id, None)
+        if waiter is not None:
+            waiter.fail(NotLeader(leader_id or None))
+
+    def fail_all(self, error: BaseException) -> None:
+        for table in (self._proposals, self._by_index, self._reads):
+            for waiter in table.values():
+                waiter.fail(error)
+            table.clear()
+        for _, _, waiter in self._reads_by_index:
+            waiter.fail(error)
+        self._reads_by_index = []
+
+    def close(self, error: BaseException) -> None:
+        """Fail everything pending with ``error`` and refuse new requests (``Stopped``)."""
+        self.closed = True
+        self.fail_all(error)
