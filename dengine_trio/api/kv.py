@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING
+from urllib.parse import unquote_to_bytes
 
 from quart import Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["CONSISTENCY_PARAM", "create_kv_app"]
 
 CONSISTENCY_PARAM = "consistency"
+KV_PREFIX = "/kv/"
 _POLICIES: dict[str, ReadPolicy] = {
     "linearizable": ReadPolicy.LINEARIZABLE,
     "lease": ReadPolicy.LEASE,
@@ -117,9 +119,24 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
         await client.put(encoded_key, encoded_value)
         return response_class(_EMPTY_OBJECT, content_type=JSON_CONTENT_TYPE)
 
+    def path_key(routed: str) -> bytes:
+        # Hypercorn decodes the path leniently: a percent-escape that is not UTF-8 becomes
+        # U+FFFD, so /kv/%FF would read (and DELETE delete) the key "\ufffd". Decode the raw
+        # path strictly instead: a key is the UTF-8 its escapes spell, or no key at all.
+        raw = request.scope.get("raw_path")
+        if raw is None:  # not from Hypercorn (e.g. a test client): the routed key
+            return key_bytes(routed)
+        try:
+            path = unquote_to_bytes(raw).decode()
+        except UnicodeDecodeError:
+            raise ApiError(
+                400, "invalid_key", "the key in the path is not percent-encoded UTF-8"
+            ) from None
+        return key_bytes(path.removeprefix(KV_PREFIX) if path.startswith(KV_PREFIX) else routed)
+
     @app.get("/kv/<key:key>")
     async def get_kv(key: str) -> Response:
-        encoded_key = key_bytes(key)
+        encoded_key = path_key(key)
         policy: ReadPolicy | None = None
         if request.query_string:
             requested = request.args.get(CONSISTENCY_PARAM)
@@ -140,7 +157,7 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
 
     @app.delete("/kv/<key:key>")
     async def delete_kv(key: str) -> Response:
-        await client.delete(key_bytes(key))
+        await client.delete(path_key(key))
         return response_class(_EMPTY_OBJECT, content_type=JSON_CONTENT_TYPE)
 
     return app

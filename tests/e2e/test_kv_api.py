@@ -223,6 +223,10 @@ BAD_KV_REQUESTS = [
     ("GET", "/kv/k?consistency=LeaseRead", None, 400, "invalid_consistency"),
     ("GET", "/kv/", None, 400, "empty_key"),
     ("DELETE", "/kv/", None, 400, "empty_key"),
+    # Percent-escapes that are not UTF-8 name no key (they used to read and delete U+FFFD).
+    ("GET", "/kv/%FF", None, 400, "invalid_key"),
+    ("GET", "/kv/a%C3", None, 400, "invalid_key"),
+    ("DELETE", "/kv/%ED%A0%80", None, 400, "invalid_key"),
     ("GET", "/kv/" + "k" * 1025, None, 413, "key_too_large"),
     ("DELETE", "/kv/" + "k" * 1025, None, 413, "key_too_large"),
     ("GET", "/kv", None, 405, None),
