@@ -72,6 +72,7 @@ from types import TracebackType
 import attrs
 import msgpack
 
+from ..statemachine import SnapshotImage, StateMachine
 from ._fs import fsync_directory, write_all
 from .errors import StorageError
 
@@ -650,3 +651,42 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     if removed:
         fsync_directory(Path(directory))
     return removed
+
+
+def write_snapshot(
+    directory: str | Path,
+    header: SnapshotHeader,
+    image: SnapshotImage,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> SnapshotFile:
+    """Write ``image`` (what ``StateMachine.snapshot()`` returned) as the snapshot ``header``
+    describes, and install it atomically. Blocking: run it in a worker thread.
+
+    If ``image`` raises, nothing is left behind and the exception propagates.
+    """
+    with SnapshotWriter.create(directory, header, chunk_bytes) as writer:
+        image(writer)
+        return writer.commit()
+
+
+def restore_snapshot(
+    path: str | Path,
+    cluster_id: str,
+    state_machine: StateMachine,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> SnapshotHeader:
+    """Verify ``path`` completely, then restore ``state_machine`` from it; return its header.
+
+    Two passes: the first checks the whole file before the state machine sees a byte (so even
+    a ``restore`` that changes its state before reading to the end never sees a damaged
+    file), the second streams it to ``restore`` and verifies again as it goes (the file could
+    have changed in between). Raises ``SnapshotError`` naming the file, the state machine's
+    ``SnapshotImageError``, ``OSError``. Blocking: run it in a worker thread, with no
+    ``apply`` running meanwhile.
+    """
+    verify_snapshot(path, cluster_id, chunk_bytes)
+    with SnapshotReader.open(path, cluster_id) as reader:
+        state_machine.restore(reader)
+        # A restore that stopped before the end has not seen the CRC checked; check it now.
+        reader.verify(chunk_bytes)
+        return reader.header

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ from dengine_trio.statemachine import (
     KV_BATCH_BYTES,
     KVStateMachine,
     SnapshotImageError,
+    SnapshotSink,
+    SnapshotSource,
     encode_delete,
     encode_put,
     read_kv_image,
@@ -46,9 +49,11 @@ from dengine_trio.storage.snapshots import (
     read_raw_chunk,
     remove_old_snapshots,
     remove_stale_temporaries,
+    restore_snapshot,
     snapshot_name,
     verify_snapshot,
 )
+from dengine_trio.storage.snapshots import write_snapshot as write_snapshot_file
 
 CLUSTER = "test-0123456789ab"
 VOTERS = {1: "127.0.0.1:9081", 2: "127.0.0.1:9082", 3: "127.0.0.1:9083"}
@@ -520,3 +525,104 @@ def test_sigkill_mid_write_leaves_the_previous_snapshot_loadable(tmp_path: Path)
     assert sm.data == snapshot_state(scan.valid.last_index).data
     remove_stale_temporaries(directory)
     assert all(name.endswith(".snap") for name in os.listdir(directory))
+
+
+class Hasty:
+    """A state machine that breaks the restore contract: it takes the first bytes it reads as
+    its state at once, without reading to the end."""
+
+    def __init__(self) -> None:
+        self.state = b"initial"
+
+    def apply(self, index: int, command: bytes) -> bytes:
+        self.state = command
+        return b""
+
+    def reset(self) -> None:
+        self.state = b""
+
+    def snapshot(self) -> Callable[[SnapshotSink], None]:
+        state = self.state
+        return lambda sink: sink.write(state)
+
+    def restore(self, source: SnapshotSource) -> None:
+        self.state = source.read(len(b"initial"))
+
+
+def test_write_and_restore_snapshot_helpers(tmp_path: Path) -> None:
+    written = write_snapshot_file(tmp_path, header(index=7, term=3), kv(SMALL).snapshot(), 8)
+    sm = kv({b"old": b"x"})
+    assert restore_snapshot(written.path, CLUSTER, sm, chunk_bytes=5) == header(index=7, term=3)
+    assert sm.data == SMALL
+
+
+def test_restore_snapshot_verifies_before_a_hasty_state_machine_reads(tmp_path: Path) -> None:
+    source = Hasty()
+    source.apply(1, b"damaged-at-the-end")
+    path = write_snapshot_file(tmp_path, header(), source.snapshot()).path
+    raw = bytearray(path.read_bytes())
+    raw[-17] ^= 0x01  # the last payload byte (the trailer is 16 bytes), after what Hasty reads
+    path.write_bytes(bytes(raw))
+    target = Hasty()
+    with pytest.raises(CorruptSnapshotError, match=str(path)):
+        restore_snapshot(path, CLUSTER, target)
+    assert target.state == b"initial"
+
+
+def test_write_snapshot_leaves_nothing_when_the_image_fails(tmp_path: Path) -> None:
+    def failing(sink: SnapshotSink) -> None:
+        sink.write(b"x" * 100)
+        raise OSError("image failed")
+
+    with pytest.raises(OSError, match="image failed"):
+        write_snapshot_file(tmp_path, header(), failing, 10)
+    assert list(tmp_path.iterdir()) == []
+
+
+def record_durability_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record fsyncs (of what path) and renames, in order."""
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source: str | Path, target: str | Path) -> None:
+        calls.append(("rename", f"{source} -> {target}"))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+def assert_fsync_rename_fsync(calls: list[tuple[str, str]], final: Path) -> None:
+    renames = [i for i, (kind, _) in enumerate(calls) if kind == "rename"]
+    assert len(renames) == 1
+    at = renames[0]
+    temporary = calls[at][1].split(" -> ")[0]
+    assert calls[at][1] == f"{temporary} -> {final}"
+    assert ("fsync", temporary) in calls[:at], "the file must be durable before it is named"
+    assert ("fsync", str(final.parent)) in calls[at + 1 :], "the rename must be made durable"
+
+
+def test_writer_fsyncs_the_file_before_the_rename_and_the_directory_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "s").mkdir()
+    calls = record_durability_calls(monkeypatch)
+    written = write_snapshot_file(tmp_path / "s", header(), kv(SMALL).snapshot(), 8)
+    assert_fsync_rename_fsync(calls, written.path)
+
+
+def test_receiver_fsyncs_the_file_before_the_rename_and_the_directory_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = small_snapshot(tmp_path / "leader")
+    (tmp_path / "follower").mkdir()
+    calls = record_durability_calls(monkeypatch)
+    with SnapshotReceiver.create(tmp_path / "follower") as receiver:
+        transfer(source, receiver, 64)
+        installed = receiver.finish(CLUSTER)
+    assert_fsync_rename_fsync(calls, installed.path)
