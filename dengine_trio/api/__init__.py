@@ -2,8 +2,8 @@
 
 Both are Quart apps (quart-trio) served by Hypercorn inside the node's nursery. What they share
 lives here: the JSON error body ``{"error": "<code>", "message": "..."}`` that every 4xx/5xx
-carries (Quart's own 404/405/413 included), the mapping of engine errors to statuses, and the
-Hypercorn settings. ``create_kv_app`` is in :mod:`dengine_trio.api.kv`, ``create_health_app``
+carries (Quart's own 404/405/413 included, and Hypercorn's 400 for a request it cannot parse),
+the mapping of engine errors to statuses, and the Hypercorn settings. ``create_kv_app`` is in :mod:`dengine_trio.api.kv`, ``create_health_app``
 in :mod:`dengine_trio.api.health`.
 """
 
@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from http import HTTPStatus
 from typing import Any
 
+import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.protocol import h11 as h11_protocol
 from quart import Quart, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -174,6 +177,48 @@ def bind_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _install_json_protocol_errors() -> None:
+    """Make Hypercorn's own answer to a request it cannot parse a JSON error, like ours.
+
+    A request h11 refuses (not HTTP, raw non-ASCII in the target, a malformed header, two
+    Content-Lengths) never reaches an app: Hypercorn (0.18) answers it from
+    ``H11Protocol._send_error_response`` with an empty body. This replaces that method, once
+    per process, with one that sends ``{"error": ..., "message": "malformed HTTP request"}``
+    and closes, as Hypercorn did. If a Hypercorn version lacks the method, nothing is patched
+    (and ``tests/e2e/test_http_connections.py`` says so).
+    """
+    protocol = h11_protocol.H11Protocol
+    original = getattr(protocol, "_send_error_response", None)
+    if original is None or getattr(original, "_dengine_json", False):
+        return
+
+    async def send_json_error_response(self: Any, status_code: int) -> None:
+        code = "bad_request" if status_code == 400 else _status_code_name(status_code)
+        body = json.dumps(
+            {"error": code, "message": "malformed HTTP request"}, separators=(",", ":")
+        ).encode()
+        headers = [
+            (b"content-type", JSON_CONTENT_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            *self.config.response_headers("h11"),
+        ]
+        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
+
+    send_json_error_response._dengine_json = True  # type: ignore[attr-defined]
+    protocol._send_error_response = send_json_error_response  # type: ignore[method-assign]
+
+
+def _status_code_name(status: int) -> str:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "bad_request"
+    return "_".join(phrase.lower().replace("-", " ").split())
+
+
 def kernel_backlog_cap() -> int | None:
     """Linux's ``net.core.somaxconn``, the most any listen backlog gets; None if unknown."""
     try:
@@ -198,6 +243,7 @@ def hypercorn_config(
     unless asked for; the graceful timeout is short so a stopping node does not linger on
     idle keep-alive connections.
     """
+    _install_json_protocol_errors()
     config = HypercornConfig()
     config.backlog = backlog
     config.bind = [f"fd://{sock.detach()}"]

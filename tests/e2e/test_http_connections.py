@@ -189,3 +189,29 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_time
         nursery.cancel_scope.cancel()
     assert received.startswith(b"HTTP/1.1 200"), received
     assert closed, "an idle keep-alive connection was never closed"
+
+
+MALFORMED_REQUESTS = {
+    "raw-utf8-in-path": "GET /kv/\u00e9 HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+    "control-byte-in-path": b"GET /kv/a\x7fb HTTP/1.1\r\nHost: x\r\n\r\n",
+    "not-http": b"HELLO\r\n\r\n",
+    "bad-header": b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+    "two-content-lengths": b"POST /kv HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+    b"Content-Length: 2\r\n\r\nab",
+}
+
+
+@pytest.mark.parametrize("port_name", ["kv", "health"])
+@pytest.mark.parametrize("case", sorted(MALFORMED_REQUESTS))
+def test_a_request_hypercorn_cannot_parse_gets_a_json_400_and_a_close(
+    cluster: Cluster, port_name: str, case: str
+) -> None:
+    leader = cluster.wait_for_leader()
+    port = ports(leader)[port_name][0]
+    received, closed = read_until_closed(port, MALFORMED_REQUESTS[case])
+    assert closed, received
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert status_and_body(received)[0] == 400, received
+    assert b"content-type: application/json" in head.lower(), received
+    assert json.loads(body) == {"error": "bad_request", "message": "malformed HTTP request"}
+    assert leader.status_code(leader.health, "/status") == 200
