@@ -3,8 +3,8 @@
 Both are Quart apps (quart-trio) served by Hypercorn inside the node's nursery. What they share
 lives here: the JSON error body ``{"error": "<code>", "message": "..."}`` that every 4xx/5xx
 carries (Quart's own 404/405/413 included, and Hypercorn's 400 for a request it cannot parse),
-the mapping of engine errors to statuses, and the Hypercorn settings. ``create_kv_app`` is in :mod:`dengine_trio.api.kv`, ``create_health_app``
-in :mod:`dengine_trio.api.health`.
+the mapping of engine errors to statuses, and the Hypercorn settings. ``create_kv_app`` is in
+:mod:`dengine_trio.api.kv`, ``create_health_app`` in :mod:`dengine_trio.api.health`.
 """
 
 from __future__ import annotations
