@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dengine_trio.devcluster import describe_exit, restart_hint
 from tests.e2e.cluster import (
     EXIT_TIMEOUT_S,
     START_TIMEOUT_S,
@@ -128,3 +129,21 @@ def test_a_killed_node_is_reported_the_others_keep_running_and_stop_once(
             assert sum("shutting down" in x for x in lines) == 1, output
             assert lines[-1].endswith("stopped"), output
             assert not any("skipping" in x for x in lines), output
+
+
+def test_how_a_node_ended_is_named_with_its_signal_and_shell_exit_code() -> None:
+    assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL (exit 137)"
+    assert describe_exit(-signal.SIGSEGV) == "killed by SIGSEGV (exit 139)"
+    assert describe_exit(2) == "exit status 2"
+    assert describe_exit(0) == "exit status 0"
+
+
+def test_the_restart_hint_is_the_make_target_for_the_shipped_nodes_else_the_command() -> None:
+    assert restart_hint((2, "config/n2", 8082, 10002)) == "make start-node2"
+    custom = (2, "my dir/n2", 18082, 20002)
+    hint = restart_hint(custom)
+    assert hint.endswith(
+        "-m dengine_trio --config-path 'my dir/n2' --port 18082 --health-port 20002"
+    )
+    # Extra arguments would be lost with the make target, so the command is given instead.
+    assert "--access-log" in restart_hint((2, "config/n2", 8082, 10002), ["--access-log"])
