@@ -20,8 +20,8 @@ import trio
 from .config import NodeConfig
 from .errors import Stopped, Timeout, TooLarge
 from .policy import ReadPolicy
-from .raft import RaftNode, Role
 from .runtime.node import NodeRuntime
+from .runtime.status import NodeStatus
 from .statemachine import KVStateMachine, StateMachine, encode_delete, encode_put
 
 
@@ -72,22 +72,20 @@ class EmbeddedEngine:
 
     # ------------------------------------------------------------------ state
 
-    @property
-    def _raft(self) -> RaftNode:
-        raft = self._runtime.raft
-        if raft is None:
-            raise Stopped("engine not running")
-        return raft
+    def node_status(self, *, detail: bool = False) -> NodeStatus:
+        """This node now, as one frozen value (see ``NodeStatus``); ``detail`` adds the
+        leader's view of its peers and the transport's counters."""
+        return self._runtime.status(detail=detail)
 
     async def wait_ready(self, timeout_s: float) -> tuple[int, int]:
         """Wait until a leader is known (and, on the leader, has committed its first entry);
-        return (leader_id, term). Raises ``Timeout``."""
+        return (leader_id, term). Raises ``Timeout``, or ``Stopped``."""
         with trio.move_on_after(timeout_s):
             while True:
-                raft = self._raft
-                if raft.leader_id and (raft.role is not Role.LEADER or raft._committed_in_term()):
-                    return raft.leader_id, raft.term
-                if self._runtime.stopped:
+                status = self._runtime.status()
+                if status.ready and status.leader_id is not None:
+                    return status.leader_id, status.term
+                if status.stopped:
                     raise Stopped("engine stopped")
                 # Role changes wake us at once; the first commit of a term is polled for.
                 with trio.move_on_after(0.01):
@@ -95,49 +93,44 @@ class EmbeddedEngine:
         raise Timeout(f"no leader within {timeout_s} s")
 
     def is_leader(self) -> bool:
-        return self._runtime.raft is not None and self._runtime.raft.is_leader
+        return self._runtime.status().is_leader
 
     def leader_id(self) -> int | None:
-        raft = self._runtime.raft
-        return raft.leader_id or None if raft is not None else None
+        return self._runtime.status().leader_id
 
     def has_quorum(self) -> bool:
-        raft = self._runtime.raft
-        return raft is not None and raft.has_quorum_contact(self._runtime.now_ms())
+        """On the leader: it heard from a quorum within the election timeout."""
+        return self._runtime.status().has_quorum
 
     def leader_contact_recent(self) -> bool:
-        raft = self._runtime.raft
-        window = self.config.raft.timing.election_timeout_max_ms
-        return raft is not None and raft.leader_contact_within(self._runtime.now_ms(), window)
+        """On a follower: it heard from its leader within ``election_timeout_max_ms``."""
+        return self._runtime.status().leader_contact_recent
 
     def status(self) -> dict[str, object]:
-        raft = self._runtime.raft
-        now = self._runtime.now_ms()
+        """``/status``: the node's state as JSON-ready data."""
+        st = self._runtime.status(detail=True)
         status: dict[str, object] = {
-            "node_id": self.node_id,
-            # Lower case, as /primary and /replica spell it: "pre_candidate", "leader", ...
-            "role": raft.role.name.lower() if raft else "stopped",
-            "term": raft.term if raft else 0,
-            "leader_id": (raft.leader_id or None) if raft else None,
-            "commit_index": raft.commit_index if raft else 0,
-            "applied_index": self._runtime.applied_index,
-            "last_log_index": raft.log.last_index if raft else 0,
+            "node_id": st.node_id,
+            "role": st.role,
+            "term": st.term,
+            "leader_id": st.leader_id,
+            "commit_index": st.commit_index,
+            "applied_index": st.applied_index,
+            "last_log_index": st.last_log_index,
             "durability": self.config.raft.persistence.strategy.value,
         }
-        if raft is not None and raft.is_leader:
+        if st.is_leader:
             status["peers"] = {
                 str(peer): {
                     "match_index": p.match_index,
                     "next_index": p.next_index,
-                    "state": p.state.value,
-                    "last_contact_ms": None
-                    if p.last_contact_ms == float("-inf")
-                    else round(now - p.last_contact_ms, 1),
+                    "state": p.state,
+                    "last_contact_ms": p.last_contact_ago_ms,
                 }
-                for peer, p in raft.progress.items()
+                for peer, p in st.peers.items()
             }
-        if self._runtime.transport is not None:
-            status["transport"] = self._runtime.transport.stats.as_dict()
+        if st.transport:
+            status["transport"] = dict(st.transport)
         return status
 
     async def transfer_leadership(self, timeout_s: float) -> bool:
@@ -171,7 +164,6 @@ class Client:
 
     def __init__(self, engine: EmbeddedEngine) -> None:
         self._engine = engine
-        self._runtime = engine._runtime
         sm = engine.state_machine
         assert isinstance(sm, KVStateMachine)
         self._sm = sm
@@ -188,26 +180,25 @@ class Client:
         self._check_key(key)
         if len(value) > self._max_value:
             raise TooLarge(f"value of {len(value)} bytes exceeds {self._max_value}")
-        await self._runtime.propose(encode_put(key, value))
+        await self._engine.propose(encode_put(key, value))
 
     async def delete(self, key: bytes) -> None:
         self._check_key(key)
-        await self._runtime.propose(encode_delete(key))
+        await self._engine.propose(encode_delete(key))
 
     async def get(self, key: bytes, policy: ReadPolicy | None = None) -> bytes | None:
         """Read ``key`` (None if absent) under ``policy`` (default: the config's)."""
         policy = policy or self._default_policy
-        if policy is not ReadPolicy.EVENTUAL:
-            await self._runtime.read_barrier(lease=policy is ReadPolicy.LEASE)
-        return self._sm.data.get(key)
+        await self._engine.read_barrier(policy)
+        return self._sm.get(key)
 
     async def get_linearizable(self, key: bytes) -> bytes | None:
-        await self._runtime.read_barrier(lease=False)
-        return self._sm.data.get(key)
+        await self._engine.read_barrier(ReadPolicy.LINEARIZABLE)
+        return self._sm.get(key)
 
     async def get_lease(self, key: bytes) -> bytes | None:
-        await self._runtime.read_barrier(lease=True)
-        return self._sm.data.get(key)
+        await self._engine.read_barrier(ReadPolicy.LEASE)
+        return self._sm.get(key)
 
     async def get_eventual(self, key: bytes) -> bytes | None:
-        return self._sm.data.get(key)
+        return self._sm.get(key)

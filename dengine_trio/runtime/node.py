@@ -55,6 +55,7 @@ from .driver import Driver
 from .forwarding import Forwarding
 from .observe import NodeLog
 from .requests import RequestTable
+from .status import NodeStatus, PeerStatus
 from .transport import Transport, new_incarnation
 from .worker import WorkerThread
 
@@ -217,6 +218,42 @@ class NodeRuntime:
     def _fail_everything(self, error: BaseException) -> None:
         self.requests.close(error)
         self.forwarding.fail_all(error)
+
+    def status(self, *, detail: bool = False) -> NodeStatus:
+        """This node now. ``detail`` adds the leader's view of its peers and the transport's
+        counters (costlier: for ``/status``, not for every probe)."""
+        raft = self.raft
+        if raft is None:
+            return NodeStatus(self.node_id, "stopped", 0, None, 0, self.applied_index, 0,
+                              False, False, False, True)  # fmt: skip
+        now = self.now_ms()
+        is_leader = raft.is_leader
+        window_ms = self.config.raft.timing.election_timeout_max_ms
+        peers: dict[int, PeerStatus] = {}
+        if detail and is_leader:
+            for peer, p in raft.progress.items():
+                ago = (
+                    None
+                    if p.last_contact_ms == float("-inf")
+                    else round(now - p.last_contact_ms, 1)
+                )
+                peers[peer] = PeerStatus(p.match_index, p.next_index, p.state.value, ago)
+        return NodeStatus(
+            node_id=self.node_id,
+            role=raft.role.name.lower(),
+            term=raft.term,
+            leader_id=raft.leader_id or None,
+            commit_index=raft.commit_index,
+            applied_index=self.applied_index,
+            last_log_index=raft.log.last_index,
+            ready=bool(raft.leader_id)
+            and (not is_leader or raft.log.term_at(raft.commit_index) == raft.term),
+            has_quorum=raft.has_quorum_contact(now),
+            leader_contact_recent=raft.leader_contact_within(now, window_ms),
+            stopped=self.stopped,
+            peers=peers,
+            transport=self.transport.stats.as_dict() if detail and self.transport else {},
+        )
 
     def pending_requests(self) -> int:
         """Requests waiting on this node (proposals, reads, forwarded writes)."""

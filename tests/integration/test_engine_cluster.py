@@ -121,3 +121,24 @@ async def test_a_command_too_large_for_one_frame_is_refused_and_replication_goes
         await engines[leader].client().put(b"after", b"ok")
         follower = next(n for n in engines if n != leader)
         assert await engines[follower].client().get_linearizable(b"after") == b"ok"
+
+
+async def test_node_status_is_one_frozen_value(tmp_path: Path) -> None:
+    import attrs
+
+    configs = write_configs(tmp_path)
+    async with AsyncExitStack() as stack:
+        engines = await start_all(stack, configs)
+        leader = await wait_leader(engines)
+        await engines[leader].client().put(b"k", b"v")
+        status = engines[leader].node_status(detail=True)
+        assert status.is_leader and status.ready and status.has_quorum
+        assert status.leader_id == leader and status.commit_index >= 2
+        assert set(status.peers) == set(engines) - {leader}
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            status.term = 99  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            status.peers[99] = status.peers[next(iter(status.peers))]  # type: ignore[index]
+        follower = engines[next(n for n in engines if n != leader)].node_status()
+        assert follower.role == "follower" and follower.leader_id == leader
+        assert follower.leader_contact_recent and not follower.peers and not follower.transport

@@ -85,9 +85,6 @@ FORBIDDEN_BELOW = {
 # Violations present today, as "importing file -> imported module". Each one is an xfail(strict)
 # below: fix it and remove it from here in the same change.
 KNOWN_VIOLATIONS = {
-    # The engine reads the core's fields (role, leader_id, _committed_in_term) to answer
-    # is_leader / leader / readiness; issue 12 item 4 replaces them with a frozen status value.
-    "engine.py -> dengine_trio.raft",
     # config.py builds the core's RaftConfig and uses its Durability enum: the design puts Config
     # at the bottom, so the arrow points up. Either the runtime builds RaftConfig from NodeConfig
     # (and the enum moves down), or the design moves Config above the core.
