@@ -13,17 +13,20 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dengine_trio.statemachine import (
     KV_BATCH_BYTES,
+    MERGE_PER_APPLY,
     KVStateMachine,
     SnapshotImageError,
     SnapshotSink,
@@ -626,3 +629,152 @@ def test_receiver_fsyncs_the_file_before_the_rename_and_the_directory_after(
         transfer(source, receiver, 64)
         installed = receiver.finish(CLUSTER)
     assert_fsync_rename_fsync(calls, installed.path)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        msgpack.packb((0, 5, b"v")),
+        msgpack.packb((0, "text key", b"v")),
+        msgpack.packb((0, b"k", "text value")),
+        msgpack.packb((0, b"k", None)),
+        msgpack.packb((1, 7)),
+    ],
+)
+def test_a_committed_command_with_keys_or_values_not_bytes_cannot_poison_the_snapshot(
+    tmp_path: Path, command: bytes
+) -> None:
+    """Such a command is a no-op on every node (result b"\\x00"), so the state stays
+    something a snapshot can hold and every node can restore."""
+    sm = kv({b"k": b"before"})
+    assert sm.apply(1, command) == b"\x00"
+    assert sm.data == {b"k": b"before"}
+    path = write_snapshot(tmp_path, sm)
+    assert restore(path).data == {b"k": b"before"}
+
+
+small_keys = st.sampled_from([b"a", b"b", b"c", b"", "é".encode()])
+kv_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), small_keys, st.binary(max_size=3)),
+        st.tuples(st.just("delete"), small_keys),
+        st.tuples(st.just("snapshot")),
+        st.tuples(st.just("write"), st.integers(0, 3)),
+        st.tuples(st.just("reset")),
+        st.tuples(st.just("restore"), st.dictionaries(small_keys, st.binary(max_size=3))),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(steps=kv_steps)
+def test_kv_snapshot_interleaved_with_applies_matches_a_model(steps: list[tuple]) -> None:
+    """Any interleaving of applies, snapshots, image writes (late, out of order, never),
+    resets and restores: live reads always match a plain dict, and every image that gets
+    written holds exactly the state at its ``snapshot()`` call."""
+    sm = KVStateMachine()
+    model: dict[bytes, bytes] = {}
+    pending: list[tuple[Callable[[SnapshotSink], None], dict[bytes, bytes]]] = []
+    for step in steps:
+        if step[0] == "put":
+            assert sm.apply(1, encode_put(step[1], step[2])) == b""
+            model[step[1]] = step[2]
+        elif step[0] == "delete":
+            assert sm.apply(1, encode_delete(step[1])) == b""
+            model.pop(step[1], None)
+        elif step[0] == "snapshot":
+            pending.append((sm.snapshot(), dict(model)))
+        elif step[0] == "write" and pending:
+            image, expected = pending.pop(step[1] % len(pending))
+            sink = io.BytesIO()
+            try:
+                image(sink)
+            except RuntimeError as exc:
+                # Only an image abandoned by a later snapshot(), reset() or restore() refuses.
+                assert "already abandoned" in str(exc)
+                continue
+            assert read_kv_image(io.BytesIO(sink.getvalue())) == expected
+        elif step[0] == "reset":
+            sm.reset()
+            model = {}
+        elif step[0] == "restore":
+            sink = io.BytesIO()
+            kv(step[1]).snapshot()(sink)
+            sm.restore(io.BytesIO(sink.getvalue()))
+            model = dict(step[1])
+        assert dict(sm.data) == model
+        assert len(sm.data) == len(model)
+        for key in (b"a", b"b", b"c", b"", "é".encode(), b"absent"):
+            assert sm.get(key) == model.get(key)
+            assert (key in sm.data) == (key in model)
+
+
+def test_snapshot_while_the_previous_image_is_being_written(tmp_path: Path) -> None:
+    """The image runs in a worker thread while the loop applies and reads; a second snapshot
+    is refused until it has finished, then merges the changes made meanwhile."""
+    sm = kv({b"k": b"1", b"gone": b"x"})
+    image = sm.snapshot()
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowSink:
+        def __init__(self) -> None:
+            self.parts: list[bytes] = []
+
+        def write(self, data: bytes) -> int:
+            entered.set()
+            release.wait(10)
+            self.parts.append(data)
+            return len(data)
+
+    sink = SlowSink()
+    worker = threading.Thread(target=image, args=(sink,))
+    worker.start()
+    assert entered.wait(10)
+    sm.apply(2, encode_put(b"k", b"2"))
+    sm.apply(3, encode_delete(b"gone"))
+    assert sm.get(b"k") == b"2" and sm.get(b"gone") is None
+    with pytest.raises(RuntimeError, match="still being written"):
+        sm.snapshot()
+    release.set()
+    worker.join(10)
+    assert read_kv_image(io.BytesIO(b"".join(sink.parts))) == {b"k": b"1", b"gone": b"x"}
+    with pytest.raises(RuntimeError, match="already finished"):
+        image(io.BytesIO())
+    second = sm.snapshot()
+    assert type(sm.data) is not dict  # a capture again
+    out = io.BytesIO()
+    second(out)
+    assert read_kv_image(io.BytesIO(out.getvalue())) == {b"k": b"2"}
+    sm.apply(4, encode_put(b"n", b"3"))  # the first apply after the write merges
+    assert type(sm.data) is dict and sm.data == {b"k": b"2", b"n": b"3"}
+
+
+def test_the_overlay_drains_back_a_few_keys_per_apply_and_reads_stay_right() -> None:
+    """After the image is written, each apply moves MERGE_PER_APPLY changes back (no long merge
+    on the loop); every read in between sees the latest state."""
+    sm = kv({b"%03d" % i: b"old" for i in range(100)})
+    model = dict(sm.data)
+    image = sm.snapshot()
+    for i in range(0, 100, 2):
+        sm.apply(1, encode_put(b"%03d" % i, b"new"))
+        model[b"%03d" % i] = b"new"
+    for i in range(1, 100, 4):
+        sm.apply(1, encode_delete(b"%03d" % i))
+        del model[b"%03d" % i]
+    for i in range(100, 150):
+        sm.apply(1, encode_put(b"%03d" % i, b"added"))
+        model[b"%03d" % i] = b"added"
+    image(io.BytesIO())
+    overlay = len(sm.data.changes)  # type: ignore[attr-defined]
+    applies = 0
+    while type(sm.data) is not dict:
+        key = b"%03d" % (applies % 160)
+        sm.apply(1, encode_put(key, b"drain"))
+        model[key] = b"drain"
+        applies += 1
+        assert dict(sm.data) == model and len(sm.data) == len(model)
+        assert all(sm.get(b"%03d" % i) == model.get(b"%03d" % i) for i in range(170))
+    # Each apply adds at most one change and moves MERGE_PER_APPLY back.
+    assert 1 < applies <= overlay // (MERGE_PER_APPLY - 1) + 1
+    assert sm.data == model
