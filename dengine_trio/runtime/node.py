@@ -22,47 +22,41 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
-from functools import partial
 
 import trio
 
 from ..config import NodeConfig
-from ..errors import NoLeader, NotLeader, Stopped, TooLarge
+from ..errors import Stopped
 from ..raft import (
     Apply,
     Durability,
     EntryKind,
     ProposalRejected,
-    Propose,
     Proposed,
     RaftNode,
     ReadFailed,
     ReadReady,
-    ReadRequest,
     Receive,
-    Role,
     RoleChanged,
-    TransferLeader,
 )
 from ..raft.messages import MESSAGE_TYPES
 from ..statemachine import StateMachine
 from ..storage import Storage
-from ..wire import MAX_FRAME_BYTES, ForwardAccepted, ForwardPropose, ForwardResult
+from ..wire import ForwardAccepted, ForwardPropose, ForwardResult
 from ..wire.errors import CodecError
 from .clock import node_clock
 from .driver import Driver
 from .forwarding import Forwarding
 from .observe import NodeLog
+from .operations import MAX_COMMAND_BYTES, Operations
 from .requests import RequestTable
 from .status import NodeStatus, PeerStatus
 from .transport import Transport, new_incarnation
 from .worker import WorkerThread
 
-log = logging.getLogger("dengine_trio.node")
+__all__ = ["MAX_COMMAND_BYTES", "NodeRuntime"]
 
-# Headroom below the frame limit for the AppendEntries envelope around a single entry.
-MAX_COMMAND_BYTES = MAX_FRAME_BYTES - (1 << 20)
+log = logging.getLogger("dengine_trio.node")
 
 
 class NodeRuntime:
@@ -80,7 +74,8 @@ class NodeRuntime:
         self.driver: Driver | None = None
         self.applied_index = 0
         self.stopped = False
-        self._refusing = False  # refuse_requests was called: the node is about to stop
+        self.refusing = False
+        """``refuse_requests`` was called: the node is about to stop."""
         self.incarnation = new_incarnation()
         """Names this process of the node to its peers (``Hello``, forwarded requests)."""
         # Request ids name one request across restarts too: the high 31 bits come from the
@@ -102,12 +97,14 @@ class NodeRuntime:
             send=self._send,
             withdraw=self._withdraw,
             leadership=self._leadership,
-            propose_local=self._propose_local,
+            propose_local=lambda *args: self.operations.propose_local(*args),
             stopped=lambda: self.stopped,
             request_timeout_s=self.request_timeout_s,
         )
         self._state_changed = trio.Event()
-        self._transferring = False  # transfer_leadership is under way: a step-down is planned
+        self.transferring = False
+        """A leadership transfer is under way: a step-down is planned."""
+        self.operations = Operations(self)
         self.node_log = NodeLog(self.node_id, config.db_root_path())
         self._nursery: trio.Nursery | None = None
         self._cancel_scope: trio.CancelScope | None = None
@@ -211,7 +208,7 @@ class NodeRuntime:
         """First step of a stop: every pending request fails with ``Stopped`` now and new ones
         are refused with it, while the node keeps taking part in Raft until ``stop``. Lets
         the HTTP layer answer every request before its servers stop. Idempotent."""
-        self._refusing = True
+        self.refusing = True
         self._fail_everything(Stopped("node is stopping"))
         self._notify_state_change()
 
@@ -271,7 +268,7 @@ class NodeRuntime:
             self.driver.receive(Receive(message))  # type: ignore[arg-type]
         elif isinstance(message, ForwardPropose):
             if self._nursery is not None and not self.stopped:
-                self._nursery.start_soon(self.forwarding.serve, message, self._refusing)
+                self._nursery.start_soon(self.forwarding.serve, message, self.refusing)
         elif isinstance(message, ForwardResult):
             self.forwarding.result(message)
         elif isinstance(message, ForwardAccepted):
@@ -327,7 +324,7 @@ class NodeRuntime:
 
     def role_changed(self, effect: RoleChanged) -> None:
         self.forwarding.leader_changed(effect.leader_id)
-        self.node_log.role_changed(effect, planned=self._transferring)
+        self.node_log.role_changed(effect, planned=self.transferring)
         self._notify_state_change()
 
     def _notify_state_change(self) -> None:
@@ -336,120 +333,23 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ requests
 
-    def _submit(self, event: object) -> None:
-        assert self.driver is not None
-        self.driver.submit(event)  # type: ignore[arg-type]
-
-    async def _wait_for_leader(self, deadline: float) -> int:
-        raft = self.raft
-        assert raft is not None
-        while not raft.leader_id:
-            if self.stopped or self._refusing:
-                raise Stopped("node is stopping")
-            with trio.move_on_at(deadline):
-                await self._state_changed.wait()
-            if trio.current_time() >= deadline and not raft.leader_id:
-                raise NoLeader("no leader elected")
-        return raft.leader_id
+    # The client-facing operations live in operations.py.
 
     async def propose(self, command: bytes, timeout_s: float | None = None) -> bytes:
-        """Replicate ``command``; return the state machine's result once it is applied.
-
-        On a follower the command is forwarded to the leader. Retries cover only outcomes
-        where the command certainly was not committed (rejected, withdrawn unsent, or
-        overwritten). Raises ``TooLarge`` (over ``MAX_COMMAND_BYTES``), ``Timeout`` (at
-        ``timeout_s``, default ``request_timeout_ms``: may or may not be applied),
-        ``NoLeader``, ``Overloaded``, ``Stopped``.
-        """
-        if len(command) > MAX_COMMAND_BYTES:
-            # One entry must fit one frame, or replication would stall on it for good.
-            raise TooLarge(f"command of {len(command)} bytes exceeds {MAX_COMMAND_BYTES}")
-        deadline = trio.current_time() + (
-            self.request_timeout_s if timeout_s is None else timeout_s
-        )
-        while True:
-            leader = await self._wait_for_leader(deadline)
-            try:
-                if leader == self.node_id:
-                    return await self._propose_local(command, deadline)
-                return await self.forwarding.propose(leader, command, deadline)
-            except (NotLeader, NoLeader) as exc:
-                if trio.current_time() >= deadline:
-                    raise NoLeader("no leader accepted the request in time") from exc
-                # Leadership is moving: wait for news (or a beat) and try again.
-                with trio.move_on_after(0.05):
-                    await self._state_changed.wait()
-
-    async def _propose_local(
-        self,
-        command: bytes,
-        deadline: float,
-        on_proposed: Callable[[int, int], object] | None = None,
-    ) -> bytes:
-        request_id, waiter = self.requests.new_proposal(on_proposed)
-        self._submit(Propose(request_id, command))
-        forget = partial(self.requests.forget_proposal, request_id, waiter)
-        result: bytes = await self.requests.wait(waiter, deadline, forget)
-        return result
+        """See ``Operations.propose``."""
+        return await self.operations.propose(command, timeout_s)
 
     async def read_barrier(self, *, lease: bool, timeout_s: float | None = None) -> None:
-        """Return once the local state machine reflects every write committed before the call
-        (linearizable), or the leader's lease vouches for it (lease). Raises ``NoLeader``
-        (no leader confirmed it by ``timeout_s``), ``Timeout``, ``Overloaded``, ``Stopped``."""
-        raft = self.raft
-        assert raft is not None
-        if (
-            lease
-            and raft.role is Role.LEADER
-            and self.applied_index >= raft.commit_index
-            and raft.lease_valid(self.now_ms())
-        ):
-            return  # the lease read fast path: no message, no task switch
-        deadline = trio.current_time() + (
-            self.request_timeout_s if timeout_s is None else timeout_s
-        )
-        while True:
-            self.requests.check_capacity()
-            await self._wait_for_leader(deadline)
-            request_id, waiter = self.requests.new_read()
-            self._submit(ReadRequest(request_id, lease))
-            try:
-                forget = partial(self.requests.forget_read, request_id)
-                await self.requests.wait(waiter, deadline, forget)
-                return
-            except NotLeader as exc:  # reads are idempotent: retry until the deadline
-                if trio.current_time() >= deadline:
-                    raise NoLeader("no leader confirmed the read in time") from exc
-                with trio.move_on_after(0.05):
-                    await self._state_changed.wait()
-
-    def reachable_peers(self) -> list[int]:
-        """The peers this node's transport is connected to right now (their processes are
-        up and took the handshake), in id order."""
-        if self.transport is None:
-            return []
-        return sorted(p for p, stats in self.transport.stats.peers.items() if stats.connected)
+        """See ``Operations.read_barrier``."""
+        await self.operations.read_barrier(lease=lease, timeout_s=timeout_s)
 
     async def transfer_leadership(self, timeout_s: float) -> bool:
-        """Hand leadership to the most up-to-date follower (Raft thesis §3.10); True once
-        another node leads. Gives up (False) after ``timeout_s`` seconds, or as soon as no
-        peer is reachable (whole-cluster stop: nobody to hand over to)."""
-        raft = self.raft
-        if raft is None or not raft.is_leader or not self.reachable_peers():
-            return False
-        self._transferring = True
-        try:
-            self._submit(TransferLeader(0))
-            with trio.move_on_after(timeout_s):
-                while raft.is_leader or not raft.leader_id:
-                    # Woken by role changes; the peers' links are looked at between them.
-                    with trio.move_on_after(0.05):
-                        await self._state_changed.wait()
-                    if raft.is_leader and not self.reachable_peers():
-                        break
-        finally:
-            self._transferring = False
-        return not raft.is_leader and raft.leader_id not in (0, self.node_id)
+        """See ``Operations.transfer_leadership``."""
+        return await self.operations.transfer_leadership(timeout_s)
+
+    def reachable_peers(self) -> list[int]:
+        """See ``Operations.reachable_peers``."""
+        return self.operations.reachable_peers()
 
     async def wait_for_state_change(self) -> None:
         """Until the role, term or leader changes, or the node stops."""

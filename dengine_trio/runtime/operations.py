@@ -1,0 +1,151 @@
+"""What clients ask of a node: writes, read barriers, and a leadership hand-over.
+
+``Operations`` runs a request across the node's collaborators: it waits for a leader, submits
+the event to the driver or forwards the write (``Forwarding``), waits in the request table,
+and retries only where the request certainly had no effect (a write refused or overwritten, a
+read that found no leader: reads are idempotent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..errors import NoLeader, NotLeader, Stopped, TooLarge
+from ..raft import Event, Propose, ReadRequest, Role, TransferLeader
+from ..wire import MAX_FRAME_BYTES
+
+if TYPE_CHECKING:
+    from .node import NodeRuntime
+
+__all__ = ["MAX_COMMAND_BYTES", "Operations"]
+
+MAX_COMMAND_BYTES = MAX_FRAME_BYTES - (1 << 20)
+"""The largest command accepted: headroom below the frame limit for the AppendEntries
+envelope around a single entry, so an entry always fits one frame."""
+
+
+class Operations:
+    """The client-facing operations of ``node`` (a ``NodeRuntime``)."""
+
+    def __init__(self, node: NodeRuntime) -> None:
+        self._node = node
+
+    def _submit(self, event: Event) -> None:
+        driver = self._node.driver
+        assert driver is not None
+        driver.submit(event)
+
+    async def _wait_for_leader(self, deadline: float) -> int:
+        raft = self._node.raft
+        assert raft is not None
+        while not raft.leader_id:
+            if self._node.stopped or self._node.refusing:
+                raise Stopped("node is stopping")
+            with trio.move_on_at(deadline):
+                await self._node.wait_for_state_change()
+            if trio.current_time() >= deadline and not raft.leader_id:
+                raise NoLeader("no leader elected")
+        return raft.leader_id
+
+    async def propose(self, command: bytes, timeout_s: float | None = None) -> bytes:
+        """Replicate ``command``; return the state machine's result once it is applied.
+
+        On a follower the command is forwarded to the leader. Retries cover only outcomes
+        where the command certainly was not committed (rejected, withdrawn unsent, or
+        overwritten). Raises ``TooLarge`` (over ``MAX_COMMAND_BYTES``), ``Timeout`` (at
+        ``timeout_s``, default ``request_timeout_ms``: may or may not be applied),
+        ``NoLeader``, ``Overloaded``, ``Stopped``.
+        """
+        if len(command) > MAX_COMMAND_BYTES:
+            # One entry must fit one frame, or replication would stall on it for good.
+            raise TooLarge(f"command of {len(command)} bytes exceeds {MAX_COMMAND_BYTES}")
+        deadline = trio.current_time() + (
+            self._node.request_timeout_s if timeout_s is None else timeout_s
+        )
+        while True:
+            leader = await self._wait_for_leader(deadline)
+            try:
+                if leader == self._node.node_id:
+                    return await self.propose_local(command, deadline)
+                return await self._node.forwarding.propose(leader, command, deadline)
+            except (NotLeader, NoLeader) as exc:
+                if trio.current_time() >= deadline:
+                    raise NoLeader("no leader accepted the request in time") from exc
+                # Leadership is moving: wait for news (or a beat) and try again.
+                with trio.move_on_after(0.05):
+                    await self._node.wait_for_state_change()
+
+    async def propose_local(
+        self,
+        command: bytes,
+        deadline: float,
+        on_proposed: Callable[[int, int], object] | None = None,
+    ) -> bytes:
+        request_id, waiter = self._node.requests.new_proposal(on_proposed)
+        self._submit(Propose(request_id, command))
+        forget = partial(self._node.requests.forget_proposal, request_id, waiter)
+        result: bytes = await self._node.requests.wait(waiter, deadline, forget)
+        return result
+
+    async def read_barrier(self, *, lease: bool, timeout_s: float | None = None) -> None:
+        """Return once the local state machine reflects every write committed before the call
+        (linearizable), or the leader's lease vouches for it (lease). Raises ``NoLeader``
+        (no leader confirmed it by ``timeout_s``), ``Timeout``, ``Overloaded``, ``Stopped``."""
+        raft = self._node.raft
+        assert raft is not None
+        if (
+            lease
+            and raft.role is Role.LEADER
+            and self._node.applied_index >= raft.commit_index
+            and raft.lease_valid(self._node.now_ms())
+        ):
+            return  # the lease read fast path: no message, no task switch
+        deadline = trio.current_time() + (
+            self._node.request_timeout_s if timeout_s is None else timeout_s
+        )
+        while True:
+            self._node.requests.check_capacity()
+            await self._wait_for_leader(deadline)
+            request_id, waiter = self._node.requests.new_read()
+            self._submit(ReadRequest(request_id, lease))
+            try:
+                forget = partial(self._node.requests.forget_read, request_id)
+                await self._node.requests.wait(waiter, deadline, forget)
+                return
+            except NotLeader as exc:  # reads are idempotent: retry until the deadline
+                if trio.current_time() >= deadline:
+                    raise NoLeader("no leader confirmed the read in time") from exc
+                with trio.move_on_after(0.05):
+                    await self._node.wait_for_state_change()
+
+    def reachable_peers(self) -> list[int]:
+        """The peers this node's transport is connected to right now (their processes are
+        up and took the handshake), in id order."""
+        if self._node.transport is None:
+            return []
+        return sorted(p for p, stats in self._node.transport.stats.peers.items() if stats.connected)
+
+    async def transfer_leadership(self, timeout_s: float) -> bool:
+        """Hand leadership to the most up-to-date follower (Raft thesis §3.10); True once
+        another node leads. Gives up (False) after ``timeout_s`` seconds, or as soon as no
+        peer is reachable (whole-cluster stop: nobody to hand over to)."""
+        raft = self._node.raft
+        if raft is None or not raft.is_leader or not self.reachable_peers():
+            return False
+        self._node.transferring = True
+        try:
+            self._submit(TransferLeader(0))
+            with trio.move_on_after(timeout_s):
+                while raft.is_leader or not raft.leader_id:
+                    # Woken by role changes; the peers' links are looked at between them.
+                    with trio.move_on_after(0.05):
+                        await self._node.wait_for_state_change()
+                    if raft.is_leader and not self.reachable_peers():
+                        break
+        finally:
+            self._node.transferring = False
+        return not raft.is_leader and raft.leader_id not in (0, self._node.node_id)
