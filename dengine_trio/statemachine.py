@@ -175,6 +175,7 @@ class KVStateMachine:
         """
         view = self.data
         assert isinstance(view, _CaptureView)
+        view.draining = True
         if view.merge(limit):
             self.data = view.base
             self._capture = None
@@ -198,11 +199,14 @@ class _CaptureView(MutableMapping[bytes, bytes]):
     in a worker thread) plus ``changes``, each key written since mapped to its value or to
     ``_DELETED``."""
 
-    __slots__ = ("base", "changes")
+    __slots__ = ("base", "changes", "draining")
 
     def __init__(self, base: dict[bytes, bytes]) -> None:
         self.base = base
         self.changes: dict[bytes, object] = {}
+        # Set once the image is written: writes then go to ``base`` (dropping the key's
+        # change), so ``changes`` only shrinks and never grows (no table rebuild on the loop).
+        self.draining = False
 
     def __getitem__(self, key: bytes) -> bytes:
         value = self.changes.get(key, self)
@@ -227,12 +231,20 @@ class _CaptureView(MutableMapping[bytes, bytes]):
         return value is not _DELETED
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.changes[key] = value
+        if self.draining:
+            self.base[key] = value
+            self.changes.pop(key, None)
+        else:
+            self.changes[key] = value
 
     def __delitem__(self, key: bytes) -> None:
         if key not in self:
             raise KeyError(key)
-        self.changes[key] = _DELETED
+        if self.draining:
+            self.base.pop(key, None)
+            self.changes.pop(key, None)
+        else:
+            self.changes[key] = _DELETED
 
     def __iter__(self) -> Iterator[bytes]:
         for key in self.base:
@@ -253,8 +265,8 @@ class _CaptureView(MutableMapping[bytes, bytes]):
 
     def merge(self, limit: int | None) -> bool:
         """Move up to ``limit`` (None: all) changes into ``base`` (only once the image is
-        written); True when none are left. Every read in between stays correct: a key is in
-        ``changes`` until its value is in ``base``."""
+        written and ``draining`` is set); True when none are left. Every read in between
+        stays correct: a key is in ``changes`` until its value is in ``base``."""
         base, changes = self.base, self.changes
         for _ in range(len(changes) if limit is None else min(limit, len(changes))):
             key, value = changes.popitem()

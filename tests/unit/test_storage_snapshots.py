@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dengine_trio import statemachine
 from dengine_trio.statemachine import (
     KV_BATCH_BYTES,
     MERGE_PER_APPLY,
@@ -657,6 +658,8 @@ small_keys = st.sampled_from([b"a", b"b", b"c", b"", "é".encode()])
 kv_steps = st.lists(
     st.one_of(
         st.tuples(st.just("put"), small_keys, st.binary(max_size=3)),
+        st.tuples(st.just("put"), small_keys, st.binary(max_size=3)),
+        st.tuples(st.just("put"), small_keys, st.binary(max_size=3)),
         st.tuples(st.just("delete"), small_keys),
         st.tuples(st.just("snapshot")),
         st.tuples(st.just("write"), st.integers(0, 3)),
@@ -668,11 +671,20 @@ kv_steps = st.lists(
 
 
 @settings(max_examples=600, deadline=None)
-@given(steps=kv_steps)
-def test_kv_snapshot_interleaved_with_applies_matches_a_model(steps: list[tuple]) -> None:
+@given(steps=kv_steps, merge_per_apply=st.sampled_from([1, 2, MERGE_PER_APPLY]))
+def test_kv_snapshot_interleaved_with_applies_matches_a_model(
+    steps: list[tuple], merge_per_apply: int
+) -> None:
     """Any interleaving of applies, snapshots, image writes (late, out of order, never),
-    resets and restores: live reads always match a plain dict, and every image that gets
-    written holds exactly the state at its ``snapshot()`` call."""
+    resets and restores, with the overlay drained back a few keys per apply: live reads
+    always match a plain dict, and every image that gets written holds exactly the state at
+    its ``snapshot()`` call."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(statemachine, "MERGE_PER_APPLY", merge_per_apply)
+        check_against_model(steps)
+
+
+def check_against_model(steps: list[tuple]) -> None:
     sm = KVStateMachine()
     model: dict[bytes, bytes] = {}
     pending: list[tuple[Callable[[SnapshotSink], None], dict[bytes, bytes]]] = []
@@ -775,6 +787,6 @@ def test_the_overlay_drains_back_a_few_keys_per_apply_and_reads_stay_right() -> 
         applies += 1
         assert dict(sm.data) == model and len(sm.data) == len(model)
         assert all(sm.get(b"%03d" % i) == model.get(b"%03d" % i) for i in range(170))
-    # Each apply adds at most one change and moves MERGE_PER_APPLY back.
-    assert 1 < applies <= overlay // (MERGE_PER_APPLY - 1) + 1
+    # Each apply moves MERGE_PER_APPLY changes back, and its own write goes to the dict.
+    assert 1 < applies <= -(-overlay // MERGE_PER_APPLY)
     assert sm.data == model
