@@ -546,7 +546,9 @@ class SnapshotReceiver:
 
     Chunks must come in order: ``write_chunk`` with an offset other than the bytes received so
     far raises ``SnapshotChunkError`` (the caller drops the transfer; ``abort`` then removes the
-    temporary file). A crash at any point leaves only a temporary file
+    temporary file). To resume after a dropped connection instead, keep the receiver and ask
+    the sender to continue at ``received_bytes`` (same snapshot: ``finish`` checks its index
+    and term against ``expected``). A crash at any point leaves only a temporary file
     (``remove_stale_temporaries``), never a partial snapshot under a final name. Memory: one
     chunk. Blocking: run it in a worker thread.
     """
@@ -578,14 +580,30 @@ class SnapshotReceiver:
         write_all(self._fd, data)
         self.received_bytes += len(data)
 
-    def finish(self, cluster_id: str, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> SnapshotFile:
-        """Verify the whole file (``SnapshotError`` naming it if bad: the temporary file is
-        removed), then install it under its final name. Returns the installed file."""
+    def finish(
+        self,
+        cluster_id: str,
+        expected: tuple[int, int] | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> SnapshotFile:
+        """Verify the whole file, and that it covers ``expected`` (last index, last term: what
+        the sender announced) when given; then install it under its final name.
+
+        A bad file raises ``SnapshotError`` naming it, and the temporary file is removed.
+        Returns the installed file.
+        """
         if self._done:
             raise ValueError("snapshot receiver is closed")
         try:
             os.fsync(self._fd)
             verified = verify_snapshot(self._temporary, cluster_id, chunk_bytes)
+            got = (verified.last_index, verified.last_term)
+            if expected is not None and got != expected:
+                raise CorruptSnapshotError(
+                    self._temporary,
+                    f"holds index {got[0]} term {got[1]}, the sender announced "
+                    f"index {expected[0]} term {expected[1]}",
+                )
             final = self.directory / snapshot_name(verified.last_index, verified.last_term)
             os.replace(self._temporary, final)
             fsync_directory(self.directory)

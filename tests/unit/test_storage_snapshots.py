@@ -449,7 +449,7 @@ def test_receiver_installs_a_streamed_snapshot(tmp_path: Path, chunk: int) -> No
     previous = write_snapshot(follower, kv({b"k": b"old"}), index=10)
     with SnapshotReceiver.create(follower) as receiver:
         transfer(source, receiver, chunk)
-        installed = receiver.finish(CLUSTER, chunk_bytes=chunk)
+        installed = receiver.finish(CLUSTER, expected=(30, 4), chunk_bytes=chunk)
     assert installed.path == follower / source.name
     assert installed.path.read_bytes() == source.read_bytes()
     assert sorted(follower.iterdir()) == sorted([previous, installed.path])
@@ -790,3 +790,25 @@ def test_the_overlay_drains_back_a_few_keys_per_apply_and_reads_stay_right() -> 
     # Each apply moves MERGE_PER_APPLY changes back, and its own write goes to the dict.
     assert 1 < applies <= -(-overlay // MERGE_PER_APPLY)
     assert sm.data == model
+
+
+def test_receiver_resumes_at_received_bytes_and_checks_the_announced_snapshot(
+    tmp_path: Path,
+) -> None:
+    source = write_snapshot(tmp_path / "leader", kv(SMALL), index=30, term=4)
+    size = source.stat().st_size
+    follower = tmp_path / "follower"
+    receiver = SnapshotReceiver.create(follower)
+    receiver.write_chunk(0, read_raw_chunk(source, 0, 50))
+    # The connection drops; the follower answers the next attempt with where it stands.
+    resume_at = receiver.received_bytes
+    assert resume_at == 50
+    receiver.write_chunk(resume_at, read_raw_chunk(source, resume_at, size))
+    assert receiver.finish(CLUSTER, expected=(30, 4)).path == follower / source.name
+
+    # A file that is intact but not the one announced is not installed.
+    other = SnapshotReceiver.create(follower)
+    transfer(source, other, 1000)
+    with pytest.raises(CorruptSnapshotError, match="the sender announced index 31 term 4"):
+        other.finish(CLUSTER, expected=(31, 4))
+    assert sorted(p.name for p in follower.iterdir()) == [source.name]
