@@ -54,6 +54,7 @@ __all__ = [
     "TimingConfig",
     "check_message_limits",
     "load_config",
+    "render_toml",
     "resolve_config_path",
 ]
 
@@ -578,6 +579,79 @@ def resolve_config_path(arg: str | Path) -> Path:
     if with_suffix.is_file():
         return with_suffix
     raise ConfigError(arg, None, f"cannot read: no such file (also tried {with_suffix})")
+
+
+def render_toml(cfg: NodeConfig) -> str:
+    """The text of a node file that :func:`load_config` reads back as ``cfg``.
+
+    Every key is written, defaults included: ``load_config`` of the text, saved as a file at
+    path P, equals ``attrs.evolve(cfg, path=P)``. Sections follow the schema's order
+    (``[cluster]``, ``[raft.*]``, ``[limits]``, ``[http]``); ``initial_cluster`` is an array
+    of inline tables and ``flush_policy`` the one-key inline table ``{ Batch = {...} }``, as
+    in ``docs/configuration.md``. Raises nothing: ``cfg`` was validated when it was built.
+    """
+    lines: list[str] = []
+    for field in attrs.fields(NodeConfig):
+        if field.name != "path":
+            _render_table(lines, field.name, getattr(cfg, field.name))
+    return "\n".join(lines) + "\n"
+
+
+def _render_table(lines: list[str], name: str, table: Any) -> None:
+    """``[name]`` with the table's scalar keys, then each sub-table as ``[name.key]``."""
+    values = [f.name for f in attrs.fields(type(table))]
+    sections = [key for key in values if _is_section(getattr(table, key))]
+    scalars = [key for key in values if key not in sections]
+    if scalars:
+        if lines:
+            lines.append("")
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {_toml_value(getattr(table, key))}" for key in scalars)
+    for key in sections:
+        _render_table(lines, f"{name}.{key}", getattr(table, key))
+
+
+def _is_section(value: object) -> bool:
+    # FlushPolicy is written inline; a one-key table naming the policy kind reads better so.
+    return attrs.has(type(value)) and not isinstance(value, FlushPolicy)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Enum):
+        return _toml_value(value.value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, FlushPolicy):
+        return f"{{ Batch = {_inline_table(value.batch)} }}"
+    if isinstance(value, list):
+        return "[\n" + "".join(f"    {_toml_value(item)},\n" for item in value) + "]"
+    if attrs.has(type(value)):
+        return _inline_table(value)
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def _inline_table(value: Any) -> str:
+    items = ", ".join(
+        f"{f.name} = {_toml_value(getattr(value, f.name))}" for f in attrs.fields(type(value))
+    )
+    return f"{{ {items} }}"
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: quote, backslash and control characters escaped."""
+    escaped = []
+    for char in text:
+        if char in '"\\':
+            escaped.append("\\" + char)
+        elif char < " " or char == "\x7f":
+            escaped.append(f"\\u{ord(char):04x}")
+        else:
+            escaped.append(char)
+    return '"' + "".join(escaped) + '"'
 
 
 def load_config(path: str | Path) -> NodeConfig:

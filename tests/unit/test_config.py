@@ -4,16 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dengine_trio.cli import load_node_config
 from dengine_trio.config import (
     Batch,
     ClusterConfig,
     ConfigError,
+    FlushPolicy,
+    HttpConfig,
+    Limits,
     NodeConfig,
     PeerConfig,
+    PersistenceConfig,
+    RaftSection,
+    ReadConsistencyConfig,
+    ReplicationConfig,
+    SnapshotConfig,
+    TimingConfig,
     load_config,
+    render_toml,
     resolve_config_path,
 )
 from dengine_trio.policy import ReadPolicy
@@ -438,3 +451,74 @@ def test_the_complete_file_of_the_docs_loads_with_the_defaults_it_claims(tmp_pat
     assert complete.limits == minimal.limits
     assert complete.http == minimal.http
     assert complete.cluster == minimal.cluster
+
+
+# ---------------------------------------------------------------------------------------------
+# render_toml: what it writes, load_config reads back as the same configuration.
+
+POSITIVE = st.integers(1, 2**63 - 1)
+"""TOML integers are signed 64-bit."""
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
+"""Any string a file can hold: quotes, backslashes, control characters, non-ASCII."""
+
+
+@st.composite
+def node_configs(draw: st.DrawFn) -> NodeConfig:
+    """A valid configuration, built valid rather than filtered (most random ones are not)."""
+    size = draw(st.integers(1, 5))
+    ids = draw(st.lists(POSITIVE, min_size=size, max_size=size, unique=True))
+    ports = draw(st.lists(st.integers(1, 65535), min_size=size, max_size=size, unique=True))
+    hosts = draw(st.lists(TEXT, min_size=size, max_size=size))
+    members = [PeerConfig(i, f"{h}:{p}") for i, h, p in zip(ids, hosts, ports, strict=True)]
+    me = draw(st.sampled_from(members))
+    behind_proxy = draw(st.booleans())
+    listen = f"{draw(TEXT)}:{draw(st.integers(1, 65535))}" if behind_proxy else me.address
+    election_min = draw(st.integers(2, 2**62))
+    below_election = st.integers(1, election_min - 1)
+    return NodeConfig(
+        path="unused.toml",
+        cluster=ClusterConfig(
+            node_id=me.id,
+            listen_address=listen,
+            initial_cluster=members,
+            db_root_dir=draw(TEXT),
+            name=draw(TEXT),
+            behind_proxy=behind_proxy,
+        ),
+        raft=RaftSection(
+            read_consistency=ReadConsistencyConfig(
+                draw(st.sampled_from(ReadPolicy)), draw(below_election)
+            ),
+            persistence=PersistenceConfig(
+                draw(st.sampled_from(Durability)),
+                FlushPolicy(Batch(draw(POSITIVE), draw(POSITIVE))),
+            ),
+            snapshot=SnapshotConfig(draw(st.booleans())),
+            timing=TimingConfig(
+                election_min,
+                draw(st.integers(election_min + 1, 2**63 - 1)),
+                draw(below_election),
+                draw(POSITIVE),
+            ),
+            replication=ReplicationConfig(draw(POSITIVE), draw(POSITIVE), draw(POSITIVE)),
+        ),
+        limits=Limits(draw(POSITIVE), draw(POSITIVE), draw(POSITIVE), draw(POSITIVE)),
+        http=HttpConfig(draw(POSITIVE)),
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(cfg=node_configs())
+def test_render_toml_round_trips_through_load_config(
+    tmp_path_factory: pytest.TempPathFactory, cfg: NodeConfig
+) -> None:
+    path = tmp_path_factory.mktemp("render") / "n.toml"
+    path.write_text(render_toml(cfg), encoding="utf-8")
+    assert load_config(path) == attrs.evolve(cfg, path=path)
+
+
+@pytest.mark.parametrize("relative", ["config/n1.toml", "config/five/n5.toml"])
+def test_render_toml_round_trips_the_shipped_files(tmp_path: Path, relative: str) -> None:
+    shipped = load_config(REPO / relative)
+    path = write(tmp_path, render_toml(shipped))
+    assert load_config(path) == attrs.evolve(shipped, path=path)
