@@ -36,10 +36,12 @@ Write-ahead log segments (``wal/*.wal``)
                  (int, int, int: 0 = command, 1 = no-op, bin)
 
     Segments form one contiguous run of indexes: each segment starts at the index after the
-    last one of its predecessor. A new segment is started when an append finds the current
-    one at or past ``segment_bytes`` (default 64 MiB), so a segment exceeds that size by at
-    most one append batch. Before the new file is created the old one is fsynced, so only the
-    last segment can ever hold data that is not durable.
+    last one of its predecessor. The first need not start at 1: ``compact`` deletes the oldest
+    segments once a snapshot covers them (oldest first, a directory fsync after each). A new
+    segment is started when an append finds the current one at or past ``segment_bytes``
+    (default 64 MiB), so a segment exceeds that size by at most one append batch. Before the
+    new file is created the old one is fsynced, so only the last segment can ever hold data
+    that is not durable.
 
     Truncation (an append whose first index is at or below the last index) first removes
     whole segments that start after that index (then fsyncs the directory), then cuts the
@@ -191,6 +193,16 @@ class Storage:
     def last_index(self) -> int:
         """Index of the last entry in the log, 0 when empty."""
         return self._wal.last_index
+
+    @property
+    def first_index(self) -> int:
+        """Index of the first entry in the log (above 1 after ``compact``), 0 when empty."""
+        return self._wal.first_index
+
+    def compact(self, through_index: int) -> int:
+        """Drop whole WAL segments covered by a durable snapshot through ``through_index``;
+        return the new first index. See ``WriteAheadLog.compact``."""
+        return self._wal.compact(through_index)
 
     def save_hard_state(self, term: int, voted_for: int) -> None:
         """Durably record ``term`` and ``voted_for`` (0: no vote) before returning."""

@@ -268,6 +268,29 @@ class WriteAheadLog:
             segment.size_bytes = base + len(payload)
             self._last = (entries[-1].index, entries[-1].term)
 
+    def compact(self, through_index: int) -> int:
+        """Delete the segments whose entries all lie at or below ``through_index`` (a snapshot
+        covers them), never the current (last) segment; return the new first index (0 when
+        the log is empty). Segment granularity: up to a segment of covered entries stays.
+
+        Oldest first, each removal made durable (directory fsync) before the next, so a crash
+        at any point leaves a contiguous run of segments that recovery accepts: the log then
+        starts at a later index, and the caller holds a snapshot covering what precedes it.
+        The caller must have made that snapshot durable first.
+        """
+        with self._lock:
+            self._check_usable()
+            segments = self._segments
+            while len(segments) > 1 and segments[0].last_index <= through_index:
+                dropped = segments.pop(0)
+                try:
+                    dropped.path.unlink()
+                    fsync_directory(self._directory)
+                except BaseException as exc:
+                    self._failure = exc
+                    raise
+            return self.first_index
+
     def _encode(self, entries: Sequence[Entry], first: int) -> tuple[bytes, array]:
         pack = self._packer.pack
         header = RECORD_HEADER.pack
