@@ -6,8 +6,9 @@ up: a node never exits because the rest of the cluster is missing.
 
 SIGINT or SIGTERM stops the node gracefully: a leader first hands leadership to an up-to-date
 follower (so a planned restart costs about one round trip of unavailability instead of an
-election timeout), then requests still pending fail with 503 stopped (each gets its answer),
-then the HTTP servers stop, then the engine flushes and stops; exit 0. A second signal more
+election timeout), then the HTTP servers stop (requests still pending just before their
+graceful timeout fail with 503 stopped: each gets an answer), then the engine flushes and
+stops; exit 0. A second signal more
 than a second after the first skips what is left of the graceful part but still flushes; one
 within that second (make forwarding a SIGTERM) is the same stop.
 """
@@ -227,7 +228,11 @@ async def serve_node(
             with trio.CancelScope() as graceful:
                 async with trio.open_nursery() as nursery:
                     shutdown = partial(
-                        _shut_down, engine, http_stop, timing.election_timeout_max_ms / 1000
+                        _shut_down,
+                        engine,
+                        http_stop,
+                        timing.election_timeout_max_ms / 1000,
+                        max(0.0, kv_config.graceful_timeout - ANSWER_MARGIN_S),
                     )
                     nursery.start_soon(
                         _watch_signals, signals, held_signals, nursery, shutdown, graceful
@@ -299,15 +304,28 @@ async def _watch_signals(
         on_signal(signum)
 
 
+DRAIN_POLL_S = 0.02
+ANSWER_MARGIN_S = 0.25
+"""How long before the HTTP servers' graceful timeout the requests still pending are failed,
+so that each handler has time to write its 503."""
+
+
 async def _shut_down(
-    engine: EmbeddedEngine, http_stop: trio.Event, transfer_timeout_s: float
+    engine: EmbeddedEngine, http_stop: trio.Event, transfer_timeout_s: float, answer_by_s: float
 ) -> None:
+    """Hand leadership over, stop the HTTP servers, and answer every pending request.
+
+    Requests pending on the engine go on while the servers drain (a write the new leader
+    commits succeeds), but those still pending ``answer_by_s`` seconds after the servers were
+    told to stop (just before Hypercorn's graceful timeout cancels their handlers, which would
+    close the connection without a response) fail with ``Stopped``: 503 stopped."""
     await _hand_over_leadership(engine, transfer_timeout_s)
-    # Before the servers stop: their handlers still waiting on the engine answer 503 stopped
-    # now, rather than being cut off with the connection (Hypercorn's graceful timeout).
-    engine.refuse_requests()
     log.info("stopping HTTP servers")
     http_stop.set()
+    with trio.move_on_after(answer_by_s):
+        while engine.pending_requests():
+            await trio.sleep(DRAIN_POLL_S)
+    engine.refuse_requests()
 
 
 async def _hand_over_leadership(engine: EmbeddedEngine, timeout_s: float) -> None:

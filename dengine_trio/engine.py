@@ -138,6 +138,10 @@ class EmbeddedEngine:
         False after ``timeout_s`` seconds, or at once when no peer is reachable."""
         return await self._runtime.transfer_leadership(timeout_s)
 
+    def pending_requests(self) -> int:
+        """Requests waiting on this node now (proposals, reads, forwarded writes)."""
+        return self._runtime.pending_requests()
+
     def reachable_peers(self) -> list[int]:
         """Ids of the peers this node is connected to right now (their processes are up)."""
         return self._runtime.reachable_peers()

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from dengine_trio.cli import _hand_over_leadership
+from dengine_trio.cli import _hand_over_leadership, _shut_down
+from dengine_trio.errors import DengineError, Stopped
+from tests.chaos.proxy import LinkFault
 
-from .cluster import EngineHandle, agreed_leader, wait_until, write_configs
+from .cluster import EngineHandle, agreed_leader, proxied_cluster, wait_until, write_configs
 
 
 def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -71,3 +73,38 @@ async def test_no_hand_over_warning_when_the_peers_stop_too(
                 everyone.start_soon(_hand_over_leadership, engine, 0.9)
         nursery.cancel_scope.cancel()
     assert warnings(caplog) == []
+
+
+async def test_a_request_that_completes_while_the_servers_drain_is_not_failed(
+    tmp_path: Path,
+) -> None:
+    """Stopping answers every pending request, but only fails those still pending when the
+    HTTP servers' graceful timeout nears: a write that commits meanwhile succeeds."""
+    async with trio.open_nursery() as nursery:
+        net, nodes = await proxied_cluster(nursery, tmp_path)
+        leader = await agreed_leader(nodes)
+        f = next(n for n in nodes if n != leader)
+        follower = nodes[f].engine
+        # The leader's messages take 0.3 s to reach F: F's forwarded write is pending that
+        # long.
+        net.set_link(leader, f, LinkFault(delay_s=0.3))
+        outcome: list[BaseException | None] = []
+
+        async def put() -> None:
+            try:
+                await follower.client().put(b"k", b"v")
+                outcome.append(None)
+            except DengineError as exc:
+                outcome.append(exc)
+
+        nursery.start_soon(put)
+        await wait_until(lambda: follower.pending_requests() == 1)
+        http_stop = trio.Event()
+        await _shut_down(follower, http_stop, 0.9, answer_by_s=0.8)
+        assert http_stop.is_set()
+        await wait_until(lambda: bool(outcome))
+        assert outcome == [None]
+        # Stopping: whatever comes now is refused.
+        with pytest.raises(Stopped):
+            await follower.client().put(b"k", b"w")
+        nursery.cancel_scope.cancel()
