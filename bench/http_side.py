@@ -32,7 +32,8 @@ import trio
 from bench.ceiling import GET_KEYS, VALUE_TEXT
 from bench.measure import Run
 from bench.procs import group_process
-from bench.write import follower_processes, free_ports, write_configs
+from bench.write import follower_processes, write_configs
+from tests.support.cluster import free_ports
 
 WRK_SCRIPT = Path(__file__).with_name("kv.lua")
 READY_TIMEOUT_S = 30.0

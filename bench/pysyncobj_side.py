@@ -143,7 +143,7 @@ def stop_followers(followers: list[subprocess.Popen[bytes]]) -> None:
 def start_cluster(followers: list[subprocess.Popen[bytes]], compaction: bool) -> tuple[Leader, int]:
     """The leader (bound before its followers start, so it campaigns first) and two
     followers; a fresh cluster on fresh ports if another node won (bounded attempts)."""
-    from bench.write import free_ports
+    from tests.support.cluster import free_ports
 
     failure = ""
     for _ in range(START_ATTEMPTS):

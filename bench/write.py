@@ -33,7 +33,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,8 @@ from typing import IO
 import trio
 
 from dengine_trio import Client, EmbeddedEngine, load_config
+from dengine_trio.raft.config import Durability
+from tests.support.cluster import Settings, free_ports, write_cluster
 
 VALUE = bytes(range(256))
 """256 bytes of value for every put."""
@@ -92,54 +93,27 @@ def progress(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
 
 
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+FOLLOWER_ELECTION_SETTINGS: Settings = {
+    "raft.timing.election_timeout_min_ms": 3000,
+    "raft.timing.election_timeout_max_ms": 4000,
+}
+"""Nodes 2 and 3: far slower to campaign than node 1 (600-900 ms, the shipped default)."""
 
 
 def write_configs(root: Path, strategy: str) -> list[Path]:
     """One TOML file per node; node 1 with the shipped election timeout, 2 and 3 slower."""
-    ports = free_ports(3)
-    members = ",\n".join(
-        f'    {{ id = {i + 1}, address = "127.0.0.1:{port}", role = 1, status = 2 }}'
-        for i, port in enumerate(ports)
+    settings: Settings = {
+        "raft.persistence.strategy": Durability(strategy),
+        "raft.timing.request_timeout_ms": 10000,
+    }
+    configs = write_cluster(
+        root,
+        free_ports(3),
+        settings,
+        node_settings=lambda i: {} if i == 1 else FOLLOWER_ELECTION_SETTINGS,
+        db_dir=lambda i: root / f"db{i}",
     )
-    paths = []
-    for node_id, port in enumerate(ports, start=1):
-        election = (600, 900) if node_id == 1 else (3000, 4000)
-        path = root / f"n{node_id}.toml"
-        path.write_text(
-            f"""[cluster]
-node_id = {node_id}
-listen_address = "127.0.0.1:{port}"
-initial_cluster = [
-{members}
-]
-db_root_dir = "{root / f"db{node_id}"}"
-
-[raft.read_consistency]
-default_policy = "LinearizableRead"
-lease_duration_ms = 500
-
-[raft.persistence]
-strategy = "{strategy}"
-flush_policy = {{ Batch = {{ threshold = 100, interval_ms = 20 }} }}
-
-[raft.timing]
-election_timeout_min_ms = {election[0]}
-election_timeout_max_ms = {election[1]}
-heartbeat_interval_ms = 50
-request_timeout_ms = 10000
-"""
-        )
-        paths.append(path)
-    return paths
+    return [c.path for c in configs]
 
 
 @asynccontextmanager

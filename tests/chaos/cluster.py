@@ -20,12 +20,14 @@ from typing import Any
 import httpx
 import trio
 
-from tests.e2e.cluster import Node, free_ports, key_path
+from dengine_trio.raft.config import Durability
+from tests.e2e.cluster import Node, key_path, node_env
+from tests.support.cluster import Settings, free_ports, write_cluster
 
 from . import fsync_probe
 from .proxy import ProxyNetwork
 
-__all__ = ["ChaosCluster", "ChaosNode", "chaos_node_toml"]
+__all__ = ["NODE_SETTINGS", "ChaosCluster", "ChaosNode"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,39 +36,12 @@ STATUS_TIMEOUT_S = 2.0
 POLL_INTERVAL_S = 0.1
 EXIT_TIMEOUT_S = 30.0
 
-
-def chaos_node_toml(
-    node_id: int,
-    listen_port: int,
-    member_addresses: dict[int, str],
-    db_dir: Path,
-    durability: str,
-    extra: str = "",
-) -> str:
-    """A node file: binds ``listen_port``, dials its peers at ``member_addresses``."""
-    members = ",\n".join(
-        f'    {{ id = {i}, address = "{address}", role = 1, status = 2 }}'
-        for i, address in sorted(member_addresses.items())
-    )
-    return f"""\
-[cluster]
-node_id = {node_id}
-listen_address = "{HOST}:{listen_port}"
-# Peers dial this node through the chaos proxy, at its initial_cluster address.
-behind_proxy = true
-initial_cluster = [
-{members},
-]
-db_root_dir = "{db_dir.as_posix()}"
-
-[raft.read_consistency]
-default_policy = "LinearizableRead"
-lease_duration_ms = 500
-
-[raft.persistence]
-strategy = "{durability}"
-flush_policy = {{ Batch = {{ threshold = 100, interval_ms = 20 }} }}
-{extra}"""
+NODE_SETTINGS: Settings = {
+    # Peers dial each node through the chaos proxy, at its initial_cluster address.
+    "cluster.behind_proxy": True,
+    "raft.read_consistency.lease_duration_ms": 500,
+}
+"""Every node's file, over the defaults (LinearizableRead; the durability is the cluster's)."""
 
 
 class ChaosNode(Node):
@@ -89,8 +64,7 @@ class ChaosNode(Node):
         self.fsync_log = config_path.with_suffix(".fsync")
 
     def start(self, cwd: Path) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "info"}
-        env.pop("CONFIG_PATH", None)
+        env = node_env()
         module = "dengine_trio"
         if self.probe_fsync:
             module = "tests.chaos.fsync_probe"
@@ -132,7 +106,7 @@ class ChaosCluster:
         root: Path,
         durability: str = "DiskFirst",
         size: int = 3,
-        extra_toml: str = "",
+        settings: Settings | None = None,
         *,
         probe_fsync: bool = False,
     ) -> None:
@@ -145,17 +119,28 @@ class ChaosCluster:
         self.network = ProxyNetwork(
             backends={i: (HOST, raft[i - 1]) for i in ids}, fronts={i: front[i - 1] for i in ids}
         )
-        members = {i: self.network.address(i) for i in ids}
-        self.nodes: dict[int, ChaosNode] = {}
-        for i in ids:
-            path = root / f"n{i}.toml"
-            db_dir = root / "db" / str(i)
-            path.write_text(
-                chaos_node_toml(i, raft[i - 1], members, db_dir, durability, extra_toml)
+        configs = write_cluster(
+            root,
+            raft,
+            {
+                **NODE_SETTINGS,
+                "raft.persistence.strategy": Durability(durability),
+                **(settings or {}),
+            },
+            member_addresses=[self.network.address(i) for i in ids],
+            host=HOST,
+        )
+        self.nodes: dict[int, ChaosNode] = {
+            c.cluster.node_id: ChaosNode(
+                c.cluster.node_id,
+                c.path,
+                kv[c.cluster.node_id - 1],
+                health[c.cluster.node_id - 1],
+                c.db_root_path(),
+                probe_fsync=probe_fsync,
             )
-            self.nodes[i] = ChaosNode(
-                i, path, kv[i - 1], health[i - 1], db_dir, probe_fsync=probe_fsync
-            )
+            for c in configs
+        }
         self.paused: set[int] = set()
         self.http = httpx.AsyncClient(trust_env=False, timeout=STATUS_TIMEOUT_S)
         self._nursery_scope: trio.CancelScope | None = None

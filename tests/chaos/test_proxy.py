@@ -10,7 +10,7 @@ from functools import partial
 import trio
 
 from dengine_trio.wire import PROTOCOL_VERSION, Hello, encode, encode_frame
-from tests.e2e.cluster import free_ports
+from tests.support.cluster import free_ports
 
 from .proxy import LinkFault, LinkMode, ProxyNetwork
 

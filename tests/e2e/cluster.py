@@ -1,4 +1,4 @@
-"""Real node processes for end-to-end tests: free ports, config files, bounded waits.
+"""Real node processes for end-to-end tests (ports, files and waits from tests.support).
 
 Every node is ``python -m dengine_trio`` with its own TOML file in a temporary directory and
 ports chosen free at test time, so the suite runs beside a developer's own cluster. Every wait
@@ -9,50 +9,34 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import quote
 
 import httpx
 
-T = TypeVar("T")
+from dengine_trio.policy import ReadPolicy
+from dengine_trio.raft.config import Durability
+from tests.support.cluster import Settings, free_ports, wait_until, write_cluster
+
+__all__ = [
+    "NODE_SETTINGS",
+    "Cluster",
+    "Node",
+    "free_ports",
+    "key_path",
+    "node_env",
+    "run_cli",
+    "running_cluster",
+    "wait_until",
+]
 
 START_TIMEOUT_S = 60.0
 """Generous: three interpreters start on a shared two-core machine."""
 EXIT_TIMEOUT_S = 30.0
-POLL_INTERVAL_S = 0.05
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports free on every interface right now."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("0.0.0.0", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def wait_until(check: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    """Poll ``check`` until it returns something other than None (or False)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(POLL_INTERVAL_S)
 
 
 def key_path(key: str) -> str:
@@ -60,29 +44,12 @@ def key_path(key: str) -> str:
     return "/kv/" + quote(key, safe="").replace(".", "%2E")
 
 
-def node_toml(node_id: int, raft_ports: list[int], db_dir: Path, extra: str = "") -> str:
-    """A node file in the mission's schema, on loopback."""
-    members = ",\n".join(
-        f'    {{ id = {i}, address = "127.0.0.1:{port}", role = 1, status = 2 }}'
-        for i, port in enumerate(raft_ports, start=1)
-    )
-    return f"""\
-[cluster]
-node_id = {node_id}
-listen_address = "127.0.0.1:{raft_ports[node_id - 1]}"
-initial_cluster = [
-{members},
-]
-db_root_dir = "{db_dir.as_posix()}"
-
-[raft.read_consistency]
-default_policy = "LeaseRead"
-lease_duration_ms = 500
-
-[raft.persistence]
-strategy = "MemFirst"
-flush_policy = {{ Batch = {{ threshold = 100, interval_ms = 20 }} }}
-{extra}"""
+NODE_SETTINGS: Settings = {
+    "raft.read_consistency.default_policy": ReadPolicy.LEASE,
+    "raft.read_consistency.lease_duration_ms": 500,
+    "raft.persistence.strategy": Durability.MEM_FIRST,
+}
+"""The mission's node file on loopback (the other keys at their defaults)."""
 
 
 def run_cli(
@@ -92,7 +59,7 @@ def run_cli(
     return subprocess.run(
         [sys.executable, "-m", "dengine_trio", *args],
         cwd=cwd,
-        env={**_base_env(), **(env or {})},
+        env={**node_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=EXIT_TIMEOUT_S,
@@ -100,7 +67,8 @@ def run_cli(
     )
 
 
-def _base_env() -> dict[str, str]:
+def node_env() -> dict[str, str]:
+    """The environment of a node process: unbuffered, INFO logs, no CONFIG_PATH override."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "info"}
     env.pop("CONFIG_PATH", None)
     return env
@@ -134,7 +102,7 @@ class Node:
                     "--health-port", str(self.health_port),
                 ],
                 cwd=cwd,
-                env=_base_env(),
+                env=node_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -181,15 +149,16 @@ class Node:
 class Cluster:
     """Nodes of one cluster, each with its own config file under ``root``."""
 
-    def __init__(self, root: Path, size: int = 3, extra_toml: str = "") -> None:
+    def __init__(self, root: Path, size: int = 3, settings: Settings | None = None) -> None:
+        """``settings``: dotted keys over :data:`NODE_SETTINGS`, for every node."""
         self.root = root
         ports = free_ports(3 * size)
         raft_ports, kv_ports, health_ports = ports[:size], ports[size : 2 * size], ports[2 * size :]
-        self.nodes: list[Node] = []
-        for node_id in range(1, size + 1):
-            path = root / f"n{node_id}.toml"
-            path.write_text(node_toml(node_id, raft_ports, root / "db" / str(node_id), extra_toml))
-            self.nodes.append(Node(node_id, path, kv_ports[node_id - 1], health_ports[node_id - 1]))
+        configs = write_cluster(root, raft_ports, {**NODE_SETTINGS, **(settings or {})})
+        self.nodes = [
+            Node(c.cluster.node_id, c.path, kv, health)
+            for c, kv, health in zip(configs, kv_ports, health_ports, strict=True)
+        ]
 
     def start(self) -> None:
         for node in self.nodes:
@@ -243,9 +212,11 @@ class Cluster:
 
 
 @contextmanager
-def running_cluster(root: Path, size: int = 3, extra_toml: str = "") -> Iterator[Cluster]:
+def running_cluster(
+    root: Path, size: int = 3, settings: Settings | None = None
+) -> Iterator[Cluster]:
     """A started cluster, stopped (and if need be killed) on the way out."""
-    cluster = Cluster(root, size, extra_toml)
+    cluster = Cluster(root, size, settings)
     try:
         cluster.start()
         yield cluster

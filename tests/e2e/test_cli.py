@@ -25,7 +25,7 @@ def test_a_listen_backlog_over_the_kernel_cap_is_one_warning_and_the_node_runs(
     cap = kernel_backlog_cap()
     if cap is None:
         pytest.skip("no /proc/sys/net/core/somaxconn here")
-    with running_cluster(tmp_path, extra_toml=f"\n[http]\nlisten_backlog = {cap + 1}\n") as c:
+    with running_cluster(tmp_path, settings={"http.listen_backlog": cap + 1}) as c:
         leader = c.wait_for_leader()
         warnings = [line for line in leader.log_text().splitlines() if "somaxconn" in line]
         assert len(warnings) == 1, leader.log_text()

@@ -8,13 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import free_ports, node_toml, run_cli
+from dengine_trio.config import render_toml
+from tests.e2e.cluster import NODE_SETTINGS, free_ports, run_cli
+from tests.support.cluster import node_config
 
 EXIT_CONFIG = 2
 
 
 def good_toml(root: Path) -> str:
-    return node_toml(1, free_ports(3), root / "db" / "1")
+    members = {i: f"127.0.0.1:{port}" for i, port in enumerate(free_ports(3), start=1)}
+    config = node_config(root / "n1.toml", 1, members[1], members, root / "db" / "1", NODE_SETTINGS)
+    return render_toml(config)
 
 
 def assert_refused(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -49,7 +53,7 @@ BAD_FILES = {
     ),
     "not-toml": (lambda good: good + "\n[[[ nope\n", "n1.toml"),
     "value-limit-over-frame-limit": (
-        lambda good: good + "\n[limits]\nmax_value_bytes = 16777216\n",
+        lambda good: good.replace("max_value_bytes = 1048576", "max_value_bytes = 16777216"),
         "limits.max_value_bytes",
     ),
     "listen-address-not-own-address": (

@@ -172,17 +172,7 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_time
     config = hypercorn_config(listener)  # takes the socket over
     config.keep_alive_timeout = 0.5
 
-    def idle_client() -> tuple[bytes, bool]:
-        with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT_S) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            received = b""
-            try:
-                while chunk := sock.recv(65536):
-                    received += chunk
-            except TimeoutError:
-                return received, False
-            return received, True
-
+    idle_client = partial(read_until_closed, port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(serve, app, config))
         received, closed = await trio.to_thread.run_sync(idle_client)

@@ -17,15 +17,12 @@ import pytest
 from tests.e2e.cluster import running_cluster
 
 # Long enough that the write is still pending when the signal comes.
-SLOW_TIMEOUT_TOML = """
-[raft.timing]
-request_timeout_ms = 20000
-"""
+SLOW_TIMEOUT = {"raft.timing.request_timeout_ms": 20000}
 
 
 @pytest.mark.parametrize("survivor_role", ["leader", "follower"])
 def test_a_request_pending_at_sigterm_is_answered(tmp_path: Path, survivor_role: str) -> None:
-    with running_cluster(tmp_path, extra_toml=SLOW_TIMEOUT_TOML) as cluster:
+    with running_cluster(tmp_path, settings=SLOW_TIMEOUT) as cluster:
         leader = cluster.wait_for_leader()
         followers = cluster.followers(leader)
         survivor = leader if survivor_role == "leader" else followers[0]

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from dengine_trio.config import NodeConfig, load_config
+from dengine_trio.config import NodeConfig
 from dengine_trio.engine import EmbeddedEngine
+from dengine_trio.policy import ReadPolicy
+from dengine_trio.raft.config import Durability
 from tests.chaos.proxy import LinkFault, LinkMode, ProxyNetwork
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from tests.support.cluster import Settings, free_ports, write_cluster
+from tests.support.cluster import wait_until_async as wait_until
 
 
 def write_configs(
@@ -32,48 +23,25 @@ def write_configs(
     *,
     strategy: str = "DiskFirst",
     policy: str = "LinearizableRead",
-    extra: str = "",
+    extra: Settings | None = None,
     election_timeout_ms: tuple[int, int] = (300, 500),
     request_timeout_ms: int = 5000,
 ) -> list[NodeConfig]:
-    """Write one TOML file per node under ``root`` and load them."""
-    ports = free_ports(size)
-    members = ",\n".join(
-        f'    {{ id = {i + 1}, address = "127.0.0.1:{port}", role = 1, status = 2 }}'
-        for i, port in enumerate(ports)
-    )
-    configs = []
-    for i, port in enumerate(ports):
-        node_id = i + 1
-        path = root / f"n{node_id}.toml"
-        path.write_text(
-            f"""
-[cluster]
-node_id = {node_id}
-listen_address = "127.0.0.1:{port}"
-initial_cluster = [
-{members}
-]
-db_root_dir = "{root / f"db{node_id}"}"
+    """Write one TOML file per node under ``root`` and load them (data in ``root/db<id>``).
 
-[raft.read_consistency]
-default_policy = "{policy}"
-lease_duration_ms = 250
-
-[raft.persistence]
-strategy = "{strategy}"
-flush_policy = {{ Batch = {{ threshold = 100, interval_ms = 20 }} }}
-
-[raft.timing]
-election_timeout_min_ms = {election_timeout_ms[0]}
-election_timeout_max_ms = {election_timeout_ms[1]}
-heartbeat_interval_ms = 30
-request_timeout_ms = {request_timeout_ms}
-{extra}
-"""
-        )
-        configs.append(load_config(path))
-    return configs
+    ``extra``: dotted keys set on every node, e.g. ``{"limits.max_pending_requests": 8}``.
+    """
+    settings: Settings = {
+        "raft.read_consistency.default_policy": ReadPolicy(policy),
+        "raft.read_consistency.lease_duration_ms": 250,
+        "raft.persistence.strategy": Durability(strategy),
+        "raft.timing.election_timeout_min_ms": election_timeout_ms[0],
+        "raft.timing.election_timeout_max_ms": election_timeout_ms[1],
+        "raft.timing.heartbeat_interval_ms": 30,
+        "raft.timing.request_timeout_ms": request_timeout_ms,
+        **(extra or {}),
+    }
+    return write_cluster(root, free_ports(size), settings, db_dir=lambda i: root / f"db{i}")
 
 
 class _ListeningElsewhere(NodeConfig):
@@ -140,12 +108,6 @@ class EngineHandle:
 
 CUT = LinkFault(LinkMode.CUT)
 HEALTHY = LinkFault()
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    with trio.fail_after(timeout_s):
-        while not condition():
-            await trio.sleep(0.01)
 
 
 async def proxied_cluster(

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from contextlib import AsyncExitStack, suppress
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from dengine_trio.wire import (
     encode_frame,
 )
 
-from .cluster import write_configs
+from .cluster import wait_until, write_configs
 from .crash_writer import key, value
 from .wire_helpers import raw_handshake, read_until_closed
 
@@ -59,13 +58,6 @@ async def wait_leader(engines: dict[int, EmbeddedEngine]) -> int:
                 if all(e.leader_id() == leader for e in engines.values()):
                     return leader
             await trio.sleep(0.02)
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll a condition that no event announces (counters, replication progress)."""
-    with trio.fail_after(WAIT_S):
-        while not condition():
-            await trio.sleep(0.01)
 
 
 def transport(engine: EmbeddedEngine) -> dict[str, Any]:
@@ -214,7 +206,7 @@ async def test_wire_attacks_on_a_running_follower(tmp_path: Path) -> None:
         await client.put(b"after", b"attacks")  # the attacked node still takes writes
         for k, v in acked.items():
             assert await client.get_linearizable(k) == v
-        await wait_until(lambda: followers_caught_up(engines[leader]))
+        await wait_until(lambda: followers_caught_up(engines[leader]), WAIT_S)
         assert await engines[target].client().get_eventual(b"after") == b"attacks"
 
 
@@ -234,7 +226,7 @@ async def test_node_of_another_cluster_is_refused(
     text = configs[2].path.read_text()
     impostor_path = tmp_path / "impostor.toml"
     impostor_path.write_text(
-        text.replace("[cluster]", '[cluster]\nname = "other"', 1).replace(
+        text.replace('name = "dengine"', 'name = "other"', 1).replace(
             str(tmp_path / "db3"), str(tmp_path / "impostor-db")
         )
     )
@@ -252,7 +244,8 @@ async def test_node_of_another_cluster_is_refused(
                 all(transport(e)["connections_refused"] >= 1 for e in engines.values())
                 and all(transport(e)["peers"]["3"]["refusals"] >= 1 for e in engines.values())
                 and all(p["refusals"] >= 1 for p in transport(impostor)["peers"].values())
-            )
+            ),
+            WAIT_S,
         )
         for node_id, engine in engines.items():
             await engine.client().put(b"k%d" % node_id, b"v%d" % node_id)
@@ -342,7 +335,7 @@ class PendingHighWater(trio.abc.Instrument):
         self.high = max(self.high, pending)
 
 
-LIMITS = "[limits]\nmax_pending_requests = 8\n"
+LIMITS = {"limits.max_pending_requests": 8}
 FLOOD = 200
 
 
@@ -513,7 +506,7 @@ async def test_a_node_whose_log_write_fails_stops_and_the_others_carry_on(
                 # Once node 3 has caught up (its term saved), what comes next is stepped
                 # inline, in the task reading from the leader.
                 await wait_until(
-                    lambda: node3._runtime.applied_index >= leader._runtime.applied_index
+                    lambda: node3._runtime.applied_index >= leader._runtime.applied_index, WAIT_S
                 )
                 monkeypatch.setattr(storage, "append", disk_full)
                 await leader.client().put(b"during", b"node 3 fails")

@@ -37,7 +37,7 @@ from dengine_trio.wire import (
     encode_frame,
 )
 
-from .cluster import free_ports
+from .cluster import free_ports, wait_until
 from .wire_helpers import raw_handshake, read_until_closed
 
 CLUSTER = "test-cluster"
@@ -51,12 +51,6 @@ def hb(src: int, dst: int, seq: int) -> Heartbeat:
 def heartbeat(src: int, seq: int) -> Callable[[Any], bool]:
     """Matches the heartbeat numbered ``seq`` from ``src``."""
     return lambda m: isinstance(m, Heartbeat) and m.src == src and m.seq == seq
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll a condition that no event announces (a counter inside the transport)."""
-    while not condition():
-        await trio.sleep(0.005)
 
 
 class Node:
