@@ -22,15 +22,12 @@ attempt is accepted), or a second process claims node N.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import attrs
 import trio
 
 from dengine_trio.wire.codec import decode, encode
@@ -38,137 +35,35 @@ from dengine_trio.wire.errors import CodecError
 from dengine_trio.wire.frames import MAX_FRAME_BYTES, FrameReader, encode_frame
 from dengine_trio.wire.messages import PEER_MESSAGE_TYPES, PROTOCOL_VERSION, Hello, HelloReply
 
-BACKOFF_MIN_S = 0.05
-BACKOFF_MAX_S = 1.0
-CONNECT_TIMEOUT_S = 2.0
-"""Bounds a connect to a host that silently drops SYNs (the kernel would retry for minutes)."""
-HANDSHAKE_TIMEOUT_S = 5.0
-"""How long either side waits for the other's half of the handshake."""
-RECEIVE_BYTES = 256 * 1024
-MAX_BATCH_BYTES = 4 * 1024 * 1024
-"""Soft cap on one ``send_all`` so a long queue of large AppendEntries is not copied at once."""
-_MAX_REASON_CHARS = 200
+from .inbound import InboundSide
+from .links import (
+    BACKOFF_MAX_S,
+    BACKOFF_MIN_S,
+    CONNECT_TIMEOUT_S,
+    HANDSHAKE_TIMEOUT_S,
+    MAX_BATCH_BYTES,
+    RECEIVE_BYTES,
+    STREAM_ERRORS,
+    OutboundLink,
+    PeerStats,
+    ProtocolViolation,
+    TransportStats,
+    format_address,
+    new_incarnation,
+)
+
+__all__ = [
+    "MAX_BATCH_BYTES",
+    "PeerStats",
+    "Transport",
+    "TransportStats",
+    "new_incarnation",
+]
 
 _PEER_TYPES = frozenset(PEER_MESSAGE_TYPES)
-_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
-@attrs.define
-class PeerStats:
-    """Counters of the outbound link to one peer."""
-
-    address: str
-    connected: bool = False
-    connects: int = 0
-    """Handshakes completed on this link (1 after the first connection, +1 per reconnect)."""
-    connect_failures: int = 0
-    refusals: int = 0
-    """Handshakes the peer answered with ``HelloReply(ok=False)``."""
-    frames_out: int = 0
-    bytes_out: int = 0
-    drops: int = 0
-    """Messages discarded because the queue was full (the oldest one goes)."""
-    discarded: int = 0
-    """Messages discarded because the peer restarted: they were for its previous process."""
-    queued: int = 0
-
-
-@attrs.define
-class TransportStats:
-    """What ``/status`` shows about the transport. Plain counters, read at any time."""
-
-    connections_accepted: int = 0
-    connections_refused: int = 0
-    connections_closed_on_error: int = 0
-    inbound_open: int = 0
-    frames_in: int = 0
-    bytes_in: int = 0
-    peers: dict[int, PeerStats] = attrs.field(factory=dict)
-
-    @property
-    def frames_out(self) -> int:
-        return sum(p.frames_out for p in self.peers.values())
-
-    @property
-    def drops(self) -> int:
-        return sum(p.drops for p in self.peers.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready snapshot."""
-        snapshot = attrs.asdict(self)
-        snapshot["peers"] = {str(k): v for k, v in snapshot["peers"].items()}
-        snapshot["frames_out"] = self.frames_out
-        snapshot["drops"] = self.drops
-        return snapshot
-
-
-def new_incarnation() -> int:
-    """A random, nonzero 63-bit number naming one process of a node (see ``Hello``)."""
-    return random.SystemRandom().getrandbits(63) or 1
-
-
-class _ProtocolViolation(Exception):
-    pass
-
-
-class _OutboundLink:
-    """The queue and connection state of the stream to one peer."""
-
-    def __init__(self, peer_id: int, address: tuple[str, int], stats: PeerStats) -> None:
-        self.peer_id = peer_id
-        self.address = address
-        self.stats = stats
-        self.queue: deque[bytes] = deque()
-        self.queued_bytes = 0
-        self.wakeup = trio.Event()
-        self.last_refusal = ""
-        self.fd = -1
-        """The connected socket's descriptor, or -1 while there is no connection."""
-        self.pumping = False
-        """The pump task owns the stream's send side (woken to send, or in ``send_all``)."""
-        self.unsent = b""
-        """The tail of a batch a direct write could not finish; the pump sends it first."""
-        self.peer_incarnation = 0
-        """The peer's process the queue is for: the latest one met by either handshake."""
-        self.connected_incarnation = 0
-        """The process at the other end of the current connection; 0 without one."""
-        self.connection_scope: trio.CancelScope | None = None
-        self.rechecked_at = -math.inf
-        self.claims_seen: set[int] = set()
-        self.claims_logged: set[int] = set()
-        self.inbound: dict[trio.CancelScope, int] = {}
-        """Open inbound connections from this peer: their cancel scope -> incarnation."""
-
-    def take_batch(self) -> bytes:
-        queue = self.queue
-        if self.queued_bytes <= MAX_BATCH_BYTES:
-            batch = b"".join(queue)
-            queue.clear()
-        else:
-            frames = [queue.popleft()]
-            size = len(frames[0])
-            while queue and size + len(queue[0]) <= MAX_BATCH_BYTES:
-                frames.append(queue.popleft())
-                size += len(frames[-1])
-            batch = b"".join(frames)
-        self.queued_bytes -= len(batch)
-        self.stats.queued = len(queue)
-        return batch
-
-
-def _format_address(sockaddr: Any) -> str:
-    host, port = sockaddr[0], sockaddr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _remote_address(stream: trio.SocketStream) -> str:
-    try:
-        return _format_address(stream.socket.getpeername())
-    except OSError:
-        return "<disconnected>"
-
-
-class Transport:
+class Transport(InboundSide):
     """Persistent TCP links from this node to its peers, and the listener for theirs.
 
     ``peers`` maps every OTHER node's id to its ``(host, port)``. ``deliver`` is called in the
@@ -211,11 +106,11 @@ class Transport:
         self.stats = TransportStats()
         self.bound_addresses: list[tuple[str, int]] = []
         """Where the listener is bound, once ``run`` has started (useful with port 0)."""
-        self._links: dict[int, _OutboundLink] = {}
+        self._links: dict[int, OutboundLink] = {}
         for peer_id, (host, port) in self.peers.items():
-            stats = PeerStats(address=_format_address((host, port)))
+            stats = PeerStats(address=format_address((host, port)))
             self.stats.peers[peer_id] = stats
-            self._links[peer_id] = _OutboundLink(peer_id, (host, port), stats)
+            self._links[peer_id] = OutboundLink(peer_id, (host, port), stats)
         self._hello_frames = {
             peer_id: encode_frame(
                 encode(Hello(cluster_id, node_id, peer_id, PROTOCOL_VERSION, self.incarnation))
@@ -275,7 +170,7 @@ class Transport:
                 return True
         return False
 
-    def _write_now(self, link: _OutboundLink) -> None:
+    def _write_now(self, link: OutboundLink) -> None:
         """Write the queue straight to the idle, connected socket.
 
         Saves a task switch per message in each process, which is most of a message's cost
@@ -317,7 +212,7 @@ class Transport:
                 for link in self._links.values():
                     nursery.start_soon(self._run_link, link)
                 self.log.info(
-                    "node %d: transport listening on %s", self.node_id, _format_address(self.listen)
+                    "node %d: transport listening on %s", self.node_id, format_address(self.listen)
                 )
                 task_status.started()
         finally:
@@ -327,7 +222,7 @@ class Transport:
 
     # -- outbound -------------------------------------------------------------------------
 
-    async def _run_link(self, link: _OutboundLink) -> None:
+    async def _run_link(self, link: OutboundLink) -> None:
         backoff = BACKOFF_MIN_S
         while True:
             stream = await self._connect(link)
@@ -363,7 +258,7 @@ class Transport:
             await trio.sleep(backoff * (0.5 + 0.5 * self._random.random()))
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
-    async def _connect(self, link: _OutboundLink) -> trio.SocketStream | None:
+    async def _connect(self, link: OutboundLink) -> trio.SocketStream | None:
         """Open and handshake a stream to ``link``'s peer, or return None (already logged)."""
         host, port = link.address
         try:
@@ -391,11 +286,11 @@ class Transport:
                 while not frames:
                     data = await stream.receive_some(RECEIVE_BYTES)
                     if not data:
-                        raise _ProtocolViolation("closed during the handshake")
+                        raise ProtocolViolation("closed during the handshake")
                     frames = reader.feed(data)
             reply = decode(frames[0])
             if type(reply) is not HelloReply:
-                raise _ProtocolViolation(f"answered Hello with {type(reply).__name__}")
+                raise ProtocolViolation(f"answered Hello with {type(reply).__name__}")
             if not reply.ok:
                 link.stats.refusals += 1
                 # A misconfigured peer refuses every second: say it once per reason.
@@ -416,7 +311,7 @@ class Transport:
             link.connected_incarnation = reply.incarnation
             self._close_other_processes(link, reply.incarnation)
             return stream
-        except (*_STREAM_ERRORS, trio.TooSlowError, CodecError, _ProtocolViolation) as exc:
+        except (*STREAM_ERRORS, trio.TooSlowError, CodecError, ProtocolViolation) as exc:
             link.stats.connect_failures += 1
             self.log.debug(
                 "node %d: handshake with peer %d at %s failed: %r",
@@ -430,7 +325,7 @@ class Transport:
             if not handshaken:
                 await trio.aclose_forcefully(stream)
 
-    async def _pump(self, link: _OutboundLink, stream: trio.SocketStream) -> str:
+    async def _pump(self, link: OutboundLink, stream: trio.SocketStream) -> str:
         """Send queued frames until the connection breaks; return why it ended."""
         reason = ""
         async with trio.open_nursery() as nursery:
@@ -445,7 +340,7 @@ class Transport:
                 # link is gone: noticed now rather than by losing the next batch.
                 try:
                     data = await stream.receive_some(RECEIVE_BYTES)
-                except _STREAM_ERRORS as exc:
+                except STREAM_ERRORS as exc:
                     close(f"connection failed: {exc!r}")
                     return
                 close("closed by peer" if not data else "peer wrote on our outbound link")
@@ -472,7 +367,7 @@ class Transport:
                     await stream.send_all(batch)
                     link.stats.frames_out += frames
                     link.stats.bytes_out += len(batch)
-            except _STREAM_ERRORS as exc:
+            except STREAM_ERRORS as exc:
                 close(f"send failed: {exc!r}")
             finally:
                 link.fd = -1
@@ -480,239 +375,3 @@ class Transport:
                 # A half-sent batch dies with its connection: the next one starts at a frame.
                 link.unsent = b""
         return reason
-
-    # -- inbound --------------------------------------------------------------------------
-
-    async def _serve_inbound(self, stream: trio.SocketStream) -> None:
-        remote = _remote_address(stream)
-        reader = FrameReader(self.max_frame_bytes)
-        accepted = await self._accept_handshake(stream, reader, remote)
-        if accepted is None:
-            return
-        peer_id, incarnation, pending = accepted
-        self.stats.inbound_open += 1
-        scope = trio.CancelScope()
-        inbound = self._links[peer_id].inbound
-        inbound[scope] = incarnation
-        try:
-            with scope:
-                await self._receive_from(stream, reader, peer_id, remote, pending)
-        finally:
-            del inbound[scope]
-            self.stats.inbound_open -= 1
-            if self.delivered is not None:
-                # What arrived before a bad frame (or the end) is handled all the same.
-                self.delivered()
-
-    async def _receive_from(
-        self,
-        stream: trio.SocketStream,
-        reader: FrameReader,
-        peer_id: int,
-        remote: str,
-        pending: list[bytes],
-    ) -> None:
-        try:
-            for payload in pending:
-                self._receive(peer_id, payload)
-            while True:
-                if self.delivered is not None:
-                    self.delivered()
-                data = await stream.receive_some(RECEIVE_BYTES)
-                if not data:
-                    self.log.debug("node %d: peer %d closed its link", self.node_id, peer_id)
-                    return
-                self.stats.bytes_in += len(data)
-                for payload in reader.feed(data):
-                    self._receive(peer_id, payload)
-        except (CodecError, _ProtocolViolation) as exc:
-            self.stats.connections_closed_on_error += 1
-            self.log.warning(
-                "node %d: closing connection from peer %d at %s: %s",
-                self.node_id,
-                peer_id,
-                remote,
-                exc,
-            )
-        except _STREAM_ERRORS as exc:
-            self.log.info(
-                "node %d: connection from peer %d at %s failed: %r",
-                self.node_id,
-                peer_id,
-                remote,
-                exc,
-            )
-
-    def _receive(self, peer_id: int, payload: bytes) -> None:
-        msg: Any = decode(payload)
-        if type(msg) not in _PEER_TYPES:
-            raise _ProtocolViolation(f"unexpected {type(msg).__name__} after the handshake")
-        if msg.src != peer_id or msg.dst != self.node_id:
-            raise _ProtocolViolation(
-                f"{type(msg).__name__} from {msg.src} to {msg.dst} "
-                f"on the link from peer {peer_id} to node {self.node_id}"
-            )
-        self.stats.frames_in += 1
-        self.deliver(msg)
-
-    async def _accept_handshake(
-        self, stream: trio.SocketStream, reader: FrameReader, remote: str
-    ) -> tuple[int, int, list[bytes]] | None:
-        """Read and check ``Hello``; on success return the peer id, its incarnation and any
-        frames that came with it, otherwise refuse (one WARNING) and return None."""
-        frames: list[bytes] = []
-        reason = ""
-        hello: object = None
-        try:
-            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
-                while not frames:
-                    data = await stream.receive_some(RECEIVE_BYTES)
-                    if not data:
-                        reason = "closed before Hello"
-                        break
-                    frames = reader.feed(data)
-            if frames:
-                hello = decode(frames[0])
-                reason = self._check_hello(hello)
-                if not reason:
-                    assert isinstance(hello, Hello)
-                    claim = self._check_claim(hello, remote)
-                    if claim:
-                        # Logged by _check_claim, once: the caller retries every second.
-                        self.stats.connections_refused += 1
-                        await self._refuse(stream, claim[:_MAX_REASON_CHARS])
-                        return None
-            elif not reason:
-                reason = f"no Hello within {HANDSHAKE_TIMEOUT_S} s"
-        except CodecError as exc:
-            reason = f"undecodable Hello: {exc}"
-        except _STREAM_ERRORS as exc:
-            reason = f"connection failed before Hello: {exc!r}"
-        reason = reason[:_MAX_REASON_CHARS]
-        if reason:
-            self.stats.connections_refused += 1
-            self.log.warning(
-                "node %d: refused connection from %s: %s", self.node_id, remote, reason
-            )
-            await self._refuse(stream, reason)
-            return None
-        assert isinstance(hello, Hello)
-        try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT_S):
-                await stream.send_all(encode_frame(encode(HelloReply(True, "", self.incarnation))))
-        except (*_STREAM_ERRORS, trio.TooSlowError) as exc:
-            self.log.info(
-                "node %d: connection from peer %d at %s failed in the handshake: %r",
-                self.node_id,
-                hello.src,
-                remote,
-                exc,
-            )
-            return None
-        self.stats.connections_accepted += 1
-        self.log.debug("node %d: accepted link from peer %d at %s", self.node_id, hello.src, remote)
-        if hello.incarnation:
-            self._meet_incarnation(self._links[hello.src], hello.incarnation)
-        return hello.src, hello.incarnation, frames[1:]
-
-    def _meet_incarnation(self, link: _OutboundLink, incarnation: int) -> None:
-        """A handshake met ``incarnation`` of ``link``'s peer: if that is a new process of the
-        peer, what is queued was for the previous one (answers to requests nobody waits for
-        any more, Raft messages Raft will send again): drop it."""
-        if not incarnation or incarnation == link.peer_incarnation:
-            return
-        if link.peer_incarnation and link.queue:
-            dropped = len(link.queue)
-            link.queue.clear()
-            link.queued_bytes = 0
-            link.stats.queued = 0
-            link.stats.discarded += dropped
-            self.log.info(
-                "node %d: peer %d is a new process; discarded %d messages queued for the "
-                "previous one",
-                self.node_id,
-                link.peer_id,
-                dropped,
-            )
-        link.peer_incarnation = incarnation
-
-    def _check_claim(self, hello: Hello, remote: str) -> str:
-        """Why a caller claiming ``hello.src`` is not taken for that node, or "".
-
-        The process this node reaches at the peer's configured address is that node. A
-        caller with another incarnation is either the peer restarted (the old link has not
-        noticed yet: it is re-checked now, so the caller's next attempt gets in) or a second
-        process claiming the same node id: said once, as a WARNING, when the same caller is
-        refused again after the re-check."""
-        link = self._links[hello.src]
-        known = link.connected_incarnation
-        claim = hello.incarnation
-        if not claim or not known or claim == known:
-            return ""
-        reason = (
-            f"node {hello.src}'s address {link.stats.address} is served by another process "
-            f"({known:x}) than the caller ({claim:x})"
-        )
-        if claim not in link.claims_seen:
-            link.claims_seen.add(claim)
-            self.log.info(
-                "node %d: refused connection from %s claiming node %d: %s; checking which "
-                "process is at that address",
-                self.node_id,
-                remote,
-                hello.src,
-                reason,
-            )
-        elif claim not in link.claims_logged:
-            link.claims_logged.add(claim)
-            self.log.warning(
-                "node %d: refused connection from %s claiming node %d: %s; is a second "
-                "process running as node %d?",
-                self.node_id,
-                remote,
-                hello.src,
-                reason,
-                hello.src,
-            )
-        now = trio.current_time()
-        if now - link.rechecked_at >= BACKOFF_MAX_S and link.connection_scope is not None:
-            link.rechecked_at = now
-            link.connection_scope.cancel()
-        return reason
-
-    def _close_other_processes(self, link: _OutboundLink, incarnation: int) -> None:
-        """The process at the peer's address is ``incarnation``: inbound connections from any
-        other process claiming that peer (a previous one whose connection lingers, or one
-        accepted while the peer's address could not be checked) are closed."""
-        for scope, other in list(link.inbound.items()):
-            if other and other != incarnation:
-                self.log.info(
-                    "node %d: closing a connection from another process (%x) claiming node %d",
-                    self.node_id,
-                    other,
-                    link.peer_id,
-                )
-                scope.cancel()
-
-    async def _refuse(self, stream: trio.SocketStream, reason: str) -> None:
-        with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
-            try:
-                await stream.send_all(
-                    encode_frame(encode(HelloReply(False, reason, self.incarnation)))
-                )
-            except _STREAM_ERRORS:
-                pass
-
-    def _check_hello(self, hello: object) -> str:
-        """Why ``hello`` is refused, or "" if it is accepted."""
-        if type(hello) is not Hello:
-            return f"expected Hello, got {type(hello).__name__}"
-        if hello.protocol_version != PROTOCOL_VERSION:
-            return f"protocol version {hello.protocol_version}, expected {PROTOCOL_VERSION}"
-        if hello.cluster_id != self.cluster_id:
-            return f"cluster id {hello.cluster_id!r} is not {self.cluster_id!r}"
-        if hello.dst != self.node_id:
-            return f"Hello addressed to node {hello.dst}, this is node {self.node_id}"
-        if hello.src not in self.peers:
-            return f"Hello from node {hello.src}, which is not a peer"
-        return ""

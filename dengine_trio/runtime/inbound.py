@@ -1,0 +1,201 @@
+"""The inbound half of the transport: the listener's side of each connection.
+
+Each accepted connection must open with a ``Hello`` this node accepts (protocol version,
+cluster id, addressed to this node, from a configured peer, and from the process this node
+reaches at that peer's address); then every frame is decoded, checked to come from the
+handshaken peer and delivered. Anything unexpected closes that connection only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from dengine_trio.wire.codec import decode, encode
+from dengine_trio.wire.errors import CodecError
+from dengine_trio.wire.frames import FrameReader, encode_frame
+from dengine_trio.wire.messages import PEER_MESSAGE_TYPES, PROTOCOL_VERSION, Hello, HelloReply
+
+from .links import (
+    HANDSHAKE_TIMEOUT_S,
+    MAX_REASON_CHARS,
+    RECEIVE_BYTES,
+    STREAM_ERRORS,
+    OutboundLink,
+    PeerIdentity,
+    ProtocolViolation,
+    TransportStats,
+    remote_address,
+)
+
+_PEER_TYPES = frozenset(PEER_MESSAGE_TYPES)
+
+
+class InboundSide(PeerIdentity):
+    """Mixin of ``Transport``: serves the connections peers open to this node."""
+
+    incarnation: int
+    cluster_id: str
+    peers: dict[int, tuple[str, int]]
+    deliver: Callable[[object], None]
+    delivered: Callable[[], None] | None
+    max_frame_bytes: int
+    stats: TransportStats
+    _links: dict[int, OutboundLink]
+
+    async def _serve_inbound(self, stream: trio.SocketStream) -> None:
+        remote = remote_address(stream)
+        reader = FrameReader(self.max_frame_bytes)
+        accepted = await self._accept_handshake(stream, reader, remote)
+        if accepted is None:
+            return
+        peer_id, incarnation, pending = accepted
+        self.stats.inbound_open += 1
+        scope = trio.CancelScope()
+        inbound = self._links[peer_id].inbound
+        inbound[scope] = incarnation
+        try:
+            with scope:
+                await self._receive_from(stream, reader, peer_id, remote, pending)
+        finally:
+            del inbound[scope]
+            self.stats.inbound_open -= 1
+            if self.delivered is not None:
+                # What arrived before a bad frame (or the end) is handled all the same.
+                self.delivered()
+
+    async def _receive_from(
+        self,
+        stream: trio.SocketStream,
+        reader: FrameReader,
+        peer_id: int,
+        remote: str,
+        pending: list[bytes],
+    ) -> None:
+        try:
+            for payload in pending:
+                self._receive(peer_id, payload)
+            while True:
+                if self.delivered is not None:
+                    self.delivered()
+                data = await stream.receive_some(RECEIVE_BYTES)
+                if not data:
+                    self.log.debug("node %d: peer %d closed its link", self.node_id, peer_id)
+                    return
+                self.stats.bytes_in += len(data)
+                for payload in reader.feed(data):
+                    self._receive(peer_id, payload)
+        except (CodecError, ProtocolViolation) as exc:
+            self.stats.connections_closed_on_error += 1
+            self.log.warning(
+                "node %d: closing connection from peer %d at %s: %s",
+                self.node_id,
+                peer_id,
+                remote,
+                exc,
+            )
+        except STREAM_ERRORS as exc:
+            self.log.info(
+                "node %d: connection from peer %d at %s failed: %r",
+                self.node_id,
+                peer_id,
+                remote,
+                exc,
+            )
+
+    def _receive(self, peer_id: int, payload: bytes) -> None:
+        msg: Any = decode(payload)
+        if type(msg) not in _PEER_TYPES:
+            raise ProtocolViolation(f"unexpected {type(msg).__name__} after the handshake")
+        if msg.src != peer_id or msg.dst != self.node_id:
+            raise ProtocolViolation(
+                f"{type(msg).__name__} from {msg.src} to {msg.dst} "
+                f"on the link from peer {peer_id} to node {self.node_id}"
+            )
+        self.stats.frames_in += 1
+        self.deliver(msg)
+
+    async def _accept_handshake(
+        self, stream: trio.SocketStream, reader: FrameReader, remote: str
+    ) -> tuple[int, int, list[bytes]] | None:
+        """Read and check ``Hello``; on success return the peer id, its incarnation and any
+        frames that came with it, otherwise refuse (one WARNING) and return None."""
+        frames: list[bytes] = []
+        reason = ""
+        hello: object = None
+        try:
+            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+                while not frames:
+                    data = await stream.receive_some(RECEIVE_BYTES)
+                    if not data:
+                        reason = "closed before Hello"
+                        break
+                    frames = reader.feed(data)
+            if frames:
+                hello = decode(frames[0])
+                reason = self._check_hello(hello)
+                if not reason:
+                    assert isinstance(hello, Hello)
+                    claim = self._check_claim(hello, remote)
+                    if claim:
+                        # Logged by _check_claim, once: the caller retries every second.
+                        self.stats.connections_refused += 1
+                        await self._refuse(stream, claim[:MAX_REASON_CHARS])
+                        return None
+            elif not reason:
+                reason = f"no Hello within {HANDSHAKE_TIMEOUT_S} s"
+        except CodecError as exc:
+            reason = f"undecodable Hello: {exc}"
+        except STREAM_ERRORS as exc:
+            reason = f"connection failed before Hello: {exc!r}"
+        reason = reason[:MAX_REASON_CHARS]
+        if reason:
+            self.stats.connections_refused += 1
+            self.log.warning(
+                "node %d: refused connection from %s: %s", self.node_id, remote, reason
+            )
+            await self._refuse(stream, reason)
+            return None
+        assert isinstance(hello, Hello)
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                await stream.send_all(encode_frame(encode(HelloReply(True, "", self.incarnation))))
+        except (*STREAM_ERRORS, trio.TooSlowError) as exc:
+            self.log.info(
+                "node %d: connection from peer %d at %s failed in the handshake: %r",
+                self.node_id,
+                hello.src,
+                remote,
+                exc,
+            )
+            return None
+        self.stats.connections_accepted += 1
+        self.log.debug("node %d: accepted link from peer %d at %s", self.node_id, hello.src, remote)
+        if hello.incarnation:
+            self._meet_incarnation(self._links[hello.src], hello.incarnation)
+        return hello.src, hello.incarnation, frames[1:]
+
+    async def _refuse(self, stream: trio.SocketStream, reason: str) -> None:
+        with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+            try:
+                await stream.send_all(
+                    encode_frame(encode(HelloReply(False, reason, self.incarnation)))
+                )
+            except STREAM_ERRORS:
+                pass
+
+    def _check_hello(self, hello: object) -> str:
+        """Why ``hello`` is refused, or "" if it is accepted."""
+        if type(hello) is not Hello:
+            return f"expected Hello, got {type(hello).__name__}"
+        if hello.protocol_version != PROTOCOL_VERSION:
+            return f"protocol version {hello.protocol_version}, expected {PROTOCOL_VERSION}"
+        if hello.cluster_id != self.cluster_id:
+            return f"cluster id {hello.cluster_id!r} is not {self.cluster_id!r}"
+        if hello.dst != self.node_id:
+            return f"Hello addressed to node {hello.dst}, this is node {self.node_id}"
+        if hello.src not in self.peers:
+            return f"Hello from node {hello.src}, which is not a peer"
+        return ""

@@ -1,0 +1,236 @@
+"""The outbound half of the transport's state: one link per peer, its queue and counters,
+and which process of the peer the link (and this node) knows.
+
+A peer's *incarnation* names one of its processes (a random number drawn when the process
+starts; both halves of the handshake carry it). ``PeerIdentity`` keeps, per peer, the process
+the queue is for and the one at the other end of the current connection, and decides about a
+caller that claims to be that peer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import deque
+from typing import Any
+
+import attrs
+import trio
+
+from dengine_trio.wire.messages import Hello
+
+BACKOFF_MIN_S = 0.05
+BACKOFF_MAX_S = 1.0
+CONNECT_TIMEOUT_S = 2.0
+"""Bounds a connect to a host that silently drops SYNs (the kernel would retry for minutes)."""
+HANDSHAKE_TIMEOUT_S = 5.0
+"""How long either side waits for the other's half of the handshake."""
+RECEIVE_BYTES = 256 * 1024
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+"""Soft cap on one ``send_all`` so a long queue of large AppendEntries is not copied at once."""
+MAX_REASON_CHARS = 200
+
+STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+@attrs.define
+class PeerStats:
+    """Counters of the outbound link to one peer."""
+
+    address: str
+    connected: bool = False
+    connects: int = 0
+    """Handshakes completed on this link (1 after the first connection, +1 per reconnect)."""
+    connect_failures: int = 0
+    refusals: int = 0
+    """Handshakes the peer answered with ``HelloReply(ok=False)``."""
+    frames_out: int = 0
+    bytes_out: int = 0
+    drops: int = 0
+    """Messages discarded because the queue was full (the oldest one goes)."""
+    discarded: int = 0
+    """Messages discarded because the peer restarted: they were for its previous process."""
+    queued: int = 0
+
+
+@attrs.define
+class TransportStats:
+    """What ``/status`` shows about the transport. Plain counters, read at any time."""
+
+    connections_accepted: int = 0
+    connections_refused: int = 0
+    connections_closed_on_error: int = 0
+    inbound_open: int = 0
+    frames_in: int = 0
+    bytes_in: int = 0
+    peers: dict[int, PeerStats] = attrs.field(factory=dict)
+
+    @property
+    def frames_out(self) -> int:
+        return sum(p.frames_out for p in self.peers.values())
+
+    @property
+    def drops(self) -> int:
+        return sum(p.drops for p in self.peers.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready snapshot."""
+        snapshot = attrs.asdict(self)
+        snapshot["peers"] = {str(k): v for k, v in snapshot["peers"].items()}
+        snapshot["frames_out"] = self.frames_out
+        snapshot["drops"] = self.drops
+        return snapshot
+
+
+def new_incarnation() -> int:
+    """A random, nonzero 63-bit number naming one process of a node (see ``Hello``)."""
+    return random.SystemRandom().getrandbits(63) or 1
+
+
+class ProtocolViolation(Exception):
+    pass
+
+
+class OutboundLink:
+    """The queue and connection state of the stream to one peer."""
+
+    def __init__(self, peer_id: int, address: tuple[str, int], stats: PeerStats) -> None:
+        self.peer_id = peer_id
+        self.address = address
+        self.stats = stats
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.wakeup = trio.Event()
+        self.last_refusal = ""
+        self.fd = -1
+        """The connected socket's descriptor, or -1 while there is no connection."""
+        self.pumping = False
+        """The pump task owns the stream's send side (woken to send, or in ``send_all``)."""
+        self.unsent = b""
+        """The tail of a batch a direct write could not finish; the pump sends it first."""
+        self.peer_incarnation = 0
+        """The peer's process the queue is for: the latest one met by either handshake."""
+        self.connected_incarnation = 0
+        """The process at the other end of the current connection; 0 without one."""
+        self.connection_scope: trio.CancelScope | None = None
+        self.rechecked_at = -math.inf
+        self.claims_seen: set[int] = set()
+        self.claims_logged: set[int] = set()
+        self.inbound: dict[trio.CancelScope, int] = {}
+        """Open inbound connections from this peer: their cancel scope -> incarnation."""
+
+    def take_batch(self) -> bytes:
+        queue = self.queue
+        if self.queued_bytes <= MAX_BATCH_BYTES:
+            batch = b"".join(queue)
+            queue.clear()
+        else:
+            frames = [queue.popleft()]
+            size = len(frames[0])
+            while queue and size + len(queue[0]) <= MAX_BATCH_BYTES:
+                frames.append(queue.popleft())
+                size += len(frames[-1])
+            batch = b"".join(frames)
+        self.queued_bytes -= len(batch)
+        self.stats.queued = len(queue)
+        return batch
+
+
+def format_address(sockaddr: Any) -> str:
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def remote_address(stream: trio.SocketStream) -> str:
+    try:
+        return format_address(stream.socket.getpeername())
+    except OSError:
+        return "<disconnected>"
+
+
+class PeerIdentity:
+    """Mixin of ``Transport``: which process of each peer this node deals with."""
+
+    node_id: int
+    log: logging.Logger
+    _links: dict[int, OutboundLink]
+
+    def _meet_incarnation(self, link: OutboundLink, incarnation: int) -> None:
+        """A handshake met ``incarnation`` of ``link``'s peer: if that is a new process of the
+        peer, what is queued was for the previous one (answers to requests nobody waits for
+        any more, Raft messages Raft will send again): drop it."""
+        if not incarnation or incarnation == link.peer_incarnation:
+            return
+        if link.peer_incarnation and link.queue:
+            dropped = len(link.queue)
+            link.queue.clear()
+            link.queued_bytes = 0
+            link.stats.queued = 0
+            link.stats.discarded += dropped
+            self.log.info(
+                "node %d: peer %d is a new process; discarded %d messages queued for the "
+                "previous one",
+                self.node_id,
+                link.peer_id,
+                dropped,
+            )
+        link.peer_incarnation = incarnation
+
+    def _check_claim(self, hello: Hello, remote: str) -> str:
+        """Why a caller claiming ``hello.src`` is not taken for that node, or "".
+
+        The process this node reaches at the peer's configured address is that node. A
+        caller with another incarnation is either the peer restarted (the old link has not
+        noticed yet: it is re-checked now, so the caller's next attempt gets in) or a second
+        process claiming the same node id: said once, as a WARNING, when the same caller is
+        refused again after the re-check."""
+        link = self._links[hello.src]
+        known = link.connected_incarnation
+        claim = hello.incarnation
+        if not claim or not known or claim == known:
+            return ""
+        reason = (
+            f"node {hello.src}'s address {link.stats.address} is served by another process "
+            f"({known:x}) than the caller ({claim:x})"
+        )
+        if claim not in link.claims_seen:
+            link.claims_seen.add(claim)
+            self.log.info(
+                "node %d: refused connection from %s claiming node %d: %s; checking which "
+                "process is at that address",
+                self.node_id,
+                remote,
+                hello.src,
+                reason,
+            )
+        elif claim not in link.claims_logged:
+            link.claims_logged.add(claim)
+            self.log.warning(
+                "node %d: refused connection from %s claiming node %d: %s; is a second "
+                "process running as node %d?",
+                self.node_id,
+                remote,
+                hello.src,
+                reason,
+                hello.src,
+            )
+        now = trio.current_time()
+        if now - link.rechecked_at >= BACKOFF_MAX_S and link.connection_scope is not None:
+            link.rechecked_at = now
+            link.connection_scope.cancel()
+        return reason
+
+    def _close_other_processes(self, link: OutboundLink, incarnation: int) -> None:
+        """The process at the peer's address is ``incarnation``: inbound connections from any
+        other process claiming that peer (a previous one whose connection lingers, or one
+        accepted while the peer's address could not be checked) are closed."""
+        for scope, other in list(link.inbound.items()):
+            if other and other != incarnation:
+                self.log.info(
+                    "node %d: closing a connection from another process (%x) claiming node %d",
+                    self.node_id,
+                    other,
+                    link.peer_id,
+                )
+                scope.cancel()
