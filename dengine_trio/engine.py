@@ -26,7 +26,13 @@ from .statemachine import KVStateMachine, StateMachine, encode_delete, encode_pu
 
 
 class EmbeddedEngine:
-    """A running node. Create it with ``EmbeddedEngine.start(config)``."""
+    """A running node. Create it with ``EmbeddedEngine.start(config)``.
+
+    ``config`` is the :class:`NodeConfig` it runs, ``node_id`` its id, ``state_machine`` what
+    it applies committed commands to. Timeouts given here are in seconds (trio's unit); the
+    configuration's are in ms. Errors are :class:`~dengine_trio.errors.DengineError`
+    subclasses unless said otherwise.
+    """
 
     def __init__(self, config: NodeConfig, state_machine: StateMachine | None = None) -> None:
         self.config = config
@@ -40,7 +46,14 @@ class EmbeddedEngine:
     async def start(
         cls, config: NodeConfig, *, state_machine: StateMachine | None = None
     ) -> AsyncIterator[EmbeddedEngine]:
-        """Open storage, start the node's tasks, and stop them (flushing) on exit."""
+        """Open storage, start the node's tasks, and stop them (flushing) on exit.
+
+        An async context manager yielding the running engine; peers need not be up. Without
+        ``state_machine`` a new :class:`KVStateMachine` is used. Raises ``StorageError``
+        (``dengine_trio.storage``: ``StorageLockedError`` if another process holds
+        ``db_root_dir``, or a corrupt log or hard state) before any task starts; a later
+        failure to start (an ``OSError``: the Raft port is taken) comes in an exception group.
+        """
         engine = cls(config, state_machine)
         # Outside the nursery, so a locked or corrupt db_root_dir raises StorageError itself
         # rather than inside an exception group.
@@ -93,9 +106,12 @@ class EmbeddedEngine:
         raise Timeout(f"no leader within {timeout_s} s")
 
     def is_leader(self) -> bool:
+        """This node is the leader of its current term, as far as it knows (a deposed leader
+        learns it from the next message of a higher term, or steps down by CheckQuorum)."""
         return self._runtime.status().is_leader
 
     def leader_id(self) -> int | None:
+        """The leader this node knows of in its current term (itself included), else None."""
         return self._runtime.status().leader_id
 
     def has_quorum(self) -> bool:
@@ -149,22 +165,48 @@ class EmbeddedEngine:
     # ------------------------------------------------------------------ custom state machines
 
     async def propose(self, command: bytes, timeout_s: float | None = None) -> bytes:
-        """Replicate an opaque command to the state machine; returns its result."""
+        """Replicate an opaque command; return the state machine's ``apply`` result for it.
+
+        Returns once the command is committed and applied on the leader (a follower forwards
+        it; its own state machine may apply it a heartbeat later). Retries by itself while the
+        command certainly was not committed. ``timeout_s`` in seconds, default
+        ``request_timeout_ms``. Raises ``TooLarge`` (``command`` over ``MAX_COMMAND_BYTES``, the
+        transport frame limit less 1 MiB), ``Timeout`` (it may or may not have been applied),
+        ``NoLeader``, ``Overloaded`` (``max_pending_requests`` reached), ``Stopped``.
+        """
         return await self._runtime.propose(command, timeout_s)
 
     async def read_barrier(self, policy: ReadPolicy, timeout_s: float | None = None) -> None:
-        """Wait until the local state machine may serve a read under ``policy``."""
+        """Wait until the local state machine may serve a read under ``policy``.
+
+        ``LINEARIZABLE``: it has applied every write acknowledged before the call (ReadIndex,
+        Raft thesis section 6.4: a heartbeat round to a majority, and from a follower one round
+        trip to the leader). ``LEASE``: the same while the leader's lease holds, without the
+        round (thesis section 6.4.1). ``EVENTUAL``: returns at once. ``timeout_s`` in seconds,
+        default ``request_timeout_ms``. Raises ``NoLeader`` (none confirmed the read in time),
+        ``Timeout``, ``Overloaded``, ``Stopped``.
+        """
         if policy is not ReadPolicy.EVENTUAL:
             await self._runtime.read_barrier(lease=policy is ReadPolicy.LEASE, timeout_s=timeout_s)
 
     def client(self) -> Client:
+        """A :class:`Client` for the default :class:`KVStateMachine`.
+
+        Raises TypeError (not a DengineError: a programming mistake) when the engine runs a
+        custom state machine; use :meth:`propose` and :meth:`read_barrier` with it.
+        """
         if not isinstance(self.state_machine, KVStateMachine):
             raise TypeError("client() serves the default KV state machine; use propose()")
         return Client(self)
 
 
 class Client:
-    """Key-value operations on the embedded cluster. Keys and values are bytes."""
+    """Key-value operations on the embedded cluster. Keys and values are bytes.
+
+    Writes and reads but eventual ones wait at most ``request_timeout_ms``, including for a
+    leader to be elected, and may raise ``Stopped``, ``Timeout``, ``NoLeader`` and
+    ``Overloaded`` (see :meth:`EmbeddedEngine.propose` and :meth:`EmbeddedEngine.read_barrier`).
+    """
 
     def __init__(self, engine: EmbeddedEngine) -> None:
         self._engine = engine
@@ -181,28 +223,46 @@ class Client:
             raise TooLarge(f"key of {len(key)} bytes exceeds {self._max_key}")
 
     async def put(self, key: bytes, value: bytes) -> None:
+        """Set ``key`` to ``value``; returns once committed and applied on the leader.
+
+        Raises ``TooLarge`` if ``key`` is over ``limits.max_key_bytes`` or ``value`` over
+        ``limits.max_value_bytes`` (bytes), and what :meth:`EmbeddedEngine.propose` raises: on
+        ``Timeout`` the write may or may not have been applied.
+        """
         self._check_key(key)
         if len(value) > self._max_value:
             raise TooLarge(f"value of {len(value)} bytes exceeds {self._max_value}")
         await self._engine.propose(encode_put(key, value))
 
     async def delete(self, key: bytes) -> None:
+        """Remove ``key`` (a missing key is not an error); otherwise like :meth:`put`."""
         self._check_key(key)
         await self._engine.propose(encode_delete(key))
 
     async def get(self, key: bytes, policy: ReadPolicy | None = None) -> bytes | None:
-        """Read ``key`` (None if absent) under ``policy`` (default: the config's)."""
+        """Read ``key`` (None if absent) under ``policy`` (default: the config's
+        ``default_policy``); raises as :meth:`EmbeddedEngine.read_barrier`."""
         policy = policy or self._default_policy
         await self._engine.read_barrier(policy)
         return self._sm.get(key)
 
     async def get_linearizable(self, key: bytes) -> bytes | None:
+        """``key``'s value (None if absent), seeing every write acknowledged before the call.
+
+        Costs a heartbeat round to a majority (and from a follower a round trip to the
+        leader); raises as :meth:`EmbeddedEngine.read_barrier`.
+        """
         await self._engine.read_barrier(ReadPolicy.LINEARIZABLE)
         return self._sm.get(key)
 
     async def get_lease(self, key: bytes) -> bytes | None:
+        """Like :meth:`get_linearizable` while the leader's lease holds, without the round:
+        a local lookup on a leader (valid while clocks drift less than the election timeout
+        exceeds ``lease_duration_ms``)."""
         await self._engine.read_barrier(ReadPolicy.LEASE)
         return self._sm.get(key)
 
     async def get_eventual(self, key: bytes) -> bytes | None:
+        """``key``'s value in this node's state machine now (None if absent); never waits,
+        may be stale. Raises nothing."""
         return self._sm.get(key)
