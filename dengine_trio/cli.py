@@ -117,6 +117,10 @@ def _fail(message: str) -> int:
 def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ()) -> int:
     """Run a node until SIGINT/SIGTERM; return the process exit status.
 
+    0 after a graceful stop; :data:`EXIT_CONFIG` (2) for a usage or configuration error, one
+    line on stderr; :data:`EXIT_STARTUP` (1) when the node cannot start (a port taken, the
+    ``db_root_dir`` locked or damaged), one log line; 130 for a SIGINT that came before the
+    node could receive it. Raises nothing but a bug of the node's own.
     ``held_signals`` is a list the caller's own handler appends SIGINT/SIGTERM to until the
     node installs its receiver; each counts as if it had arrived afterwards.
     """
@@ -187,7 +191,11 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
 
 
 def load_node_config(path: str) -> NodeConfig:
-    """:func:`load_config`, plus the sizes the transport can carry (ConfigError if not)."""
+    """:func:`load_config`, plus the sizes the transport can carry.
+
+    Raises ConfigError (one line: file, key, problem) for either; ``limits`` whose largest
+    write, or a ``max_bytes_per_msg``, exceeds one transport frame are refused here.
+    """
     config = load_config(path)
     check_message_limits(config, MAX_COMMAND_BYTES, MAX_FRAME_BYTES)
     return config
@@ -213,6 +221,8 @@ async def serve_node(
     """Run the engine and both HTTP apps on the given bound sockets until SIGINT/SIGTERM.
 
     Signals in ``held_signals`` (see :func:`main`) count as received once the receiver is up.
+    Returns after the graceful stop described in the module docstring. Raises OSError or
+    ``StorageError`` (possibly inside an exception group) if the engine cannot start.
     """
     timing = config.raft.timing
     kv_address = _address(kv_listener)

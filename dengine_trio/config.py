@@ -82,7 +82,11 @@ class ConfigError(Exception):
 
 @attrs.frozen(slots=True)
 class PeerConfig:
-    """One member of ``[cluster] initial_cluster``."""
+    """One member of ``[cluster] initial_cluster``: ``{ id, address, role, status }``.
+
+    ``address`` is ``"host:port"``, where the other nodes dial this member; ``role`` must be
+    :data:`ROLE_FOLLOWER` and ``status`` :data:`STATUS_ACTIVE` (the only ones supported).
+    """
 
     id: int
     address: str
@@ -96,6 +100,17 @@ def _default_db_root_dir(cluster: ClusterConfig) -> str:
 
 @attrs.frozen(slots=True)
 class ClusterConfig:
+    """``[cluster]``: who this node is, where it listens, and every member.
+
+    ``node_id``: this node's id (>= 1), one of ``initial_cluster``'s. ``listen_address``:
+    ``"host:port"`` (IPv6 hosts in brackets) where the Raft listener binds, which must be the
+    node's own member address (a wildcard host allowed) unless ``behind_proxy``.
+    ``initial_cluster``: every member, this node included, the same list on every node (its
+    ``(id, address)`` pairs and ``name`` make the cluster id of the handshake).
+    ``db_root_dir``: directory of the log and hard state, default ``./db/<node_id>``, a
+    relative path taken from the working directory.
+    """
+
     node_id: int
     listen_address: str
     initial_cluster: list[PeerConfig]
@@ -108,13 +123,22 @@ class ClusterConfig:
 
 @attrs.frozen(slots=True)
 class ReadConsistencyConfig:
+    """``[raft.read_consistency]``: the read policy of calls that name none, and the lease.
+
+    ``lease_duration_ms`` (ms): how long after sending a heartbeat round that a majority
+    acknowledged a leader serves ``LeaseRead``s alone. It must be shorter than
+    ``raft.timing.election_timeout_min_ms``: the leader lease of the Raft thesis (Ongaro 2014,
+    section 6.4.1), safe while clocks drift less than the gap.
+    """
+
     default_policy: ReadPolicy = ReadPolicy.LINEARIZABLE
     lease_duration_ms: int = 500
 
 
 @attrs.frozen(slots=True)
 class Batch:
-    """MemFirst flush: fsync once ``threshold`` entries are pending or ``interval_ms`` passed."""
+    """MemFirst flush: fsync once ``threshold`` entries are pending or ``interval_ms`` (ms)
+    passed since the first of them; both >= 1."""
 
     threshold: int = 100
     interval_ms: int = 20
@@ -129,17 +153,30 @@ class FlushPolicy:
 
 @attrs.frozen(slots=True)
 class PersistenceConfig:
+    """``[raft.persistence]``: when an entry counts toward commit (``DiskFirst``: once fsynced;
+    ``MemFirst``: once in memory, flushed per ``flush_policy``; see docs/durability.md)."""
+
     strategy: Durability = Durability.DISK_FIRST
     flush_policy: FlushPolicy = attrs.Factory(FlushPolicy)
 
 
 @attrs.frozen(slots=True)
 class SnapshotConfig:
+    """``[raft.snapshot]``: accepted and validated; the node does not take snapshots yet."""
+
     enable: bool = False
 
 
 @attrs.frozen(slots=True)
 class TimingConfig:
+    """``[raft.timing]``, all in ms (integers >= 1).
+
+    Each election timeout is drawn from ``[election_timeout_min_ms, election_timeout_max_ms)``
+    (randomized timeouts: Raft paper, section 5.2), so min < max. ``heartbeat_interval_ms``
+    must be shorter than the minimum (broadcast time << election timeout: section 5.6).
+    ``request_timeout_ms``: how long a client request waits before it fails with ``Timeout``.
+    """
+
     election_timeout_min_ms: int = 600
     election_timeout_max_ms: int = 900
     heartbeat_interval_ms: int = 50
@@ -148,6 +185,14 @@ class TimingConfig:
 
 @attrs.frozen(slots=True)
 class ReplicationConfig:
+    """``[raft.replication]``: the size of one AppendEntries and the pipeline per follower.
+
+    ``max_entries_per_msg`` (entries) and ``max_bytes_per_msg`` (bytes of entry payload) bound
+    one message; ``max_inflight_msgs`` bounds the AppendEntries sent to one follower and not
+    yet acknowledged (as etcd raft's ``MaxInflightMsgs``). All >= 1; ``max_bytes_per_msg``
+    must fit in a transport frame (:func:`check_message_limits`).
+    """
+
     max_entries_per_msg: int = 512
     max_bytes_per_msg: int = 1 << 20
     max_inflight_msgs: int = 64
@@ -155,6 +200,8 @@ class ReplicationConfig:
 
 @attrs.frozen(slots=True)
 class RaftSection:
+    """The ``[raft.*]`` sections together; each defaults to its documented values."""
+
     read_consistency: ReadConsistencyConfig = attrs.Factory(ReadConsistencyConfig)
     persistence: PersistenceConfig = attrs.Factory(PersistenceConfig)
     snapshot: SnapshotConfig = attrs.Factory(SnapshotConfig)
@@ -164,6 +211,13 @@ class RaftSection:
 
 @attrs.frozen(slots=True)
 class Limits:
+    """``[limits]``, sizes in bytes (integers >= 1).
+
+    ``max_key_bytes`` / ``max_value_bytes``: the largest key and value of a write (``TooLarge``,
+    HTTP 413 beyond); ``max_body_bytes``: the largest HTTP request body; ``max_pending_requests``:
+    requests of this node awaiting an outcome at once (``Overloaded``, HTTP 503, beyond).
+    """
+
     max_key_bytes: int = 1024
     max_value_bytes: int = 1 << 20
     max_body_bytes: int = 1 << 20
@@ -197,7 +251,11 @@ class _FileSchema:
 
 @attrs.frozen(slots=True)
 class NodeConfig:
-    """A validated node configuration. Construction validates; invalid values raise ConfigError."""
+    """A validated node configuration: the file's sections plus ``path``, where it came from.
+
+    Construction validates the whole configuration and raises :class:`ConfigError` for the
+    first problem (one line: file, dotted key, problem). Frozen; use ``attrs.evolve`` to vary.
+    """
 
     path: Path = attrs.field(converter=Path)
     cluster: ClusterConfig
@@ -210,7 +268,8 @@ class NodeConfig:
             raise ConfigError(self.path, key, problem)
 
     def raft_config(self) -> RaftConfig:
-        """The Raft core's tuning; every member of ``initial_cluster`` is a voter."""
+        """The Raft core's tuning (timings in ms, sizes in bytes); every member of
+        ``initial_cluster`` is a voter."""
         timing = self.raft.timing
         replication = self.raft.replication
         return RaftConfig(
@@ -231,7 +290,7 @@ class NodeConfig:
         return {p.id: _split_address(p.address) for p in self.cluster.initial_cluster}
 
     def listen_host_port(self) -> tuple[str, int]:
-        """Where this node's Raft listener binds."""
+        """Where this node's Raft listener binds: ``(host, port)``, brackets stripped."""
         return _split_address(self.cluster.listen_address)
 
     def db_root_path(self) -> Path:
@@ -655,7 +714,13 @@ def _toml_string(text: str) -> str:
 
 
 def load_config(path: str | Path) -> NodeConfig:
-    """Read, structure and validate one node's TOML file (``.toml`` may be left off)."""
+    """Read, structure and validate one node's TOML file (``.toml`` may be left off).
+
+    Raises :class:`ConfigError` (one line: file, dotted key, problem) for a missing or
+    unreadable file, invalid TOML, an unknown key, a value of the wrong type (nothing is
+    coerced) or an invalid value. Does not check the sizes against the transport's frame
+    limit: :func:`check_message_limits` does (the node process runs both).
+    """
     resolved = resolve_config_path(path)
     try:
         data = tomllib.loads(resolved.read_text(encoding="utf-8"))

@@ -155,7 +155,12 @@ def _ids(ids: Sequence[int]) -> str:
 
 
 async def run_cluster(nodes: Sequence[NodeSpec], extra_args: Sequence[str] = ()) -> int:
-    """Run ``nodes`` until SIGINT/SIGTERM or until none is left; see :meth:`_Nodes.exit_status`."""
+    """Run ``nodes`` until SIGINT/SIGTERM or until none is left; return an exit status.
+
+    The worst exit status of the nodes the launcher stopped (of all nodes if none was asked
+    to stop): 0 if each exited 0, a node killed by signal N counting as 128 + N. A node that
+    died before the stop was reported then and does not turn a clean Ctrl+C into a failure.
+    """
     out = _Output()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("CONFIG_PATH", None)  # it would override every node's --config-path
@@ -202,6 +207,8 @@ async def run_cluster(nodes: Sequence[NodeSpec], extra_args: Sequence[str] = ())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dengine_trio.devcluster [--nodes N | --node ID:CONFIG:PORT:HEALTH_PORT ...]
+    [node args]``: run the nodes (see :func:`run_cluster`); return the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m dengine_trio.devcluster",
         description="Run config/n1..nN locally on ports 8081.. and 10001.., output prefixed. "

@@ -44,7 +44,9 @@ log = logging.getLogger("dengine_trio.api")
 
 
 class ApiError(Exception):
-    """A request the API refuses: rendered as ``status`` with a JSON error body."""
+    """A request the API refuses, raised in a handler: the response is ``status`` (an HTTP
+    4xx/5xx) with the body ``{"error": code, "message": message}`` (``code`` in snake_case,
+    e.g. ``"invalid_key"``)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -88,7 +90,11 @@ def _shield_last_send(send: Any) -> Any:
 def json_error(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> Response:
-    """The JSON error response every 4xx/5xx of both apps uses."""
+    """The JSON error response every 4xx/5xx of both apps uses.
+
+    Body ``{"error": code, "message": message}`` (compact JSON), content type
+    ``application/json``, plus ``headers`` (e.g. ``Retry-After`` in seconds on a 503).
+    """
     body = json.dumps({"error": code, "message": message}, separators=(",", ":"))
     return Response(body, status=status, content_type=JSON_CONTENT_TYPE, headers=headers)
 
@@ -119,6 +125,10 @@ def _http_error_code(exc: HTTPException) -> str:
 def install_error_handlers(app: Quart) -> None:
     """Make every error of ``app`` a JSON body: API refusals, engine errors, Quart's own.
 
+    Engine errors map to: ``NotLeader``, ``NoLeader``, ``Stopped``, ``Overloaded`` -> 503 with
+    ``Retry-After: 1`` (s); ``Timeout`` -> 504 (a write may still apply); ``TooLarge`` -> 413;
+    another ``DengineError`` -> 500. Quart/werkzeug errors keep their status (a 405 with
+    ``Allow``); any other exception is logged with its traceback and answered 500 ``internal``.
     Also reads any request body a handler left unread before the response goes out:
     Hypercorn (0.18, h11) can stall a keep-alive connection whose response was sent before
     the request body arrived, e.g. a 405 to a PUT with a body.
@@ -164,7 +174,8 @@ def install_error_handlers(app: Quart) -> None:
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
-    """A bound TCP socket for Hypercorn, so a taken port fails at once with a plain OSError."""
+    """A bound TCP socket (IPv6 if ``host`` has a colon, ``SO_REUSEADDR``, ``TCP_NODELAY``)
+    for Hypercorn, so a taken port fails here at once. Raises OSError (e.g. ``EADDRINUSE``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

@@ -22,7 +22,9 @@ __all__ = ["create_health_app"]
 
 
 def create_health_app(engine: EmbeddedEngine) -> App:
-    """The health app of ``engine``."""
+    """The health app of ``engine``: ``GET /primary``, ``/replica`` (200 or 503, body
+    ``{"node_id": int, "role": str, "leader_id": int | null}``) and ``/status`` (200, the
+    engine's status as JSON); see the module docstring for when each is 200."""
     app = App(__name__)
     install_error_handlers(app)
     node_id = engine.node_id

@@ -52,7 +52,15 @@ class KeyConverter(PathConverter):
 
 
 def create_kv_app(engine: EmbeddedEngine) -> App:
-    """The KV app of ``engine``; limits and the default read policy come from its config."""
+    """The KV app of ``engine``; limits and the default read policy come from its config.
+
+    Routes: ``POST /kv`` (JSON ``{"key": str, "value": str}``, at most ``max_body_bytes``
+    bytes) -> ``200 {}`` once committed and applied; ``GET /kv/<key>?consistency=linearizable
+    |lease|eventual`` -> ``200 {"value": str}`` or ``404`` ``not_found``; ``DELETE /kv/<key>``
+    -> ``200 {}``. A bad request is a 4xx JSON error (``invalid_json``, ``invalid_key``,
+    ``invalid_value``, ``invalid_consistency``, ``too_large`` ...: the table in README.md);
+    engine errors map as in :func:`install_error_handlers`.
+    """
     client = engine.client()
     limits = engine.config.limits
     max_key_bytes = limits.max_key_bytes
