@@ -7,7 +7,8 @@ Follower side (``propose``): ``ForwardPropose`` to the leader, then wait for the
   committed, whichever leader committed it; or another term's entry at ``index``: overwritten,
   certainly not committed;
 * leadership moving while the ``ForwardPropose`` is still in the transport's queue: it is taken
-  back (``Transport.withdraw``), so it certainly never reached anyone.
+  back (``Transport.withdraw``), so it certainly never reached anyone; likewise when the
+  transport drops it unsent (the leader's process restarted, or its queue overflowed).
 
 Only the outcomes where the write certainly was not committed raise ``NotLeader`` (the caller
 may send it again); a write the leader may have taken and that nothing settles in time ends
@@ -176,6 +177,15 @@ class Forwarding:
             forward.frame = None
             if self._withdraw(forward.leader, frame):
                 forward.waiter.fail(NotLeader(leader_id or None))
+
+    def dropped(self, dst: int, frames: list[bytes]) -> None:
+        """The transport dropped ``frames`` queued for ``dst`` unsent: forwards among them
+        certainly never reached it, and fail with ``NotLeader`` (to be sent again)."""
+        unsent = {id(frame) for frame in frames}
+        for forward in self._forwards.values():
+            if forward.frame is not None and forward.leader == dst and id(forward.frame) in unsent:
+                forward.frame = None
+                forward.waiter.fail(NotLeader(None))
 
     def fail_all(self, error: BaseException) -> None:
         for forward in self._forwards.values():

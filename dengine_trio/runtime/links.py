@@ -13,6 +13,7 @@ import logging
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -154,6 +155,7 @@ class PeerIdentity:
 
     node_id: int
     log: logging.Logger
+    dropped: Callable[[int, list[bytes]], None] | None
     _links: dict[int, OutboundLink]
 
     def _meet_incarnation(self, link: OutboundLink, incarnation: int) -> None:
@@ -163,7 +165,8 @@ class PeerIdentity:
         if not incarnation or incarnation == link.peer_incarnation:
             return
         if link.peer_incarnation and link.queue:
-            dropped = len(link.queue)
+            frames = list(link.queue)
+            dropped = len(frames)
             link.queue.clear()
             link.queued_bytes = 0
             link.stats.queued = 0
@@ -175,6 +178,8 @@ class PeerIdentity:
                 link.peer_id,
                 dropped,
             )
+            if self.dropped is not None:
+                self.dropped(link.peer_id, frames)
         link.peer_incarnation = incarnation
 
     def _check_claim(self, hello: Hello, remote: str) -> str:

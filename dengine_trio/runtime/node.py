@@ -173,6 +173,7 @@ class NodeRuntime:
                 delivered=driver.step_now,
                 log=logging.getLogger("dengine_trio.transport"),
                 incarnation=self.incarnation,
+                dropped=self.forwarding.dropped,
             )
             async with (
                 WorkerThread(f"dengine-fsync-{self.node_id}") as fsync_thread,

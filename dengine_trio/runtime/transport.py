@@ -87,6 +87,7 @@ class Transport(InboundSide):
         queue_limit: int = 4096,
         log: logging.Logger | None = None,
         incarnation: int | None = None,
+        dropped: Callable[[int, list[bytes]], None] | None = None,
     ) -> None:
         if node_id in peers:
             raise ValueError(f"peers must be the other nodes, but include node {node_id}")
@@ -100,6 +101,10 @@ class Transport(InboundSide):
         self.peers = dict(peers)
         self.deliver = deliver
         self.delivered = delivered
+        self.dropped = dropped
+        """Called with a peer id and frames (as ``send`` returned them) dropped from its queue
+        unsent: the peer certainly never gets them (queue full; or the peer turned out to be
+        a new process)."""
         self.max_frame_bytes = max_frame_bytes
         self.queue_limit = queue_limit
         self.log = log if log is not None else logging.getLogger("dengine_trio.transport")
@@ -142,8 +147,11 @@ class Transport(InboundSide):
         frame = encode_frame(encode(msg), self.max_frame_bytes)
         queue = link.queue
         if len(queue) >= self.queue_limit:
-            link.queued_bytes -= len(queue.popleft())
+            oldest = queue.popleft()
+            link.queued_bytes -= len(oldest)
             link.stats.drops += 1
+            if self.dropped is not None:
+                self.dropped(link.peer_id, [oldest])
         queue.append(frame)
         link.queued_bytes += len(frame)
         link.stats.queued = len(queue)

@@ -18,7 +18,7 @@ from dengine_trio.raft.messages import AppendEntries
 from dengine_trio.statemachine import encode_put
 from tests.chaos.proxy import LinkFault
 
-from .cluster import HEALTHY, agreed_leader, proxied_cluster, wait_until
+from .cluster import CUT, HEALTHY, agreed_leader, proxied_cluster, wait_until
 
 REQUEST_TIMEOUT_MS = 5000
 
@@ -108,4 +108,45 @@ async def test_a_forward_the_dead_leader_took_ends_when_the_next_leader_commits_
         assert outcome == [None]
         assert trio.current_time() - started < REQUEST_TIMEOUT_MS / 1000
         assert await nodes[g].engine.client().get_linearizable(b"k") == b"v"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_forward_dropped_unsent_when_the_leader_restarts_goes_to_the_next_leader(
+    tmp_path: Path,
+) -> None:
+    """F's write waits in F's queue for the leader's link; the leader's process restarts, so
+    F's transport drops what it had queued for the old process: the write was certainly not
+    delivered, and goes to whoever leads next instead of waiting out its deadline."""
+    async with trio.open_nursery() as nursery:
+        net, nodes = await proxied_cluster(
+            nursery,
+            tmp_path,
+            election_timeout_ms=(2000, 2500),
+            request_timeout_ms=2 * REQUEST_TIMEOUT_MS,
+        )
+        leader = await agreed_leader(nodes)
+        f = next(n for n in nodes if n != leader)
+        net.set_link(f, leader, CUT)
+        transport = nodes[f].engine._runtime.transport
+        assert transport is not None
+        await wait_until(lambda: not transport.stats.peers[leader].connected)
+        outcome: list[BaseException | None] = []
+
+        async def put() -> None:
+            try:
+                await nodes[f].engine.client().put(b"k", b"v")
+                outcome.append(None)
+            except DengineError as exc:
+                outcome.append(exc)
+
+        started = trio.current_time()
+        nursery.start_soon(put)
+        await wait_until(lambda: transport.stats.peers[leader].queued > 0)
+        await nodes[leader].stop()
+        await nodes[leader].start(nursery)
+        net.set_link(f, leader, HEALTHY)
+        await wait_until(lambda: bool(outcome), timeout_s=4 * REQUEST_TIMEOUT_MS / 1000)
+        assert outcome == [None]
+        assert trio.current_time() - started < 2 * REQUEST_TIMEOUT_MS / 1000
+        assert transport.stats.peers[leader].discarded > 0
         nursery.cancel_scope.cancel()

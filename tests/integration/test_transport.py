@@ -534,7 +534,9 @@ async def test_what_was_queued_for_a_peers_previous_process_is_discarded() -> No
     process of the peer (another incarnation) must not read answers to requests it never
     made. A reconnect to the same process keeps them."""
     ports = dict(zip((1, 2), free_ports(2), strict=True))
-    a, b = Node(1, ports), Node(2, ports)
+    dropped: list[tuple[int, bytes]] = []
+    a = Node(1, ports, dropped=lambda dst, frames: dropped.extend((dst, f) for f in frames))
+    b = Node(2, ports)
     with trio.fail_after(WAIT_S):
         async with trio.open_nursery() as nursery:
             await a.start(nursery)
@@ -552,8 +554,8 @@ async def test_what_was_queued_for_a_peers_previous_process_is_discarded() -> No
             # A new process of node 2: what was queued for the old one is dropped.
             await b.stop()
             await wait_until(lambda: not a.transport.stats.peers[2].connected)
-            a.transport.send(hb(1, 2, 3))
-            a.transport.send(hb(1, 2, 4))
+            third = a.transport.send(hb(1, 2, 3))
+            fourth = a.transport.send(hb(1, 2, 4))
             b2 = Node(2, ports)
             await b2.start(nursery)
             await wait_until(lambda: a.transport.stats.peers[2].connected)
@@ -562,6 +564,8 @@ async def test_what_was_queued_for_a_peers_previous_process_is_discarded() -> No
             nursery.cancel_scope.cancel()
     assert [m.seq for m in b2.inbox] == [5]  # type: ignore[attr-defined]
     assert a.transport.stats.peers[2].discarded == 2
+    # Reported to the sender, frame by frame (the forwarding protocol sends such writes again).
+    assert dropped == [(2, third), (2, fourth)]
 
 
 async def test_a_second_process_claiming_a_nodes_id_is_refused_and_logged_once(
@@ -598,13 +602,18 @@ async def test_a_second_process_claiming_a_nodes_id_is_refused_and_logged_once(
 
 async def test_withdraw_takes_back_only_what_no_socket_has_seen() -> None:
     ports = dict(zip((1, 2), free_ports(2), strict=True))
-    a, b = Node(1, ports), Node(2, ports)
+    dropped: list[bytes] = []
+    a = Node(1, ports, queue_limit=2, dropped=lambda dst, frames: dropped.extend(frames))
+    b = Node(2, ports)
     with trio.fail_after(WAIT_S):
         async with trio.open_nursery() as nursery:
             await a.start(nursery)
             # Node 2 is not up: both wait in the queue; one is taken back.
+            overflowed = a.transport.send(hb(1, 2, 0))
             kept = a.transport.send(hb(1, 2, 1))
-            taken_back = a.transport.send(hb(1, 2, 2))
+            taken_back = a.transport.send(hb(1, 2, 2))  # the queue holds 2: the oldest goes
+            assert dropped == [overflowed]
+            assert not a.transport.withdraw(2, overflowed)
             assert a.transport.withdraw(2, taken_back)
             assert not a.transport.withdraw(2, taken_back)
             await b.start(nursery)
