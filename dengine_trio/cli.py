@@ -16,6 +16,7 @@ within that second (make forwarding a SIGTERM) is the same stop.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -147,6 +148,13 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
             return _fail(f"{flag}: {value} is not a TCP port")
     if port == health_port and port != 0:
         return _fail(f"--port and --health-port must differ (both {port})")
+    raft_host, raft_port = config.listen_host_port()
+    for flag, value in (("--port", port), ("--health-port", health_port)):
+        if value == raft_port and _same_interface(args.host, raft_host):
+            return _fail(
+                f"{flag}: {value} is this node's Raft port "
+                f"(cluster.listen_address = {config.cluster.listen_address!r} in {config.path})"
+            )
 
     setup_logging(level, node_id)
     cap = kernel_backlog_cap()
@@ -185,7 +193,7 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
         cause = next(_startup_errors(exc), None)
         if cause is None:
             raise
-        log.error("node %d cannot run: %s", node_id, cause)
+        log.error("node %d cannot run: %s", node_id, _describe(cause, config))
         return EXIT_STARTUP
     return 0
 
@@ -208,6 +216,26 @@ def _startup_errors(exc: BaseException) -> Iterator[Exception]:
         yield exc
     for inner in getattr(exc, "exceptions", ()):
         yield from _startup_errors(inner)
+
+
+def _same_interface(host: str, other: str) -> bool:
+    """Two binds on these hosts (not resolved) collide on an equal port."""
+    wildcards = ("0.0.0.0", "::", "")
+    return host in wildcards or other in wildcards or host.lower() == other.lower()
+
+
+_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+
+def _describe(cause: Exception, config: NodeConfig) -> str:
+    """``cause`` for the operator. The HTTP ports are bound (and named) before the engine
+    starts, so a bind error from inside it is the Raft listener's, which trio does not name."""
+    if isinstance(cause, OSError) and cause.filename is None and cause.errno in _BIND_ERRNOS:
+        return (
+            f"cannot listen on {config.cluster.listen_address} for the Raft port "
+            f"(cluster.listen_address in {config.path}): {cause.strerror or cause}"
+        )
+    return str(cause)
 
 
 async def serve_node(

@@ -316,6 +316,13 @@ PUT_COMMAND_OVERHEAD_BYTES = 64
 
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 
+TOML_INT_MIN, TOML_INT_MAX = -(2**63), 2**63 - 1
+"""TOML 1.0 integers are signed 64-bit, and "if an integer cannot be represented losslessly,
+an error must be thrown" (tomllib does not). Every integer key is held to it: ids and terms
+fit the hard state's u64 fields and msgpack on the wire."""
+LISTEN_BACKLOG_MAX = 2**31 - 1
+"""listen(2) takes the backlog as a C int (Linux then caps it at ``net.core.somaxconn``)."""
+
 
 def _split_address(address: str) -> tuple[str, int]:
     """``host:port`` (IPv6 hosts in brackets) -> ``(host, port)``; ValueError if malformed."""
@@ -327,10 +334,21 @@ def _split_address(address: str) -> tuple[str, int]:
     port = int(port_text)
     if not 1 <= port <= 65535:
         raise ValueError(f"port {port} of {address!r} is outside 1-65535")
+    try:
+        # What the socket layer does with a host string; it fails on an empty label or one
+        # over 63 characters, which would otherwise surface when the node binds or dials.
+        host.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"host {host!r} of {address!r} is not a valid host name") from None
     return host, port
 
 
 def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
+    for key, value in _integers("", cfg):
+        if value > TOML_INT_MAX:
+            yield key, f"must be at most {TOML_INT_MAX} (TOML integers are 64-bit), got {value}"
+        elif value < TOML_INT_MIN:
+            yield key, f"must be at least {TOML_INT_MIN} (TOML integers are 64-bit), got {value}"
     cluster = cfg.cluster
     if cluster.node_id < 1:
         yield "cluster.node_id", f"must be a positive integer, got {cluster.node_id}"
@@ -338,6 +356,8 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
         yield "cluster.name", "must not be empty"
     if not cluster.db_root_dir:
         yield "cluster.db_root_dir", "must not be empty"
+    elif "\x00" in cluster.db_root_dir:
+        yield "cluster.db_root_dir", "must not contain a NUL character (no path can)"
     try:
         _split_address(cluster.listen_address)
     except ValueError as exc:
@@ -414,6 +434,12 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
     yield from _positive("raft.replication", cfg.raft.replication)
     yield from _positive("limits", cfg.limits)
     yield from _positive("http", cfg.http)
+    if cfg.http.listen_backlog > LISTEN_BACKLOG_MAX:
+        yield (
+            "http.listen_backlog",
+            f"must be at most {LISTEN_BACKLOG_MAX} (listen(2) takes a C int; Linux caps it at "
+            f"net.core.somaxconn anyway), got {cfg.http.listen_backlog}",
+        )
 
 
 def _listen_matches_own_address(cluster: ClusterConfig) -> Iterator[tuple[str, str]]:
@@ -489,6 +515,22 @@ def _fits_in_a_frame(
             f"{batch} is over the {max_command_bytes} bytes the transport's frame limit "
             f"({frame_bytes}) leaves for the entries of one message",
         )
+
+
+def _integers(prefix: str, table: Any) -> Iterator[tuple[str, int]]:
+    """Every integer inside ``table`` (an attrs section), as (dotted key as in the file, value)."""
+    for field in attrs.fields(type(table)):
+        name = "Batch" if isinstance(table, FlushPolicy) else field.name
+        key = f"{prefix}.{name}" if prefix else name
+        value = getattr(table, field.name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            yield key, value
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if attrs.has(type(item)):
+                    yield from _integers(f"{key}[{i}]", item)
+        elif attrs.has(type(value)):
+            yield from _integers(key, value)
 
 
 def _positive(section: str, obj: Any) -> Iterator[tuple[str, str]]:

@@ -114,6 +114,29 @@ def test_a_taken_port_exits_1_naming_it(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_taken_raft_port_exits_1_naming_it(tmp_path: Path) -> None:
+    """The Raft listener binds inside the engine, after both HTTP ports: its failure names the
+    address and the key too, not just the errno."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        raft_port = taken.getsockname()[1]
+        members = {1: f"127.0.0.1:{raft_port}", 2: "127.0.0.1:1", 3: "127.0.0.1:2"}
+        config = node_config(tmp_path / "n1.toml", 1, members[1], members, tmp_path / "db", {})
+        config.path.write_text(render_toml(config))
+        port, health_port = free_ports(2)
+        result = run_cli(
+            ["--config-path", "n1", "--port", str(port), "--health-port", str(health_port)],
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if " INFO " not in line]
+    assert len(errors) == 1, result.stderr
+    assert f"127.0.0.1:{raft_port}" in errors[0], errors[0]
+    assert "cluster.listen_address" in errors[0], errors[0]
+
+
 def test_a_second_process_on_the_same_db_root_dir_is_refused(tmp_path: Path) -> None:
     """The directory lock: the second node exits 1 with one clear line; the first runs on."""
     from tests.e2e.cluster import Node, wait_until

@@ -2,7 +2,7 @@
 dies of, with a traceback, or with an error that does not say which port.
 
 Each case is a real ``python -m dengine_trio`` process that exits by itself (bounded by
-``run_cli``'s timeout). Marked strict xfail until the owner fixes them.
+``run_cli``'s timeout). Each failed before the fix and passes now.
 """
 
 from __future__ import annotations
@@ -30,11 +30,6 @@ OUT_OF_RANGE = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="integers over what socket.listen / msgpack hold pass load_config and crash the "
-    "node later with a traceback (exit 1) instead of one line and exit 2",
-)
 @pytest.mark.parametrize("case", sorted(OUT_OF_RANGE))
 def test_an_out_of_range_integer_is_refused_at_load_time(tmp_path: Path, case: str) -> None:
     mutate, fragment = OUT_OF_RANGE[case]
@@ -50,12 +45,6 @@ def test_an_out_of_range_integer_is_refused_at_load_time(tmp_path: Path, case: s
     assert_refused(result, "n1.toml", fragment)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--port equal to the node's own Raft port: 'node 1 cannot run: [Errno 98] Address "
-    "already in use', naming neither the port nor which listener (a port taken by another "
-    "process is named)",
-)
 @pytest.mark.parametrize("flag", ["--port", "--health-port"])
 def test_an_http_port_equal_to_the_nodes_own_raft_port_is_named(tmp_path: Path, flag: str) -> None:
     good = good_toml(tmp_path)

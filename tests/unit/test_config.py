@@ -309,6 +309,27 @@ BAD_FILES = [
      "raft.replication.max_inflight_msgs", "must be positive, got 0"),
     ("backlog-zero", MISSION_TOML + "\n[http]\nlisten_backlog = 0\n",
      "http.listen_backlog", "must be positive, got 0"),
+    # what the layers below cannot hold: TOML's 64-bit integers (the hard state keeps ids and
+    # terms as u64), listen(2)'s C int backlog, NUL-free paths, host names the resolver takes
+    ("node-id-over-64-bits", sub("node_id = 1 ", f"node_id = {2**64} ").replace(
+        "{ id = 1,", f"{{ id = {2**64},"), "cluster.node_id",
+     f"must be at most {2**63 - 1} (TOML integers are 64-bit)"),
+    ("peer-id-over-64-bits", sub("{ id = 3,", f"{{ id = {2**63},"),
+     "cluster.initial_cluster[2].id", f"must be at most {2**63 - 1}"),
+    ("timeout-below-64-bits", MISSION_TOML + f"\n[raft.timing]\nrequest_timeout_ms = {-2**64}\n",
+     "raft.timing.request_timeout_ms", f"must be at least {-2**63}"),
+    ("threshold-over-64-bits", sub("threshold = 100", f"threshold = {2**70}"),
+     "raft.persistence.flush_policy.Batch.threshold", f"must be at most {2**63 - 1}"),
+    ("backlog-over-c-int", MISSION_TOML + f"\n[http]\nlisten_backlog = {2**31}\n",
+     "http.listen_backlog", f"must be at most {2**31 - 1}"),
+    ("db-root-dir-nul", sub("[raft.read", 'db_root_dir = "db\\u0000x"\n\n[raft.read'),
+     "cluster.db_root_dir", "must not contain a NUL character"),
+    ("address-host-label-too-long", sub('address = "0.0.0.0:9082"',
+                                        f'address = "{"x" * 64}.example:9082"'),
+     "cluster.initial_cluster[1].address", "is not a valid host name"),
+    ("listen-host-empty-label", sub('listen_address = "0.0.0.0:9081"',
+                                    'listen_address = "a..b:9081"'),
+     "cluster.listen_address", "is not a valid host name"),
     # this node's own member address must be where it listens
     ("listen-port-not-own-address", sub('listen_address = "0.0.0.0:9081"',
                                         'listen_address = "0.0.0.0:9091"'),
@@ -460,6 +481,19 @@ POSITIVE = st.integers(1, 2**63 - 1)
 """TOML integers are signed 64-bit."""
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
 """Any string a file can hold: quotes, backslashes, control characters, non-ASCII."""
+PATH = TEXT.filter(lambda text: "\x00" not in text)
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
+HOST = st.text(st.characters(codec="ascii"), min_size=1, max_size=12).filter(_valid_host)
+"""Hosts the socket layer takes: quotes, backslashes and control characters included."""
 
 
 @st.composite
@@ -468,11 +502,11 @@ def node_configs(draw: st.DrawFn) -> NodeConfig:
     size = draw(st.integers(1, 5))
     ids = draw(st.lists(POSITIVE, min_size=size, max_size=size, unique=True))
     ports = draw(st.lists(st.integers(1, 65535), min_size=size, max_size=size, unique=True))
-    hosts = draw(st.lists(TEXT, min_size=size, max_size=size))
+    hosts = draw(st.lists(HOST, min_size=size, max_size=size))
     members = [PeerConfig(i, f"{h}:{p}") for i, h, p in zip(ids, hosts, ports, strict=True)]
     me = draw(st.sampled_from(members))
     behind_proxy = draw(st.booleans())
-    listen = f"{draw(TEXT)}:{draw(st.integers(1, 65535))}" if behind_proxy else me.address
+    listen = f"{draw(HOST)}:{draw(st.integers(1, 65535))}" if behind_proxy else me.address
     election_min = draw(st.integers(2, 2**62))
     below_election = st.integers(1, election_min - 1)
     return NodeConfig(
@@ -481,7 +515,7 @@ def node_configs(draw: st.DrawFn) -> NodeConfig:
             node_id=me.id,
             listen_address=listen,
             initial_cluster=members,
-            db_root_dir=draw(TEXT),
+            db_root_dir=draw(PATH),
             name=draw(TEXT),
             behind_proxy=behind_proxy,
         ),
@@ -503,7 +537,7 @@ def node_configs(draw: st.DrawFn) -> NodeConfig:
             replication=ReplicationConfig(draw(POSITIVE), draw(POSITIVE), draw(POSITIVE)),
         ),
         limits=Limits(draw(POSITIVE), draw(POSITIVE), draw(POSITIVE), draw(POSITIVE)),
-        http=HttpConfig(draw(POSITIVE)),
+        http=HttpConfig(draw(st.integers(1, 2**31 - 1))),
     )
 
 
