@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--access-log", action="store_true", help="log every HTTP request (off by default)"
     )
+    parser.add_argument(
+        "--stop-on-stdin-close",
+        action="store_true",
+        help="stop gracefully, as on SIGTERM, once standard input reaches end of file (for a "
+        "supervisor holding the other end of a pipe: the node stops when the supervisor dies)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     return parser
 
@@ -185,6 +191,7 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
                 *listeners,
                 access_log=args.access_log,
                 held_signals=held_signals,
+                stop_on_stdin_close=args.stop_on_stdin_close,
             )
         )
     except KeyboardInterrupt:  # SIGINT before the receiver, when no one held it for us
@@ -245,10 +252,12 @@ async def serve_node(
     *,
     access_log: bool = False,
     held_signals: Sequence[int] = (),
+    stop_on_stdin_close: bool = False,
 ) -> None:
     """Run the engine and both HTTP apps on the given bound sockets until SIGINT/SIGTERM.
 
     Signals in ``held_signals`` (see :func:`main`) count as received once the receiver is up.
+    With ``stop_on_stdin_close``, end of file on standard input counts as a SIGTERM.
     Returns after the graceful stop described in the module docstring. Raises OSError or
     ``StorageError`` (possibly inside an exception group) if the engine cannot start.
     """
@@ -276,6 +285,8 @@ async def serve_node(
                         _watch_signals, signals, held_signals, nursery, shutdown, graceful
                     )
                     nursery.start_soon(_report_ready, engine, timing.request_timeout_ms / 1000)
+                    if stop_on_stdin_close:
+                        nursery.start_soon(_sigterm_at_stdin_eof)
                     async with trio.open_nursery() as servers:
                         for app, cfg in (
                             (create_kv_app(engine), kv_config),
@@ -364,6 +375,21 @@ async def _shut_down(
         while engine.pending_requests():
             await trio.sleep(DRAIN_POLL_S)
     engine.refuse_requests()
+
+
+async def _sigterm_at_stdin_eof() -> None:
+    """Send this process a SIGTERM once standard input is at end of file.
+
+    A signal rather than a call, so the stop is exactly the one SIGTERM starts (hand-over,
+    drain, flush), a later signal included. A supervisor that dies, even of SIGKILL, closes
+    its end of the pipe, which no signal to it would tell its children.
+    """
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    async with stdin:
+        while await stdin.receive_some():
+            pass  # what a supervisor writes means nothing; only the end does
+    log.info("standard input closed: stopping")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _hand_over_leadership(engine: EmbeddedEngine, timeout_s: float) -> None:

@@ -2,7 +2,10 @@
 
 Each node runs in its own session, so a Ctrl+C in the terminal reaches only this launcher, which
 passes one SIGTERM to every node still running: each then stops gracefully (leader hand-over,
-flush) exactly as it would alone, and the launcher exits once all have. A second stop signal
+flush) exactly as it would alone, and the launcher exits once all have. Closing the terminal
+(SIGHUP) is the same stop. A launcher that dies without passing anything on (SIGKILL) closes
+the pipe on each node's standard input, and each node then stops by itself the same way
+(``--stop-on-stdin-close``): no node outlives its launcher. A second stop signal
 within :data:`REPEAT_WINDOW_S` of the first is the same stop (``kill`` of a ``make`` job also
 reaches make, which forwards its own SIGTERM); one after that kills the nodes.
 
@@ -41,7 +44,8 @@ def mission_nodes(count: int = 3) -> list[NodeSpec]:
 
 
 def node_command(spec: NodeSpec, extra_args: Sequence[str] = ()) -> list[str]:
-    """The command line that runs the node ``spec`` on its own."""
+    """The command line that runs the node ``spec`` on its own (the launcher adds
+    ``--stop-on-stdin-close``)."""
     _, config_path, port, health_port = spec
     return [
         sys.executable, "-m", "dengine_trio",
@@ -76,11 +80,19 @@ class _Output:
 
     def __init__(self) -> None:
         self.lock = trio.Lock()
+        self.closed = False
 
     async def write(self, data: bytes) -> None:
         async with self.lock:
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
+            if self.closed:
+                return
+            try:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+            except OSError:
+                # The terminal is gone (SIGHUP): the nodes' output is still read and dropped,
+                # so that no node blocks on a full pipe while it stops.
+                self.closed = True
 
     async def say(self, text: str) -> None:
         await self.write(_TAG + text.encode() + b"\n")
@@ -165,7 +177,7 @@ async def run_cluster(nodes: Sequence[NodeSpec], extra_args: Sequence[str] = ())
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("CONFIG_PATH", None)  # it would override every node's --config-path
     running = _Nodes(out)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as watchers:
             watchers.start_soon(running.stop_on_signals, signals)
             # The pumps end by themselves at EOF, after each node has said its last line.
@@ -190,8 +202,10 @@ async def run_cluster(nodes: Sequence[NodeSpec], extra_args: Sequence[str] = ())
 
                 for spec in nodes:
                     proc = await trio.lowlevel.open_process(
-                        node_command(spec, extra_args),
-                        stdin=subprocess.DEVNULL,
+                        [*node_command(spec, extra_args), "--stop-on-stdin-close"],
+                        # Never written: its end closing, when this process ends however it
+                        # ends, is what stops the node.
+                        stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,
                         stderr=subprocess.STDOUT,
                         env=env,

@@ -4,7 +4,8 @@ The nodes run in sessions of their own (so a Ctrl+C reaches only the launcher), 
 nothing stops them when the launcher dies without passing a signal on: closing the terminal
 (SIGHUP to the launcher) or killing the launcher leaves three nodes running in the background,
 holding ports 8081-8083, 9081-9083 and 10001-10003, and the next ``make start-cluster`` fails
-on taken ports. Marked strict xfail until the owner fixes it.
+on taken ports. Failed before the fix (the launcher now passes SIGHUP on, and each node stops
+when the pipe on its standard input closes).
 """
 
 from __future__ import annotations
@@ -30,11 +31,6 @@ def _gone(pid: int) -> bool:
         return True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the launcher dies of SIGHUP/SIGKILL without passing anything on; the nodes, in "
-    "their own sessions, keep running and serving",
-)
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGKILL], ids=["SIGHUP", "SIGKILL"])
 def test_no_node_outlives_its_launcher(tmp_path: Path, signum: signal.Signals) -> None:
     with launched(tmp_path) as (cluster, launcher):
