@@ -22,6 +22,7 @@ from tests.e2e.cluster import (
     START_TIMEOUT_S,
     Cluster,
     Node,
+    node_env,
     wait_until,
 )
 from tests.e2e.test_kv_api import put, read
@@ -39,8 +40,7 @@ class Launcher:
             f"{n.node_id}:{n.config_path.with_suffix('')}:{n.port}:{n.health_port}"
             for n in cluster.nodes
         ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "info"}
-        env.pop("CONFIG_PATH", None)
+        env = node_env()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dengine_trio.devcluster"]
