@@ -36,6 +36,8 @@ from dengine_trio.api.kv import create_kv_app
 from dengine_trio.config import ConfigError, NodeConfig, check_message_limits, load_config
 from dengine_trio.engine import EmbeddedEngine
 from dengine_trio.log import LEVELS, parse_level, setup_logging
+from dengine_trio.metrics.http import instrument_app
+from dengine_trio.metrics.prometheus import PrometheusSink
 from dengine_trio.runtime.node import MAX_COMMAND_BYTES
 from dengine_trio.storage import StorageError
 from dengine_trio.wire import MAX_FRAME_BYTES
@@ -265,7 +267,7 @@ async def serve_node(
     kv_address = _address(kv_listener)
     health_address = _address(health_listener)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with EmbeddedEngine.start(config) as engine:
+        async with EmbeddedEngine.start(config, metrics=PrometheusSink()) as engine:
             backlog = config.http.listen_backlog
             kv_config = hypercorn_config(kv_listener, backlog=backlog, access_log=access_log)
             health_config = hypercorn_config(
@@ -292,6 +294,7 @@ async def serve_node(
                             (create_kv_app(engine), kv_config),
                             (create_health_app(engine), health_config),
                         ):
+                            instrument_app(app, engine.metrics)
                             await servers.start(
                                 partial(serve, app, cfg, shutdown_trigger=http_stop.wait)
                             )

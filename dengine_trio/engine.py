@@ -19,6 +19,7 @@ import trio
 
 from .config import NodeConfig
 from .errors import Stopped, Timeout, TooLarge
+from .metrics import MetricsSink
 from .policy import ReadPolicy
 from .runtime.node import NodeRuntime
 from .runtime.status import NodeStatus
@@ -31,20 +32,32 @@ class EmbeddedEngine:
     ``config`` is the :class:`NodeConfig` it runs, ``node_id`` its id, ``state_machine`` what
     it applies committed commands to. Timeouts given here are in seconds (trio's unit); the
     configuration's are in ms. Errors are :class:`~dengine_trio.errors.DengineError`
-    subclasses unless said otherwise.
+    subclasses unless said otherwise. ``metrics`` is where the node's metrics go (default: a
+    no-op :class:`~dengine_trio.metrics.MetricsSink`; the node process passes a
+    :class:`~dengine_trio.metrics.prometheus.PrometheusSink`, see ``docs/monitoring.md``).
     """
 
-    def __init__(self, config: NodeConfig, state_machine: StateMachine | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        state_machine: StateMachine | None = None,
+        metrics: MetricsSink | None = None,
+    ) -> None:
         self.config = config
         self.node_id = config.cluster.node_id
         self.state_machine: StateMachine = state_machine or KVStateMachine()
-        self._runtime = NodeRuntime(config, self.state_machine)
+        self._runtime = NodeRuntime(config, self.state_machine, metrics)
+        self.metrics: MetricsSink = self._runtime.metrics
         self._done = trio.Event()
 
     @classmethod
     @asynccontextmanager
     async def start(
-        cls, config: NodeConfig, *, state_machine: StateMachine | None = None
+        cls,
+        config: NodeConfig,
+        *,
+        state_machine: StateMachine | None = None,
+        metrics: MetricsSink | None = None,
     ) -> AsyncIterator[EmbeddedEngine]:
         """Open storage, start the node's tasks, and stop them (flushing) on exit.
 
@@ -54,7 +67,7 @@ class EmbeddedEngine:
         ``db_root_dir``, or a corrupt log or hard state) before any task starts; a later
         failure to start (an ``OSError``: the Raft port is taken) comes in an exception group.
         """
-        engine = cls(config, state_machine)
+        engine = cls(config, state_machine, metrics)
         # Outside the nursery, so a locked or corrupt db_root_dir raises StorageError itself
         # rather than inside an exception group.
         await engine._runtime.open_storage()
@@ -188,6 +201,8 @@ class EmbeddedEngine:
         """
         if policy is not ReadPolicy.EVENTUAL:
             await self._runtime.read_barrier(lease=policy is ReadPolicy.LEASE, timeout_s=timeout_s)
+        else:
+            self.metrics.read("eventual", "ok")
 
     def client(self) -> Client:
         """A :class:`Client` for the default :class:`KVStateMachine`.

@@ -3,7 +3,9 @@
 ``GET /primary``: 200 on a leader that holds a quorum, else 503 (route writes here).
 ``GET /replica``: 200 on a follower that heard from a leader within an election timeout, else
 503 (a follower cut off from the cluster leaves the read pool). ``GET /status``: the engine's
-view (role, term, indexes, peers) as JSON. Probes only read engine state: they never wait.
+view (role, term, indexes, peers) as JSON. ``GET /metrics``: the node's metrics in the
+Prometheus text format (``docs/monitoring.md``), 404 ``metrics_disabled`` when the engine's
+sink keeps none. Probes only read engine state: they never wait.
 """
 
 from __future__ import annotations
@@ -52,6 +54,16 @@ def create_health_app(engine: EmbeddedEngine) -> App:
         return json_error(
             503, "no_leader_contact", f"node {node_id} has not heard from a leader recently"
         )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        exposition = engine.metrics.exposition()
+        if exposition is None:
+            return json_error(
+                404, "metrics_disabled", f"node {node_id} runs without a metrics sink"
+            )
+        body, content_type = exposition
+        return Response(body, content_type=content_type)
 
     @app.get("/status")
     async def status() -> Response:

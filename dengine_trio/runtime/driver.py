@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn, Protocol
 
 import trio
 
+from ..metrics import MetricsSink, OperatorWarnings
 from ..raft import (
     Apply,
     Effect,
@@ -96,7 +98,9 @@ class Driver:
     ``on_failure`` is called once if stepping the core or carrying out an effect fails in an
     inline step (the node must stop); such a failure in the Raft loop propagates out of
     ``run``. ``disk_first``, ``flush_threshold`` (entries) and ``flush_interval_s`` choose
-    when ``flush_loop`` fsyncs.
+    when ``flush_loop`` fsyncs. ``metrics`` receives each fsync's duration (s);
+    ``warnings`` hears of slow fsyncs and of a Raft loop that woke late past a deadline
+    (``is_leader()`` tells it whether heartbeats were what went out late).
     """
 
     def __init__(
@@ -113,6 +117,9 @@ class Driver:
         disk_first: bool = True,
         flush_threshold: int = 1,
         flush_interval_s: float = 0.0,
+        metrics: MetricsSink | None = None,
+        warnings: OperatorWarnings | None = None,
+        is_leader: Callable[[], bool] = lambda: False,
     ) -> None:
         self.node_id = node_id
         self.core = core
@@ -135,6 +142,10 @@ class Driver:
         self._unflushed = 0
         self._flush_needed = trio.Event()
         self._flush_threshold_hit = trio.Event()
+        self._metrics = metrics if metrics is not None else MetricsSink()
+        self._warnings = warnings
+        self._late_s = warnings.loop_late_s if warnings is not None else math.inf
+        self._is_leader = is_leader
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -212,8 +223,15 @@ class Driver:
                 if math.isinf(deadline_ms):
                     await self._wakeup.wait()
                 else:
-                    with trio.move_on_at(self._trio_deadline(deadline_ms)):
+                    wake_at = self._trio_deadline(deadline_ms)
+                    with trio.move_on_at(wake_at) as sleep:
                         await self._wakeup.wait()
+                    if sleep.cancelled_caught:
+                        # Woke past the deadline: something held the trio thread (etcd's
+                        # "leader failed to send out heartbeat on time").
+                        late_s = trio.current_time() - wake_at
+                        if late_s >= self._late_s and self._warnings is not None:
+                            self._warnings.loop_late(late_s, self._is_leader())
                 self._sleeps_until_ms = -math.inf
             self._wakeup = trio.Event()
             if self._deferred:
@@ -234,9 +252,10 @@ class Driver:
                 assert isinstance(effect, PersistHardState)
                 # Raft's rule: term and vote are durable before any message that depends on
                 # them leaves (the Sends that follow in this list).
-                await trio.to_thread.run_sync(
-                    self.storage.save_hard_state, effect.term, effect.voted_for
+                seconds = await trio.to_thread.run_sync(
+                    _timed, self.storage.save_hard_state, effect.term, effect.voted_for
                 )
+                self._fsynced(seconds)
                 done = self._carry_out_now(effects, done + 1)
         finally:
             self._busy = False
@@ -285,6 +304,12 @@ class Driver:
         ``flush_threshold`` pending entries or after ``flush_interval_s``. Each fsync is
         reported to the core as ``Persisted``, stepped at once."""
         storage = self.storage
+
+        def timed_sync() -> tuple[tuple[int, int], float]:
+            start = time.perf_counter()
+            synced = storage.sync()
+            return synced, time.perf_counter() - start
+
         while True:
             await self._flush_needed.wait()
             if not self._disk_first:
@@ -293,7 +318,20 @@ class Driver:
             self._flush_needed = trio.Event()
             self._flush_threshold_hit = trio.Event()
             self._unflushed = 0
-            index, term = await fsync_thread.run(storage.sync)
+            (index, term), seconds = await fsync_thread.run(timed_sync)
             if index:
+                self._fsynced(seconds)
                 self._inbox.append(Persisted(index, term))
                 self.step_now()
+
+    def _fsynced(self, seconds: float) -> None:
+        self._metrics.wal_fsync(seconds)
+        if self._warnings is not None:
+            self._warnings.wal_fsync(seconds)
+
+
+def _timed(fn: Callable[[int, int], None], a: int, b: int) -> float:
+    """Seconds ``fn(a, b)`` took (run in a worker thread: the fsync alone is timed)."""
+    start = time.perf_counter()
+    fn(a, b)
+    return time.perf_counter() - start

@@ -74,6 +74,7 @@ class InboundSide(PeerIdentity):
         remote: str,
         pending: list[bytes],
     ) -> None:
+        peer_stats = self._links[peer_id].stats
         try:
             for payload in pending:
                 self._receive(peer_id, payload)
@@ -85,6 +86,7 @@ class InboundSide(PeerIdentity):
                     self.log.debug("node %d: peer %d closed its link", self.node_id, peer_id)
                     return
                 self.stats.bytes_in += len(data)
+                peer_stats.bytes_in += len(data)
                 for payload in reader.feed(data):
                     self._receive(peer_id, payload)
         except (CodecError, ProtocolViolation) as exc:

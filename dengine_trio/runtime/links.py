@@ -48,6 +48,8 @@ class PeerStats:
     """Handshakes the peer answered with ``HelloReply(ok=False)``."""
     frames_out: int = 0
     bytes_out: int = 0
+    bytes_in: int = 0
+    """Bytes read from this peer's connections to this node (the inbound side)."""
     drops: int = 0
     """Messages discarded because the queue was full (the oldest one goes)."""
     discarded: int = 0
@@ -104,6 +106,8 @@ class OutboundLink:
         self.queued_bytes = 0
         self.wakeup = trio.Event()
         self.last_refusal = ""
+        self.last_error = ""
+        """Why the last connect or handshake failed (for the unreachable-peer warning)."""
         self.fd = -1
         """The connected socket's descriptor, or -1 while there is no connection."""
         self.pumping = False

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 import trio
 
 from ..config import NodeConfig
 from ..errors import Stopped
+from ..metrics import MetricsSink, OperatorWarnings
 from ..raft import (
     Apply,
     Durability,
@@ -39,7 +41,7 @@ from ..raft import (
     Receive,
     RoleChanged,
 )
-from ..raft.messages import MESSAGE_TYPES
+from ..raft.messages import MESSAGE_TYPES, Heartbeat, HeartbeatResponse
 from ..statemachine import StateMachine
 from ..storage import Storage
 from ..wire import ForwardAccepted, ForwardPropose, ForwardResult
@@ -60,9 +62,15 @@ log = logging.getLogger("dengine_trio.node")
 
 
 class NodeRuntime:
-    """One Raft node: storage, transport, core and state machine, run in one nursery."""
+    """One Raft node: storage, transport, core and state machine, run in one nursery.
 
-    def __init__(self, config: NodeConfig, state_machine: StateMachine) -> None:
+    ``metrics`` receives what the node measures (``dengine_trio.metrics``; default: nothing
+    is recorded); its ``thresholds`` decide the operator warnings.
+    """
+
+    def __init__(
+        self, config: NodeConfig, state_machine: StateMachine, metrics: MetricsSink | None = None
+    ) -> None:
         self.config = config
         self.node_id = config.cluster.node_id
         self.state_machine = state_machine
@@ -106,6 +114,13 @@ class NodeRuntime:
         """A leadership transfer is under way: a step-down is planned."""
         self.operations = Operations(self)
         self.node_log = NodeLog(self.node_id, config.db_root_path())
+        self.metrics = metrics if metrics is not None else MetricsSink()
+        self.warnings = OperatorWarnings(
+            self.node_id, self.metrics, config.raft.timing.heartbeat_interval_ms / 1000
+        )
+        self.metrics.attach(self.node_id, lambda: self.status(detail=True), self.pending_proposals)
+        # Heartbeats queued and not answered yet, per peer: seq -> time.perf_counter().
+        self._heartbeats_out: dict[int, dict[int, float]] = {}
         self._nursery: trio.Nursery | None = None
         self._cancel_scope: trio.CancelScope | None = None
 
@@ -162,6 +177,9 @@ class NodeRuntime:
                 disk_first=self.raft_config.durability is Durability.DISK_FIRST,
                 flush_threshold=batch.threshold,
                 flush_interval_s=batch.interval_ms / 1000,
+                metrics=self.metrics,
+                warnings=self.warnings,
+                is_leader=lambda: self.raft is not None and self.raft.is_leader,
             )
             peers = {i: a for i, a in cfg.peer_addresses().items() if i != self.node_id}
             self.transport = Transport(
@@ -174,6 +192,7 @@ class NodeRuntime:
                 log=logging.getLogger("dengine_trio.transport"),
                 incarnation=self.incarnation,
                 dropped=self.forwarding.dropped,
+                unreachable=self.warnings.peer_unreachable,
             )
             async with (
                 WorkerThread(f"dengine-fsync-{self.node_id}") as fsync_thread,
@@ -257,12 +276,18 @@ class NodeRuntime:
         """Requests waiting on this node (proposals, reads, forwarded writes)."""
         return self.requests.pending()
 
+    def pending_proposals(self) -> int:
+        """Writes waiting on this node: its own proposals and those it forwarded."""
+        return self.requests.pending_proposals() + self.forwarding.pending()
+
     # ------------------------------------------------------------------ transport
 
     def _deliver(self, message: object) -> None:
         """Transport callback, in the trio thread; must not block. Raft messages wait in
         the inbox for ``Driver.step_now``, which the transport calls after each read."""
         if isinstance(message, MESSAGE_TYPES):
+            if type(message) is HeartbeatResponse:
+                self._heartbeat_answered(message)
             if self.node_log.started_empty:
                 self.node_log.peer_message(message, self.raft.log.last_index if self.raft else 0)
             assert self.driver is not None
@@ -278,6 +303,8 @@ class NodeRuntime:
     def _send(self, message: object) -> bytes | None:
         """Queue ``message``; its frame (see ``Transport.withdraw``), or None if dropped."""
         assert self.transport is not None
+        if type(message) is Heartbeat:
+            self._heartbeat_sent(message)
         try:
             return self.transport.send(message)
         except (CodecError, ValueError, TypeError) as exc:  # e.g. a frame over the limit
@@ -288,6 +315,22 @@ class NodeRuntime:
                 exc,
             )
             return None
+
+    def _heartbeat_sent(self, message: Heartbeat) -> None:
+        out = self._heartbeats_out.get(message.dst)
+        if out is None:
+            out = self._heartbeats_out[message.dst] = {}
+        elif len(out) >= 64:
+            out.clear()  # a peer that stopped answering: forget its old rounds
+        out[message.seq] = time.perf_counter()
+
+    def _heartbeat_answered(self, message: HeartbeatResponse) -> None:
+        # The round trip from queueing a heartbeat to reading its answer (``seq`` echoed):
+        # the network, both transports, and the follower's turnaround.
+        out = self._heartbeats_out.get(message.src)
+        sent = out.pop(message.seq, None) if out else None
+        if sent is not None:
+            self.metrics.peer_round_trip(message.src, time.perf_counter() - sent)
 
     def _withdraw(self, dst: int, frame: bytes) -> bool:
         return self.transport is not None and self.transport.withdraw(dst, frame)
@@ -302,14 +345,24 @@ class NodeRuntime:
         sm = self.state_machine
         requests, forwarding = self.requests, self.forwarding
         leader_id = self.raft.leader_id if self.raft else 0
+        commands = 0
+        start = time.perf_counter()
         for entry in effect.entries:
             result = b""
             if entry.kind is EntryKind.COMMAND:
                 result = sm.apply(entry.index, entry.data)
+                commands += 1
             self.applied_index = entry.index
             requests.applied(entry.index, entry.term, result, leader_id)
             forwarding.applied(entry.index, entry.term, result, leader_id)
+        elapsed = time.perf_counter() - start
         requests.reads_applied(self.applied_index)
+        # One observation per batch, not per entry: the write path pays two clock reads.
+        self.metrics.applied(elapsed, len(effect.entries))
+        if elapsed >= self.warnings.apply_s:
+            self.warnings.applied(elapsed, len(effect.entries))
+        if commands and leader_id == self.node_id:
+            self.metrics.proposals_committed(commands)
 
     def proposed(self, effect: Proposed) -> None:
         self.requests.proposed(effect.request_id, effect.index, effect.term)
@@ -324,6 +377,7 @@ class NodeRuntime:
         self.requests.read_failed(effect.request_id, effect.leader_id)
 
     def role_changed(self, effect: RoleChanged) -> None:
+        self.metrics.role_changed(effect.role.name.lower(), effect.term, effect.leader_id)
         self.forwarding.leader_changed(effect.leader_id)
         self.node_log.role_changed(effect, planned=self.transferring)
         self._notify_state_change()

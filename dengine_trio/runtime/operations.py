@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..errors import NoLeader, NotLeader, Stopped, TooLarge
+from ..errors import DengineError, NoLeader, NotLeader, Stopped, TooLarge
+from ..metrics import reason_of
 from ..raft import Event, Propose, ReadRequest, Role, TransferLeader
 from ..wire import MAX_FRAME_BYTES
 
@@ -60,6 +61,13 @@ class Operations:
         ``timeout_s``, default ``request_timeout_ms``: may or may not be applied),
         ``NoLeader``, ``Overloaded``, ``Stopped``.
         """
+        try:
+            return await self._propose(command, timeout_s)
+        except DengineError as exc:
+            self._node.metrics.proposal_failed(reason_of(exc))
+            raise
+
+    async def _propose(self, command: bytes, timeout_s: float | None) -> bytes:
         if len(command) > MAX_COMMAND_BYTES:
             # One entry must fit one frame, or replication would stall on it for good.
             raise TooLarge(f"command of {len(command)} bytes exceeds {MAX_COMMAND_BYTES}")
@@ -71,6 +79,7 @@ class Operations:
             try:
                 if leader == self._node.node_id:
                     return await self.propose_local(command, deadline)
+                self._node.metrics.forwarded_write()
                 return await self._node.forwarding.propose(leader, command, deadline)
             except (NotLeader, NoLeader) as exc:
                 if trio.current_time() >= deadline:
@@ -95,6 +104,16 @@ class Operations:
         """Return once the local state machine reflects every write committed before the call
         (linearizable), or the leader's lease vouches for it (lease). Raises ``NoLeader``
         (no leader confirmed it by ``timeout_s``), ``Timeout``, ``Overloaded``, ``Stopped``."""
+        policy = "lease" if lease else "linearizable"
+        metrics = self._node.metrics
+        try:
+            await self._read_barrier(lease, timeout_s)
+        except DengineError as exc:
+            metrics.read(policy, reason_of(exc))
+            raise
+        metrics.read(policy, "ok")
+
+    async def _read_barrier(self, lease: bool, timeout_s: float | None) -> None:
         raft = self._node.raft
         assert raft is not None
         if (

@@ -110,6 +110,10 @@ class RequestTable:
             + self._also_pending()
         )
 
+    def pending_proposals(self) -> int:
+        """This node's own proposals waiting (not forwarded writes, not reads)."""
+        return len(self._proposals) + len(self._by_index)
+
     def check_capacity(self) -> None:
         """Raises ``Stopped`` once closed, ``Overloaded`` at ``max_pending`` requests."""
         if self.closed:

@@ -88,6 +88,7 @@ class Transport(InboundSide):
         log: logging.Logger | None = None,
         incarnation: int | None = None,
         dropped: Callable[[int, list[bytes]], None] | None = None,
+        unreachable: Callable[[int, str, float, str], None] | None = None,
     ) -> None:
         if node_id in peers:
             raise ValueError(f"peers must be the other nodes, but include node {node_id}")
@@ -105,6 +106,10 @@ class Transport(InboundSide):
         """Called with a peer id and frames (as ``send`` returned them) dropped from its queue
         unsent: the peer certainly never gets them (queue full; or the peer turned out to be
         a new process)."""
+        self.unreachable = unreachable
+        """Called after each failed connect with a peer id, its address, how long (s) its link
+        has been down (since the transport started, or since the link was lost) and the last
+        error: the operator's unreachable-peer warning decides whether to log."""
         self.max_frame_bytes = max_frame_bytes
         self.queue_limit = queue_limit
         self.log = log if log is not None else logging.getLogger("dengine_trio.transport")
@@ -232,8 +237,12 @@ class Transport(InboundSide):
 
     async def _run_link(self, link: OutboundLink) -> None:
         backoff = BACKOFF_MIN_S
+        down_since = trio.current_time()
         while True:
             stream = await self._connect(link)
+            if stream is None and self.unreachable is not None:
+                down_s = trio.current_time() - down_since
+                self.unreachable(link.peer_id, link.stats.address, down_s, link.last_error)
             if stream is not None:
                 link.stats.connects += 1
                 link.stats.connected = True
@@ -257,6 +266,7 @@ class Transport(InboundSide):
                 self.log.info(
                     "node %d: link to peer %d lost: %s", self.node_id, link.peer_id, reason
                 )
+                down_since = trio.current_time()
                 # A link that lived long broke by accident: retry at once. One that broke right
                 # away (a peer that keeps closing on us) backs off like a failed connect.
                 if trio.current_time() - connected_at >= BACKOFF_MAX_S:
@@ -274,6 +284,7 @@ class Transport(InboundSide):
                 stream = await trio.open_tcp_stream(host, port)
         except (OSError, trio.TooSlowError) as exc:
             link.stats.connect_failures += 1
+            link.last_error = f"connect failed: {exc!r}"
             self.log.debug(
                 "node %d: cannot reach peer %d at %s: %r",
                 self.node_id,
@@ -301,6 +312,7 @@ class Transport(InboundSide):
                 raise ProtocolViolation(f"answered Hello with {type(reply).__name__}")
             if not reply.ok:
                 link.stats.refusals += 1
+                link.last_error = f"refused the link: {reply.reason}"
                 # A misconfigured peer refuses every second: say it once per reason.
                 level = logging.WARNING if reply.reason != link.last_refusal else logging.DEBUG
                 link.last_refusal = reply.reason
@@ -321,6 +333,7 @@ class Transport(InboundSide):
             return stream
         except (*STREAM_ERRORS, trio.TooSlowError, CodecError, ProtocolViolation) as exc:
             link.stats.connect_failures += 1
+            link.last_error = f"handshake failed: {exc!r}"
             self.log.debug(
                 "node %d: handshake with peer %d at %s failed: %r",
                 self.node_id,

@@ -67,6 +67,7 @@ LAYER_OF = {
     "policy": "base",
     "statemachine": "base",
     "log": "base",
+    "metrics": "base",
 }
 
 # Sideways arrows between layers of one rank that are allowed: (from layer, imported module).

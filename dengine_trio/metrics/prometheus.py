@@ -1,0 +1,370 @@
+"""The Prometheus sink: the numbers behind ``GET /metrics``, exposed with ``prometheus_client``.
+
+Names follow etcd's (``etcd_server_leader_changes_seen_total`` ->
+``dengine_leader_changes_seen_total``), with units in the names and a help text each.
+
+Why not ``prometheus_client.Counter`` and ``Histogram`` on the write path: each ``inc`` and
+``observe`` takes a lock (``threading.Lock``; measured on the dev machine at about 0.4 us per
+``Counter.inc`` and 1.3 us per ``Histogram.observe``, against 0.05 us for an attribute
+increment and 0.3 us for ``_Histogram.observe`` here). Every call of this sink happens in the
+node's trio thread, so plain integers need no lock; a custom collector turns them into metric
+families when Prometheus scrapes, and ``prometheus_client`` writes the exposition. Gauges that
+mirror the node's state (role, term, indexes, pending proposals, the transport's byte counts)
+are not kept here at all: they are read from the node's frozen status at scrape time.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from . import MetricsSink, NodeSource
+from .warnings import Thresholds
+
+__all__ = [
+    "APPLY_BUCKETS_S",
+    "FSYNC_BUCKETS_S",
+    "HTTP_BUCKETS_S",
+    "RTT_BUCKETS_S",
+    "PrometheusSink",
+]
+
+
+def _exponential(start: float, factor: float, count: int) -> tuple[float, ...]:
+    return tuple(start * factor**i for i in range(count))
+
+
+FSYNC_BUCKETS_S = _exponential(0.001, 2, 14)
+"""etcd's ``wal_fsync_duration_seconds`` buckets: 1 ms to 8.192 s."""
+APPLY_BUCKETS_S = _exponential(0.0001, 2, 20)
+"""etcd's ``apply_duration_seconds`` buckets: 100 us to about 52 s."""
+RTT_BUCKETS_S = _exponential(0.0001, 2, 16)
+"""etcd's ``peer_round_trip_time_seconds`` buckets: 100 us to about 3.3 s."""
+HTTP_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""Prometheus's default buckets, extended down to 0.5 ms (a local GET takes well under 5 ms)."""
+
+
+class _Histogram:
+    """Bucket counts without a lock (the trio thread only). ``counts[i]`` counts observations
+    in ``(buckets[i-1], buckets[i]]``; the last slot is ``+Inf``."""
+
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            total += n
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
+        return out
+
+
+class PrometheusSink(MetricsSink):
+    """Keeps one node's metrics and exposes them through its own ``CollectorRegistry``
+    (``registry``), never the process-wide default one."""
+
+    def __init__(self, thresholds: Thresholds | None = None) -> None:
+        super().__init__(thresholds)
+        self.node_id = 0
+        self._status: NodeSource | None = None
+        self._pending_proposals: Callable[[], int] | None = None
+        self.committed = 0
+        self.failed: dict[str, int] = {}
+        self.forwarded = 0
+        self.reads: dict[tuple[str, str], int] = {}
+        self.leader_changes = 0
+        self._last_leader = 0
+        self.slow: dict[str, int] = {}
+        self.fsync = _Histogram(FSYNC_BUCKETS_S)
+        self.apply = _Histogram(APPLY_BUCKETS_S)
+        self.rtt: dict[int, _Histogram] = {}
+        self.http_count: dict[tuple[str, str, str], int] = {}
+        self.http_duration: dict[tuple[str, str, str], _Histogram] = {}
+        self.snapshots_saved = 0
+        self.snapshot_save = _Histogram(FSYNC_BUCKETS_S)
+        self.snapshots_sent: dict[int, int] = {}
+        self.snapshots_received = 0
+        self.membership: tuple[int, int] | None = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+
+    # -- recording (see MetricsSink for what each means) -----------------------------------
+
+    def attach(
+        self, node_id: int, status: NodeSource, pending_proposals: Callable[[], int]
+    ) -> None:
+        """See ``MetricsSink.attach``."""
+        self.node_id = node_id
+        self._status = status
+        self._pending_proposals = pending_proposals
+
+    def proposals_committed(self, count: int) -> None:
+        """See ``MetricsSink.proposals_committed``."""
+        self.committed += count
+
+    def proposal_failed(self, reason: str) -> None:
+        """See ``MetricsSink.proposal_failed``."""
+        self.failed[reason] = self.failed.get(reason, 0) + 1
+
+    def forwarded_write(self) -> None:
+        """See ``MetricsSink.forwarded_write``."""
+        self.forwarded += 1
+
+    def read(self, policy: str, outcome: str) -> None:
+        """See ``MetricsSink.read``."""
+        key = (policy, outcome)
+        self.reads[key] = self.reads.get(key, 0) + 1
+
+    def applied(self, duration_s: float, entries: int) -> None:
+        """See ``MetricsSink.applied``."""
+        self.apply.observe(duration_s)
+
+    def wal_fsync(self, duration_s: float) -> None:
+        """See ``MetricsSink.wal_fsync``."""
+        self.fsync.observe(duration_s)
+
+    def peer_round_trip(self, peer: int, duration_s: float) -> None:
+        """See ``MetricsSink.peer_round_trip``."""
+        histogram = self.rtt.get(peer)
+        if histogram is None:
+            histogram = self.rtt[peer] = _Histogram(RTT_BUCKETS_S)
+        histogram.observe(duration_s)
+
+    def role_changed(self, role: str, term: int, leader_id: int) -> None:
+        """See ``MetricsSink.role_changed``."""
+        # As etcd counts it: each time a leader becomes known that differs from the last one
+        # this node knew (a lost leader that comes back in the same term is no change).
+        if leader_id and leader_id != self._last_leader:
+            self._last_leader = leader_id
+            self.leader_changes += 1
+
+    def slow_event(self, kind: str) -> None:
+        """See ``MetricsSink.slow_event``."""
+        self.slow[kind] = self.slow.get(kind, 0) + 1
+
+    def http_request(self, route: str, method: str, status: int, duration_s: float) -> None:
+        """See ``MetricsSink.http_request``."""
+        key = (route, method, str(status))
+        self.http_count[key] = self.http_count.get(key, 0) + 1
+        histogram = self.http_duration.get(key)
+        if histogram is None:
+            histogram = self.http_duration[key] = _Histogram(HTTP_BUCKETS_S)
+        histogram.observe(duration_s)
+
+    def snapshot_saved(self, duration_s: float, size_bytes: int) -> None:
+        """See ``MetricsSink.snapshot_saved``."""
+        self.snapshots_saved += 1
+        self.snapshot_save.observe(duration_s)
+
+    def snapshot_sent(self, peer: int, size_bytes: int) -> None:
+        """See ``MetricsSink.snapshot_sent``."""
+        self.snapshots_sent[peer] = self.snapshots_sent.get(peer, 0) + 1
+
+    def snapshot_received(self, size_bytes: int) -> None:
+        """See ``MetricsSink.snapshot_received``."""
+        self.snapshots_received += 1
+
+    def membership_changed(self, voters: int, learners: int) -> None:
+        """See ``MetricsSink.membership_changed``."""
+        self.membership = (voters, learners)
+
+    # -- exposition ------------------------------------------------------------------------
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition of ``registry`` (``prometheus_client.generate_latest``)."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _histogram(
+    name: str, doc: str, labels: Sequence[str], series: Mapping[tuple[str, ...], _Histogram]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=list(labels))
+    for values, h in sorted(series.items()):
+        family.add_metric(list(values), h.cumulative(), h.sum)
+    return family
+
+
+class _Collector:
+    """Builds the metric families when the registry is collected (at each scrape)."""
+
+    def __init__(self, sink: PrometheusSink) -> None:
+        self.sink = sink
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.sink
+        yield from self._state()
+        yield CounterMetricFamily(
+            "dengine_leader_changes_seen_total",
+            "Number of leader changes seen by this node (a known leader that differs from the "
+            "last one it knew).",
+            value=s.leader_changes,
+        )
+        yield CounterMetricFamily(
+            "dengine_proposals_committed_total",
+            "Client commands this node committed and applied while it was the leader.",
+            value=s.committed,
+        )
+        failed = CounterMetricFamily(
+            "dengine_proposals_failed_total",
+            "Client writes to this node that failed, by reason (timeout: may or may not "
+            "have applied; no_leader, overloaded, stopped, too_large: did not apply).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(s.failed.items()):
+            failed.add_metric([reason], n)
+        yield failed
+        reads = CounterMetricFamily(
+            "dengine_reads_total",
+            "Read barriers on this node, by read policy and outcome (ok or an error's reason).",
+            labels=["policy", "outcome"],
+        )
+        for (policy, outcome), n in sorted(s.reads.items()):
+            reads.add_metric([policy, outcome], n)
+        yield reads
+        yield CounterMetricFamily(
+            "dengine_forwarded_writes_total",
+            "Client writes this follower forwarded to the leader (one per attempt).",
+            value=s.forwarded,
+        )
+        slow = CounterMetricFamily(
+            "dengine_slow_events_total",
+            "Events over their warning threshold, by kind (raft_loop_late, wal_fsync, apply, "
+            "peer_unreachable); counted even when the warning line was rate-limited.",
+            labels=["kind"],
+        )
+        for kind, n in sorted(s.slow.items()):
+            slow.add_metric([kind], n)
+        yield slow
+        yield _histogram(
+            "dengine_wal_fsync_duration_seconds",
+            "Latency of the fsyncs of the log and the hard state.",
+            (),
+            {(): s.fsync},
+        )
+        yield _histogram(
+            "dengine_apply_duration_seconds",
+            "Time to apply one batch of committed entries to the state machine.",
+            (),
+            {(): s.apply},
+        )
+        yield _histogram(
+            "dengine_peer_round_trip_time_seconds",
+            "Round trip of a heartbeat to a peer: from queueing it to reading the peer's "
+            "answer to that heartbeat (leader only).",
+            ("peer",),
+            {(str(peer),): h for peer, h in s.rtt.items()},
+        )
+        requests = CounterMetricFamily(
+            "dengine_http_requests_total",
+            "HTTP requests answered, by route template, method and status.",
+            labels=["route", "method", "status"],
+        )
+        for key, n in sorted(s.http_count.items()):
+            requests.add_metric(list(key), n)
+        yield requests
+        yield _histogram(
+            "dengine_http_request_duration_seconds",
+            "Time from a request's arrival in the app to its response, by route template, "
+            "method and status.",
+            ("route", "method", "status"),
+            {key: h for key, h in s.http_duration.items()},
+        )
+        yield from self._hooks()
+
+    def _state(self) -> Iterator[Metric]:
+        s = self.sink
+        if s._status is None:
+            return
+        st = s._status()
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        yield gauge("dengine_is_leader", "1 if this node is the leader, else 0.", st.is_leader)
+        yield gauge(
+            "dengine_has_leader",
+            "1 if this node knows a leader in its current term, else 0.",
+            st.leader_id is not None,
+        )
+        yield gauge("dengine_term", "The node's current Raft term.", st.term)
+        yield gauge(
+            "dengine_commit_index", "The highest log index known committed.", st.commit_index
+        )
+        yield gauge(
+            "dengine_applied_index",
+            "The highest log index applied to the state machine.",
+            st.applied_index,
+        )
+        yield gauge("dengine_last_log_index", "The index of the last log entry.", st.last_log_index)
+        yield gauge(
+            "dengine_proposals_pending",
+            "Client writes waiting on this node (its own, and those it forwarded).",
+            s._pending_proposals() if s._pending_proposals else 0,
+        )
+        lag = GaugeMetricFamily(
+            "dengine_peer_lag_entries",
+            "On the leader: entries of its log a follower does not hold yet (last log index "
+            "minus the follower's match index).",
+            labels=["peer"],
+        )
+        for peer, p in sorted(st.peers.items()):
+            lag.add_metric([str(peer)], max(0, st.last_log_index - p.match_index))
+        yield lag
+        transport = st.transport
+        peers = transport.get("peers", {}) if transport else {}
+        sent = CounterMetricFamily(
+            "dengine_peer_sent_bytes_total",
+            "Bytes written to the link to each peer.",
+            labels=["peer"],
+        )
+        received = CounterMetricFamily(
+            "dengine_peer_received_bytes_total",
+            "Bytes read from each peer's link to this node.",
+            labels=["peer"],
+        )
+        connected = GaugeMetricFamily(
+            "dengine_peer_connected",
+            "1 if this node's link to the peer is connected, else 0.",
+            labels=["peer"],
+        )
+        for peer, p in sorted(peers.items(), key=lambda item: int(item[0])):
+            sent.add_metric([str(peer)], p["bytes_out"])
+            received.add_metric([str(peer)], p["bytes_in"])
+            connected.add_metric([str(peer)], 1 if p["connected"] else 0)
+        yield sent
+        yield received
+        yield connected
+
+    def _hooks(self) -> Iterator[Metric]:
+        s = self.sink
+        yield CounterMetricFamily(
+            "dengine_snapshots_saved_total",
+            "Snapshots this node wrote (not taken by the node yet: stays 0).",
+            value=s.snapshots_saved,
+        )
+        if s.membership is not None:
+            voters, learners = s.membership
+            yield GaugeMetricFamily("dengine_cluster_voters", "Voting members.", value=voters)
+            yield GaugeMetricFamily(
+                "dengine_cluster_learners", "Non-voting members.", value=learners
+            )
