@@ -47,6 +47,7 @@ from typing import IO
 import trio
 
 from dengine_trio import Client, EmbeddedEngine, load_config
+from dengine_trio.metrics.prometheus import PrometheusSink
 from dengine_trio.raft.config import Durability
 from tests.support.cluster import Settings, free_ports, write_cluster
 
@@ -251,7 +252,9 @@ async def bench_strategy(strategy: str, args: argparse.Namespace) -> list[Phase]
     try:
         configs = write_configs(root, strategy)
         print(f"{strategy}: node 1 in this process, nodes 2 and 3 as processes", flush=True)
-        async with EmbeddedEngine.start(load_config(configs[0])) as engine:
+        # With the Prometheus sink the node process uses, so its cost is in the numbers.
+        metrics = PrometheusSink()
+        async with EmbeddedEngine.start(load_config(configs[0]), metrics=metrics) as engine:
             async with follower_processes(root, configs[1:]):
                 term = await wait_until_leader(engine, [root / "n2.log", root / "n3.log"])
                 progress(f"node 1 leads in term {term}")
