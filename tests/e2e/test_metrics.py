@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.cluster import Cluster, Node, key_path, running_cluster, wait_until
+from tests.e2e.cluster import Cluster, Node, free_ports, key_path, running_cluster, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana-dashboard.json"
@@ -155,3 +157,105 @@ def test_metrics_delta_reports_what_moved(cluster: Cluster) -> None:
     posts = 'dengine_http_request_duration_seconds{method="POST",route="/kv",status="200"}'
     assert f"{posts}: 3 observed" in out, out
     assert "dengine_proposals_committed_total: +3" in out, out
+
+
+PROMETHEUS = shutil.which("prometheus")
+PROMTOOL = shutil.which("promtool")
+DEPLOY = REPO / "deploy"
+needs_prometheus = pytest.mark.skipif(
+    PROMETHEUS is None or PROMTOOL is None,
+    reason="prometheus/promtool not installed (Debian: apt-get install prometheus; "
+    ".ci/run installs it on a best-effort basis)",
+)
+
+
+@needs_prometheus
+def test_shipped_prometheus_config_and_alert_rules_are_valid() -> None:
+    assert PROMTOOL is not None
+    for args in (
+        ["check", "config", str(DEPLOY / "prometheus.yml")],
+        ["check", "rules", str(DEPLOY / "prometheus-alerts.yml")],
+    ):
+        result = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+    # docs/monitoring.md shows the same alerts: each rule's expression appears there verbatim.
+    docs = (REPO / "docs" / "monitoring.md").read_text()
+    exprs = re.findall(r"^\s+expr: (.+)$", (DEPLOY / "prometheus-alerts.yml").read_text(), re.M)
+    assert len(exprs) >= 4
+    assert [e for e in exprs if e not in docs] == []
+
+
+@needs_prometheus
+def test_prometheus_scrapes_the_cluster_and_evaluates_every_query(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The shipped scrape config (targets and interval changed), a real Prometheus: every node
+    is scraped, and every dashboard and alert expression evaluates without error."""
+    assert PROMETHEUS is not None
+    leader = cluster.wait_for_leader()
+    leader.kv.post("/kv", json={"key": "prom", "value": "v"})
+    config = (DEPLOY / "prometheus.yml").read_text().replace("5s", "1s")
+    for default, node in zip((10001, 10002, 10003), cluster.nodes, strict=True):
+        config = config.replace(f"127.0.0.1:{default}", f"127.0.0.1:{node.health_port}")
+    (tmp_path / "prometheus.yml").write_text(config)
+    shutil.copy(DEPLOY / "prometheus-alerts.yml", tmp_path / "prometheus-alerts.yml")
+    port = free_ports(1)[0]
+    log_path = tmp_path / "prometheus.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=10, trust_env=False)
+    try:
+
+        def query(expr: str) -> list[dict[str, object]] | None:
+            try:
+                body = api.get("/query", params={"query": expr}).json()
+            except (httpx.TransportError, ValueError):
+                return None
+            assert body["status"] == "success", (expr, body)
+            result: list[dict[str, object]] = body["data"]["result"]
+            return result
+
+        def all_scraped() -> bool:
+            result = query('up{job="dengine"} == 1')
+            return result is not None and len(result) == len(cluster.nodes)
+
+        try:
+            wait_until(all_scraped, 60, "Prometheus to scrape every node")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{log_path.read_text(errors='replace')[-3000:]}") from None
+        leaders = wait_until(lambda: query("sum(dengine_is_leader)"), 30)
+        assert float(leaders[0]["value"][1]) == 1.0  # type: ignore[index]
+        dashboard = json.loads(DASHBOARD.read_text())
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                query(target["expr"])  # asserts Prometheus accepted and evaluated it
+
+        def rules_evaluated() -> list[dict[str, object]] | None:
+            groups = api.get("/rules").json()["data"]["groups"]
+            rules = [r for g in groups for r in g["rules"]]
+            done = rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules)
+            return rules if done else None
+
+        rules = wait_until(rules_evaluated, 30, "every alert rule evaluated")
+        assert [r["name"] for r in rules if r["health"] != "ok"] == []
+        # A healthy cluster: nothing about leaders or lag fires.
+        firing = {r["name"] for r in rules if r["state"] == "firing"}
+        assert not firing & {"DengineNoLeader", "DengineNodeWithoutLeader", "DengineApplyLag"}
+    finally:
+        api.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
