@@ -1,0 +1,141 @@
+"""The metrics sink's parts on their own: lock-free histograms against prometheus_client's own,
+the rate limiter of the operator warnings, label values, the health app's /metrics route."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.metrics_delta import quantile
+from dengine_trio.api.health import create_health_app
+from dengine_trio.errors import NoLeader, Timeout
+from dengine_trio.metrics import MetricsSink, OperatorWarnings, Thresholds, reason_of
+from dengine_trio.metrics.http import UNMATCHED_ROUTE, instrument_app
+from dengine_trio.metrics.prometheus import FSYNC_BUCKETS_S, PrometheusSink
+from dengine_trio.metrics.warnings import RateLimiter
+
+
+def samples(body: bytes, family: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    for f in text_string_to_metric_families(body.decode()):
+        if f.name == family:
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value for s in f.samples}
+    raise AssertionError(f"no family {family}")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=20, allow_nan=False), max_size=40))
+def test_histogram_exposes_what_prometheus_clients_histogram_would(values: list[float]) -> None:
+    # Bucket edges included: a value equal to a bound falls in that bound's bucket (le).
+    values = [*values, FSYNC_BUCKETS_S[0], FSYNC_BUCKETS_S[5]]
+    sink = PrometheusSink()
+    registry = CollectorRegistry()
+    reference = Histogram(
+        "dengine_wal_fsync_duration_seconds", "x", buckets=FSYNC_BUCKETS_S, registry=registry
+    )
+    for v in values:
+        sink.wal_fsync(v)
+        reference.observe(v)
+    ours = samples(sink.exposition()[0], "dengine_wal_fsync_duration_seconds")
+    theirs = samples(generate_latest(registry), "dengine_wal_fsync_duration_seconds")
+    theirs = {k: v for k, v in theirs.items() if not k[0].endswith("_created")}
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value), key
+
+
+def test_each_sink_has_its_own_registry() -> None:
+    one, two = PrometheusSink(), PrometheusSink()
+    one.proposals_committed(3)
+    body_one, body_two = one.exposition()[0], two.exposition()[0]
+    name = ("dengine_proposals_committed_total", ())
+    assert samples(body_one, "dengine_proposals_committed")[name] == 3
+    assert samples(body_two, "dengine_proposals_committed")[name] == 0
+    assert MetricsSink().exposition() is None
+
+
+def test_leader_changes_count_a_new_leader_not_a_lost_one() -> None:
+    sink = PrometheusSink()
+    for leader in (0, 1, 0, 1, 2, 2, 0, 3):
+        sink.role_changed("follower", 1, leader)
+    assert sink.leader_changes == 3  # 1, then 2, then 3
+
+
+def test_reason_labels_are_snake_case_class_names() -> None:
+    assert reason_of(NoLeader("x")) == "no_leader"
+    assert reason_of(Timeout("x")) == "timeout"
+
+
+def test_rate_limiter_logs_once_per_interval_and_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    sink = PrometheusSink(Thresholds(apply_s=0.1, interval_s=10.0))
+    warnings = OperatorWarnings(7, sink, 0.05, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, "dengine_trio")
+    for _ in range(5):
+        warnings.applied(0.2, 3)
+        now[0] += 1.0
+    warnings.applied(0.05, 1)  # under the threshold: neither logged nor counted
+    now[0] += 10.0
+    warnings.applied(0.3, 1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "suppressed" not in lines[0]
+    assert "(4 more suppressed in the last 10 s)" in lines[1]
+    assert sink.slow == {"apply": 6}
+
+
+def test_peers_are_rate_limited_apart() -> None:
+    limiter = RateLimiter(10.0, clock=lambda: 0.0)
+    assert limiter.allow(("peer", 1)) == 0
+    assert limiter.allow(("peer", 2)) == 0
+    assert limiter.allow(("peer", 1)) is None
+
+
+def test_quantile_interpolates_as_histogram_quantile() -> None:
+    cumulative = {0.1: 50.0, 0.2: 100.0, float("inf"): 100.0}
+    assert quantile(0.5, cumulative) == pytest.approx(0.1)
+    assert quantile(0.75, cumulative) == pytest.approx(0.15)
+
+
+async def test_health_app_serves_metrics_or_says_they_are_off() -> None:
+    sink = PrometheusSink()
+    engine = SimpleNamespace(node_id=1, metrics=sink)
+    app = create_health_app(engine)  # type: ignore[arg-type]
+    instrument_app(app, sink)
+    client = app.test_client()
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain; version=0.0.4")
+    await client.get("/no/such/route")
+    body = (await client.get("/metrics")).get_data
+    requests = samples(await body(), "dengine_http_requests")
+    assert (
+        requests[
+            (
+                "dengine_http_requests_total",
+                (("method", "GET"), ("route", "/metrics"), ("status", "200")),
+            )
+        ]
+        == 1  # the first scrape: a scrape is counted once its response is made
+    )
+    assert (
+        requests[
+            (
+                "dengine_http_requests_total",
+                (("method", "GET"), ("route", UNMATCHED_ROUTE), ("status", "404")),
+            )
+        ]
+        == 1
+    )
+
+    off = create_health_app(SimpleNamespace(node_id=1, metrics=MetricsSink()))  # type: ignore[arg-type]
+    response = await off.test_client().get("/metrics")
+    assert response.status_code == 404
+    assert (await response.get_json())["error"] == "metrics_disabled"
