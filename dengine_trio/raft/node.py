@@ -135,7 +135,6 @@ class RaftNode:
         # Per-role state (leader, candidate, per-leader follower facts): declared here,
         # set only by ``_reset_role_state`` on every role or term change.
         self._votes: dict[int, bool] = {}  # (pre-)candidate: who answered what
-        self._vote_contact: dict[int, float] = {}  # candidate: when each voter answered
         # Follower: highest index known to match the current leader's log in this term, and
         # the match last reported to it (DiskFirst re-reports once durability catches up).
         self._leader_match = 0
@@ -297,7 +296,7 @@ class RaftNode:
 
     def _quorum_contact_ms(self) -> float:
         """The latest time by which a majority (self included, heard "now") had been heard
-        from: the majority-th most recent contact. A voter's granted vote counts as contact."""
+        from: the majority-th most recent contact. Votes count as contact at the win."""
         return quorum_value([self.now, *(p.last_contact_ms for p in self.progress.values())])
 
     def _quorum_contact_deadline(self) -> float:
@@ -339,7 +338,6 @@ class RaftNode:
         self._reported_match = 0
         # Pre-candidate and candidate.
         self._votes = {}
-        self._vote_contact = {}
         # Leader.
         self.progress = {}
         self._leader_since = float("-inf")
@@ -399,14 +397,17 @@ class RaftNode:
             self._become_leader()
 
     def _become_leader(self) -> None:
-        voted_at = self._vote_contact
+        voters = [peer for peer, granted in self._votes.items() if granted]
         self._change_state(Role.LEADER, self.term, self.id)
         self._leader_since = self.now
         next_index = self.log.last_index + 1
         self.progress = {p: Progress(next_index) for p in self.peers}
-        for peer, at in voted_at.items():
+        for peer in voters:
             if peer in self.progress:
-                self.progress[peer].last_contact_ms = at
+                # The votes that made us leader count as contact at the win (however long
+                # the campaign took): CheckQuorum gives a new leader one election timeout to
+                # hear from a majority, as etcd raft does.
+                self.progress[peer].last_contact_ms = self.now
         self._next_heartbeat = self.now  # announce ourselves at once
         self._election_deadline = NEVER
         # §8: a no-op of our own term, so entries of earlier terms can commit (Figure 8) and
@@ -519,8 +520,6 @@ class RaftNode:
         if m.pre_vote and m.granted and m.term != self.term + 1:
             return  # a grant for some other campaign
         self._votes[m.src] = m.granted
-        if not m.pre_vote:
-            self._vote_contact[m.src] = self.now
         granted = sum(1 for g in self._votes.values() if g)
         if granted >= self._quorum:
             self._won_votes()

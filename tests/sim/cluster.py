@@ -499,11 +499,34 @@ class Cluster:
         """Put ``message`` on the network as if its ``src`` had sent it."""
         self._push(self.now + delay_ms, "deliver", message)
 
-    def bounce(self, node_id: int, down_ms: float, *, lose_unflushed: bool = False) -> None:
+    def bounce(
+        self,
+        node_id: int,
+        down_ms: float,
+        *,
+        lose_unflushed: bool = False,
+        reconnect_ms: float = 0.0,
+        reconnect_from: Iterable[int] = (),
+    ) -> None:
         """Restart a node's process: down now (disk intact unless ``lose_unflushed``), back
-        ``down_ms`` later."""
+        ``down_ms`` later. For ``reconnect_ms`` after that the messages of the peers in
+        ``reconnect_from`` (default: all) still do not reach it (their connections reconnect
+        with a backoff), though its own go out."""
         self.crash(node_id, lose_unflushed=lose_unflushed)
-        self.call_at(self.now + down_ms, lambda: self.restart(node_id))
+        sources = tuple(reconnect_from) or (0,)
+
+        def back() -> None:
+            self.restart(node_id)
+            if reconnect_ms > 0:
+                rules = [self.add_rule(LinkRule("drop", src, node_id)) for src in sources]
+
+                def reconnected() -> None:
+                    for rule in rules:
+                        self.remove_rule(rule)
+
+                self.call_at(self.now + reconnect_ms, reconnected)
+
+        self.call_at(self.now + down_ms, back)
 
     def set_faults(self, faults: NetworkFaults) -> None:
         self._count("network-faults")

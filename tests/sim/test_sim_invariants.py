@@ -1,14 +1,24 @@
 """Hypothesis-generated fault schedules over the simulated cluster.
 
+Schedules mix partitions, one-way cuts, crashes and restarts, lossy networks, per-message-type
+drops, holds and order-keeping stalls on chosen links (the leader's included), quick restarts
+of a voter with its peers reconnecting late (at the worst moment for a lease), leadership
+transfers whose TimeoutNow arrives late, and bursts of writes and lease reads around those
+moments (half the reads go to a node that believes it leads, stale leaders included).
+
 Every step of every run is checked for election safety, log matching, leader completeness,
-state-machine safety and (DiskFirst) durability of committed entries; at the end the healed
+state-machine safety, the commit-index bounds (never past the log, never past what a follower
+shares with its leader), CheckQuorum (a leader has heard from a majority within an election
+timeout) and (DiskFirst) durability of committed entries; at the end the healed
 cluster must make progress, eventual reads must never return a value never written, and the
 puts with the linearizable and lease reads must be linearizable, key by key
 (``tests/support/linearizability.py``; lease reads run with 2% clock drift).
 
 A failing run prints its ``Schedule`` (and, for the client history, the smallest
 non-linearizable window found): paste it into ``replay(...)`` below to rerun it exactly.
-CI runs a bounded number of examples; ``make chaos`` runs the long campaign.
+CI runs a bounded number of examples (300, or ``DENGINE_SIM_CI_EXAMPLES``); ``make chaos``
+runs the long campaign (10,000, or ``DENGINE_SIM_EXAMPLES``), which prints at which schedule
+it first found a violation, if any.
 """
 
 from __future__ import annotations
@@ -21,11 +31,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dengine_trio.raft import Durability
+from dengine_trio.raft import MESSAGE_TYPES, Durability
+from dengine_trio.raft.messages import TimeoutNow
 
-from .cluster import Cluster, InvariantViolation, NetworkFaults
+from .cluster import Cluster, InvariantViolation, LinkRule, NetworkFaults
 
 CHAOS = os.environ.get("DENGINE_CHAOS") == "1"
+TYPES = {cls.__name__: cls for cls in MESSAGE_TYPES}
+"""Message types by name: a per-type rule in a schedule names its type, so it pastes."""
 
 
 @attrs.frozen
@@ -39,6 +52,9 @@ class Schedule:
 
 def actions(size: int) -> st.SearchStrategy[tuple[object, ...]]:
     node = st.integers(1, size)
+    # A link end: a node, 0 for any node, -1 for whoever leads when the action runs (the
+    # interesting links are the leader's, and the leader is not known when drawing).
+    end = st.integers(-1, size)
     return st.one_of(
         st.tuples(st.just("partition"), st.lists(st.integers(0, 2), min_size=size, max_size=size)),
         st.tuples(st.just("cut"), node, node),
@@ -53,6 +69,43 @@ def actions(size: int) -> st.SearchStrategy[tuple[object, ...]]:
         ),
         st.tuples(st.just("transfer"), st.integers(0, size)),
         st.tuples(st.just("clients"), st.integers(1, 30)),
+        # Per message type on one link: drop, hold until released (a message that arrives
+        # long after its moment: a late TimeoutNow, a stale ReadIndexResponse), or stall
+        # with the order kept.
+        st.tuples(
+            st.just("rule"),
+            st.sampled_from(["drop", "hold", "delay"]),
+            end,
+            end,
+            st.sampled_from(["*", *TYPES]),
+            st.sampled_from([20.0, 300.0, 700.0]),
+        ),
+        st.tuples(st.just("release")),
+        # Both directions of a path stall, order kept (A to B d ms, B to A d + 60 ms).
+        st.tuples(st.just("stall-path"), end, end, st.sampled_from([250.0, 700.0])),
+        # A process restart with the disk intact, 0-350 ms down, its peers reconnecting after
+        # a backoff: now, or timed to end just before some node's next campaign, or a lease
+        # voter's worst moment (the leader's links to some follower C just cut, the
+        # voter back just before C's campaign), with clients busy around that campaign.
+        st.tuples(
+            st.just("bounce"),
+            st.sampled_from(["now", "before-campaign", "lease-voter"]),
+            end,
+            st.sampled_from([0.0, 100.0, 300.0, 350.0]),
+            st.sampled_from([0.0, 500.0, 1_000.0]),
+        ),
+        # A transfer whose TimeoutNow is held for a while (past the transfer's deadline, say),
+        # with lease and ReadIndex reads in flight at the leader and elsewhere, and clients
+        # busy when the late TimeoutNow lands.
+        # The TimeoutNow either held alone, or stuck in a path to the target that stalls
+        # both ways (leader to target d ms, back d + 60 ms, order kept).
+        st.tuples(
+            st.just("transfer-late"),
+            st.integers(0, size),
+            st.sampled_from(["hold", "stall-path"]),
+            st.sampled_from([300.0, 650.0, 1_000.0]),
+        ),
+        st.tuples(st.just("reads"), st.integers(1, 20)),
     )
 
 
@@ -61,7 +114,10 @@ def schedules(draw: st.DrawFn, max_actions: int = 12) -> Schedule:
     size = draw(st.sampled_from([3, 5]))
     steps = draw(
         st.lists(
-            st.tuples(st.sampled_from([10.0, 100.0, 400.0, 1_000.0, 3_000.0]), actions(size)),
+            st.tuples(
+                st.sampled_from([1.0, 10.0, 100.0, 400.0, 650.0, 1_000.0, 3_000.0]),
+                actions(size),
+            ),
             max_size=max_actions,
         )
     )
@@ -87,11 +143,29 @@ def _run(schedule: Schedule) -> Cluster:
     keys = ["a", "b", "c"]
     mem_first = schedule.durability is Durability.MEM_FIRST
 
-    def client_load(duration_ms: float, count: int) -> None:
+    def leaders() -> list[int]:
+        """Every node that believes it leads (a deposed leader may not know yet)."""
+        return [n for n, sn in c.nodes.items() if sn.raft is not None and sn.raft.is_leader]
+
+    def read_at_some_leader(node: int, key: str, policy: str) -> None:
+        # Half the reads go to a node that believes it leads: a stale leader serving from
+        # its lease is exactly what a lease bug looks like.
+        believers = leaders()
+        if believers and c.rng.random() < 0.5:
+            node = c.rng.choice(believers)
+        c.read(node, key, policy)
+
+    def client_load(
+        duration_ms: float, count: int, kinds: tuple[str, ...] = (), start: float | None = None
+    ) -> None:
+        """``count`` operations at random moments of the next ``duration_ms`` (from ``start``).
+        A burst of a given kind (``kinds``) works on one key, so that its reads and writes
+        overlap and a stale read has a newer write to be caught by."""
+        burst_key = c.rng.choice(keys) if kinds else None
         for _ in range(count):
-            at = c.now + c.rng.uniform(0, duration_ms)
-            node, key = c.rng.choice(c.ids), c.rng.choice(keys)
-            kind = c.rng.choice(["put", "put", "linearizable", "lease", "eventual"])
+            at = (c.now if start is None else start) + c.rng.uniform(0, duration_ms)
+            node, key = c.rng.choice(c.ids), burst_key or c.rng.choice(keys)
+            kind = c.rng.choice(kinds or ("put", "put", "linearizable", "lease", "eventual"))
             if kind == "put" and c.rng.random() < 0.5:
                 # The runtime forwards writes to the leader; the core alone rejects them on a
                 # follower. Half the writes go where forwarding would take them, so enough
@@ -100,7 +174,12 @@ def _run(schedule: Schedule) -> Cluster:
             elif kind == "put":
                 c.call_at(at, lambda n=node, k=key: c.put(n, k))
             else:
-                c.call_at(at, lambda n=node, k=key, p=kind: c.read(n, k, p))
+                c.call_at(at, lambda n=node, k=key, p=kind: read_at_some_leader(n, k, p))
+
+    def resolve(end: int) -> int:
+        if end == -1:
+            return c.leader() or 0
+        return end
 
     for run_ms, action in schedule.actions:
         client_load(run_ms, 8)
@@ -130,6 +209,73 @@ def _run(schedule: Schedule) -> Cluster:
                 c.transfer(leader, args[0])  # type: ignore[arg-type]
         elif name == "clients":
             client_load(200, args[0])  # type: ignore[arg-type]
+        elif name == "rule":
+            action, src, dst, type_name, delay = args
+            types = () if type_name == "*" else (TYPES[type_name],)  # type: ignore[index]
+            c.add_rule(
+                LinkRule(action, resolve(src), resolve(dst), types, delay_ms=delay)  # type: ignore[arg-type]
+            )
+        elif name == "release":
+            c.release()
+        elif name == "stall-path":
+            a, b = resolve(args[0]), resolve(args[1])  # type: ignore[arg-type]
+            if a and b and a != b:
+                c.stall(a, b, args[2])  # type: ignore[arg-type]
+                c.stall(b, a, args[2] + 60)  # type: ignore[operator]
+        elif name == "bounce":
+            when, target, down, reconnect = args
+            target = resolve(target)  # type: ignore[arg-type]
+            at = c.now
+            leader = c.leader()
+            slow: tuple[int, ...] = ()  # whose reconnection backs off (default: everyone's)
+            if when == "lease-voter" and leader is not None:
+                followers = [n for n in c.ids if n != leader and c.nodes[n].raft is not None]
+                if len(followers) >= 2:
+                    candidate, target = c.rng.sample(followers, 2)
+                    c.cut_link(leader, candidate)
+                    c.cut_link(candidate, leader)
+                    slow = (leader,)  # the leader's backoff has grown while the voter was down
+                    when = "before-campaign"
+            if when == "before-campaign":
+                # The next campaign: the earliest election deadline among live non-leaders.
+                waiting = [
+                    (sn.raft.next_deadline() / sn.rate, n)
+                    for n, sn in c.nodes.items()
+                    if sn.raft is not None and not sn.raft.is_leader and n != target
+                ]
+                if waiting and min(waiting)[0] != float("inf"):
+                    campaign_at = min(waiting)[0]
+                    at = max(c.now, campaign_at - down - 20)  # type: ignore[operator]
+                    client_load(100, 30, ("put", "lease", "lease"), campaign_at)
+            if target and (when == "now" or target != c.leader()):
+
+                def bounce(
+                    n: int = target,  # type: ignore[assignment]
+                    d: float = down,  # type: ignore[assignment]
+                    r: float = reconnect,  # type: ignore[assignment]
+                    f: tuple[int, ...] = slow,
+                ) -> None:
+                    c.bounce(n, d, lose_unflushed=not mem_first, reconnect_ms=r, reconnect_from=f)
+
+                c.call_at(at, bounce)
+        elif name == "transfer-late":
+            target, how, late_ms = args
+            leader = c.leader()
+            if leader is not None:
+                if how == "hold":
+                    c.hold(leader, 0, TimeoutNow)
+                elif target not in (0, leader):
+                    c.stall(leader, target, late_ms)  # type: ignore[arg-type]
+                    c.stall(target, leader, late_ms + 60)  # type: ignore[arg-type, operator]
+                client_load(50, 6, ("lease", "linearizable"))
+                c.transfer(leader, target)  # type: ignore[arg-type]
+                client_load(50, 6, ("lease", "linearizable"))
+                lands_at = c.now + late_ms  # type: ignore[operator]
+                if how == "hold":
+                    c.call_at(lands_at, lambda n=leader: c.release(n, 0, TimeoutNow))
+                client_load(100, 30, ("put", "lease", "lease"), lands_at)
+        elif name == "reads":
+            client_load(100, args[0], ("lease", "lease", "linearizable", "put"))  # type: ignore[arg-type]
 
     # Heal everything: the cluster must elect a leader and commit again.
     c.heal()
@@ -148,7 +294,7 @@ def _run(schedule: Schedule) -> Cluster:
 
 
 @settings(
-    max_examples=100,
+    max_examples=int(os.environ.get("DENGINE_SIM_CI_EXAMPLES", "300")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
@@ -175,7 +321,13 @@ def test_long_simulator_campaign() -> None:
     )
     @given(schedules(max_actions=25))
     def campaign(schedule: Schedule) -> None:
-        c = replay(schedule)
+        try:
+            c = replay(schedule)
+        except AssertionError:
+            if "first_failure" not in stats:  # before hypothesis starts shrinking
+                stats["first_failure"] = stats["schedules"] + 1
+                print(f"\nfirst violation at schedule {stats['first_failure']}")
+            raise
         stats["schedules"] += 1
         stats["steps"] += c.steps
         stats["ops"] += len(c.history)
