@@ -9,6 +9,7 @@ deadline; nothing sleeps in place of a condition.
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,16 +30,49 @@ Settings = Mapping[str, object]
 values of the schema's types (ints, bools, strings, ``ReadPolicy``, ``Durability``)."""
 
 
+LOWEST_TEST_PORT = 15000
+"""Test ports are drawn from here up to the kernel's ephemeral range: above the ports a
+developer's own cluster uses (8080-8083, 9081-9085, 10001-10005)."""
+
+
+def _ephemeral_ports() -> range:
+    """``net.ipv4.ip_local_port_range``: where connect() and bind(port 0) take their ports."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            low, high = map(int, f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct TCP ports free on every interface right now.
 
-    Bound on 0.0.0.0, so a port is free for a node listening on a wildcard (the HTTP ports
-    without ``--host``) as well as on 127.0.0.1. All are held until all are chosen, so they
-    differ; another process may still take one before the test binds it.
+    Drawn at random below the kernel's ephemeral range, so that no outgoing connection (the
+    nodes dial their peers from the first moment) takes one as its source port between this
+    call and the bind; ports chosen by bind(port 0) are in that range and raced exactly so.
+    Each is checked by binding it on 0.0.0.0 (free for a wildcard listener as well as for
+    127.0.0.1), and all are held until all are chosen. Another process may still take one
+    before the test binds it.
     """
-    socks = []
+    ephemeral = _ephemeral_ports()
+    candidates = range(LOWEST_TEST_PORT, ephemeral.start)
+    if ephemeral.start <= LOWEST_TEST_PORT:  # an unusual range: let the kernel choose
+        candidates = range(0, 0)
+    chooser = random.SystemRandom()  # not the random module: tests seed it alike
+    socks: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for port in chooser.sample(candidates, min(len(candidates), 20 * count + 100)):
+            if len(socks) == count:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                sock.close()
+                continue
+            socks.append(sock)
+        while len(socks) < count:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind(("0.0.0.0", 0))
             socks.append(sock)

@@ -9,7 +9,14 @@ import pytest
 from dengine_trio.config import ConfigError, load_config
 from dengine_trio.policy import ReadPolicy
 from dengine_trio.raft.config import Durability
-from tests.support.cluster import free_ports, wait_until, wait_until_async, write_cluster
+from tests.support.cluster import (
+    LOWEST_TEST_PORT,
+    _ephemeral_ports,
+    free_ports,
+    wait_until,
+    wait_until_async,
+    write_cluster,
+)
 
 
 def test_every_node_file_loads_with_its_settings_and_the_same_cluster_id(tmp_path: Path) -> None:
@@ -55,9 +62,12 @@ def test_a_setting_that_names_no_key_is_refused(tmp_path: Path, key: str) -> Non
         write_cluster(tmp_path, [3001], {key: 1})
 
 
-def test_free_ports_are_distinct() -> None:
+def test_free_ports_are_distinct_and_outside_the_ephemeral_range() -> None:
+    """Outside it, no outgoing connection can take one as its source port before the bind."""
     ports = free_ports(20)
     assert len(set(ports)) == 20
+    assert not set(ports) & set(_ephemeral_ports()), ports
+    assert min(ports) >= LOWEST_TEST_PORT
 
 
 def test_wait_until_returns_the_first_value_and_names_what_timed_out() -> None:
