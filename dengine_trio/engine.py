@@ -201,8 +201,6 @@ class EmbeddedEngine:
         """
         if policy is not ReadPolicy.EVENTUAL:
             await self._runtime.read_barrier(lease=policy is ReadPolicy.LEASE, timeout_s=timeout_s)
-        else:
-            self.metrics.read("eventual", "ok")
 
     def client(self) -> Client:
         """A :class:`Client` for the default :class:`KVStateMachine`.

@@ -89,6 +89,7 @@ class PrometheusSink(MetricsSink):
         self.node_id = 0
         self._status: NodeSource | None = None
         self._pending_proposals: Callable[[], int] | None = None
+        self._lease_reads_local: Callable[[], int] = lambda: 0
         self.committed = 0
         self.failed: dict[str, int] = {}
         self.forwarded = 0
@@ -102,7 +103,6 @@ class PrometheusSink(MetricsSink):
         self.http_count: dict[tuple[str, str, str], int] = {}
         self.http_duration: dict[tuple[str, str, str], _Histogram] = {}
         self.snapshots_saved = 0
-        self.snapshot_save = _Histogram(FSYNC_BUCKETS_S)
         self.snapshots_sent: dict[int, int] = {}
         self.snapshots_received = 0
         self.membership: tuple[int, int] | None = None
@@ -112,12 +112,17 @@ class PrometheusSink(MetricsSink):
     # -- recording (see MetricsSink for what each means) -----------------------------------
 
     def attach(
-        self, node_id: int, status: NodeSource, pending_proposals: Callable[[], int]
+        self,
+        node_id: int,
+        status: NodeSource,
+        pending_proposals: Callable[[], int],
+        lease_reads_local: Callable[[], int] = lambda: 0,
     ) -> None:
         """See ``MetricsSink.attach``."""
         self.node_id = node_id
         self._status = status
         self._pending_proposals = pending_proposals
+        self._lease_reads_local = lease_reads_local
 
     def proposals_committed(self, count: int) -> None:
         """See ``MetricsSink.proposals_committed``."""
@@ -175,7 +180,6 @@ class PrometheusSink(MetricsSink):
     def snapshot_saved(self, duration_s: float, size_bytes: int) -> None:
         """See ``MetricsSink.snapshot_saved``."""
         self.snapshots_saved += 1
-        self.snapshot_save.observe(duration_s)
 
     def snapshot_sent(self, peer: int, size_bytes: int) -> None:
         """See ``MetricsSink.snapshot_sent``."""
@@ -238,10 +242,15 @@ class _Collector:
         yield failed
         reads = CounterMetricFamily(
             "dengine_reads_total",
-            "Read barriers on this node, by read policy and outcome (ok or an error's reason).",
+            "Linearizable and lease reads on this node, by read policy and outcome (ok or an "
+            "error's reason); eventual reads are not counted.",
             labels=["policy", "outcome"],
         )
-        for (policy, outcome), n in sorted(s.reads.items()):
+        counts = dict(s.reads)
+        local = s._lease_reads_local()
+        if local:
+            counts[("lease", "ok")] = counts.get(("lease", "ok"), 0) + local
+        for (policy, outcome), n in sorted(counts.items()):
             reads.add_metric([policy, outcome], n)
         yield reads
         yield CounterMetricFamily(
@@ -362,8 +371,21 @@ class _Collector:
         s = self.sink
         yield CounterMetricFamily(
             "dengine_snapshots_saved_total",
-            "Snapshots this node wrote (not taken by the node yet: stays 0).",
+            "Snapshots this node wrote (the node takes none yet: stays 0).",
             value=s.snapshots_saved,
+        )
+        sent = CounterMetricFamily(
+            "dengine_snapshots_sent_total",
+            "Snapshots this leader streamed to each peer (none yet).",
+            labels=["peer"],
+        )
+        for peer, n in sorted(s.snapshots_sent.items()):
+            sent.add_metric([str(peer)], n)
+        yield sent
+        yield CounterMetricFamily(
+            "dengine_snapshots_received_total",
+            "Snapshots this node installed from its leader (none yet).",
+            value=s.snapshots_received,
         )
         if s.membership is not None:
             voters, learners = s.membership

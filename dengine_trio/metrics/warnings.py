@@ -31,9 +31,9 @@ class Thresholds:
 
     ``wal_fsync_s``: one fsync of the log (etcd: 1 s). ``apply_s``: one batch of committed
     entries through the state machine (etcd: 100 ms; the state machine runs in the trio
-    thread, so a slow apply also delays heartbeats). ``loop_late_s``: the Raft loop woke this
-    long after its deadline (on a leader its heartbeats went out late; None: one heartbeat
-    interval). ``peer_unreachable_s``: a peer's link has been down this long.
+    thread, so a slow apply also delays heartbeats). ``loop_late_s``: a leader's Raft loop woke
+    this long after its deadline, so its heartbeats went out late (None: two heartbeat
+    intervals, etcd's rule). ``peer_unreachable_s``: a peer's link has been down this long.
     ``interval_s``: at most one line per kind (and peer) per this many seconds.
     """
 
@@ -73,8 +73,8 @@ def _suffix(suppressed: int, interval_s: float) -> str:
 
 class OperatorWarnings:
     """The rate-limited WARNING lines of node ``node_id``; each event over its threshold is
-    also counted in ``sink.slow_event`` (suppressed ones too). ``heartbeat_interval_s`` is the
-    default for ``Thresholds.loop_late_s``."""
+    also counted in ``sink.slow_event`` (suppressed ones too). Twice ``heartbeat_interval_s``
+    is the default for ``Thresholds.loop_late_s``."""
 
     def __init__(
         self,
@@ -92,7 +92,7 @@ class OperatorWarnings:
         self.interval_s = t.interval_s
         self.wal_fsync_s = t.wal_fsync_s
         self.apply_s = t.apply_s
-        self.loop_late_s = heartbeat_interval_s if t.loop_late_s is None else t.loop_late_s
+        self.loop_late_s = 2 * heartbeat_interval_s if t.loop_late_s is None else t.loop_late_s
         self.heartbeat_interval_s = heartbeat_interval_s
         self.peer_unreachable_s = t.peer_unreachable_s
         self.limiter = RateLimiter(t.interval_s, clock)
@@ -104,23 +104,20 @@ class OperatorWarnings:
             self._log.warning(message + _suffix(suppressed, self.interval_s), *args)
 
     def loop_late(self, late_s: float, is_leader: bool) -> None:
-        """The Raft loop woke ``late_s`` after its deadline."""
-        if late_s < self.loop_late_s:
+        """The Raft loop woke ``late_s`` after its deadline. Only a leader's is reported (as
+        etcd does): its followers may start an election if it goes on."""
+        if late_s < self.loop_late_s or not is_leader:
             return
-        if is_leader:
-            what = "heartbeats to followers went out late"
-        else:
-            what = "its timers fired late"
         self._warn(
             "raft_loop_late",
             "raft_loop_late",
             "node %d: the Raft loop woke %.0f ms after its deadline (heartbeat interval "
-            "%.0f ms): %s; the process is overloaded or blocked (a slow state machine "
-            "apply, CPU starvation, swapping)",
+            "%.0f ms): heartbeats to followers went out late, and they may start an "
+            "election; the process is overloaded or blocked (a slow state machine apply, "
+            "CPU starvation, swapping)",
             self.node_id,
             late_s * 1000,
             self.heartbeat_interval_s * 1000,
-            what,
         )
 
     def wal_fsync(self, duration_s: float) -> None:

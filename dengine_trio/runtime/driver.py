@@ -100,7 +100,7 @@ class Driver:
     ``run``. ``disk_first``, ``flush_threshold`` (entries) and ``flush_interval_s`` choose
     when ``flush_loop`` fsyncs. ``metrics`` receives each fsync's duration (s);
     ``warnings`` hears of slow fsyncs and of a Raft loop that woke late past a deadline
-    (``is_leader()`` tells it whether heartbeats were what went out late).
+    (``is_leader()``: only a leader's late wake-up is reported, its heartbeats went out late).
     """
 
     def __init__(

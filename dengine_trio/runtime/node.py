@@ -118,7 +118,12 @@ class NodeRuntime:
         self.warnings = OperatorWarnings(
             self.node_id, self.metrics, config.raft.timing.heartbeat_interval_ms / 1000
         )
-        self.metrics.attach(self.node_id, lambda: self.status(detail=True), self.pending_proposals)
+        self.metrics.attach(
+            self.node_id,
+            lambda: self.status(detail=True),
+            self.pending_proposals,
+            lambda: self.operations.lease_reads_local,
+        )
         # Heartbeats queued and not answered yet, per peer: seq -> time.perf_counter().
         self._heartbeats_out: dict[int, dict[int, float]] = {}
         self._nursery: trio.Nursery | None = None

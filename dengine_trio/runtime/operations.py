@@ -34,6 +34,10 @@ class Operations:
 
     def __init__(self, node: NodeRuntime) -> None:
         self._node = node
+        self.lease_reads_local = 0
+        """Lease reads served by the fast path (no message). Counted here, as a plain int,
+        not in the metrics sink: the whole fast path costs ~1.3 us, a sink call ~0.1-0.3 us;
+        the sink reads this when scraped."""
 
     def _submit(self, event: Event) -> None:
         driver = self._node.driver
@@ -61,32 +65,30 @@ class Operations:
         ``timeout_s``, default ``request_timeout_ms``: may or may not be applied),
         ``NoLeader``, ``Overloaded``, ``Stopped``.
         """
+        # Not a wrapper coroutine: one more frame per write is measurable at 30 us a write.
         try:
-            return await self._propose(command, timeout_s)
+            if len(command) > MAX_COMMAND_BYTES:
+                # One entry must fit one frame, or replication would stall on it for good.
+                raise TooLarge(f"command of {len(command)} bytes exceeds {MAX_COMMAND_BYTES}")
+            deadline = trio.current_time() + (
+                self._node.request_timeout_s if timeout_s is None else timeout_s
+            )
+            while True:
+                leader = await self._wait_for_leader(deadline)
+                try:
+                    if leader == self._node.node_id:
+                        return await self.propose_local(command, deadline)
+                    self._node.metrics.forwarded_write()
+                    return await self._node.forwarding.propose(leader, command, deadline)
+                except (NotLeader, NoLeader) as exc:
+                    if trio.current_time() >= deadline:
+                        raise NoLeader("no leader accepted the request in time") from exc
+                    # Leadership is moving: wait for news (or a beat) and try again.
+                    with trio.move_on_after(0.05):
+                        await self._node.wait_for_state_change()
         except DengineError as exc:
             self._node.metrics.proposal_failed(reason_of(exc))
             raise
-
-    async def _propose(self, command: bytes, timeout_s: float | None) -> bytes:
-        if len(command) > MAX_COMMAND_BYTES:
-            # One entry must fit one frame, or replication would stall on it for good.
-            raise TooLarge(f"command of {len(command)} bytes exceeds {MAX_COMMAND_BYTES}")
-        deadline = trio.current_time() + (
-            self._node.request_timeout_s if timeout_s is None else timeout_s
-        )
-        while True:
-            leader = await self._wait_for_leader(deadline)
-            try:
-                if leader == self._node.node_id:
-                    return await self.propose_local(command, deadline)
-                self._node.metrics.forwarded_write()
-                return await self._node.forwarding.propose(leader, command, deadline)
-            except (NotLeader, NoLeader) as exc:
-                if trio.current_time() >= deadline:
-                    raise NoLeader("no leader accepted the request in time") from exc
-                # Leadership is moving: wait for news (or a beat) and try again.
-                with trio.move_on_after(0.05):
-                    await self._node.wait_for_state_change()
 
     async def propose_local(
         self,
@@ -104,42 +106,39 @@ class Operations:
         """Return once the local state machine reflects every write committed before the call
         (linearizable), or the leader's lease vouches for it (lease). Raises ``NoLeader``
         (no leader confirmed it by ``timeout_s``), ``Timeout``, ``Overloaded``, ``Stopped``."""
-        policy = "lease" if lease else "linearizable"
         metrics = self._node.metrics
         try:
-            await self._read_barrier(lease, timeout_s)
+            raft = self._node.raft
+            assert raft is not None
+            if (
+                lease
+                and raft.role is Role.LEADER
+                and self._node.applied_index >= raft.commit_index
+                and raft.lease_valid(self._node.now_ms())
+            ):
+                self.lease_reads_local += 1
+                return  # the lease read fast path: no message, no task switch
+            deadline = trio.current_time() + (
+                self._node.request_timeout_s if timeout_s is None else timeout_s
+            )
+            while True:
+                self._node.requests.check_capacity()
+                await self._wait_for_leader(deadline)
+                request_id, waiter = self._node.requests.new_read()
+                self._submit(ReadRequest(request_id, lease))
+                try:
+                    forget = partial(self._node.requests.forget_read, request_id)
+                    await self._node.requests.wait(waiter, deadline, forget)
+                    metrics.read("lease" if lease else "linearizable", "ok")
+                    return
+                except NotLeader as exc:  # reads are idempotent: retry until the deadline
+                    if trio.current_time() >= deadline:
+                        raise NoLeader("no leader confirmed the read in time") from exc
+                    with trio.move_on_after(0.05):
+                        await self._node.wait_for_state_change()
         except DengineError as exc:
-            metrics.read(policy, reason_of(exc))
+            metrics.read("lease" if lease else "linearizable", reason_of(exc))
             raise
-        metrics.read(policy, "ok")
-
-    async def _read_barrier(self, lease: bool, timeout_s: float | None) -> None:
-        raft = self._node.raft
-        assert raft is not None
-        if (
-            lease
-            and raft.role is Role.LEADER
-            and self._node.applied_index >= raft.commit_index
-            and raft.lease_valid(self._node.now_ms())
-        ):
-            return  # the lease read fast path: no message, no task switch
-        deadline = trio.current_time() + (
-            self._node.request_timeout_s if timeout_s is None else timeout_s
-        )
-        while True:
-            self._node.requests.check_capacity()
-            await self._wait_for_leader(deadline)
-            request_id, waiter = self._node.requests.new_read()
-            self._submit(ReadRequest(request_id, lease))
-            try:
-                forget = partial(self._node.requests.forget_read, request_id)
-                await self._node.requests.wait(waiter, deadline, forget)
-                return
-            except NotLeader as exc:  # reads are idempotent: retry until the deadline
-                if trio.current_time() >= deadline:
-                    raise NoLeader("no leader confirmed the read in time") from exc
-                with trio.move_on_after(0.05):
-                    await self._node.wait_for_state_change()
 
     def reachable_peers(self) -> list[int]:
         """The peers this node's transport is connected to right now (their processes are

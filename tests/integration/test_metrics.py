@@ -120,9 +120,15 @@ async def test_writes_reads_and_leader_changes_move_the_metrics(tmp_path: Path) 
         assert value(leader, "dengine_proposals_committed_total") == committed + 6
 
         await leader.client().get(b"k0", ReadPolicy.LINEARIZABLE)
-        await followers[0].client().get(b"k0", ReadPolicy.EVENTUAL)
-        assert value(leader, "dengine_reads_total", policy="linearizable", outcome="ok") == 1
-        assert value(followers[0], "dengine_reads_total", policy="eventual", outcome="ok") == 1
+        await followers[0].client().get(b"k0", ReadPolicy.LINEARIZABLE)
+        for _ in range(3):
+            await leader.client().get(b"k0", ReadPolicy.LEASE)  # the fast path, mostly
+        await followers[0].client().get(b"k0", ReadPolicy.EVENTUAL)  # not counted
+        for engine in (leader, followers[0]):
+            ok = value(engine, "dengine_reads_total", policy="linearizable", outcome="ok")
+            assert ok == 1
+        assert value(leader, "dengine_reads_total", policy="lease", outcome="ok") == 3
+        assert value(followers[0], "dengine_reads_total", policy="eventual", outcome="ok") == 0
 
         with pytest.raises(TooLarge):
             await leader.propose(b"x" * (MAX_COMMAND_BYTES + 1))

@@ -139,3 +139,18 @@ async def test_health_app_serves_metrics_or_says_they_are_off() -> None:
     response = await off.test_client().get("/metrics")
     assert response.status_code == 404
     assert (await response.get_json())["error"] == "metrics_disabled"
+
+
+def test_snapshot_and_membership_hooks_feed_their_metrics() -> None:
+    sink = PrometheusSink()
+    body = sink.exposition()[0]
+    assert samples(body, "dengine_snapshots_saved")[("dengine_snapshots_saved_total", ())] == 0
+    sink.snapshot_saved(0.5, 1000)
+    sink.snapshot_sent(2, 1000)
+    sink.snapshot_received(1000)
+    sink.membership_changed(3, 1)
+    body = sink.exposition()[0]
+    assert samples(body, "dengine_snapshots_saved")[("dengine_snapshots_saved_total", ())] == 1
+    sent = samples(body, "dengine_snapshots_sent")
+    assert sent[("dengine_snapshots_sent_total", (("peer", "2"),))] == 1
+    assert samples(body, "dengine_cluster_voters")[("dengine_cluster_voters", ())] == 3
