@@ -19,6 +19,7 @@ import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.protocol import h11 as h11_protocol
+from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -222,6 +223,32 @@ def _install_json_protocol_errors() -> None:
     protocol._send_error_response = send_json_error_response  # type: ignore[method-assign]
 
 
+def _install_release_on_eof() -> None:
+    """Make Hypercorn close a connection as soon as its client has closed it.
+
+    Hypercorn (0.18, trio) ends its read loop at the client's EOF, but the connection's task
+    group also holds the keep-alive timer, which it then waits out (``keep_alive_timeout``,
+    75 s) before closing the socket. Meanwhile the socket sits in CLOSE-WAIT holding a file
+    descriptor: a thousand connections opened and closed without a request (connect timeouts,
+    TCP-only probes, a port scan) left a node under ``ulimit -n 1024`` unable to accept on
+    either port. Once the client is gone nothing more can arrive, so the timer is stopped then;
+    a request still being answered is waited for (h11 then closes the connection itself, the
+    client having closed its side). Patched once per process, like the error responses; if
+    Hypercorn lacks the method, nothing is (``tests/e2e/test_newcomer_abandoned_connections.py``
+    then fails).
+    """
+    original = getattr(TCPServer, "_read_data", None)
+    if original is None or getattr(original, "_dengine_release", False):
+        return
+
+    async def read_data_then_release(self: Any) -> None:
+        await original(self)
+        await self.idle_task.stop()
+
+    read_data_then_release._dengine_release = True  # type: ignore[attr-defined]
+    TCPServer._read_data = read_data_then_release  # type: ignore[method-assign]
+
+
 def _status_code_name(status: int) -> str:
     try:
         phrase = HTTPStatus(status).phrase
@@ -255,6 +282,7 @@ def hypercorn_config(
     idle keep-alive connections.
     """
     _install_json_protocol_errors()
+    _install_release_on_eof()
     config = HypercornConfig()
     config.backlog = backlog
     config.bind = [f"fd://{sock.detach()}"]
