@@ -42,7 +42,7 @@ from .messages import (
     TimeoutNow,
 )
 from .progress import Progress, ProgressState
-from .quorum import majority, quorum_value
+from .tracker import Tracker, VoteResult
 
 NEVER = float("inf")
 
@@ -102,7 +102,7 @@ class RaftNode:
         self.config = config
         self.id = config.node_id
         self.peers: tuple[int, ...] = tuple(v for v in config.voters if v != config.node_id)
-        self._quorum = majority(len(config.voters))
+        self._tracker = Tracker(self.id, config.voters)  # voters, progress, votes, quorums
         self._rng = rng
         self._mem_first = config.durability is Durability.MEM_FIRST
 
@@ -134,7 +134,6 @@ class RaftNode:
 
         # Per-role state (leader, candidate, per-leader follower facts): declared here,
         # set only by ``_reset_role_state`` on every role or term change.
-        self._votes: dict[int, bool] = {}  # (pre-)candidate: who answered what
         # Follower: highest index known to match the current leader's log in this term, and
         # the match last reported to it (DiskFirst re-reports once durability catches up).
         self._leader_match = 0
@@ -142,7 +141,6 @@ class RaftNode:
         # Follower: reads sent to the leader for a read index, request_id -> time asked.
         self._forwarded_reads: dict[int, float] = {}
         # Leader.
-        self.progress: dict[int, Progress] = {}
         self._leader_since = float("-inf")
         self._next_heartbeat = NEVER
         self._hb_seq = 0
@@ -180,7 +178,7 @@ class RaftNode:
                 self._persist_proposed()
             self._dispatch(event)
         self._persist_proposed()
-        self._flush()
+        self._end_step()
         out, self._out = self._out, []
         return out
 
@@ -200,6 +198,11 @@ class RaftNode:
         return deadline
 
     # ------------------------------------------------------------------ introspection
+
+    @property
+    def progress(self) -> dict[int, Progress]:
+        """Leader only (empty otherwise): what it knows of each follower's log, by node id."""
+        return self._tracker.progress
 
     @property
     def is_leader(self) -> bool:
@@ -297,7 +300,7 @@ class RaftNode:
     def _quorum_contact_ms(self) -> float:
         """The latest time by which a majority (self included, heard "now") had been heard
         from: the majority-th most recent contact. Votes count as contact at the win."""
-        return quorum_value([self.now, *(p.last_contact_ms for p in self.progress.values())])
+        return self._tracker.quorum_contact_ms(self.now)
 
     def _quorum_contact_deadline(self) -> float:
         if not self.config.check_quorum or self.role is not Role.LEADER:
@@ -337,9 +340,8 @@ class RaftNode:
         self._leader_match = 0
         self._reported_match = 0
         # Pre-candidate and candidate.
-        self._votes = {}
         # Leader.
-        self.progress = {}
+        self._tracker.reset()
         self._leader_since = float("-inf")
         self._next_heartbeat = NEVER
         self._hb_seq = 0
@@ -372,9 +374,8 @@ class RaftNode:
             self.voted_for = self.id
             self._persist_hard_state()
             campaign_term = self.term
-        self._votes = {self.id: True}
         self._reset_election_timer()
-        if len(self._votes) >= self._quorum:
+        if self._tracker.start_votes() is VoteResult.WON:  # a single-node cluster
             self._won_votes()
             return
         for peer in self.peers:
@@ -397,11 +398,11 @@ class RaftNode:
             self._become_leader()
 
     def _become_leader(self) -> None:
-        voters = [peer for peer, granted in self._votes.items() if granted]
+        voters = self._tracker.granted_voters()
         self._change_state(Role.LEADER, self.term, self.id)
         self._leader_since = self.now
         next_index = self.log.last_index + 1
-        self.progress = {p: Progress(next_index) for p in self.peers}
+        self._tracker.start_progress(next_index)
         for peer in voters:
             if peer in self.progress:
                 # The votes that made us leader count as contact at the win (however long
@@ -519,11 +520,10 @@ class RaftNode:
             return
         if m.pre_vote and m.granted and m.term != self.term + 1:
             return  # a grant for some other campaign
-        self._votes[m.src] = m.granted
-        granted = sum(1 for g in self._votes.values() if g)
-        if granted >= self._quorum:
+        result = self._tracker.record_vote(m.src, m.granted)
+        if result is VoteResult.WON:
             self._won_votes()
-        elif len(self._votes) - granted >= self._quorum:
+        elif result is VoteResult.LOST:
             self._become_follower(self.term, 0)
 
     # --- replication, follower side
@@ -631,9 +631,7 @@ class RaftNode:
         replicas of an entry of the current term (Figure 8)."""
         if self.role is not Role.LEADER:
             return
-        candidate = quorum_value(
-            [self._self_match(), *(p.match_index for p in self.progress.values())]
-        )
+        candidate = self._tracker.committed_index(self._self_match())
         if candidate > self.commit_index and self.log.term_at(candidate) == self.term:
             first_in_term = not self._committed_in_term()
             self.commit_index = candidate
@@ -822,7 +820,7 @@ class RaftNode:
             self._leader_read(request_id, origin, lease)
 
     def _advance_reads(self) -> None:
-        confirmed = quorum_value([self._hb_seq, *(p.acked_seq for p in self.progress.values())])
+        confirmed = self._tracker.confirmed_round(self._hb_seq)
         if confirmed > self._lease_seq:
             # The lease runs from when the newest confirmed round was *sent*: every voter that
             # acked it then ignored campaigns for an election timeout from a later moment.
@@ -905,7 +903,11 @@ class RaftNode:
             if progress.sent_commit < self.commit_index:
                 self._send_append(peer, progress, send_empty=True)
 
-    def _flush(self) -> None:
+    def _end_step(self) -> None:
+        """What every step ends with, once all its events are in: the leader counts its own
+        MemFirst append toward commit and sends what each follower lacks (batching), a new
+        commit index is scheduled to reach the followers, committed entries go out as one
+        ``Apply``, and a changed (role, term, leader) as ``RoleChanged``. (Not an fsync.)"""
         if self.role is Role.LEADER:
             if self._mem_first:
                 # MemFirst counts the leader's own append at once (no Persisted to wait for);
