@@ -40,6 +40,9 @@ __all__ = [
 
 JSON_CONTENT_TYPE = "application/json"
 RETRY_AFTER_S = "1"
+BODY_TIMEOUT_S = 60
+"""How long a request body may take to arrive once the headers are in (Quart's default,
+stated here because the node relies on it): then 408, and the connection is closed."""
 
 log = logging.getLogger("dengine_trio.api")
 
@@ -70,6 +73,10 @@ class App(QuartTrio):
     Shielding that one ``send`` lets Hypercorn finish either; it cannot block longer than
     Hypercorn's own (already shielded) write of the body.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -138,6 +145,10 @@ def install_error_handlers(app: Quart) -> None:
     async def drain_request_body(response: Response) -> Response:
         # POST /kv reads its whole body before any 2xx, so the hot path skips this.
         if response.status_code < 400 and request.method == "POST":
+            return response
+        if response.status_code == 408:
+            # The body already took BODY_TIMEOUT_S: waiting for it again would double that.
+            response.headers["Connection"] = "close"
             return response
         if request.content_length or "Transfer-Encoding" in request.headers:
             try:
