@@ -42,6 +42,7 @@ from .messages import (
     TimeoutNow,
 )
 from .progress import Progress, ProgressState
+from .reads import HeldRead, PendingRead, ReadOnly
 from .tracker import Tracker, VoteResult
 
 NEVER = float("inf")
@@ -51,19 +52,6 @@ class RandomSource(Protocol):
     """Anything with ``uniform``, e.g. ``random.Random(seed)``: the caller owns the seed."""
 
     def uniform(self, a: float, b: float) -> float: ...
-
-
-class _PendingRead:
-    """A read waiting for a heartbeat round (ReadIndex). ``origin`` is 0 for a local client,
-    else the follower that asked on behalf of its client."""
-
-    __slots__ = ("origin", "read_index", "request_id", "seq")
-
-    def __init__(self, seq: int, request_id: int, origin: int, read_index: int) -> None:
-        self.seq = seq
-        self.request_id = request_id
-        self.origin = origin
-        self.read_index = read_index
 
 
 def _well_formed(m: AppendEntries) -> bool:
@@ -143,12 +131,7 @@ class RaftNode:
         # Leader.
         self._leader_since = float("-inf")
         self._next_heartbeat = NEVER
-        self._hb_seq = 0
-        self._round_sent_at: dict[int, tuple[float, bool]] = {}  # seq -> (sent, lease ok)
-        self._lease_seq = 0
-        self._lease_expiry = float("-inf")
-        self._pending_reads: list[_PendingRead] = []
-        self._reads_before_commit: list[tuple[int, int, bool]] = []
+        self._reads = ReadOnly()  # heartbeat rounds, waiting reads, the lease
         self._transfer_target = 0
         self._transfer_deadline = NEVER
         self._timeout_now_sent = False  # this term's lease is gone for good (thesis §3.10)
@@ -226,7 +209,7 @@ class RaftNode:
         """May a lease read be served locally right now? (thesis §6.4.1)"""
         return (
             self.role is Role.LEADER
-            and now_ms < self._lease_expiry
+            and now_ms < self._reads.lease_expiry
             # A new leader waits out an election timeout: until then the previous leader's
             # lease may still be running on its own clock.
             and now_ms >= self._leader_since + self.config.election_timeout_min_ms
@@ -344,12 +327,7 @@ class RaftNode:
         self._tracker.reset()
         self._leader_since = float("-inf")
         self._next_heartbeat = NEVER
-        self._hb_seq = 0
-        self._round_sent_at = {}
-        self._lease_seq = 0
-        self._lease_expiry = float("-inf")
-        self._pending_reads = []
-        self._reads_before_commit = []
+        self._reads = ReadOnly()
         self._transfer_target = 0
         self._transfer_deadline = NEVER
         self._timeout_now_sent = False
@@ -702,18 +680,17 @@ class RaftNode:
         """Start a heartbeat round. A majority acknowledging round ``seq`` proves we were
         leader when it was sent: ReadIndex waits for that, and the lease counts from it."""
         self._next_heartbeat = self.now + self.config.heartbeat_interval_ms
-        self._hb_seq += 1
         # A round sent while a transfer is pending, or after TimeoutNow went out in this term,
         # never extends the lease: the transferee's campaign passes the voters' stickiness,
         # so their acknowledgements promise nothing (issue 11 item 1).
         lease_ok = not self._transfer_target and not self._timeout_now_sent
-        self._round_sent_at[self._hb_seq] = (self.now, lease_ok)
+        seq = self._reads.start_round(self.now, lease_ok=lease_ok)
         self._round_open = True
         for peer, progress in self.progress.items():
             commit = min(progress.match_index, self.commit_index)
             progress.sent_commit = max(progress.sent_commit, commit)
             commit_term = self.log.term_at(commit) or 0
-            self._send(Heartbeat(self.term, self.id, peer, commit, self._hb_seq, commit_term))
+            self._send(Heartbeat(self.term, self.id, peer, commit, seq, commit_term))
         self._advance_reads()  # a single-node cluster confirms itself
 
     def _on_heartbeat_response(self, m: HeartbeatResponse) -> None:
@@ -802,42 +779,26 @@ class RaftNode:
         if not self._committed_in_term():
             # Until our no-op commits we do not know the commit index of earlier terms
             # (thesis §6.4): hold the read.
-            self._reads_before_commit.append((request_id, origin, lease))
+            self._reads.held.append(HeldRead(request_id, origin, lease))
             return
         if lease and self.lease_valid(self.now):
             self._read_done(request_id, origin, self.commit_index)
             return
         if not self._round_open:
             self._broadcast_heartbeat()
-        self._pending_reads.append(
-            _PendingRead(self._hb_seq, request_id, origin, self.commit_index)
+        self._reads.pending.append(
+            PendingRead(self._reads.seq, request_id, origin, self.commit_index)
         )
         self._advance_reads()
 
     def _release_reads_before_commit(self) -> None:
-        waiting, self._reads_before_commit = self._reads_before_commit, []
-        for request_id, origin, lease in waiting:
-            self._leader_read(request_id, origin, lease)
+        for read in self._reads.take_held():
+            self._leader_read(read.request_id, read.origin, read.lease)
 
     def _advance_reads(self) -> None:
-        confirmed = self._tracker.confirmed_round(self._hb_seq)
-        if confirmed > self._lease_seq:
-            # The lease runs from when the newest confirmed round was *sent*: every voter that
-            # acked it then ignored campaigns for an election timeout from a later moment.
-            self._lease_seq = confirmed
-            for seq in [s for s in self._round_sent_at if s <= confirmed]:
-                sent_at, lease_ok = self._round_sent_at.pop(seq)
-                if lease_ok:
-                    expiry = sent_at + self.config.lease_duration_ms
-                    self._lease_expiry = max(self._lease_expiry, expiry)
-        if self._pending_reads and self._pending_reads[0].seq <= confirmed:
-            still: list[_PendingRead] = []
-            for read in self._pending_reads:
-                if read.seq <= confirmed:
-                    self._read_done(read.request_id, read.origin, read.read_index)
-                else:
-                    still.append(read)
-            self._pending_reads = still
+        confirmed = self._tracker.confirmed_round(self._reads.seq)
+        for read in self._reads.confirm(confirmed, self.config.lease_duration_ms):
+            self._read_done(read.request_id, read.origin, read.read_index)
 
     def _read_done(self, request_id: int, origin: int, read_index: int | None) -> None:
         if origin == 0:
@@ -852,12 +813,11 @@ class RaftNode:
             )
 
     def _fail_leader_reads(self) -> None:
-        for read in self._pending_reads:
+        pending, held = self._reads.take_all()
+        for read in pending:
             self._read_done(read.request_id, read.origin, None)
-        for request_id, origin, _lease in self._reads_before_commit:
-            self._read_done(request_id, origin, None)
-        self._pending_reads = []
-        self._reads_before_commit = []
+        for waiting in held:
+            self._read_done(waiting.request_id, waiting.origin, None)
 
     def _fail_forwarded_reads(self) -> None:
         for request_id in self._forwarded_reads:
@@ -877,7 +837,7 @@ class RaftNode:
             return
         self._transfer_target = target
         self._transfer_deadline = self.now + self.config.election_timeout_min_ms
-        self._lease_expiry = float("-inf")  # the successor will not honour our lease
+        self._reads.void_lease()  # the successor will not honour our lease
         progress = self.progress[target]
         if not self._maybe_send_timeout_now(target, progress):
             self._send_append(target, progress, send_empty=True)
@@ -891,7 +851,7 @@ class RaftNode:
         # makes a stale TimeoutNow harmless; it carries our term, so in any later term it is
         # ignored as stale.
         self._timeout_now_sent = True
-        self._lease_expiry = float("-inf")
+        self._reads.void_lease()
         self._send(TimeoutNow(self.term, self.id, peer))
         return True
 
