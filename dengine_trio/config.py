@@ -320,6 +320,11 @@ TOML_INT_MIN, TOML_INT_MAX = -(2**63), 2**63 - 1
 """TOML 1.0 integers are signed 64-bit, and "if an integer cannot be represented losslessly,
 an error must be thrown" (tomllib does not). Every integer key is held to it: ids and terms
 fit the hard state's u64 fields and msgpack on the wire."""
+MAX_KEY_BYTES_CEILING = 4096
+"""The most ``limits.max_key_bytes`` may be: a key travels percent-encoded in the URL path (up
+to 3 characters a byte, 12 KiB here), and HAProxy (``tune.bufsize``, 16 KiB less 1 KiB kept for
+rewrites) and the node's HTTP parser (h11, 16 KiB) take at most that much of request line and
+headers together. A longer key could be written in a JSON body and never read or deleted."""
 LISTEN_BACKLOG_MAX = 2**31 - 1
 """listen(2) takes the backlog as a C int (Linux then caps it at ``net.core.somaxconn``)."""
 
@@ -433,6 +438,13 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
     )
     yield from _positive("raft.replication", cfg.raft.replication)
     yield from _positive("limits", cfg.limits)
+    if cfg.limits.max_key_bytes > MAX_KEY_BYTES_CEILING:
+        yield (
+            "limits.max_key_bytes",
+            f"must be at most {MAX_KEY_BYTES_CEILING}, got {cfg.limits.max_key_bytes}: a key is "
+            "percent-encoded in URL paths (3 characters a byte), and HAProxy and the node's "
+            "HTTP parser read at most 16 KiB of request line and headers",
+        )
     yield from _positive("http", cfg.http)
     if cfg.http.listen_backlog > LISTEN_BACKLOG_MAX:
         yield (

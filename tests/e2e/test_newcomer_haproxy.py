@@ -1,16 +1,14 @@
 """Newcomer break pass: HAProxy (the shipped ``deploy/haproxy.cfg``) in front of real nodes.
 
-1. docs/ha-deployment.md promises that HAProxy's own errors are JSON in the nodes' shape,
-   ``400 bad_request`` included ("HAProxy could not read the request"). HAProxy 2.6 answers
-   every request it cannot parse (bad request line, control character, a request line or
-   header over its 16 KiB buffer, conflicting Content-Length) with its built-in HTML 400: the
-   ``http-error status 400`` line is not used for these (nor is an ``errorfile 400`` in
-   ``defaults`` or the frontend, tried by hand).
-2. ``[limits] max_key_bytes`` accepts any size, and the nodes read and delete every key they
-   accept, but through the shipped HAProxy a key whose percent-encoded path passes HAProxy's
-   buffer (about 5.4 KB of two-byte UTF-8) can be written and never read or deleted.
-
-Marked strict xfail until the owner fixes them.
+1. HAProxy 2.6 answers every request it cannot parse (bad request line, control character, a
+   request line or header over its 16 KiB buffer, conflicting Content-Length) with its
+   built-in HTML 400: neither the ``http-error status 400`` line nor an ``errorfile 400`` (in
+   ``defaults`` or the frontend) is used for these. docs/ha-deployment.md promised JSON; it now
+   says so, and this strict xfail stays to notice an HAProxy that does use them.
+2. ``[limits] max_key_bytes`` accepted any size, but through the shipped HAProxy a key whose
+   percent-encoded path passed HAProxy's buffer (about 5.4 KB of two-byte UTF-8) could be
+   written and never read or deleted. It is now at most ``MAX_KEY_BYTES_CEILING`` (failed
+   before the fix with 8192).
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dengine_trio.config import MAX_KEY_BYTES_CEILING
 from tests.e2e.cluster import START_TIMEOUT_S, key_path, running_cluster, wait_until
 from tests.e2e.test_haproxy import HAPROXY, HAProxy, lb_client
 
@@ -35,8 +34,8 @@ UNPARSABLE = {
     "path-over-haproxys-buffer": b"GET /kv/" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
 }
 READ_TIMEOUT_S = 10.0
-BIG_KEY_BYTES = 8192
-"""A key limit the loader accepts (any integer >= 1 that fits the transport's frame)."""
+BIG_KEY_BYTES = MAX_KEY_BYTES_CEILING
+"""The largest key limit the loader accepts."""
 
 
 def raw_exchange(port: int, request: bytes) -> bytes:
@@ -54,8 +53,8 @@ def raw_exchange(port: int, request: bytes) -> bytes:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="HAProxy 2.6 answers requests it cannot parse with its built-in HTML 400, not the "
-    "JSON bad_request that deploy/haproxy.cfg's http-error line and ha-deployment.md promise",
+    reason="HAProxy 2.6 answers requests it cannot parse with its built-in HTML 400 (its "
+    "http-error and errorfile settings do not apply to them), as docs/ha-deployment.md says",
 )
 def test_haproxys_400_for_a_request_it_cannot_parse_is_json(tmp_path: Path) -> None:
     with running_cluster(tmp_path) as cluster:
@@ -87,11 +86,6 @@ def _connects(port: int) -> bool:
     return True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="max_key_bytes has no ceiling, but through the shipped HAProxy a key whose encoded "
-    "path passes HAProxy's 16 KiB buffer is written and then unreachable (HTML 400)",
-)
 def test_every_key_a_node_accepts_is_reachable_through_haproxy(tmp_path: Path) -> None:
     key = "é" * (BIG_KEY_BYTES // 2)  # BIG_KEY_BYTES of UTF-8, 6 path characters per é
     with running_cluster(tmp_path, settings={"limits.max_key_bytes": BIG_KEY_BYTES}) as cluster:

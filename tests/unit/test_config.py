@@ -320,6 +320,9 @@ BAD_FILES = [
      "raft.timing.request_timeout_ms", f"must be at least {-2**63}"),
     ("threshold-over-64-bits", sub("threshold = 100", f"threshold = {2**70}"),
      "raft.persistence.flush_policy.Batch.threshold", f"must be at most {2**63 - 1}"),
+    ("key-limit-over-what-a-url-path-carries",
+     MISSION_TOML + "\n[limits]\nmax_key_bytes = 4097\n", "limits.max_key_bytes",
+     "must be at most 4096, got 4097: a key is percent-encoded in URL paths"),
     ("backlog-over-c-int", MISSION_TOML + f"\n[http]\nlisten_backlog = {2**31}\n",
      "http.listen_backlog", f"must be at most {2**31 - 1}"),
     ("db-root-dir-nul", sub("[raft.read", 'db_root_dir = "db\\u0000x"\n\n[raft.read'),
@@ -410,7 +413,8 @@ OVER_THE_FRAME_LIMIT = [
     ("value", MISSION_TOML + "\n[limits]\nmax_value_bytes = 16777216\n",
      "limits.max_value_bytes"),
     ("key-and-value",
-     MISSION_TOML + "\n[limits]\nmax_key_bytes = 1048576\nmax_value_bytes = 15000000\n",
+     MISSION_TOML + f"\n[limits]\nmax_key_bytes = 4096\n"
+     f"max_value_bytes = {MAX_COMMAND_BYTES - 4096 - 64 + 1}\n",
      "limits.max_value_bytes"),
     ("batch", MISSION_TOML + "\n[raft.replication]\nmax_bytes_per_msg = 20000000\n",
      "raft.replication.max_bytes_per_msg"),
@@ -536,7 +540,7 @@ def node_configs(draw: st.DrawFn) -> NodeConfig:
             ),
             replication=ReplicationConfig(draw(POSITIVE), draw(POSITIVE), draw(POSITIVE)),
         ),
-        limits=Limits(draw(POSITIVE), draw(POSITIVE), draw(POSITIVE), draw(POSITIVE)),
+        limits=Limits(draw(st.integers(1, 4096)), draw(POSITIVE), draw(POSITIVE), draw(POSITIVE)),
         http=HttpConfig(draw(st.integers(1, 2**31 - 1))),
     )
 
