@@ -4,13 +4,13 @@ One trio run per process. Its nursery holds the embedded engine, the KV app on `
 the health app on ``--health-port``. The HTTP servers listen at once, whether or not peers are
 up: a node never exits because the rest of the cluster is missing.
 
-SIGINT or SIGTERM stops the node gracefully: a leader first hands leadership to an up-to-date
-follower (so a planned restart costs about one round trip of unavailability instead of an
-election timeout), then the HTTP servers stop (requests still pending just before their
-graceful timeout fail with 503 stopped: each gets an answer), then the engine flushes and
-stops; exit 0. A second signal more
-than a second after the first skips what is left of the graceful part but still flushes; one
-within that second (make forwarding a SIGTERM) is the same stop.
+SIGINT, SIGTERM or SIGHUP (its terminal closed) stops the node gracefully: a leader first hands
+leadership to an up-to-date follower (so a planned restart costs about one round trip of
+unavailability instead of an election timeout), then the HTTP servers stop (requests still
+pending just before their graceful timeout fail with 503 stopped: each gets an answer), then
+the engine flushes and stops; exit 0. A second signal more than a second after the first skips
+what is left of the graceful part but still flushes; one within that second (make forwarding a
+SIGTERM) is the same stop.
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ EXIT_CONFIG = 2
 """Exit status for a configuration or usage error (as argparse uses for usage errors)."""
 EXIT_STARTUP = 1
 """Exit status when the node cannot start, e.g. a port is taken."""
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Each starts the graceful stop. SIGHUP is a closed terminal: by default it would kill the node
+with no hand-over, no final flush and no line saying why."""
 
 REPEAT_WINDOW_S = 1.0
 """A stop signal this soon (seconds) after the first one is part of the same stop."""
@@ -124,13 +128,13 @@ def _fail(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ()) -> int:
-    """Run a node until SIGINT/SIGTERM; return the process exit status.
+    """Run a node until SIGINT/SIGTERM/SIGHUP; return the process exit status.
 
     0 after a graceful stop; :data:`EXIT_CONFIG` (2) for a usage or configuration error, one
     line on stderr; :data:`EXIT_STARTUP` (1) when the node cannot start (a port taken, the
     ``db_root_dir`` locked or damaged), one log line; 130 for a SIGINT that came before the
     node could receive it. Raises nothing but a bug of the node's own.
-    ``held_signals`` is a list the caller's own handler appends SIGINT/SIGTERM to until the
+    ``held_signals`` is a list the caller's own handler appends :data:`STOP_SIGNALS` to until the
     node installs its receiver; each counts as if it had arrived afterwards.
     """
     parser = build_parser()
@@ -256,7 +260,7 @@ async def serve_node(
     held_signals: Sequence[int] = (),
     stop_on_stdin_close: bool = False,
 ) -> None:
-    """Run the engine and both HTTP apps on the given bound sockets until SIGINT/SIGTERM.
+    """Run the engine and both HTTP apps on the given bound sockets until a stop signal.
 
     Signals in ``held_signals`` (see :func:`main`) count as received once the receiver is up.
     With ``stop_on_stdin_close``, end of file on standard input counts as a SIGTERM.
@@ -266,7 +270,7 @@ async def serve_node(
     timing = config.raft.timing
     kv_address = _address(kv_listener)
     health_address = _address(health_listener)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with EmbeddedEngine.start(config, metrics=PrometheusSink()) as engine:
             backlog = config.http.listen_backlog
             kv_config = hypercorn_config(kv_listener, backlog=backlog, access_log=access_log)

@@ -4,7 +4,8 @@ A terminal that closes sends SIGHUP to its foreground job. The ``make start-clus
 treats it as Ctrl+C (every node stops gracefully), but a node run on its own (``make
 start-node1`` in a terminal, as the README's "Running individual nodes" and failover sections
 do) dies of SIGHUP's default action: no leadership hand-over, no final flush of a MemFirst
-log, not one line saying why it stopped. Marked strict xfail until the owner fixes it.
+log, not one line saying why it stopped. Failed before the fix (SIGHUP is now one of the
+node's stop signals, ``dengine_trio.cli.STOP_SIGNALS``).
 """
 
 from __future__ import annotations
@@ -12,16 +13,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.cluster import EXIT_TIMEOUT_S, running_cluster
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a node dies of SIGHUP's default action (exit -1, nothing logged) instead of "
-    "stopping gracefully as on SIGINT/SIGTERM",
-)
 def test_a_node_whose_terminal_closes_stops_gracefully(tmp_path: Path) -> None:
     with running_cluster(tmp_path, size=1) as cluster:
         node = cluster.wait_for_leader()
