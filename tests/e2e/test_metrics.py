@@ -259,3 +259,27 @@ def test_prometheus_scrapes_the_cluster_and_evaluates_every_query(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_a_killed_leader_is_a_leader_change_on_the_survivors(cluster: Cluster) -> None:
+    """Last in this module: it kills the shared cluster's leader (SIGKILL, no hand-over)."""
+    leader = cluster.wait_for_leader()
+    survivors = cluster.followers(leader)
+    seen = {
+        n.node_id: sample(n, "dengine_leader_changes_seen", "dengine_leader_changes_seen_total")
+        for n in survivors
+    }
+    leader.kill()
+    new_leader = cluster.wait_for_leader()
+    assert new_leader is not leader
+    for node in survivors:
+
+        def moved(node: Node = node) -> bool:
+            changes = sample(
+                node, "dengine_leader_changes_seen", "dengine_leader_changes_seen_total"
+            )
+            return changes > seen[node.node_id] and sample(node, "dengine_has_leader") == 1
+
+        wait_until(moved, 30, f"node {node.node_id} to count the new leader")
+    assert sample(new_leader, "dengine_is_leader") == 1
+    assert sample(new_leader, "dengine_peer_connected", peer=str(leader.node_id)) == 0
