@@ -5,7 +5,10 @@
 503 (a follower cut off from the cluster leaves the read pool). ``GET /status``: the engine's
 view (role, term, indexes, peers) as JSON. ``GET /metrics``: the node's metrics in the
 Prometheus text format (``docs/monitoring.md``), 404 ``metrics_disabled`` when the engine's
-sink keeps none. Probes only read engine state: they never wait.
+sink keeps none. ``GET /``: the live cluster page (:mod:`dengine_trio.api.page`), which polls
+``/status`` and ``/metrics`` of every node from the browser; those two answer with
+``Access-Control-Allow-Origin: *`` for it (both are read-only). Probes only read engine
+state: they never wait.
 """
 
 from __future__ import annotations
@@ -16,17 +19,23 @@ from typing import TYPE_CHECKING
 from quart import Response
 
 from dengine_trio.api import JSON_CONTENT_TYPE, App, install_error_handlers, json_error
+from dengine_trio.api.page import CLUSTER_PAGE, CLUSTER_PAGE_CSP
 
 if TYPE_CHECKING:
     from dengine_trio.engine import EmbeddedEngine
 
 __all__ = ["create_health_app"]
 
+_CORS = {"Access-Control-Allow-Origin": "*"}
+
 
 def create_health_app(engine: EmbeddedEngine) -> App:
     """The health app of ``engine``: ``GET /primary``, ``/replica`` (200 or 503, body
     ``{"node_id": int, "role": str, "leader_id": int | null}``) and ``/status`` (200, the
-    engine's status as JSON); see the module docstring for when each is 200."""
+    engine's status as JSON, plus ``has_quorum`` and ``leader_contact_recent`` (bool, what
+    ``/primary`` and ``/replica`` go by), ``address`` (this node's Raft address) and
+    ``members`` (``[{"id": int, "address": "host:port"}]``, from ``initial_cluster``)); see
+    the module docstring for when each is 200. ``GET /`` serves the cluster page."""
     app = App(__name__)
     install_error_handlers(app)
     node_id = engine.node_id
@@ -63,12 +72,33 @@ def create_health_app(engine: EmbeddedEngine) -> App:
                 404, "metrics_disabled", f"node {node_id} runs without a metrics sink"
             )
         body, content_type = exposition
-        return Response(body, content_type=content_type)
+        return Response(body, content_type=content_type, headers=_CORS)
+
+    members = [
+        {"id": p.id, "address": p.address} for p in engine.config.cluster.initial_cluster
+    ]
+    address = next((m["address"] for m in members if m["id"] == node_id), None)
 
     @app.get("/status")
     async def status() -> Response:
+        info = engine.status()
+        # No await in between: one instant, as the probes see it.
+        info["has_quorum"] = engine.has_quorum()
+        info["leader_contact_recent"] = engine.leader_contact_recent()
+        info["address"] = address
+        info["members"] = members
         # default=str: enum roles and similar render readably instead of failing the probe.
-        body = json.dumps(engine.status(), default=str, separators=(",", ":"))
-        return Response(body, content_type=JSON_CONTENT_TYPE)
+        body = json.dumps(info, default=str, separators=(",", ":"))
+        # Read-only and credential-free: any origin may read it, so the cluster page served
+        # by one node can poll the others' health ports (other origins) from the browser.
+        return Response(body, content_type=JSON_CONTENT_TYPE, headers=_CORS)
+
+    @app.get("/")
+    async def cluster_page() -> Response:
+        return Response(
+            CLUSTER_PAGE,
+            content_type="text/html; charset=utf-8",
+            headers={"Content-Security-Policy": CLUSTER_PAGE_CSP, "Cache-Control": "no-cache"},
+        )
 
     return app

@@ -1,0 +1,136 @@
+"""Client-side command-line tools, like etcdctl: ``dengine-trio status`` and ``dengine-trio
+kv``. They talk HTTP to running nodes (the node process itself is :mod:`dengine_trio.cli`).
+
+``dengine-trio`` dispatches here when its first argument is one of :data:`SUBCOMMANDS`;
+anything else runs a node, as before. Exit status 2 is a usage error for every subcommand
+(argparse's convention, as for the node); the others are each subcommand's own
+(:mod:`dengine_trio.ctl.status`, :mod:`dengine_trio.ctl.kv`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from dengine_trio.ctl._http import normalize_endpoint
+
+__all__ = ["EXIT_USAGE", "SUBCOMMANDS", "build_parser", "main"]
+
+SUBCOMMANDS = ("status", "kv")
+EXIT_USAGE = 2
+DEFAULT_STATUS_ENDPOINTS = "http://127.0.0.1:10001,http://127.0.0.1:10002,http://127.0.0.1:10003"
+DEFAULT_KV_ENDPOINTS = "http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083"
+
+
+def _endpoints(text: str) -> list[str]:
+    try:
+        urls = [normalize_endpoint(part) for part in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return list(dict.fromkeys(urls))
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the client tools (``dengine-trio status|kv ...``)."""
+    parser = argparse.ArgumentParser(
+        prog="dengine-trio",
+        description="Client tools for a running dengine_trio cluster (run a node with "
+        "dengine-trio --config-path FILE).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{status,kv}")
+
+    status = sub.add_parser(
+        "status",
+        help="one row per node: role, term, leader, indexes, lag, health",
+        description="Ask each node's health port for GET /status and print one row per node. "
+        "Exit status: 0 if an answering node leads with a quorum, 1 if none does, 2 for a "
+        "usage error.",
+    )
+    status.add_argument(
+        "--endpoints",
+        type=_endpoints,
+        default=os.environ.get("DENGINE_STATUS_ENDPOINTS", DEFAULT_STATUS_ENDPOINTS),
+        help="health-port URLs, comma separated (default: $DENGINE_STATUS_ENDPOINTS, else "
+        f"{DEFAULT_STATUS_ENDPOINTS})",
+    )
+    status.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    status.add_argument(
+        "--timeout",
+        type=_positive,
+        default=2.0,
+        help="seconds to wait for each node (default 2)",
+    )
+
+    kv = sub.add_parser(
+        "kv",
+        help="get, put or delete one key, following the leader",
+        description="One KV request, tried on each endpoint in turn and retried while the "
+        "cluster has no leader. Exit status: 0 done, 1 key not found (get), 2 usage error or "
+        "request refused (4xx), 3 no node served it in time or another error.",
+    )
+    kv.add_argument(
+        "--endpoints",
+        type=_endpoints,
+        default=os.environ.get("DENGINE_KV_ENDPOINTS", DEFAULT_KV_ENDPOINTS),
+        help="KV-port URLs, comma separated (default: $DENGINE_KV_ENDPOINTS, else "
+        f"{DEFAULT_KV_ENDPOINTS})",
+    )
+    kv.add_argument(
+        "--timeout",
+        type=_positive,
+        default=10.0,
+        help="seconds to keep trying, over all endpoints (default 10)",
+    )
+    actions = kv.add_subparsers(dest="action", required=True, metavar="{get,put,del}")
+    get = actions.add_parser("get", help="print the value of KEY (exit 1 if absent)")
+    get.add_argument("key")
+    get.add_argument(
+        "--consistency",
+        choices=("linearizable", "lease", "eventual"),
+        help="read policy (default: the node's configured default_policy)",
+    )
+    put = actions.add_parser("put", help="set KEY to VALUE, once committed")
+    put.add_argument("key")
+    put.add_argument("value")
+    delete = actions.add_parser("del", help="delete KEY (done even if it was absent)")
+    delete.add_argument("key")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``dengine-trio status|kv ...``; return the exit status (see each subcommand)."""
+    args = build_parser().parse_args(argv)
+    if args.command == "status":
+        from dengine_trio.ctl.status import run_status
+
+        return run_status(
+            args.endpoints,
+            as_json=args.json,
+            timeout_s=args.timeout,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    from dengine_trio.ctl.kv import run_kv
+
+    return run_kv(
+        args.action,
+        args.key,
+        getattr(args, "value", None),
+        args.endpoints,
+        consistency=getattr(args, "consistency", None),
+        timeout_s=args.timeout,
+        out=sys.stdout,
+        err=sys.stderr,
+    )

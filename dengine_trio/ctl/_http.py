@@ -1,0 +1,95 @@
+"""A small JSON-over-HTTP client on the standard library, for the command-line tools.
+
+urllib rather than httpx: the tools ship with the node package, and httpx would become a
+runtime dependency (and ~100 ms of import per invocation) for a handful of one-shot requests.
+Proxies from the environment are ignored: the tools talk to cluster nodes directly, as a load
+balancer's health probe would, and a proxy in between would report its own state, not theirs.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+__all__ = ["Answer", "Unreachable", "normalize_endpoint", "request_json"]
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Unreachable(Exception):
+    """No HTTP answer from the endpoint: refused, reset, timed out, or not HTTP."""
+
+
+class Answer:
+    """An HTTP answer: ``status`` (int) and ``body`` (the decoded JSON, or None if the body
+    is not JSON)."""
+
+    __slots__ = ("body", "status")
+
+    def __init__(self, status: int, body: Any) -> None:
+        self.status = status
+        self.body = body
+
+    def error_code(self) -> str | None:
+        """The ``"error"`` member of a JSON error body, e.g. ``"not_leader"``; else None."""
+        if isinstance(self.body, dict) and isinstance(self.body.get("error"), str):
+            return str(self.body["error"])
+        return None
+
+
+def normalize_endpoint(text: str) -> str:
+    """``"127.0.0.1:10001"`` or ``"http://127.0.0.1:10001/"`` -> ``"http://127.0.0.1:10001"``.
+
+    Raises ValueError for an empty endpoint or a scheme other than http/https.
+    """
+    url = text.strip().rstrip("/")
+    if not url:
+        raise ValueError("an endpoint is empty")
+    if "://" not in url:
+        url = "http://" + url
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"endpoint {text!r}: scheme must be http or https")
+    return url
+
+
+def request_json(method: str, url: str, timeout_s: float, payload: Any = None) -> Answer:
+    """One request; ``payload`` (if not None) is sent as a JSON body.
+
+    Returns the answer whatever its status (4xx/5xx included). Raises :class:`Unreachable`
+    when there is no HTTP answer within ``timeout_s`` seconds.
+    """
+    data = None
+    headers = {"Accept": "application/json"}
+    if payload is not None:
+        data = json.dumps(payload).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with _OPENER.open(req, timeout=timeout_s) as response:
+            return Answer(response.status, _decode(response.read()))
+    except urllib.error.HTTPError as exc:
+        try:
+            body = exc.read()
+        except OSError:
+            body = b""
+        finally:
+            exc.close()
+        return Answer(exc.code, _decode(body))
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        # URLError wraps refused/unresolvable; OSError covers resets and socket timeouts;
+        # ValueError an answer that is not HTTP at all (http.client raises subclasses).
+        reason = getattr(exc, "reason", exc)
+        raise Unreachable(str(reason) or type(exc).__name__) from None
+    except http.client.HTTPException as exc:  # a garbled status line, etc.
+        raise Unreachable(f"{type(exc).__name__}: {exc}") from None
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
