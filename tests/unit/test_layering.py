@@ -5,13 +5,13 @@ room. Each ``import`` of a ``dengine_trio`` module, anywhere in a file (inside f
 ``if TYPE_CHECKING:`` blocks too: a type-only import is still a dependency that a refactoring has
 to respect), is an arrow from the importing layer to the imported one. The layers, highest first:
 
-    entry points   dengine_trio (the package facade), __main__, cli, devcluster
+    entry points   dengine_trio (the package facade), __main__, cli, ctl, devcluster
     api            dengine_trio/api: the HTTP apps
     engine         engine.py: EmbeddedEngine and Client
     runtime        dengine_trio/runtime: the trio node
     raft, storage, wire   the sans-IO core, the write-ahead log, the codec (one rank)
     config         config.py: NodeConfig and the TOML loader
-    base           errors, policy, statemachine, log: vocabulary every layer may share
+    base           errors, policy, statemachine, log, metrics: what every layer may share
 
 A module may import its own layer and any lower one, with these exceptions:
 
@@ -55,6 +55,7 @@ LAYER_OF = {
     "__init__": "entry",
     "__main__": "entry",
     "cli": "entry",
+    "ctl": "entry",  # the client tools (status, kv): HTTP clients of running nodes
     "devcluster": "entry",
     "api": "api",
     "engine": "engine",
@@ -67,6 +68,8 @@ LAYER_OF = {
     "policy": "base",
     "statemachine": "base",
     "log": "base",
+    # The sink protocol the runtime and engine report to, and its Prometheus implementation:
+    # it imports nothing of the package, so any layer may be handed one.
     "metrics": "base",
 }
 
