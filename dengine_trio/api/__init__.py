@@ -137,12 +137,18 @@ def install_error_handlers(app: Quart) -> None:
     ``Retry-After: 1`` (s); ``Timeout`` -> 504 (a write may still apply); ``TooLarge`` -> 413;
     another ``DengineError`` -> 500. Quart/werkzeug errors keep their status (a 405 with
     ``Allow``); any other exception is logged with its traceback and answered 500 ``internal``.
-    Also reads any request body a handler left unread before the response goes out:
+    Also closes the connection after a request framed both by Content-Length and
+    Transfer-Encoding (RFC 9112 section 6.1), and reads any request body a handler left unread
+    before the response goes out:
     Hypercorn (0.18, h11) can stall a keep-alive connection whose response was sent before
     the request body arrived, e.g. a 405 to a PUT with a body.
     """
 
     async def drain_request_body(response: Response) -> Response:
+        if "Transfer-Encoding" in request.headers and "Content-Length" in request.headers:
+            # RFC 9112 section 6.1: a proxy in front may have framed it by Content-Length (a
+            # smuggling attempt), so the server MUST close the connection after responding.
+            response.headers["Connection"] = "close"
         # POST /kv reads its whole body before any 2xx, so the hot path skips this.
         if response.status_code < 400 and request.method == "POST":
             return response
