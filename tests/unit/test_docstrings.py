@@ -4,6 +4,7 @@ Public: a module's ``__all__`` and every name it defines that does not start wit
 public class, every method, classmethod, staticmethod and property it defines whose name does
 not start with ``_``. Modules whose name starts with ``_`` are skipped, ``__main__`` excepted.
 
+A method overriding a documented method of a base class counts as documented.
 ``ALLOWED_UNDOCUMENTED`` lists, name by name, what modules still being restructured lack today.
 It is kept honest both ways: a public name missing from it fails, and so does a listed name
 that now has a docstring (or is gone): take it off the list, as with a strict xfail.
@@ -51,6 +52,12 @@ ALLOWED_UNDOCUMENTED = frozenset(
         "dengine_trio.raft.progress:Progress.paused",
         "dengine_trio.raft.progress:ProgressState",
         "dengine_trio.raft.quorum:majority",
+        "dengine_trio.raft.reads:ReadOnly.take_held",
+        "dengine_trio.raft.reads:ReadOnly.void_lease",
+        "dengine_trio.raft.tracker:Tracker.granted_voters",
+        "dengine_trio.raft.tracker:Tracker.record_vote",
+        "dengine_trio.raft.tracker:Tracker.vote_result",
+        "dengine_trio.raft.tracker:VoteResult",
         "dengine_trio.runtime.driver:Core.next_deadline",
         "dengine_trio.runtime.driver:Core.step_many",
         "dengine_trio.runtime.driver:EffectHandler.apply",
@@ -140,6 +147,15 @@ def _has_doc(obj: object) -> bool:
     return bool(doc and doc.strip())
 
 
+def _documented_in_a_base(cls: type, name: str) -> bool:
+    """An override of a documented method (``logging.Formatter.format``) has its meaning."""
+    for base in cls.__mro__[1:]:
+        attr = base.__dict__.get(name)
+        if attr is not None and _has_doc(getattr(attr, "__func__", getattr(attr, "fget", attr))):
+            return True
+    return False
+
+
 def _members(cls: type) -> Iterator[tuple[str, object]]:
     for name, attr in vars(cls).items():
         if name.startswith("_"):
@@ -169,7 +185,7 @@ def undocumented(modules: Iterable[ModuleType] | None = None) -> set[str]:
                 missing.update(
                     f"{module.__name__}:{name}.{member}"
                     for member, fn in _members(obj)
-                    if not _has_doc(fn)
+                    if not _has_doc(fn) and not _documented_in_a_base(obj, member)
                 )
     return missing
 
@@ -221,6 +237,10 @@ class Documented:
     """Documented."""
     def method(self):
         """Documented."""
+
+class Override(Documented):
+    """Documented."""
+    def method(self): pass
 
 @dataclass
 class Generated:
