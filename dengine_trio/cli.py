@@ -35,7 +35,7 @@ from dengine_trio.api.health import create_health_app
 from dengine_trio.api.kv import create_kv_app
 from dengine_trio.config import ConfigError, NodeConfig, check_message_limits, load_config
 from dengine_trio.engine import EmbeddedEngine
-from dengine_trio.log import LEVELS, parse_level, setup_logging
+from dengine_trio.log import LEVELS, LOG_FORMATS, parse_level, setup_logging
 from dengine_trio.metrics.http import instrument_app
 from dengine_trio.metrics.prometheus import PrometheusSink
 from dengine_trio.runtime.node import MAX_COMMAND_BYTES
@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dengine-trio",
         description="Run one node of a dengine_trio cluster: the embedded Raft engine, "
         "the KV HTTP API and the health API.",
+        epilog="Client tools for a running cluster: dengine-trio status --endpoints URL,... "
+        "and dengine-trio kv get|put|del ... (see dengine-trio status --help, "
+        "dengine-trio kv --help).",
     )
     parser.add_argument(
         "--config-path",
@@ -100,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default=os.environ.get("LOG_LEVEL", "info"),
         help=f"one of {', '.join(LEVELS)} (default: $LOG_LEVEL, else info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        help="text (for people, the default) or json (one JSON object per line: time, level, "
+        "node, logger, event, message, fields; see docs/monitoring.md)",
     )
     parser.add_argument(
         "--access-log", action="store_true", help="log every HTTP request (off by default)"
@@ -146,6 +155,8 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
         level = parse_level(args.log_level)
     except ValueError as exc:
         return _fail(str(exc))
+    if args.log_format not in LOG_FORMATS:
+        return _fail(f"--log-format: {args.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
     try:
         config = load_node_config(config_arg)
     except ConfigError as exc:
@@ -168,7 +179,7 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
                 f"(cluster.listen_address = {config.cluster.listen_address!r} in {config.path})"
             )
 
-    setup_logging(level, node_id)
+    setup_logging(level, node_id, args.log_format)
     cap = kernel_backlog_cap()
     if cap is not None and cap < config.http.listen_backlog:
         log.warning(
