@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ __all__ = [
     "free_ports",
     "key_path",
     "node_env",
+    "read_until_closed",
     "run_cli",
     "running_cluster",
     "wait_until",
@@ -50,6 +52,30 @@ NODE_SETTINGS: Settings = {
     "raft.persistence.strategy": Durability.MEM_FIRST,
 }
 """The mission's node file on loopback (the other keys at their defaults)."""
+
+
+RAW_READ_TIMEOUT_S = 10.0
+"""Bound on a raw exchange's wait for the server to close; the answer comes in milliseconds."""
+
+
+def read_until_closed(
+    port: int, request: bytes, timeout_s: float = RAW_READ_TIMEOUT_S
+) -> tuple[bytes, bool]:
+    """Send ``request`` raw on a fresh connection to 127.0.0.1:``port``; read until the server
+    closes it (a reset counts as closing). Returns what was read and whether it closed (False:
+    ``timeout_s`` passed with the connection still open). For what an HTTP client would hide.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(request)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            return received, False
+        except ConnectionResetError:
+            pass
+        return received, True
 
 
 def run_cli(

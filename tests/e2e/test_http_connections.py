@@ -19,29 +19,12 @@ import trio
 from hypercorn.trio import serve
 
 from dengine_trio.api import App, bind_listener, hypercorn_config
-from tests.e2e.cluster import Cluster, Node
+from tests.e2e.cluster import Cluster, Node, read_until_closed
 
 READ_TIMEOUT_S = 10.0
 """Bound on each wait for data or for the close; a node answers these in milliseconds."""
 BURST_CONNECTIONS = 600
 BURST_TIMEOUT_S = 120.0
-
-
-def read_until_closed(port: int, request: bytes) -> tuple[bytes, bool]:
-    """Send ``request`` on a fresh connection, read until the server closes it.
-
-    Returns what was read and whether the server closed (False: the read timed out with the
-    connection still open).
-    """
-    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT_S) as sock:
-        sock.sendall(request)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except TimeoutError:
-            return received, False
-        return received, True
 
 
 def status_and_body(response: bytes) -> tuple[int, bytes]:

@@ -20,7 +20,13 @@ import httpx
 import pytest
 
 from dengine_trio.config import MAX_KEY_BYTES_CEILING
-from tests.e2e.cluster import START_TIMEOUT_S, key_path, running_cluster, wait_until
+from tests.e2e.cluster import (
+    START_TIMEOUT_S,
+    key_path,
+    read_until_closed,
+    running_cluster,
+    wait_until,
+)
 from tests.e2e.test_haproxy import HAPROXY, HAProxy, lb_client
 
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
@@ -33,22 +39,8 @@ UNPARSABLE = {
     ),
     "path-over-haproxys-buffer": b"GET /kv/" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
 }
-READ_TIMEOUT_S = 10.0
 BIG_KEY_BYTES = MAX_KEY_BYTES_CEILING
 """The largest key limit the loader accepts."""
-
-
-def raw_exchange(port: int, request: bytes) -> bytes:
-    """Send ``request`` on a fresh connection; everything read until the peer closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT_S) as sock:
-        sock.sendall(request)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
-        return received
 
 
 @pytest.mark.xfail(
@@ -62,7 +54,7 @@ def test_haproxys_400_for_a_request_it_cannot_parse_is_json(tmp_path: Path) -> N
         try:
             lb.start()
             wait_until(lambda: _connects(lb.port), START_TIMEOUT_S, "HAProxy to listen for clients")
-            answers = {name: raw_exchange(lb.port, raw) for name, raw in UNPARSABLE.items()}
+            answers = {name: read_until_closed(lb.port, raw)[0] for name, raw in UNPARSABLE.items()}
         finally:
             lb.stop()
     wrong = {}

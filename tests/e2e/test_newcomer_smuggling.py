@@ -10,32 +10,15 @@ answer such a request with ``Connection: close``).
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
-from tests.e2e.cluster import running_cluster
-
-READ_TIMEOUT_S = 10.0
-"""Bound on the wait for the close; the answer itself comes in milliseconds."""
+from tests.e2e.cluster import read_until_closed, running_cluster
 
 BODY = b'{"key": "k", "value": "v"}'
 BOTH_FRAMINGS = (
     b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
 )
-
-
-def answer_then_closed(port: int, request: bytes) -> tuple[bytes, bool]:
-    """What the server sends for ``request``, and whether it closed the connection after."""
-    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT_S) as sock:
-        sock.sendall(request)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except TimeoutError:
-            return received, False
-        return received, True
 
 
 def test_a_request_with_both_framings_is_answered_and_the_connection_closed(
@@ -45,7 +28,7 @@ def test_a_request_with_both_framings_is_answered_and_the_connection_closed(
         node = cluster.wait_for_leader()
         outcomes = {}
         for name, port, path in (("kv", node.port, b"/kv"), ("health", node.health_port, b"/x")):
-            received, closed = answer_then_closed(port, BOTH_FRAMINGS % (path, len(BODY)))
+            received, closed = read_until_closed(port, BOTH_FRAMINGS % (path, len(BODY)))
             outcomes[name] = (received.split(b"\r\n", 1)[0], closed)
     assert all(line.startswith(b"HTTP/1.1 ") for line, _ in outcomes.values()), outcomes
     assert all(closed for _, closed in outcomes.values()), outcomes
