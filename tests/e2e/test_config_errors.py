@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -65,15 +66,19 @@ BAD_FILES = {
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
 def test_a_bad_config_file_exits_2_with_one_line(tmp_path: Path, case: str) -> None:
-    mutate, fragment = BAD_FILES[case]
-    good = good_toml(tmp_path)
+    assert_mutation_refused(tmp_path, *BAD_FILES[case])
+
+
+def assert_mutation_refused(root: Path, mutate: Callable[[str], str], fragment: str) -> None:
+    """A node started on ``mutate`` of a good file exits 2 with one line naming ``fragment``."""
+    good = good_toml(root)
     bad = mutate(good)
     assert bad != good
-    (tmp_path / "n1.toml").write_text(bad)
+    (root / "n1.toml").write_text(bad)
     port, health_port = free_ports(2)
     result = run_cli(
         ["--config-path", "n1", "--port", str(port), "--health-port", str(health_port)],
-        cwd=tmp_path,
+        cwd=root,
     )
     assert_refused(result, "n1.toml", fragment)
 

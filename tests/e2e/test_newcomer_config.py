@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cluster import free_ports, run_cli
-from tests.e2e.test_config_errors import assert_refused, good_toml
+from tests.e2e.test_config_errors import assert_mutation_refused, good_toml
 
 # Integers TOML accepts and the loader checks only from below; the layers under it hold them in
 # C integers (socket.listen's int backlog, msgpack's 64-bit integers on the wire).
@@ -32,17 +32,7 @@ OUT_OF_RANGE = {
 
 @pytest.mark.parametrize("case", sorted(OUT_OF_RANGE))
 def test_an_out_of_range_integer_is_refused_at_load_time(tmp_path: Path, case: str) -> None:
-    mutate, fragment = OUT_OF_RANGE[case]
-    good = good_toml(tmp_path)
-    bad = mutate(good)
-    assert bad != good
-    (tmp_path / "n1.toml").write_text(bad)
-    port, health_port = free_ports(2)
-    result = run_cli(
-        ["--config-path", "n1", "--port", str(port), "--health-port", str(health_port)],
-        cwd=tmp_path,
-    )
-    assert_refused(result, "n1.toml", fragment)
+    assert_mutation_refused(tmp_path, *OUT_OF_RANGE[case])
 
 
 @pytest.mark.parametrize("flag", ["--port", "--health-port"])
