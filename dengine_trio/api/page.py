@@ -5,8 +5,8 @@ The browser polls, every second, ``GET /status`` and ``GET /metrics`` of every n
 port and shows who leads, each node's role, term, commit and applied index, lag and health,
 and the cluster's KV writes and reads per second over the last five minutes as an inline SVG
 chart. Rates come from the ``dengine_http_requests_total`` counters of ``/metrics``, summed
-over the nodes (reads: ``GET /kv/<key>`` answered 200 or 404; writes: ``POST /kv`` and
-``DELETE /kv/<key>`` answered 200); a node without metrics counts none.
+over the nodes and averaged over 5 s (reads: ``GET /kv/<key>`` answered 200 or 404; writes:
+``POST /kv`` and ``DELETE /kv/<key>`` answered 200); a node without metrics counts none.
 
 Which nodes: the ``endpoints`` query parameter (health-port URLs, comma separated), else the
 members of this node's ``/status``, each at its Raft host and at this page's port shifted by
@@ -108,11 +108,12 @@ CLUSTER_PAGE = r"""<!doctype html>
 </main>
 <script>
 "use strict";
-const POLL_MS = 1000, WINDOW_S = 300, TIMEOUT_MS = 1500;
+const POLL_MS = 1000, WINDOW_S = 300, TIMEOUT_MS = 1500, RATE_S = 5;
 const SVG = "http://www.w3.org/2000/svg";
 let endpoints = [];
+const expectedId = {};     // endpoint -> node id, when taken from the members
 const last = {};           // endpoint -> {status, error}
-const counters = {};       // endpoint -> {t, reads, writes} (previous sample)
+const counters = {};       // endpoint -> [{t, reads, writes}], the last RATE_S seconds
 const series = [];         // [{t, writes, reads}] cluster rates
 
 function text(el, value) { el.textContent = value; return el; }
@@ -146,11 +147,15 @@ async function discover() {
     const own = await (await fetchWithTimeout("/status")).json();
     const port = Number(location.port || (location.protocol === "https:" ? 443 : 80));
     endpoints = own.members.map(m => {
-      if (m.id === own.node_id) return location.origin;
-      let host = splitHost(m.address);
-      if (["0.0.0.0", "::", ""].includes(host)) host = location.hostname;
-      if (host.includes(":")) host = "[" + host + "]";
-      return location.protocol + "//" + host + ":" + (port - own.node_id + m.id);
+      let url = location.origin;
+      if (m.id !== own.node_id) {
+        let host = splitHost(m.address);
+        if (["0.0.0.0", "::", ""].includes(host)) host = location.hostname;
+        if (host.includes(":")) host = "[" + host + "]";
+        url = location.protocol + "//" + host + ":" + (port - own.node_id + m.id);
+      }
+      expectedId[url] = m.id;
+      return url;
     });
     text(document.getElementById("source"),
       "Endpoints guessed from node " + own.node_id + "'s members: each at its Raft host, on " +
@@ -193,11 +198,15 @@ async function pollOne(endpoint, now) {
     const r = await fetchWithTimeout(endpoint + "/metrics");
     if (!r.ok) return null;
     const c = parseCounters(await r.text());
-    const prev = counters[endpoint];
-    counters[endpoint] = {t: now, reads: c.reads, writes: c.writes};
-    if (!prev || c.reads < prev.reads || c.writes < prev.writes) return null;  // restarted
-    const dt = (now - prev.t) / 1000;
-    return dt > 0 ? {reads: (c.reads - prev.reads) / dt, writes: (c.writes - prev.writes) / dt}
+    let samples = counters[endpoint] || [];
+    const latest = samples[samples.length - 1];
+    if (latest && (c.reads < latest.reads || c.writes < latest.writes)) samples = [];  // restarted
+    samples.push({t: now, reads: c.reads, writes: c.writes});
+    // The rate over the last RATE_S seconds: steadier than from one poll to the next.
+    while (samples.length > 2 && now - samples[1].t >= RATE_S * 1000) samples.shift();
+    counters[endpoint] = samples;
+    const first = samples[0], dt = (now - first.t) / 1000;
+    return dt > 0 ? {reads: (c.reads - first.reads) / dt, writes: (c.writes - first.writes) / dt}
                   : null;
   } catch (e) { return null; }
 }
@@ -232,7 +241,8 @@ function render() {
     tr.dataset.endpoint = endpoint;
     if (!st) {
       tr.dataset.role = "down";
-      cell(tr, "?"); cell(tr, endpoint, "muted");
+      cell(tr, expectedId[endpoint] === undefined ? "?" : expectedId[endpoint]);
+      cell(tr, endpoint, "muted");
       const r = cell(tr, ""); r.appendChild(text(document.createElement("span"), "down"))
         .className = "role down";
       for (let i = 0; i < 6; i++) cell(tr, null, "num");
