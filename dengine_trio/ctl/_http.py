@@ -24,14 +24,15 @@ class Unreachable(Exception):
 
 
 class Answer:
-    """An HTTP answer: ``status`` (int) and ``body`` (the decoded JSON, or None if the body
-    is not JSON)."""
+    """An HTTP answer: ``status`` (int), ``body`` (the decoded JSON, or None if the body is
+    not JSON) and ``endpoint`` (the URL asked, path included)."""
 
-    __slots__ = ("body", "status")
+    __slots__ = ("body", "endpoint", "status")
 
-    def __init__(self, status: int, body: Any) -> None:
+    def __init__(self, status: int, body: Any, endpoint: str = "") -> None:
         self.status = status
         self.body = body
+        self.endpoint = endpoint
 
     def error_code(self) -> str | None:
         """The ``"error"`` member of a JSON error body, e.g. ``"not_leader"``; else None."""
@@ -70,7 +71,7 @@ def request_json(method: str, url: str, timeout_s: float, payload: Any = None) -
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with _OPENER.open(req, timeout=timeout_s) as response:
-            return Answer(response.status, _decode(response.read()))
+            return Answer(response.status, _decode(response.read()), url)
     except urllib.error.HTTPError as exc:
         try:
             body = exc.read()
@@ -78,7 +79,7 @@ def request_json(method: str, url: str, timeout_s: float, payload: Any = None) -
             body = b""
         finally:
             exc.close()
-        return Answer(exc.code, _decode(body))
+        return Answer(exc.code, _decode(body), url)
     except (OSError, ValueError, urllib.error.URLError) as exc:
         # URLError wraps refused/unresolvable; OSError covers resets and socket timeouts;
         # ValueError an answer that is not HTTP at all (http.client raises subclasses).

@@ -102,14 +102,22 @@ def run_kv(
         last = tried[-1] if tried else "no endpoint tried"
         err.write(f"dengine-trio kv: no node served the request in {timeout_s:g} s ({last})\n")
         return EXIT_FAILED
-    body = answer.body if isinstance(answer.body, dict) else {}
+    body = answer.body if isinstance(answer.body, dict) else None
+    # The KV API answers JSON objects only; a get's answer (200 or 404) names "value". A
+    # health port answers an unknown route 404 not_found too: that is not an absent key.
+    if body is None or (action == "get" and answer.status in (200, 404) and "value" not in body):
+        err.write(
+            f"dengine-trio kv: {answer.endpoint} answered HTTP {answer.status} without the KV "
+            "API's body: not a KV port (--endpoints takes the KV ports, e.g. 8081)?\n"
+        )
+        return EXIT_FAILED
     if answer.status == 200:
         if action == "get":
-            out.write(f"{body.get('value', '')}\n")
+            out.write(f"{body['value']}\n")
         return 0
     code = answer.error_code() or "error"
     message = body.get("message", "")
-    if answer.status == 404 and action == "get" and code == "not_found":
+    if answer.status == 404 and action == "get":
         err.write(f"dengine-trio kv: {key!r} not found\n")
         return EXIT_NOT_FOUND
     err.write(f"dengine-trio kv: HTTP {answer.status} {code}: {message}\n")

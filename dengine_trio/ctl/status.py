@@ -53,9 +53,10 @@ def fetch_status(endpoint: str, timeout_s: float) -> tuple[dict[str, Any] | None
         answer = request_json("GET", endpoint + "/status", timeout_s)
     except Unreachable as exc:
         return None, f"unreachable: {exc}"
-    if answer.status != 200 or not isinstance(answer.body, dict):
+    if answer.status != 200 or not isinstance(answer.body, dict) or "role" not in answer.body:
         code = answer.error_code() or "not a status body"
-        return None, f"HTTP {answer.status} {code}"
+        hint = ": not a health port (--endpoints takes the health ports, e.g. 10001)?"
+        return None, f"HTTP {answer.status} {code}" + (hint if answer.status in (200, 404) else "")
     return answer.body, None
 
 

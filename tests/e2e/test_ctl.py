@@ -109,6 +109,14 @@ def test_kv_refusals_and_usage_errors_exit_2(ctl_cluster: Cluster) -> None:
         assert "Traceback" not in result.stderr
 
 
+def test_status_pointed_at_kv_ports_says_so(ctl_cluster: Cluster) -> None:
+    c = ctl_cluster
+    c.wait_for_leader()
+    result = run_cli(["status", "--endpoints", kv_urls(c)], cwd=c.root)
+    assert result.returncode == 1
+    assert result.stdout.count("not a health port") == len(c.nodes), result.stdout
+
+
 def test_kv_skips_an_endpoint_that_does_not_answer(ctl_cluster: Cluster) -> None:
     c = ctl_cluster
     c.wait_for_leader()
