@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.cluster import Cluster, free_ports, running_cluster
+from tests.e2e.cluster import Cluster, free_ports
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 BROWSER = next((path for name in BROWSERS if (path := shutil.which(name))), None)
@@ -58,22 +58,19 @@ def consecutive_free_ports(count: int) -> int:
 def page_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Three nodes whose health ports are ``base + node_id``, the layout the page assumes
     when it is not told the endpoints (as ``make start-cluster``'s 10001..10003)."""
-    root = tmp_path_factory.mktemp("page")
-    with running_cluster(root, settings=None) as c:
-        # running_cluster started them on random ports: restart on a consecutive run.
-        c.stop()
-        base = consecutive_free_ports(len(c.nodes))
-        for node in c.nodes:
-            node.health_port = base + node.node_id
-            node.proc = None
-            node.stop_requested = False
-            node.kv = httpx.Client(base_url=f"http://127.0.0.1:{node.port}", timeout=10,
+    c = Cluster(tmp_path_factory.mktemp("page"))
+    base = consecutive_free_ports(len(c.nodes))
+    for node in c.nodes:
+        node.health.close()
+        node.health_port = base + node.node_id
+        node.health = httpx.Client(base_url=f"http://127.0.0.1:{node.health_port}", timeout=10,
                                    trust_env=False)  # fmt: skip
-            node.health = httpx.Client(base_url=f"http://127.0.0.1:{node.health_port}",
-                                       timeout=10, trust_env=False)  # fmt: skip
+    try:
         c.start()
         c.wait_for_leader()
         yield c
+    finally:
+        c.stop()
 
 
 class Rows(HTMLParser):
