@@ -4,7 +4,7 @@ the rate limiter of the operator warnings, label values, the health app's /metri
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -14,11 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.metrics_delta import quantile
 from dengine_trio.api.health import create_health_app
+from dengine_trio.engine import EmbeddedEngine
 from dengine_trio.errors import NoLeader, Timeout
 from dengine_trio.metrics import MetricsSink, OperatorWarnings, Thresholds, reason_of
 from dengine_trio.metrics.http import UNMATCHED_ROUTE, instrument_app
 from dengine_trio.metrics.prometheus import FSYNC_BUCKETS_S, PrometheusSink
 from dengine_trio.metrics.warnings import RateLimiter
+from tests.support.cluster import node_config
 
 
 def samples(body: bytes, family: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -104,10 +106,15 @@ def test_quantile_interpolates_as_histogram_quantile() -> None:
     assert quantile(0.75, cumulative) == pytest.approx(0.15)
 
 
-async def test_health_app_serves_metrics_or_says_they_are_off() -> None:
+def engine_of(tmp_path: Path, metrics: MetricsSink) -> EmbeddedEngine:
+    """An engine that is built but never started (its status says ``stopped``)."""
+    config = node_config(tmp_path / "n1.toml", 1, "127.0.0.1:1", {1: "127.0.0.1:1"}, tmp_path)
+    return EmbeddedEngine(config, metrics=metrics)
+
+
+async def test_health_app_serves_metrics_or_says_they_are_off(tmp_path: Path) -> None:
     sink = PrometheusSink()
-    engine = SimpleNamespace(node_id=1, metrics=sink)
-    app = create_health_app(engine)  # type: ignore[arg-type]
+    app = create_health_app(engine_of(tmp_path, sink))
     instrument_app(app, sink)
     client = app.test_client()
     response = await client.get("/metrics")
@@ -135,7 +142,7 @@ async def test_health_app_serves_metrics_or_says_they_are_off() -> None:
         == 1
     )
 
-    off = create_health_app(SimpleNamespace(node_id=1, metrics=MetricsSink()))  # type: ignore[arg-type]
+    off = create_health_app(engine_of(tmp_path, MetricsSink()))
     response = await off.test_client().get("/metrics")
     assert response.status_code == 404
     assert (await response.get_json())["error"] == "metrics_disabled"
