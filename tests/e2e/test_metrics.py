@@ -283,3 +283,68 @@ def test_a_killed_leader_is_a_leader_change_on_the_survivors(cluster: Cluster) -
         wait_until(moved, 30, f"node {node.node_id} to count the new leader")
     assert sample(new_leader, "dengine_is_leader") == 1
     assert sample(new_leader, "dengine_peer_connected", peer=str(leader.node_id)) == 0
+
+
+@needs_prometheus
+def test_the_no_leader_alerts_fire_when_they_should(tmp_path: Path) -> None:
+    """promtool's rule unit tests over synthetic series: no leader anywhere fires
+    DengineNoLeader; one node without a leader fires only DengineNodeWithoutLeader."""
+    assert PROMTOOL is not None
+
+    def series(instance: str, values: str) -> dict[str, str]:
+        return {
+            "series": f'dengine_has_leader{{instance="{instance}",job="dengine"}}',
+            "values": values,
+        }
+
+    cut_off = "{} knows no leader: it is cut off from the cluster."
+    no_leader = "No node of the cluster knows a leader: writes and linearizable reads fail."
+    spec = {
+        "rule_files": [str(DEPLOY / "prometheus-alerts.yml")],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [series("a", "0x20"), series("b", "0x20"), series("c", "0x20")],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "2m",
+                        "alertname": "DengineNoLeader",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "critical"},
+                                "exp_annotations": {"summary": no_leader},
+                            }
+                        ],
+                    }
+                ],
+            },
+            {
+                "interval": "15s",
+                "input_series": [series("a", "1x20"), series("b", "1x20"), series("c", "0x20")],
+                "alert_rule_test": [
+                    {"eval_time": "2m", "alertname": "DengineNoLeader", "exp_alerts": []},
+                    {
+                        "eval_time": "2m",
+                        "alertname": "DengineNodeWithoutLeader",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "warning",
+                                    "instance": "c",
+                                    "job": "dengine",
+                                },
+                                "exp_annotations": {"summary": cut_off.format("c")},
+                            }
+                        ],
+                    },
+                ],
+            },
+        ],
+    }
+    tests = tmp_path / "alerts_test.yml"
+    tests.write_text(json.dumps(spec))  # YAML reads JSON
+    result = subprocess.run(
+        [PROMTOOL, "test", "rules", str(tests)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
