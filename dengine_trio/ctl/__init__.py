@@ -93,18 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds to keep trying, over all endpoints (default 10)",
     )
+    # The same options after the action too (kv get KEY --endpoints ...); SUPPRESS keeps an
+    # absent one from overriding the kv-level value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--endpoints", type=_endpoints, default=argparse.SUPPRESS,
+                        help="as for kv")  # fmt: skip
+    common.add_argument("--timeout", type=_positive, default=argparse.SUPPRESS, help="as for kv")
     actions = kv.add_subparsers(dest="action", required=True, metavar="{get,put,del}")
-    get = actions.add_parser("get", help="print the value of KEY (exit 1 if absent)")
+    get = actions.add_parser(
+        "get", parents=[common], help="print the value of KEY (exit 1 if absent)"
+    )
     get.add_argument("key")
     get.add_argument(
         "--consistency",
         choices=("linearizable", "lease", "eventual"),
         help="read policy (default: the node's configured default_policy)",
     )
-    put = actions.add_parser("put", help="set KEY to VALUE, once committed")
+    put = actions.add_parser("put", parents=[common], help="set KEY to VALUE, once committed")
     put.add_argument("key")
     put.add_argument("value")
-    delete = actions.add_parser("del", help="delete KEY (done even if it was absent)")
+    delete = actions.add_parser(
+        "del", parents=[common], help="delete KEY (done even if it was absent)"
+    )
     delete.add_argument("key")
     return parser
 

@@ -95,6 +95,17 @@ def test_kv_put_get_del_and_not_found(ctl_cluster: Cluster) -> None:
     assert "not found" in missing.stderr
 
 
+def test_kv_options_go_before_or_after_the_action(ctl_cluster: Cluster) -> None:
+    c = ctl_cluster
+    c.wait_for_leader()
+    (dead,) = free_ports(1)
+    put = run_cli(["kv", "--endpoints", f"http://127.0.0.1:{dead}", "put", "where", "after",
+                   "--endpoints", kv_urls(c), "--timeout", "20"], cwd=c.root)  # fmt: skip
+    assert put.returncode == 0, put.stderr
+    got = run_cli(["kv", "get", "where", "--endpoints", kv_urls(c)], cwd=c.root)
+    assert (got.returncode, got.stdout) == (0, "after\n"), got.stderr
+
+
 def test_kv_refusals_and_usage_errors_exit_2(ctl_cluster: Cluster) -> None:
     c = ctl_cluster
     c.wait_for_leader()
