@@ -106,9 +106,10 @@ class Forwarding:
     async def propose(self, leader: int, command: bytes, deadline: float) -> bytes:
         """Forward ``command`` to ``leader``; its result once committed. Raises ``NotLeader``
         (or ``NoLeader``) only when the command certainly was not committed; ``Timeout`` at
-        ``deadline`` (trio time, s); the leader's error otherwise."""
+        ``deadline`` (trio time, s); ``Stopped`` once the node stops; the leader's error
+        otherwise. The caller holds the request's slot (``RequestTable.admit``)."""
         requests = self._requests
-        requests.check_capacity()
+        requests.check_open()
         request_id = next(requests.ids)
         forward = _Forward(leader)
         self._forwards[request_id] = forward
@@ -198,12 +199,16 @@ class Forwarding:
     async def serve(self, message: ForwardPropose, refusing: bool) -> None:
         """Propose a follower's forwarded write here and answer it. ``refusing``: this node
         is stopping and takes no requests (certainly not proposed: NOT_LEADER, so the
-        follower may send it on)."""
+        follower may send it on). The write occupies a slot of this node's request table
+        while it is pending (beyond them: OVERLOADED)."""
         status, result = ForwardStatus.OK, b""
         is_leader, leader_id = self._leadership()
+        admitted = False
         try:
             if not is_leader or refusing:
                 raise NotLeader(leader_id or None)
+            self._requests.admit()
+            admitted = True
             deadline = trio.current_time() + self._timeout_s
 
             def accepted(index: int, term: int) -> None:
@@ -225,6 +230,9 @@ class Forwarding:
             status = ForwardStatus.NOT_LEADER
         except DengineError as exc:
             status = _STATUS_FOR_ERROR.get(type(exc), ForwardStatus.NO_LEADER)
+        finally:
+            if admitted:
+                self._requests.release()
         if not self._stopped():
             self._send(
                 ForwardResult(

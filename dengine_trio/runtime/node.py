@@ -96,7 +96,6 @@ class NodeRuntime:
             self.node_id,
             config.limits.max_pending_requests,
             first_id=(self.incarnation >> 32 << 32) + 1,
-            also_pending=lambda: self.forwarding.pending(),
         )
         self.forwarding = Forwarding(
             self.node_id,
@@ -278,7 +277,8 @@ class NodeRuntime:
         )
 
     def pending_requests(self) -> int:
-        """Requests waiting on this node (proposals, reads, forwarded writes)."""
+        """Client requests occupying this node: waiting for a leader, forwarded, pending
+        commit or a read's confirmation (the count ``max_pending_requests`` bounds)."""
         return self.requests.pending()
 
     def pending_proposals(self) -> int:

@@ -70,22 +70,28 @@ class Operations:
             if len(command) > MAX_COMMAND_BYTES:
                 # One entry must fit one frame, or replication would stall on it for good.
                 raise TooLarge(f"command of {len(command)} bytes exceeds {MAX_COMMAND_BYTES}")
-            deadline = trio.current_time() + (
-                self._node.request_timeout_s if timeout_s is None else timeout_s
-            )
-            while True:
-                leader = await self._wait_for_leader(deadline)
-                try:
-                    if leader == self._node.node_id:
-                        return await self.propose_local(command, deadline)
-                    self._node.metrics.forwarded_write()
-                    return await self._node.forwarding.propose(leader, command, deadline)
-                except (NotLeader, NoLeader) as exc:
-                    if trio.current_time() >= deadline:
-                        raise NoLeader("no leader accepted the request in time") from exc
-                    # Leadership is moving: wait for news (or a beat) and try again.
-                    with trio.move_on_after(0.05):
-                        await self._node.wait_for_state_change()
+            requests = self._node.requests
+            # One slot from now until the answer, whatever the write waits for.
+            requests.admit()
+            try:
+                deadline = trio.current_time() + (
+                    self._node.request_timeout_s if timeout_s is None else timeout_s
+                )
+                while True:
+                    leader = await self._wait_for_leader(deadline)
+                    try:
+                        if leader == self._node.node_id:
+                            return await self.propose_local(command, deadline)
+                        self._node.metrics.forwarded_write()
+                        return await self._node.forwarding.propose(leader, command, deadline)
+                    except (NotLeader, NoLeader) as exc:
+                        if trio.current_time() >= deadline:
+                            raise NoLeader("no leader accepted the request in time") from exc
+                        # Leadership is moving: wait for news (or a beat) and try again.
+                        with trio.move_on_after(0.05):
+                            await self._node.wait_for_state_change()
+            finally:
+                requests.release()
         except DengineError as exc:
             self._node.metrics.proposal_failed(reason_of(exc))
             raise
@@ -96,6 +102,10 @@ class Operations:
         deadline: float,
         on_proposed: Callable[[int, int], object] | None = None,
     ) -> bytes:
+        """Propose ``command`` on this node (it leads) and return its result once applied;
+        ``on_proposed(index, term)`` once it is an entry. The caller holds the request's slot
+        (``RequestTable.admit``). Raises ``NotLeader`` (refused or overwritten), ``Timeout``
+        at ``deadline`` (trio time, s), ``Stopped``."""
         request_id, waiter = self._node.requests.new_proposal(on_proposed)
         self._submit(Propose(request_id, command))
         forget = partial(self._node.requests.forget_proposal, request_id, waiter)
@@ -118,24 +128,29 @@ class Operations:
             ):
                 self.lease_reads_local += 1
                 return  # the lease read fast path: no message, no task switch
-            deadline = trio.current_time() + (
-                self._node.request_timeout_s if timeout_s is None else timeout_s
-            )
-            while True:
-                self._node.requests.check_capacity()
-                await self._wait_for_leader(deadline)
-                request_id, waiter = self._node.requests.new_read()
-                self._submit(ReadRequest(request_id, lease))
-                try:
-                    forget = partial(self._node.requests.forget_read, request_id)
-                    await self._node.requests.wait(waiter, deadline, forget)
-                    metrics.read("lease" if lease else "linearizable", "ok")
-                    return
-                except NotLeader as exc:  # reads are idempotent: retry until the deadline
-                    if trio.current_time() >= deadline:
-                        raise NoLeader("no leader confirmed the read in time") from exc
-                    with trio.move_on_after(0.05):
-                        await self._node.wait_for_state_change()
+            requests = self._node.requests
+            # One slot from now until the answer, whatever the read waits for.
+            requests.admit()
+            try:
+                deadline = trio.current_time() + (
+                    self._node.request_timeout_s if timeout_s is None else timeout_s
+                )
+                while True:
+                    await self._wait_for_leader(deadline)
+                    request_id, waiter = requests.new_read()
+                    self._submit(ReadRequest(request_id, lease))
+                    try:
+                        forget = partial(requests.forget_read, request_id)
+                        await requests.wait(waiter, deadline, forget)
+                        metrics.read("lease" if lease else "linearizable", "ok")
+                        return
+                    except NotLeader as exc:  # reads are idempotent: retry until the deadline
+                        if trio.current_time() >= deadline:
+                            raise NoLeader("no leader confirmed the read in time") from exc
+                        with trio.move_on_after(0.05):
+                            await self._node.wait_for_state_change()
+            finally:
+                requests.release()
         except DengineError as exc:
             metrics.read("lease" if lease else "linearizable", reason_of(exc))
             raise

@@ -3,7 +3,13 @@
 A request (a proposal, a read) is a ``Waiter`` under a request id. The core's effects settle it
 (``Proposed`` then the entry's ``Apply``, ``ProposalRejected``, ``ReadReady`` then the apply of
 the read index, ``ReadFailed``); its deadline fails it with ``Timeout``; a stop fails it with
-``Stopped``. The number of pending requests is bounded (``Overloaded``).
+``Stopped``.
+
+Capacity is counted per client request, not per waiter: a request takes a slot (``admit``)
+when it arrives and gives it back (``release``) when it ends, whatever it waits for meanwhile
+(a leader to be known, a forward to the leader, its commit, a read's confirmation, a retry
+after a refusal). Beyond ``max_pending`` slots a request is refused (``Overloaded``) before
+it waits for anything, so a flood cannot exhaust memory, leader or not.
 
 Deadlines are swept by one task (``sweep_deadlines``) from one heap rather than a cancel scope
 per request, which cost ~13% of the leader's CPU with 64 writers.
@@ -78,19 +84,16 @@ class RequestTable:
     """Pending proposals and reads of one node, their deadlines and their capacity.
 
     ``first_id`` starts the request ids (see ``NodeRuntime``: they carry the incarnation).
-    ``also_pending`` counts requests kept elsewhere (forwarded writes) against
-    ``max_pending``.
+    ``max_pending`` bounds the client requests occupying the node at once (``admit``).
     """
 
-    def __init__(
-        self, node_id: int, max_pending: int, first_id: int, also_pending: Callable[[], int]
-    ) -> None:
+    def __init__(self, node_id: int, max_pending: int, first_id: int) -> None:
         self.node_id = node_id
         self.max_pending = max_pending
         self.ids = itertools.count(first_id)
         self.closed = False
         """Set by ``close``: every new request fails with ``Stopped``."""
-        self._also_pending = also_pending
+        self._occupied = 0  # slots taken by admit() and not released
         self._proposals: dict[int, Waiter] = {}
         self._by_index: dict[int, Waiter] = {}
         self._reads: dict[int, Waiter] = {}
@@ -101,33 +104,41 @@ class RequestTable:
         self._deadline_sooner = trio.Event()
 
     def pending(self) -> int:
-        """Requests waiting here and elsewhere (``also_pending``)."""
-        return (
-            len(self._proposals)
-            + len(self._by_index)
-            + len(self._reads)
-            + len(self._reads_by_index)
-            + self._also_pending()
-        )
+        """Client requests occupying this node (admitted and not released): waiting for a
+        leader, forwarded, pending commit or a read's confirmation, or between retries."""
+        return self._occupied
 
     def pending_proposals(self) -> int:
         """This node's own proposals waiting (not forwarded writes, not reads)."""
         return len(self._proposals) + len(self._by_index)
 
-    def check_capacity(self) -> None:
-        """Raises ``Stopped`` once closed, ``Overloaded`` at ``max_pending`` requests."""
+    def check_open(self) -> None:
+        """Raises ``Stopped`` once closed."""
         if self.closed:
             raise Stopped("node is stopping")
-        pending = self.pending()
-        if pending >= self.max_pending:
-            raise Overloaded(f"{pending} requests pending on node {self.node_id}")
+
+    def admit(self) -> None:
+        """Take a slot for one client request, held until ``release`` (call it in a
+        ``finally``) across everything the request waits for. Raises ``Stopped`` once closed,
+        ``Overloaded`` when ``max_pending`` slots are taken."""
+        if self.closed:
+            raise Stopped("node is stopping")
+        if self._occupied >= self.max_pending:
+            raise Overloaded(f"{self._occupied} requests pending on node {self.node_id}")
+        self._occupied += 1
+
+    def release(self) -> None:
+        """Give back the slot an ``admit`` took."""
+        self._occupied -= 1
 
     # -- making requests -------------------------------------------------------------------
 
     def new_proposal(
         self, on_proposed: Callable[[int, int], object] | None = None
     ) -> tuple[int, Waiter]:
-        self.check_capacity()
+        """A proposal's id and waiter, for a request holding a slot (``admit``). Raises
+        ``Stopped`` once closed."""
+        self.check_open()
         request_id = next(self.ids)
         waiter = Waiter()
         waiter.on_proposed = on_proposed
@@ -140,7 +151,9 @@ class RequestTable:
             del self._by_index[waiter.index]
 
     def new_read(self) -> tuple[int, Waiter]:
-        self.check_capacity()
+        """A read's id and waiter, for a request holding a slot (``admit``). Raises
+        ``Stopped`` once closed."""
+        self.check_open()
         request_id = next(self.ids)
         waiter = Waiter()
         self._reads[request_id] = waiter
