@@ -74,9 +74,7 @@ def create_health_app(engine: EmbeddedEngine) -> App:
         body, content_type = exposition
         return Response(body, content_type=content_type, headers=_CORS)
 
-    members = [
-        {"id": p.id, "address": p.address} for p in engine.config.cluster.initial_cluster
-    ]
+    members = [{"id": p.id, "address": p.address} for p in engine.config.cluster.initial_cluster]
     address = next((m["address"] for m in members if m["id"] == node_id), None)
 
     @app.get("/status")
