@@ -9,10 +9,10 @@ the pipe on each node's standard input, and each node then stops by itself the s
 within :data:`REPEAT_WINDOW_S` of the first is the same stop (``kill`` of a ``make`` job also
 reaches make, which forwards its own SIGTERM); one after that kills the nodes.
 
-A node that exits by itself (killed, a taken port, a bad config) is reported on a
-``[devcluster]`` line with its id, how it ended and how to start it again, and the others keep
-running: the quick start is where a user tries a failover. The launcher exits by itself only
-when no node is left.
+A node that exits by itself is reported on a ``[devcluster]`` line with its id and how it
+ended (see :func:`report_exit`: stopped, failed to start, or died, with how to start it again
+unless it failed to start), and the others keep running: the quick start is where a user tries
+a failover. The launcher exits by itself only when no node is left.
 """
 
 from __future__ import annotations
@@ -27,13 +27,27 @@ from collections.abc import AsyncIterator, Sequence
 
 import trio
 
-__all__ = ["REPEAT_WINDOW_S", "NodeSpec", "describe_exit", "main", "mission_nodes", "run_cluster"]
+__all__ = [
+    "REPEAT_WINDOW_S",
+    "STARTUP_WINDOW_S",
+    "NodeSpec",
+    "describe_exit",
+    "main",
+    "mission_nodes",
+    "report_exit",
+    "run_cluster",
+]
 
 NodeSpec = tuple[int, str, int, int]
 """(node id, config path, KV port, health port)."""
 
 REPEAT_WINDOW_S = 1.0
 """A stop signal this soon (seconds) after the first one is part of the same stop."""
+
+STARTUP_WINDOW_S = 5.0
+"""A node that exits with a non-zero status this soon (seconds) after it was started failed to
+start (a taken port, a bad config: it said why on its last lines); restarting it as it was would
+fail the same way, so no restart command is suggested."""
 
 _TAG = b"[devcluster] "
 
@@ -73,6 +87,40 @@ def describe_exit(returncode: int) -> str:
             name = f"signal {-returncode}"
         return f"killed by {name} (exit {128 - returncode})"
     return f"exit status {returncode}"
+
+
+def report_exit(
+    spec: NodeSpec,
+    returncode: int,
+    lived_s: float,
+    left: Sequence[int],
+    extra_args: Sequence[str] = (),
+) -> str:
+    """The ``[devcluster]`` line for node ``spec`` that exited by itself after ``lived_s``
+    seconds, ``left`` being the ids of the nodes still running.
+
+    Exit status 0 (a ``kill <pid>``: the node stopped gracefully) is "stopped"; a non-zero
+    status within :data:`STARTUP_WINDOW_S` of the start is "failed to start" (its own error
+    line names the cause, e.g. the port taken); any other non-zero status or a signal is "died".
+    Only a stopped or dead node gets a restart command.
+    """
+    node_id = spec[0]
+    if returncode == 0:
+        what, restartable = f"stopped ({describe_exit(returncode)})", True
+    elif 0 < returncode and lived_s <= STARTUP_WINDOW_S:
+        what, restartable = (
+            f"failed to start ({describe_exit(returncode)}): see its error above",
+            False,
+        )
+    else:
+        what, restartable = f"died: {describe_exit(returncode)}", True
+    if not left:
+        return f"node {node_id} {what}; no node is left"
+    keep = "keeps" if len(left) == 1 else "keep"
+    line = f"node {node_id} {what}; {_nodes(left)} {keep} running"
+    if restartable:
+        line += f". Start it again in another terminal: {restart_hint(spec, extra_args)}"
+    return line
 
 
 class _Output:
@@ -130,7 +178,7 @@ class _Nodes:
             # back and kill it mid-flush.
             self.stop_requested_at = now
             self.running_at_stop = self.running()
-            await self.out.say(f"{name}: stopping nodes {_ids(self.running_at_stop)} gracefully")
+            await self.out.say(f"{name}: stopping {_nodes(self.running_at_stop)} gracefully")
             self._signal_all(signal.SIGTERM)
         elif now - self.stop_requested_at <= REPEAT_WINDOW_S:
             await self.out.say(
@@ -139,7 +187,7 @@ class _Nodes:
             )
         elif not self.killed:
             self.killed = True
-            await self.out.say(f"{name} again: killing nodes {_ids(self.running())}")
+            await self.out.say(f"{name} again: killing {_nodes(self.running())}")
             self._signal_all(signal.SIGKILL)
 
     def _signal_all(self, signum: int) -> None:
@@ -162,8 +210,11 @@ class _Nodes:
         return max((1 if c is None else c if c >= 0 else 128 - c for c in codes), default=0)
 
 
-def _ids(ids: Sequence[int]) -> str:
-    return ", ".join(map(str, ids)) or "(none)"
+def _nodes(ids: Sequence[int]) -> str:
+    """``[3]`` -> ``node 3``; ``[1, 3]`` -> ``nodes 1, 3``; ``[]`` -> ``no node``."""
+    if not ids:
+        return "no node"
+    return ("node " if len(ids) == 1 else "nodes ") + ", ".join(map(str, ids))
 
 
 async def run_cluster(nodes: Sequence[NodeSpec], extra_args: Sequence[str] = ()) -> int:
@@ -184,21 +235,12 @@ async def run_cluster(nodes: Sequence[NodeSpec], extra_args: Sequence[str] = ())
             async with trio.open_nursery() as nursery:
 
                 async def watch(spec: NodeSpec, proc: trio.Process) -> None:
+                    started_at = trio.current_time()
                     code = await proc.wait()
                     if running.stop_requested_at is not None:
                         return
-                    node_id = spec[0]
-                    left = running.running()
-                    if left:
-                        await out.say(
-                            f"node {node_id} died: {describe_exit(code)}; nodes "
-                            f"{_ids(left)} keep running. Start it again in another terminal: "
-                            f"{restart_hint(spec, extra_args)}"
-                        )
-                    else:
-                        await out.say(
-                            f"node {node_id} died: {describe_exit(code)}; no node is left"
-                        )
+                    lived_s = trio.current_time() - started_at
+                    await out.say(report_exit(spec, code, lived_s, running.running(), extra_args))
 
                 for spec in nodes:
                     proc = await trio.lowlevel.open_process(

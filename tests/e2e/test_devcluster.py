@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dengine_trio.devcluster import describe_exit, restart_hint
+from dengine_trio.devcluster import STARTUP_WINDOW_S, describe_exit, report_exit, restart_hint
 from tests.e2e.cluster import (
     EXIT_TIMEOUT_S,
     START_TIMEOUT_S,
@@ -33,9 +33,9 @@ PID_LINE = re.compile(r"^\[devcluster\] node (\d+): pid (\d+)", re.M)
 class Launcher:
     """The devcluster process running the nodes of ``cluster``, its output in a file."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, log_name: str = "devcluster.log") -> None:
         self.cluster = cluster
-        self.log_path = cluster.root / "devcluster.log"
+        self.log_path = cluster.root / log_name
         specs = [
             f"{n.node_id}:{n.config_path.with_suffix('')}:{n.port}:{n.health_port}"
             for n in cluster.nodes
@@ -110,6 +110,7 @@ def test_a_killed_node_is_reported_the_others_keep_running_and_stop_once(
             lambda: report.search(launcher.output()), EXIT_TIMEOUT_S, "the death report"
         ).group(0)
         assert "start-node" in line or "--config-path" in line, line  # how to restart it
+        assert "nodes 1" in line or "nodes 2" in line, line  # two are left: plural
 
         survivors = [n for n in cluster.nodes if n is not leader]
         new_leader = wait_until(lambda: single_leader(survivors), START_TIMEOUT_S, "a new leader")
@@ -147,3 +148,75 @@ def test_the_restart_hint_is_the_make_target_for_the_shipped_nodes_else_the_comm
     )
     # Extra arguments would be lost with the make target, so the command is given instead.
     assert "--access-log" in restart_hint((2, "config/n2", 8082, 10002), ["--access-log"])
+
+
+def _report(launcher: Launcher, node_id: int, what: str) -> str:
+    report = re.compile(rf"^\[devcluster\] node {node_id} {what}.*$", re.M)
+    found = wait_until(lambda: report.search(launcher.output()), EXIT_TIMEOUT_S, what)
+    return found.group(0)
+
+
+def test_a_node_stopped_cleanly_is_not_called_dead_and_one_node_is_singular(
+    tmp_path: Path,
+) -> None:
+    with launched(tmp_path) as (cluster, launcher):
+        pids = wait_until(launcher.pids, START_TIMEOUT_S, "the launcher to print node pids")
+        wait_until(lambda: single_leader(cluster.nodes), START_TIMEOUT_S, "a leader")
+        first, second, last = cluster.nodes
+
+        # `kill <pid>` of one node: it stops gracefully and exits 0, which is no death.
+        os.kill(pids[first.node_id], signal.SIGTERM)
+        line = _report(launcher, first.node_id, "stopped")
+        assert "exit status 0" in line, line
+        assert "died" not in line, line
+        assert f"nodes {second.node_id}, {last.node_id} keep running" in line, line
+
+        os.kill(pids[second.node_id], signal.SIGKILL)
+        line = _report(launcher, second.node_id, "died: killed by SIGKILL")
+        assert f"; node {last.node_id} keeps running" in line, line
+
+        launcher.proc.send_signal(signal.SIGINT)
+        assert launcher.proc.wait(EXIT_TIMEOUT_S) == 0, launcher.output()
+        assert f"SIGINT: stopping node {last.node_id} gracefully" in launcher.output()
+
+
+def test_a_second_cluster_on_taken_ports_says_its_nodes_could_not_start(tmp_path: Path) -> None:
+    with launched(tmp_path) as (cluster, launcher):
+        wait_until(launcher.pids, START_TIMEOUT_S, "the launcher to print node pids")
+        wait_until(lambda: single_leader(cluster.nodes), START_TIMEOUT_S, "a leader")
+
+        # The second `make start-cluster` of a newcomer who forgot the first one.
+        second = Launcher(cluster, "second.log")
+        try:
+            assert second.proc.wait(START_TIMEOUT_S) == 1, second.output()
+            output = second.output()
+        finally:
+            second.stop()
+        for node in cluster.nodes:
+            # The node's own error, naming the port, reaches the terminal ...
+            assert any(
+                "cannot listen" in x and str(node.port) in x for x in second.node_lines(node)
+            ), output
+            # ... and the launcher points at it instead of suggesting a restart.
+            line = _report(second, node.node_id, "failed to start")
+            assert "exit status 1" in line and "see its error above" in line, line
+        assert "died" not in output, output
+        assert "Start it again" not in output, output
+        assert launcher.proc.poll() is None, launcher.output()  # the first one is untouched
+
+
+def test_a_non_zero_exit_is_a_failed_start_early_and_a_death_later() -> None:
+    spec = (2, "config/n2", 8082, 10002)
+    early = report_exit(spec, 2, STARTUP_WINDOW_S / 2, [1, 3])
+    assert (
+        early
+        == "node 2 failed to start (exit status 2): see its error above; nodes 1, 3 keep running"
+    )
+    late = report_exit(spec, 1, STARTUP_WINDOW_S * 2, [3])
+    assert late == (
+        "node 2 died: exit status 1; node 3 keeps running. "
+        "Start it again in another terminal: make start-node2"
+    )
+    # A signal is a death however early: nothing the node said explains it.
+    assert report_exit(spec, -signal.SIGKILL, 0.1, []).startswith("node 2 died: killed by SIGKILL")
+    assert report_exit(spec, 0, 0.1, []) == "node 2 stopped (exit status 0); no node is left"
