@@ -256,7 +256,7 @@ function render() {
     cell(tr, st.node_id);
     cell(tr, endpoint, "muted");
     const roleCell = cell(tr, "");
-    const badge = text(document.createElement("span"), st.role.replace("_", "-"));
+    const badge = text(document.createElement("span"), st.role);
     badge.className = "role " + st.role;
     roleCell.appendChild(badge);
     cell(tr, st.term, "num");

@@ -65,7 +65,10 @@ class NodeLog:
             log.info("node %d term %d: follower, no leader known", self.node_id, change.term)
         else:
             log.info(
-                "node %d term %d: %s, campaigning", self.node_id, change.term, change.role.value
+                "node %d term %d: %s, campaigning",
+                self.node_id,
+                change.term,
+                change.role.name.lower(),  # as /status spells it: pre_candidate
             )
 
     def peer_message(self, message: object, last_index: int) -> None:
