@@ -60,9 +60,21 @@ class ApiError(Exception):
 
 
 class App(QuartTrio):
-    """A QuartTrio app whose last response message is sent shielded from cancellation.
+    """A QuartTrio app that answers a complete request even if its client half-closed, and
+    sends its last response message shielded from cancellation.
 
-    Why: quart-trio answers a request in one task and listens for ``http.disconnect`` in
+    Half-close: Hypercorn (0.18) takes the client's FIN for a disconnect and passes the app
+    ``http.disconnect``, on which quart-trio cancels the handler. A client may send its whole
+    request and then shut its sending side (``nc -N``, ncat, some proxies and probes do): an
+    HTTP/1.1 request ends where its framing says (RFC 9112 section 6), and a TCP FIN closes
+    one direction only (RFC 9293); yet a ``POST /kv`` applied with no answer at all. TCP
+    cannot tell that FIN from a client that closed for good, so once a request has arrived
+    complete, a disconnect is not passed on: the handler runs to its end (bounded by the
+    request timeout and ``max_pending_requests``, like any request) and its response is
+    written to the half-open connection, or lost harmlessly if the client is gone. A
+    disconnect before the request is complete still cancels the handler.
+
+    Last send: quart-trio answers a request in one task and listens for ``http.disconnect`` in
     another, and cancels both as soon as either ends. When a response is the last one on its
     connection (HTTP/1.0, ``Connection: close``, an error that closes), Hypercorn (0.18, trio
     worker) closes the socket from inside the app's final ``send``: it first queues
@@ -80,8 +92,27 @@ class App(QuartTrio):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            receive = _hold_disconnect_once_complete(receive)
             send = _shield_last_send(send)
         await super().__call__(scope, receive, send)
+
+
+def _hold_disconnect_once_complete(receive: Any) -> Any:
+    complete = False
+
+    async def receive_until_complete() -> Any:
+        nonlocal complete
+        message = await receive()
+        if message["type"] == "http.request":
+            if not message.get("more_body", False):
+                complete = True
+        elif message["type"] == "http.disconnect" and complete:
+            # A FIN after a whole request (a half-close): the answer is still owed. quart-trio
+            # cancels this wait once the handler has responded.
+            await trio.sleep_forever()
+        return message
+
+    return receive_until_complete
 
 
 def _shield_last_send(send: Any) -> Any:
