@@ -332,7 +332,8 @@ LISTEN_BACKLOG_MAX = 2**31 - 1
 def _split_address(address: str) -> tuple[str, int]:
     """``host:port`` (IPv6 hosts in brackets) -> ``(host, port)``; ValueError if malformed."""
     host, sep, port_text = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
         host = host[1:-1]
     if not sep or not host or not port_text.isdigit():
         raise ValueError(f"{address!r} is not host:port")
@@ -340,12 +341,61 @@ def _split_address(address: str) -> tuple[str, int]:
     if not 1 <= port <= 65535:
         raise ValueError(f"port {port} of {address!r} is outside 1-65535")
     try:
-        # What the socket layer does with a host string; it fails on an empty label or one
-        # over 63 characters, which would otherwise surface when the node binds or dials.
-        host.encode("idna")
-    except UnicodeError:
-        raise ValueError(f"host {host!r} of {address!r} is not a valid host name") from None
+        name = name.encode("idna").decode("ascii")
+    problem = _host_problem(host, bracketed)
+    if problem:
+        raise ValueError(f"host {host!r} of {address!r} {problem}")
     return host, port
+
+
+_LABEL_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+def _host_problem(host: str, bracketed: bool = False) -> str | None:
+    """Why the resolver would refuse ``host`` (``bracketed``: written in brackets, which are
+    stripped), or None if it takes it.
+
+    An IPv6 literal (in brackets, or any host with a ``:``; a ``%zone`` allowed); an IPv4
+    literal in dotted-quad form (a last label of digits only: RFC 1123 section 2.1 keeps such
+    names for addresses, and ``inet_aton`` would read ``10.1`` or ``010.0.0.1`` as other
+    addresses); else a host name of RFC 1123 labels: 1-63 of letters, digits and ``-``, not
+    first or last, at most 253 characters, one final dot allowed. A non-ASCII name is checked
+    in the ``xn--`` form the socket layer sends (IDNA 2003, Python's ``idna`` codec)."""
+    if bracketed or ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+            return None
+        except ValueError:
+            if bracketed:
+                return "is not a valid IPv6 address (only those go in brackets)"
+        # Not an IPv6 address: the ":" is reported below, as a character no host name has.
+    name = host[:-1] if host.endswith(".") else host
+    if name.rpartition(".")[2].isdigit():
+        try:
+            ipaddress.IPv4Address(host)  # no final dot: "10.0.0.2." would be looked up as a name
+        except ValueError:
+            return "is not a valid IPv4 address (four decimal numbers 0-255, e.g. 10.0.0.2)"
+        return None
+    except UnicodeError:
+        # An empty label, one over 63 characters, or a character IDNA cannot map: the labels
+        # of the name as written say which.
+        pass
+    if len(name) > 253:
+        return "is not a valid host name: longer than 253 characters"
+    for label in name.split("."):
+        if not label:
+            return "is not a valid host name: an empty label (two dots, or a leading dot)"
+        if len(label) > 63:
+            return f"is not a valid host name: label {label[:20]!r}... is over 63 characters"
+        bad = next((c for c in label if c not in _LABEL_CHARACTERS), None)
+        if bad is not None:
+            return (
+                f"is not a valid host name: label {label!r} has a {bad!r} (RFC 1123: letters, "
+                "digits and '-' only)"
+            )
+        if label.startswith("-") or label.endswith("-"):
+            return f"is not a valid host name: label {label!r} starts or ends with '-'"
+    return None
 
 
 def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:

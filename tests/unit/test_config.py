@@ -195,6 +195,28 @@ def test_ipv6_addresses(tmp_path: Path) -> None:
 
 
 def test_constructing_node_config_in_code_validates() -> None:
+@pytest.mark.parametrize(
+    "host",
+    [
+        "n2",
+        "node-2.example.com",
+        "NODE2.LAN",
+        "2node.lan",  # RFC 1123 lets a label start with a digit
+        "node2.example.",  # fully qualified
+        "b\u00fccher.example",  # an IDN: the socket layer sends its xn-- form
+        "xn--bcher-kva.example",
+        "10.0.0.2",
+        "[fe80::1]",
+        "[fe80::1%eth0]",
+        f"{'a' * 63}.lan",
+    ],
+)
+def test_host_names_and_ip_literals_a_resolver_takes_load(tmp_path: Path, host: str) -> None:
+    text = MISSION_TOML.replace('address = "0.0.0.0:9082"', f'address = "{host}:9082"')
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.peer_addresses()[2] == (host.strip("[]"), 9082)
+
+
     cluster = ClusterConfig(
         node_id=4, listen_address="127.0.0.1:9084", initial_cluster=[PeerConfig(1, "a:1")]
     )
@@ -338,6 +360,35 @@ BAD_FILES = [
                                         'listen_address = "0.0.0.0:9091"'),
      "cluster.listen_address",
      "port 9091 differs from this node's address in cluster.initial_cluster[0] ('0.0.0.0:9081')"),
+    # a host the resolver would refuse: RFC 1123 labels, or an IPv4 / IPv6 literal
+    ("address-host-with-a-space", sub('address = "0.0.0.0:9082"', 'address = "node two:9082"'),
+     "cluster.initial_cluster[1].address",
+     "host 'node two' of 'node two:9082' is not a valid host name: label 'node two' has a ' '"),
+    ("listen-host-with-a-space", sub('listen_address = "0.0.0.0:9081"',
+                                     'listen_address = "0.0.0.0 :9081"'),
+     "cluster.listen_address", "is not a valid host name: label '0 ' has a ' '"),
+    ("address-host-underscore", sub('address = "0.0.0.0:9082"', 'address = "node_2:9082"'),
+     "cluster.initial_cluster[1].address", "label 'node_2' has a '_'"),
+    ("address-host-slash", sub('address = "0.0.0.0:9082"', 'address = "http://n2:9082"'),
+     "cluster.initial_cluster[1].address", "is not a valid host name"),
+    ("address-host-leading-hyphen", sub('address = "0.0.0.0:9082"', 'address = "-n2.lan:9082"'),
+     "cluster.initial_cluster[1].address", "label '-n2' starts or ends with '-'"),
+    ("address-host-trailing-hyphen", sub('address = "0.0.0.0:9082"', 'address = "n2-.lan:9082"'),
+     "cluster.initial_cluster[1].address", "label 'n2-' starts or ends with '-'"),
+    ("address-ipv4-out-of-range", sub('address = "0.0.0.0:9082"', 'address = "10.0.0.256:9082"'),
+     "cluster.initial_cluster[1].address",
+     "host '10.0.0.256' of '10.0.0.256:9082' is not a valid IPv4 address"),
+    ("address-ipv4-short-form", sub('address = "0.0.0.0:9082"', 'address = "10.1:9082"'),
+     "cluster.initial_cluster[1].address", "is not a valid IPv4 address"),
+    ("address-ipv4-leading-zero", sub('address = "0.0.0.0:9082"', 'address = "010.0.0.1:9082"'),
+     "cluster.initial_cluster[1].address", "is not a valid IPv4 address"),
+    ("address-ipv4-final-dot", sub('address = "0.0.0.0:9082"', 'address = "10.0.0.2.:9082"'),
+     "cluster.initial_cluster[1].address", "is not a valid IPv4 address"),
+    ("address-ipv6-bad", sub('address = "0.0.0.0:9082"', 'address = "[::g]:9082"'),
+     "cluster.initial_cluster[1].address", "host '::g' of '[::g]:9082' is not a valid IPv6"),
+    ("address-host-too-long", sub('address = "0.0.0.0:9082"',
+                                  f'address = "{"a." * 127}ab:9082"'),
+     "cluster.initial_cluster[1].address", "longer than 253 characters"),
     ("listen-host-not-own-address", sub('listen_address = "0.0.0.0:9081"',
                                         'listen_address = "10.0.0.7:9081"'),
      "cluster.listen_address",
@@ -488,16 +539,16 @@ TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size
 PATH = TEXT.filter(lambda text: "\x00" not in text)
 
 
-def _valid_host(host: str) -> bool:
-    try:
-        host.encode("idna")
-    except UnicodeError:
-        return False
-    return True
-
-
-HOST = st.text(st.characters(codec="ascii"), min_size=1, max_size=12).filter(_valid_host)
-"""Hosts the socket layer takes: quotes, backslashes and control characters included."""
+LABEL = st.from_regex(r"\A[A-Za-z0-9](?:[A-Za-z0-9-]{0,10}[A-Za-z0-9])?\Z")
+"""An RFC 1123 label (shortened)."""
+HOST = st.one_of(
+    st.lists(LABEL, min_size=1, max_size=3)
+    .map(".".join)
+    .filter(lambda name: not name.rpartition(".")[2].isdigit()),  # that is an IPv4 address
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).map(lambda ip: f"[{ip}]"),
+)
+"""Hosts the resolver takes: RFC 1123 names, IPv4 and (bracketed) IPv6 literals."""
 
 
 @st.composite
