@@ -340,8 +340,6 @@ def _split_address(address: str) -> tuple[str, int]:
     port = int(port_text)
     if not 1 <= port <= 65535:
         raise ValueError(f"port {port} of {address!r} is outside 1-65535")
-    try:
-        name = name.encode("idna").decode("ascii")
     problem = _host_problem(host, bracketed)
     if problem:
         raise ValueError(f"host {host!r} of {address!r} {problem}")
@@ -376,6 +374,8 @@ def _host_problem(host: str, bracketed: bool = False) -> str | None:
         except ValueError:
             return "is not a valid IPv4 address (four decimal numbers 0-255, e.g. 10.0.0.2)"
         return None
+    try:
+        name = name.encode("idna").decode("ascii")
     except UnicodeError:
         # An empty label, one over 63 characters, or a character IDNA cannot map: the labels
         # of the name as written say which.
