@@ -206,9 +206,17 @@ class RaftNode:
         )
 
     def lease_valid(self, now_ms: float) -> bool:
-        """May a lease read be served locally right now? (thesis §6.4.1)"""
+        """May a lease read be served locally at ``now_ms`` (ms)? (thesis §6.4.1)
+
+        Only while every promise the lease relies on is in force: CheckQuorum is on (without
+        it voters are not sticky, §4.2.3, and acknowledging a round promises nothing); a
+        majority acknowledged a round sent less than ``lease_duration_ms`` ago that was not
+        sent during a transfer; the previous leader's lease has run out; no TimeoutNow went
+        out in this term; and an entry of this term is committed. Otherwise a lease read
+        falls back to ReadIndex, which is linearizable without any clock assumption."""
         return (
-            self.role is Role.LEADER
+            self.config.check_quorum
+            and self.role is Role.LEADER
             and now_ms < self._reads.lease_expiry
             # A new leader waits out an election timeout: until then the previous leader's
             # lease may still be running on its own clock.
@@ -439,17 +447,20 @@ class RaftNode:
                 self._campaign(pre_vote=False, transfer=True)
 
     def _in_leader_lease(self) -> bool:
-        """Would we refuse a (non-transfer) campaign now? While a leader we know of may hold a
-        lease that our acknowledgements back, or during the quiet period after a restart."""
+        """Would we refuse a (non-transfer) campaign now? While a leader may hold a lease
+        that our acknowledgements back, or during the quiet period after a restart.
+
+        The promise is about time, not about what we know now: having heard from a leader at
+        time t, we help elect nobody before t + the minimum election timeout, even if a stale
+        answer from another node has since raised our term and left us with no leader known
+        (that alone would otherwise let us vote in the raised term behind a live lease)."""
         if self.now < self._votes_quiet_until:
             return True
         if not self.config.check_quorum:
             return False
         if self.role is Role.LEADER:
             return True
-        return self.leader_id != 0 and (
-            self.now - self._last_leader_contact < self.config.election_timeout_min_ms
-        )
+        return self.now - self._last_leader_contact < self.config.election_timeout_min_ms
 
     def _receive_stale(self, m: Message) -> None:
         """A message from an older term. Answer the ones whose sender is waiting on us with our
@@ -480,7 +491,9 @@ class RaftNode:
             return
         granted = (
             m.term == self.term
-            and (m.transfer or self.now >= self._votes_quiet_until)
+            # Stickiness applies to a vote request of our own term too: our term may have
+            # been raised by a stale answer while a lease we back is still running.
+            and (m.transfer or not self._in_leader_lease())
             and self.voted_for in (0, m.src)
             and (self.leader_id == 0 or self.voted_for == m.src)
             and up_to_date

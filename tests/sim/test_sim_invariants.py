@@ -4,7 +4,8 @@ Schedules mix partitions, one-way cuts, crashes and restarts, lossy networks, pe
 drops, holds and order-keeping stalls on chosen links (the leader's included), quick restarts
 of a voter with its peers reconnecting late (at the worst moment for a lease), leadership
 transfers whose TimeoutNow arrives late, and bursts of writes and lease reads around those
-moments (half the reads go to a node that believes it leads, stale leaders included).
+moments (half the reads go to a node that believes it leads, stale leaders included). A
+quarter of the schedules run with CheckQuorum off, a quarter with PreVote off.
 
 Every step of every run is checked for election safety, log matching, leader completeness,
 state-machine safety, the commit-index bounds (never past the log, never past what a follower
@@ -48,6 +49,10 @@ class Schedule:
     # The enum's own repr (<Durability...>) is not Python; this one pastes into ``replay``.
     durability: Durability = attrs.field(repr=lambda d: f"Durability.{d.name}")
     actions: tuple[tuple[float, tuple[object, ...]], ...]  # (ms to run before, action)
+    # Raft options off the defaults, e.g. (("check_quorum", False),): without CheckQuorum
+    # voters are not sticky and a lease promises nothing; without PreVote a campaign raises
+    # terms at once, so a stale answer can raise a sticky voter's term.
+    options: tuple[tuple[str, bool], ...] = ()
 
 
 def actions(size: int) -> st.SearchStrategy[tuple[object, ...]]:
@@ -106,6 +111,11 @@ def actions(size: int) -> st.SearchStrategy[tuple[object, ...]]:
             st.sampled_from([300.0, 650.0, 1_000.0]),
         ),
         st.tuples(st.just("reads"), st.integers(1, 20)),
+        # A leader split from one follower C while the others keep acknowledging its rounds;
+        # just before C's campaign the others' answers to the leader are lost, so the leader
+        # keeps its view (and its lease, if it may have one) while C campaigns among them,
+        # with clients busy around that campaign.
+        st.tuples(st.just("lease-split"), st.sampled_from([5.0, 50.0, 200.0])),
     )
 
 
@@ -126,6 +136,11 @@ def schedules(draw: st.DrawFn, max_actions: int = 12) -> Schedule:
         seed=draw(st.integers(0, 2**32 - 1)),
         durability=draw(st.sampled_from(list(Durability))),
         actions=tuple(steps),
+        options=tuple(
+            (name, False)
+            for name in ("check_quorum", "pre_vote")
+            if draw(st.sampled_from([True, True, True, False])) is False
+        ),
     )
 
 
@@ -139,7 +154,13 @@ def replay(schedule: Schedule) -> Cluster:
 
 
 def _run(schedule: Schedule) -> Cluster:
-    c = Cluster(schedule.size, seed=schedule.seed, durability=schedule.durability, drift=0.02)
+    c = Cluster(
+        schedule.size,
+        seed=schedule.seed,
+        durability=schedule.durability,
+        drift=0.02,
+        **dict(schedule.options),
+    )
     keys = ["a", "b", "c"]
     mem_first = schedule.durability is Durability.MEM_FIRST
 
@@ -274,6 +295,23 @@ def _run(schedule: Schedule) -> Cluster:
                 if how == "hold":
                     c.call_at(lands_at, lambda n=leader: c.release(n, 0, TimeoutNow))
                 client_load(100, 30, ("put", "lease", "lease"), lands_at)
+        elif name == "lease-split":
+            leader = c.leader()
+            followers = [n for n in c.ids if n != leader and c.nodes[n].raft is not None]
+            if leader is not None and followers:
+                cut_off = c.rng.choice(followers)
+                c.cut_link(leader, cut_off)
+                c.cut_link(cut_off, leader)
+                campaign_at = c.nodes[cut_off].raft.next_deadline() / c.nodes[cut_off].rate  # type: ignore[union-attr]
+                if campaign_at != float("inf"):
+
+                    def mute(leader: int = leader, cut_off: int = cut_off) -> None:
+                        for n in c.ids:
+                            if n not in (leader, cut_off):
+                                c.cut_link(n, leader)
+
+                    c.call_at(max(c.now, campaign_at - args[0]), mute)  # type: ignore[operator]
+                    client_load(100, 30, ("put", "lease", "lease"), campaign_at)
         elif name == "reads":
             client_load(100, args[0], ("lease", "lease", "linearizable", "put"))  # type: ignore[arg-type]
 
