@@ -14,13 +14,13 @@ from .effects import (
     Proposed,
     ReadFailed,
     ReadReady,
-    Role,
     RoleChanged,
     Send,
 )
 from .events import Event, Persisted, Propose, ReadRequest, Receive, Tick, TransferLeader
 from .messages import MESSAGE_TYPES, Entry, EntryKind, Message
 from .node import RaftNode, RandomSource
+from .state import Role
 
 __all__ = [
     "MESSAGE_TYPES",

@@ -8,18 +8,24 @@ must be durable (fsynced) before any later ``Send`` in the same list leaves the 
 
 from __future__ import annotations
 
-from enum import Enum
-
 import attrs
 
 from .messages import Entry, Message
+from .state import Role  # re-exported: ``RoleChanged`` carries one
 
-
-class Role(str, Enum):
-    FOLLOWER = "Follower"
-    PRE_CANDIDATE = "PreCandidate"
-    CANDIDATE = "Candidate"
-    LEADER = "Leader"
+__all__ = [
+    "Apply",
+    "Effect",
+    "PersistEntries",
+    "PersistHardState",
+    "ProposalRejected",
+    "Proposed",
+    "ReadFailed",
+    "ReadReady",
+    "Role",
+    "RoleChanged",
+    "Send",
+]
 
 
 @attrs.frozen(slots=True)

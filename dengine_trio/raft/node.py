@@ -21,7 +21,6 @@ from .effects import (
     Proposed,
     ReadFailed,
     ReadReady,
-    Role,
     RoleChanged,
     Send,
 )
@@ -42,10 +41,9 @@ from .messages import (
     TimeoutNow,
 )
 from .progress import Progress, ProgressState
-from .reads import HeldRead, PendingRead, ReadOnly
+from .reads import HeldRead, PendingRead
+from .state import NEVER, CandidateState, FollowerState, LeaderState, Role, RoleState
 from .tracker import Tracker, VoteResult
-
-NEVER = float("inf")
 
 
 class RandomSource(Protocol):
@@ -90,7 +88,6 @@ class RaftNode:
         self.config = config
         self.id = config.node_id
         self.peers: tuple[int, ...] = tuple(v for v in config.voters if v != config.node_id)
-        self._tracker = Tracker(self.id, config.voters)  # voters, progress, votes, quorums
         self._rng = rng
         self._mem_first = config.durability is Durability.MEM_FIRST
 
@@ -120,24 +117,9 @@ class RaftNode:
             now_ms + config.election_timeout_min_ms if restarted else float("-inf")
         )
 
-        # Per-role state (leader, candidate, per-leader follower facts): declared here,
-        # set only by ``_reset_role_state`` on every role or term change.
-        # Follower: highest index known to match the current leader's log in this term, and
-        # the match last reported to it (DiskFirst re-reports once durability catches up).
-        self._leader_match = 0
-        self._reported_match = 0
-        # Follower: reads sent to the leader for a read index, request_id -> time asked.
-        self._forwarded_reads: dict[int, float] = {}
-        # Leader.
-        self._leader_since = float("-inf")
-        self._next_heartbeat = NEVER
-        self._reads = ReadOnly()  # heartbeat rounds, waiting reads, the lease
-        self._transfer_target = 0
-        self._transfer_deadline = NEVER
-        self._timeout_now_sent = False  # this term's lease is gone for good (thesis §3.10)
-        self._commit_advanced = False
-        self._commit_notify_at = NEVER
-        self._reset_role_state()
+        # The state of the current role in the current term (``state.py``): replaced whole
+        # by ``_change_state`` on every role or term change, never reset field by field.
+        self._state: RoleState = FollowerState()
         self._round_open = False  # a heartbeat round was started during this step
         # Proposals appended in this step and not yet handed out as one PersistEntries.
         self._proposed: list[Entry] = []
@@ -167,17 +149,17 @@ class RaftNode:
 
     def next_deadline(self) -> float:
         """When the node next needs a ``Tick``; the runtime may sleep until then."""
-        if self.role is Role.LEADER:
-            deadline = min(
-                self._next_heartbeat,
+        state = self._state
+        if isinstance(state, LeaderState):
+            return min(
+                state.next_heartbeat_ms,
                 self._quorum_contact_deadline(),
-                self._transfer_deadline,
-                self._commit_notify_at,
+                state.transfer_deadline_ms,
+                state.commit_notify_at_ms,
             )
-        else:
-            deadline = self._election_deadline
-        if self._forwarded_reads:
-            deadline = min(deadline, min(self._forwarded_reads.values()) + self._read_expiry_ms)
+        deadline = self._election_deadline
+        if isinstance(state, FollowerState) and state.forwarded_reads:
+            deadline = min(deadline, min(state.forwarded_reads.values()) + self._read_expiry_ms)
         return deadline
 
     # ------------------------------------------------------------------ introspection
@@ -185,7 +167,29 @@ class RaftNode:
     @property
     def progress(self) -> dict[int, Progress]:
         """Leader only (empty otherwise): what it knows of each follower's log, by node id."""
-        return self._tracker.progress
+        state = self._state
+        return state.tracker.progress if isinstance(state, LeaderState) else {}
+
+    @property
+    def _leader(self) -> LeaderState:
+        """The leader's state; only while the role is LEADER."""
+        state = self._state
+        assert isinstance(state, LeaderState), "leader state outside the leader role"
+        return state
+
+    @property
+    def _candidate(self) -> CandidateState:
+        """The campaign's state; only while PRE_CANDIDATE or CANDIDATE."""
+        state = self._state
+        assert isinstance(state, CandidateState), "candidate state outside a campaign"
+        return state
+
+    @property
+    def _follower(self) -> FollowerState:
+        """The follower's facts about its leader; only while FOLLOWER."""
+        state = self._state
+        assert isinstance(state, FollowerState), "follower state outside the follower role"
+        return state
 
     @property
     def is_leader(self) -> bool:
@@ -216,13 +220,13 @@ class RaftNode:
         falls back to ReadIndex, which is linearizable without any clock assumption."""
         return (
             self.config.check_quorum
-            and self.role is Role.LEADER
-            and now_ms < self._reads.lease_expiry
+            and isinstance(leader := self._state, LeaderState)
+            and now_ms < leader.reads.lease_expiry
             # A new leader waits out an election timeout: until then the previous leader's
             # lease may still be running on its own clock.
-            and now_ms >= self._leader_since + self.config.election_timeout_min_ms
-            and self._transfer_target == 0
-            and not self._timeout_now_sent
+            and now_ms >= leader.since_ms + self.config.election_timeout_min_ms
+            and leader.transfer_target == 0
+            and not leader.timeout_now_sent
             and self._committed_in_term()
         )
 
@@ -260,22 +264,22 @@ class RaftNode:
 
     def _on_tick(self) -> None:
         now = self.now
-        if self._forwarded_reads:
+        state = self._state
+        if isinstance(state, FollowerState) and state.forwarded_reads:
             # The leader may never answer (message lost, leader crashed): give up eventually so
             # the request does not linger here forever; the client sees a failure and retries.
-            expired = [
-                r for r, t in self._forwarded_reads.items() if now - t >= self._read_expiry_ms
-            ]
+            forwarded = state.forwarded_reads
+            expired = [r for r, t in forwarded.items() if now - t >= self._read_expiry_ms]
             for request_id in expired:
-                del self._forwarded_reads[request_id]
+                del forwarded[request_id]
                 self._out.append(ReadFailed(request_id, self.leader_id))
-        if self.role is Role.LEADER:
-            if now >= self._transfer_deadline:
-                self._transfer_target = 0  # transfer timed out: keep leading (thesis §3.10)
-                self._transfer_deadline = NEVER
-            if now >= self._next_heartbeat:
+        if isinstance(state, LeaderState):
+            if now >= state.transfer_deadline_ms:
+                state.transfer_target = 0  # transfer timed out: keep leading (thesis §3.10)
+                state.transfer_deadline_ms = NEVER
+            if now >= state.next_heartbeat_ms:
                 self._broadcast_heartbeat()
-            if now >= self._commit_notify_at:
+            if now >= state.commit_notify_at_ms:
                 self._notify_commit()
         elif now >= self._election_deadline:
             self._campaign(pre_vote=self.config.pre_vote)
@@ -291,7 +295,7 @@ class RaftNode:
     def _quorum_contact_ms(self) -> float:
         """The latest time by which a majority (self included, heard "now") had been heard
         from: the majority-th most recent contact. Votes count as contact at the win."""
-        return self._tracker.quorum_contact_ms(self.now)
+        return self._leader.tracker.quorum_contact_ms(self.now)
 
     def _quorum_contact_deadline(self) -> float:
         if not self.config.check_quorum or self.role is not Role.LEADER:
@@ -313,7 +317,8 @@ class RaftNode:
         (issue 11 item 6: a match reported to the old leader committed an entry of the new).
         """
         if term != self.term or role is not self.role:
-            self._reset_role_state()
+            self._drop_role_state()
+            self._state = self._new_role_state(role)
         if term != self.term:
             self.term = term
             self.voted_for = 0
@@ -321,26 +326,23 @@ class RaftNode:
         self.role = role
         self.leader_id = leader_id
 
-    def _reset_role_state(self) -> None:
-        """Drop every piece of leader, candidate and per-leader follower state."""
-        # Reads waiting here can no longer be answered by this role: fail them so the client
-        # retries (at the new leader, if known).
-        self._fail_leader_reads()
-        self._fail_forwarded_reads()
-        # Follower, per leader: facts about one leader's log in one term.
-        self._leader_match = 0
-        self._reported_match = 0
-        # Pre-candidate and candidate.
-        # Leader.
-        self._tracker.reset()
-        self._leader_since = float("-inf")
-        self._next_heartbeat = NEVER
-        self._reads = ReadOnly()
-        self._transfer_target = 0
-        self._transfer_deadline = NEVER
-        self._timeout_now_sent = False
-        self._commit_advanced = False
-        self._commit_notify_at = NEVER
+    def _new_role_state(self, role: Role) -> RoleState:
+        if role is Role.LEADER:
+            return LeaderState(Tracker(self.id, self.config.voters), since_ms=self.now)
+        if role is Role.FOLLOWER:
+            return FollowerState()
+        return CandidateState(Tracker(self.id, self.config.voters))
+
+    def _drop_role_state(self) -> None:
+        """Reads waiting in the old role's state can no longer be answered by this node in
+        its new role or term: fail them so the client retries (at the new leader, if known).
+        Everything else of the old state goes with the object."""
+        state = self._state
+        if isinstance(state, LeaderState):
+            self._fail_leader_reads(state)
+        elif isinstance(state, FollowerState):
+            for request_id in state.forwarded_reads:
+                self._out.append(ReadFailed(request_id, 0))
 
     def _become_follower(self, term: int, leader_id: int) -> None:
         self._change_state(Role.FOLLOWER, term, leader_id)
@@ -361,7 +363,7 @@ class RaftNode:
             self._persist_hard_state()
             campaign_term = self.term
         self._reset_election_timer()
-        if self._tracker.start_votes() is VoteResult.WON:  # a single-node cluster
+        if self._candidate.tracker.start_votes() is VoteResult.WON:  # a single-node cluster
             self._won_votes()
             return
         for peer in self.peers:
@@ -384,18 +386,17 @@ class RaftNode:
             self._become_leader()
 
     def _become_leader(self) -> None:
-        voters = self._tracker.granted_voters()
+        voters = self._candidate.tracker.granted_voters()
         self._change_state(Role.LEADER, self.term, self.id)
-        self._leader_since = self.now
-        next_index = self.log.last_index + 1
-        self._tracker.start_progress(next_index)
+        leader = self._leader
+        leader.tracker.start_progress(self.log.last_index + 1)
         for peer in voters:
             if peer in self.progress:
                 # The votes that made us leader count as contact at the win (however long
                 # the campaign took): CheckQuorum gives a new leader one election timeout to
                 # hear from a majority, as etcd raft does.
                 self.progress[peer].last_contact_ms = self.now
-        self._next_heartbeat = self.now  # announce ourselves at once
+        leader.next_heartbeat_ms = self.now  # announce ourselves at once
         self._election_deadline = NEVER
         # §8: a no-op of our own term, so entries of earlier terms can commit (Figure 8) and
         # reads know the commit index is current once it commits.
@@ -511,7 +512,7 @@ class RaftNode:
             return
         if m.pre_vote and m.granted and m.term != self.term + 1:
             return  # a grant for some other campaign
-        result = self._tracker.record_vote(m.src, m.granted)
+        result = self._candidate.tracker.record_vote(m.src, m.granted)
         if result is VoteResult.WON:
             self._won_votes()
         elif result is VoteResult.LOST:
@@ -523,6 +524,7 @@ class RaftNode:
         if not _well_formed(m):
             return  # a confused peer must not be able to break our log's shape
         self._heard_from_leader(m.src)
+        follower = self._follower
         prev_index, prev_term, entries = m.prev_log_index, m.prev_log_term, m.entries
         if prev_index < self.commit_index:
             # Our committed prefix matches every later leader's log (leader completeness), so
@@ -561,14 +563,14 @@ class RaftNode:
                 self.log.truncate_from(entry.index)
                 self.durable_index = min(self.durable_index, entry.index - 1)
                 # (Never below a match of this term: this leader's log only grows.)
-                self._leader_match = min(self._leader_match, entry.index - 1)
+                follower.leader_match = min(follower.leader_match, entry.index - 1)
                 new = entries[pos:]
                 break
         if new:
             self.log.append(new)
             self._out.append(PersistEntries(new))
         last_new = prev_index + len(entries)
-        self._leader_match = max(self._leader_match, last_new)
+        follower.leader_match = max(follower.leader_match, last_new)
         self._advance_follower_commit(min(m.leader_commit, last_new))
         # DiskFirst counts new entries only once durable, and the Persisted event reports
         # them then: an answer now would tell the leader nothing new, and would double the
@@ -581,30 +583,32 @@ class RaftNode:
         term, whatever message told us (AppendEntries, Heartbeat, ReadIndexResponse): a commit
         index past that would apply entries the leader does not have, or skip the
         AppendEntries that brings the missing ones (issue 11 item 7)."""
-        index = min(index, self._leader_match)
+        index = min(index, self._follower.leader_match)
         if index > self.commit_index:
             self.commit_index = index
 
     def _report_match(self, leader: int, *, force: bool) -> None:
         """Tell the leader how far our log matches its own. Under DiskFirst only durable
         entries count, so the report may lag the append and follow the ``Persisted`` event."""
-        match = (
-            self._leader_match if self._mem_first else min(self._leader_match, self.durable_index)
-        )
-        if force or match > self._reported_match:
-            self._reported_match = max(self._reported_match, match)
+        follower = self._follower
+        match = follower.leader_match
+        if not self._mem_first:
+            match = min(match, self.durable_index)
+        if force or match > follower.reported_match:
+            follower.reported_match = max(follower.reported_match, match)
             self._send(AppendEntriesResponse(self.term, self.id, leader, True, match_index=match))
 
     def _on_heartbeat(self, m: Heartbeat) -> None:
         self._heard_from_leader(m.src)
+        follower = self._follower
         # The leader capped ``commit`` at what it believes we hold. A restarted MemFirst
         # follower may hold less, or an older entry there (its overwrite never reached the
         # disk): only holding the leader's very entry at ``commit`` shows the prefix is shared.
-        if m.commit > self._leader_match and self.log.term_at(m.commit) == m.commit_term:
-            self._leader_match = m.commit
+        if m.commit > follower.leader_match and self.log.term_at(m.commit) == m.commit_term:
+            follower.leader_match = m.commit
         self._advance_follower_commit(m.commit)
         last_index = self.log.last_index
-        if m.commit > self._leader_match:
+        if m.commit > follower.leader_match:
             last_index = min(last_index, m.commit - 1)  # "probe me": see HeartbeatResponse
         self._send(HeartbeatResponse(self.term, self.id, m.src, m.seq, last_index))
 
@@ -622,11 +626,12 @@ class RaftNode:
         replicas of an entry of the current term (Figure 8)."""
         if self.role is not Role.LEADER:
             return
-        candidate = self._tracker.committed_index(self._self_match())
+        leader = self._leader
+        candidate = leader.tracker.committed_index(self._self_match())
         if candidate > self.commit_index and self.log.term_at(candidate) == self.term:
             first_in_term = not self._committed_in_term()
             self.commit_index = candidate
-            self._commit_advanced = True
+            leader.commit_advanced = True
             if first_in_term:
                 self._release_reads_before_commit()
 
@@ -692,12 +697,13 @@ class RaftNode:
     def _broadcast_heartbeat(self) -> None:
         """Start a heartbeat round. A majority acknowledging round ``seq`` proves we were
         leader when it was sent: ReadIndex waits for that, and the lease counts from it."""
-        self._next_heartbeat = self.now + self.config.heartbeat_interval_ms
+        leader = self._leader
+        leader.next_heartbeat_ms = self.now + self.config.heartbeat_interval_ms
         # A round sent while a transfer is pending, or after TimeoutNow went out in this term,
         # never extends the lease: the transferee's campaign passes the voters' stickiness,
         # so their acknowledgements promise nothing (issue 11 item 1).
-        lease_ok = not self._transfer_target and not self._timeout_now_sent
-        seq = self._reads.start_round(self.now, lease_ok=lease_ok)
+        lease_ok = not leader.transfer_target and not leader.timeout_now_sent
+        seq = leader.reads.start_round(self.now, lease_ok=lease_ok)
         self._round_open = True
         for peer, progress in self.progress.items():
             commit = min(progress.match_index, self.commit_index)
@@ -731,7 +737,7 @@ class RaftNode:
     # ------------------------------------------------------------------ proposals
 
     def _on_propose(self, event: Propose) -> None:
-        if self.role is not Role.LEADER or self._transfer_target:
+        if self.role is not Role.LEADER or self._leader.transfer_target:
             leader = 0 if self.role is Role.LEADER else self.leader_id
             self._out.append(ProposalRejected(event.request_id, leader))
             return
@@ -763,7 +769,7 @@ class RaftNode:
         if self.role is Role.LEADER:
             self._leader_read(event.request_id, 0, event.lease)
         elif self.role is Role.FOLLOWER and self.leader_id:
-            self._forwarded_reads[event.request_id] = self.now
+            self._follower.forwarded_reads[event.request_id] = self.now
             self._send(ReadIndex(self.term, self.id, self.leader_id, event.request_id, event.lease))
         else:
             self._out.append(ReadFailed(event.request_id, 0))
@@ -775,7 +781,11 @@ class RaftNode:
             self._send(ReadIndexResponse(self.term, self.id, m.src, m.request_id, 0, False))
 
     def _on_read_index_response(self, m: ReadIndexResponse) -> None:
-        if self._forwarded_reads.pop(m.request_id, None) is None:
+        state = self._state
+        if (
+            not isinstance(state, FollowerState)
+            or state.forwarded_reads.pop(m.request_id, None) is None
+        ):
             return
         if m.ok:
             # The read index is the leader's commit index: whatever of it our log is known to
@@ -786,37 +796,42 @@ class RaftNode:
             self._out.append(ReadFailed(m.request_id, self.leader_id))
 
     def _leader_read(self, request_id: int, origin: int, lease: bool) -> None:
-        if self._transfer_target:
-            self._read_done(request_id, origin, None)
+        leader = self._leader
+        if leader.transfer_target:
+            self._read_done(request_id, origin, None, leader.transfer_target)
             return
         if not self._committed_in_term():
             # Until our no-op commits we do not know the commit index of earlier terms
             # (thesis §6.4): hold the read.
-            self._reads.held.append(HeldRead(request_id, origin, lease))
+            leader.reads.held.append(HeldRead(request_id, origin, lease))
             return
         if lease and self.lease_valid(self.now):
             self._read_done(request_id, origin, self.commit_index)
             return
         if not self._round_open:
             self._broadcast_heartbeat()
-        self._reads.pending.append(
-            PendingRead(self._reads.seq, request_id, origin, self.commit_index)
-        )
+        reads = leader.reads
+        reads.pending.append(PendingRead(reads.seq, request_id, origin, self.commit_index))
         self._advance_reads()
 
     def _release_reads_before_commit(self) -> None:
-        for read in self._reads.take_held():
+        for read in self._leader.reads.take_held():
             self._leader_read(read.request_id, read.origin, read.lease)
 
     def _advance_reads(self) -> None:
-        confirmed = self._tracker.confirmed_round(self._reads.seq)
-        for read in self._reads.confirm(confirmed, self.config.lease_duration_ms):
+        leader = self._leader
+        confirmed = leader.tracker.confirmed_round(leader.reads.seq)
+        for read in leader.reads.confirm(confirmed, self.config.lease_duration_ms):
             self._read_done(read.request_id, read.origin, read.read_index)
 
-    def _read_done(self, request_id: int, origin: int, read_index: int | None) -> None:
+    def _read_done(
+        self, request_id: int, origin: int, read_index: int | None, leader_hint: int = 0
+    ) -> None:
+        """Answer a read the leader took: ready at ``read_index``, or failed (None) with
+        ``leader_hint`` (a transfer's target, or 0) as where to retry."""
         if origin == 0:
             if read_index is None:
-                self._out.append(ReadFailed(request_id, self._transfer_target or 0))
+                self._out.append(ReadFailed(request_id, leader_hint))
             else:
                 self._out.append(ReadReady(request_id, read_index))
         else:
@@ -825,17 +840,13 @@ class RaftNode:
                 ReadIndexResponse(self.term, self.id, origin, request_id, read_index or 0, ok)
             )
 
-    def _fail_leader_reads(self) -> None:
-        pending, held = self._reads.take_all()
+    def _fail_leader_reads(self, leader: LeaderState) -> None:
+        pending, held = leader.reads.take_all()
+        hint = leader.transfer_target
         for read in pending:
-            self._read_done(read.request_id, read.origin, None)
+            self._read_done(read.request_id, read.origin, None, hint)
         for waiting in held:
-            self._read_done(waiting.request_id, waiting.origin, None)
-
-    def _fail_forwarded_reads(self) -> None:
-        for request_id in self._forwarded_reads:
-            self._out.append(ReadFailed(request_id, 0))
-        self._forwarded_reads = {}
+            self._read_done(waiting.request_id, waiting.origin, None, hint)
 
     # ------------------------------------------------------------------ leadership transfer
 
@@ -848,30 +859,32 @@ class RaftNode:
             target = max(self.progress, key=lambda p: self.progress[p].match_index)
         if target == self.id or target not in self.progress:
             return
-        self._transfer_target = target
-        self._transfer_deadline = self.now + self.config.election_timeout_min_ms
-        self._reads.void_lease()  # the successor will not honour our lease
+        leader = self._leader
+        leader.transfer_target = target
+        leader.transfer_deadline_ms = self.now + self.config.election_timeout_min_ms
+        leader.reads.void_lease()  # the successor will not honour our lease
         progress = self.progress[target]
         if not self._maybe_send_timeout_now(target, progress):
             self._send_append(target, progress, send_empty=True)
 
     def _maybe_send_timeout_now(self, peer: int, progress: Progress) -> bool:
-        if self._transfer_target != peer or progress.match_index != self.log.last_index:
+        leader = self._leader
+        if leader.transfer_target != peer or progress.match_index != self.log.last_index:
             return False
         # From here on the target may win an election at any moment, however late the
         # TimeoutNow arrives (even after the transfer is abandoned) and whatever stickiness
         # the voters owe us: we never serve a lease read again in this term. That is what
         # makes a stale TimeoutNow harmless; it carries our term, so in any later term it is
         # ignored as stale.
-        self._timeout_now_sent = True
-        self._reads.void_lease()
+        leader.timeout_now_sent = True
+        leader.reads.void_lease()
         self._send(TimeoutNow(self.term, self.id, peer))
         return True
 
     # ------------------------------------------------------------------ end of step
 
     def _notify_commit(self) -> None:
-        self._commit_notify_at = NEVER
+        self._leader.commit_notify_at_ms = NEVER
         for peer, progress in self.progress.items():
             if progress.sent_commit < self.commit_index:
                 self._send_append(peer, progress, send_empty=True)
@@ -881,23 +894,24 @@ class RaftNode:
         MemFirst append toward commit and sends what each follower lacks (batching), a new
         commit index is scheduled to reach the followers, committed entries go out as one
         ``Apply``, and a changed (role, term, leader) as ``RoleChanged``. (Not an fsync.)"""
-        if self.role is Role.LEADER:
+        if isinstance(leader := self._state, LeaderState):
             if self._mem_first:
                 # MemFirst counts the leader's own append at once (no Persisted to wait for);
                 # this is what lets a single-node cluster commit a proposal in the same step.
                 self._maybe_commit()
-            for peer, progress in self.progress.items():
+            progress_map = leader.tracker.progress
+            for peer, progress in progress_map.items():
                 self._send_append(peer, progress, send_empty=False)
             if (
-                self._commit_advanced
-                and self._commit_notify_at == NEVER
-                and any(p.sent_commit < self.commit_index for p in self.progress.values())
+                leader.commit_advanced
+                and leader.commit_notify_at_ms == NEVER
+                and any(p.sent_commit < self.commit_index for p in progress_map.values())
             ):
                 # Followers learn a new commit index from the next AppendEntries, which under
                 # load follows within a moment; only if none went out by then does a message
                 # of its own carry it. This halves the messages of a lone client's writes.
-                self._commit_notify_at = self.now + self.config.commit_notify_delay_ms
-        self._commit_advanced = False
+                leader.commit_notify_at_ms = self.now + self.config.commit_notify_delay_ms
+            leader.commit_advanced = False
         if self.commit_index > self._applied_emitted:
             entries = self.log.slice(self._applied_emitted + 1, self.commit_index)
             self._applied_emitted = self.commit_index

@@ -22,7 +22,8 @@ class VoteResult(Enum):
 
 class Tracker:
     """The voter set (``self_id`` included), the leader's ``progress`` map (one ``Progress``
-    per other voter) and a campaign's ``votes`` (voter -> granted)."""
+    per other voter) and a campaign's ``votes`` (voter -> granted). A node makes a new one
+    for each leadership or campaign (``state.py``), so none is ever reset."""
 
     __slots__ = ("peers", "progress", "quorum", "self_id", "voters", "votes")
 
@@ -33,11 +34,6 @@ class Tracker:
         self.quorum = majority(len(voters))
         self.progress: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
-
-    def reset(self) -> None:
-        """Forget all progress and votes (every role or term change)."""
-        self.progress = {}
-        self.votes = {}
 
     def start_progress(self, next_index: int) -> None:
         """A new leader's view: every other voter in probe, next at ``next_index``."""

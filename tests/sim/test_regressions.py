@@ -11,6 +11,7 @@ from dengine_trio.raft.messages import (
     AppendEntriesResponse,
     TimeoutNow,
 )
+from dengine_trio.raft.state import CandidateState
 
 from .cluster import Cluster
 
@@ -87,14 +88,14 @@ def test_append_entries_does_not_resurrect_a_match_from_an_earlier_term() -> Non
     c = Cluster(3, seed=62, durability=Durability.MEM_FIRST)
     leader = c.wait_for_leader()
     raft = c.raft(next(n for n in c.ids if n != leader))
-    assert raft._leader_match == raft.log.last_index > 0
+    assert raft._follower.leader_match == raft.log.last_index > 0
     term = raft.term
     c.inject(TimeoutNow(term, leader, raft.id))
     c.crash(leader)
     c.hold(raft.id, 0)
     c.run_for(1)
     assert raft.role is Role.CANDIDATE and raft.term == term + 1
-    assert raft._leader_match == 0
+    assert isinstance(raft._state, CandidateState)  # no match of the old leader kept
     # The winner's first AppendEntries matches only our first entry: we report that much,
     # not the match we had reported to the old leader.
     other = next(n for n in c.ids if n not in (leader, raft.id))
@@ -173,9 +174,9 @@ def test_abandoned_transfer_does_not_revive_the_lease() -> None:
     c.hold(a, b, TimeoutNow)
     c.transfer(a, b)
     c.run_for(1)
-    assert c.raft(a)._transfer_target == b and len(c.held) == 1
+    assert c.raft(a)._leader.transfer_target == b and len(c.held) == 1
     c.run_for(c.config_for(a).election_timeout_min_ms + 10)  # rounds acked; transfer abandoned
-    assert c.raft(a)._transfer_target == 0 and c.raft(a).is_leader
+    assert c.raft(a)._leader.transfer_target == 0 and c.raft(a).is_leader
     c.cut_link(b, a)
     c.cut_link(other, a)
     c.release(a, b, TimeoutNow)
@@ -209,7 +210,7 @@ def test_stale_timeout_now_cannot_elect_behind_a_live_lease() -> None:
     c.stall(b, a, 760)
     c.transfer(a, b)
     c.run_for(c.config_for(a).election_timeout_min_ms + 10)
-    assert c.raft(a)._transfer_target == 0 and c.raft(a).is_leader
+    assert c.raft(a)._leader.transfer_target == 0 and c.raft(a).is_leader
     assert c.raft(b).term == term  # the TimeoutNow has not arrived yet
     while c.raft(b).term == term:
         c.run_for(1)

@@ -81,7 +81,7 @@ def test_lease_read_not_served_without_lease() -> None:
     leader = c.wait_for_leader()
     raft = c.raft(leader)
     # A fresh leader waits out one election timeout before trusting its lease.
-    assert c.now < raft._leader_since + c.config_for(leader).election_timeout_min_ms
+    assert c.now < raft._leader.since_ms + c.config_for(leader).election_timeout_min_ms
     assert not raft.lease_valid(c.now)
     op = c.read(leader, "k", "lease")
     assert c.history[op].complete is None  # not served locally: it needs a heartbeat round

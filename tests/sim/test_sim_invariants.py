@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import attrs
 import pytest
@@ -159,7 +160,7 @@ def _run(schedule: Schedule) -> Cluster:
         seed=schedule.seed,
         durability=schedule.durability,
         drift=0.02,
-        **dict(schedule.options),
+        **dict[str, Any](schedule.options),
     )
     keys = ["a", "b", "c"]
     mem_first = schedule.durability is Durability.MEM_FIRST
@@ -231,10 +232,10 @@ def _run(schedule: Schedule) -> Cluster:
         elif name == "clients":
             client_load(200, args[0])  # type: ignore[arg-type]
         elif name == "rule":
-            action, src, dst, type_name, delay = args
+            verb, src, dst, type_name, delay = args
             types = () if type_name == "*" else (TYPES[type_name],)  # type: ignore[index]
             c.add_rule(
-                LinkRule(action, resolve(src), resolve(dst), types, delay_ms=delay)  # type: ignore[arg-type]
+                LinkRule(verb, resolve(src), resolve(dst), types, delay_ms=delay)  # type: ignore[arg-type]
             )
         elif name == "release":
             c.release()
@@ -271,7 +272,7 @@ def _run(schedule: Schedule) -> Cluster:
             if target and (when == "now" or target != c.leader()):
 
                 def bounce(
-                    n: int = target,  # type: ignore[assignment]
+                    n: int = target,
                     d: float = down,  # type: ignore[assignment]
                     r: float = reconnect,  # type: ignore[assignment]
                     f: tuple[int, ...] = slow,

@@ -33,7 +33,6 @@ UNFINISHED_PACKAGES = (
 ALLOWED_UNDOCUMENTED = frozenset(
     {
         "dengine_trio.raft.config:RaftConfig",
-        "dengine_trio.raft.effects:Role",
         "dengine_trio.raft.effects:RoleChanged",
         "dengine_trio.raft.effects:Send",
         "dengine_trio.raft.log:RaftLog",

@@ -35,5 +35,3 @@ def test_quorum_values_over_progress() -> None:
     assert t.quorum_contact_ms(100.0) == float("-inf")  # nobody heard from yet
     t.progress[3].last_contact_ms = 40.0
     assert t.quorum_contact_ms(100.0) == 40.0
-    t.reset()
-    assert t.progress == {} and t.votes == {}
