@@ -225,6 +225,7 @@ class Limits:
 
 
 DEFAULT_LISTEN_BACKLOG = 4096
+DEFAULT_BODY_TIMEOUT_MS = 60_000
 
 
 @attrs.frozen(slots=True)
@@ -234,9 +235,12 @@ class HttpConfig:
     ``listen_backlog``: connections the kernel completes and queues for each listener before
     the node accepts them. A burst larger than this is not queued: Linux drops or resets the
     excess connects. Linux caps it at ``net.core.somaxconn`` (4096 on kernels since 5.4).
+    ``body_timeout_ms``: how long a request body may take to arrive once its headers are in
+    (ms); then HTTP 408 ``request_timeout`` and the connection is closed.
     """
 
     listen_backlog: int = DEFAULT_LISTEN_BACKLOG
+    body_timeout_ms: int = DEFAULT_BODY_TIMEOUT_MS
 
 
 @attrs.frozen(slots=True)

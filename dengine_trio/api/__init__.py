@@ -25,7 +25,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from dengine_trio import errors
-from dengine_trio.config import DEFAULT_LISTEN_BACKLOG
+from dengine_trio.config import DEFAULT_BODY_TIMEOUT_MS, DEFAULT_LISTEN_BACKLOG
 
 __all__ = [
     "JSON_CONTENT_TYPE",
@@ -40,9 +40,6 @@ __all__ = [
 
 JSON_CONTENT_TYPE = "application/json"
 RETRY_AFTER_S = "1"
-BODY_TIMEOUT_S = 60
-"""How long a request body may take to arrive once the headers are in (Quart's default,
-stated here because the node relies on it): then 408, and the connection is closed."""
 
 log = logging.getLogger("dengine_trio.api")
 
@@ -62,6 +59,11 @@ class ApiError(Exception):
 class App(QuartTrio):
     """A QuartTrio app that answers a complete request even if its client half-closed, and
     sends its last response message shielded from cancellation.
+
+    ``body_timeout_s``: how long a request body may take to arrive once the headers are in
+    (seconds; ``[http] body_timeout_ms``): then 408 ``request_timeout`` and the connection is
+    closed. Set explicitly (not left to Quart's default) because the node relies on it: without
+    it a client that stalls its body would hold a connection and a task for good.
 
     Half-close: Hypercorn (0.18) takes the client's FIN for a disconnect and passes the app
     ``http.disconnect``, on which quart-trio cancels the handler. A client may send its whole
@@ -86,9 +88,11 @@ class App(QuartTrio):
     Hypercorn's own (already shielded) write of the body.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_MS / 1000, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
+        self.config["BODY_TIMEOUT"] = body_timeout_s
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -184,7 +188,7 @@ def install_error_handlers(app: Quart) -> None:
         if response.status_code < 400 and request.method == "POST":
             return response
         if response.status_code == 408:
-            # The body already took BODY_TIMEOUT_S: waiting for it again would double that.
+            # The body already took the body timeout: waiting for it again would double it.
             response.headers["Connection"] = "close"
             return response
         if request.content_length or "Transfer-Encoding" in request.headers:

@@ -36,7 +36,7 @@ def create_health_app(engine: EmbeddedEngine) -> App:
     ``/primary`` and ``/replica`` go by), ``address`` (this node's Raft address) and
     ``members`` (``[{"id": int, "address": "host:port"}]``, from ``initial_cluster``)); see
     the module docstring for when each is 200. ``GET /`` serves the cluster page."""
-    app = App(__name__)
+    app = App(__name__, body_timeout_s=engine.config.http.body_timeout_ms / 1000)
     install_error_handlers(app)
     node_id = engine.node_id
 

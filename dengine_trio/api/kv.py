@@ -66,7 +66,7 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
     max_key_bytes = limits.max_key_bytes
     max_value_bytes = limits.max_value_bytes
 
-    app = App(__name__)
+    app = App(__name__, body_timeout_s=engine.config.http.body_timeout_ms / 1000)
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
     app.url_map.converters["key"] = KeyConverter
     # Doubled slashes are part of a key, not something to redirect away.

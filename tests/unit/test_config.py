@@ -90,6 +90,7 @@ def test_mission_file_loads_with_its_values_and_defaults(tmp_path: Path) -> None
     assert cfg.limits.max_value_bytes == 1048576
     assert cfg.limits.max_body_bytes == 1048576
     assert cfg.limits.max_pending_requests == 10000
+    assert cfg.http.body_timeout_ms == 60000
 
 
 def test_raft_config_carries_the_file_values(tmp_path: Path) -> None:
@@ -331,6 +332,10 @@ BAD_FILES = [
      "raft.replication.max_inflight_msgs", "must be positive, got 0"),
     ("backlog-zero", MISSION_TOML + "\n[http]\nlisten_backlog = 0\n",
      "http.listen_backlog", "must be positive, got 0"),
+    ("body-timeout-zero", MISSION_TOML + "\n[http]\nbody_timeout_ms = 0\n",
+     "http.body_timeout_ms", "must be positive, got 0"),
+    ("body-timeout-float", MISSION_TOML + "\n[http]\nbody_timeout_ms = 1.5\n",
+     "http.body_timeout_ms", "expected an integer"),
     # what the layers below cannot hold: TOML's 64-bit integers (the hard state keeps ids and
     # terms as u64), listen(2)'s C int backlog, NUL-free paths, host names the resolver takes
     ("node-id-over-64-bits", sub("node_id = 1 ", f"node_id = {2**64} ").replace(
