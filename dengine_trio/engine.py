@@ -219,6 +219,9 @@ class Client:
     Writes and reads but eventual ones wait at most ``request_timeout_ms``, including for a
     leader to be elected, and may raise ``Stopped``, ``Timeout``, ``NoLeader`` and
     ``Overloaded`` (see :meth:`EmbeddedEngine.propose` and :meth:`EmbeddedEngine.read_barrier`).
+    This is the one place ``limits.max_key_bytes`` and ``limits.max_value_bytes`` are checked
+    (the HTTP API relies on it): every method raises ``TooLarge`` (``limit`` ``"key"`` or
+    ``"value"``) for a key or value over them, before waiting for anything.
     """
 
     def __init__(self, engine: EmbeddedEngine) -> None:
@@ -233,7 +236,7 @@ class Client:
 
     def _check_key(self, key: bytes) -> None:
         if len(key) > self._max_key:
-            raise TooLarge(f"key of {len(key)} bytes exceeds {self._max_key}")
+            raise TooLarge("key", len(key), self._max_key)
 
     async def put(self, key: bytes, value: bytes) -> None:
         """Set ``key`` to ``value``; returns once committed and applied on the leader.
@@ -244,7 +247,7 @@ class Client:
         """
         self._check_key(key)
         if len(value) > self._max_value:
-            raise TooLarge(f"value of {len(value)} bytes exceeds {self._max_value}")
+            raise TooLarge("value", len(value), self._max_value)
         await self._engine.propose(encode_put(key, value))
 
     async def delete(self, key: bytes) -> None:
@@ -254,7 +257,9 @@ class Client:
 
     async def get(self, key: bytes, policy: ReadPolicy | None = None) -> bytes | None:
         """Read ``key`` (None if absent) under ``policy`` (default: the config's
-        ``default_policy``); raises as :meth:`EmbeddedEngine.read_barrier`."""
+        ``default_policy``); raises ``TooLarge`` (a key over ``limits.max_key_bytes``: it
+        cannot exist) and as :meth:`EmbeddedEngine.read_barrier`."""
+        self._check_key(key)
         policy = policy or self._default_policy
         await self._engine.read_barrier(policy)
         return self._sm.get(key)
@@ -263,19 +268,22 @@ class Client:
         """``key``'s value (None if absent), seeing every write acknowledged before the call.
 
         Costs a heartbeat round to a majority (and from a follower a round trip to the
-        leader); raises as :meth:`EmbeddedEngine.read_barrier`.
+        leader); raises ``TooLarge`` like :meth:`get` and as :meth:`EmbeddedEngine.read_barrier`.
         """
+        self._check_key(key)
         await self._engine.read_barrier(ReadPolicy.LINEARIZABLE)
         return self._sm.get(key)
 
     async def get_lease(self, key: bytes) -> bytes | None:
         """Like :meth:`get_linearizable` while the leader's lease holds, without the round:
         a local lookup on a leader (valid while clocks drift less than the election timeout
-        exceeds ``lease_duration_ms``)."""
+        exceeds ``lease_duration_ms``). Raises like :meth:`get_linearizable`."""
+        self._check_key(key)
         await self._engine.read_barrier(ReadPolicy.LEASE)
         return self._sm.get(key)
 
     async def get_eventual(self, key: bytes) -> bytes | None:
         """``key``'s value in this node's state machine now (None if absent); never waits,
-        may be stale. Raises nothing."""
+        may be stale. Raises only ``TooLarge`` (a key over ``limits.max_key_bytes``)."""
+        self._check_key(key)
         return self._sm.get(key)

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+SizeLimit = Literal["key", "value", "body", "command"]
+"""Which size limit a request exceeded (``TooLarge.limit``)."""
+
+_LIMIT_NAMES: dict[str, str] = {
+    "key": "the key exceeds limits.max_key_bytes",
+    "value": "the value exceeds limits.max_value_bytes",
+    "body": "the request body exceeds limits.max_body_bytes",
+    "command": "the command exceeds what one transport frame carries",
+}
+
 
 class DengineError(Exception):
     """Base of every error the engine raises to its callers."""
@@ -28,7 +40,20 @@ class Stopped(DengineError):
 
 
 class TooLarge(DengineError):
-    """A key, value or request exceeds the configured limit."""
+    """A request exceeds a size limit, in bytes: ``limit`` names which (``"key"``:
+    ``limits.max_key_bytes``, ``"value"``: ``limits.max_value_bytes``, ``"body"``: an HTTP
+    body over ``limits.max_body_bytes``, ``"command"``: a command over the transport frame
+    limit less the envelope headroom); ``size`` is the request's size (None if unknown, e.g.
+    a chunked body cut once over), ``max_bytes`` the limit. Each limit is checked in one
+    place (key and value by ``Client``, the command by the runtime's ``propose``, the body by
+    the HTTP app) and raises this; the HTTP layer maps ``limit`` to its 413 error code."""
+
+    def __init__(self, limit: SizeLimit, size: int | None, max_bytes: int) -> None:
+        of = "" if size is None else f" ({size} bytes)"
+        super().__init__(f"{_LIMIT_NAMES[limit]}{of}: at most {max_bytes} bytes")
+        self.limit = limit
+        self.size = size
+        self.max_bytes = max_bytes
 
 
 class Overloaded(DengineError):

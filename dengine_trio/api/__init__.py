@@ -32,6 +32,7 @@ __all__ = [
     "ApiError",
     "App",
     "bind_listener",
+    "engine_error_response",
     "hypercorn_config",
     "install_error_handlers",
     "json_error",
@@ -142,7 +143,18 @@ def json_error(
     return Response(body, status=status, content_type=JSON_CONTENT_TYPE, headers=headers)
 
 
-def _engine_error(exc: errors.DengineError) -> Response:
+_TOO_LARGE_CODES: dict[errors.SizeLimit, str] = {
+    "key": "key_too_large",
+    "value": "value_too_large",
+    "body": "body_too_large",
+    "command": "too_large",
+}
+"""The 413 error code of each size limit (README's error table)."""
+
+
+def engine_error_response(exc: errors.DengineError) -> Response:
+    """The JSON error response for an engine error (the mapping :func:`install_error_handlers`
+    documents; ``TooLarge`` by its ``limit``)."""
     retry = {"Retry-After": RETRY_AFTER_S}
     if isinstance(exc, errors.NotLeader):
         return json_error(503, "not_leader", f"no leader reachable: {exc}", retry)
@@ -155,7 +167,7 @@ def _engine_error(exc: errors.DengineError) -> Response:
     if isinstance(exc, errors.Timeout):
         return json_error(504, "timeout", "not committed in time; a write may still apply")
     if isinstance(exc, errors.TooLarge):
-        return json_error(413, "too_large", str(exc) or "request exceeds a configured limit")
+        return json_error(413, _TOO_LARGE_CODES[exc.limit], str(exc))
     return json_error(500, "internal", f"{type(exc).__name__}: {exc}")
 
 
@@ -169,7 +181,9 @@ def install_error_handlers(app: Quart) -> None:
     """Make every error of ``app`` a JSON body: API refusals, engine errors, Quart's own.
 
     Engine errors map to: ``NotLeader``, ``NoLeader``, ``Stopped``, ``Overloaded`` -> 503 with
-    ``Retry-After: 1`` (s); ``Timeout`` -> 504 (a write may still apply); ``TooLarge`` -> 413;
+    ``Retry-After: 1`` (s); ``Timeout`` -> 504 (a write may still apply); ``TooLarge`` -> 413
+    ``key_too_large``, ``value_too_large``, ``body_too_large`` or ``too_large`` (a command
+    over the frame limit) by its ``limit``;
     another ``DengineError`` -> 500. Quart/werkzeug errors keep their status (a 405 with
     ``Allow``); any other exception is logged with its traceback and answered 500 ``internal``.
     Also closes the connection after a request framed both by Content-Length and
@@ -202,7 +216,7 @@ def install_error_handlers(app: Quart) -> None:
         return json_error(exc.status, exc.code, exc.message)
 
     async def on_engine_error(exc: errors.DengineError) -> Response:
-        return _engine_error(exc)
+        return engine_error_response(exc)
 
     async def on_http_error(exc: HTTPException) -> Response:
         status = exc.code or 500

@@ -17,7 +17,14 @@ from quart import Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import PathConverter
 
-from dengine_trio.api import JSON_CONTENT_TYPE, ApiError, App, install_error_handlers, json_error
+from dengine_trio.api import (
+    JSON_CONTENT_TYPE,
+    ApiError,
+    App,
+    engine_error_response,
+    install_error_handlers,
+)
+from dengine_trio.errors import TooLarge
 from dengine_trio.policy import ReadPolicy
 
 if TYPE_CHECKING:
@@ -59,12 +66,13 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
     |lease|eventual`` -> ``200 {"value": str}`` or ``404`` ``not_found``; ``DELETE /kv/<key>``
     -> ``200 {}``. A bad request is a 4xx JSON error (``invalid_json``, ``invalid_key``,
     ``invalid_value``, ``invalid_consistency``, ``too_large`` ...: the table in README.md);
-    engine errors map as in :func:`install_error_handlers`.
+    engine errors map as in :func:`install_error_handlers`. Sizes are not checked here but
+    where each limit lives (key and value: ``Client``; command: the runtime; body: Quart's
+    ``MAX_CONTENT_LENGTH``), all raising ``TooLarge``: so a malformed request is 400 whatever
+    its sizes, and a well-formed one over a limit is 413.
     """
     client = engine.client()
     limits = engine.config.limits
-    max_key_bytes = limits.max_key_bytes
-    max_value_bytes = limits.max_value_bytes
 
     app = App(__name__, body_timeout_s=engine.config.http.body_timeout_ms / 1000)
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
@@ -74,8 +82,11 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
     install_error_handlers(app)
 
     async def on_body_too_large(_: RequestEntityTooLarge) -> Response:
-        message = f"the request body exceeds {limits.max_body_bytes} bytes"
-        return json_error(413, "body_too_large", message)
+        # Quart checks the body against MAX_CONTENT_LENGTH (the one check); it is answered
+        # like every other size limit.
+        return engine_error_response(
+            TooLarge("body", request.content_length, limits.max_body_bytes)
+        )
 
     app.register_error_handler(RequestEntityTooLarge, on_body_too_large)
 
@@ -90,12 +101,9 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
         if not key:
             raise ApiError(400, "empty_key", "the key must not be empty")
         try:
-            encoded = key.encode()
+            return key.encode()
         except UnicodeEncodeError:
             raise ApiError(400, "invalid_key", "the key is not valid Unicode") from None
-        if len(encoded) > max_key_bytes:
-            raise ApiError(413, "key_too_large", f"the key exceeds {max_key_bytes} bytes (UTF-8)")
-        return encoded
 
     @app.post("/kv")
     async def put_kv() -> Response:
@@ -120,10 +128,6 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
             encoded_value = value.encode()
         except UnicodeEncodeError:
             raise ApiError(400, "invalid_value", "the value is not valid Unicode") from None
-        if len(encoded_value) > max_value_bytes:
-            raise ApiError(
-                413, "value_too_large", f"the value exceeds {max_value_bytes} bytes (UTF-8)"
-            )
         await client.put(encoded_key, encoded_value)
         return response_class(_EMPTY_OBJECT, content_type=JSON_CONTENT_TYPE)
 

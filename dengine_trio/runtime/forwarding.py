@@ -27,6 +27,7 @@ import trio
 
 from ..errors import DengineError, NoLeader, NotLeader, Overloaded, Stopped, Timeout, TooLarge
 from ..wire import ForwardAccepted, ForwardPropose, ForwardResult, ForwardStatus
+from .operations import MAX_COMMAND_BYTES
 from .requests import RequestTable, Waiter
 
 __all__ = ["Forwarding"]
@@ -144,6 +145,10 @@ class Forwarding:
             forward.waiter.resolve(message.result)
         elif message.status == ForwardStatus.NOT_LEADER:
             forward.waiter.fail(NotLeader(message.leader_id or None))
+        elif message.status == ForwardStatus.TOO_LARGE:
+            # This node checked the command's size before forwarding it (the one check): only
+            # a leader running another version, with a smaller limit, can say so.
+            forward.waiter.fail(TooLarge("command", None, MAX_COMMAND_BYTES))
         else:
             error = _ERROR_FOR_STATUS[message.status]
             forward.waiter.fail(error("forwarded request failed on the leader"))

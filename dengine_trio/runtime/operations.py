@@ -26,7 +26,8 @@ __all__ = ["MAX_COMMAND_BYTES", "Operations"]
 
 MAX_COMMAND_BYTES = MAX_FRAME_BYTES - (1 << 20)
 """The largest command accepted: headroom below the frame limit for the AppendEntries
-envelope around a single entry, so an entry always fits one frame."""
+envelope around a single entry, so an entry always fits one frame. Checked once, by
+``Operations.propose`` on the node the client asked (a forwarded write was checked there)."""
 
 
 class Operations:
@@ -69,7 +70,7 @@ class Operations:
         try:
             if len(command) > MAX_COMMAND_BYTES:
                 # One entry must fit one frame, or replication would stall on it for good.
-                raise TooLarge(f"command of {len(command)} bytes exceeds {MAX_COMMAND_BYTES}")
+                raise TooLarge("command", len(command), MAX_COMMAND_BYTES)
             requests = self._node.requests
             # One slot from now until the answer, whatever the write waits for.
             requests.admit()
