@@ -168,7 +168,8 @@ class EmbeddedEngine:
         return await self._runtime.transfer_leadership(timeout_s)
 
     def pending_requests(self) -> int:
-        """Requests waiting on this node now (proposals, reads, forwarded writes)."""
+        """Client requests occupying this node now: waiting for a leader, forwarded, pending
+        commit or a read's confirmation (what ``limits.max_pending_requests`` bounds)."""
         return self._runtime.pending_requests()
 
     def reachable_peers(self) -> list[int]:
