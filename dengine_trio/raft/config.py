@@ -21,6 +21,22 @@ class Durability(str, Enum):
 
 @attrs.frozen(slots=True)
 class RaftConfig:
+    """Tuning of one node's Raft core; all times in milliseconds.
+
+    ``voters``: every voter's id, this node's ``node_id`` included. Election timeouts are
+    drawn uniformly from [``election_timeout_min_ms``, ``election_timeout_max_ms``) (§5.2);
+    ``heartbeat_interval_ms`` paces heartbeat rounds; ``lease_duration_ms`` is how long after
+    sending a round that a majority acknowledged the leader may serve lease reads (thesis
+    §6.4.1: shorter than the minimum election timeout, leaving room for clock drift).
+    ``max_entries_per_msg``/``max_bytes_per_msg`` bound one AppendEntries (bytes of command
+    data); ``max_inflight_msgs`` bounds pipelining. ``pre_vote`` (thesis §9.6) and
+    ``check_quorum`` (thesis §6.2; lease reads are served locally only with it on).
+
+    Raises ``ValueError`` if ``node_id`` is not a voter, the timeout range is empty or not
+    positive, the heartbeat is not shorter than the minimum election timeout, or the lease
+    is not shorter than it.
+    """
+
     node_id: int
     voters: tuple[int, ...]
     election_timeout_min_ms: float = 600.0

@@ -30,6 +30,9 @@ __all__ = [
 
 @attrs.frozen(slots=True)
 class Send:
+    """Deliver ``message`` to ``message.dst``. Best effort: the core tolerates loss,
+    duplication, delay and reordering (§5.1); the runtime may drop it when the link is down."""
+
     message: Message
 
 
@@ -90,6 +93,9 @@ class ProposalRejected:
 
 @attrs.frozen(slots=True)
 class RoleChanged:
+    """The node's (role, term, known leader) changed; ``leader_id`` 0 means none known.
+    Emitted once per step at most, after everything else, for status and metrics."""
+
     role: Role
     term: int
     leader_id: int

@@ -12,6 +12,11 @@ from .messages import Entry
 
 
 class RaftLog:
+    """The entries of one node's log, index 1 upward, contiguous (§5.3). Index 0 is the
+    empty prefix with term 0. Raises ``ValueError`` at construction if the given entries do
+    not run 1, 2, 3, ... The durable copy is the storage layer's; this is what the core
+    reasons over."""
+
     __slots__ = ("_entries",)
 
     def __init__(self, entries: Iterable[Entry] = ()) -> None:
@@ -22,10 +27,13 @@ class RaftLog:
 
     @property
     def last_index(self) -> int:
+        """Index of the last entry; 0 for an empty log."""
         return len(self._entries)
 
     @property
     def last_term(self) -> int:
+        """Term of the last entry; 0 for an empty log (used by the election restriction,
+        §5.4.1)."""
         return self._entries[-1].term if self._entries else 0
 
     def term_at(self, index: int) -> int | None:
@@ -37,6 +45,8 @@ class RaftLog:
         return None
 
     def entry(self, index: int) -> Entry:
+        """The entry at ``index`` (1..last_index); ``IndexError`` past the end (an index
+        <= 0 is the caller's bug and is not checked on this hot path)."""
         return self._entries[index - 1]
 
     def slice(self, first: int, last: int) -> list[Entry]:
@@ -48,6 +58,8 @@ class RaftLog:
         return self.term_at(index) == term
 
     def append(self, entries: Iterable[Entry]) -> None:
+        """Add ``entries`` after the last one; the caller guarantees they continue the log
+        (index last_index + 1 onward, terms not decreasing), after truncating a conflict."""
         self._entries.extend(entries)
 
     def truncate_from(self, index: int) -> None:

@@ -50,6 +50,10 @@ class RequestVote:
 
 @attrs.frozen(slots=True)
 class RequestVoteResponse:
+    """Answer to a RequestVote (§5.2) or PreVote (thesis §9.6, ``pre_vote`` True). A granted
+    PreVote carries the term the candidate would campaign in; anything else the sender's
+    current term."""
+
     term: int
     src: int
     dst: int
@@ -125,7 +129,8 @@ class HeartbeatResponse:
 
 @attrs.frozen(slots=True)
 class TimeoutNow:
-    """Leadership transfer: the receiver campaigns at once, skipping PreVote."""
+    """Leadership transfer (thesis §3.10): the receiver campaigns at once, skipping PreVote
+    and passing the voters' stickiness (its RequestVote carries ``transfer``)."""
 
     term: int
     src: int
@@ -134,7 +139,8 @@ class TimeoutNow:
 
 @attrs.frozen(slots=True)
 class ReadIndex:
-    """A follower asks the leader for a read index on behalf of one of its clients.
+    """A follower asks the leader for a read index on behalf of one of its clients (thesis
+    §6.4: the leader confirms a heartbeat round, then answers with its commit index).
 
     ``lease`` lets the leader answer from its lease without a heartbeat round.
     """

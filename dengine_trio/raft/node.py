@@ -49,7 +49,9 @@ from .tracker import Tracker, VoteResult
 class RandomSource(Protocol):
     """Anything with ``uniform``, e.g. ``random.Random(seed)``: the caller owns the seed."""
 
-    def uniform(self, a: float, b: float) -> float: ...
+    def uniform(self, a: float, b: float) -> float:
+        """A number drawn uniformly from [a, b] (election timeouts, ms)."""
+        ...
 
 
 def _well_formed(m: AppendEntries) -> bool:
@@ -71,6 +73,12 @@ def _well_formed(m: AppendEntries) -> bool:
 
 
 class RaftNode:
+    """One Raft server (§5; PreVote, CheckQuorum, ReadIndex, the lease and leadership
+    transfer from the thesis), as a pure state machine: ``step(now_ms, event)`` returns the
+    effects to carry out, in order. Times are milliseconds of the caller's monotonic clock,
+    never decreasing. Public attributes (``term``, ``voted_for``, ``role``, ``leader_id``,
+    ``commit_index``, ``durable_index``, ``log``) are read-only to callers."""
+
     def __init__(
         self,
         config: RaftConfig,
@@ -127,12 +135,17 @@ class RaftNode:
     # ------------------------------------------------------------------ driving the node
 
     def step(self, now_ms: float, event: Event) -> list[Effect]:
-        """Consume one event at time ``now_ms``; return the effects, in the order to carry out."""
+        """Consume one event at time ``now_ms`` (ms of the caller's monotonic clock; a time
+        earlier than the last one is taken as the last one) and return the effects, in the
+        order to carry out (``effects.py`` says which must complete before the next). Raises
+        ``TypeError`` for an object that is not an ``Event``; never raises for a message's
+        content (a malformed or stale message is ignored or answered)."""
         return self.step_many(now_ms, (event,))
 
     def step_many(self, now_ms: float, events: Iterable[Event]) -> list[Effect]:
-        """Consume several events at once, so that one AppendEntries per follower carries all
-        the proposals among them (batching)."""
+        """Consume several events at once, as ``step`` does, so that one AppendEntries per
+        follower carries all the proposals among them and their entries become one
+        ``PersistEntries`` (batching)."""
         self.now = max(self.now, now_ms)
         self._round_open = False
         self._check_quorum()
@@ -148,7 +161,9 @@ class RaftNode:
         return out
 
     def next_deadline(self) -> float:
-        """When the node next needs a ``Tick``; the runtime may sleep until then."""
+        """When (ms, the caller's clock) the node next needs a ``Tick``: election deadline,
+        heartbeat, CheckQuorum, transfer timeout, commit notice or a forwarded read's expiry;
+        ``float("inf")`` if none. The runtime may sleep until then, or tick earlier."""
         state = self._state
         if isinstance(state, LeaderState):
             return min(
@@ -166,7 +181,8 @@ class RaftNode:
 
     @property
     def progress(self) -> dict[int, Progress]:
-        """Leader only (empty otherwise): what it knows of each follower's log, by node id."""
+        """Leader only (empty otherwise): what it knows of each other voter's log, node id ->
+        ``Progress`` (§5.3, Figure 2's nextIndex/matchIndex). Read-only to callers."""
         state = self._state
         return state.tracker.progress if isinstance(state, LeaderState) else {}
 
@@ -193,6 +209,8 @@ class RaftNode:
 
     @property
     def is_leader(self) -> bool:
+        """Does this node believe it leads its term? (A deposed leader may not know yet; a
+        read needs ReadIndex or a lease to be sure, thesis §6.4.)"""
         return self.role is Role.LEADER
 
     def has_quorum_contact(self, now_ms: float) -> bool:
@@ -205,6 +223,8 @@ class RaftNode:
         return now_ms - self._quorum_contact_ms() < self.config.election_timeout_min_ms
 
     def leader_contact_within(self, now_ms: float, window_ms: float) -> bool:
+        """Is this a follower that heard from its leader less than ``window_ms`` (ms) before
+        ``now_ms``? (For bounded-staleness reads served by a follower.)"""
         return self.role is Role.FOLLOWER and (
             self.leader_id != 0 and now_ms - self._last_leader_contact < window_ms
         )

@@ -12,11 +12,21 @@ from enum import Enum
 
 
 class ProgressState(Enum):
+    """How the leader sends to one follower: PROBE (one AppendEntries at a time, back-track
+    on rejection, §5.3) or REPLICATE (pipelined, up to ``max_inflight_msgs`` in flight)."""
+
     PROBE = "probe"
     REPLICATE = "replicate"
 
 
 class Progress:
+    """The leader's view of one follower in one term (Figure 2's ``nextIndex[]`` and
+    ``matchIndex[]``, plus etcd raft's probe/replicate flow control): ``next_index`` to send
+    next, ``match_index`` known to match, ``inflight`` last indexes of unacknowledged
+    pipelined messages, ``last_contact_ms`` when last heard from (ms, CheckQuorum, thesis
+    §6.2), ``acked_seq`` newest heartbeat round acknowledged (ReadIndex and lease, thesis
+    §6.4), ``sent_commit`` newest commit index told to it."""
+
     __slots__ = (
         "acked_seq",
         "inflight",
@@ -42,17 +52,23 @@ class Progress:
         self.sent_commit = 0  # newest commit index we told this follower about
 
     def paused(self, max_inflight: int) -> bool:
+        """Must the leader hold further AppendEntries? In PROBE while a probe is
+        unanswered; in REPLICATE once ``max_inflight`` messages are unacknowledged."""
         if self.state is ProgressState.PROBE:
             return self.probe_sent
         return len(self.inflight) >= max_inflight
 
     def become_probe(self) -> None:
+        """Back to probing from just past ``match_index`` (a rejection, or a follower that
+        lost its unflushed tail); forgets what was in flight."""
         self.state = ProgressState.PROBE
         self.next_index = self.match_index + 1
         self.probe_sent = False
         self.inflight.clear()
 
     def become_replicate(self) -> None:
+        """The follower's log matches ours up to ``match_index``: send optimistically from
+        just past it."""
         self.state = ProgressState.REPLICATE
         self.next_index = self.match_index + 1
         self.probe_sent = False

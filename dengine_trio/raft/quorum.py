@@ -9,6 +9,7 @@ T = TypeVar("T", int, float)
 
 
 def majority(voters: int) -> int:
+    """How many of ``voters`` (>= 1) make a majority (§5.2): ``voters // 2 + 1``."""
     return voters // 2 + 1
 
 

@@ -69,9 +69,13 @@ class ReadOnly:
         return ready
 
     def void_lease(self) -> None:
+        """End the lease now (a transfer started or TimeoutNow went out, thesis §3.10):
+        rounds acknowledged earlier no longer let lease reads be served locally."""
         self.lease_expiry = float("-inf")
 
     def take_held(self) -> list[HeldRead]:
+        """The reads held until the leader's first commit of its term (thesis §6.4), in
+        arrival order; none are held afterwards."""
         held, self.held = self.held, []
         return held
 

@@ -15,6 +15,9 @@ from .quorum import majority, quorum_value
 
 
 class VoteResult(Enum):
+    """Where a campaign stands (§5.2): a majority granted (WON), a majority refused (LOST),
+    or neither yet (PENDING)."""
+
     PENDING = "pending"
     WON = "won"
     LOST = "lost"
@@ -47,10 +50,13 @@ class Tracker:
         return self.vote_result()
 
     def record_vote(self, voter: int, granted: bool) -> VoteResult:
+        """Count ``voter``'s answer (a repeated answer replaces the earlier one) and say
+        where the campaign stands."""
         self.votes[voter] = granted
         return self.vote_result()
 
     def vote_result(self) -> VoteResult:
+        """WON once a majority of the voters granted, LOST once a majority refused."""
         granted = sum(1 for g in self.votes.values() if g)
         if granted >= self.quorum:
             return VoteResult.WON
@@ -59,6 +65,8 @@ class Tracker:
         return VoteResult.PENDING
 
     def granted_voters(self) -> list[int]:
+        """The other voters that granted their vote: a new leader counts them as heard from
+        at the win (CheckQuorum, thesis §6.2)."""
         return [v for v, g in self.votes.items() if g and v != self.self_id]
 
     # --- quorum values over the progress map (the leader counts itself with its own value)

@@ -22,7 +22,6 @@ from types import ModuleType
 import dengine_trio
 
 UNFINISHED_PACKAGES = (
-    "dengine_trio.raft",
     "dengine_trio.runtime",
     "dengine_trio.storage",
     "dengine_trio.wire",
@@ -32,31 +31,6 @@ UNFINISHED_PACKAGES = (
 
 ALLOWED_UNDOCUMENTED = frozenset(
     {
-        "dengine_trio.raft.config:RaftConfig",
-        "dengine_trio.raft.effects:RoleChanged",
-        "dengine_trio.raft.effects:Send",
-        "dengine_trio.raft.log:RaftLog",
-        "dengine_trio.raft.log:RaftLog.append",
-        "dengine_trio.raft.log:RaftLog.entry",
-        "dengine_trio.raft.log:RaftLog.last_index",
-        "dengine_trio.raft.log:RaftLog.last_term",
-        "dengine_trio.raft.messages:RequestVoteResponse",
-        "dengine_trio.raft.node:RaftNode",
-        "dengine_trio.raft.node:RaftNode.is_leader",
-        "dengine_trio.raft.node:RaftNode.leader_contact_within",
-        "dengine_trio.raft.node:RandomSource.uniform",
-        "dengine_trio.raft.progress:Progress",
-        "dengine_trio.raft.progress:Progress.become_probe",
-        "dengine_trio.raft.progress:Progress.become_replicate",
-        "dengine_trio.raft.progress:Progress.paused",
-        "dengine_trio.raft.progress:ProgressState",
-        "dengine_trio.raft.quorum:majority",
-        "dengine_trio.raft.reads:ReadOnly.take_held",
-        "dengine_trio.raft.reads:ReadOnly.void_lease",
-        "dengine_trio.raft.tracker:Tracker.granted_voters",
-        "dengine_trio.raft.tracker:Tracker.record_vote",
-        "dengine_trio.raft.tracker:Tracker.vote_result",
-        "dengine_trio.raft.tracker:VoteResult",
         "dengine_trio.runtime.driver:Core.next_deadline",
         "dengine_trio.runtime.driver:Core.step_many",
         "dengine_trio.runtime.driver:EffectHandler.apply",
