@@ -44,7 +44,9 @@ OP_DELETE = 1
 class SnapshotSink(Protocol):
     """Where an image is written: any binary stream (a snapshot file writer, ``io.BytesIO``)."""
 
-    def write(self, data: bytes, /) -> object: ...
+    def write(self, data: bytes, /) -> object:
+        """Write all of ``data``; the return value is ignored. May raise ``OSError``."""
+        ...
 
 
 class SnapshotSource(Protocol):
@@ -55,7 +57,9 @@ class SnapshotSource(Protocol):
     damaged image.
     """
 
-    def read(self, size: int = -1, /) -> bytes: ...
+    def read(self, size: int = -1, /) -> bytes:
+        """At most ``size`` bytes (``-1``: all that is left); ``b""`` only at the end."""
+        ...
 
 
 SnapshotImage = Callable[[SnapshotSink], None]
@@ -67,6 +71,10 @@ class SnapshotImageError(ValueError):
 
 
 class StateMachine(Protocol):
+    """What the engine needs of a replicated state machine (Raft paper section 2: every
+    server applies the same commands in the same order and so reaches the same state).
+    ``KVStateMachine`` is the default; see the module docstring for snapshots."""
+
     def apply(self, index: int, command: bytes) -> bytes:
         """Apply one committed command; deterministic, no I/O that can fail differently on
         different nodes. The returned bytes go back to whoever proposed the command."""
@@ -99,10 +107,14 @@ class StateMachine(Protocol):
 
 
 def encode_put(key: bytes, value: bytes) -> bytes:
+    """The ``KVStateMachine`` command that sets ``key`` to ``value``: msgpack
+    ``[OP_PUT, key, value]``. Size limits are the caller's (``Client``)."""
     return msgpack.packb((OP_PUT, key, value))
 
 
 def encode_delete(key: bytes) -> bytes:
+    """The ``KVStateMachine`` command that removes ``key`` (absent: no-op): msgpack
+    ``[OP_DELETE, key]``."""
     return msgpack.packb((OP_DELETE, key))
 
 
@@ -124,6 +136,9 @@ class KVStateMachine:
         self._capture: _KVImage | None = None
 
     def apply(self, index: int, command: bytes) -> bytes:
+        """Apply an ``encode_put``/``encode_delete`` command; ``index`` is unused. Returns
+        ``b""``, or ``b"\\x00"`` for a command that is ignored (see the class); never
+        raises for a command's content."""
         if self._capture is not None and self._capture.finished:
             self._settle(MERGE_PER_APPLY)
         try:
@@ -142,6 +157,8 @@ class KVStateMachine:
         return b""
 
     def reset(self) -> None:
+        """Empty the state (before the log is replayed); an image not yet started is
+        abandoned, one being written keeps its own frozen copy."""
         self._abandon()
         self.data = {}
 
@@ -163,11 +180,16 @@ class KVStateMachine:
         return image
 
     def restore(self, source: SnapshotSource) -> None:
+        """Replace the state by the image in ``source`` (``read_kv_image``), read fully
+        first: on ``SnapshotImageError`` or an error of ``source.read`` the state is
+        unchanged."""
         data = read_kv_image(source)
         self._abandon()
         self.data = data
 
     def get(self, key: bytes) -> bytes | None:
+        """The value of ``key`` as of the last applied command; None if absent. Not a
+        linearizable read by itself: the caller's read barrier makes it one."""
         return self.data.get(key)
 
     def _settle(self, limit: int | None = None) -> None:

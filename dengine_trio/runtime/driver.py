@@ -54,35 +54,64 @@ log = logging.getLogger("dengine_trio.node")
 class Core(Protocol):
     """What the driver needs of the Raft core (``RaftNode``)."""
 
-    def step_many(self, now_ms: float, events: list[Event]) -> list[Effect]: ...
+    def step_many(self, now_ms: float, events: list[Event]) -> list[Effect]:
+        """Step with ``events`` at ``now_ms`` (ms, the core's clock); return the effects, in
+        the order they must be carried out. An exception means the node must stop."""
+        ...
 
-    def next_deadline(self) -> float: ...
+    def next_deadline(self) -> float:
+        """When (ms, the core's clock) the core next needs a ``Tick``; ``inf`` if never."""
+        ...
 
 
 class LogStorage(Protocol):
     """What the driver needs of the storage (``Storage``)."""
 
-    def append(self, entries: Sequence[Entry]) -> None: ...
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Write ``entries`` (contiguous), truncating the log from ``entries[0].index``
+        first; not durable until ``sync``. Raises ``StorageError`` once the log has failed."""
+        ...
 
-    def save_hard_state(self, term: int, voted_for: int) -> None: ...
+    def save_hard_state(self, term: int, voted_for: int) -> None:
+        """Durably record ``term`` and ``voted_for`` (0: none) before returning (Raft paper
+        Figure 2: persistent state is updated before responding). Raises ``OSError``."""
+        ...
 
-    def sync(self) -> tuple[int, int]: ...
+    def sync(self) -> tuple[int, int]:
+        """Fsync what was appended; return (index, term) of the last entry covered, (0, 0)
+        if none. Runs in a worker thread beside ``append``. Raises ``StorageError``."""
+        ...
 
 
 class EffectHandler(Protocol):
     """Where the effects that are not I/O go, each carried out synchronously."""
 
-    def apply(self, effect: Apply) -> None: ...
+    def apply(self, effect: Apply) -> None:
+        """Apply ``effect.entries`` (committed, in log order) to the state machine and
+        resolve the requests they answer."""
+        ...
 
-    def proposed(self, effect: Proposed) -> None: ...
+    def proposed(self, effect: Proposed) -> None:
+        """Proposal ``effect.request_id`` became entry (``index``, ``term``)."""
+        ...
 
-    def proposal_rejected(self, effect: ProposalRejected) -> None: ...
+    def proposal_rejected(self, effect: ProposalRejected) -> None:
+        """Proposal ``effect.request_id`` was refused here; ``leader_id`` (0: unknown) may
+        take it."""
+        ...
 
-    def read_ready(self, effect: ReadReady) -> None: ...
+    def read_ready(self, effect: ReadReady) -> None:
+        """Read ``effect.request_id`` may be served once ``read_index`` has applied."""
+        ...
 
-    def read_failed(self, effect: ReadFailed) -> None: ...
+    def read_failed(self, effect: ReadFailed) -> None:
+        """Read ``effect.request_id`` got no read index here; ``leader_id`` (0: unknown) may
+        serve it."""
+        ...
 
-    def role_changed(self, effect: RoleChanged) -> None: ...
+    def role_changed(self, effect: RoleChanged) -> None:
+        """The node's (role, term, leader) changed: update status and metrics."""
+        ...
 
 
 def _unhandled(effect: NoReturn) -> NoReturn:

@@ -100,6 +100,7 @@ class Forwarding:
         self._entries: dict[int, list[_Forward]] = {}
 
     def pending(self) -> int:
+        """How many writes this node has forwarded and not yet settled."""
         return len(self._forwards)
 
     # -- follower side ---------------------------------------------------------------------
@@ -136,6 +137,10 @@ class Forwarding:
                         del self._entries[forward.index]
 
     def result(self, message: ForwardResult) -> None:
+        """The leader's outcome of a forwarded write: resolve it with ``message.result`` (OK)
+        or fail it with the status's ``DengineError`` (``NOT_LEADER``: ``NotLeader``,
+        ``TOO_LARGE``: ``TooLarge("command")``, ...). Answers to an earlier incarnation of
+        this node, or to a request no longer waiting, are dropped."""
         if message.incarnation != self.incarnation:
             return  # the answer to a request of an earlier process of this node
         forward = self._forwards.get(message.request_id)
@@ -154,6 +159,9 @@ class Forwarding:
             forward.waiter.fail(error("forwarded request failed on the leader"))
 
     def accepted(self, message: ForwardAccepted, applied_index: int) -> None:
+        """The leader made a forwarded write entry (``message.index``, ``message.term``):
+        from now on this node's own apply of that index settles it (``applied``), even if
+        that leader dies. Ignored if ``applied_index`` (this node's) already covers it."""
         if message.incarnation != self.incarnation:
             return
         forward = self._forwards.get(message.request_id)
@@ -194,6 +202,7 @@ class Forwarding:
                 forward.waiter.fail(NotLeader(None))
 
     def fail_all(self, error: BaseException) -> None:
+        """Fail every pending forwarded write with ``error`` (the node is stopping)."""
         for forward in self._forwards.values():
             forward.waiter.fail(error)
         self._forwards.clear()

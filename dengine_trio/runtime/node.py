@@ -347,6 +347,11 @@ class NodeRuntime:
     # ------------------------------------------------------------------ effects (not I/O)
 
     def apply(self, effect: Apply) -> None:
+        """Apply ``effect.entries`` (committed, in log order; no-ops only advance
+        ``applied_index``) to the state machine, and settle what they answer: this node's
+        proposals and forwarded writes (resolved with the result, or ``NotLeader`` if another
+        term's entry took their index), then reads whose read index is now applied. Raises
+        what the state machine raises (the node must stop)."""
         sm = self.state_machine
         requests, forwarding = self.requests, self.forwarding
         leader_id = self.raft.leader_id if self.raft else 0
@@ -370,18 +375,26 @@ class NodeRuntime:
             self.metrics.proposals_committed(commands)
 
     def proposed(self, effect: Proposed) -> None:
+        """``RequestTable.proposed``: the proposal now waits for its entry to apply."""
         self.requests.proposed(effect.request_id, effect.index, effect.term)
 
     def proposal_rejected(self, effect: ProposalRejected) -> None:
+        """The proposal fails with ``NotLeader(effect.leader_id)``."""
         self.requests.proposal_rejected(effect.request_id, effect.leader_id)
 
     def read_ready(self, effect: ReadReady) -> None:
+        """The read resolves once ``applied_index`` reaches ``effect.read_index`` (Raft
+        thesis section 6.4, step 4)."""
         self.requests.read_ready(effect.request_id, effect.read_index, self.applied_index)
 
     def read_failed(self, effect: ReadFailed) -> None:
+        """The read fails with ``NotLeader(effect.leader_id)``."""
         self.requests.read_failed(effect.request_id, effect.leader_id)
 
     def role_changed(self, effect: RoleChanged) -> None:
+        """Record the new (role, term, leader) in metrics and the log, take back forwards
+        still queued for a former leader (``Forwarding.leader_changed``), and wake
+        ``wait_for_state_change``."""
         self.metrics.role_changed(effect.role.name.lower(), effect.term, effect.leader_id)
         self.forwarding.leader_changed(effect.leader_id)
         self.node_log.role_changed(effect, planned=self.transferring)

@@ -51,12 +51,15 @@ class Waiter:
         """Called with (index, term) once a proposal is an entry of the leader's log."""
 
     def resolve(self, value: Any = None) -> None:
+        """Settle with ``value`` and wake the waiting task; no-op if already settled."""
         if not self.done:
             self.done = True
             self.value = value
             self._wake()
 
     def fail(self, error: BaseException) -> None:
+        """Settle with ``error`` (raised by ``RequestTable.wait``) and wake the waiting
+        task; no-op if already settled."""
         if not self.done:
             self.done = True
             self.error = error
@@ -146,6 +149,8 @@ class RequestTable:
         return request_id, waiter
 
     def forget_proposal(self, request_id: int, waiter: Waiter) -> None:
+        """Drop the proposal's entries from the table (its wait ended, however); no-op if
+        already gone."""
         self._proposals.pop(request_id, None)
         if waiter.index and self._by_index.get(waiter.index) is waiter:
             del self._by_index[waiter.index]
@@ -160,6 +165,7 @@ class RequestTable:
         return request_id, waiter
 
     def forget_read(self, request_id: int) -> None:
+        """Drop a read still waiting for its read index; no-op if already gone."""
         self._reads.pop(request_id, None)
 
     async def wait(self, waiter: Waiter, deadline: float, cleanup: Callable[[], object]) -> Any:
@@ -200,6 +206,8 @@ class RequestTable:
     # -- outcomes (from the core's effects) ------------------------------------------------
 
     def proposed(self, request_id: int, index: int, term: int) -> None:
+        """Proposal ``request_id`` became entry (``index``, ``term``): it now waits for that
+        index to apply (``applied``), and its ``on_proposed`` is called with (index, term)."""
         waiter = self._proposals.pop(request_id, None)
         if waiter is not None:
             waiter.index, waiter.term = index, term
@@ -208,6 +216,7 @@ class RequestTable:
                 waiter.on_proposed(index, term)
 
     def proposal_rejected(self, request_id: int, leader_id: int) -> None:
+        """Proposal ``request_id`` fails with ``NotLeader(leader_id or None)``."""
         waiter = self._proposals.pop(request_id, None)
         if waiter is not None:
             waiter.fail(NotLeader(leader_id or None))
@@ -222,12 +231,16 @@ class RequestTable:
                 waiter.fail(NotLeader(leader_id or None))
 
     def reads_applied(self, applied_index: int) -> None:
+        """Resolve every read whose read index is at most ``applied_index`` (Raft thesis
+        section 6.4: a read is served once its read index has applied)."""
         heap = self._reads_by_index
         while heap and heap[0][0] <= applied_index:
             _, _, waiter = heapq.heappop(heap)
             waiter.resolve(None)
 
     def read_ready(self, request_id: int, read_index: int, applied_index: int) -> None:
+        """Read ``request_id`` got ``read_index``: resolve it now if ``applied_index``
+        covers it, else when ``reads_applied`` reaches it."""
         waiter = self._reads.pop(request_id, None)
         if waiter is None:
             return
@@ -237,11 +250,14 @@ class RequestTable:
             heapq.heappush(self._reads_by_index, (read_index, next(self.ids), waiter))
 
     def read_failed(self, request_id: int, leader_id: int) -> None:
+        """Read ``request_id`` fails with ``NotLeader(leader_id or None)``."""
         waiter = self._reads.pop(request_id, None)
         if waiter is not None:
             waiter.fail(NotLeader(leader_id or None))
 
     def fail_all(self, error: BaseException) -> None:
+        """Fail every pending proposal and read with ``error``; the table stays open (see
+        ``close``)."""
         for table in (self._proposals, self._by_index, self._reads):
             for waiter in table.values():
                 waiter.fail(error)

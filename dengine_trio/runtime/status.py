@@ -60,4 +60,5 @@ class NodeStatus:
 
     @property
     def is_leader(self) -> bool:
+        """``role == "leader"`` as of this status (it may have changed since)."""
         return self.role == "leader"

@@ -47,6 +47,7 @@ class DirectoryLock:
 
     @property
     def held(self) -> bool:
+        """True from ``acquire`` until ``release``."""
         return self._fd is not None
 
     def release(self) -> None:

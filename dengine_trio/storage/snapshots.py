@@ -138,6 +138,8 @@ class SnapshotHeader:
     voters: Mapping[int, str] = attrs.field(converter=_sorted_members)
 
     def encode(self) -> bytes:
+        """The header's msgpack map, as the file format above lays it out (``decode``
+        reads it back)."""
         return msgpack.packb(
             {
                 "last_index": self.last_index,
@@ -333,6 +335,7 @@ class SnapshotReader:
             pass
 
     def close(self) -> None:
+        """Close the file. Idempotent; ``read`` after it raises ``OSError``."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -562,6 +565,8 @@ class SnapshotReceiver:
 
     @classmethod
     def create(cls, directory: str | Path) -> SnapshotReceiver:
+        """Start receiving into a new temporary file in ``directory`` (created if missing).
+        Raises ``OSError``."""
         directory = Path(directory)
         if not directory.is_dir():
             directory.mkdir(parents=True)

@@ -37,9 +37,12 @@ class FrameReader:
 
     @property
     def buffered_bytes(self) -> int:
+        """Bytes received but not yet part of a returned frame (a partial frame)."""
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the payloads of the frames it completes, in order (maybe
+        none). Raises ``FrameTooLarge`` as the class says."""
         if self._error is not None:
             raise self._error
         buf = self._buf
