@@ -347,7 +347,8 @@ _KV_READ_BYTES = 256 * 1024
 
 
 def write_kv_image(data: dict[bytes, bytes], sink: SnapshotSink) -> None:
-    """Serialize ``data`` (not changed by anyone meanwhile) to ``sink`` in batches."""
+    """Serialize ``data`` (not changed by anyone meanwhile) to ``sink`` in batches of
+    ``KV_BATCH_BYTES`` (256 KiB) or ``KV_BATCH_KEYS`` keys; raises what ``sink.write`` raises."""
     sink.write(_KV_PREFIX.pack(KV_IMAGE_MAGIC, KV_IMAGE_VERSION))
     packer = msgpack.Packer()
     batch: list[bytes] = []

@@ -171,7 +171,10 @@ class Forwarding:
         self._entries.setdefault(message.index, []).append(forward)
 
     def applied(self, index: int, term: int, result: bytes, leader_id: int) -> None:
-        """This node applied entry (``index``, ``term``) with ``result``."""
+        """This node applied entry (``index``, ``term``) with ``result``: forwarded writes
+        the leader placed at ``index`` resolve with it if their term matches, else fail with
+        ``NotLeader(leader_id or None)`` (overwritten, never committed: Raft paper section
+        5.3)."""
         if not self._entries:
             return
         for forward in self._entries.pop(index, ()):

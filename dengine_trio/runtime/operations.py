@@ -63,8 +63,10 @@ class Operations:
         On a follower the command is forwarded to the leader. Retries cover only outcomes
         where the command certainly was not committed (rejected, withdrawn unsent, or
         overwritten). Raises ``TooLarge`` (over ``MAX_COMMAND_BYTES``), ``Timeout`` (at
-        ``timeout_s``, default ``request_timeout_ms``: may or may not be applied),
-        ``NoLeader``, ``Overloaded``, ``Stopped``.
+        ``timeout_s`` seconds, default ``request_timeout_ms``: may or may not be applied),
+        ``NoLeader`` (none known, or none accepted it, by then), ``Overloaded`` (over
+        ``max_pending_requests``), ``Stopped``; a forwarded write may also fail with the
+        leader's ``TooLarge``/``Overloaded``.
         """
         # Not a wrapper coroutine: one more frame per write is measurable at 30 us a write.
         try:
@@ -115,8 +117,11 @@ class Operations:
 
     async def read_barrier(self, *, lease: bool, timeout_s: float | None = None) -> None:
         """Return once the local state machine reflects every write committed before the call
-        (linearizable), or the leader's lease vouches for it (lease). Raises ``NoLeader``
-        (no leader confirmed it by ``timeout_s``), ``Timeout``, ``Overloaded``, ``Stopped``."""
+        (linearizable: ReadIndex, Raft thesis section 6.4, one heartbeat round to a quorum),
+        or the leader's lease vouches for it (``lease``: thesis section 6.4.1, no round while
+        the lease holds; on the leader with nothing left to apply, no message at all).
+        Raises ``NoLeader`` (no leader confirmed it by ``timeout_s`` seconds, default
+        ``request_timeout_ms``), ``Timeout``, ``Overloaded``, ``Stopped``."""
         metrics = self._node.metrics
         try:
             raft = self._node.raft

@@ -222,7 +222,10 @@ class RequestTable:
             waiter.fail(NotLeader(leader_id or None))
 
     def applied(self, index: int, term: int, result: bytes, leader_id: int) -> None:
-        """Entry (``index``, ``term``) was applied with ``result``."""
+        """Entry (``index``, ``term``) was applied with ``result``: the proposal waiting on
+        ``index`` resolves with it, or fails with ``NotLeader(leader_id or None)`` if its
+        entry had another term (overwritten by a newer leader, Raft paper section 5.3: never
+        committed, so it may be proposed again)."""
         waiter = self._by_index.pop(index, None)
         if waiter is not None:
             if waiter.term == term:

@@ -175,7 +175,11 @@ class Storage:
 
     @classmethod
     def open(cls, db_root_dir: str | Path, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> Storage:
-        """Create ``db_root_dir`` if needed, lock it and recover hard state and log."""
+        """Create ``db_root_dir`` if needed, lock it and recover hard state and log
+        (``segment_bytes``: WAL segment size, bytes). Raises ``StorageLockedError`` (another
+        process has it), ``CorruptHardStateError``, ``CorruptLogError`` (see Recovery above),
+        ``ValueError`` (``segment_bytes`` not positive), ``OSError``; the lock is released
+        on any failure."""
         root = Path(db_root_dir)
         if not root.exists():
             root.mkdir(parents=True)
@@ -201,28 +205,39 @@ class Storage:
 
     def compact(self, through_index: int) -> int:
         """Drop whole WAL segments covered by a durable snapshot through ``through_index``;
-        return the new first index. See ``WriteAheadLog.compact``."""
+        return the new first index (0: empty log). See ``WriteAheadLog.compact``. Raises
+        ``StorageError`` once the log is closed or has failed, ``OSError`` from the disk."""
         return self._wal.compact(through_index)
 
     def save_hard_state(self, term: int, voted_for: int) -> None:
-        """Durably record ``term`` and ``voted_for`` (0: no vote) before returning."""
+        """Durably record ``term`` and ``voted_for`` (0: no vote) before returning (Raft
+        paper Figure 2: persistent state is updated on stable storage before responding to
+        RPCs). Raises ``OSError``; ``hard_state`` is updated only on success."""
         hard_state = HardState(term=term, voted_for=voted_for)
         save_hard_state(self.db_root_dir, hard_state)
         self.hard_state = hard_state
 
     def append(self, entries: Sequence[Entry]) -> None:
-        """Append ``entries``, truncating the log from ``entries[0].index`` first. No fsync."""
+        """Append ``entries`` (contiguous indexes), truncating the log from
+        ``entries[0].index`` first (Raft paper section 5.3: a conflicting suffix is
+        deleted). No fsync. Raises ``ValueError`` for entries that would leave a gap or
+        precede the log's first entry, ``StorageError`` once the log is closed or has
+        failed, ``OSError`` from the write (the log then takes no more writes)."""
         self._wal.append(entries)
 
     def sync(self) -> tuple[int, int]:
-        """Fsync what was appended; return (index, term) of the last entry covered.
+        """Fsync what was appended; return (index, term) of the last entry covered, (0, 0)
+        for an empty log.
 
-        May run in a worker thread concurrently with ``append``.
+        May run in a worker thread concurrently with ``append``. Raises ``StorageError`` when
+        the fsync fails (the log then takes no more writes: the kernel may have dropped the
+        unsynced pages), or once the log is closed or has failed.
         """
         return self._wal.sync()
 
     def close(self) -> None:
-        """Sync and close the log, then release ``db_root_dir``. Idempotent."""
+        """Sync and close the log, then release ``db_root_dir`` (even if the sync raises
+        ``StorageError``). Idempotent."""
         try:
             self._wal.close()
         finally:

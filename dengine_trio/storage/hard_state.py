@@ -37,7 +37,10 @@ class HardState:
 
 
 def load_hard_state(directory: str | Path) -> HardState:
-    """Read the hard state in ``directory``; a missing file means a fresh node (0, 0)."""
+    """Read the hard state in ``directory``; a missing file means a fresh node (0, 0).
+    Raises ``CorruptHardStateError`` for a file of the wrong size (28 bytes expected), bad
+    checksum, magic or version (never reset: a forgotten vote could be cast twice, Raft
+    paper section 5.2); ``OSError`` from the disk."""
     path = Path(directory) / HARD_STATE_FILE
     try:
         raw = path.read_bytes()
@@ -59,7 +62,9 @@ def load_hard_state(directory: str | Path) -> HardState:
 
 
 def save_hard_state(directory: str | Path, hard_state: HardState) -> None:
-    """Durably replace the hard state in ``directory`` (two fsyncs: the file, the directory)."""
+    """Durably replace the hard state in ``directory`` (two fsyncs: the file, the directory;
+    written to a temporary file and renamed, so a crash leaves the old or the new state).
+    Raises ``OSError``."""
     directory = Path(directory)
     body = _BODY.pack(_MAGIC, _VERSION, hard_state.term, hard_state.voted_for)
     temporary = directory / (HARD_STATE_FILE + ".tmp")

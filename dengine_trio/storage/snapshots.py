@@ -445,7 +445,9 @@ class SnapshotWriter:
         header: SnapshotHeader,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> SnapshotWriter:
-        """Start a snapshot in ``directory`` (created if missing)."""
+        """Start a snapshot in ``directory`` (created if missing): a temporary file holding
+        the prefix and ``header``. ``chunk_bytes``: the write buffer, bytes. Raises
+        ``ValueError`` for a header over ``MAX_HEADER_BYTES``, ``OSError`` from the disk."""
         directory = Path(directory)
         if not directory.is_dir():
             directory.mkdir(parents=True)
@@ -468,7 +470,8 @@ class SnapshotWriter:
         write_all(self._fd, data)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Append payload bytes; returns ``len(data)`` (a file-like ``write``)."""
+        """Append payload bytes; returns ``len(data)`` (a file-like ``write``). Raises
+        ``ValueError`` after ``commit`` or ``abort``, ``OSError`` from the disk."""
         if self._done:
             raise ValueError("snapshot writer is closed")
         self._payload_bytes += len(data)
@@ -486,7 +489,9 @@ class SnapshotWriter:
             self._buffer = bytearray()
 
     def commit(self) -> SnapshotFile:
-        """Write the trailer, fsync, rename to the final name, fsync the directory."""
+        """Write the trailer, fsync, rename to the final name, fsync the directory; return
+        the installed file. Raises ``ValueError`` if already closed; on ``OSError`` the
+        temporary file is removed and nothing is installed."""
         if self._done:
             raise ValueError("snapshot writer is closed")
         try:
@@ -535,7 +540,8 @@ class SnapshotWriter:
 
 def read_raw_chunk(path: str | Path, offset: int, size: int) -> bytes:
     """Up to ``size`` bytes of the file at ``offset`` (``b""`` past its end): what a leader
-    sends of a snapshot file in one InstallSnapshot chunk, verbatim."""
+    sends of a snapshot file in one InstallSnapshot chunk (Raft paper section 7, Figure 13),
+    verbatim. Raises ``OSError``."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         return os.pread(fd, size, offset)
@@ -575,7 +581,9 @@ class SnapshotReceiver:
         return cls(directory, fd, temporary)
 
     def write_chunk(self, offset: int, data: bytes) -> None:
-        """Append ``data``, which must start at byte ``offset`` of the snapshot file."""
+        """Append ``data``, which must start at byte ``offset`` of the snapshot file (the
+        bytes received so far): else ``SnapshotChunkError``. ``ValueError`` once finished or
+        aborted; ``OSError`` from the disk. Not fsynced until ``finish``."""
         if self._done:
             raise ValueError("snapshot receiver is closed")
         if offset != self.received_bytes:
@@ -647,6 +655,7 @@ def remove_old_snapshots(directory: str | Path, keep: int) -> list[Path]:
 
     Call it after a new snapshot has been committed (so the newest is known to be valid);
     files are not verified here. Temporary files are left alone (one may be in progress).
+    Raises ``ValueError`` for ``keep`` < 1, ``OSError`` from the disk.
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
@@ -661,7 +670,8 @@ def remove_old_snapshots(directory: str | Path, keep: int) -> list[Path]:
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     """Delete the temporary files of interrupted writes and receives; call it at startup,
-    before any writer or receiver of this process runs."""
+    before any writer or receiver of this process runs. Returns their paths (none for a
+    missing ``directory``); raises ``OSError``."""
     removed = []
     try:
         names = os.listdir(directory)
@@ -685,7 +695,8 @@ def write_snapshot(
     """Write ``image`` (what ``StateMachine.snapshot()`` returned) as the snapshot ``header``
     describes, and install it atomically. Blocking: run it in a worker thread.
 
-    If ``image`` raises, nothing is left behind and the exception propagates.
+    If ``image`` raises, nothing is left behind and the exception propagates. Raises
+    ``ValueError`` (header too large) and ``OSError`` as ``SnapshotWriter`` does.
     """
     with SnapshotWriter.create(directory, header, chunk_bytes) as writer:
         image(writer)

@@ -140,6 +140,7 @@ class WriteAheadLog:
         docstring) is a torn tail: logged and truncated away. Damage before it, a segment that
         ends before it, and damage anywhere in a segment that is not the last raise
         ``CorruptLogError``. What is returned is durable, and the marker is set to its end.
+        ``segment_bytes`` (bytes) must be positive (``ValueError``); ``OSError`` from the disk.
         """
         if segment_bytes <= 0:
             raise ValueError(f"segment_bytes must be positive, got {segment_bytes}")
@@ -229,7 +230,10 @@ class WriteAheadLog:
         """Write ``entries`` (contiguous indexes) after truncating the log from the first one.
 
         Not durable until ``sync``. One encode and one ``os.write`` per call; truncation and
-        the start of a new segment are the rare paths that also fsync.
+        the start of a new segment are the rare paths that also fsync. Raises ``ValueError``
+        for entries that are not contiguous, would leave a gap after the last index, precede
+        the first entry, or start below index 1; ``StorageError`` once closed or failed;
+        ``OSError`` from the disk, after which the log takes no more writes.
         """
         if not entries:
             return
@@ -276,7 +280,8 @@ class WriteAheadLog:
         Oldest first, each removal made durable (directory fsync) before the next, so a crash
         at any point leaves a contiguous run of segments that recovery accepts: the log then
         starts at a later index, and the caller holds a snapshot covering what precedes it.
-        The caller must have made that snapshot durable first.
+        The caller must have made that snapshot durable first. Raises ``StorageError`` once
+        closed or failed; ``OSError`` from the disk (the log then takes no more writes).
         """
         with self._lock:
             self._check_usable()
@@ -375,6 +380,8 @@ class WriteAheadLog:
 
         Safe to call from a worker thread while the owning thread keeps appending: the result
         covers what was appended before the call and possibly more. (0, 0) when empty.
+        Raises ``StorageError`` when an fsync (or the marker's write) fails, and from then on
+        on every call: after a failed fsync no later one can vouch for the dropped pages.
         """
         with self._sync_mutex:
             while True:
