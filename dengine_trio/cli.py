@@ -33,7 +33,13 @@ from dengine_trio import errors
 from dengine_trio.api import bind_listener, hypercorn_config, kernel_backlog_cap
 from dengine_trio.api.health import create_health_app
 from dengine_trio.api.kv import create_kv_app
-from dengine_trio.config import ConfigError, NodeConfig, check_message_limits, load_config
+from dengine_trio.config import (
+    ConfigError,
+    NodeConfig,
+    check_message_limits,
+    http_ssl_context,
+    load_config,
+)
 from dengine_trio.engine import EmbeddedEngine
 from dengine_trio.log import LEVELS, LOG_FORMATS, parse_level, setup_logging
 from dengine_trio.metrics.http import instrument_app
@@ -283,11 +289,18 @@ async def serve_node(
     health_address = _address(health_listener)
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with EmbeddedEngine.start(config, metrics=PrometheusSink()) as engine:
-            backlog = config.http.listen_backlog
-            kv_config = hypercorn_config(kv_listener, backlog=backlog, access_log=access_log)
-            health_config = hypercorn_config(
-                health_listener, backlog=backlog, access_log=access_log
+            http = config.http
+            tls = http_ssl_context(http)
+            limits = partial(
+                hypercorn_config,
+                backlog=http.listen_backlog,
+                access_log=access_log,
+                max_header_bytes=http.max_header_bytes,
+                max_connections=http.max_connections,
+                tls_handshake_timeout_s=http.tls_handshake_timeout_ms / 1000,
             )
+            kv_config = limits(kv_listener, ssl_context=tls)
+            health_config = limits(health_listener, ssl_context=tls if http.health_tls else None)
             http_stop = trio.Event()
             with trio.CancelScope() as graceful:
                 async with trio.open_nursery() as nursery:
@@ -314,9 +327,12 @@ async def serve_node(
                                 partial(serve, app, cfg, shutdown_trigger=http_stop.wait)
                             )
                         log.info(
-                            "KV API on http://%s, health API on http://%s",
+                            "KV API on %s://%s, health API on %s://%s%s",
+                            "https" if tls else "http",
                             kv_address,
+                            "https" if tls and http.health_tls else "http",
                             health_address,
+                            ", bearer tokens required" if config.auth.enable else "",
                         )
                     log.info("HTTP servers stopped")
                     nursery.cancel_scope.cancel()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 from http import HTTPStatus
 from typing import Any
 
@@ -25,7 +26,13 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from dengine_trio import errors
-from dengine_trio.config import DEFAULT_BODY_TIMEOUT_MS, DEFAULT_LISTEN_BACKLOG
+from dengine_trio.config import (
+    DEFAULT_BODY_TIMEOUT_MS,
+    DEFAULT_LISTEN_BACKLOG,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
+)
 
 __all__ = [
     "JSON_CONTENT_TYPE",
@@ -315,6 +322,67 @@ def _install_release_on_eof() -> None:
     TCPServer._read_data = read_data_then_release  # type: ignore[method-assign]
 
 
+def _install_connection_limit() -> None:
+    """Make Hypercorn serve at most ``config.dengine_max_connections`` connections at once
+    per listener (per :class:`HypercornConfig`), closing any accepted beyond that at once.
+
+    Hypercorn (0.18) has no such bound: each accepted connection is a task and a file
+    descriptor for as long as the client keeps it (the keep-alive timer restarts with each
+    request), so enough idle clients would exhaust ``ulimit -n`` and stop both ports.
+    Patched once per process; a config without the attribute is not limited.
+    """
+    original = getattr(TCPServer, "run", None)
+    if original is None or getattr(original, "_dengine_limit", False):
+        return
+
+    async def run_within_limit(self: Any) -> None:
+        limit = getattr(self.config, "dengine_max_connections", None)
+        if limit is None:
+            await original(self)
+            return
+        if self.config.dengine_open_connections >= limit:
+            now = trio.current_time()
+            if now - self.config.dengine_refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
+                self.config.dengine_refusal_logged_at = now
+                log.warning(
+                    "HTTP connection refused: %d connections open, the most "
+                    "[http] max_connections allows (logged at most once a minute)",
+                    limit,
+                )
+            await trio.aclose_forcefully(self.stream)
+            return
+        self.config.dengine_open_connections += 1
+        try:
+            await original(self)
+        finally:
+            self.config.dengine_open_connections -= 1
+
+    run_within_limit._dengine_limit = True  # type: ignore[attr-defined]
+    TCPServer.run = run_within_limit  # type: ignore[method-assign]
+
+
+REFUSAL_LOG_INTERVAL_S = 60.0
+
+
+class _NodeHypercornConfig(HypercornConfig):
+    """Hypercorn settings whose TLS context is built by :func:`dengine_trio.config.
+    http_ssl_context` (Hypercorn's own replaces the context's default options with
+    ``OP_NO_COMPRESSION`` alone, offers HTTP/2, and cannot ask for an optional client
+    certificate), plus the connection bound of :func:`_install_connection_limit`."""
+
+    node_ssl_context: ssl.SSLContext | None = None
+    dengine_max_connections: int | None = None
+    dengine_open_connections: int = 0
+    dengine_refusal_logged_at: float = float("-inf")
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self.node_ssl_context
+
+    @property
+    def ssl_enabled(self) -> bool:
+        return self.node_ssl_context is not None
+
+
 def _status_code_name(status: int) -> str:
     try:
         phrase = HTTPStatus(status).phrase
@@ -338,8 +406,17 @@ def hypercorn_config(
     backlog: int = DEFAULT_LISTEN_BACKLOG,
     access_log: bool = False,
     graceful_timeout_s: float = 1.0,
+    ssl_context: ssl.SSLContext | None = None,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    tls_handshake_timeout_s: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS / 1000,
 ) -> HypercornConfig:
     """Hypercorn settings for one app listening on ``sock`` (Hypercorn takes the socket over).
+
+    With ``ssl_context`` (``dengine_trio.config.http_ssl_context``) the port speaks HTTPS
+    only; a client has ``tls_handshake_timeout_s`` seconds to finish its handshake.
+    ``max_header_bytes``: request line and headers (h11's bound; more is a 400 and a close).
+    ``max_connections``: connections served at once; one more is closed as it is accepted.
 
     ``backlog`` is the listen backlog (connections, ``[http] listen_backlog``): Hypercorn's
     default of 100 made Linux reset part of a burst of a few hundred simultaneous connects.
@@ -349,7 +426,12 @@ def hypercorn_config(
     """
     _install_json_protocol_errors()
     _install_release_on_eof()
-    config = HypercornConfig()
+    _install_connection_limit()
+    config = _NodeHypercornConfig()
+    config.node_ssl_context = ssl_context
+    config.ssl_handshake_timeout = tls_handshake_timeout_s
+    config.h11_max_incomplete_size = max_header_bytes
+    config.dengine_max_connections = max_connections
     config.backlog = backlog
     config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = logging.getLogger("hypercorn.access") if access_log else None

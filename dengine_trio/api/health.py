@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from quart import Response
 
 from dengine_trio.api import JSON_CONTENT_TYPE, App, install_error_handlers, json_error
+from dengine_trio.api.auth import health_role_needed, install_auth
 from dengine_trio.api.page import CLUSTER_PAGE, CLUSTER_PAGE_CSP
 
 if TYPE_CHECKING:
@@ -35,9 +36,11 @@ def create_health_app(engine: EmbeddedEngine) -> App:
     engine's status as JSON, plus ``has_quorum`` and ``leader_contact_recent`` (bool, what
     ``/primary`` and ``/replica`` go by), ``address`` (this node's Raft address) and
     ``members`` (``[{"id": int, "address": "host:port"}]``, from ``initial_cluster``)); see
-    the module docstring for when each is 200. ``GET /`` serves the cluster page."""
+    the module docstring for when each is 200. ``GET /`` serves the cluster page. With
+    ``[auth] enable = true`` all but ``/primary`` and ``/replica`` need an ``admin`` token."""
     app = App(__name__, body_timeout_s=engine.config.http.body_timeout_ms / 1000)
     install_error_handlers(app)
+    install_auth(app, engine.config.auth, health_role_needed)
     node_id = engine.node_id
 
     def ok(role: str) -> Response:

@@ -24,6 +24,7 @@ from dengine_trio.api import (
     engine_error_response,
     install_error_handlers,
 )
+from dengine_trio.api.auth import install_auth, kv_role_needed
 from dengine_trio.errors import TooLarge
 from dengine_trio.policy import ReadPolicy
 
@@ -69,13 +70,16 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
     engine errors map as in :func:`install_error_handlers`. Sizes are not checked here but
     where each limit lives (key and value: ``Client``; command: the runtime; body: Quart's
     ``MAX_CONTENT_LENGTH``), all raising ``TooLarge``: so a malformed request is 400 whatever
-    its sizes, and a well-formed one over a limit is 413.
+    its sizes, and a well-formed one over a limit is 413. With ``[auth] enable = true``
+    reads need a ``read`` token and writes a ``write`` one (:mod:`dengine_trio.api.auth`).
     """
     client = engine.client()
     limits = engine.config.limits
 
     app = App(__name__, body_timeout_s=engine.config.http.body_timeout_ms / 1000)
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
+    # Before any other hook: a refused request costs no more than the check.
+    install_auth(app, engine.config.auth, kv_role_needed)
     app.url_map.converters["key"] = KeyConverter
     # Doubled slashes are part of a key, not something to redirect away.
     app.url_map.merge_slashes = False

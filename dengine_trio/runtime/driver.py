@@ -240,7 +240,9 @@ class Driver:
     # -- the Raft loop ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        """The Raft loop; runs until cancelled."""
+        """The Raft loop; runs until cancelled. Whatever stepping the core or carrying out
+        an effect raises here (``StorageError``, ``OSError`` of a hard state write)
+        propagates: the node must stop, its core having moved on without that effect."""
         core = self.core
         while True:
             if self._deferred:
@@ -331,7 +333,10 @@ class Driver:
         """Runs until cancelled: fsyncs the log in ``fsync_thread``. DiskFirst: group commit
         (one fsync covers everything appended while the previous one ran). MemFirst: at
         ``flush_threshold`` pending entries or after ``flush_interval_s``. Each fsync is
-        reported to the core as ``Persisted``, stepped at once."""
+        reported to the core as ``Persisted``, stepped at once (under DiskFirst an entry
+        counts toward commit on this node only from then; the leader writes its log in
+        parallel with replication: Raft thesis section 10.2.1).
+        Raises ``StorageError`` when an fsync fails (the node must stop)."""
         storage = self.storage
 
         def timed_sync() -> tuple[tuple[int, int], float]:

@@ -77,7 +77,8 @@ class WorkerThread:
                 return  # trio has exited: nobody waits any more
 
     async def run(self, fn: Callable[[], Any]) -> Any:
-        """``fn()`` in the worker thread: its result, or its exception raised here."""
+        """``fn()`` in the worker thread: its result, or its exception raised here. Raises
+        ``RuntimeError`` outside the ``async with`` block (no thread running)."""
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError(f"worker thread {self._name!r} is not running")
         await trio.lowlevel.checkpoint_if_cancelled()

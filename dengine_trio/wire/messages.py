@@ -26,6 +26,9 @@ class Hello:
     ``incarnation`` names the caller's process: a random 63-bit number drawn at each start, so
     the listener can tell a restarted peer (whose earlier requests nobody waits for any more)
     from the process it knew, and two processes claiming one node id from each other.
+    The listener refuses (``HelloReply(ok=False, reason)``) a ``protocol_version`` other than
+    ``PROTOCOL_VERSION``, another ``cluster_id``, a ``dst`` that is not itself and a ``src``
+    that is not one of its peers.
     """
 
     cluster_id: str
