@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -117,6 +117,17 @@ def actions(size: int) -> st.SearchStrategy[tuple[object, ...]]:
         # keeps its view (and its lease, if it may have one) while C campaigns among them,
         # with clients busy around that campaign.
         st.tuples(st.just("lease-split"), st.sampled_from([5.0, 50.0, 200.0])),
+        # A follower F whose own campaign raises its term while its uplink stalls, then
+        # follows the winner in that same term (issue 11 item 6): the leader, cut from all
+        # but F, appends entries that reach only F, starts a transfer to F whose TimeoutNow
+        # lands ``late`` ms later, and stops; once another node wins, its next write reaches
+        # one other node only, F's stalled answers are let through ``release`` ms later, and
+        # a partition then lets F's side elect without the winner's side.
+        st.tuples(
+            st.just("raised-term"),
+            st.sampled_from([300.0, 480.0, 650.0]),
+            st.sampled_from([2.0, 5.0, 30.0]),
+        ),
     )
 
 
@@ -197,6 +208,8 @@ def _run(schedule: Schedule) -> Cluster:
                 c.call_at(at, lambda n=node, k=key: c.put(n, k))
             else:
                 c.call_at(at, lambda n=node, k=key, p=kind: read_at_some_leader(n, k, p))
+
+    healed = [False]  # the final heal happened: scheduled faults no longer fire
 
     def resolve(end: int) -> int:
         if end == -1:
@@ -307,16 +320,64 @@ def _run(schedule: Schedule) -> Cluster:
                 if campaign_at != float("inf"):
 
                     def mute(leader: int = leader, cut_off: int = cut_off) -> None:
+                        if healed[0]:
+                            return
                         for n in c.ids:
                             if n not in (leader, cut_off):
                                 c.cut_link(n, leader)
 
                     c.call_at(max(c.now, campaign_at - args[0]), mute)  # type: ignore[operator]
                     client_load(100, 30, ("put", "lease", "lease"), campaign_at)
+        elif name == "raised-term":
+            # Played out here and now (not scheduled): the next action's heal or partition
+            # must not cut it short.
+            late, release_ms = cast(tuple[float, float], tuple(args))
+            old = c.leader()
+            followers = [n for n in c.ids if n != old and c.nodes[n].raft is not None]
+            if old is not None and len(followers) >= 2:
+                f = c.rng.choice(followers)
+                for n in followers:
+                    if n != f:
+                        c.cut_link(old, n)
+                        c.cut_link(n, old)
+                key = c.rng.choice(keys)
+                for _ in range(c.rng.randint(1, 3)):
+                    c.put(old, key)
+                c.run_for(80)  # they reach F only
+                c.hold(old, f, TimeoutNow)
+                c.transfer(old, f)
+                c.run_for(1)
+                c.crash(old, lose_unflushed=not mem_first)
+                c.hold(f, 0)  # F's uplink stalls
+                c.run_for(late)
+                c.release(old, f, TimeoutNow)  # F campaigns, raising its own term
+                winner = None
+                for _ in range(3_000):  # another node wins; F follows it in the same term
+                    winner = c.leader()
+                    if winner is not None and winner not in (old, f):
+                        break
+                    c.run_for(1)
+                if winner is not None and winner not in (old, f):
+                    c.run_for(3)
+                    others = [m for m in c.ids if m not in (winner, old)]
+                    keep = c.rng.choice([m for m in others if m != f])
+                    for m in others:
+                        if m != keep:
+                            c.cut_link(winner, m)
+                    c.put(winner, key)  # reaches one other node only
+                    c.run_for(release_ms)
+                c.release(f, 0)  # F's stalled answers arrive
+                c.run_for(5)
+                c.restart(old)
+                if winner is not None and winner not in (old, f):
+                    c.partition([winner, keep], [m for m in c.ids if m not in (winner, keep)])
+                    client_load(2_000, 20, ("put", "linearizable"))
         elif name == "reads":
             client_load(100, args[0], ("lease", "lease", "linearizable", "put"))  # type: ignore[arg-type]
 
-    # Heal everything: the cluster must elect a leader and commit again.
+    # Heal everything: the cluster must elect a leader and commit again. Faults an action
+    # scheduled for later are off from here on.
+    healed[0] = True
     c.heal()
     for node_id in c.ids:
         c.restart(node_id)
