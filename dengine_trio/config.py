@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import ssl
 import sys
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -35,9 +36,11 @@ else:
     import tomli as tomllib
 
 __all__ = [
+    "AUTH_ROLES",
     "DEFAULT_LISTEN_BACKLOG",
     "ROLE_FOLLOWER",
     "STATUS_ACTIVE",
+    "AuthConfig",
     "Batch",
     "ClusterConfig",
     "ConfigError",
@@ -53,7 +56,9 @@ __all__ = [
     "SnapshotConfig",
     "TimingConfig",
     "check_message_limits",
+    "http_ssl_context",
     "load_config",
+    "read_tokens",
     "render_toml",
     "resolve_config_path",
 ]
@@ -226,6 +231,9 @@ class Limits:
 
 DEFAULT_LISTEN_BACKLOG = 4096
 DEFAULT_BODY_TIMEOUT_MS = 60_000
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS = 10_000
 
 
 @attrs.frozen(slots=True)
@@ -237,10 +245,50 @@ class HttpConfig:
     excess connects. Linux caps it at ``net.core.somaxconn`` (4096 on kernels since 5.4).
     ``body_timeout_ms``: how long a request body may take to arrive once its headers are in
     (ms); then HTTP 408 ``request_timeout`` and the connection is closed.
+    ``max_header_bytes``: the most a request line and headers together may take (bytes;
+    Hypercorn's ``h11_max_incomplete_size``); a longer head is answered 400 and closed.
+    ``max_connections``: open connections each port serves at once; one accepted beyond it is
+    closed at once (the kernel's backlog queues the rest).
+    ``tls_handshake_timeout_ms``: how long a TLS client may take to finish its handshake (ms).
+
+    HTTPS (``docs/security.md``, "HTTPS"): ``tls_certificate_path`` and
+    ``tls_private_key_path`` (PEM files; both or neither) serve the KV port over TLS;
+    ``tls_client_ca_path`` (PEM) is the CA client certificates are checked against, and
+    ``tls_require_client_cert`` refuses a client without one; ``health_tls`` serves the health
+    port over TLS too (off by default: load balancers probe it in plain HTTP). Relative paths
+    are taken from the working directory. Empty string: not set.
     """
 
     listen_backlog: int = DEFAULT_LISTEN_BACKLOG
     body_timeout_ms: int = DEFAULT_BODY_TIMEOUT_MS
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    tls_handshake_timeout_ms: int = DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS
+    tls_certificate_path: str = ""
+    tls_private_key_path: str = ""
+    tls_client_ca_path: str = ""
+    tls_require_client_cert: bool = False
+    health_tls: bool = False
+
+
+AUTH_ROLES = ("read", "write", "admin")
+"""Token roles, weakest first: ``read`` (GET of keys), ``write`` (reads and writes),
+``admin`` (every endpoint)."""
+MIN_TOKEN_CHARS = 16
+"""A shorter token is refused: it could be guessed."""
+
+
+@attrs.frozen(slots=True)
+class AuthConfig:
+    """``[auth]``: bearer tokens on both HTTP ports (``docs/security.md``, "Tokens").
+
+    ``enable``: require ``Authorization: Bearer <token>``; ``tokens_path``: the token file,
+    one ``TOKEN ROLE`` pair a line (``#`` starts a comment), read at start (see
+    :func:`read_tokens`).
+    """
+
+    enable: bool = False
+    tokens_path: str = ""
 
 
 @attrs.frozen(slots=True)
@@ -251,6 +299,7 @@ class _FileSchema:
     raft: RaftSection = attrs.Factory(RaftSection)
     limits: Limits = attrs.Factory(Limits)
     http: HttpConfig = attrs.Factory(HttpConfig)
+    auth: AuthConfig = attrs.Factory(AuthConfig)
 
 
 @attrs.frozen(slots=True)
@@ -266,6 +315,7 @@ class NodeConfig:
     raft: RaftSection = attrs.Factory(RaftSection)
     limits: Limits = attrs.Factory(Limits)
     http: HttpConfig = attrs.Factory(HttpConfig)
+    auth: AuthConfig = attrs.Factory(AuthConfig)
 
     def __attrs_post_init__(self) -> None:
         for key, problem in _problems(self):
@@ -506,6 +556,132 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
             f"must be at most {LISTEN_BACKLOG_MAX} (listen(2) takes a C int; Linux caps it at "
             f"net.core.somaxconn anyway), got {cfg.http.listen_backlog}",
         )
+    yield from _http_tls_problems(cfg.http)
+    if cfg.auth.enable and not cfg.auth.tokens_path:
+        yield "auth.tokens_path", "must be set when auth.enable = true"
+    elif cfg.auth.enable:
+        try:
+            read_tokens(cfg.auth.tokens_path)
+        except ValueError as exc:
+            yield "auth.tokens_path", str(exc)
+
+
+def _http_tls_problems(http: HttpConfig) -> Iterator[tuple[str, str]]:
+    """The HTTPS keys go together, and the files they name load (see :func:`http_ssl_context`)."""
+    cert, key = http.tls_certificate_path, http.tls_private_key_path
+    if bool(cert) != bool(key):
+        missing = "http.tls_private_key_path" if cert else "http.tls_certificate_path"
+        yield missing, "must be set too: HTTPS needs both a certificate and its private key"
+        return
+    if not cert:
+        for name in ("tls_client_ca_path", "tls_require_client_cert", "health_tls"):
+            if getattr(http, name):
+                yield f"http.{name}", "needs http.tls_certificate_path and tls_private_key_path"
+        return
+    if http.tls_require_client_cert and not http.tls_client_ca_path:
+        yield "http.tls_client_ca_path", "must be set when http.tls_require_client_cert = true"
+        return
+    try:
+        http_ssl_context(http)
+    except _TlsFileError as exc:
+        yield f"http.{exc.key}", exc.problem
+
+
+class _TlsFileError(ValueError):
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+        self.problem = problem
+
+
+def http_ssl_context(http: HttpConfig) -> ssl.SSLContext | None:
+    """The server TLS context of the HTTP ports, or None if ``http`` sets no certificate.
+
+    TLS 1.2 at least (RFC 9325 section 3.1.1), the ``ssl`` module's default ciphers, no TLS
+    compression (CRIME), ALPN ``http/1.1`` only: the node's HTTP limits are h11's, so HTTP/2
+    is not offered. With ``tls_client_ca_path`` a client certificate is asked for and, if
+    given, checked against it (``CERT_OPTIONAL``); ``tls_require_client_cert`` makes it
+    ``CERT_REQUIRED``. Raises ValueError (``_TlsFileError``: the key and the problem) when a
+    file is missing or unreadable, is not PEM, or the key does not match the certificate.
+    """
+    if not http.tls_certificate_path:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION
+    context.set_alpn_protocols(["http/1.1"])
+    for key, path in (
+        ("tls_certificate_path", http.tls_certificate_path),
+        ("tls_private_key_path", http.tls_private_key_path),
+        ("tls_client_ca_path", http.tls_client_ca_path),
+    ):
+        if path and not Path(path).is_file():
+            raise _TlsFileError(key, f"cannot read {path!r}: no such file")
+    try:
+        context.load_cert_chain(http.tls_certificate_path, http.tls_private_key_path)
+    except (OSError, ssl.SSLError) as exc:
+        raise _TlsFileError(
+            "tls_private_key_path",
+            f"cannot load certificate {http.tls_certificate_path!r} with key "
+            f"{http.tls_private_key_path!r}: {_ssl_reason(exc)} (PEM files, the key matching "
+            "the certificate, expected)",
+        ) from None
+    if http.tls_client_ca_path:
+        try:
+            context.load_verify_locations(cafile=http.tls_client_ca_path)
+        except (OSError, ssl.SSLError) as exc:
+            raise _TlsFileError(
+                "tls_client_ca_path",
+                f"cannot load CA {http.tls_client_ca_path!r}: {_ssl_reason(exc)}",
+            ) from None
+        context.verify_mode = (
+            ssl.CERT_REQUIRED if http.tls_require_client_cert else ssl.CERT_OPTIONAL
+        )
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _ssl_reason(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None)
+    return str(reason or exc)
+
+
+def read_tokens(path: str | Path) -> dict[str, str]:
+    """The token file at ``path``: ``{token: role}``.
+
+    One ``TOKEN ROLE`` pair a line, separated by white space; ``#`` starts a comment, blank
+    lines are skipped. ``ROLE`` is one of :data:`AUTH_ROLES`; a token has at least
+    :data:`MIN_TOKEN_CHARS` characters and appears once. Raises ValueError naming
+    ``<path>:<line>`` and the problem (never the token itself, which must not reach a log).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read {str(path)!r}: not UTF-8") from None
+    tokens: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        where = f"{path}:{number}"
+        if len(fields) != 2:
+            raise ValueError(f"{where}: expected 'TOKEN ROLE', got {len(fields)} fields")
+        token, role = fields
+        if role not in AUTH_ROLES:
+            raise ValueError(
+                f"{where}: unknown role {role!r} (expected one of {', '.join(AUTH_ROLES)})"
+            )
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"{where}: token shorter than {MIN_TOKEN_CHARS} characters")
+        if token in tokens:
+            raise ValueError(f"{where}: token repeated (first given a role above)")
+        tokens[token] = role
+    if not tokens:
+        raise ValueError(f"{path}: no tokens (every request would be refused)")
+    return tokens
 
 
 def _listen_matches_own_address(cluster: ClusterConfig) -> Iterator[tuple[str, str]]:
@@ -600,10 +776,10 @@ def _integers(prefix: str, table: Any) -> Iterator[tuple[str, int]]:
 
 
 def _positive(section: str, obj: Any) -> Iterator[tuple[str, str]]:
-    """Every field of ``obj`` (all integers) must be > 0."""
+    """Every integer field of ``obj`` must be > 0 (booleans and strings are not counts)."""
     for field in attrs.fields(type(obj)):
         value = getattr(obj, field.name)
-        if value <= 0:
+        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
             yield f"{section}.{field.name}", f"must be positive, got {value}"
 
 
@@ -849,4 +1025,5 @@ def load_config(path: str | Path) -> NodeConfig:
         raft=schema.raft,
         limits=schema.limits,
         http=schema.http,
+        auth=schema.auth,
     )

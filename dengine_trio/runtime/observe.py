@@ -31,8 +31,10 @@ class NodeLog:
         self._last_term = 0
 
     def role_changed(self, change: RoleChanged, *, planned: bool) -> None:
-        """One line per change of role, term or leader. A leader stepping down is a WARNING,
-        unless ``planned`` (its own hand-over under way)."""
+        """One line per change of role, term or leader. A leader stepping down is a WARNING
+        (a higher term seen, Raft paper section 5.1; or no quorum heard, CheckQuorum, Raft
+        thesis section 6.2), unless ``planned`` (its own hand-over under way, thesis section
+        3.10)."""
         was_leader, self._was_leader = self._was_leader, change.role is Role.LEADER
         last_term, self._last_term = self._last_term, change.term
         if was_leader and change.role is not Role.LEADER:
