@@ -55,6 +55,7 @@ __all__ = [
     "ReplicationConfig",
     "SnapshotConfig",
     "TimingConfig",
+    "TlsConfig",
     "check_message_limits",
     "http_ssl_context",
     "load_config",
@@ -229,6 +230,29 @@ class Limits:
     max_pending_requests: int = 10_000
 
 
+@attrs.frozen(slots=True)
+class TlsConfig:
+    """Peer TLS on the Raft port (d-engine's ``[tls]`` names; docs/security.md).
+
+    ``enable_tls``: every connection between nodes is TLS; the dialer checks the listener's
+    certificate against ``certificate_authority_root_path`` (PEM), the host or IP it dialed,
+    and that it names the node dialed. ``enable_mtls`` (needs ``enable_tls``): the listener
+    also requires a client certificate, signed by ``client_certificate_authority_root_path``
+    (default: the same CA), naming the node the caller claims to be. Each node presents
+    ``server_certificate_path`` with ``server_private_key_path`` both ways. A node's name is
+    ``peer_name_pattern`` with ``{id}`` replaced, a DNS name among the certificate's subject
+    alternative names. Relative paths are taken from the working directory.
+    """
+
+    enable_tls: bool = False
+    enable_mtls: bool = False
+    certificate_authority_root_path: str = ""
+    server_certificate_path: str = ""
+    server_private_key_path: str = ""
+    client_certificate_authority_root_path: str = ""
+    peer_name_pattern: str = "node-{id}"
+
+
 DEFAULT_LISTEN_BACKLOG = 4096
 DEFAULT_BODY_TIMEOUT_MS = 60_000
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
@@ -298,6 +322,7 @@ class _FileSchema:
     cluster: ClusterConfig
     raft: RaftSection = attrs.Factory(RaftSection)
     limits: Limits = attrs.Factory(Limits)
+    tls: TlsConfig = attrs.Factory(TlsConfig)
     http: HttpConfig = attrs.Factory(HttpConfig)
     auth: AuthConfig = attrs.Factory(AuthConfig)
 
@@ -314,6 +339,7 @@ class NodeConfig:
     cluster: ClusterConfig
     raft: RaftSection = attrs.Factory(RaftSection)
     limits: Limits = attrs.Factory(Limits)
+    tls: TlsConfig = attrs.Factory(TlsConfig)
     http: HttpConfig = attrs.Factory(HttpConfig)
     auth: AuthConfig = attrs.Factory(AuthConfig)
 
@@ -542,6 +568,7 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
     )
     yield from _positive("raft.replication", cfg.raft.replication)
     yield from _positive("limits", cfg.limits)
+    yield from _peer_tls_problems(cfg.tls)
     if cfg.limits.max_key_bytes > MAX_KEY_BYTES_CEILING:
         yield (
             "limits.max_key_bytes",
@@ -682,6 +709,58 @@ def read_tokens(path: str | Path) -> dict[str, str]:
     if not tokens:
         raise ValueError(f"{path}: no tokens (every request would be refused)")
     return tokens
+
+
+def _peer_tls_problems(tls: TlsConfig) -> Iterator[tuple[str, str]]:
+    """``[tls]`` problems: settings that need each other, and files that do not load."""
+    if tls.enable_mtls and not tls.enable_tls:
+        yield "tls.enable_mtls", "needs tls.enable_tls = true (mutual TLS is TLS)"
+        return
+    try:
+        tls.peer_name_pattern.format(id=1)
+    except (KeyError, IndexError, ValueError) as exc:
+        yield "tls.peer_name_pattern", f"is not a format string with only {{id}}: {exc!r}"
+        return
+    if "{id}" not in tls.peer_name_pattern:
+        yield "tls.peer_name_pattern", "must contain {id} (each node's name must differ)"
+        return
+    if not tls.enable_tls:
+        return
+    files = (
+        ("certificate_authority_root_path", tls.certificate_authority_root_path),
+        ("server_certificate_path", tls.server_certificate_path),
+        ("server_private_key_path", tls.server_private_key_path),
+    )
+    for key, path in files:
+        if not path:
+            yield f"tls.{key}", "must be set when tls.enable_tls = true"
+            return
+    client_ca = tls.client_certificate_authority_root_path
+    for key, path in (*files, ("client_certificate_authority_root_path", client_ca)):
+        if path and not Path(path).is_file():
+            yield f"tls.{key}", f"cannot read {path!r}: no such file"
+            return
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(tls.server_certificate_path, tls.server_private_key_path)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        yield (
+            "tls.server_private_key_path",
+            f"cannot load certificate {tls.server_certificate_path!r} with key "
+            f"{tls.server_private_key_path!r}: {reason} (PEM files, the key matching the "
+            "certificate, expected)",
+        )
+        return
+    for key, path in (*files[:1], ("client_certificate_authority_root_path", client_ca)):
+        if not path:
+            continue
+        try:
+            context.load_verify_locations(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+            yield f"tls.{key}", f"cannot load CA certificates from {path!r}: {reason}"
+            return
 
 
 def _listen_matches_own_address(cluster: ClusterConfig) -> Iterator[tuple[str, str]]:
@@ -1024,6 +1103,7 @@ def load_config(path: str | Path) -> NodeConfig:
         cluster=schema.cluster,
         raft=schema.raft,
         limits=schema.limits,
+        tls=schema.tls,
         http=schema.http,
         auth=schema.auth,
     )

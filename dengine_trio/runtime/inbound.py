@@ -4,12 +4,17 @@ Each accepted connection must open with a ``Hello`` this node accepts (protocol 
 cluster id, addressed to this node, from a configured peer, and from the process this node
 reaches at that peer's address); then every frame is decoded, checked to come from the
 handshaken peer and delivered. Anything unexpected closes that connection only.
+
+With peer TLS the connection is first TLS-handshaken (and, with mTLS, the caller's certificate
+must name the node its ``Hello`` claims); the TLS handshake and ``Hello`` share one bound,
+``HANDSHAKE_TIMEOUT_S``, so a caller that connects and says nothing, or stalls part-way
+through TLS, holds a connection no longer than that.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -28,7 +33,9 @@ from .links import (
     ProtocolViolation,
     TransportStats,
     remote_address,
+    tls_failure,
 )
+from .tls import PeerTls
 
 _PEER_TYPES = frozenset(PEER_MESSAGE_TYPES)
 
@@ -43,12 +50,21 @@ class InboundSide(PeerIdentity):
     delivered: Callable[[], None] | None
     max_frame_bytes: int
     stats: TransportStats
+    tls: PeerTls | None
     _links: dict[int, OutboundLink]
 
-    async def _serve_inbound(self, stream: trio.SocketStream) -> None:
-        remote = remote_address(stream)
+    async def _serve_inbound(self, tcp: trio.SocketStream) -> None:
+        remote = remote_address(tcp)
+        deadline = trio.current_time() + HANDSHAKE_TIMEOUT_S
+        stream: trio.abc.Stream = tcp
+        cert: Any = None
+        if self.tls is not None:
+            secured = await self._tls_accept(tcp, remote, deadline)
+            if secured is None:
+                return
+            stream, cert = secured, secured.getpeercert()
         reader = FrameReader(self.max_frame_bytes)
-        accepted = await self._accept_handshake(stream, reader, remote)
+        accepted = await self._accept_handshake(stream, reader, remote, deadline, cert)
         if accepted is None:
             return
         peer_id, incarnation, pending = accepted
@@ -66,9 +82,31 @@ class InboundSide(PeerIdentity):
                 # What arrived before a bad frame (or the end) is handled all the same.
                 self.delivered()
 
+    async def _tls_accept(
+        self, tcp: trio.SocketStream, remote: str, deadline: float
+    ) -> trio.SSLStream[trio.SocketStream] | None:
+        """TLS-handshake an accepted connection by ``deadline`` (trio time, s); None if it
+        failed (a plain-TCP caller, a certificate the CA did not sign, a stall): counted as
+        refused and logged once per caller host and problem."""
+        assert self.tls is not None
+        stream = trio.SSLStream(tcp, self.tls.server, server_side=True)
+        problem = ""
+        with trio.move_on_at(deadline) as scope:
+            try:
+                await stream.do_handshake()
+            except STREAM_ERRORS as exc:
+                problem = tls_failure(exc) or f"connection failed in the TLS handshake: {exc!r}"
+        if scope.cancelled_caught:
+            problem = f"no TLS handshake within {HANDSHAKE_TIMEOUT_S} s"
+        if not problem:
+            return stream
+        self.stats.connections_refused += 1
+        self._log_tls_refusal(f"connection from {remote}", problem[:MAX_REASON_CHARS])
+        return None
+
     async def _receive_from(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         reader: FrameReader,
         peer_id: int,
         remote: str,
@@ -87,7 +125,8 @@ class InboundSide(PeerIdentity):
                     return
                 self.stats.bytes_in += len(data)
                 peer_stats.bytes_in += len(data)
-                for payload in reader.feed(data):
+                # A buffer either way (bytes from TCP, maybe bytearray from TLS).
+                for payload in reader.feed(cast(bytes, data)):
                     self._receive(peer_id, payload)
         except (CodecError, ProtocolViolation) as exc:
             self.stats.connections_closed_on_error += 1
@@ -120,24 +159,40 @@ class InboundSide(PeerIdentity):
         self.deliver(msg)
 
     async def _accept_handshake(
-        self, stream: trio.SocketStream, reader: FrameReader, remote: str
+        self,
+        stream: trio.abc.Stream,
+        reader: FrameReader,
+        remote: str,
+        deadline: float,
+        cert: Any = None,
     ) -> tuple[int, int, list[bytes]] | None:
-        """Read and check ``Hello``; on success return the peer id, its incarnation and any
-        frames that came with it, otherwise refuse (one WARNING) and return None."""
+        """Read ``Hello`` by ``deadline`` (trio time, s) and check it (and, with mTLS, that
+        ``cert``, the caller's decoded certificate, names the node it claims); on success
+        return the peer id, its incarnation and any frames that came with it, otherwise
+        refuse (one WARNING) and return None."""
         frames: list[bytes] = []
         reason = ""
         hello: object = None
         try:
-            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+            with trio.move_on_at(deadline):
                 while not frames:
                     data = await stream.receive_some(RECEIVE_BYTES)
                     if not data:
                         reason = "closed before Hello"
                         break
-                    frames = reader.feed(data)
+                    frames = reader.feed(cast(bytes, data))
             if frames:
                 hello = decode(frames[0])
                 reason = self._check_hello(hello)
+                if not reason and self.tls is not None and self.tls.mutual:
+                    assert isinstance(hello, Hello)
+                    problem = self.tls.name_problem(cert, hello.src)
+                    if problem:
+                        problem = f"claims node {hello.src}, but its {problem}"
+                        self.stats.connections_refused += 1
+                        self._log_tls_refusal(f"connection from {remote}", problem)
+                        await self._refuse(stream, problem[:MAX_REASON_CHARS])
+                        return None
                 if not reason:
                     assert isinstance(hello, Hello)
                     claim = self._check_claim(hello, remote)
@@ -179,7 +234,7 @@ class InboundSide(PeerIdentity):
             self._meet_incarnation(self._links[hello.src], hello.incarnation)
         return hello.src, hello.incarnation, frames[1:]
 
-    async def _refuse(self, stream: trio.SocketStream, reason: str) -> None:
+    async def _refuse(self, stream: trio.abc.Stream, reason: str) -> None:
         with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
             try:
                 await stream.send_all(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +27,11 @@ BACKOFF_MAX_S = 1.0
 CONNECT_TIMEOUT_S = 2.0
 """Bounds a connect to a host that silently drops SYNs (the kernel would retry for minutes)."""
 HANDSHAKE_TIMEOUT_S = 5.0
-"""How long either side waits for the other's half of the handshake."""
+"""How long either side waits for the other's half of the handshake (the TLS handshake and
+``Hello`` together, on the listener: a caller that connects and says nothing, or stalls
+part-way through TLS, is dropped after this)."""
+TLS_LOG_INTERVAL_S = 60.0
+"""A refused TLS peer retries every second: one WARNING per caller and reason this often."""
 RECEIVE_BYTES = 256 * 1024
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 """Soft cap on one ``send_all`` so a long queue of large AppendEntries is not copied at once."""
@@ -95,6 +100,20 @@ class ProtocolViolation(Exception):
     pass
 
 
+def tls_failure(exc: BaseException) -> str | None:
+    """The TLS error behind ``exc`` (trio wraps it in ``BrokenResourceError``) as a short
+    reason, e.g. ``certificate verify failed: unable to get local issuer certificate`` or
+    ``WRONG_VERSION_NUMBER`` (a plain-TCP peer); None if the stream broke another way."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {cause.verify_message}"
+    return str(cause.reason or cause)
+
+
 class OutboundLink:
     """The queue and connection state of the stream to one peer."""
 
@@ -161,6 +180,22 @@ class PeerIdentity:
     log: logging.Logger
     dropped: Callable[[int, list[bytes]], None] | None
     _links: dict[int, OutboundLink]
+
+    _tls_logged: dict[tuple[str, str], float]
+
+    def _log_tls_refusal(self, who: str, problem: str, verb: str = "refused") -> None:
+        """Log a TLS refusal at WARNING once per ``TLS_LOG_INTERVAL_S`` (s) for the same
+        host and problem, at DEBUG in between: a refused peer retries every second."""
+        key = (who.rpartition(":")[0] or who, problem)
+        now = trio.current_time()
+        last = self._tls_logged.get(key)
+        fresh = last is None or now - last >= TLS_LOG_INTERVAL_S
+        if fresh:
+            if len(self._tls_logged) >= 1024:
+                self._tls_logged.clear()
+            self._tls_logged[key] = now
+        level = logging.WARNING if fresh else logging.DEBUG
+        self.log.log(level, "node %d: TLS: %s %s: %s", self.node_id, verb, who, problem)
 
     def _meet_incarnation(self, link: OutboundLink, incarnation: int) -> None:
         """A handshake met ``incarnation`` of ``link``'s peer: if that is a new process of the

@@ -53,6 +53,7 @@ from .observe import NodeLog
 from .operations import MAX_COMMAND_BYTES, Operations
 from .requests import RequestTable
 from .status import NodeStatus, PeerStatus
+from .tls import peer_tls_from_config
 from .transport import Transport, new_incarnation
 from .worker import WorkerThread
 
@@ -197,6 +198,7 @@ class NodeRuntime:
                 incarnation=self.incarnation,
                 dropped=self.forwarding.dropped,
                 unreachable=self.warnings.peer_unreachable,
+                tls=peer_tls_from_config(cfg.tls),
             )
             async with (
                 WorkerThread(f"dengine-fsync-{self.node_id}") as fsync_thread,

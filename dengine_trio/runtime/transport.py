@@ -26,7 +26,7 @@ import os
 import random
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -50,7 +50,9 @@ from .links import (
     TransportStats,
     format_address,
     new_incarnation,
+    tls_failure,
 )
+from .tls import PeerTls
 
 __all__ = [
     "MAX_BATCH_BYTES",
@@ -72,6 +74,11 @@ class Transport(InboundSide):
     if given, is called the same way once the messages of one read from a peer have all been
     delivered, so they can be handled as a batch. An exception from either is a bug of the
     caller and propagates out of ``run``.
+
+    ``tls``: peer TLS (see ``runtime.tls``); None keeps plain TCP, where an idle link's
+    frames are written straight to the socket. With TLS every connection is an ``SSLStream``
+    over the TCP stream, handshaken within the same bound as ``Hello``, and each end checks
+    that the other's certificate names the node it is (or claims to be).
     """
 
     def __init__(
@@ -89,6 +96,7 @@ class Transport(InboundSide):
         incarnation: int | None = None,
         dropped: Callable[[int, list[bytes]], None] | None = None,
         unreachable: Callable[[int, str, float, str], None] | None = None,
+        tls: PeerTls | None = None,
     ) -> None:
         if node_id in peers:
             raise ValueError(f"peers must be the other nodes, but include node {node_id}")
@@ -128,6 +136,8 @@ class Transport(InboundSide):
             for peer_id in self.peers
         }
         self._random = random.Random()
+        self.tls = tls
+        self._tls_logged: dict[tuple[str, str], float] = {}
 
     # -- sending --------------------------------------------------------------------------
 
@@ -276,12 +286,12 @@ class Transport(InboundSide):
             await trio.sleep(backoff * (0.5 + 0.5 * self._random.random()))
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
-    async def _connect(self, link: OutboundLink) -> trio.SocketStream | None:
+    async def _connect(self, link: OutboundLink) -> trio.abc.Stream | None:
         """Open and handshake a stream to ``link``'s peer, or return None (already logged)."""
         host, port = link.address
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S):
-                stream = await trio.open_tcp_stream(host, port)
+                tcp = await trio.open_tcp_stream(host, port)
         except (OSError, trio.TooSlowError) as exc:
             link.stats.connect_failures += 1
             link.last_error = f"connect failed: {exc!r}"
@@ -294,11 +304,17 @@ class Transport(InboundSide):
             )
             return None
         handshaken = False
+        stream: trio.abc.Stream = tcp
         try:
             # trio enables TCP_NODELAY on its TCP streams already; said again because latency
-            # of small Raft messages depends on it.
-            stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
+            # of small Raft messages depends on it. Set on the TCP stream, under any TLS.
+            tcp.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
             with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                if self.tls is not None:
+                    secured = await self._tls_connect(link, tcp)
+                    if secured is None:
+                        return None
+                    stream = secured
                 await stream.send_all(self._hello_frames[link.peer_id])
                 reader = FrameReader(self.max_frame_bytes)
                 frames: list[bytes] = []
@@ -306,7 +322,7 @@ class Transport(InboundSide):
                     data = await stream.receive_some(RECEIVE_BYTES)
                     if not data:
                         raise ProtocolViolation("closed during the handshake")
-                    frames = reader.feed(data)
+                    frames = reader.feed(cast(bytes, data))
             reply = decode(frames[0])
             if type(reply) is not HelloReply:
                 raise ProtocolViolation(f"answered Hello with {type(reply).__name__}")
@@ -346,7 +362,36 @@ class Transport(InboundSide):
             if not handshaken:
                 await trio.aclose_forcefully(stream)
 
-    async def _pump(self, link: OutboundLink, stream: trio.SocketStream) -> str:
+    async def _tls_connect(
+        self, link: OutboundLink, tcp: trio.SocketStream
+    ) -> trio.SSLStream[trio.SocketStream] | None:
+        """TLS-handshake over ``tcp``; return the stream, or None if the peer's certificate
+        is not acceptable (logged once per reason). The address dialed is verified as usual
+        (a host name or IP in the certificate), then the node name."""
+        assert self.tls is not None
+        stream = trio.SSLStream(tcp, self.tls.client, server_hostname=link.address[0])
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            failure = tls_failure(exc)
+            if failure is None:
+                raise
+            problem = f"TLS handshake failed: {failure}"
+        else:
+            problem = self.tls.name_problem(stream.getpeercert(), link.peer_id)
+            if problem:
+                problem = f"is not node {link.peer_id}: {problem}"
+            else:
+                return stream
+        link.stats.connect_failures += 1
+        link.last_error = problem
+        self._log_tls_refusal(
+            f"peer {link.peer_id} at {link.stats.address}", problem, "refused the link to"
+        )
+        await trio.aclose_forcefully(stream)
+        return None
+
+    async def _pump(self, link: OutboundLink, stream: trio.abc.Stream) -> str:
         """Send queued frames until the connection breaks; return why it ended."""
         reason = ""
         async with trio.open_nursery() as nursery:
@@ -368,7 +413,9 @@ class Transport(InboundSide):
 
             nursery.start_soon(watch_for_close)
             link.pumping = True
-            link.fd = stream.socket.fileno()
+            if isinstance(stream, trio.SocketStream):
+                # Plain TCP only: ``send`` may then write to the socket directly.
+                link.fd = stream.socket.fileno()
             try:
                 while True:
                     while not link.queue and not link.unsent:
