@@ -5,8 +5,8 @@ timer (75 s here), but once the headers are in and the handler waits for the bod
 ran (Hypercorn's ``read_timeout`` is unset): a client that sends ``Content-Length: 100`` and
 ten bytes kept a socket, a file descriptor and a request task on the node for as long as it
 liked (seen on the KV port; the health port, which refuses the POST with 405, reads the body
-before answering so the connection can be reused, and is checked too). A few hundred such clients exhaust ``ulimit -n``
-for good (compare test_newcomer_abandoned_connections). Failed before the fix: a stalled body
+before answering so the connection can be reused, and is checked too). A few hundred such
+clients exhaust ``ulimit -n`` for good (compare test_newcomer_abandoned_connections). Failed before the fix: a stalled body
 now gets 408 after ``[http] body_timeout_ms`` and its connection is closed.
 
 The node runs with ``body_timeout_ms`` at 1 s (the default, 60 s, made this test take a
