@@ -6,8 +6,9 @@ ran (Hypercorn's ``read_timeout`` is unset): a client that sends ``Content-Lengt
 ten bytes kept a socket, a file descriptor and a request task on the node for as long as it
 liked (seen on the KV port; the health port, which refuses the POST with 405, reads the body
 before answering so the connection can be reused, and is checked too). A few hundred such
-clients exhaust ``ulimit -n`` for good (compare test_newcomer_abandoned_connections). Failed before the fix: a stalled body
-now gets 408 after ``[http] body_timeout_ms`` and its connection is closed.
+clients exhaust ``ulimit -n`` for good (compare test_newcomer_abandoned_connections). Failed
+before the fix: a stalled body now gets 408 after ``[http] body_timeout_ms`` and its
+connection is closed.
 
 The node runs with ``body_timeout_ms`` at 1 s (the default, 60 s, made this test take a
 minute). The bound (30 s) is far below both the default and the keep-alive timer, so passing
