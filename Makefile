@@ -103,3 +103,32 @@ bench: bench-notice $(STAMP) ## the suite: embedded vs PySyncObj, HTTP vs its ce
 	@command -v wrk >/dev/null || echo "wrk is not installed: the HTTP part will be skipped (sudo apt-get install wrk)"
 	@command -v etcd >/dev/null || echo "etcd is not installed: etcd will be skipped (sudo apt-get install etcd-server)"
 	$(BIN)/python -m bench.suite
+
+.PHONY: certs
+
+# Throwaway certificates for a local TLS cluster (config/tls/n1..n3.toml; docs/security.md):
+# one CA and one certificate per node, each naming node-<id> (the peer name the transport
+# checks), localhost and 127.0.0.1, usable as server and client certificate. 30 days, P-256.
+CERT_DAYS ?= 30
+certs: certs/node-3.pem ## throwaway CA and node certificates under certs/ for config/tls (openssl; not for production)
+
+certs/node-3.pem:
+	@command -v openssl >/dev/null || { echo "openssl is not installed; on Debian/Ubuntu: sudo apt-get install openssl" >&2; exit 1; }
+	mkdir -p certs
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days $(CERT_DAYS) \
+		-subj "/CN=dengine-trio dev CA" -keyout certs/ca-key.pem -out certs/ca.pem \
+		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+	for i in 1 2 3; do \
+		printf '%s\n' "subjectAltName=DNS:node-$$i,DNS:localhost,IP:127.0.0.1" \
+			"extendedKeyUsage=serverAuth,clientAuth" "keyUsage=critical,digitalSignature" \
+			"basicConstraints=critical,CA:FALSE" "subjectKeyIdentifier=hash" \
+			"authorityKeyIdentifier=keyid,issuer" > certs/node-$$i.ext && \
+		openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=node-$$i" \
+			-keyout certs/node-$$i-key.pem -out certs/node-$$i.csr 2>/dev/null && \
+		openssl x509 -req -in certs/node-$$i.csr -CA certs/ca.pem -CAkey certs/ca-key.pem \
+			-set_serial 0x$$(openssl rand -hex 16) -days $(CERT_DAYS) \
+			-extfile certs/node-$$i.ext -out certs/node-$$i.pem 2>/dev/null || exit 1; \
+		rm -f certs/node-$$i.csr certs/node-$$i.ext; \
+	done
+	chmod 600 certs/*-key.pem
+	@echo "certs/: ca.pem, node-{1,2,3}.pem and keys (valid $(CERT_DAYS) days; rm -rf certs && make certs renews them)"

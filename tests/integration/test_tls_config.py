@@ -3,15 +3,20 @@ process exits 2 on it without a traceback."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trio
 import trustme
 
 from dengine_trio.config import ConfigError, TlsConfig, load_config
 from dengine_trio.runtime.tls import peer_tls_from_config
+
+from .cluster import free_ports
+from .test_transport import WAIT_S, Node, hb, heartbeat
 
 NODE = """\
 [cluster]
@@ -125,3 +130,35 @@ def test_an_unreadable_key_file_stops_the_node_with_exit_2_and_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert f"{path}: tls.server_private_key_path: cannot load certificate" in lines[0]
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="make certs needs openssl")
+async def test_make_certs_makes_what_the_shipped_tls_configs_need_and_the_nodes_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make certs`` (run in a scratch directory) and config/tls/n1..n3.toml: each file loads,
+    and nodes 1 and 2 with those certificates link over mutual TLS."""
+    subprocess.run(
+        ["make", "-s", "-f", str(REPO / "Makefile"), "certs"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    monkeypatch.chdir(tmp_path)  # the files name certs/ relative to the working directory
+    configs = [load_config(REPO / f"config/tls/n{n}") for n in (1, 2, 3)]
+    assert all(c.tls.enable_mtls for c in configs)
+    ports = dict(zip((1, 2), free_ports(2), strict=True))
+    nodes = [Node(n, ports, tls=peer_tls_from_config(configs[n - 1].tls)) for n in (1, 2)]
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                await node.start(nursery)
+            nodes[0].transport.send(hb(1, 2, 1))
+            nodes[1].transport.send(hb(2, 1, 1))
+            await nodes[1].wait_for(heartbeat(1, 1))
+            await nodes[0].wait_for(heartbeat(2, 1))
+            nursery.cancel_scope.cancel()
