@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from dengine_trio.ctl._http import normalize_endpoint
+from dengine_trio.ctl._http import Credentials, normalize_endpoint
 
 __all__ = ["EXIT_USAGE", "SUBCOMMANDS", "build_parser", "main"]
 
@@ -42,6 +42,21 @@ def _positive(text: str) -> float:
     return value
 
 
+def _add_credentials(parser: argparse.ArgumentParser, default: object = None) -> None:
+    parser.add_argument(
+        "--token",
+        default=default,
+        help="bearer token for a node with [auth] enable = true (default: $DENGINE_TOKEN); "
+        "prefer the variable: a command line is visible to other users in ps",
+    )
+    parser.add_argument(
+        "--cacert",
+        default=default,
+        help="PEM file of the CA that signed the nodes' HTTPS certificates, for https:// "
+        "endpoints (default: $DENGINE_CACERT, else the system's trust store)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the client tools (``dengine-trio status|kv ...``)."""
     parser = argparse.ArgumentParser(
@@ -66,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"{DEFAULT_STATUS_ENDPOINTS})",
     )
     status.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    _add_credentials(status)
     status.add_argument(
         "--timeout",
         type=_positive,
@@ -93,12 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds to keep trying, over all endpoints (default 10)",
     )
+    _add_credentials(kv)
     # The same options after the action too (kv get KEY --endpoints ...); SUPPRESS keeps an
     # absent one from overriding the kv-level value.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--endpoints", type=_endpoints, default=argparse.SUPPRESS,
                         help="as for kv")  # fmt: skip
     common.add_argument("--timeout", type=_positive, default=argparse.SUPPRESS, help="as for kv")
+    _add_credentials(common, argparse.SUPPRESS)
     actions = kv.add_subparsers(dest="action", required=True, metavar="{get,put,del}")
     get = actions.add_parser(
         "get", parents=[common], help="print the value of KEY (exit 1 if absent)"
@@ -121,7 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``dengine-trio status|kv ...``; return the exit status (see each subcommand)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        credentials = Credentials(
+            args.token or os.environ.get("DENGINE_TOKEN"),
+            args.cacert or os.environ.get("DENGINE_CACERT"),
+        )
+    except ValueError as exc:
+        parser.exit(EXIT_USAGE, f"dengine-trio {args.command}: {exc}\n")
     if args.command == "status":
         from dengine_trio.ctl.status import run_status
 
@@ -131,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_s=args.timeout,
             out=sys.stdout,
             err=sys.stderr,
+            credentials=credentials,
         )
     from dengine_trio.ctl.kv import run_kv
 
@@ -143,4 +170,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_s=args.timeout,
         out=sys.stdout,
         err=sys.stderr,
+        credentials=credentials,
     )

@@ -10,13 +10,40 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
 
-__all__ = ["Answer", "Unreachable", "normalize_endpoint", "request_json"]
+__all__ = ["Answer", "Credentials", "Unreachable", "normalize_endpoint", "request_json"]
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+class Credentials:
+    """How the tools present themselves: ``token`` (sent as ``Authorization: Bearer``; None:
+    no header) and ``cacert`` (a PEM file of the CA that signed the nodes' HTTPS
+    certificates; None: the system's trust store). Raises ValueError if ``cacert`` cannot be
+    loaded. The token is kept out of ``repr`` so no traceback or log shows it."""
+
+    __slots__ = ("_opener", "token")
+
+    def __init__(self, token: str | None = None, cacert: str | None = None) -> None:
+        self.token = token or None
+        context = ssl.create_default_context()
+        if cacert:
+            try:
+                context.load_verify_locations(cafile=cacert)
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+                raise ValueError(f"--cacert {cacert}: cannot load it: {reason}") from None
+        self._opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
+
+    def __repr__(self) -> str:
+        return f"Credentials(token={'<set>' if self.token else None})"
+
+
+_NONE = Credentials()
 
 
 class Unreachable(Exception):
@@ -57,20 +84,30 @@ def normalize_endpoint(text: str) -> str:
     return url
 
 
-def request_json(method: str, url: str, timeout_s: float, payload: Any = None) -> Answer:
-    """One request; ``payload`` (if not None) is sent as a JSON body.
+def request_json(
+    method: str,
+    url: str,
+    timeout_s: float,
+    payload: Any = None,
+    credentials: Credentials | None = None,
+) -> Answer:
+    """One request; ``payload`` (if not None) is sent as a JSON body, with ``credentials``
+    (a bearer token, the CA for https:// URLs) if given.
 
     Returns the answer whatever its status (4xx/5xx included). Raises :class:`Unreachable`
     when there is no HTTP answer within ``timeout_s`` seconds.
     """
     data = None
     headers = {"Accept": "application/json"}
+    credentials = credentials or _NONE
+    if credentials.token:
+        headers["Authorization"] = f"Bearer {credentials.token}"
     if payload is not None:
         data = json.dumps(payload).encode()
         headers["Content-Type"] = "application/json"
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with _OPENER.open(req, timeout=timeout_s) as response:
+        with credentials._opener.open(req, timeout=timeout_s) as response:
             return Answer(response.status, _decode(response.read()), url)
     except urllib.error.HTTPError as exc:
         try:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 from urllib.parse import quote, urlencode
 
-from dengine_trio.ctl._http import Answer, Unreachable, request_json
+from dengine_trio.ctl._http import Answer, Credentials, Unreachable, request_json
 
 __all__ = ["EXIT_FAILED", "EXIT_NOT_FOUND", "EXIT_REFUSED", "run_kv"]
 
@@ -46,6 +46,7 @@ def send(
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    credentials: Credentials | None = None,
 ) -> tuple[Answer | None, list[str]]:
     """The first final answer from ``endpoints`` (see the module docstring), or None once
     ``timeout_s`` seconds passed; with the reasons each retried attempt gave."""
@@ -58,7 +59,7 @@ def send(
             if left <= 0:
                 return None, tried
             try:
-                answer = request_json(method, endpoint + path, left, payload)
+                answer = request_json(method, endpoint + path, left, payload, credentials)
             except Unreachable as exc:
                 tried.append(f"{endpoint}: unreachable: {exc}")
                 continue
@@ -83,6 +84,7 @@ def run_kv(
     timeout_s: float,
     out: TextIO,
     err: TextIO,
+    credentials: Credentials | None = None,
 ) -> int:
     """Run ``get``/``put``/``del`` of ``key``; print the value (get) or nothing (put, del).
 
@@ -93,11 +95,12 @@ def run_kv(
         path = key_path(key)
         if consistency:
             path += "?" + urlencode({"consistency": consistency})
-        answer, tried = send("GET", path, endpoints, timeout_s)
+        answer, tried = send("GET", path, endpoints, timeout_s, credentials=credentials)
     elif action == "put":
-        answer, tried = send("POST", "/kv", endpoints, timeout_s, {"key": key, "value": value})
+        payload = {"key": key, "value": value}
+        answer, tried = send("POST", "/kv", endpoints, timeout_s, payload, credentials=credentials)
     else:
-        answer, tried = send("DELETE", key_path(key), endpoints, timeout_s)
+        answer, tried = send("DELETE", key_path(key), endpoints, timeout_s, credentials=credentials)
     if answer is None:
         last = tried[-1] if tried else "no endpoint tried"
         err.write(f"dengine-trio kv: no node served the request in {timeout_s:g} s ({last})\n")

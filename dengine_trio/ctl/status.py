@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
 
-from dengine_trio.ctl._http import Unreachable, request_json
+from dengine_trio.ctl._http import Credentials, Unreachable, request_json
 
 __all__ = ["EXIT_NO_LEADER", "collect", "find_leader", "render_table", "run_status"]
 
@@ -47,10 +47,12 @@ COLUMNS = (
 )
 
 
-def fetch_status(endpoint: str, timeout_s: float) -> tuple[dict[str, Any] | None, str | None]:
+def fetch_status(
+    endpoint: str, timeout_s: float, credentials: Credentials | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
     """``(status, None)`` from ``endpoint``'s ``/status``, or ``(None, why)``."""
     try:
-        answer = request_json("GET", endpoint + "/status", timeout_s)
+        answer = request_json("GET", endpoint + "/status", timeout_s, None, credentials)
     except Unreachable as exc:
         return None, f"unreachable: {exc}"
     if answer.status != 200 or not isinstance(answer.body, dict) or "role" not in answer.body:
@@ -82,11 +84,13 @@ def find_leader(statuses: Sequence[dict[str, Any] | None]) -> dict[str, Any] | N
     return max(leaders, key=lambda s: int(s.get("term", 0)), default=None)
 
 
-def collect(endpoints: Sequence[str], timeout_s: float) -> tuple[list[dict[str, Any]], bool]:
+def collect(
+    endpoints: Sequence[str], timeout_s: float, credentials: Credentials | None = None
+) -> tuple[list[dict[str, Any]], bool]:
     """The rows for ``endpoints`` (in order; see the module docstring) and whether a leader
     was found. Asks every endpoint at once, each within ``timeout_s`` seconds."""
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(endpoints)))) as pool:
-        answers = list(pool.map(lambda e: fetch_status(e, timeout_s), endpoints))
+        answers = list(pool.map(lambda e: fetch_status(e, timeout_s, credentials), endpoints))
     statuses = [status for status, _ in answers]
     leader = find_leader(statuses)
     peers_view: dict[str, Any] = (leader or {}).get("peers") or {}
@@ -134,12 +138,18 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def run_status(
-    endpoints: Sequence[str], *, as_json: bool, timeout_s: float, out: TextIO, err: TextIO
+    endpoints: Sequence[str],
+    *,
+    as_json: bool,
+    timeout_s: float,
+    out: TextIO,
+    err: TextIO,
+    credentials: Credentials | None = None,
 ) -> int:
     """Print the rows for ``endpoints`` to ``out`` (and to ``err`` that no node leads);
     return the exit status (0, or
     :data:`EXIT_NO_LEADER`)."""
-    rows, has_leader = collect(endpoints, timeout_s)
+    rows, has_leader = collect(endpoints, timeout_s, credentials)
     if as_json:
         out.write(json.dumps(rows, indent=2) + "\n")
     else:

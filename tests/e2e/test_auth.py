@@ -210,3 +210,22 @@ def test_token_lookup_compares_every_token(monkeypatch: pytest.MonkeyPatch) -> N
         assert table.role_of(token) == role
         assert len(calls) == len(TOKENS)
         assert all(len(a) == len(b) == 32 for a, b in calls)
+
+
+def test_ctl_tools_send_the_token(node: Node) -> None:
+    kv = ["kv", "--endpoints", f"http://127.0.0.1:{node.port}"]
+    status = ["status", "--endpoints", f"http://127.0.0.1:{node.health_port}"]
+    cwd = node.config_path.parent
+    env = {"DENGINE_TOKEN": TOKENS["write"]}
+    assert run_cli([*kv, "put", "ctl", "yes"], cwd, env).returncode == 0
+    result = run_cli([*kv, "get", "ctl", "--token", TOKENS["read"]], cwd)
+    assert (result.returncode, result.stdout) == (0, "yes\n"), result.stderr
+    refused = run_cli([*kv, "put", "ctl", "no", "--token", TOKENS["read"]], cwd)
+    assert refused.returncode == 2 and "HTTP 403 forbidden" in refused.stderr, refused.stderr
+    missing = run_cli([*kv, "get", "ctl"], cwd)
+    assert missing.returncode == 2 and "HTTP 401 unauthorized" in missing.stderr
+    assert run_cli([*status, "--token", TOKENS["admin"]], cwd).returncode == 0
+    weak = run_cli(status, cwd, {"DENGINE_TOKEN": TOKENS["write"]})
+    assert weak.returncode == 1 and "HTTP 403 forbidden" in weak.stdout, weak.stdout
+    for result in (refused, missing, weak):
+        assert not any(t in result.stdout + result.stderr for t in TOKENS.values())

@@ -198,3 +198,15 @@ def test_tls_config_errors_are_one_line_exit_2(
     assert result.stderr.count("\n") == 1, result.stderr
     assert f"n1.toml: {key}: " in result.stderr and problem in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ctl_tools_over_https_with_cacert(tls_node: Node, pki: Pki, tmp_path: Path) -> None:
+    kv = ["kv", "--endpoints", f"https://127.0.0.1:{tls_node.port}"]
+    put = run_cli([*kv, "put", "c", "1", "--cacert", str(pki.ca_path)], tmp_path)
+    assert put.returncode == 0, put.stderr
+    get = run_cli([*kv, "get", "c"], tmp_path, {"DENGINE_CACERT": str(pki.ca_path)})
+    assert (get.returncode, get.stdout) == (0, "1\n"), get.stderr
+    untrusted = run_cli([*kv, "get", "c", "--timeout", "1"], tmp_path)
+    assert untrusted.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+    bad = run_cli([*kv, "get", "c", "--cacert", str(tmp_path / "none.pem")], tmp_path)
+    assert bad.returncode == 2 and "--cacert" in bad.stderr and bad.stderr.count("\n") == 1
