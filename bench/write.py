@@ -21,7 +21,11 @@ Keys are 10-12 bytes, values 256 bytes. Every loop is bounded in count, every ph
 Run from the repository root:
 
     .venv/bin/python -m bench.write [--strategy both] [--writes 2000] [--writers 64]
-        [--concurrent-writes 20000]
+        [--concurrent-writes 20000] [--tls]
+
+``--tls`` runs the same cluster with mutual TLS between the nodes (``[tls]``), with a CA and
+node certificates made by ``trustme`` in the temporary directory: compare with a run without
+it for TLS's cost.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,20 +105,47 @@ FOLLOWER_ELECTION_SETTINGS: Settings = {
 """Nodes 2 and 3: far slower to campaign than node 1 (600-900 ms, the shipped default)."""
 
 
-def write_configs(root: Path, strategy: str) -> list[Path]:
-    """One TOML file per node; node 1 with the shipped election timeout, 2 and 3 slower."""
+def write_configs(root: Path, strategy: str, tls: bool = False) -> list[Path]:
+    """One TOML file per node; node 1 with the shipped election timeout, 2 and 3 slower.
+    ``tls``: mutual TLS between the nodes, certificates made by trustme under ``root``."""
     settings: Settings = {
         "raft.persistence.strategy": Durability(strategy),
         "raft.timing.request_timeout_ms": 10000,
     }
+    tls_settings = tls_node_settings(root) if tls else lambda i: {}
+
+    def node_settings(i: int) -> Settings:
+        return {**({} if i == 1 else FOLLOWER_ELECTION_SETTINGS), **tls_settings(i)}
+
     configs = write_cluster(
-        root,
-        free_ports(3),
-        settings,
-        node_settings=lambda i: {} if i == 1 else FOLLOWER_ELECTION_SETTINGS,
-        db_dir=lambda i: root / f"db{i}",
+        root, free_ports(3), settings, node_settings=node_settings, db_dir=lambda i: root / f"db{i}"
     )
     return [c.path for c in configs]
+
+
+def tls_node_settings(root: Path) -> Callable[[int], Settings]:
+    """``[tls]`` settings per node: a trustme CA and a certificate per node naming
+    ``node-<id>`` and 127.0.0.1, as PEM files under ``root/certs``."""
+    import trustme  # a test extra, which ``make bench-write`` installs
+
+    certs = root / "certs"
+    certs.mkdir()
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(certs / "ca.pem"))
+
+    def settings(i: int) -> Settings:
+        cert = ca.issue_cert(f"node-{i}", "localhost", "127.0.0.1")
+        cert.cert_chain_pems[0].write_to_path(str(certs / f"node-{i}.pem"))
+        cert.private_key_pem.write_to_path(str(certs / f"node-{i}-key.pem"))
+        return {
+            "tls.enable_tls": True,
+            "tls.enable_mtls": True,
+            "tls.certificate_authority_root_path": str(certs / "ca.pem"),
+            "tls.server_certificate_path": str(certs / f"node-{i}.pem"),
+            "tls.server_private_key_path": str(certs / f"node-{i}-key.pem"),
+        }
+
+    return settings
 
 
 @asynccontextmanager
@@ -250,8 +281,12 @@ async def concurrent_writers(client: Client, name: str, total: int, writers: int
 async def bench_strategy(strategy: str, args: argparse.Namespace) -> list[Phase]:
     root = Path(tempfile.mkdtemp(prefix=f"dengine-bench-{strategy}-", dir=args.tmp_dir))
     try:
-        configs = write_configs(root, strategy)
-        print(f"{strategy}: node 1 in this process, nodes 2 and 3 as processes", flush=True)
+        configs = write_configs(root, strategy, args.tls)
+        links = "mutual TLS" if args.tls else "plain TCP"
+        print(
+            f"{strategy}: node 1 in this process, nodes 2 and 3 as processes ({links})",
+            flush=True,
+        )
         # With the Prometheus sink the node process uses, so its cost is in the numbers.
         metrics = PrometheusSink()
         async with EmbeddedEngine.start(load_config(configs[0]), metrics=metrics) as engine:
@@ -316,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tmp-dir",
         help="where the temporary data directories go (default: the system's temp dir); "
         "DiskFirst numbers depend on this file system's fsync",
+    )
+    parser.add_argument(
+        "--tls", action="store_true", help="mutual TLS between the nodes (trustme certificates)"
     )
     parser.add_argument(
         "--phase-timeout", type=float, default=300.0, help="abort a phase after this (s)"
