@@ -298,6 +298,7 @@ async def serve_node(
                 max_header_bytes=http.max_header_bytes,
                 max_connections=http.max_connections,
                 tls_handshake_timeout_s=http.tls_handshake_timeout_ms / 1000,
+                idle_timeout_s=http.idle_timeout_ms / 1000,
             )
             kv_config = limits(kv_listener, ssl_context=tls)
             health_config = limits(health_listener, ssl_context=tls if http.health_tls else None)

@@ -258,6 +258,7 @@ DEFAULT_BODY_TIMEOUT_MS = 60_000
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS = 10_000
+DEFAULT_IDLE_TIMEOUT_MS = 75_000
 
 
 @attrs.frozen(slots=True)
@@ -274,6 +275,8 @@ class HttpConfig:
     ``max_connections``: open connections each port serves at once; one accepted beyond it is
     closed at once (the kernel's backlog queues the rest).
     ``tls_handshake_timeout_ms``: how long a TLS client may take to finish its handshake (ms).
+    ``idle_timeout_ms``: how long a connection may go without a complete request head (ms;
+    Hypercorn's keep-alive timer): idle between requests, or sending its head slowly.
 
     HTTPS (``docs/security.md``, "HTTPS"): ``tls_certificate_path`` and
     ``tls_private_key_path`` (PEM files; both or neither) serve the KV port over TLS;
@@ -288,6 +291,7 @@ class HttpConfig:
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     tls_handshake_timeout_ms: int = DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS
+    idle_timeout_ms: int = DEFAULT_IDLE_TIMEOUT_MS
     tls_certificate_path: str = ""
     tls_private_key_path: str = ""
     tls_client_ca_path: str = ""

@@ -28,6 +28,7 @@ from werkzeug.exceptions import HTTPException
 from dengine_trio import errors
 from dengine_trio.config import (
     DEFAULT_BODY_TIMEOUT_MS,
+    DEFAULT_IDLE_TIMEOUT_MS,
     DEFAULT_LISTEN_BACKLOG,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_HEADER_BYTES,
@@ -97,16 +98,57 @@ class App(QuartTrio):
     """
 
     def __init__(
-        self, *args: Any, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_MS / 1000, **kwargs: Any
+        self,
+        *args: Any,
+        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_MS / 1000,
+        max_header_bytes: int | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.config["BODY_TIMEOUT"] = body_timeout_s
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            if self.max_header_bytes is not None and _head_bytes(scope) > self.max_header_bytes:
+                await _send_head_too_large(send, self.max_header_bytes)
+                return
             receive = _hold_disconnect_once_complete(receive)
             send = _shield_last_send(send)
         await super().__call__(scope, receive, send)
+
+
+def _head_bytes(scope: Any) -> int:
+    """About the size of the request line and headers as sent (bytes)."""
+    size = len(scope["raw_path"]) + len(scope["query_string"]) + 16
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4
+    return size
+
+
+async def _send_head_too_large(send: Any, limit: int) -> None:
+    # h11's bound (Hypercorn's h11_max_incomplete_size) holds only for a head that arrives
+    # over several reads: Hypercorn reads 64 KiB at a time, and h11 parses a head that came
+    # whole in one read whatever its size. This is the same bound for that case.
+    body = json.dumps(
+        {
+            "error": "request_header_fields_too_large",
+            "message": f"request line and headers exceed {limit} bytes ([http] max_header_bytes)",
+        },
+        separators=(",", ":"),
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 431,
+            "headers": [
+                (b"content-type", JSON_CONTENT_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _hold_disconnect_once_complete(receive: Any) -> Any:
@@ -279,9 +321,12 @@ def _install_json_protocol_errors() -> None:
 
     async def send_json_error_response(self: Any, status_code: int) -> None:
         code = "bad_request" if status_code == 400 else _status_code_name(status_code)
-        body = json.dumps(
-            {"error": code, "message": "malformed HTTP request"}, separators=(",", ":")
-        ).encode()
+        message = (
+            "request line and headers too large ([http] max_header_bytes)"
+            if status_code == 431
+            else "malformed HTTP request"
+        )
+        body = json.dumps({"error": code, "message": message}, separators=(",", ":")).encode()
         headers = [
             (b"content-type", JSON_CONTENT_TYPE.encode()),
             (b"content-length", str(len(body)).encode()),
@@ -410,6 +455,7 @@ def hypercorn_config(
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     tls_handshake_timeout_s: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS / 1000,
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_MS / 1000,
 ) -> HypercornConfig:
     """Hypercorn settings for one app listening on ``sock`` (Hypercorn takes the socket over).
 
@@ -417,6 +463,9 @@ def hypercorn_config(
     only; a client has ``tls_handshake_timeout_s`` seconds to finish its handshake.
     ``max_header_bytes``: request line and headers (h11's bound; more is a 400 and a close).
     ``max_connections``: connections served at once; one more is closed as it is accepted.
+    ``idle_timeout_s``: Hypercorn's keep-alive timer, which runs from the connect and from
+    each response until a request's head is complete: it closes an idle connection and one
+    whose head trickles in (a slowloris), whichever way the time passes.
 
     ``backlog`` is the listen backlog (connections, ``[http] listen_backlog``): Hypercorn's
     default of 100 made Linux reset part of a burst of a few hundred simultaneous connects.
@@ -437,6 +486,6 @@ def hypercorn_config(
     config.accesslog = logging.getLogger("hypercorn.access") if access_log else None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = graceful_timeout_s
-    config.keep_alive_timeout = 75.0
+    config.keep_alive_timeout = idle_timeout_s
     config.include_server_header = False
     return config

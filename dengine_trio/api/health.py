@@ -38,7 +38,11 @@ def create_health_app(engine: EmbeddedEngine) -> App:
     ``members`` (``[{"id": int, "address": "host:port"}]``, from ``initial_cluster``)); see
     the module docstring for when each is 200. ``GET /`` serves the cluster page. With
     ``[auth] enable = true`` all but ``/primary`` and ``/replica`` need an ``admin`` token."""
-    app = App(__name__, body_timeout_s=engine.config.http.body_timeout_ms / 1000)
+    app = App(
+        __name__,
+        body_timeout_s=engine.config.http.body_timeout_ms / 1000,
+        max_header_bytes=engine.config.http.max_header_bytes,
+    )
     install_error_handlers(app)
     install_auth(app, engine.config.auth, health_role_needed)
     node_id = engine.node_id

@@ -76,7 +76,11 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
     client = engine.client()
     limits = engine.config.limits
 
-    app = App(__name__, body_timeout_s=engine.config.http.body_timeout_ms / 1000)
+    app = App(
+        __name__,
+        body_timeout_s=engine.config.http.body_timeout_ms / 1000,
+        max_header_bytes=engine.config.http.max_header_bytes,
+    )
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
     # Before any other hook: a refused request costs no more than the check.
     install_auth(app, engine.config.auth, kv_role_needed)
