@@ -13,6 +13,7 @@ import logging
 import ssl
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -188,28 +189,101 @@ async def test_a_tls_transport_carries_messages_both_ways(tmp_path: Path, ca: tr
     assert a.transport.stats.peers[2].connects == 1
 
 
-@pytest.mark.parametrize("prefix", [b"", b"\x16\x03\x01\x02\x00\x01"], ids=["silent", "stalled"])
-async def test_a_silent_or_stalled_tls_handshake_is_dropped_after_the_bound(
+@pytest.mark.parametrize(
+    ("tls", "prefix", "logged"),
+    [
+        (True, b"", "no TLS handshake within 0.3 s"),
+        (True, b"\x16\x03\x01\x02\x00\x01", "no TLS handshake within 0.3 s"),
+        (False, b"", "no Hello within 0.3 s"),
+        (False, b"\x00\x00\x00\x40\x01", "no Hello within 0.3 s"),
+    ],
+    ids=["tls-silent", "tls-stalled", "plain-silent", "plain-stalled"],
+)
+async def test_a_silent_or_stalled_handshake_is_dropped_after_the_bound(
     tmp_path: Path,
     ca: trustme.CA,
+    tls: bool,
     prefix: bytes,
+    logged: str,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Says nothing, or the first bytes of a ClientHello and then nothing: dropped."""
+    """Says nothing, or the first bytes of a ClientHello (or of a Hello frame) and then
+    nothing: dropped, and the node's own link keeps working."""
     monkeypatch.setattr(inbound_module, "HANDSHAKE_TIMEOUT_S", 0.3)
     caplog.set_level(logging.WARNING, logger="dengine_trio.transport")
     ports = dict(zip((1, 2), free_ports(2), strict=True))
-    a = Node(1, ports, tls=peer_tls(ca, tmp_path, 1))
+    options: list[dict[str, Any]] = [
+        {"tls": peer_tls(ca, tmp_path, n)} if tls else {} for n in (1, 2)
+    ]
+    a, b = Node(1, ports, **options[0]), Node(2, ports, **options[1])
     with trio.fail_after(WAIT_S):
         async with trio.open_nursery() as nursery:
             await a.start(nursery)
+            await b.start(nursery)
             async with await trio.open_tcp_stream("127.0.0.1", ports[1]) as stream:
                 await stream.send_all(prefix)
-                assert await read_until_closed(stream) == b""
+                received = await read_until_closed(stream)  # node 1 hangs up
+            answers = [decode(payload) for payload in FrameReader().feed(received)]
+            assert all(isinstance(m, HelloReply) and not m.ok for m in answers)
+            b.transport.send(hb(2, 1, 1))
+            await a.wait_for(heartbeat(2, 1))
             nursery.cancel_scope.cancel()
     assert a.transport.stats.connections_refused == 1
-    assert any("no TLS handshake within 0.3 s" in r.getMessage() for r in caplog.records)
+    assert any(logged in r.getMessage() for r in caplog.records)
+
+
+async def test_tls_without_mtls_links_without_client_certificates(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    ports = dict(zip((1, 2), free_ports(2), strict=True))
+    tls = {
+        n: load_peer_tls(**write_node_files(ca, tmp_path / f"n{n}", f"node-{n}"), mutual=False)
+        for n in (1, 2)
+    }
+    a, b = Node(1, ports, tls=tls[1]), Node(2, ports, tls=tls[2])
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            await a.start(nursery)
+            await b.start(nursery)
+            a.transport.send(hb(1, 2, 1))
+            b.transport.send(hb(2, 1, 1))
+            await b.wait_for(heartbeat(1, 1))
+            await a.wait_for(heartbeat(2, 1))
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_dialer_refuses_a_certificate_not_valid_for_the_address_dialed(
+    tmp_path: Path, ca: trustme.CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Node 2's certificate names node-2 but not 127.0.0.1, the address node 1 dials."""
+    caplog.set_level(logging.WARNING, logger="dengine_trio.transport")
+    ports = dict(zip((1, 2), free_ports(2), strict=True))
+    cert = ca.issue_cert("node-2", "db2.example.net")
+    root = tmp_path / "n2"
+    root.mkdir()
+    cert.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(root / "key.pem"))
+    ca.cert_pem.write_to_path(str(root / "ca.pem"))
+    b_tls = load_peer_tls(
+        ca_path=str(root / "ca.pem"),
+        cert_path=str(root / "cert.pem"),
+        key_path=str(root / "key.pem"),
+        mutual=True,
+    )
+    a, b = Node(1, ports, tls=peer_tls(ca, tmp_path, 1)), Node(2, ports, tls=b_tls)
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            await a.start(nursery)
+            await b.start(nursery)
+            await wait_until(lambda: a.transport.stats.peers[2].connect_failures >= 2)
+            nursery.cancel_scope.cancel()
+    assert a.transport.stats.peers[2].connects == 0
+    refused = [
+        r.getMessage() for r in caplog.records if "refused the link to peer 2" in r.getMessage()
+    ]
+    assert len(refused) == 1
+    assert "IP address mismatch" in refused[0]
 
 
 @settings(max_examples=15, deadline=None)
