@@ -76,10 +76,13 @@ class TransportStats:
 
     @property
     def frames_out(self) -> int:
+        """Frames taken off the queues and written to peers' sockets, all peers (the sum of
+        ``PeerStats.frames_out``)."""
         return sum(p.frames_out for p in self.peers.values())
 
     @property
     def drops(self) -> int:
+        """Messages discarded for a full queue, all peers (the sum of ``PeerStats.drops``)."""
         return sum(p.drops for p in self.peers.values())
 
     def as_dict(self) -> dict[str, Any]:
@@ -97,7 +100,9 @@ def new_incarnation() -> int:
 
 
 class ProtocolViolation(Exception):
-    pass
+    """A peer broke the link protocol: a frame other than the handshake's answer, a message
+    other than a peer message after the handshake, or one whose ``src``/``dst`` do not match
+    the link. The transport closes that one connection (logged); the node carries on."""
 
 
 def tls_failure(exc: BaseException) -> str | None:
@@ -145,6 +150,9 @@ class OutboundLink:
         """Open inbound connections from this peer: their cancel scope -> incarnation."""
 
     def take_batch(self) -> bytes:
+        """Dequeue frames, oldest first, joined into one ``bytes`` for one ``send_all``: the
+        whole queue, or (past ``MAX_BATCH_BYTES``, 4 MiB) as many whole frames as fit, at
+        least one. Updates ``queued_bytes`` and ``stats.queued``."""
         queue = self.queue
         if self.queued_bytes <= MAX_BATCH_BYTES:
             batch = b"".join(queue)
@@ -162,11 +170,14 @@ class OutboundLink:
 
 
 def format_address(sockaddr: Any) -> str:
+    """``host:port`` of a socket address (``(host, port, ...)``); ``[host]:port`` for IPv6."""
     host, port = sockaddr[0], sockaddr[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def remote_address(stream: trio.SocketStream) -> str:
+    """The stream's peer as ``format_address`` writes it; ``<disconnected>`` if the socket
+    has none any more (never raises)."""
     try:
         return format_address(stream.socket.getpeername())
     except OSError:
