@@ -68,6 +68,7 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import attrs
 import msgpack
@@ -415,7 +416,56 @@ def _install(fd: int, temporary: Path, final: Path) -> None:
     fsync_directory(final.parent)
 
 
-class SnapshotWriter:
+def _make_directory(directory: str | Path) -> Path:
+    """``directory`` as a Path, created (and its parent fsynced) if missing."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        directory.mkdir(parents=True)
+        fsync_directory(directory.parent)
+    return directory
+
+
+_Self = TypeVar("_Self", bound="_TemporarySnapshot")
+
+
+class _TemporarySnapshot:
+    """A snapshot file under way in a temporary file of ``directory``: what the writer and
+    the receiver share. Leaving a ``with`` block without installing it removes it."""
+
+    def __init__(self, directory: Path, fd: int, temporary: Path) -> None:
+        self.directory = directory
+        self._fd = fd
+        self._temporary = temporary
+        self._done = False
+
+    def _close(self) -> None:
+        """Mark done and close the file (it has been installed or removed)."""
+        self._done = True
+        os.close(self._fd)
+
+    def abort(self) -> None:
+        """Discard the snapshot under way (its temporary file). Idempotent."""
+        if self._done:
+            return
+        self._close()
+        try:
+            os.unlink(self._temporary)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+
+class SnapshotWriter(_TemporarySnapshot):
     """Writes one snapshot file in ``directory``: the header at ``create``, the payload through
     ``write`` (buffered up to ``chunk_bytes``), atomically installed by ``commit``.
 
@@ -428,15 +478,12 @@ class SnapshotWriter:
     def __init__(
         self, directory: Path, header: SnapshotHeader, fd: int, temporary: Path, chunk_bytes: int
     ) -> None:
-        self.directory = directory
+        super().__init__(directory, fd, temporary)
         self.header = header
-        self._fd = fd
-        self._temporary = temporary
         self._chunk_bytes = chunk_bytes
         self._buffer = bytearray()
         self._crc = 0
         self._payload_bytes = 0
-        self._done = False
 
     @classmethod
     def create(
@@ -448,10 +495,7 @@ class SnapshotWriter:
         """Start a snapshot in ``directory`` (created if missing): a temporary file holding
         the prefix and ``header``. ``chunk_bytes``: the write buffer, bytes. Raises
         ``ValueError`` for a header over ``MAX_HEADER_BYTES``, ``OSError`` from the disk."""
-        directory = Path(directory)
-        if not directory.is_dir():
-            directory.mkdir(parents=True)
-            fsync_directory(directory.parent)
+        directory = _make_directory(directory)
         encoded = header.encode()
         if len(encoded) > MAX_HEADER_BYTES:
             raise ValueError(f"snapshot header of {len(encoded)} bytes exceeds {MAX_HEADER_BYTES}")
@@ -504,8 +548,7 @@ class SnapshotWriter:
         except BaseException:
             self.abort()
             raise
-        self._done = True
-        os.close(self._fd)
+        self._close()
         return SnapshotFile(
             final,
             self.header.last_index,
@@ -514,28 +557,6 @@ class SnapshotWriter:
             size,
             self._payload_bytes,
         )
-
-    def abort(self) -> None:
-        """Discard the snapshot being written. Idempotent."""
-        if self._done:
-            return
-        self._done = True
-        os.close(self._fd)
-        try:
-            os.unlink(self._temporary)
-        except FileNotFoundError:
-            pass
-
-    def __enter__(self) -> SnapshotWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.abort()
 
 
 def read_raw_chunk(path: str | Path, offset: int, size: int) -> bytes:
@@ -549,7 +570,7 @@ def read_raw_chunk(path: str | Path, offset: int, size: int) -> bytes:
         os.close(fd)
 
 
-class SnapshotReceiver:
+class SnapshotReceiver(_TemporarySnapshot):
     """Receives a snapshot file as raw chunks (InstallSnapshot on a follower) into a temporary
     file in ``directory``; ``finish`` verifies it and installs it atomically.
 
@@ -563,20 +584,14 @@ class SnapshotReceiver:
     """
 
     def __init__(self, directory: Path, fd: int, temporary: Path) -> None:
-        self.directory = directory
-        self._fd = fd
-        self._temporary = temporary
+        super().__init__(directory, fd, temporary)
         self.received_bytes = 0
-        self._done = False
 
     @classmethod
     def create(cls, directory: str | Path) -> SnapshotReceiver:
         """Start receiving into a new temporary file in ``directory`` (created if missing).
         Raises ``OSError``."""
-        directory = Path(directory)
-        if not directory.is_dir():
-            directory.mkdir(parents=True)
-            fsync_directory(directory.parent)
+        directory = _make_directory(directory)
         fd, temporary = _create_temporary(directory)
         return cls(directory, fd, temporary)
 
@@ -623,31 +638,8 @@ class SnapshotReceiver:
         except BaseException:
             self.abort()
             raise
-        self._done = True
-        os.close(self._fd)
+        self._close()
         return attrs.evolve(verified, path=final)
-
-    def abort(self) -> None:
-        """Discard what was received. Idempotent."""
-        if self._done:
-            return
-        self._done = True
-        os.close(self._fd)
-        try:
-            os.unlink(self._temporary)
-        except FileNotFoundError:
-            pass
-
-    def __enter__(self) -> SnapshotReceiver:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.abort()
 
 
 def remove_old_snapshots(directory: str | Path, keep: int) -> list[Path]:
