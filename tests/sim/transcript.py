@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -573,6 +573,29 @@ class Interaction:
 
     # ------------------------------------------------------------------ commands: time
 
+    def tick_first_due(
+        self, nodes: Collection[Node], start: dict[int, float], delta: float
+    ) -> bool:
+        """Tick the node of ``nodes`` whose deadline (relative to its clock at ``start``) comes
+        first within ``delta`` ms; False if none is due. Every clock of ``nodes`` moves to that
+        moment first."""
+        due = [
+            (n.raft.next_deadline() - start[n.id], n.id)
+            for n in nodes
+            if n.raft is not None and n.raft.next_deadline() <= start[n.id] + delta
+        ]
+        if not due:
+            return False
+        offset, node_id = min(due)
+        # Time passes for every node advanced, not only the one whose timer fires.
+        for other in nodes:
+            other.clock = max(other.clock, start[other.id] + offset)
+        node = self.nodes[node_id]
+        assert node.raft is not None
+        node.clock = max(node.clock, node.raft.next_deadline())
+        self.step(node, Tick(), f"{node.id} tick @{fmt_time(node.clock)}")
+        return True
+
     def cmd_advance(self, args: list[str], opts: dict[str, str]) -> None:
         """``advance <ms> [node...]``: move the clocks of the nodes named (default: all)
         forward, ticking each live one at every deadline it asked for. Messages stay queued."""
@@ -584,21 +607,8 @@ class Interaction:
         # Interleave the nodes' ticks in the order of their deadlines (relative to where each
         # clock started), as they would happen in real time.
         for _ in range(MAX_TICKS * max(len(nodes), 1)):
-            due = [
-                (n.raft.next_deadline() - start[n.id], n.id)
-                for n in nodes
-                if n.raft is not None and n.raft.next_deadline() <= start[n.id] + delta
-            ]
-            if not due:
+            if not self.tick_first_due(nodes, start, delta):
                 break
-            offset, node_id = min(due)
-            # Time passes for every node advanced, not only the one whose timer fires.
-            for other in nodes:
-                other.clock = max(other.clock, start[other.id] + offset)
-            node = self.nodes[node_id]
-            assert node.raft is not None
-            node.clock = max(node.clock, node.raft.next_deadline())
-            self.step(node, Tick(), f"{node.id} tick @{fmt_time(node.clock)}")
         else:
             raise TranscriptError(f"the nodes keep asking for ticks within {delta} ms")
         for node in nodes:
@@ -614,20 +624,8 @@ class Interaction:
         start = {n.id: n.clock for n in self.nodes.values()}
         for _ in range(MAX_TICKS):
             self.cmd_stabilize([], {})
-            due = [
-                (n.raft.next_deadline() - start[n.id], n.id)
-                for n in self.nodes.values()
-                if n.raft is not None and n.raft.next_deadline() <= start[n.id] + delta
-            ]
-            if not due:
+            if not self.tick_first_due(self.nodes.values(), start, delta):
                 break
-            offset, node_id = min(due)
-            for other in self.nodes.values():
-                other.clock = max(other.clock, start[other.id] + offset)
-            node = self.nodes[node_id]
-            assert node.raft is not None
-            node.clock = max(node.clock, node.raft.next_deadline())
-            self.step(node, Tick(), f"{node.id} tick @{fmt_time(node.clock)}")
         else:
             raise TranscriptError(f"the nodes keep asking for ticks within {delta} ms")
         for node in self.nodes.values():
