@@ -57,6 +57,21 @@ class Operations:
                 raise NoLeader("no leader elected")
         return raft.leader_id
 
+    def _deadline(self, timeout_s: float | None) -> float:
+        """The trio time (s) a request gives up at: ``timeout_s`` seconds from now, default
+        ``request_timeout_ms``."""
+        return trio.current_time() + (
+            self._node.request_timeout_s if timeout_s is None else timeout_s
+        )
+
+    async def _before_retry(self, deadline: float, exc: DengineError, what: str) -> None:
+        """Wait for a state change (at most 50 ms) before a retry; ``NoLeader`` ("no leader
+        <what> in time", from ``exc``) once ``deadline`` has passed."""
+        if trio.current_time() >= deadline:
+            raise NoLeader(f"no leader {what} in time") from exc
+        with trio.move_on_after(0.05):
+            await self._node.wait_for_state_change()
+
     async def propose(self, command: bytes, timeout_s: float | None = None) -> bytes:
         """Replicate ``command``; return the state machine's result once it is applied.
 
@@ -77,9 +92,7 @@ class Operations:
             # One slot from now until the answer, whatever the write waits for.
             requests.admit()
             try:
-                deadline = trio.current_time() + (
-                    self._node.request_timeout_s if timeout_s is None else timeout_s
-                )
+                deadline = self._deadline(timeout_s)
                 while True:
                     leader = await self._wait_for_leader(deadline)
                     try:
@@ -88,11 +101,8 @@ class Operations:
                         self._node.metrics.forwarded_write()
                         return await self._node.forwarding.propose(leader, command, deadline)
                     except (NotLeader, NoLeader) as exc:
-                        if trio.current_time() >= deadline:
-                            raise NoLeader("no leader accepted the request in time") from exc
                         # Leadership is moving: wait for news (or a beat) and try again.
-                        with trio.move_on_after(0.05):
-                            await self._node.wait_for_state_change()
+                        await self._before_retry(deadline, exc, "accepted the request")
             finally:
                 requests.release()
         except DengineError as exc:
@@ -138,9 +148,7 @@ class Operations:
             # One slot from now until the answer, whatever the read waits for.
             requests.admit()
             try:
-                deadline = trio.current_time() + (
-                    self._node.request_timeout_s if timeout_s is None else timeout_s
-                )
+                deadline = self._deadline(timeout_s)
                 while True:
                     await self._wait_for_leader(deadline)
                     request_id, waiter = requests.new_read()
@@ -151,10 +159,7 @@ class Operations:
                         metrics.read("lease" if lease else "linearizable", "ok")
                         return
                     except NotLeader as exc:  # reads are idempotent: retry until the deadline
-                        if trio.current_time() >= deadline:
-                            raise NoLeader("no leader confirmed the read in time") from exc
-                        with trio.move_on_after(0.05):
-                            await self._node.wait_for_state_change()
+                        await self._before_retry(deadline, exc, "confirmed the read")
             finally:
                 requests.release()
         except DengineError as exc:
