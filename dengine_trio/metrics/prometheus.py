@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -202,12 +203,26 @@ class PrometheusSink(MetricsSink):
         return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
 
 
+_Key = TypeVar("_Key", bound="tuple[str | int, ...]")
+
+
 def _histogram(
     name: str, doc: str, labels: Sequence[str], series: Mapping[tuple[str, ...], _Histogram]
 ) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, doc, labels=list(labels))
     for values, h in sorted(series.items()):
         family.add_metric(list(values), h.cumulative(), h.sum)
+    return family
+
+
+def _counter(
+    name: str, doc: str, labels: Sequence[str], series: Mapping[_Key, int]
+) -> CounterMetricFamily:
+    """A counter family with one sample per key of ``series``, in key order (a peer id
+    sorts as a number); the label values are the key's items as strings."""
+    family = CounterMetricFamily(name, doc, labels=list(labels))
+    for values, n in sorted(series.items()):
+        family.add_metric([str(v) for v in values], n)
     return family
 
 
@@ -231,42 +246,36 @@ class _Collector:
             "Client commands this node committed and applied while it was the leader.",
             value=s.committed,
         )
-        failed = CounterMetricFamily(
+        yield _counter(
             "dengine_proposals_failed_total",
             "Client writes to this node that failed, by reason (timeout: may or may not "
             "have applied; no_leader, overloaded, stopped, too_large: did not apply).",
-            labels=["reason"],
-        )
-        for reason, n in sorted(s.failed.items()):
-            failed.add_metric([reason], n)
-        yield failed
-        reads = CounterMetricFamily(
-            "dengine_reads_total",
-            "Linearizable and lease reads on this node, by read policy and outcome (ok or an "
-            "error's reason); eventual reads are not counted.",
-            labels=["policy", "outcome"],
+            ("reason",),
+            {(reason,): n for reason, n in s.failed.items()},
         )
         counts = dict(s.reads)
         local = s._lease_reads_local()
         if local:
             counts[("lease", "ok")] = counts.get(("lease", "ok"), 0) + local
-        for (policy, outcome), n in sorted(counts.items()):
-            reads.add_metric([policy, outcome], n)
-        yield reads
+        yield _counter(
+            "dengine_reads_total",
+            "Linearizable and lease reads on this node, by read policy and outcome (ok or an "
+            "error's reason); eventual reads are not counted.",
+            ("policy", "outcome"),
+            counts,
+        )
         yield CounterMetricFamily(
             "dengine_forwarded_writes_total",
             "Client writes this follower forwarded to the leader (one per attempt).",
             value=s.forwarded,
         )
-        slow = CounterMetricFamily(
+        yield _counter(
             "dengine_slow_events_total",
             "Events over their warning threshold, by kind (raft_loop_late, wal_fsync, apply, "
             "peer_unreachable); counted even when the warning line was rate-limited.",
-            labels=["kind"],
+            ("kind",),
+            {(kind,): n for kind, n in s.slow.items()},
         )
-        for kind, n in sorted(s.slow.items()):
-            slow.add_metric([kind], n)
-        yield slow
         yield _histogram(
             "dengine_wal_fsync_duration_seconds",
             "Latency of the fsyncs of the log and the hard state.",
@@ -286,14 +295,12 @@ class _Collector:
             ("peer",),
             {(str(peer),): h for peer, h in s.rtt.items()},
         )
-        requests = CounterMetricFamily(
+        yield _counter(
             "dengine_http_requests_total",
             "HTTP requests answered, by route template, method and status.",
-            labels=["route", "method", "status"],
+            ("route", "method", "status"),
+            s.http_count,
         )
-        for key, n in sorted(s.http_count.items()):
-            requests.add_metric(list(key), n)
-        yield requests
         yield _histogram(
             "dengine_http_request_duration_seconds",
             "Time from a request's arrival in the app to its response, by route template, "
@@ -374,14 +381,12 @@ class _Collector:
             "Snapshots this node wrote (the node takes none yet: stays 0).",
             value=s.snapshots_saved,
         )
-        sent = CounterMetricFamily(
+        yield _counter(
             "dengine_snapshots_sent_total",
             "Snapshots this leader streamed to each peer (none yet).",
-            labels=["peer"],
+            ("peer",),
+            {(peer,): n for peer, n in s.snapshots_sent.items()},
         )
-        for peer, n in sorted(s.snapshots_sent.items()):
-            sent.add_metric([str(peer)], n)
-        yield sent
         yield CounterMetricFamily(
             "dengine_snapshots_received_total",
             "Snapshots this node installed from its leader (none yet).",
