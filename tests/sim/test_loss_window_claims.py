@@ -61,6 +61,10 @@ class Acked:
             and raft.log.entry(index) == self.entry
         )
 
+    def named(self, role: str) -> int:
+        """The node playing ``role`` (one of ``ROLES``)."""
+        return {"leader": self.leader, "follower": self.follower, "lagging": self.lagging}[role]
+
     def on_disk(self, node: int) -> bool:
         disk = self.c.nodes[node].disk_log
         return len(disk) >= self.entry.index and disk[self.entry.index - 1] == self.entry
@@ -114,6 +118,19 @@ def kill(c: Cluster, node: int, down_ms: float) -> None:
     c.call_at(c.now + down_ms, lambda: c.restart(node))
 
 
+def isolate(c: Cluster, node: int) -> None:
+    c.partition([node], [n for n in c.ids if n != node])  # both ways
+
+
+def unavailable(c: Cluster, node: int, how: str, down_ms: float) -> None:
+    """``how`` "partition": ``isolate`` it; "kill": a process kill, restarted after
+    ``down_ms``."""
+    if how == "partition":
+        isolate(c, node)
+    else:
+        kill(c, node, down_ms=down_ms)
+
+
 def kept(a: Acked, settle_ms: float = 3_000) -> None:
     """Run on, heal, restart whoever is down; the acknowledged write is everywhere."""
     c = a.c
@@ -164,8 +181,7 @@ def test_row_process_kills_of_any_nodes_even_all_at_once_lose_nothing(
     """Row "process kills of any nodes, even all at once": nothing lost, either strategy."""
     a = acknowledge(durability, seed)
     a.c.run_for(2)
-    names = {"leader": a.leader, "follower": a.follower, "lagging": a.lagging}
-    for node in a.c.ids if killed == "all" else [names[killed]]:
+    for node in a.c.ids if killed == "all" else [a.named(killed)]:
         kill(a.c, node, down_ms=100)
     kept(a)
 
@@ -178,9 +194,8 @@ def test_row_a_partition_alone_loses_nothing(
 ) -> None:
     """Row "partitions, no power cut": nothing lost; whichever node is cut off."""
     a = acknowledge(durability, seed)
-    node = {"leader": a.leader, "follower": a.follower, "lagging": a.lagging}[isolated]
     a.c.run_for(5)
-    a.c.partition([node], [n for n in a.c.ids if n != node])
+    isolate(a.c, a.named(isolated))
     kept(a)
 
 
@@ -209,10 +224,7 @@ def test_row_power_cut_of_the_follower_then_leader_unavailable_loses_it_under_me
     power_cut(a.c, a.follower, down_ms=50)
     assert not a.on_disk(a.follower) and not a.in_memory(a.lagging)
     a.c.run_for(5)
-    if then == "partition":
-        a.c.partition([a.leader], [a.follower, a.lagging])
-    else:
-        kill(a.c, a.leader, down_ms=5_000)
+    unavailable(a.c, a.leader, then, down_ms=5_000)
     lost(a)
 
 
@@ -226,10 +238,7 @@ def test_row_power_cut_of_the_follower_then_leader_unavailable_loses_nothing_und
     a.c.run_for(5)
     power_cut(a.c, a.follower, down_ms=50)
     a.c.run_for(5)
-    if then == "partition":
-        a.c.partition([a.leader], [a.follower, a.lagging])
-    else:
-        kill(a.c, a.leader, down_ms=5_000)
+    unavailable(a.c, a.leader, then, down_ms=5_000)
     kept(a)
 
 
@@ -245,7 +254,7 @@ def test_row_power_cut_of_the_follower_after_its_flush_then_leader_partitioned_l
     assert a.on_disk(a.follower)
     power_cut(a.c, a.follower, down_ms=50)
     a.c.run_for(5)
-    a.c.partition([a.leader], [a.follower, a.lagging])
+    isolate(a.c, a.leader)
     kept(a)
 
 
@@ -310,14 +319,9 @@ def test_row_held_by_all_three_one_power_cut_and_one_unavailable_node_lose_nothi
     a = acknowledge(durability, seed, lagging=False)
     a.c.run_for(5)
     assert a.in_memory(a.lagging)
-    names = {"leader": a.leader, "follower": a.follower, "lagging": a.lagging}
-    power_cut(a.c, names[cut], down_ms=50)
+    power_cut(a.c, a.named(cut), down_ms=50)
     a.c.run_for(5)
-    node = names[other]
-    if how == "partition":
-        a.c.partition([node], [n for n in a.c.ids if n != node])
-    else:
-        kill(a.c, node, down_ms=3_000)
+    unavailable(a.c, a.named(other), how, down_ms=3_000)
     kept(a)
 
 
@@ -401,7 +405,7 @@ def five_nodes_schedule(a: Acked, holders: list[int], cuts: int) -> None:
     for node in holders[:cuts]:
         power_cut(a.c, node, down_ms=50)
     a.c.run_for(5)
-    a.c.partition([a.leader], [n for n in a.c.ids if n != a.leader])
+    isolate(a.c, a.leader)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
