@@ -10,6 +10,7 @@ import trio
 
 from dengine_trio.config import NodeConfig
 from dengine_trio.engine import EmbeddedEngine
+from dengine_trio.errors import DengineError
 from dengine_trio.policy import ReadPolicy
 from dengine_trio.raft.config import Durability
 from tests.chaos.proxy import LinkFault, LinkMode, ProxyNetwork
@@ -154,3 +155,15 @@ def record_sends(engine: EmbeddedEngine) -> list[object]:
 
     transport.send = recording  # type: ignore[method-assign]
     return sent
+
+
+async def put_recording(
+    engine: EmbeddedEngine, key: bytes, value: bytes, outcome: list[BaseException | None]
+) -> None:
+    """Put ``key`` = ``value`` through ``engine``'s client; append ``None`` to ``outcome`` on
+    success, the ``DengineError`` on failure (a task whose result the test checks later)."""
+    try:
+        await engine.client().put(key, value)
+        outcome.append(None)
+    except DengineError as exc:
+        outcome.append(exc)

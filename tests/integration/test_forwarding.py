@@ -18,7 +18,7 @@ from dengine_trio.raft.messages import AppendEntries
 from dengine_trio.statemachine import encode_put
 from tests.chaos.proxy import LinkFault
 
-from .cluster import CUT, HEALTHY, agreed_leader, proxied_cluster, wait_until
+from .cluster import CUT, HEALTHY, agreed_leader, proxied_cluster, put_recording, wait_until
 
 REQUEST_TIMEOUT_MS = 5000
 
@@ -89,15 +89,8 @@ async def test_a_forward_the_dead_leader_took_ends_when_the_next_leader_commits_
         transport.send = hold_acks_once_appended  # type: ignore[method-assign]
         outcome: list[BaseException | None] = []
 
-        async def put() -> None:
-            try:
-                await nodes[f].engine.client().put(b"k", b"v")
-                outcome.append(None)
-            except DengineError as exc:
-                outcome.append(exc)
-
         started = trio.current_time()
-        nursery.start_soon(put)
+        nursery.start_soon(put_recording, nodes[f].engine, b"k", b"v", outcome)
         await wait_until(lambda: bool(entry_index))
         await wait_until(lambda: nodes[f].engine.status()["last_log_index"] >= entry_index[0])
         # The leader dies with the write unanswered; F and G elect F (G's log is shorter),
@@ -132,15 +125,8 @@ async def test_a_forward_dropped_unsent_when_the_leader_restarts_goes_to_the_nex
         await wait_until(lambda: not transport.stats.peers[leader].connected)
         outcome: list[BaseException | None] = []
 
-        async def put() -> None:
-            try:
-                await nodes[f].engine.client().put(b"k", b"v")
-                outcome.append(None)
-            except DengineError as exc:
-                outcome.append(exc)
-
         started = trio.current_time()
-        nursery.start_soon(put)
+        nursery.start_soon(put_recording, nodes[f].engine, b"k", b"v", outcome)
         await wait_until(lambda: transport.stats.peers[leader].queued > 0)
         await nodes[leader].stop()
         await nodes[leader].start(nursery)

@@ -14,10 +14,17 @@ import pytest
 import trio
 
 from dengine_trio.cli import _hand_over_leadership, _shut_down
-from dengine_trio.errors import DengineError, Stopped
+from dengine_trio.errors import Stopped
 from tests.chaos.proxy import LinkFault
 
-from .cluster import EngineHandle, agreed_leader, proxied_cluster, wait_until, write_configs
+from .cluster import (
+    EngineHandle,
+    agreed_leader,
+    proxied_cluster,
+    put_recording,
+    wait_until,
+    write_configs,
+)
 
 
 def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -90,14 +97,7 @@ async def test_a_request_that_completes_while_the_servers_drain_is_not_failed(
         net.set_link(leader, f, LinkFault(delay_s=0.3))
         outcome: list[BaseException | None] = []
 
-        async def put() -> None:
-            try:
-                await follower.client().put(b"k", b"v")
-                outcome.append(None)
-            except DengineError as exc:
-                outcome.append(exc)
-
-        nursery.start_soon(put)
+        nursery.start_soon(put_recording, follower, b"k", b"v", outcome)
         await wait_until(lambda: follower.pending_requests() == 1)
         http_stop = trio.Event()
         await _shut_down(follower, http_stop, 0.9, answer_by_s=0.8)

@@ -28,6 +28,7 @@ from .cluster import (
     free_ports,
     listening_elsewhere,
     proxied_cluster,
+    put_recording,
     wait_until,
     write_configs,
 )
@@ -55,14 +56,7 @@ async def test_a_restarted_followers_write_is_not_answered_by_its_old_writes_rep
         net.set_link(leader, f, CUT)
         old_put: list[BaseException | None] = []
 
-        async def put_old() -> None:
-            try:
-                await nodes[f].engine.client().put(b"k", b"old")
-                old_put.append(None)
-            except DengineError as exc:
-                old_put.append(exc)
-
-        nursery.start_soon(put_old)
+        nursery.start_soon(put_recording, nodes[f].engine, b"k", b"old", old_put)
         leader_client = nodes[leader].engine.client()
         with trio.fail_after(10):
             while await leader_client.get_eventual(b"k") != b"old":
@@ -83,14 +77,7 @@ async def test_a_restarted_followers_write_is_not_answered_by_its_old_writes_rep
         g_last = g_runtime.raft.log.last_index
         new_put: list[BaseException | None] = []
 
-        async def put_new() -> None:
-            try:
-                await nodes[f].engine.client().put(b"k", b"new")
-                new_put.append(None)
-            except DengineError as exc:
-                new_put.append(exc)
-
-        nursery.start_soon(put_new)
+        nursery.start_soon(put_recording, nodes[f].engine, b"k", b"new", new_put)
         await wait_until(
             lambda: g_runtime.raft is not None and g_runtime.raft.log.last_index > g_last
         )
