@@ -229,3 +229,16 @@ def test_ctl_tools_send_the_token(node: Node) -> None:
     assert weak.returncode == 1 and "HTTP 403 forbidden" in weak.stdout, weak.stdout
     for result in (refused, missing, weak):
         assert not any(t in result.stdout + result.stderr for t in TOKENS.values())
+
+
+def test_auth_off_adds_no_hook() -> None:
+    """The hot path without auth: no per-request code at all."""
+    from quart import Quart
+
+    from dengine_trio.api.auth import install_auth, kv_role_needed
+    from dengine_trio.config import AuthConfig
+
+    app = Quart(__name__)
+    before = {k: list(v) for k, v in app.before_request_funcs.items()}
+    install_auth(app, AuthConfig(), kv_role_needed)
+    assert {k: list(v) for k, v in app.before_request_funcs.items()} == before

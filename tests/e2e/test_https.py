@@ -210,3 +210,19 @@ def test_ctl_tools_over_https_with_cacert(tls_node: Node, pki: Pki, tmp_path: Pa
     assert untrusted.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
     bad = run_cli([*kv, "get", "c", "--cacert", str(tmp_path / "none.pem")], tmp_path)
     assert bad.returncode == 2 and "--cacert" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_optional_client_certificate_is_checked_when_sent(tmp_path: Path, pki: Pki) -> None:
+    settings = pki.settings(tls_client_ca_path=str(pki.ca_path), health_tls=True)
+    with running_cluster(tmp_path, size=1, settings=settings) as cluster:
+        node = cluster.nodes[0]
+        with https(node.health_port, pki.context()) as health:
+            wait_serving(cluster, health)  # no certificate: served (optional)
+        for port in (node.port, node.health_port):
+            with https(port, pki.context(pki.client_path)) as client:
+                assert client.get(
+                    "/primary" if port == node.health_port else "/kv/a"
+                ).status_code in (200, 404)
+            with https(port, pki.context(pki.stranger_path)) as client:
+                with pytest.raises(httpx.TransportError):
+                    client.get("/primary")
