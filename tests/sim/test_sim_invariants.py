@@ -33,8 +33,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dengine_trio.raft import MESSAGE_TYPES, Durability
-from dengine_trio.raft.messages import TimeoutNow
+from dengine_trio.raft import MESSAGE_TYPES, Durability, Role
+from dengine_trio.raft.messages import RequestVote, TimeoutNow
 
 from .cluster import Cluster, InvariantViolation, LinkRule, NetworkFaults
 
@@ -123,6 +123,11 @@ def actions(size: int) -> st.SearchStrategy[tuple[object, ...]]:
         # lands ``late`` ms later, and stops; once another node wins, its next write reaches
         # one other node only, F's stalled answers are let through ``release`` ms later, and
         # a partition then lets F's side elect without the winner's side.
+        # A voter that backs the leader's lease gets its term raised by a stale-term answer
+        # (to a vote request of an earlier term arriving late) while a campaigner's vote
+        # request of that same term waits on the link: with PreVote off, that voter must
+        # still refuse, or the campaigner wins behind the lease.
+        st.tuples(st.just("stale-term"), st.sampled_from([1.0, 20.0])),
         st.tuples(
             st.just("raised-term"),
             st.sampled_from([300.0, 480.0, 650.0]),
@@ -328,6 +333,37 @@ def _run(schedule: Schedule) -> Cluster:
 
                     c.call_at(max(c.now, campaign_at - args[0]), mute)  # type: ignore[operator]
                     client_load(100, 30, ("put", "lease", "lease"), campaign_at)
+        elif name == "stale-term":
+            leader = c.leader()
+            followers = [n for n in c.ids if n != leader and c.nodes[n].raft is not None]
+            if leader is not None and len(followers) >= 2:
+                voter, campaigner = c.rng.sample(followers, 2)
+                c.cut_link(leader, campaigner)
+                c.cut_link(campaigner, leader)
+                c.hold(campaigner, voter, RequestVote)
+                for _ in range(1_500):
+                    cr = c.nodes[campaigner].raft
+                    if cr is None or cr.role is Role.CANDIDATE:
+                        break
+                    c.run_for(1)
+                cr = c.nodes[campaigner].raft
+                vr = c.nodes[voter].raft
+                if cr is not None and vr is not None and cr.role is Role.CANDIDATE:
+                    c.cut_link(voter, leader)  # the leader does not learn of the new term
+                    # A vote request of the voter's from an earlier term arrives late; the
+                    # campaigner's answer carries its raised term.
+                    term = vr.term
+                    c.inject(RequestVote(max(0, term - 1), voter, campaigner, 0, 0))
+                    for _ in range(50):
+                        if c.nodes[voter].raft is None or c.raft(voter).term > term:
+                            break
+                        c.run_for(1)
+                    c.run_for(args[0])  # type: ignore[arg-type]
+                    c.release(campaigner, voter, RequestVote)
+                    client_load(100, 30, ("put", "lease", "lease"))
+                    c.run_for(150)  # played out before the next action can heal it away
+                else:
+                    c.release(campaigner, voter, RequestVote)
         elif name == "raised-term":
             # Played out here and now (not scheduled): the next action's heal or partition
             # must not cut it short.
@@ -360,7 +396,7 @@ def _run(schedule: Schedule) -> Cluster:
                 if winner is not None and winner not in (old, f):
                     c.run_for(3)
                     others = [m for m in c.ids if m not in (winner, old)]
-                    keep = c.rng.choice([m for m in others if m != f])
+                    keep = c.rng.choice([m for m in others if m != f] or others)
                     for m in others:
                         if m != keep:
                             c.cut_link(winner, m)
