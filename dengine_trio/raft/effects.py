@@ -1,12 +1,22 @@
 """What the Raft core asks its runtime to do.
 
-``RaftNode.step`` returns effects in the order they must be carried out: a ``PersistHardState``
-must be durable (fsynced) before any later ``Send`` in the same list leaves the node.
-``PersistEntries`` may complete asynchronously; the runtime reports completion with the
-``Persisted`` event, and the core holds back whatever must wait for durability.
+``RaftNode.step`` returns effects in the order they must be carried out. The rule is a property
+of the effect types, ``barrier`` (a class attribute of each):
+
+* an effect whose type has ``barrier = True`` (only ``PersistHardState``) must have completed,
+  durably, before any later effect of the same list is carried out: term and vote are on disk
+  before a message that depends on them leaves (Raft paper, Figure 2);
+* every other effect is carried out synchronously, in order, with no await in between.
+
+So a runtime carries out a list synchronously up to its first barrier, awaits that one, and
+goes on. ``PersistEntries`` is not a barrier: the append is handed to storage at once and may
+become durable later; the runtime reports that with the ``Persisted`` event, and the core holds
+back whatever must wait for durability (DiskFirst).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import attrs
 
@@ -33,12 +43,16 @@ class Send:
     """Deliver ``message`` to ``message.dst``. Best effort: the core tolerates loss,
     duplication, delay and reordering (§5.1); the runtime may drop it when the link is down."""
 
+    barrier: ClassVar[bool] = False
+
     message: Message
 
 
 @attrs.frozen(slots=True)
 class PersistHardState:
     """Make (term, voted_for) durable before sending anything that follows. 0 means no vote."""
+
+    barrier: ClassVar[bool] = True
 
     term: int
     voted_for: int
@@ -48,6 +62,8 @@ class PersistHardState:
 class PersistEntries:
     """Append ``entries`` to the durable log, first truncating it from ``entries[0].index``."""
 
+    barrier: ClassVar[bool] = False
+
     entries: tuple[Entry, ...]
 
 
@@ -55,12 +71,16 @@ class PersistEntries:
 class Apply:
     """Committed entries, in log order, for the state machine (no-ops included; skip them)."""
 
+    barrier: ClassVar[bool] = False
+
     entries: tuple[Entry, ...]
 
 
 @attrs.frozen(slots=True)
 class ReadReady:
     """Serve read ``request_id`` once the state machine has applied ``read_index``."""
+
+    barrier: ClassVar[bool] = False
 
     request_id: int
     read_index: int
@@ -70,6 +90,8 @@ class ReadReady:
 class ReadFailed:
     """The read could not get a read index here; ``leader_id`` (0 if unknown) may serve it."""
 
+    barrier: ClassVar[bool] = False
+
     request_id: int
     leader_id: int
 
@@ -77,6 +99,8 @@ class ReadFailed:
 @attrs.frozen(slots=True)
 class Proposed:
     """The command became entry (``index``, ``term``); it is committed when that entry applies."""
+
+    barrier: ClassVar[bool] = False
 
     request_id: int
     index: int
@@ -87,6 +111,8 @@ class Proposed:
 class ProposalRejected:
     """This node cannot take proposals; ``leader_id`` (0 if unknown) is where to forward them."""
 
+    barrier: ClassVar[bool] = False
+
     request_id: int
     leader_id: int
 
@@ -95,6 +121,8 @@ class ProposalRejected:
 class RoleChanged:
     """The node's (role, term, known leader) changed; ``leader_id`` 0 means none known.
     Emitted once per step at most, after everything else, for status and metrics."""
+
+    barrier: ClassVar[bool] = False
 
     role: Role
     term: int

@@ -280,6 +280,8 @@ class Driver:
         try:
             while done < len(effects):
                 effect = effects[done]
+                # The one barrier type today (``PersistHardState.barrier``); a new one fails here
+                # until it is awaited here too.
                 assert isinstance(effect, PersistHardState)
                 # Raft's rule: term and vote are durable before any message that depends on
                 # them leaves (the Sends that follow in this list).
@@ -292,11 +294,15 @@ class Driver:
             self._busy = False
 
     def _carry_out_now(self, effects: list[Effect], start: int) -> int:
-        """Carry out ``effects[start:]`` in order up to the first that must await (a
-        ``PersistHardState``); return its position, or ``len(effects)``."""
+        """Carry out ``effects[start:]`` in order up to the first barrier (an effect whose type
+        has ``barrier = True``, see ``dengine_trio.raft.effects``); return its position, or
+        ``len(effects)``."""
         handler = self._handler
         for position in range(start, len(effects)):
             effect = effects[position]
+            # (getattr: something that is no effect at all reaches ``_unhandled`` below.)
+            if getattr(effect, "barrier", False):
+                return position
             match effect:
                 case Send():
                     self._send(effect.message)
@@ -312,10 +318,10 @@ class Driver:
                     handler.proposal_rejected(effect)
                 case ReadFailed():
                     handler.read_failed(effect)
-                case PersistHardState():
-                    return position
                 case RoleChanged():
                     handler.role_changed(effect)
+                case PersistHardState():  # a barrier: returned above, awaited by _carry_out
+                    raise AssertionError(f"barrier {effect!r} carried out synchronously")
                 case _:
                     _unhandled(effect)
         return len(effects)

@@ -1,7 +1,8 @@
 """The driver's ordering rule, against a fake core (issue 12 item 2).
 
 The effects of one step are carried out in the order the core returned them, synchronously up
-to the first that must await (``PersistHardState``); what is left goes to the Raft loop, and
+to the first barrier (an effect type with ``barrier = True``: ``PersistHardState``, whose save
+is awaited); what is left goes to the Raft loop, and
 until it is carried out nobody steps the core, so a later step's effects never overtake it.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import typing
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ import trio
 
 from dengine_trio.raft import (
     Apply,
+    Effect,
     PersistEntries,
     PersistHardState,
     ProposalRejected,
@@ -95,6 +98,15 @@ async def wait_until(condition: Any) -> None:
     with trio.fail_after(WAIT_S):
         while not condition():
             await trio.sleep(0.001)
+
+
+def test_the_ordering_rule_is_a_property_of_the_effect_types() -> None:
+    """Every effect type says whether it is a barrier; the hard-state save is the only one
+    (its durability comes before any later message, Raft Figure 2)."""
+    barriers = {t.__name__: t.barrier for t in typing.get_args(Effect)}
+    assert len(barriers) == 9
+    assert {name for name, barrier in barriers.items() if barrier} == {"PersistHardState"}
+    assert all(isinstance(barrier, bool) for barrier in barriers.values())
 
 
 async def test_effects_after_an_await_go_before_any_later_step() -> None:
