@@ -38,6 +38,7 @@ else:
 __all__ = [
     "AUTH_ROLES",
     "DEFAULT_LISTEN_BACKLOG",
+    "DEFAULT_SNAPSHOTS_SUBDIR",
     "ROLE_FOLLOWER",
     "STATUS_ACTIVE",
     "AuthConfig",
@@ -166,11 +167,33 @@ class PersistenceConfig:
     flush_policy: FlushPolicy = attrs.Factory(FlushPolicy)
 
 
+DEFAULT_SNAPSHOTS_SUBDIR = "snapshots"
+"""Where snapshots go when ``snapshots_dir`` is not set: this directory under ``db_root_dir``."""
+
+
 @attrs.frozen(slots=True)
 class SnapshotConfig:
-    """``[raft.snapshot]``: accepted and validated; the node does not take snapshots yet."""
+    """``[raft.snapshot]``: log compaction by state machine snapshots (d-engine's names).
 
-    enable: bool = False
+    ``enable``: take snapshots and compact the log (Raft paper, section 7). With it off the log
+    grows without bound, but the node still installs snapshots a leader sends it.
+    ``max_log_entries_before_snapshot`` (entries, >= 1): take a snapshot once the applied index
+    is this far past the newest snapshot's index. ``retained_log_entries`` (entries, >= 0): how
+    many entries before the snapshot's index the log keeps after compacting, so that a follower
+    lagging by up to that many still catches up with AppendEntries instead of a whole snapshot
+    (the runtime compacts through ``index - retained_log_entries``). ``snapshots_dir``: the
+    directory of snapshot files, ``""`` meaning ``<db_root_dir>/snapshots``
+    (:meth:`NodeConfig.snapshots_path` resolves it; a relative path is taken from the working
+    directory). ``chunk_size`` (bytes, >= 1): the payload of one InstallSnapshot chunk on the
+    wire; it must fit in a transport frame with the same headroom as an AppendEntries batch
+    (:func:`check_message_limits`).
+    """
+
+    enable: bool = True
+    max_log_entries_before_snapshot: int = 10_000
+    retained_log_entries: int = 1_000
+    snapshots_dir: str = ""
+    chunk_size: int = 1 << 20
 
 
 @attrs.frozen(slots=True)
@@ -381,6 +404,14 @@ class NodeConfig:
         """``db_root_dir`` as an absolute path (a relative one is taken from the cwd)."""
         return Path(self.cluster.db_root_dir).absolute()
 
+    def snapshots_path(self) -> Path:
+        """``raft.snapshot.snapshots_dir`` as an absolute path: ``<db_root_dir>/snapshots``
+        when it is not set, else the path given (a relative one is taken from the cwd)."""
+        configured = self.raft.snapshot.snapshots_dir
+        if not configured:
+            return self.db_root_path() / DEFAULT_SNAPSHOTS_SUBDIR
+        return Path(configured).absolute()
+
     def cluster_id(self) -> str:
         """Identity exchanged in the node handshake: ``<name>-<12 hex digits>``.
 
@@ -571,6 +602,7 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
         "raft.persistence.flush_policy.Batch", cfg.raft.persistence.flush_policy.batch
     )
     yield from _positive("raft.replication", cfg.raft.replication)
+    yield from _snapshot_problems(cfg.raft.snapshot)
     yield from _positive("limits", cfg.limits)
     yield from _peer_tls_problems(cfg.tls)
     if cfg.limits.max_key_bytes > MAX_KEY_BYTES_CEILING:
@@ -595,6 +627,20 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
             read_tokens(cfg.auth.tokens_path)
         except ValueError as exc:
             yield "auth.tokens_path", str(exc)
+
+
+def _snapshot_problems(snapshot: SnapshotConfig) -> Iterator[tuple[str, str]]:
+    for key in ("max_log_entries_before_snapshot", "chunk_size"):
+        value = getattr(snapshot, key)
+        if value <= 0:
+            yield f"raft.snapshot.{key}", f"must be positive, got {value}"
+    if snapshot.retained_log_entries < 0:
+        yield (
+            "raft.snapshot.retained_log_entries",
+            f"must be 0 or more, got {snapshot.retained_log_entries}",
+        )
+    if "\x00" in snapshot.snapshots_dir:
+        yield "raft.snapshot.snapshots_dir", "must not contain a NUL character (no path can)"
 
 
 def _http_tls_problems(http: HttpConfig) -> Iterator[tuple[str, str]]:
@@ -814,7 +860,7 @@ def check_message_limits(cfg: NodeConfig, max_command_bytes: int, frame_bytes: i
     carries, its frame limit ``frame_bytes`` less the envelope headroom. Both come from the
     caller because the transport sits above this module. Without this check such limits would
     be accepted, then fail at run time (the first big write refused, or an AppendEntries batch
-    that can never be sent).
+    or a snapshot chunk (``raft.snapshot.chunk_size``) that can never be sent).
     """
     for key, problem in _fits_in_a_frame(cfg, max_command_bytes, frame_bytes):
         raise ConfigError(cfg.path, key, problem)
@@ -839,6 +885,13 @@ def _fits_in_a_frame(
             "raft.replication.max_bytes_per_msg",
             f"{batch} is over the {max_command_bytes} bytes the transport's frame limit "
             f"({frame_bytes}) leaves for the entries of one message",
+        )
+    chunk = cfg.raft.snapshot.chunk_size
+    if chunk > max_command_bytes:
+        yield (
+            "raft.snapshot.chunk_size",
+            f"{chunk} is over the {max_command_bytes} bytes the transport's frame limit "
+            f"({frame_bytes}) leaves for the payload of one snapshot chunk",
         )
 
 

@@ -78,7 +78,14 @@ def test_mission_file_loads_with_its_values_and_defaults(tmp_path: Path) -> None
     # Defaults for everything the mission leaves out.
     assert cfg.cluster.db_root_dir == "./db/1"
     assert cfg.cluster.name == "dengine"
-    assert cfg.raft.snapshot.enable is False
+    assert cfg.raft.snapshot == SnapshotConfig(
+        enable=True,
+        max_log_entries_before_snapshot=10000,
+        retained_log_entries=1000,
+        snapshots_dir="",
+        chunk_size=1048576,
+    )
+    assert cfg.snapshots_path() == (Path.cwd() / "db" / "1" / "snapshots")
     timing = cfg.raft.timing
     assert (timing.election_timeout_min_ms, timing.election_timeout_max_ms) == (600, 900)
     assert (timing.heartbeat_interval_ms, timing.request_timeout_ms) == (50, 5000)
@@ -183,9 +190,27 @@ def test_db_root_dir_relative_to_working_directory(
     assert cfg.db_root_path() == tmp_path / "data"
 
 
-def test_snapshot_enable_accepted(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, MISSION_TOML + "\n[raft.snapshot]\nenable = true\n"))
-    assert cfg.raft.snapshot.enable is True
+def test_snapshot_section_accepted(tmp_path: Path) -> None:
+    section = (
+        "\n[raft.snapshot]\nenable = false\nmax_log_entries_before_snapshot = 50\n"
+        'retained_log_entries = 0\nsnapshots_dir = "snaps/1"\nchunk_size = 4096\n'
+    )
+    cfg = load_config(write(tmp_path, MISSION_TOML + section))
+    assert cfg.raft.snapshot == SnapshotConfig(False, 50, 0, "snaps/1", 4096)
+
+
+def test_snapshots_path_defaults_under_db_root_dir_and_is_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = sub("[raft.read", 'db_root_dir = "data/n1"\n\n[raft.read')
+    assert load_config(write(tmp_path, text)).snapshots_path() == (
+        tmp_path / "data" / "n1" / "snapshots"
+    )
+    text += '\n[raft.snapshot]\nsnapshots_dir = "elsewhere/s1"\n'
+    assert load_config(write(tmp_path, text)).snapshots_path() == tmp_path / "elsewhere" / "s1"
+    text = text.replace('"elsewhere/s1"', f'"{tmp_path / "abs"}"')
+    assert load_config(write(tmp_path, text)).snapshots_path() == tmp_path / "abs"
 
 
 def test_ipv6_addresses(tmp_path: Path) -> None:
@@ -260,6 +285,22 @@ BAD_FILES = [
      "cluster.initial_cluster[2].address", "expected a string, got integer 9083"),
     ("int-snapshot-enable", MISSION_TOML + "\n[raft.snapshot]\nenable = 1\n",
      "raft.snapshot.enable", "expected a boolean"),
+    ("string-snapshot-threshold",
+     MISSION_TOML + '\n[raft.snapshot]\nmax_log_entries_before_snapshot = "100"\n',
+     "raft.snapshot.max_log_entries_before_snapshot", "expected an integer"),
+    ("snapshot-threshold-zero",
+     MISSION_TOML + "\n[raft.snapshot]\nmax_log_entries_before_snapshot = 0\n",
+     "raft.snapshot.max_log_entries_before_snapshot", "must be positive, got 0"),
+    ("snapshot-retained-negative", MISSION_TOML + "\n[raft.snapshot]\nretained_log_entries = -1\n",
+     "raft.snapshot.retained_log_entries", "must be 0 or more, got -1"),
+    ("snapshot-chunk-zero", MISSION_TOML + "\n[raft.snapshot]\nchunk_size = 0\n",
+     "raft.snapshot.chunk_size", "must be positive, got 0"),
+    ("snapshot-dir-nul", MISSION_TOML + '\n[raft.snapshot]\nsnapshots_dir = "s\\u0000"\n',
+     "raft.snapshot.snapshots_dir", "must not contain a NUL character"),
+    ("snapshot-dir-int", MISSION_TOML + "\n[raft.snapshot]\nsnapshots_dir = 3\n",
+     "raft.snapshot.snapshots_dir", "expected a string, got integer 3"),
+    ("snapshot-unknown-key", MISSION_TOML + "\n[raft.snapshot]\ncleanup_retain_count = 2\n",
+     "raft.snapshot.cleanup_retain_count", "unknown key"),
     ("cluster-list-not-array",
      MISSION_TOML.split("initial_cluster")[0] + 'initial_cluster = "1,2,3"\n'
      + "[raft" + MISSION_TOML.split("[raft", 1)[1],
@@ -474,6 +515,9 @@ OVER_THE_FRAME_LIMIT = [
      "limits.max_value_bytes"),
     ("batch", MISSION_TOML + "\n[raft.replication]\nmax_bytes_per_msg = 20000000\n",
      "raft.replication.max_bytes_per_msg"),
+    ("snapshot-chunk",
+     MISSION_TOML + f"\n[raft.snapshot]\nchunk_size = {MAX_COMMAND_BYTES + 1}\n",
+     "raft.snapshot.chunk_size"),
 ]
 # fmt: on
 
@@ -500,6 +544,8 @@ def test_limits_just_under_the_frame_limit_load(tmp_path: Path) -> None:
     assert load_node_config(str(write(tmp_path, text))).limits.max_value_bytes == value
     text = MISSION_TOML + f"\n[raft.replication]\nmax_bytes_per_msg = {MAX_COMMAND_BYTES}\n"
     assert load_node_config(str(write(tmp_path, text))).raft.replication.max_bytes_per_msg > 0
+    text = MISSION_TOML + f"\n[raft.snapshot]\nchunk_size = {MAX_COMMAND_BYTES}\n"
+    assert load_node_config(str(write(tmp_path, text))).raft.snapshot.chunk_size > 0
 
 
 def test_behind_proxy_lets_listen_address_differ(tmp_path: Path) -> None:
@@ -587,7 +633,13 @@ def node_configs(draw: st.DrawFn) -> NodeConfig:
                 draw(st.sampled_from(Durability)),
                 FlushPolicy(Batch(draw(POSITIVE), draw(POSITIVE))),
             ),
-            snapshot=SnapshotConfig(draw(st.booleans())),
+            snapshot=SnapshotConfig(
+                draw(st.booleans()),
+                draw(POSITIVE),
+                draw(st.integers(0, 2**63 - 1)),
+                draw(st.one_of(st.just(""), PATH)),
+                draw(POSITIVE),
+            ),
             timing=TimingConfig(
                 election_min,
                 draw(st.integers(election_min + 1, 2**63 - 1)),
