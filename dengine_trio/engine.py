@@ -24,6 +24,7 @@ from .policy import ReadPolicy
 from .runtime.node import NodeRuntime
 from .runtime.status import NodeStatus
 from .statemachine import KVStateMachine, StateMachine, encode_delete, encode_put
+from .storage.snapshots import SnapshotFile
 
 
 class EmbeddedEngine:
@@ -202,6 +203,15 @@ class EmbeddedEngine:
         """
         if policy is not ReadPolicy.EVENTUAL:
             await self._runtime.read_barrier(lease=policy is ReadPolicy.LEASE, timeout_s=timeout_s)
+
+    async def take_snapshot(self) -> SnapshotFile:
+        """Write a fresh snapshot of the state machine as of its current applied index.
+
+        Returns the complete, verified file in ``snapshots_dir`` (``GET /snapshot`` streams it;
+        the node may delete it once two newer snapshots exist, so open it at once). Raises
+        ``Stopped`` and ``OSError`` (the disk), as the runtime's ``take_snapshot`` does.
+        """
+        return await self._runtime.take_snapshot()
 
     def client(self) -> Client:
         """A :class:`Client` for the default :class:`KVStateMachine`.
