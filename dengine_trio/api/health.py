@@ -8,7 +8,8 @@ Prometheus text format (``docs/monitoring.md``), 404 ``metrics_disabled`` when t
 sink keeps none. ``GET /``: the live cluster page (:mod:`dengine_trio.api.page`), which polls
 ``/status`` and ``/metrics`` of every node from the browser; those two answer with
 ``Access-Control-Allow-Origin: *`` for it (both are read-only). Probes only read engine
-state: they never wait.
+state: they never wait. ``GET /snapshot``: a fresh snapshot file, for backups
+(:mod:`dengine_trio.api.snapshot`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from quart import Response
 from dengine_trio.api import JSON_CONTENT_TYPE, App, install_error_handlers, json_error
 from dengine_trio.api.auth import health_role_needed, install_auth
 from dengine_trio.api.page import CLUSTER_PAGE, CLUSTER_PAGE_CSP
+from dengine_trio.api.snapshot import install_snapshot_route
 
 if TYPE_CHECKING:
     from dengine_trio.engine import EmbeddedEngine
@@ -97,6 +99,8 @@ def create_health_app(engine: EmbeddedEngine) -> App:
         # Read-only and credential-free: any origin may read it, so the cluster page served
         # by one node can poll the others' health ports (other origins) from the browser.
         return Response(body, content_type=JSON_CONTENT_TYPE, headers=_CORS)
+
+    install_snapshot_route(app, engine)  # GET /snapshot: backups (api/snapshot.py)
 
     @app.get("/")
     async def cluster_page() -> Response:
