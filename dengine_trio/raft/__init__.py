@@ -14,11 +14,23 @@ from .effects import (
     Proposed,
     ReadFailed,
     ReadReady,
+    RestoreSnapshot,
     RoleChanged,
     Send,
 )
-from .events import Event, Persisted, Propose, ReadRequest, Receive, Tick, TransferLeader
-from .messages import MESSAGE_TYPES, Entry, EntryKind, Message
+from .events import (
+    Event,
+    Persisted,
+    Propose,
+    ReadRequest,
+    Receive,
+    SnapshotStatus,
+    SnapshotTaken,
+    Tick,
+    TransferLeader,
+)
+from .log import RaftLog
+from .messages import MESSAGE_TYPES, Entry, EntryKind, InstallSnapshot, Message
 from .node import RaftNode, RandomSource
 from .state import Role
 
@@ -30,6 +42,7 @@ __all__ = [
     "Entry",
     "EntryKind",
     "Event",
+    "InstallSnapshot",
     "Message",
     "PersistEntries",
     "PersistHardState",
@@ -38,15 +51,19 @@ __all__ = [
     "Propose",
     "Proposed",
     "RaftConfig",
+    "RaftLog",
     "RaftNode",
     "RandomSource",
     "ReadFailed",
     "ReadReady",
     "ReadRequest",
     "Receive",
+    "RestoreSnapshot",
     "Role",
     "RoleChanged",
     "Send",
+    "SnapshotStatus",
+    "SnapshotTaken",
     "Tick",
     "TransferLeader",
 ]

@@ -3,9 +3,10 @@
 ``RaftNode.step`` returns effects in the order they must be carried out. The rule is a property
 of the effect types, ``barrier`` (a class attribute of each):
 
-* an effect whose type has ``barrier = True`` (only ``PersistHardState``) must have completed,
-  durably, before any later effect of the same list is carried out: term and vote are on disk
-  before a message that depends on them leaves (Raft paper, Figure 2);
+* an effect whose type has ``barrier = True`` (``PersistHardState``, ``RestoreSnapshot``) must
+  have completed, durably, before any later effect of the same list is carried out: term and
+  vote are on disk before a message that depends on them leaves (Raft paper, Figure 2), and an
+  installed snapshot is in place before the answer that reports it (§7);
 * every other effect is carried out synchronously, in order, with no await in between.
 
 So a runtime carries out a list synchronously up to its first barrier, awaits that one, and
@@ -32,6 +33,7 @@ __all__ = [
     "Proposed",
     "ReadFailed",
     "ReadReady",
+    "RestoreSnapshot",
     "Role",
     "RoleChanged",
     "Send",
@@ -65,6 +67,21 @@ class PersistEntries:
     barrier: ClassVar[bool] = False
 
     entries: tuple[Entry, ...]
+
+
+@attrs.frozen(slots=True)
+class RestoreSnapshot:
+    """Follower: replace the log and the state machine with the staged snapshot that ends at
+    entry (``index``, ``term``), the one just stepped in as ``InstallSnapshot`` (Raft paper §7,
+    Figure 13, steps 6-8). Durably, before any later effect: move the staged file in among the
+    snapshots, reset the log so that ``index + 1`` is the next entry, restore the state machine
+    from the file (applied index ``index``). A step that received an ``InstallSnapshot`` and
+    returned no ``RestoreSnapshot`` for it means: discard the staged file."""
+
+    barrier: ClassVar[bool] = True
+
+    index: int
+    term: int
 
 
 @attrs.frozen(slots=True)
@@ -133,6 +150,7 @@ Effect = (
     Send
     | PersistHardState
     | PersistEntries
+    | RestoreSnapshot
     | Apply
     | ReadReady
     | ReadFailed

@@ -57,4 +57,37 @@ class TransferLeader:
     target: int = 0
 
 
-Event = Tick | Receive | Propose | ReadRequest | Persisted | TransferLeader
+@attrs.frozen(slots=True)
+class SnapshotTaken:
+    """The runtime durably wrote a snapshot of the state machine as of applied entry
+    (``index``, ``term``) (Raft paper §7). The core records it as its newest snapshot (if
+    newer) and drops its in-memory log through ``min(compact_through, index)`` (the runtime
+    keeps some entries, ``retained_log_entries``, so that a follower a little behind catches
+    up from the log rather than a snapshot). ``step`` raises ``ValueError`` if ``index`` was
+    not yet handed out in an ``Apply``, or the log holds another term there."""
+
+    index: int
+    term: int
+    compact_through: int
+
+
+@attrs.frozen(slots=True)
+class SnapshotStatus:
+    """Leader side: the runtime finished streaming the snapshot to ``peer`` (``ok``), or gave
+    up (not ``ok``: the peer unreachable, the connection lost, no snapshot file). etcd raft's
+    ReportSnapshot. After ``ok`` the leader still waits for the follower's answer."""
+
+    peer: int
+    ok: bool
+
+
+Event = (
+    Tick
+    | Receive
+    | Propose
+    | ReadRequest
+    | Persisted
+    | TransferLeader
+    | SnapshotTaken
+    | SnapshotStatus
+)

@@ -1,7 +1,10 @@
-"""The in-memory view of the Raft log (§5.3): append, truncate, term lookups, batching.
+"""The in-memory view of the Raft log (§5.3): append, truncate, term lookups, batching, and the
+offset left by a snapshot (Raft paper §7, log compaction).
 
-Index 0 is the empty prefix, with term 0. Entries are kept in a list, entry ``i`` at
-position ``i - 1``. (Snapshots and compaction come later; this class is where an offset will go.)
+The log holds the entries after an offset ``(snapshot_index, snapshot_term)``: the last entry a
+snapshot covers, whose term is still known although the entry itself is gone. With no snapshot
+the offset is (0, 0), the empty prefix. Entry ``i`` is kept at position ``i - snapshot_index - 1``
+of a list.
 """
 
 from __future__ import annotations
@@ -12,49 +15,83 @@ from .messages import Entry
 
 
 class RaftLog:
-    """The entries of one node's log, index 1 upward, contiguous (§5.3). Index 0 is the
-    empty prefix with term 0. Raises ``ValueError`` at construction if the given entries do
-    not run 1, 2, 3, ... The durable copy is the storage layer's; this is what the core
-    reasons over."""
+    """The entries of one node's log after its offset, contiguous (§5.3, §7).
 
-    __slots__ = ("_entries",)
+    ``snapshot_index``/``snapshot_term``: the offset, the last entry compacted away (0, 0 for
+    none): ``term_at`` still answers for it, and for nothing below it. Raises ``ValueError``
+    at construction if the entries do not run ``snapshot_index + 1``, ``+ 2``, ... or the
+    offset is inconsistent (negative, or a term without an index or the reverse). The durable
+    copy is the storage layer's; this is what the core reasons over."""
 
-    def __init__(self, entries: Iterable[Entry] = ()) -> None:
+    __slots__ = ("_entries", "_offset", "_offset_term")
+
+    def __init__(
+        self, entries: Iterable[Entry] = (), *, snapshot_index: int = 0, snapshot_term: int = 0
+    ) -> None:
+        if snapshot_index < 0 or snapshot_term < 0 or (snapshot_index == 0) != (snapshot_term == 0):
+            raise ValueError(
+                f"log offset ({snapshot_index}, {snapshot_term}) is not a snapshot's index and term"
+            )
+        self._offset = snapshot_index
+        self._offset_term = snapshot_term
         self._entries: list[Entry] = list(entries)
         for pos, entry in enumerate(self._entries):
-            if entry.index != pos + 1:
+            if entry.index != snapshot_index + pos + 1:
                 raise ValueError(f"log entries are not contiguous at position {pos}")
 
     @property
+    def snapshot_index(self) -> int:
+        """The offset: index of the last entry compacted away (0 with none)."""
+        return self._offset
+
+    @property
+    def snapshot_term(self) -> int:
+        """Term of the entry at the offset (0 with none)."""
+        return self._offset_term
+
+    @property
+    def first_index(self) -> int:
+        """Index of the first entry held (``snapshot_index + 1``), held or next to come."""
+        return self._offset + 1
+
+    @property
     def last_index(self) -> int:
-        """Index of the last entry; 0 for an empty log."""
-        return len(self._entries)
+        """Index of the last entry; the offset for a log holding no entry."""
+        return self._offset + len(self._entries)
 
     @property
     def last_term(self) -> int:
-        """Term of the last entry; 0 for an empty log (used by the election restriction,
-        §5.4.1)."""
-        return self._entries[-1].term if self._entries else 0
+        """Term of the last entry; the offset's term for a log holding no entry (used by the
+        election restriction, §5.4.1)."""
+        return self._entries[-1].term if self._entries else self._offset_term
 
     def term_at(self, index: int) -> int | None:
-        """Term of the entry at ``index``; 0 for index 0; None past the end."""
-        if index == 0:
-            return 0
-        if 0 < index <= len(self._entries):
-            return self._entries[index - 1].term
+        """Term of the entry at ``index``: the offset's term at the offset; None below it
+        (compacted away) and past the end."""
+        pos = index - self._offset
+        if pos == 0:
+            return self._offset_term
+        if 0 < pos <= len(self._entries):
+            return self._entries[pos - 1].term
         return None
 
     def entry(self, index: int) -> Entry:
-        """The entry at ``index`` (1..last_index); ``IndexError`` past the end (an index
-        <= 0 is the caller's bug and is not checked on this hot path)."""
-        return self._entries[index - 1]
+        """The entry at ``index`` (first_index..last_index); ``IndexError`` outside."""
+        pos = index - self._offset - 1
+        if pos < 0:
+            raise IndexError(f"entry {index} is compacted away (log offset {self._offset})")
+        return self._entries[pos]
 
     def slice(self, first: int, last: int) -> list[Entry]:
-        """Entries ``first..last``, both inclusive."""
-        return self._entries[first - 1 : last]
+        """Entries ``first..last``, both inclusive; ``IndexError`` if ``first`` is compacted
+        away (at or below the offset)."""
+        if first <= self._offset:
+            raise IndexError(f"entry {first} is compacted away (log offset {self._offset})")
+        return self._entries[first - self._offset - 1 : last - self._offset]
 
     def matches(self, index: int, term: int) -> bool:
-        """The log-matching check of AppendEntries: do we hold (index, term)?"""
+        """The log-matching check of AppendEntries: do we hold (index, term)? False for an
+        index below the offset (its term is no longer known)."""
         return self.term_at(index) == term
 
     def append(self, entries: Iterable[Entry]) -> None:
@@ -63,8 +100,35 @@ class RaftLog:
         self._entries.extend(entries)
 
     def truncate_from(self, index: int) -> None:
-        """Drop the entry at ``index`` and everything after it (a conflicting suffix)."""
-        del self._entries[index - 1 :]
+        """Drop the entry at ``index`` and everything after it (a conflicting suffix).
+        ``ValueError`` at or below the offset: a snapshot covers only committed entries,
+        which no conflict ever removes (§5.4)."""
+        if index <= self._offset:
+            raise ValueError(f"cannot truncate at {index}: compacted through {self._offset}")
+        del self._entries[index - self._offset - 1 :]
+
+    def compact(self, through_index: int) -> None:
+        """Drop every entry up to ``through_index`` (a snapshot covers them, §7); its term
+        becomes the offset's. At or below the offset this does nothing; ``ValueError`` past
+        the last index."""
+        if through_index <= self._offset:
+            return
+        if through_index > self.last_index:
+            raise ValueError(
+                f"cannot compact through {through_index}: log ends at {self.last_index}"
+            )
+        self._offset_term = self._entries[through_index - self._offset - 1].term
+        del self._entries[: through_index - self._offset]
+        self._offset = through_index
+
+    def restore(self, index: int, term: int) -> None:
+        """Become the empty log after a snapshot ending at (``index``, ``term``): every entry
+        goes, and ``last_index``/``last_term`` are the snapshot's (InstallSnapshot, §7)."""
+        if index <= 0 or term <= 0:
+            raise ValueError(f"({index}, {term}) is not a snapshot's index and term")
+        self._entries = []
+        self._offset = index
+        self._offset_term = term
 
     def is_up_to_date(self, last_index: int, last_term: int) -> bool:
         """Election restriction (§5.4.1): is a log ending at (last_index, last_term) at least
@@ -72,27 +136,40 @@ class RaftLog:
         return (last_term, last_index) >= (self.last_term, self.last_index)
 
     def first_index_of_term_at(self, index: int) -> int:
-        """First index of the run of entries sharing the term of ``index`` (back-tracking hint)."""
-        term = self._entries[index - 1].term
-        while index > 1 and self._entries[index - 2].term == term:
+        """First index of the run of entries sharing the term of ``index`` (back-tracking
+        hint); a run reaching back into the compacted prefix is cut at ``first_index``, which
+        is as far back as this log can vouch for. ``index`` must be held (first_index..)."""
+        entries, offset = self._entries, self._offset
+        term = self.entry(index).term
+        while index > offset + 1 and entries[index - offset - 2].term == term:
             index -= 1
         return index
 
     def last_index_of_term(self, term: int) -> int:
-        """Last index holding ``term``, or 0 if the log has no entry of that term."""
-        lo, hi = 0, len(self._entries)
+        """Last index holding ``term``, or 0 if the log (the offset included) has no entry of
+        that term it knows of."""
+        entries = self._entries
+        lo, hi = 0, len(entries)
         while lo < hi:  # terms never decrease along the log: binary search the first > term
             mid = (lo + hi) // 2
-            if self._entries[mid].term <= term:
+            if entries[mid].term <= term:
                 lo = mid + 1
             else:
                 hi = mid
-        return lo if lo > 0 and self._entries[lo - 1].term == term else 0
+        if lo > 0 and entries[lo - 1].term == term:
+            return self._offset + lo
+        if lo == 0 and self._offset and self._offset_term == term:
+            return self._offset
+        return 0
 
     def batch_from(self, first: int, max_entries: int, max_bytes: int) -> list[Entry]:
         """Entries from ``first`` for one AppendEntries: at most ``max_entries``, and at most
-        ``max_bytes`` of command data, but always at least one entry if there is one."""
-        batch = self._entries[first - 1 : first - 1 + max_entries]
+        ``max_bytes`` of command data, but always at least one entry if there is one.
+        ``IndexError`` if ``first`` is compacted away (send a snapshot instead)."""
+        if first <= self._offset:
+            raise IndexError(f"entry {first} is compacted away (log offset {self._offset})")
+        start = first - self._offset - 1
+        batch = self._entries[start : start + max_entries]
         size = 0
         for count, entry in enumerate(batch):
             size += len(entry.data)

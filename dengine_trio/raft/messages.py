@@ -164,6 +164,25 @@ class ReadIndexResponse:
     ok: bool
 
 
+@attrs.frozen(slots=True)
+class InstallSnapshot:
+    """InstallSnapshot (Raft paper §7, Figure 13; thesis §5.3), as metadata only: the leader's
+    snapshot ends at entry (``last_index``, ``last_term``); the state machine image itself
+    travels beside the message, never through the core (as in etcd raft).
+
+    Sent by the core (``Send``): the runtime streams its newest snapshot file (ending at or
+    after ``last_index``) to ``dst``. Received by the core: the runtime steps it only once the
+    whole file is verified and staged, naming the staged file's own index and term. Answered
+    by an ``AppendEntriesResponse`` (``success``, ``match_index``) as AppendEntries is.
+    """
+
+    term: int
+    src: int
+    dst: int
+    last_index: int
+    last_term: int
+
+
 Message = (
     RequestVote
     | RequestVoteResponse
@@ -174,6 +193,7 @@ Message = (
     | TimeoutNow
     | ReadIndex
     | ReadIndexResponse
+    | InstallSnapshot
 )
 
 MESSAGE_TYPES: tuple[type, ...] = typing.get_args(Message)

@@ -77,7 +77,8 @@ class RaftNode:
     transfer from the thesis), as a pure state machine: ``step(now_ms, event)`` returns the
     effects to carry out, in order. Times are milliseconds of the caller's monotonic clock,
     never decreasing. Public attributes (``term``, ``voted_for``, ``role``, ``leader_id``,
-    ``commit_index``, ``durable_index``, ``log``) are read-only to callers."""
+    ``commit_index``, ``durable_index``, ``log``, ``snapshot_index``, ``snapshot_term``) are
+    read-only to callers."""
 
     def __init__(
         self,
@@ -88,11 +89,20 @@ class RaftNode:
         voted_for: int = 0,
         entries: Iterable[Entry] = (),
         now_ms: float = 0.0,
+        snapshot_index: int = 0,
+        snapshot_term: int = 0,
     ) -> None:
-        """Start (or restart) a node from what storage recovered: hard state and the log.
+        """Start (or restart) a node from what storage recovered: hard state, the newest
+        snapshot's (``snapshot_index``, ``snapshot_term``) (0, 0 for none; the runtime has
+        restored the state machine from it) and the log ``entries`` after it.
 
-        Everything recovered is durable by definition, so ``durable_index`` starts at the end.
+        Everything recovered is durable by definition, so ``durable_index`` starts at the end;
+        a snapshot covers only committed entries (§7), so the commit index starts at it.
+        Raises ``ValueError`` if the entries do not run on from ``snapshot_index + 1`` or
+        ``term`` is older than ``snapshot_term``.
         """
+        if term < snapshot_term:
+            raise ValueError(f"term {term} is older than the snapshot's term {snapshot_term}")
         self.config = config
         self.id = config.node_id
         self.peers: tuple[int, ...] = tuple(v for v in config.voters if v != config.node_id)
@@ -101,10 +111,14 @@ class RaftNode:
 
         self.term = term
         self.voted_for = voted_for
-        self.log = RaftLog(entries)
+        self.log = RaftLog(entries, snapshot_index=snapshot_index, snapshot_term=snapshot_term)
         self.durable_index = self.log.last_index
-        self.commit_index = 0
-        self._applied_emitted = 0
+        self.commit_index = snapshot_index
+        self._applied_emitted = snapshot_index
+        # The newest snapshot this node has (taken or installed); the log's offset may lag it
+        # (``retained_log_entries`` keeps some entries a snapshot covers).
+        self.snapshot_index = snapshot_index
+        self.snapshot_term = snapshot_term
 
         self.role = Role.FOLLOWER
         self.leader_id = 0

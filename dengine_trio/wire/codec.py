@@ -28,6 +28,7 @@ from dengine_trio.raft.messages import (
     EntryKind,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
     ReadIndex,
     ReadIndexResponse,
     RequestVote,
@@ -36,12 +37,17 @@ from dengine_trio.raft.messages import (
 )
 from dengine_trio.wire.errors import CodecError
 from dengine_trio.wire.messages import (
+    Channel,
     ForwardAccepted,
     ForwardPropose,
     ForwardResult,
     ForwardStatus,
     Hello,
     HelloReply,
+    SnapshotChunk,
+    SnapshotOffer,
+    SnapshotReceived,
+    SnapshotResume,
 )
 
 TAGS: dict[type, int] = {
@@ -54,17 +60,22 @@ TAGS: dict[type, int] = {
     TimeoutNow: 7,
     ReadIndex: 8,
     ReadIndexResponse: 9,
+    InstallSnapshot: 10,
     Hello: 32,
     HelloReply: 33,
     ForwardPropose: 34,
     ForwardResult: 35,
     ForwardAccepted: 36,
+    SnapshotOffer: 37,
+    SnapshotResume: 38,
+    SnapshotChunk: 39,
+    SnapshotReceived: 40,
 }
 """Wire tag of each message type. Stable across versions: add new tags, never renumber."""
 
 _TYPES_BY_TAG: dict[int, type] = {tag: cls for cls, tag in TAGS.items()}
 _PRIMITIVES = (int, bool, bytes, str)
-_INT_ENUMS = (EntryKind, ForwardStatus)
+_INT_ENUMS = (EntryKind, ForwardStatus, Channel)
 _ENTRY_FIELDS = operator.attrgetter("term", "index", "data", "kind")
 
 
@@ -94,23 +105,30 @@ def _field_types(cl: type) -> list[tuple[str, Any]]:
 
 
 def _as_list_hooks(
-    converter: MsgpackConverter, cl: type
+    converter: MsgpackConverter, cl: type, *, optional_tail: bool = False
 ) -> tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]:
-    """(Un)structure hooks for a message whose fields are primitives or int enums."""
+    """(Un)structure hooks for a message whose fields are primitives or int enums.
+
+    The payload has every field. With ``optional_tail`` a payload may also stop before the
+    trailing fields that have defaults (``Hello``: an older version's ``Hello`` decodes, so
+    the listener can refuse it naming its protocol version instead of "undecodable")."""
     fields = _field_types(cl)
     for name, tp in fields:
         if tp not in _PRIMITIVES and tp not in _INT_ENUMS:
             raise TypeError(f"{cl.__name__}.{name}: {tp!r} needs a hand-written hook")
     n = len(fields)
+    required = n
+    if optional_tail:
+        required = sum(1 for f in attrs.fields(cl) if f.default is attrs.NOTHING)
     field_hooks = [(converter.get_structure_hook(tp), tp) for _, tp in fields]
     # attrgetter builds the payload in C; msgpack packs the tuple as an array and the int enums
     # as plain ints.
     unstructure = operator.attrgetter(*(name for name, _ in fields))
 
     def structure(obj: Any, _: Any) -> Any:
-        if type(obj) is not list or len(obj) != n:
+        if type(obj) is not list or not required <= len(obj) <= n:
             raise CodecError(f"{cl.__name__}: expected a list of {n} fields")
-        return cl(*[hook(value, tp) for (hook, tp), value in zip(field_hooks, obj, strict=True)])
+        return cl(*[hook(value, tp) for (hook, tp), value in zip(field_hooks, obj, strict=False)])
 
     return unstructure, structure
 
@@ -225,7 +243,7 @@ def make_wire_converter() -> MsgpackConverter:
     for cl in TAGS:
         if cl is AppendEntries:
             continue
-        unstructure, structure = _as_list_hooks(converter, cl)
+        unstructure, structure = _as_list_hooks(converter, cl, optional_tail=cl is Hello)
         converter.register_unstructure_hook(cl, unstructure)
         converter.register_structure_hook(cl, structure)
     return converter
