@@ -10,7 +10,8 @@ format of :mod:`dengine_trio.storage.snapshots` (magic, version, header with ind
 cluster id and membership, payload, CRC32 trailer), so the client can verify what it received.
 
 Answers: 200 ``application/octet-stream`` with ``Content-Length`` and the snapshot's last
-index and term in :data:`INDEX_HEADER` and :data:`TERM_HEADER`; 400 ``invalid_consistency``;
+index and term in :data:`INDEX_HEADER` and :data:`TERM_HEADER`, the node's cluster id in
+:data:`CLUSTER_HEADER`; 400 ``invalid_consistency``;
 503 ``no_leader``/``stopped``/``overloaded``, 504 ``timeout`` (the read barrier, as for a
 read); 500 ``snapshot_failed`` when the node cannot write or open the snapshot (the reason
 in the message). Needs an ``admin`` token with ``[auth] enable = true`` (as every health path
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from dengine_trio.engine import EmbeddedEngine
 
 __all__ = [
+    "CLUSTER_HEADER",
     "INDEX_HEADER",
     "READ_CHUNK_BYTES",
     "SNAPSHOT_PATH",
@@ -47,6 +49,9 @@ INDEX_HEADER = "X-Dengine-Snapshot-Index"
 """Response header: the last log index the snapshot covers (decimal)."""
 TERM_HEADER = "X-Dengine-Snapshot-Term"
 """Response header: the term of that entry (decimal)."""
+CLUSTER_HEADER = "X-Dengine-Cluster-Id"
+"""Response header: the serving node's cluster id, which the file's header must carry too
+(``dengine-trio snapshot save`` refuses a file of another cluster)."""
 READ_CHUNK_BYTES = 1 << 20
 """Bytes read from the file per step of the download (1 MiB)."""
 OPEN_ATTEMPTS = 3
@@ -65,6 +70,7 @@ log = logging.getLogger("dengine_trio.api")
 
 def install_snapshot_route(app: Quart, engine: EmbeddedEngine) -> None:
     """Add ``GET /snapshot`` (module docstring) to ``app``, serving ``engine``'s snapshots."""
+    cluster_id = engine.config.cluster_id()
 
     @app.get(SNAPSHOT_PATH)
     async def snapshot() -> Response:
@@ -97,6 +103,7 @@ def install_snapshot_route(app: Quart, engine: EmbeddedEngine) -> None:
             "Content-Length": str(size),
             INDEX_HEADER: str(taken.last_index),
             TERM_HEADER: str(taken.last_term),
+            CLUSTER_HEADER: cluster_id,
             "Content-Disposition": f'attachment; filename="{taken.path.name}"',
             "Cache-Control": "no-store",
         }

@@ -1,10 +1,12 @@
-"""Client-side command-line tools, like etcdctl: ``dengine-trio status`` and ``dengine-trio
-kv``. They talk HTTP to running nodes (the node process itself is :mod:`dengine_trio.cli`).
+"""Client-side command-line tools, like etcdctl: ``dengine-trio status``, ``dengine-trio kv``
+and ``dengine-trio snapshot``. They talk HTTP to running nodes (the node process itself is
+:mod:`dengine_trio.cli`); ``snapshot restore`` works on a stopped node's data directory.
 
 ``dengine-trio`` dispatches here when its first argument is one of :data:`SUBCOMMANDS`;
 anything else runs a node, as before. Exit status 2 is a usage error for every subcommand
 (argparse's convention, as for the node); the others are each subcommand's own
-(:mod:`dengine_trio.ctl.status`, :mod:`dengine_trio.ctl.kv`).
+(:mod:`dengine_trio.ctl.status`, :mod:`dengine_trio.ctl.kv`,
+:mod:`dengine_trio.ctl.snapshot`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from dengine_trio.ctl._http import Credentials, normalize_endpoint
 
 __all__ = ["EXIT_USAGE", "SUBCOMMANDS", "build_parser", "main"]
 
-SUBCOMMANDS = ("status", "kv")
+SUBCOMMANDS = ("status", "kv", "snapshot")
 EXIT_USAGE = 2
 DEFAULT_STATUS_ENDPOINTS = "http://127.0.0.1:10001,http://127.0.0.1:10002,http://127.0.0.1:10003"
 DEFAULT_KV_ENDPOINTS = "http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083"
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Client tools for a running dengine_trio cluster (run a node with "
         "dengine-trio --config-path FILE).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{status,kv}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{status,kv,snapshot}")
 
     status = sub.add_parser(
         "status",
@@ -134,7 +137,66 @@ def build_parser() -> argparse.ArgumentParser:
         "del", parents=[common], help="delete KEY (done even if it was absent)"
     )
     delete.add_argument("key")
+    _add_snapshot(sub)
     return parser
+
+
+def _add_snapshot(sub: Any) -> None:
+    snapshot = sub.add_parser(
+        "snapshot",
+        help="save a snapshot of a running cluster, or restore one into a new cluster",
+        description="Backups and disaster recovery (docs/operations.md). Exit status: 0 done, "
+        "1 no endpoint gave a snapshot (save), 2 usage or configuration error, a bad snapshot "
+        "file, or a data directory that is not empty (restore).",
+    )
+    actions = snapshot.add_subparsers(dest="action", required=True, metavar="{save,restore}")
+    save = actions.add_parser(
+        "save",
+        help="download a fresh snapshot from a node's health port to FILE",
+        description="Ask each --endpoint (health ports) in turn for GET /snapshot; write the "
+        "first snapshot received to a temporary name beside FILE, verify it (length, CRC, "
+        "format version, cluster, index and term), then rename it to FILE. The snapshot holds "
+        "every write acknowledged before the command started.",
+    )
+    save.add_argument("file", metavar="FILE")
+    save.add_argument(
+        "--endpoint",
+        action="append",
+        type=_endpoints,
+        help="health-port URL; repeat it (or separate URLs with commas) to try several in "
+        "order, the first that gives a snapshot wins (default: $DENGINE_STATUS_ENDPOINTS, "
+        f"else {DEFAULT_STATUS_ENDPOINTS})",
+    )
+    save.add_argument(
+        "--timeout",
+        type=_positive,
+        default=60.0,
+        help="seconds to wait for each endpoint to start answering, and for each read of the "
+        "download (default 60)",
+    )
+    save.add_argument(
+        "--consistency",
+        choices=("linearizable", "eventual"),
+        default="linearizable",
+        help="linearizable (default): the snapshot holds every write acknowledged before the "
+        "command (the node needs a leader); eventual: what the node has applied, also from a "
+        "node without a leader",
+    )
+    _add_credentials(save)
+    restore = actions.add_parser(
+        "restore",
+        help="seed a stopped node's empty data directory from a snapshot FILE",
+        description="Verify FILE, refuse a data directory that is not empty, then write the "
+        "snapshot into the node's snapshots_dir for the cluster of --config-path (a restore "
+        "starts a new cluster) and a hard state at the snapshot's term. Restore every node of "
+        "the new cluster from the same FILE, then start them.",
+    )
+    restore.add_argument("file", metavar="FILE")
+    restore.add_argument(
+        "--config-path",
+        default=os.environ.get("CONFIG_PATH"),
+        help="the node's TOML file, with or without .toml (default: $CONFIG_PATH)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,11 +205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         credentials = Credentials(
-            args.token or os.environ.get("DENGINE_TOKEN"),
-            args.cacert or os.environ.get("DENGINE_CACERT"),
+            getattr(args, "token", None) or os.environ.get("DENGINE_TOKEN"),
+            getattr(args, "cacert", None) or os.environ.get("DENGINE_CACERT"),
         )
     except ValueError as exc:
         parser.exit(EXIT_USAGE, f"dengine-trio {args.command}: {exc}\n")
+    if args.command == "snapshot":
+        return _run_snapshot(parser, args, credentials)
     if args.command == "status":
         from dengine_trio.ctl.status import run_status
 
@@ -171,4 +235,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         out=sys.stdout,
         err=sys.stderr,
         credentials=credentials,
+    )
+
+
+def _run_snapshot(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, credentials: Credentials
+) -> int:
+    from dengine_trio.ctl.snapshot import run_restore, run_save
+
+    if args.action == "restore":
+        if not args.config_path:
+            parser.exit(
+                EXIT_USAGE,
+                "dengine-trio snapshot restore: no configuration: pass --config-path or set "
+                "CONFIG_PATH\n",
+            )
+        return run_restore(args.file, args.config_path, out=sys.stdout, err=sys.stderr)
+    groups = args.endpoint or [
+        _endpoints(os.environ.get("DENGINE_STATUS_ENDPOINTS", DEFAULT_STATUS_ENDPOINTS))
+    ]
+    endpoints = list(dict.fromkeys(url for group in groups for url in group))
+    return run_save(
+        endpoints,
+        args.file,
+        timeout_s=args.timeout,
+        out=sys.stdout,
+        err=sys.stderr,
+        credentials=credentials,
+        consistency=args.consistency,
     )

@@ -42,6 +42,11 @@ class Credentials:
     def __repr__(self) -> str:
         return f"Credentials(token={'<set>' if self.token else None})"
 
+    def open(self, req: urllib.request.Request, timeout_s: float) -> Any:
+        """``urlopen`` of ``req`` with these credentials' CA (the token is the caller's
+        header to set); raises as ``urlopen`` does (``HTTPError`` for a 4xx/5xx)."""
+        return self._opener.open(req, timeout=timeout_s)
+
 
 _NONE = Credentials()
 
