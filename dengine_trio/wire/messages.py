@@ -11,12 +11,25 @@ from enum import IntEnum
 
 import attrs
 
-from dengine_trio.raft.messages import MESSAGE_TYPES
+from dengine_trio.raft.messages import MESSAGE_TYPES, InstallSnapshot
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """Bumped whenever the encoding of any message changes incompatibly (2: ``Heartbeat`` carries
 ``commit_term``; 3: incarnations in the handshake and in forwarded requests,
-``ForwardAccepted``)."""
+``ForwardAccepted``; 4: ``Hello.channel`` and the snapshot connection, issue 13)."""
+
+
+class Channel(IntEnum):
+    """What a connection carries, named by its ``Hello``.
+
+    ``MESSAGES``: the peer message link (Raft messages and forwarded requests, one way).
+    ``SNAPSHOT``: one snapshot file streamed from a leader to a follower (InstallSnapshot,
+    Raft paper section 7), on a connection of its own so that heartbeats and appends are never
+    queued behind snapshot bytes (``runtime/snapshot_transfer.py``).
+    """
+
+    MESSAGES = 0
+    SNAPSHOT = 1
 
 
 @attrs.frozen(slots=True)
@@ -28,7 +41,8 @@ class Hello:
     from the process it knew, and two processes claiming one node id from each other.
     The listener refuses (``HelloReply(ok=False, reason)``) a ``protocol_version`` other than
     ``PROTOCOL_VERSION``, another ``cluster_id``, a ``dst`` that is not itself and a ``src``
-    that is not one of its peers.
+    that is not one of its peers. A ``Hello`` of an older version may lack the trailing fields
+    (``channel`` since version 4): it still decodes, so the refusal names the version.
     """
 
     cluster_id: str
@@ -36,6 +50,8 @@ class Hello:
     dst: int
     protocol_version: int
     incarnation: int = 0
+    channel: Channel = Channel.MESSAGES
+    """What the connection carries after the handshake (see ``Channel``)."""
 
 
 @attrs.frozen(slots=True)
@@ -111,12 +127,73 @@ class ForwardAccepted:
     incarnation: int = 0
 
 
+@attrs.frozen(slots=True)
+class SnapshotOffer:
+    """Leader -> follower, the first frame after the handshake on a ``SNAPSHOT`` connection:
+    the leader (``src``, in ``term``) offers its snapshot file covering the log through
+    ``last_index`` (whose entry has ``last_term``): ``size`` bytes (the whole file, header
+    and trailer included), ``checksum`` its CRC32 (the file's last 4 bytes).
+
+    The follower answers ``SnapshotResume`` with the offset it already holds of exactly this
+    file (same leader, term, index, last term, size and checksum), else 0.
+    """
+
+    term: int
+    src: int
+    dst: int
+    last_index: int
+    last_term: int
+    size: int
+    checksum: int
+
+
+@attrs.frozen(slots=True)
+class SnapshotResume:
+    """Follower -> leader, the answer to ``SnapshotOffer``: send the file from byte
+    ``offset`` (0: from the start; what a dropped connection left is kept for a resume)."""
+
+    src: int
+    dst: int
+    offset: int
+
+
+@attrs.frozen(slots=True)
+class SnapshotChunk:
+    """Leader -> follower: bytes ``[offset, offset + len(data))`` of the offered file, sent in
+    order from the offset ``SnapshotResume`` named (Raft paper section 7, Figure 13: "offset",
+    "data"). A chunk at another offset, an empty one or one reaching past the offered size
+    closes the connection."""
+
+    src: int
+    dst: int
+    offset: int
+    data: bytes
+
+
+@attrs.frozen(slots=True)
+class SnapshotReceived:
+    """Follower -> leader, after the last chunk: ``ok`` once the whole file verified (CRC,
+    format version, cluster id, the offered index and term) and was handed to the node;
+    otherwise ``reason`` says why it was refused (the partial file is gone, a new transfer
+    starts from 0)."""
+
+    src: int
+    dst: int
+    ok: bool
+    reason: str = ""
+
+
 HANDSHAKE_TYPES: tuple[type, ...] = (Hello, HelloReply)
 
 PEER_MESSAGE_TYPES: tuple[type, ...] = (
-    *MESSAGE_TYPES,
+    *(t for t in MESSAGE_TYPES if t is not InstallSnapshot),
     ForwardPropose,
     ForwardResult,
     ForwardAccepted,
 )
-"""What a transport carries and delivers once a connection is established."""
+"""What a message link carries and delivers once it is established. ``InstallSnapshot`` is
+not among them: the core may see it only for a snapshot file the runtime received whole and
+verified (``SNAPSHOT_TYPES``), so a peer sending it on the message link is cut off."""
+
+SNAPSHOT_TYPES: tuple[type, ...] = (SnapshotOffer, SnapshotResume, SnapshotChunk, SnapshotReceived)
+"""What a ``SNAPSHOT`` connection carries after the handshake (and nothing else does)."""

@@ -13,27 +13,32 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dengine_trio.raft.messages import (
+    MESSAGE_TYPES,
     AppendEntries,
     Entry,
     EntryKind,
     Heartbeat,
+    InstallSnapshot,
     RequestVote,
 )
 from dengine_trio.wire import (
     PEER_MESSAGE_TYPES,
     TAGS,
+    Channel,
     CodecError,
     ForwardStatus,
     Hello,
+    SnapshotChunk,
     decode,
     encode,
 )
-from dengine_trio.wire.messages import HANDSHAKE_TYPES
+from dengine_trio.wire.messages import HANDSHAKE_TYPES, SNAPSHOT_TYPES
 
-# Every type a node may put on the wire: what the transport carries (the Raft messages and the
-# runtime's own) and the handshake. A message type added to either and not to ``TAGS`` fails
-# ``test_every_message_type_has_a_unique_tag``.
-ALL_TYPES = (*PEER_MESSAGE_TYPES, *HANDSHAKE_TYPES)
+# Every type a node may put on the wire: what the message links carry (the Raft messages and
+# the runtime's own), the handshake, what snapshot connections carry, and InstallSnapshot
+# (encodable, though never sent on a link). A message type added to any and not to ``TAGS``
+# fails ``test_every_message_type_has_a_unique_tag``.
+ALL_TYPES = (*PEER_MESSAGE_TYPES, *HANDSHAKE_TYPES, *SNAPSHOT_TYPES, InstallSnapshot)
 MSGPACK_INTS = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -178,6 +183,15 @@ def test_corrupted_encodings_raise_only_codec_error(msg: Any, data: st.DataObjec
         [34, [1, 2, 3, "text", 1]],  # str where bytes are declared
         [32, [b"cluster", 1, 2, 1, 1]],  # bytes where a str is declared
         [35, [1, 2, 3, 99, 0, b"", 1]],  # unknown ForwardStatus
+        [32, ["c", 1, 2, 4, 1, 7]],  # unknown Channel
+        [32, ["c", 1, 2, 4, 1, True]],  # bool as Channel
+        [32, ["c", 1, 2]],  # Hello without its version
+        [32, ["c", 1, 2, 4, 1, 1, 0]],  # Hello with a field too many
+        [39, [1, 2, 0, "data"]],  # SnapshotChunk with str data
+        [39, [1, 2, 0]],  # SnapshotChunk without data
+        [37, [1, 2, 3, 4, 5, 6]],  # SnapshotOffer without its checksum
+        [40, [1, 2, 1, ""]],  # int where SnapshotReceived.ok is a bool
+        [10, [1, 2, 3, 4]],  # InstallSnapshot without last_term
         [3, [1, 2, 3, 4, 5, [[1, 2, b"", 7]], 6]],  # unknown EntryKind
         [3, [1, 2, 3, 4, 5, [[1, 2, b""]], 6]],  # short entry
         [3, [1, 2, 3, 4, 5, [[1, 2, b"", True]], 6]],  # bool as EntryKind
@@ -221,3 +235,37 @@ def test_forward_status_names_match_client_errors() -> None:
         "OVERLOADED",
         "STOPPED",
     ]
+
+
+def test_snapshot_messages_encoding_is_stable() -> None:
+    """The snapshot connection's frames and InstallSnapshot, as they go on the wire."""
+    # [10, [7, 1, 2, 100, 6]]
+    assert encode(InstallSnapshot(7, 1, 2, 100, 6)) == bytes.fromhex("920a950701026406")
+    # [39, [1, 2, 3, b"ab"]]
+    assert encode(SnapshotChunk(1, 2, 3, b"ab")) == bytes.fromhex("922794010203c4026162")
+    # [32, ["c", 1, 2, 4, 5, 1]]
+    hello = Hello("c", 1, 2, 4, 5, Channel.SNAPSHOT)
+    assert encode(hello) == bytes.fromhex("922096a1630102040501")
+
+
+def test_older_hello_decodes_so_its_version_can_be_named() -> None:
+    """A version-3 Hello (no channel) or version-2 one (no incarnation) still decodes: the
+    listener refuses it naming the version, rather than as undecodable."""
+    assert decode(msgpack.packb([32, ["c", 1, 2, 3, 9]])) == Hello("c", 1, 2, 3, 9)
+    assert decode(msgpack.packb([32, ["c", 1, 2, 2]])) == Hello("c", 1, 2, 2)
+    assert Hello("c", 1, 2, 3).channel is Channel.MESSAGES
+
+
+def test_install_snapshot_and_snapshot_frames_are_not_link_messages() -> None:
+    """The message link refuses them: the core may only see InstallSnapshot for a file the
+    runtime received whole and verified, and chunks belong on a snapshot connection."""
+    assert InstallSnapshot not in PEER_MESSAGE_TYPES
+    assert not set(SNAPSHOT_TYPES) & set(PEER_MESSAGE_TYPES)
+    assert all(t in PEER_MESSAGE_TYPES for t in MESSAGE_TYPES if t is not InstallSnapshot)
+
+
+def test_a_large_chunk_round_trips_as_bytes() -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB
+    decoded = decode(encode(SnapshotChunk(1, 2, 1 << 40, data)))
+    assert decoded == SnapshotChunk(1, 2, 1 << 40, data)
+    assert type(decoded.data) is bytes
