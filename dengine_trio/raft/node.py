@@ -21,10 +21,21 @@ from .effects import (
     Proposed,
     ReadFailed,
     ReadReady,
+    RestoreSnapshot,
     RoleChanged,
     Send,
 )
-from .events import Event, Persisted, Propose, ReadRequest, Receive, Tick, TransferLeader
+from .events import (
+    Event,
+    Persisted,
+    Propose,
+    ReadRequest,
+    Receive,
+    SnapshotStatus,
+    SnapshotTaken,
+    Tick,
+    TransferLeader,
+)
 from .log import RaftLog
 from .messages import (
     AppendEntries,
@@ -33,6 +44,7 @@ from .messages import (
     EntryKind,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
     Message,
     ReadIndex,
     ReadIndexResponse,
@@ -70,6 +82,14 @@ def _well_formed(m: AppendEntries) -> bool:
         and m.prev_log_term <= first.term
         and first.term <= last.term <= m.term
     )
+
+
+def _well_formed_snapshot(m: InstallSnapshot) -> bool:
+    """A snapshot's last entry is a real entry (or none at all) of a term no newer than the
+    sender's."""
+    if m.last_index < 0 or m.last_term < 0 or (m.last_index == 0) != (m.last_term == 0):
+        return False
+    return m.last_term <= m.term
 
 
 class RaftNode:
@@ -153,13 +173,21 @@ class RaftNode:
         earlier than the last one is taken as the last one) and return the effects, in the
         order to carry out (``effects.py`` says which must complete before the next). Raises
         ``TypeError`` for an object that is not an ``Event``; never raises for a message's
-        content (a malformed or stale message is ignored or answered)."""
+        content (a malformed or stale message is ignored or answered). Raises ``ValueError``
+        for a ``SnapshotTaken`` the log contradicts (see there), before changing anything."""
         return self.step_many(now_ms, (event,))
 
     def step_many(self, now_ms: float, events: Iterable[Event]) -> list[Effect]:
         """Consume several events at once, as ``step`` does, so that one AppendEntries per
         follower carries all the proposals among them and their entries become one
         ``PersistEntries`` (batching)."""
+        if not isinstance(events, (tuple, list)):
+            events = tuple(events)
+        for event in events:
+            if type(event) is SnapshotTaken:
+                # A runtime bug, not a peer's input: refuse it before anything of this step
+                # happens, so no effect of an earlier event is left behind half-returned.
+                self._check_snapshot_taken(event)
         self.now = max(self.now, now_ms)
         self._round_open = False
         self._check_quorum()
@@ -279,6 +307,10 @@ class RaftNode:
             self._on_read_request(event)
         elif isinstance(event, TransferLeader):
             self._on_transfer_leader(event)
+        elif isinstance(event, SnapshotTaken):
+            self._on_snapshot_taken(event)
+        elif isinstance(event, SnapshotStatus):
+            self._on_snapshot_status(event)
         else:  # pragma: no cover - exhaustive over Event
             raise TypeError(f"unknown event {event!r}")
 
@@ -455,7 +487,7 @@ class RaftNode:
             elif isinstance(m, RequestVoteResponse) and m.pre_vote and m.granted:
                 pass  # a granted pre-vote carries the term we would campaign in
             else:
-                leader = m.src if isinstance(m, (AppendEntries, Heartbeat)) else 0
+                leader = m.src if isinstance(m, (AppendEntries, Heartbeat, InstallSnapshot)) else 0
                 self._become_follower(m.term, leader)
         elif m.term < self.term:
             self._receive_stale(m)
@@ -480,6 +512,8 @@ class RaftNode:
         elif isinstance(m, TimeoutNow):
             if self.role is Role.FOLLOWER:
                 self._campaign(pre_vote=False, transfer=True)
+        elif isinstance(m, InstallSnapshot):
+            self._on_install_snapshot(m)
 
     def _in_leader_lease(self) -> bool:
         """Would we refuse a (non-transfer) campaign now? While a leader may hold a lease
@@ -500,7 +534,7 @@ class RaftNode:
     def _receive_stale(self, m: Message) -> None:
         """A message from an older term. Answer the ones whose sender is waiting on us with our
         term, so a deposed leader (or a pre-candidate) learns it is behind."""
-        if isinstance(m, (AppendEntries, Heartbeat)):
+        if isinstance(m, (AppendEntries, Heartbeat, InstallSnapshot)):
             self._send(AppendEntriesResponse(self.term, self.id, m.src, success=False))
         elif isinstance(m, RequestVote):
             self._send(RequestVoteResponse(self.term, self.id, m.src, False, m.pre_vote))
@@ -638,13 +672,81 @@ class RaftNode:
         # The leader capped ``commit`` at what it believes we hold. A restarted MemFirst
         # follower may hold less, or an older entry there (its overwrite never reached the
         # disk): only holding the leader's very entry at ``commit`` shows the prefix is shared.
-        if m.commit > follower.leader_match and self.log.term_at(m.commit) == m.commit_term:
+        # An entry compacted away here was committed (a snapshot covers nothing else, §7), and
+        # every later leader holds our committed prefix (§5.4): shared too.
+        held = self.log.term_at(m.commit)
+        if m.commit > follower.leader_match and (
+            held == m.commit_term or (held is None and m.commit <= self.log.snapshot_index)
+        ):
             follower.leader_match = m.commit
         self._advance_follower_commit(m.commit)
         last_index = self.log.last_index
         if m.commit > follower.leader_match:
             last_index = min(last_index, m.commit - 1)  # "probe me": see HeartbeatResponse
         self._send(HeartbeatResponse(self.term, self.id, m.src, m.seq, last_index))
+
+    def _on_install_snapshot(self, m: InstallSnapshot) -> None:
+        """Raft paper §7 (Figure 13) and thesis §5.3, with etcd raft's answers: a snapshot
+        ending at or before our commit index tells us nothing (answer with the commit index);
+        one whose last entry our log holds moves the commit index there and keeps the entries
+        after it (Figure 13 step 6); any other replaces the log and the state machine
+        (``RestoreSnapshot``, steps 7-8). Answered as an AppendEntries is."""
+        if not _well_formed_snapshot(m):
+            return
+        self._heard_from_leader(m.src)
+        follower = self._follower
+        index, term = m.last_index, m.last_term
+        if index <= self.commit_index:
+            # Our committed prefix is in every later leader's log (§5.4), so it matches.
+            follower.leader_match = max(follower.leader_match, self.commit_index)
+        elif self.log.matches(index, term):
+            follower.leader_match = max(follower.leader_match, index)
+            self._advance_follower_commit(index)
+        else:
+            self.log.restore(index, term)
+            # A barrier: the runtime installs it durably before anything that follows (the
+            # answer that reports it, above all).
+            self._out.append(RestoreSnapshot(index, term))
+            self.commit_index = self.durable_index = self._applied_emitted = index
+            self.snapshot_index, self.snapshot_term = index, term
+            follower.leader_match = index
+        self._report_match(m.src, force=True)
+
+    # --- snapshots taken here
+
+    def _check_snapshot_taken(self, event: SnapshotTaken) -> None:
+        index = event.index
+        if index < 0 or event.term < 0 or index > self._applied_emitted:
+            raise ValueError(
+                f"snapshot at ({index}, {event.term}) is not of applied entries"
+                f" (applied up to {self._applied_emitted})"
+            )
+        held = self.log.term_at(index)
+        if held is not None and held != event.term:
+            raise ValueError(f"snapshot at ({index}, {event.term}): the log has term {held} there")
+
+    def _on_snapshot_taken(self, event: SnapshotTaken) -> None:
+        """§7: the runtime durably wrote a snapshot of applied entries; drop what it covers
+        from the in-memory log (up to ``compact_through``). Applied entries are committed, so
+        no leader change can take any of them back: the event is safe in any role."""
+        index = event.index
+        if index > self.snapshot_index:
+            self.snapshot_index, self.snapshot_term = index, event.term
+            # A restart now finds the snapshot, so it holds every entry up to ``index``
+            # whatever the log's own writes have reached.
+            self.durable_index = max(self.durable_index, index)
+        self.log.compact(min(event.compact_through, index))
+
+    def _on_snapshot_status(self, event: SnapshotStatus) -> None:
+        """The runtime finished streaming a snapshot (``ok``: wait for the follower's answer,
+        as etcd raft's ReportSnapshot does) or gave up (probe again, paced by heartbeats)."""
+        if self.role is not Role.LEADER:
+            return
+        progress = self.progress.get(event.peer)
+        if progress is None or progress.state is not ProgressState.SNAPSHOT:
+            return
+        if not event.ok:
+            progress.snapshot_failed()
 
     # --- replication, leader side
 
@@ -675,6 +777,11 @@ class RaftNode:
     def _send_append(self, peer: int, progress: Progress, *, send_empty: bool) -> None:
         if progress.paused(self.config.max_inflight_msgs):
             return
+        if progress.next_index <= self.log.snapshot_index:
+            # The entry before the next one is compacted away, so no AppendEntries can pass
+            # the log-matching check: the follower needs our snapshot (§7).
+            self._send_snapshot(peer, progress)
+            return
         cfg = self.config
         entries = self.log.batch_from(
             progress.next_index, cfg.max_entries_per_msg, cfg.max_bytes_per_msg
@@ -688,7 +795,7 @@ class RaftNode:
                 src=self.id,
                 dst=peer,
                 prev_log_index=prev_index,
-                prev_log_term=self.log.term_at(prev_index) or 0,
+                prev_log_term=self.log.term_at(prev_index) or 0,  # known: prev >= offset
                 entries=tuple(entries),
                 leader_commit=self.commit_index,
             )
@@ -698,6 +805,14 @@ class RaftNode:
             progress.sent(entries[-1].index)
         elif progress.state is ProgressState.PROBE:
             progress.probe_sent = True
+
+    def _send_snapshot(self, peer: int, progress: Progress) -> None:
+        """Raft paper §7 (Figure 13): ask the runtime to stream our newest snapshot to
+        ``peer``; nothing but heartbeats goes to it until it answers or the runtime reports
+        the transfer failed (``SnapshotStatus``)."""
+        index, term = self.snapshot_index, self.snapshot_term
+        progress.become_snapshot(index, term)
+        self._send(InstallSnapshot(self.term, self.id, peer, index, term))
 
     def _on_append_response(self, m: AppendEntriesResponse) -> None:
         if self.role is not Role.LEADER:
@@ -709,7 +824,13 @@ class RaftNode:
         if m.success:
             # Capped: no follower can hold more of our log than there is of it.
             if progress.acknowledge(min(m.match_index, self.log.last_index)):
-                if progress.state is ProgressState.PROBE:
+                if progress.state is ProgressState.PROBE or (
+                    # Out of SNAPSHOT once the follower has the snapshot, or any match from
+                    # which our log can carry it on (etcd raft: whatever snapshot it applied).
+                    progress.state is ProgressState.SNAPSHOT
+                    and progress.match_index
+                    >= min(progress.pending_snapshot, self.log.snapshot_index)
+                ):
                     progress.become_replicate()
                 self._maybe_commit()
                 self._maybe_send_timeout_now(m.src, progress)
@@ -740,9 +861,16 @@ class RaftNode:
         seq = leader.reads.start_round(self.now, lease_ok=lease_ok)
         self._round_open = True
         for peer, progress in self.progress.items():
-            commit = min(progress.match_index, self.commit_index)
+            if progress.state is ProgressState.SNAPSHOT:
+                # The snapshot's last entry (committed): the answer shows whether the follower
+                # holds it yet, which releases SNAPSHOT if the snapshot's own answer is lost.
+                commit, commit_term = progress.pending_snapshot, progress.pending_snapshot_term
+            else:
+                commit = min(progress.match_index, self.commit_index)
+                known = self.log.term_at(commit)
+                # A match below our log's offset: its term is compacted away, so tell nothing.
+                commit, commit_term = (commit, known) if known is not None else (0, 0)
             progress.sent_commit = max(progress.sent_commit, commit)
-            commit_term = self.log.term_at(commit) or 0
             self._send(Heartbeat(self.term, self.id, peer, commit, seq, commit_term))
         self._advance_reads()  # a single-node cluster confirms itself
 
@@ -761,9 +889,15 @@ class RaftNode:
             # what it acknowledged. Probe again from what it has.
             progress.match_index = m.last_index
             progress.become_probe()
+        elif progress.state is ProgressState.SNAPSHOT and m.last_index >= progress.pending_snapshot:
+            # It holds the snapshot's last entry (the heartbeat carried it): the answer to the
+            # snapshot itself may be lost, so do not wait for it.
+            progress.snapshot_landed()
         if progress.state is ProgressState.PROBE:
             progress.probe_sent = False
-        elif progress.paused(self.config.max_inflight_msgs):
+        elif progress.state is ProgressState.REPLICATE and progress.paused(
+            self.config.max_inflight_msgs
+        ):
             progress.inflight.popleft()  # a reply may have been lost: let one more through
         if progress.match_index < self.log.last_index:
             self._send_append(m.src, progress, send_empty=True)
