@@ -7,7 +7,10 @@ phase with the client in node 1's process and answers ``RESULT {...}`` on stdout
 with its followers, when its stdin ends. Every phase is bounded in count and in time, and
 node 1 must lead in the same term before and after each, or the phase fails.
 
-    python -m bench.embedded_side --strategy MemFirst
+    python -m bench.embedded_side --strategy MemFirst [--snapshots off]
+
+``--snapshots off`` sets ``[raft.snapshot] enable = false`` (the log is never compacted: the
+code before issue 13 behaved so); the default keeps the shipped ``enable = true``.
 """
 
 from __future__ import annotations
@@ -120,14 +123,14 @@ async def run_phase(client: Client, command: dict[str, Any]) -> Run:
 START_ATTEMPTS = 3
 
 
-async def serve(strategy: str, root: Path, phase_timeout_s: float) -> None:
+async def serve(strategy: str, root: Path, phase_timeout_s: float, snapshots: bool) -> None:
     """Start the cluster (again, on fresh ports, if node 1 did not win: bounded), then run
     phases until stdin ends."""
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     for attempt in range(1, START_ATTEMPTS + 1):
         cluster_root = root / f"cluster{attempt}"
         cluster_root.mkdir()
-        configs = write_configs(cluster_root, strategy)
+        configs = write_configs(cluster_root, strategy, extra={"raft.snapshot.enable": snapshots})
         async with EmbeddedEngine.start(load_config(configs[0])) as engine:
             async with follower_processes(cluster_root, configs[1:]):
                 logs = [cluster_root / "n2.log", cluster_root / "n3.log"]
@@ -175,7 +178,7 @@ async def serve_phases(
         send_result(**run.as_dict(), cpu_s=time.process_time() - cpu0)
 
 
-async def main_async(strategy: str, phase_timeout_s: float) -> None:
+async def main_async(strategy: str, phase_timeout_s: float, snapshots: bool) -> None:
     root = Path(tempfile.mkdtemp(prefix=f"dengine-bench-{strategy}-"))
     try:
         # SIGTERM from the suite: stop cleanly (followers SIGTERMed, data dir removed).
@@ -188,7 +191,7 @@ async def main_async(strategy: str, phase_timeout_s: float) -> None:
 
                 nursery.start_soon(watch)
                 try:
-                    await serve(strategy, root, phase_timeout_s)
+                    await serve(strategy, root, phase_timeout_s, snapshots)
                 finally:
                     nursery.cancel_scope.cancel()
     finally:
@@ -199,10 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.embedded_side")
     parser.add_argument("--strategy", choices=STRATEGIES, required=True)
     parser.add_argument("--phase-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--snapshots",
+        choices=("on", "off"),
+        default="on",
+        help="[raft.snapshot] enable (on: the shipped default, log compaction by snapshots)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        trio.run(main_async, args.strategy, args.phase_timeout)
+        trio.run(main_async, args.strategy, args.phase_timeout, args.snapshots == "on")
     except Exception as exc:
         send_result(error=f"{args.strategy} cluster: {exc!r}")
         return 1

@@ -105,12 +105,16 @@ FOLLOWER_ELECTION_SETTINGS: Settings = {
 """Nodes 2 and 3: far slower to campaign than node 1 (600-900 ms, the shipped default)."""
 
 
-def write_configs(root: Path, strategy: str, tls: bool = False) -> list[Path]:
+def write_configs(
+    root: Path, strategy: str, tls: bool = False, extra: Settings | None = None
+) -> list[Path]:
     """One TOML file per node; node 1 with the shipped election timeout, 2 and 3 slower.
-    ``tls``: mutual TLS between the nodes, certificates made by trustme under ``root``."""
+    ``tls``: mutual TLS between the nodes, certificates made by trustme under ``root``.
+    ``extra``: more settings for every node (e.g. ``raft.snapshot.enable``)."""
     settings: Settings = {
         "raft.persistence.strategy": Durability(strategy),
         "raft.timing.request_timeout_ms": 10000,
+        **(extra or {}),
     }
     tls_settings = tls_node_settings(root) if tls else lambda i: {}
 
