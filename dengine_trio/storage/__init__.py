@@ -102,6 +102,7 @@ when it returns. ``close`` syncs, closes the log and releases the lock.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -111,6 +112,7 @@ from ._fs import fsync_directory
 from .errors import CorruptHardStateError, CorruptLogError, StorageError, StorageLockedError
 from .hard_state import HardState, load_hard_state, save_hard_state
 from .lock import DirectoryLock
+from .recovery import UnrecoverableStorageError, choose_snapshot
 from .snapshots import (
     CorruptSnapshotError,
     ForeignSnapshotError,
@@ -122,6 +124,9 @@ from .snapshots import (
     SnapshotReceiver,
     SnapshotWriter,
     UnsupportedSnapshotVersionError,
+    list_snapshots,
+    remove_stale_temporaries,
+    snapshot_name,
 )
 from .wal import DEFAULT_SEGMENT_BYTES, WriteAheadLog
 
@@ -143,6 +148,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "StorageLockedError",
+    "UnrecoverableStorageError",
     "UnsupportedSnapshotVersionError",
     "WriteAheadLog",
     "load_hard_state",
@@ -151,12 +157,16 @@ __all__ = [
 
 WAL_DIR = "wal"
 
+logger = logging.getLogger("dengine_trio.storage")
+
 
 class Storage:
     """A node's durable state in ``db_root_dir``, held exclusively while open.
 
-    ``hard_state`` is the current hard state and ``entries`` the log recovery found (the
-    caller may drop the list once it has loaded it).
+    After ``open``: ``hard_state`` is the current hard state; ``snapshot`` the snapshot to
+    restore (None: none, or no ``snapshots_dir``); ``entries`` the log entries AFTER it, in
+    index order (every entry of the log when there is no snapshot). The caller may drop the
+    list once it has loaded it.
     """
 
     def __init__(
@@ -166,36 +176,121 @@ class Storage:
         wal: WriteAheadLog,
         hard_state: HardState,
         entries: list[Entry],
+        snapshots_dir: Path | None = None,
+        snapshot: SnapshotFile | None = None,
     ) -> None:
         self.db_root_dir = db_root_dir
+        self.snapshots_dir = snapshots_dir
         self.hard_state = hard_state
+        self.snapshot = snapshot
         self.entries = entries
         self._lock = lock
         self._wal = wal
 
     @classmethod
-    def open(cls, db_root_dir: str | Path, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> Storage:
-        """Create ``db_root_dir`` if needed, lock it and recover hard state and log
-        (``segment_bytes``: WAL segment size, bytes). Raises ``StorageLockedError`` (another
-        process has it), ``CorruptHardStateError``, ``CorruptLogError`` (see Recovery above),
-        ``ValueError`` (``segment_bytes`` not positive), ``OSError``; the lock is released
-        on any failure."""
+    def open(
+        cls,
+        db_root_dir: str | Path,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        *,
+        snapshots_dir: str | Path | None = None,
+        cluster_id: str | None = None,
+    ) -> Storage:
+        """Create ``db_root_dir`` if needed, lock it and recover hard state, snapshot and log.
+
+        ``segment_bytes``: WAL segment size, bytes (see "Segment size"). ``snapshots_dir``
+        None: no snapshots (``snapshot`` is None and ``entries`` is the whole log, which may
+        then start above 1 only if something compacted it). Otherwise, in this order (see
+        "Restart from a snapshot"): the temporary files of interrupted snapshot writes and
+        receives are deleted; the log is recovered (torn tail cut); the snapshot is chosen
+        (``cluster_id``: the expected cluster, None accepts any); if the log contradicts it
+        or ends before it, the log is reset durably (``install_snapshot``'s steps) to start
+        after it; ``entries`` keeps only the entries after the snapshot's index.
+
+        Raises ``StorageLockedError`` (another process has it), ``CorruptHardStateError``,
+        ``CorruptLogError`` (see Recovery above), ``UnrecoverableStorageError`` (no snapshot
+        and log that together hold every entry: its message names each file and why it was
+        not used), ``ValueError`` (``segment_bytes`` not positive), ``OSError``; the lock is
+        released on any failure.
+        """
         root = Path(db_root_dir)
         if not root.exists():
             root.mkdir(parents=True)
             fsync_directory(root.parent)
         lock = DirectoryLock.acquire(db_root_dir)
+        wal: WriteAheadLog | None = None
         try:
             hard_state = load_hard_state(root)
+            snapshots = None if snapshots_dir is None else Path(snapshots_dir)
+            if snapshots is not None:
+                for stale in remove_stale_temporaries(snapshots):
+                    logger.info("removed %s, left by an interrupted snapshot write", stale)
             wal, entries = WriteAheadLog.open(root / WAL_DIR, segment_bytes=segment_bytes)
+            snapshot = None
+            if snapshots is not None:
+                choice = choose_snapshot(snapshots, cluster_id, entries)
+                snapshot = choice.snapshot
+                if snapshot is not None:
+                    if choice.reset_log or not entries:
+                        wal.reset(snapshot.last_index, snapshot.last_term)
+                        entries = []
+                    else:
+                        entries = entries[max(0, snapshot.last_index + 1 - entries[0].index) :]
         except BaseException:
-            lock.release()
+            try:
+                if wal is not None:
+                    wal.close()
+            finally:
+                lock.release()
             raise
-        return cls(root, lock, wal, hard_state, entries)
+        return cls(root, lock, wal, hard_state, entries, snapshots, snapshot)
+
+    @property
+    def snapshot_index(self) -> int:
+        """Last index ``snapshot`` covers, 0 when there is none."""
+        return self.snapshot.last_index if self.snapshot is not None else 0
+
+    @property
+    def snapshot_term(self) -> int:
+        """Term of the entry at ``snapshot_index``, 0 when there is no snapshot."""
+        return self.snapshot.last_term if self.snapshot is not None else 0
+
+    def entries_after_snapshot(self) -> list[Entry]:
+        """The log entries after ``snapshot_index`` found at ``open`` (``entries``)."""
+        return self.entries
+
+    def install_snapshot(self, index: int, term: int) -> None:
+        """Durably discard the whole log; the next append must be entry ``index + 1``.
+
+        For a follower that received a snapshot through ``index`` (whose entry had
+        ``term``) that its log does not hold (Raft paper section 7: "discard the entire
+        log"). The snapshot file must already be installed (renamed into ``snapshots_dir``
+        and the directory fsynced: ``SnapshotReceiver.finish``); with ``snapshots_dir`` set,
+        a missing ``snapshot-<index>-<term>.snap`` raises ``StorageError`` and nothing is
+        discarded. Crash points (see "Restart from a snapshot"): before or during the reset
+        a restart finds the new snapshot and the old log, or a prefix of it, which
+        contradicts the snapshot or ends before it, and resets it again; after it, the
+        snapshot and an empty log. ``snapshot`` becomes that file. Raises ``ValueError``
+        (impossible index/term, or the log starts after ``index + 1``), ``StorageError``
+        once the log is closed or failed, ``OSError`` from the disk (the log then takes no
+        more writes). Safe while a ``sync`` runs in a worker thread.
+        """
+        path = None
+        if self.snapshots_dir is not None:
+            path = self.snapshots_dir / snapshot_name(index, term)
+            if not path.is_file():
+                raise StorageError(
+                    f"install_snapshot({index}, {term}): {path} does not exist; install the "
+                    "snapshot file before discarding the log"
+                )
+        self._wal.reset(index, term)
+        if path is not None:
+            self.snapshot = SnapshotFile(path, index, term)
 
     @property
     def last_index(self) -> int:
-        """Index of the last entry in the log, 0 when empty."""
+        """Index of the last entry in the log; when the log is empty, the index it starts
+        after (``snapshot_index`` after ``open`` or ``install_snapshot``, 0 when fresh)."""
         return self._wal.last_index
 
     @property
@@ -205,8 +300,19 @@ class Storage:
 
     def compact(self, through_index: int) -> int:
         """Drop whole WAL segments covered by a durable snapshot through ``through_index``;
-        return the new first index (0: empty log). See ``WriteAheadLog.compact``. Raises
-        ``StorageError`` once the log is closed or has failed, ``OSError`` from the disk."""
+        return the new first index (0: empty log). See ``WriteAheadLog.compact``: the segment
+        being written is never dropped, so up to ``segment_bytes`` of covered entries stay.
+        With ``snapshots_dir`` set, a snapshot file through ``through_index`` or later must
+        be there (``StorageError`` otherwise: compacting without one would make the log
+        unrecoverable). Raises ``StorageError`` once the log is closed or has failed,
+        ``OSError`` from the disk."""
+        if self.snapshots_dir is not None and through_index > 0:
+            newest = list_snapshots(self.snapshots_dir)
+            if not newest or newest[0].last_index < through_index:
+                raise StorageError(
+                    f"compact({through_index}): no snapshot in {self.snapshots_dir} covers "
+                    "that index; write the snapshot before compacting the log"
+                )
         return self._wal.compact(through_index)
 
     def save_hard_state(self, term: int, voted_for: int) -> None:
@@ -226,8 +332,8 @@ class Storage:
         self._wal.append(entries)
 
     def sync(self) -> tuple[int, int]:
-        """Fsync what was appended; return (index, term) of the last entry covered, (0, 0)
-        for an empty log.
+        """Fsync what was appended; return (index, term) of the last entry covered. An empty
+        log returns the (index, term) it starts after (the snapshot's), (0, 0) when fresh.
 
         May run in a worker thread concurrently with ``append``. Raises ``StorageError`` when
         the fsync fails (the log then takes no more writes: the kernel may have dropped the

@@ -217,7 +217,8 @@ class WriteAheadLog:
 
     @property
     def last_index(self) -> int:
-        """Index of the last entry appended, 0 when the log is empty."""
+        """Index of the last entry appended; when the log is empty, the index it was
+        ``reset`` to (0 for a fresh log)."""
         return self._last[0]
 
     @property
@@ -250,6 +251,12 @@ class WriteAheadLog:
                         f"entry {first} precedes the log's first entry "
                         f"{self._segments[0].first_index}"
                     )
+            elif last_index and first != last_index + 1:
+                # Empty after ``reset``: the log starts right after the snapshot it was reset to.
+                raise ValueError(
+                    f"the log was reset to start after index {last_index}; entry {first} "
+                    f"is not {last_index + 1}"
+                )
             elif first < 1:
                 raise ValueError(f"entry indexes start at 1, got {first}")
             try:
@@ -295,6 +302,59 @@ class WriteAheadLog:
                     self._failure = exc
                     raise
             return self.first_index
+
+    def reset(self, index: int, term: int) -> None:
+        """Durably discard every entry: the log becomes empty and its next entry is
+        ``index + 1`` (the entry after a snapshot through ``index``, whose entry had ``term``).
+
+        Until the next append, ``last_index`` is ``index`` and ``sync`` returns
+        ``(index, term)``; an append must start at ``index + 1`` (``ValueError`` otherwise).
+        The order makes every crash point recoverable (see ``Storage.install_snapshot``):
+
+        1. the synced-position marker is lowered to (0, 0) and fsynced, so it never names a
+           segment that is gone;
+        2. the segments are deleted NEWEST first, each removal made durable (directory fsync)
+           before the next, so a crash leaves a prefix of the old log: contiguous, starting
+           where it started, which recovery accepts;
+        3. only then does the in-memory state change.
+
+        A crash therefore leaves the old log, a prefix of it, or no segment at all. None of
+        them holds an entry that contradicts a snapshot through ``index`` without recovery
+        seeing it (``Storage.open`` compares the log with the snapshot), and none has a hole.
+
+        Raises ``ValueError`` for an impossible (index, term) or when the log starts after
+        ``index + 1`` (a crash mid-reset would leave a log starting after a gap);
+        ``StorageError`` once closed or failed; ``OSError`` from the disk (the log then takes
+        no more writes).
+        """
+        if index < 0 or term < 0 or (index == 0) != (term == 0):
+            raise ValueError(f"impossible snapshot index/term {index}/{term}")
+        with self._lock:
+            self._check_usable()
+            segments = self._segments
+            if segments and segments[0].first_index > index + 1:
+                raise ValueError(
+                    f"the log starts at index {segments[0].first_index}, after {index + 1}: "
+                    "resetting it to an older snapshot is not possible"
+                )
+            # A sync in flight must neither return what it noted nor write its marker.
+            self._truncations += 1
+            try:
+                if self._synced != (0, 0):
+                    self._set_marker((0, 0))
+                    os.fsync(self._marker_fd)
+                if self._fd is not None:
+                    self._retire(self._fd)
+                    self._fd = None
+                while segments:
+                    dropped = segments.pop()
+                    dropped.path.unlink()
+                    fsync_directory(self._directory)
+            except BaseException as exc:
+                self._failure = exc
+                raise
+            self._dir_dirty = False
+            self._last = (index, term)
 
     def _encode(self, entries: Sequence[Entry], first: int) -> tuple[bytes, array]:
         pack = self._packer.pack
@@ -379,7 +439,8 @@ class WriteAheadLog:
         """Make everything appended so far durable; return the (index, term) it covers.
 
         Safe to call from a worker thread while the owning thread keeps appending: the result
-        covers what was appended before the call and possibly more. (0, 0) when empty.
+        covers what was appended before the call and possibly more. An empty log returns
+        the (index, term) it was ``reset`` to, (0, 0) when fresh.
         Raises ``StorageError`` when an fsync (or the marker's write) fails, and from then on
         on every call: after a failed fsync no later one can vouch for the dropped pages.
         """

@@ -1,0 +1,476 @@
+"""Restart from a snapshot and resetting the log for InstallSnapshot (issue 13, storage half).
+
+``Storage.open(..., snapshots_dir=...)`` chooses the snapshot and what of the write-ahead log
+follows it; ``Storage.install_snapshot`` discards the log durably. Every test uses real files;
+the crash tests stop the sequence before each of its file-system operations in turn and
+restart from what is on disk then.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from dengine_trio.raft.messages import Entry
+from dengine_trio.storage import (
+    Storage,
+    StorageError,
+    UnrecoverableStorageError,
+    WriteAheadLog,
+)
+from dengine_trio.storage.snapshots import (
+    SnapshotHeader,
+    SnapshotReceiver,
+    SnapshotWriter,
+    read_raw_chunk,
+)
+
+CLUSTER = "test-cluster-0001"
+SEGMENT_BYTES = 300
+
+
+def entries(first: int, last: int, term: int = 1) -> list[Entry]:
+    return [
+        Entry(term=term, index=i, data=b"%d/%d;" % (i, term) * 4) for i in range(first, last + 1)
+    ]
+
+
+def write_snapshot(directory: Path, index: int, term: int, cluster: str = CLUSTER) -> Path:
+    with SnapshotWriter.create(directory, SnapshotHeader(index, term, cluster, {1: "a:1"})) as w:
+        w.write(b"state as of %d;" % index * 20)
+        return w.commit().path
+
+
+def open_storage(db: Path, **kwargs: object) -> Storage:
+    return Storage.open(
+        db,
+        segment_bytes=SEGMENT_BYTES,
+        snapshots_dir=db / "snapshots",
+        cluster_id=CLUSTER,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def feed(log: Storage | WriteAheadLog, items: list[Entry]) -> None:
+    """Append ``items`` three at a time, so that they span several segments."""
+    for start in range(0, len(items), 3):
+        log.append(items[start : start + 3])
+
+
+def log_with(db: Path, *batches: list[Entry]) -> None:
+    with Storage.open(db, segment_bytes=SEGMENT_BYTES) as storage:
+        for batch in batches:
+            feed(storage, batch)
+
+
+def segments(db: Path) -> list[int]:
+    return sorted(int(p.name.removesuffix(".wal")) for p in (db / "wal").glob("*.wal"))
+
+
+def damage(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+# -- the write-ahead log reset ----------------------------------------------------------------
+
+
+def test_reset_discards_every_entry_and_the_next_is_index_plus_one(tmp_path: Path) -> None:
+    directory = tmp_path / "wal"
+    wal, _ = WriteAheadLog.open(directory, segment_bytes=SEGMENT_BYTES)
+    feed(wal, entries(1, 40))
+    wal.sync()
+    assert len(list(directory.glob("*.wal"))) > 3
+    wal.reset(60, 4)
+    assert list(directory.glob("*.wal")) == []
+    assert (wal.last_index, wal.first_index) == (60, 0)
+    assert wal.sync() == (60, 4)  # what the runtime reports as durable: the snapshot's entry
+    with pytest.raises(ValueError, match="entry 62 is not 61"):
+        wal.append(entries(62, 62, term=4))
+    with pytest.raises(ValueError, match="entry 60 is not 61"):
+        wal.append(entries(60, 61, term=4))
+    wal.append(entries(61, 70, term=4))
+    assert wal.sync() == (70, 4)
+    wal.close()
+    assert sorted(p.name for p in directory.glob("*.wal"))[0] == "00000000000000000061.wal"
+    wal, recovered = WriteAheadLog.open(directory, segment_bytes=SEGMENT_BYTES)
+    assert recovered == entries(61, 70, term=4)
+    wal.close()
+
+
+def test_reset_below_the_first_index_is_refused(tmp_path: Path) -> None:
+    """A crash mid-reset must leave no hole: a log starting after index + 1 cannot be reset."""
+    wal, _ = WriteAheadLog.open(tmp_path / "wal", segment_bytes=SEGMENT_BYTES)
+    feed(wal, entries(1, 40))
+    wal.compact(30)
+    first = wal.first_index
+    assert first > 2
+    with pytest.raises(ValueError, match="starts at index"):
+        wal.reset(first - 2, 1)
+    wal.reset(first - 1, 1)  # right before it: allowed
+    wal.close()
+
+
+def test_reset_lowers_the_marker_first_then_deletes_newest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "wal"
+    wal, _ = WriteAheadLog.open(directory, segment_bytes=SEGMENT_BYTES)
+    feed(wal, entries(1, 30))
+    wal.sync()
+    names = sorted(p.name for p in directory.glob("*.wal"))
+    calls: list[str] = []
+    real_unlink, real_fsync, real_pwrite = os.unlink, os.fsync, os.pwrite
+
+    def unlink(path: str | Path, *args: object, **kwargs: object) -> None:
+        calls.append(f"unlink {Path(path).name}")
+        real_unlink(path)
+
+    def fsync(fd: int) -> None:
+        calls.append(f"fsync {Path(os.readlink(f'/proc/self/fd/{fd}')).name}")
+        real_fsync(fd)
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        calls.append(f"pwrite {Path(os.readlink(f'/proc/self/fd/{fd}')).name}")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    wal.reset(100, 2)
+    monkeypatch.undo()
+    wal.close()
+    expected = ["pwrite synced", "fsync synced"]
+    for name in reversed(names):
+        expected += [f"unlink {name}", "fsync wal"]
+    assert calls == expected
+
+
+# -- recovery with snapshots ------------------------------------------------------------------
+
+
+def test_existing_callers_without_snapshots_dir_see_the_whole_log(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    log_with(db, entries(1, 20))
+    write_snapshot(db / "snapshots", 10, 1)
+    with Storage.open(db, segment_bytes=SEGMENT_BYTES) as storage:
+        assert storage.snapshot is None and (storage.snapshot_index, storage.snapshot_term) == (
+            0,
+            0,
+        )
+        assert storage.entries == entries(1, 20)
+
+
+def test_the_log_holds_the_snapshot_entry_only_the_entries_after_it(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    log_with(db, entries(1, 20, term=1), entries(21, 30, term=2))
+    write_snapshot(db / "snapshots", 25, 2)
+    with open_storage(db) as storage:
+        assert (storage.snapshot_index, storage.snapshot_term) == (25, 2)
+        assert storage.snapshot is not None and storage.snapshot.header is not None
+        assert storage.entries == storage.entries_after_snapshot() == entries(26, 30, term=2)
+        assert storage.first_index == 1 and storage.last_index == 30  # nothing discarded
+        storage.append(entries(31, 31, term=2))
+    with open_storage(db) as storage:
+        assert storage.entries == entries(26, 30, term=2) + entries(31, 31, term=2)
+
+
+def test_the_log_starts_right_after_the_snapshot(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    write_snapshot(db / "snapshots", 10, 3)
+    with open_storage(db) as storage:  # no log yet: it starts after the snapshot
+        assert storage.entries == [] and storage.last_index == 10
+        storage.append(entries(11, 15, term=3))
+    with open_storage(db) as storage:
+        assert storage.snapshot_index == 10 and storage.entries == entries(11, 15, term=3)
+
+
+def test_a_log_that_ends_before_the_snapshot_is_reset(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """E.g. MemFirst: a snapshot through 30 is durable, the appends after 20 were not."""
+    db = tmp_path / "db"
+    log_with(db, entries(1, 20))
+    write_snapshot(db / "snapshots", 30, 1)
+    with caplog.at_level(logging.WARNING, "dengine_trio.storage"), open_storage(db) as storage:
+        assert storage.snapshot_index == 30 and storage.entries == []
+        assert storage.last_index == 30 and segments(db) == []
+        with pytest.raises(ValueError):
+            storage.append(entries(21, 21))
+        storage.append(entries(31, 32))
+    assert "ends before it" in caplog.text and "snapshot-00000000000000000030" in caplog.text
+    with open_storage(db) as storage:
+        assert storage.entries == entries(31, 32) and segments(db) == [31]
+
+
+def test_a_log_that_contradicts_the_snapshot_is_reset(tmp_path: Path) -> None:
+    """Raft paper section 7: a log without the snapshot's (index, term) is discarded whole,
+    even its entries after that index (they belong to another history)."""
+    db = tmp_path / "db"
+    log_with(db, entries(1, 10, term=1), entries(11, 40, term=2))
+    write_snapshot(db / "snapshots", 25, 3)
+    with open_storage(db) as storage:
+        assert storage.snapshot_index == 25 and storage.entries == [] and segments(db) == []
+        storage.append(entries(26, 27, term=3))
+    with open_storage(db) as storage:
+        assert storage.entries == entries(26, 27, term=3)
+
+
+def test_a_hole_between_the_snapshot_and_the_log_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    log_with(db, entries(1, 60))
+    with Storage.open(db, segment_bytes=SEGMENT_BYTES) as storage:
+        first = storage.compact(40)
+    assert first > 12
+    write_snapshot(db / "snapshots", 10, 1)  # the snapshot through 40 is gone
+    with pytest.raises(UnrecoverableStorageError, match=rf"entries 11\.\.{first - 1}"):
+        open_storage(db)
+    assert segments(db)[0] == first  # nothing was discarded
+    Storage.open(db).close()  # and the lock was released
+
+
+def test_a_damaged_newest_snapshot_falls_back_only_if_the_log_covers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "db"
+    log_with(db, entries(1, 50))
+    write_snapshot(db / "snapshots", 10, 1)
+    newest = write_snapshot(db / "snapshots", 40, 1)
+    damage(newest)
+    with caplog.at_level(logging.WARNING, "dengine_trio.storage"), open_storage(db) as storage:
+        assert storage.snapshot_index == 10 and storage.entries == entries(11, 50)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(newest) in warnings[0] and "checksum" in warnings[0]
+
+
+def test_a_damaged_newest_snapshot_and_a_log_that_does_not_cover_the_older_one(
+    tmp_path: Path,
+) -> None:
+    """The log was compacted through the newer snapshot: the older one lacks entries that
+    only the damaged file held. Starting from it would forget committed entries."""
+    db = tmp_path / "db"
+    log_with(db, entries(1, 60))
+    older = write_snapshot(db / "snapshots", 10, 1)
+    newest = write_snapshot(db / "snapshots", 40, 1)
+    with Storage.open(db, segment_bytes=SEGMENT_BYTES) as storage:
+        assert storage.compact(40) > 11
+    damage(newest)
+    with pytest.raises(UnrecoverableStorageError) as raised:
+        open_storage(db)
+    message = str(raised.value)
+    assert str(newest) in message and "checksum" in message
+    assert str(older) in message and "not every entry after index 10" in message
+
+
+def test_an_older_snapshot_after_a_reset_log_is_not_enough(tmp_path: Path) -> None:
+    """After an install the log is empty: with the installed snapshot damaged, the older one
+    is not used (entries between them would be lost)."""
+    db = tmp_path / "db"
+    write_snapshot(db / "snapshots", 10, 1)
+    with open_storage(db) as storage:
+        feed(storage, entries(11, 20))
+        installed = write_snapshot(db / "snapshots", 90, 4)
+        storage.install_snapshot(90, 4)
+    damage(installed)
+    with pytest.raises(UnrecoverableStorageError, match="the log is empty"):
+        open_storage(db)
+
+
+def test_every_snapshot_damaged_and_a_log_from_index_1(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "db"
+    log_with(db, entries(1, 30))
+    foreign = write_snapshot(db / "snapshots", 20, 1, cluster="another-cluster")
+    damaged = write_snapshot(db / "snapshots", 10, 1)
+    damage(damaged)
+    with caplog.at_level(logging.WARNING, "dengine_trio.storage"), open_storage(db) as storage:
+        assert storage.snapshot is None and storage.entries == entries(1, 30)
+    assert str(foreign) in caplog.text and "another cluster" in caplog.text
+    assert str(damaged) in caplog.text
+
+
+@pytest.mark.parametrize("log", ["empty", "compacted"])
+def test_every_snapshot_damaged_and_no_log_from_index_1_is_unrecoverable(
+    tmp_path: Path, log: str
+) -> None:
+    db = tmp_path / "db"
+    if log == "compacted":
+        log_with(db, entries(1, 60))
+    only = write_snapshot(db / "snapshots", 40, 1)
+    if log == "compacted":
+        with Storage.open(db, segment_bytes=SEGMENT_BYTES) as storage:
+            storage.compact(40)
+    damage(only)
+    with pytest.raises(UnrecoverableStorageError, match="no usable snapshot") as raised:
+        open_storage(db)
+    assert str(only) in str(raised.value)
+
+
+def test_a_compacted_log_without_any_snapshot_is_unrecoverable(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    log_with(db, entries(1, 60))
+    write_snapshot(db / "snapshots", 40, 1)
+    with Storage.open(db, segment_bytes=SEGMENT_BYTES) as storage:
+        first = storage.compact(40)
+    for snapshot in (db / "snapshots").glob("*.snap"):
+        snapshot.unlink()
+    with pytest.raises(UnrecoverableStorageError, match=rf"entries 1\.\.{first - 1}"):
+        open_storage(db)
+
+
+def test_stale_temporaries_are_removed_at_open(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    write_snapshot(db / "snapshots", 5, 1)
+    receiver = SnapshotReceiver.create(db / "snapshots")
+    receiver.write_chunk(0, b"partial")
+    stale = list((db / "snapshots").glob(".snapshot-*.tmp"))
+    assert len(stale) == 1
+    with open_storage(db) as storage:
+        assert storage.snapshot_index == 5
+    assert list((db / "snapshots").glob(".snapshot-*.tmp")) == []
+
+
+def test_install_snapshot_needs_the_file_and_compact_needs_a_covering_snapshot(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "db"
+    with open_storage(db) as storage:
+        feed(storage, entries(1, 40))
+        with pytest.raises(StorageError, match="does not exist"):
+            storage.install_snapshot(50, 2)
+        with pytest.raises(StorageError, match="no snapshot"):
+            storage.compact(30)
+        assert storage.first_index == 1 and storage.last_index == 40
+        write_snapshot(db / "snapshots", 30, 1)
+        assert storage.compact(30) > 1
+
+
+# -- install_snapshot, crashed at every step ---------------------------------------------------
+
+
+class Crash(Exception):
+    """The process died here (nothing after this point reached the disk)."""
+
+
+@contextmanager
+def crash_before_operation(number: int) -> Iterator[list[str]]:
+    """Raise ``Crash`` instead of the ``number``-th (0-based) file-system operation that
+    changes the disk or makes it durable (write, pwrite, ftruncate, fsync, rename, unlink).
+
+    Every step of the sequences under test is followed by an fsync before the next step
+    that depends on it, so stopping before operation k leaves exactly what a power loss at
+    that point can leave."""
+    performed: list[str] = []
+    names = ["write", "pwrite", "ftruncate", "fsync", "replace", "rename", "unlink"]
+    real = {name: getattr(os, name) for name in names}
+
+    def wrap(name: str):  # type: ignore[no-untyped-def]
+        def operation(*args: object, **kwargs: object) -> object:
+            if len(performed) == number:
+                raise Crash(f"before {name} #{number}")
+            performed.append(name)
+            return real[name](*args, **kwargs)
+
+        return operation
+
+    for name in names:
+        setattr(os, name, wrap(name))
+    try:
+        yield performed
+    finally:
+        for name, function in real.items():
+            setattr(os, name, function)
+
+
+def install_from_leader(db: Path, storage: Storage, leader_file: Path) -> None:
+    """What a follower does for InstallSnapshot: receive the file in chunks, verify and
+    rename it into place, then reset the log."""
+    receiver = SnapshotReceiver.create(db / "snapshots")
+    size = leader_file.stat().st_size
+    for offset in range(0, size, 64):
+        receiver.write_chunk(offset, read_raw_chunk(leader_file, offset, 64))
+    installed = receiver.finish(CLUSTER, expected=(70, 5))
+    storage.install_snapshot(installed.last_index, installed.last_term)
+
+
+def test_install_snapshot_crashed_at_every_step_restarts_consistent(tmp_path: Path) -> None:
+    """Old state: snapshot (10, 1), log 1..50 (term 1 up to 30, then 2). The leader's snapshot
+    (70, 5) contradicts nothing it can check (the log ends before 70). A crash at any step
+    restarts into either the old state or the new one, never anything else, and the node
+    can go on (append, restart)."""
+    leader_file = write_snapshot(tmp_path / "leader", 70, 5)
+    number = 0
+    outcomes = set()
+    while True:
+        db = tmp_path / f"db{number}"
+        log_with(db, entries(1, 30, term=1) + entries(31, 50, term=2))
+        write_snapshot(db / "snapshots", 10, 1)
+        storage = open_storage(db)
+        assert len(segments(db)) > 3
+        crashed = False
+        with crash_before_operation(number):
+            try:
+                install_from_leader(db, storage, leader_file)
+            except Crash:
+                crashed = True
+        storage._wal._failure = Crash()  # the process is gone: no sync at close
+        storage.close()
+        with open_storage(db) as restarted:
+            state = (restarted.snapshot_index, restarted.snapshot_term)
+            if state == (10, 1):
+                outcomes.add("old")
+                assert restarted.entries == entries(11, 30, 1) + entries(31, 50, 2)
+                assert segments(db)[0] == 1
+            else:
+                outcomes.add("new")
+                assert state == (70, 5)
+                assert restarted.entries == [] and segments(db) == []
+                restarted.append(entries(71, 72, term=5))
+        if state == (70, 5):
+            with open_storage(db) as again:
+                assert again.entries == entries(71, 72, term=5)
+        assert list((db / "snapshots").glob(".snapshot-*")) == []
+        if not crashed:
+            break
+        number += 1
+    assert outcomes == {"old", "new"}
+    assert number > 20  # every chunk write, the receiver's fsyncs and rename, each unlink
+
+
+def test_install_snapshot_crashed_where_the_log_holds_an_older_entry_of_the_same_index(
+    tmp_path: Path,
+) -> None:
+    """The log reaches past the snapshot with another term at its index (a deposed leader's
+    uncommitted entries): every crash point restarts either old or new, and in the new state
+    none of the contradicting entries after the snapshot survive."""
+    leader_file = write_snapshot(tmp_path / "leader", 70, 5)
+    number = 0
+    while True:
+        db = tmp_path / f"db{number}"
+        log_with(db, entries(1, 30, term=1) + entries(31, 90, term=4))
+        write_snapshot(db / "snapshots", 10, 1)
+        storage = open_storage(db)
+        crashed = False
+        with crash_before_operation(number):
+            try:
+                install_from_leader(db, storage, leader_file)
+            except Crash:
+                crashed = True
+        storage._wal._failure = Crash()
+        storage.close()
+        with open_storage(db) as restarted:
+            if restarted.snapshot_index == 10:
+                assert restarted.entries == entries(11, 30, term=1) + entries(31, 90, term=4)
+            else:
+                assert (restarted.snapshot_index, restarted.snapshot_term) == (70, 5)
+                assert restarted.entries == [] and segments(db) == []
+        if not crashed:
+            break
+        number += 1
