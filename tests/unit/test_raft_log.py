@@ -55,3 +55,80 @@ def test_batches_respect_both_limits_but_never_come_back_empty() -> None:
     assert len(log.batch_from(1, 100, 250)) == 2
     assert len(log.batch_from(3, 100, 10)) == 1  # one oversized entry still goes
     assert log.batch_from(11, 100, 10_000) == []
+
+
+# --- the offset a snapshot leaves (Raft paper §7)
+
+
+def compacted(offset: int, offset_term: int, *terms: int) -> RaftLog:
+    """A log compacted through (offset, offset_term), holding entries of ``terms`` after it."""
+    entries = (Entry(t, offset + i + 1) for i, t in enumerate(terms))
+    return RaftLog(entries, snapshot_index=offset, snapshot_term=offset_term)
+
+
+def test_offset_term_is_known_and_nothing_below_it() -> None:
+    log = compacted(10, 2, 2, 3)
+    assert (log.first_index, log.last_index, log.last_term) == (11, 12, 3)
+    assert (log.snapshot_index, log.snapshot_term) == (10, 2)
+    assert [log.term_at(i) for i in (0, 9, 10, 11, 12, 13)] == [None, None, 2, 2, 3, None]
+    assert log.matches(10, 2) and not log.matches(9, 2) and not log.matches(0, 0)
+    assert log.entry(11).index == 11 and [e.index for e in log.slice(11, 12)] == [11, 12]
+    assert [e.index for e in log.batch_from(12, 10, 1_000)] == [12]
+
+
+def test_compacted_entries_are_never_handed_out() -> None:
+    """A negative list position would silently wrap to the log's tail: every accessor
+    refuses an index at or below the offset instead."""
+    log = compacted(10, 2, 2, 3)
+    for call in (lambda: log.entry(10), lambda: log.slice(10, 12), lambda: log.entry(1)):
+        with pytest.raises(IndexError, match="compacted"):
+            call()
+    with pytest.raises(IndexError, match="compacted"):
+        log.batch_from(5, 10, 1_000)
+    with pytest.raises(ValueError, match="compacted through 10"):
+        log.truncate_from(10)
+
+
+def test_entries_must_continue_the_offset_and_the_offset_be_a_position() -> None:
+    with pytest.raises(ValueError, match="position 0"):
+        RaftLog([Entry(1, 1)], snapshot_index=5, snapshot_term=1)
+    for index, term in ((5, 0), (0, 1), (-1, 1)):
+        with pytest.raises(ValueError, match="snapshot"):
+            RaftLog(snapshot_index=index, snapshot_term=term)
+
+
+def test_compact_keeps_the_term_of_the_last_entry_dropped() -> None:
+    log = log_of(1, 1, 2, 2, 3)
+    log.compact(3)
+    assert (log.snapshot_index, log.snapshot_term, log.first_index) == (3, 2, 4)
+    assert [e.index for e in log.slice(4, 5)] == [4, 5] and log.term_at(3) == 2
+    log.compact(2)  # at or below the offset: nothing to do
+    assert log.snapshot_index == 3
+    log.compact(5)  # everything: the log is empty, its last entry is still known
+    assert (log.last_index, log.last_term, log.term_at(5)) == (5, 3, 3)
+    log.append([Entry(3, 6)])
+    assert log.last_index == 6 and log.entry(6).term == 3
+    with pytest.raises(ValueError, match="log ends at 6"):
+        log.compact(7)
+
+
+def test_restore_is_an_empty_log_ending_at_the_snapshot() -> None:
+    log = log_of(1, 1, 1)
+    log.restore(20, 4)
+    assert (log.first_index, log.last_index, log.last_term) == (21, 20, 4)
+    assert log.term_at(3) is None and log.term_at(20) == 4
+    # The election restriction compares against the snapshot's last entry (§5.4.1).
+    assert log.is_up_to_date(20, 4) and not log.is_up_to_date(25, 3)
+    with pytest.raises(ValueError):
+        log.restore(0, 0)
+
+
+def test_back_tracking_hints_stop_at_the_offset() -> None:
+    log = compacted(10, 2, 2, 2, 3)
+    # The run of term 2 reaches into the compacted prefix: the hint is the first index held.
+    assert log.first_index_of_term_at(12) == 11 and log.first_index_of_term_at(13) == 13
+    assert log.last_index_of_term(2) == 12 and log.last_index_of_term(1) == 0
+    # A term known only as the offset's: the offset is its last index.
+    only_offset = compacted(10, 2, 3, 3)
+    assert only_offset.last_index_of_term(2) == 10 and only_offset.last_index_of_term(3) == 12
+    assert RaftLog(snapshot_index=7, snapshot_term=4).last_index_of_term(4) == 7

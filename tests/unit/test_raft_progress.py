@@ -42,3 +42,29 @@ def test_rejections_back_track_but_never_below_the_match() -> None:
     assert p.state is ProgressState.PROBE and p.next_index == 6
     assert not p.reject(8, 2)  # a second rejection of an older message: stale
     assert p.reject(5, 1) and p.next_index == 4  # never at or below the match (3)
+
+
+def test_snapshot_state_holds_every_append_and_takes_no_rejection() -> None:
+    p = Progress(next_index=4)
+    p.acknowledge(2)
+    p.become_replicate()
+    p.sent(9)
+    p.become_snapshot(20, 3)
+    assert p.state is ProgressState.SNAPSHOT and p.paused(64) and not p.inflight
+    assert (p.pending_snapshot, p.pending_snapshot_term) == (20, 3)
+    # A rejection of an AppendEntries sent before the snapshot is stale.
+    assert not p.reject(8, 5) and p.state is ProgressState.SNAPSHOT
+
+
+def test_snapshot_landing_probes_past_it_and_failure_waits_for_an_answer() -> None:
+    p = Progress(next_index=4)
+    p.acknowledge(2)
+    p.become_snapshot(20, 3)
+    p.snapshot_landed()
+    assert p.state is ProgressState.PROBE and p.next_index == 21 and not p.paused(64)
+    assert p.pending_snapshot == 0
+    p.become_snapshot(20, 3)
+    p.snapshot_failed()
+    # Back to probing from the match, but held until the follower next answers: no resend
+    # in the same step, so an unreachable follower is not sent a snapshot in a loop.
+    assert p.state is ProgressState.PROBE and p.next_index == 3 and p.paused(64)
