@@ -103,6 +103,7 @@ when it returns. ``close`` syncs, closes the log and releases the lock.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -259,14 +260,16 @@ class Storage:
         """The log entries after ``snapshot_index`` found at ``open`` (``entries``)."""
         return self.entries
 
-    def install_snapshot(self, index: int, term: int) -> None:
+    def install_snapshot(self, index: int, term: int, *, staged: Path | None = None) -> None:
         """Durably discard the whole log; the next append must be entry ``index + 1``.
 
         For a follower that received a snapshot through ``index`` (whose entry had
         ``term``) that its log does not hold (Raft paper section 7: "discard the entire
-        log"). The snapshot file must already be installed (renamed into ``snapshots_dir``
-        and the directory fsynced: ``SnapshotReceiver.finish``); with ``snapshots_dir`` set,
-        a missing ``snapshot-<index>-<term>.snap`` raises ``StorageError`` and nothing is
+        log"). The snapshot file comes first: ``staged`` (a verified file, e.g. what
+        ``SnapshotReceiver.finish`` installed in a staging directory on the same file
+        system) is renamed to ``snapshots_dir/snapshot-<index>-<term>.snap`` and both
+        directories are fsynced; without ``staged`` the file must already be there. With
+        ``snapshots_dir`` set, a missing file raises ``StorageError`` and nothing is
         discarded. Crash points (see "Restart from a snapshot"): before or during the reset
         a restart finds the new snapshot and the old log, or a prefix of it, which
         contradicts the snapshot or ends before it, and resets it again; after it, the
@@ -276,8 +279,14 @@ class Storage:
         more writes). Safe while a ``sync`` runs in a worker thread.
         """
         path = None
+        if staged is not None and self.snapshots_dir is None:
+            raise StorageError(f"install_snapshot: {staged} given but no snapshots_dir")
         if self.snapshots_dir is not None:
             path = self.snapshots_dir / snapshot_name(index, term)
+            if staged is not None:
+                os.replace(staged, path)
+                fsync_directory(self.snapshots_dir)
+                fsync_directory(Path(staged).parent)
             if not path.is_file():
                 raise StorageError(
                     f"install_snapshot({index}, {term}): {path} does not exist; install the "

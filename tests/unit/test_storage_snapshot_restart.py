@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,13 +46,9 @@ def write_snapshot(directory: Path, index: int, term: int, cluster: str = CLUSTE
         return w.commit().path
 
 
-def open_storage(db: Path, **kwargs: object) -> Storage:
+def open_storage(db: Path) -> Storage:
     return Storage.open(
-        db,
-        segment_bytes=SEGMENT_BYTES,
-        snapshots_dir=db / "snapshots",
-        cluster_id=CLUSTER,
-        **kwargs,  # type: ignore[arg-type]
+        db, segment_bytes=SEGMENT_BYTES, snapshots_dir=db / "snapshots", cluster_id=CLUSTER
     )
 
 
@@ -371,7 +367,7 @@ def crash_before_operation(number: int) -> Iterator[list[str]]:
     names = ["write", "pwrite", "ftruncate", "fsync", "replace", "rename", "unlink"]
     real = {name: getattr(os, name) for name in names}
 
-    def wrap(name: str):  # type: ignore[no-untyped-def]
+    def wrap(name: str) -> Callable[..., object]:
         def operation(*args: object, **kwargs: object) -> object:
             if len(performed) == number:
                 raise Crash(f"before {name} #{number}")
@@ -389,18 +385,27 @@ def crash_before_operation(number: int) -> Iterator[list[str]]:
             setattr(os, name, function)
 
 
-def install_from_leader(db: Path, storage: Storage, leader_file: Path) -> None:
+def install_from_leader(db: Path, storage: Storage, leader_file: Path, staged: bool) -> None:
     """What a follower does for InstallSnapshot: receive the file in chunks, verify and
-    rename it into place, then reset the log."""
-    receiver = SnapshotReceiver.create(db / "snapshots")
+    rename it into place (``staged``: first into a staging directory, then moved by
+    ``install_snapshot``), then reset the log."""
+    receiver = SnapshotReceiver.create(
+        db / "snapshots" / "incoming" if staged else db / "snapshots"
+    )
     size = leader_file.stat().st_size
     for offset in range(0, size, 64):
         receiver.write_chunk(offset, read_raw_chunk(leader_file, offset, 64))
     installed = receiver.finish(CLUSTER, expected=(70, 5))
-    storage.install_snapshot(installed.last_index, installed.last_term)
+    if staged:
+        storage.install_snapshot(70, 5, staged=installed.path)
+    else:
+        storage.install_snapshot(70, 5)
 
 
-def test_install_snapshot_crashed_at_every_step_restarts_consistent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("staged", [False, True], ids=["received-in-place", "staged"])
+def test_install_snapshot_crashed_at_every_step_restarts_consistent(
+    tmp_path: Path, staged: bool
+) -> None:
     """Old state: snapshot (10, 1), log 1..50 (term 1 up to 30, then 2). The leader's snapshot
     (70, 5) contradicts nothing it can check (the log ends before 70). A crash at any step
     restarts into either the old state or the new one, never anything else, and the node
@@ -417,7 +422,7 @@ def test_install_snapshot_crashed_at_every_step_restarts_consistent(tmp_path: Pa
         crashed = False
         with crash_before_operation(number):
             try:
-                install_from_leader(db, storage, leader_file)
+                install_from_leader(db, storage, leader_file, staged)
             except Crash:
                 crashed = True
         storage._wal._failure = Crash()  # the process is gone: no sync at close
@@ -460,7 +465,7 @@ def test_install_snapshot_crashed_where_the_log_holds_an_older_entry_of_the_same
         crashed = False
         with crash_before_operation(number):
             try:
-                install_from_leader(db, storage, leader_file)
+                install_from_leader(db, storage, leader_file, staged=False)
             except Crash:
                 crashed = True
         storage._wal._failure = Crash()
