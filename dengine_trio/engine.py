@@ -22,9 +22,9 @@ from .errors import Stopped, Timeout, TooLarge
 from .metrics import MetricsSink
 from .policy import ReadPolicy
 from .runtime.node import NodeRuntime
+from .runtime.snapshotting import SnapshotFile
 from .runtime.status import NodeStatus
 from .statemachine import KVStateMachine, StateMachine, encode_delete, encode_put
-from .storage.snapshots import SnapshotFile
 
 
 class EmbeddedEngine:
@@ -147,6 +147,8 @@ class EmbeddedEngine:
             "commit_index": st.commit_index,
             "applied_index": st.applied_index,
             "last_log_index": st.last_log_index,
+            "snapshot_index": st.snapshot_index,
+            "snapshot_term": st.snapshot_term,
             "durability": self.config.raft.persistence.strategy.value,
         }
         if st.is_leader:

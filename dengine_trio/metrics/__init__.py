@@ -100,16 +100,17 @@ class MetricsSink:
     # -- hooks for what is still to come (snapshots, membership) ---------------------------
 
     def snapshot_saved(self, duration_s: float, size_bytes: int) -> None:
-        """Hook for snapshots: one snapshot written and fsynced (``dengine_snapshot_save_*``).
-        Not called yet: the node does not take snapshots yet."""
+        """One snapshot taken: captured, written and fsynced in ``duration_s``; the file
+        has ``size_bytes`` (``dengine_snapshot_save_duration_seconds``,
+        ``dengine_snapshots_saved_total``, ``dengine_snapshot_saved_bytes_total``)."""
 
     def snapshot_sent(self, peer: int, size_bytes: int) -> None:
         """Hook for snapshots: one snapshot streamed to ``peer`` (``dengine_snapshots_sent_total``).
         Not called yet."""
 
     def snapshot_received(self, size_bytes: int) -> None:
-        """Hook for snapshots: one snapshot installed from the leader
-        (``dengine_snapshots_received_total``). Not called yet."""
+        """One snapshot of ``size_bytes`` installed from the leader
+        (``dengine_snapshots_received_total``)."""
 
     def membership_changed(self, voters: int, learners: int) -> None:
         """Hook for membership changes: the configuration now has ``voters`` and ``learners``

@@ -51,6 +51,8 @@ APPLY_BUCKETS_S = _exponential(0.0001, 2, 20)
 """etcd's ``apply_duration_seconds`` buckets: 100 us to about 52 s."""
 RTT_BUCKETS_S = _exponential(0.0001, 2, 16)
 """etcd's ``peer_round_trip_time_seconds`` buckets: 100 us to about 3.3 s."""
+SNAPSHOT_BUCKETS_S = _exponential(0.01, 2, 14)
+"""Snapshot save durations: 10 ms to about 82 s."""
 HTTP_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 """Prometheus's default buckets, extended down to 0.5 ms (a local GET takes well under 5 ms)."""
 
@@ -104,6 +106,8 @@ class PrometheusSink(MetricsSink):
         self.http_count: dict[tuple[str, str, str], int] = {}
         self.http_duration: dict[tuple[str, str, str], _Histogram] = {}
         self.snapshots_saved = 0
+        self.snapshot_save = _Histogram(SNAPSHOT_BUCKETS_S)
+        self.snapshot_bytes_saved = 0
         self.snapshots_sent: dict[int, int] = {}
         self.snapshots_received = 0
         self.membership: tuple[int, int] | None = None
@@ -181,6 +185,8 @@ class PrometheusSink(MetricsSink):
     def snapshot_saved(self, duration_s: float, size_bytes: int) -> None:
         """See ``MetricsSink.snapshot_saved``."""
         self.snapshots_saved += 1
+        self.snapshot_save.observe(duration_s)
+        self.snapshot_bytes_saved += size_bytes
 
     def snapshot_sent(self, peer: int, size_bytes: int) -> None:
         """See ``MetricsSink.snapshot_sent``."""
@@ -336,6 +342,16 @@ class _Collector:
         )
         yield gauge("dengine_last_log_index", "The index of the last log entry.", st.last_log_index)
         yield gauge(
+            "dengine_snapshot_index",
+            "The last log index the newest snapshot of this node covers (0: none).",
+            st.snapshot_index,
+        )
+        yield gauge(
+            "dengine_snapshot_size_bytes",
+            "Size of the newest snapshot file this node wrote, installed or started from.",
+            st.snapshot_bytes,
+        )
+        yield gauge(
             "dengine_proposals_pending",
             "Client writes waiting on this node (its own, and those it forwarded).",
             s._pending_proposals() if s._pending_proposals else 0,
@@ -378,8 +394,19 @@ class _Collector:
         s = self.sink
         yield CounterMetricFamily(
             "dengine_snapshots_saved_total",
-            "Snapshots this node wrote (the node takes none yet: stays 0).",
+            "Snapshots this node wrote.",
             value=s.snapshots_saved,
+        )
+        yield _histogram(
+            "dengine_snapshot_save_duration_seconds",
+            "Time to take one snapshot: capture, write and fsync the file.",
+            (),
+            {(): s.snapshot_save},
+        )
+        yield CounterMetricFamily(
+            "dengine_snapshot_saved_bytes_total",
+            "Bytes of the snapshot files this node wrote.",
+            value=s.snapshot_bytes_saved,
         )
         yield _counter(
             "dengine_snapshots_sent_total",
@@ -389,7 +416,7 @@ class _Collector:
         )
         yield CounterMetricFamily(
             "dengine_snapshots_received_total",
-            "Snapshots this node installed from its leader (none yet).",
+            "Snapshots this node installed from its leader.",
             value=s.snapshots_received,
         )
         if s.membership is not None:

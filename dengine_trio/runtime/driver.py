@@ -7,8 +7,9 @@ AppendEntries, and peers' messages (``receive``), which the task that read them 
 when its next deadline passes.
 
 The ordering rule: the effects of one step are carried out in the order the core returned
-them, synchronously, up to the first that must await (a ``PersistHardState``: term and vote
-durable before any later message leaves, Raft paper Figure 2). What an inline step could not
+them, synchronously, up to the first that must await (a barrier: ``PersistHardState``, term
+and vote durable before any later message leaves, Raft paper Figure 2; ``RestoreSnapshot``, a
+leader's snapshot installed before anything that follows it). What an inline step could not
 finish is left, in order, to the Raft loop, and until the loop has carried it out nobody
 steps the core: effects of later steps never overtake those of earlier ones.
 
@@ -40,6 +41,7 @@ from ..raft import (
     Proposed,
     ReadFailed,
     ReadReady,
+    RestoreSnapshot,
     RoleChanged,
     Send,
     Tick,
@@ -113,6 +115,16 @@ class EffectHandler(Protocol):
         """The node's (role, term, leader) changed: update status and metrics."""
         ...
 
+    async def restore_snapshot(self, effect: RestoreSnapshot) -> None:
+        """Install the staged snapshot ``effect`` names (a barrier: awaited before any
+        later effect); raises what the disk or the state machine raises (the node stops)."""
+        ...
+
+    def snapshot_stepped(self, effects: Sequence[Effect]) -> None:
+        """A step that took an ``InstallSnapshot`` handed over with ``receive_snapshot``
+        returned ``effects`` (staged files that no ``RestoreSnapshot`` names are not needed)."""
+        ...
+
 
 def _unhandled(effect: NoReturn) -> NoReturn:
     """mypy fails where this is reachable: an effect type the ``match`` does not handle."""
@@ -167,6 +179,7 @@ class Driver:
         self._wakeup = trio.Event()
         self._sleeps_until_ms = -math.inf  # the Raft loop's deadline while it waits
         self._busy = False  # effects are being carried out across an await: do not step
+        self._snapshot_in_inbox = False  # a receive_snapshot event waits in the inbox
         self._deferred: list[Effect] = []  # what an inline step left for the Raft loop
         self._unflushed = 0
         self._flush_needed = trio.Event()
@@ -187,6 +200,13 @@ class Driver:
     def receive(self, event: Event) -> None:
         """Queue a peer's message (as ``Receive``) for the next ``step_now``."""
         self._inbox.append(event)
+
+    def receive_snapshot(self, event: Event) -> None:
+        """Queue ``Receive(InstallSnapshot)`` for a staged snapshot file and step it now; the
+        handler hears the effects of the step that takes it (``snapshot_stepped``)."""
+        self._inbox.append(event)
+        self._snapshot_in_inbox = True
+        self.step_now()
 
     def step_now(self) -> None:
         """Step the core right here, in the calling task, rather than waking the Raft loop.
@@ -235,7 +255,13 @@ class Driver:
             now_ms = max(now_ms, deadline_ms)
         if now_ms >= deadline_ms:
             events.append(Tick())
-        return core.step_many(now_ms, events) if events else []
+        if not events:
+            return []
+        effects = core.step_many(now_ms, events)
+        if self._snapshot_in_inbox:
+            self._snapshot_in_inbox = False
+            self._handler.snapshot_stepped(effects)
+        return effects
 
     # -- the Raft loop ---------------------------------------------------------------------
 
@@ -280,15 +306,19 @@ class Driver:
         try:
             while done < len(effects):
                 effect = effects[done]
-                # The one barrier type today (``PersistHardState.barrier``); a new one fails here
-                # until it is awaited here too.
-                assert isinstance(effect, PersistHardState)
-                # Raft's rule: term and vote are durable before any message that depends on
-                # them leaves (the Sends that follow in this list).
-                seconds = await trio.to_thread.run_sync(
-                    _timed, self.storage.save_hard_state, effect.term, effect.voted_for
-                )
-                self._fsynced(seconds)
+                if isinstance(effect, PersistHardState):
+                    # Raft's rule: term and vote are durable before any message that depends
+                    # on them leaves (the Sends that follow in this list).
+                    seconds = await trio.to_thread.run_sync(
+                        _timed, self.storage.save_hard_state, effect.term, effect.voted_for
+                    )
+                    self._fsynced(seconds)
+                elif isinstance(effect, RestoreSnapshot):
+                    # The core's log now starts after the snapshot: the WAL and the state
+                    # machine must too before anything later (its answer to the leader).
+                    await self._handler.restore_snapshot(effect)
+                else:  # a new barrier type fails here until it is awaited here too
+                    raise AssertionError(f"unhandled barrier {effect!r}")
                 done = self._carry_out_now(effects, done + 1)
         finally:
             self._busy = False
@@ -320,7 +350,7 @@ class Driver:
                     handler.read_failed(effect)
                 case RoleChanged():
                     handler.role_changed(effect)
-                case PersistHardState():  # a barrier: returned above, awaited by _carry_out
+                case PersistHardState() | RestoreSnapshot():  # barriers: awaited by _carry_out
                     raise AssertionError(f"barrier {effect!r} carried out synchronously")
                 case _:
                     _unhandled(effect)

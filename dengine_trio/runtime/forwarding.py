@@ -183,6 +183,18 @@ class Forwarding:
             else:  # overwritten: never committed, so it may be sent again
                 forward.waiter.fail(NotLeader(leader_id or None))
 
+    def snapshot_installed(self, index: int, term: int, leader_id: int) -> None:
+        """A leader's snapshot through entry (``index``, ``term``) replaced this node's
+        state: forwarded writes waiting for this node to apply an index it covers stop
+        waiting for that. One of a later term than ``term`` was never committed (every entry
+        up to ``index`` has a term of at most ``term``): ``NotLeader``, sent again. Any other
+        is left to the leader's ``ForwardResult`` or the deadline, as a write this node had
+        applied before ``ForwardAccepted`` arrived (``accepted``)."""
+        for covered in [i for i in self._entries if i <= index]:
+            for forward in self._entries.pop(covered):
+                if forward.term > term:
+                    forward.waiter.fail(NotLeader(leader_id or None))
+
     def leader_changed(self, leader_id: int) -> None:
         """Leadership moved: forwards to another node whose frame is still in the transport's
         queue certainly never reached it, so they are taken back and fail with ``NotLeader``

@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import trio
 
@@ -39,11 +41,14 @@ from ..raft import (
     ReadFailed,
     ReadReady,
     Receive,
+    RestoreSnapshot,
     RoleChanged,
 )
-from ..raft.messages import MESSAGE_TYPES, Heartbeat, HeartbeatResponse
+from ..raft.effects import Effect
+from ..raft.messages import MESSAGE_TYPES, Heartbeat, HeartbeatResponse, InstallSnapshot
 from ..statemachine import StateMachine
 from ..storage import Storage
+from ..storage.snapshots import SnapshotFile
 from ..wire import ForwardAccepted, ForwardPropose, ForwardResult
 from ..wire.errors import CodecError
 from .clock import node_clock
@@ -52,6 +57,7 @@ from .forwarding import Forwarding
 from .observe import NodeLog
 from .operations import MAX_COMMAND_BYTES, Operations
 from .requests import RequestTable
+from .snapshotting import Snapshotter
 from .status import NodeStatus, PeerStatus
 from .tls import peer_tls_from_config
 from .transport import Transport, new_incarnation
@@ -82,6 +88,8 @@ class NodeRuntime:
         self.transport: Transport | None = None
         self.driver: Driver | None = None
         self.applied_index = 0
+        self.applied_term = 0
+        """Term of the entry at ``applied_index`` (0 before any)."""
         self.stopped = False
         self.refusing = False
         """``refuse_requests`` was called: the node is about to stop."""
@@ -128,6 +136,20 @@ class NodeRuntime:
         self._heartbeats_out: dict[int, dict[int, float]] = {}
         self._nursery: trio.Nursery | None = None
         self._cancel_scope: trio.CancelScope | None = None
+        self.snapshotter = Snapshotter(self)
+        if self.snapshotter.enable and not callable(getattr(state_machine, "snapshot", None)):
+            log.warning(
+                "node %d: state machine %s has no snapshot(); [raft.snapshot] enable is ignored "
+                "and the log grows without bound (see docs/api.md, a custom state machine)",
+                self.node_id,
+                type(state_machine).__name__,
+            )
+            self.snapshotter.enable = False
+
+    @property
+    def nursery(self) -> trio.Nursery | None:
+        """The node's nursery while it runs (None before and after)."""
+        return self._nursery
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -138,34 +160,67 @@ class NodeRuntime:
         return node_clock.now_ms()
 
     async def open_storage(self) -> Storage:
-        """Lock and recover ``db_root_dir``; raises ``StorageError`` (locked, corrupt)."""
-        self.storage = await trio.to_thread.run_sync(Storage.open, self.config.db_root_path())
+        """Lock and recover ``db_root_dir`` and choose the snapshot to start from
+        (``Storage.open``); raises ``StorageError`` (locked, corrupt)."""
+        cfg = self.config
+
+        def open_it() -> Storage:
+            storage = Storage.open(
+                cfg.db_root_path(),
+                snapshots_dir=self.snapshotter.directory,
+                cluster_id=cfg.cluster_id(),
+            )
+            try:
+                self.snapshotter.clean_incoming()
+            except BaseException:
+                storage.close()
+                raise
+            return storage
+
+        self.storage = await trio.to_thread.run_sync(open_it)
         return self.storage
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the node until ``stop`` (or a failure of its core, raised as RuntimeError)."""
         cfg = self.config
         storage = self.storage or await self.open_storage()
-        # The log is replayed into the state machine from the start as commits become known.
+        # The log after the snapshot (all of it without one) is replayed into the state
+        # machine as commits become known.
         self.state_machine.reset()
         try:
             hs = storage.hard_state
-            self.node_log.started_empty = hs.term == 0 and hs.voted_for == 0 and not storage.entries
+            snapshot = storage.snapshot
+            entries = storage.entries_after_snapshot()
+            snapshot_index = snapshot_term = 0
+            if snapshot is not None:
+                # Served at once: eventual reads see everything the snapshot covers.
+                await self.snapshotter.restore_at_start(snapshot)
+                snapshot_index, snapshot_term = snapshot.last_index, snapshot.last_term
+                self.applied_index, self.applied_term = snapshot_index, snapshot_term
+            self.node_log.started_empty = (
+                hs.term == 0 and hs.voted_for == 0 and not entries and snapshot is None
+            )
             self.raft = RaftNode(
                 self.raft_config,
                 random.Random(),
                 term=hs.term,
                 voted_for=hs.voted_for,
-                entries=storage.entries,
+                entries=entries,
                 now_ms=self.now_ms(),
+                snapshot_index=snapshot_index,
+                snapshot_term=snapshot_term,
             )
+            del entries
             storage.entries = []  # the core holds the log now
             if self.raft.log.last_index:
                 log.info(
-                    "node %d recovered term %d, vote %d, %d log entries from %s",
+                    "node %d recovered term %d, vote %d, snapshot through %d, log entries "
+                    "%d..%d from %s",
                     self.node_id,
                     hs.term,
                     hs.voted_for,
+                    snapshot_index,
+                    snapshot_index + 1,
                     self.raft.log.last_index,
                     cfg.db_root_path(),
                 )
@@ -217,6 +272,8 @@ class NodeRuntime:
                 ) from driver.failure
         finally:
             self.stopped = True
+            self.snapshotter.stop()
+            self.snapshotter.discard_staged()
             self._fail_everything(Stopped("node stopped"))
             with trio.CancelScope(shield=True):
                 # Graceful stop: everything appended becomes durable before we exit.
@@ -227,6 +284,7 @@ class NodeRuntime:
     def stop(self) -> None:
         """Cancel the node's tasks; ``run`` then flushes, closes the storage and returns."""
         self.stopped = True
+        self.snapshotter.stop()
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
 
@@ -249,6 +307,7 @@ class NodeRuntime:
         if raft is None:
             return NodeStatus(self.node_id, "stopped", 0, None, 0, self.applied_index, 0,
                               False, False, False, True)  # fmt: skip
+        latest = self.snapshotter.latest
         now = self.now_ms()
         is_leader = raft.is_leader
         window_ms = self.config.raft.timing.election_timeout_max_ms
@@ -274,6 +333,9 @@ class NodeRuntime:
             has_quorum=raft.has_quorum_contact(now),
             leader_contact_recent=raft.leader_contact_within(now, window_ms),
             stopped=self.stopped,
+            snapshot_index=raft.snapshot_index,
+            snapshot_term=raft.snapshot_term,
+            snapshot_bytes=latest.size_bytes if latest is not None else 0,
             peers=peers,
             transport=self.transport.stats.as_dict() if detail and self.transport else {},
         )
@@ -368,6 +430,10 @@ class NodeRuntime:
             requests.applied(entry.index, entry.term, result, leader_id)
             forwarding.applied(entry.index, entry.term, result, leader_id)
         elapsed = time.perf_counter() - start
+        if effect.entries:
+            self.applied_term = effect.entries[-1].term
+            # Between two applies: the state machine's image is exactly as of this entry.
+            self.snapshotter.applied(self.applied_index, self.applied_term)
         requests.reads_applied(self.applied_index)
         # One observation per batch, not per entry: the write path pays two clock reads.
         self.metrics.applied(elapsed, len(effect.entries))
@@ -375,6 +441,43 @@ class NodeRuntime:
             self.warnings.applied(elapsed, len(effect.entries))
         if commands and leader_id == self.node_id:
             self.metrics.proposals_committed(commands)
+
+    async def restore_snapshot(self, effect: RestoreSnapshot) -> None:
+        """Carry out the barrier ``RestoreSnapshot`` (``Snapshotter.install``)."""
+        await self.snapshotter.install(effect)
+
+    def snapshot_stepped(self, effects: Sequence[Effect]) -> None:
+        """The step that took a staged snapshot's message returned ``effects``
+        (``Snapshotter.stepped``: a file no ``RestoreSnapshot`` names is deleted)."""
+        self.snapshotter.stepped(effects)
+
+    def snapshot_installed(self, index: int, term: int) -> None:
+        """The state machine now holds a leader's snapshot as of entry (``index``,
+        ``term``): applied up to there, and the requests waiting on entries it covers are
+        settled (``RequestTable.snapshot_installed``, ``Forwarding.snapshot_installed``);
+        reads whose read index it covers are served."""
+        self.applied_index, self.applied_term = index, term
+        leader_id = self.raft.leader_id if self.raft else 0
+        self.requests.snapshot_installed(index, term, leader_id)
+        self.forwarding.snapshot_installed(index, term, leader_id)
+        self.requests.reads_applied(index)
+
+    def snapshot_received(self, message: InstallSnapshot, staged: Path) -> None:
+        """The transport received a whole snapshot file and verified it: it is at
+        ``staged`` (same file system as ``snapshots_dir``), as of entry
+        (``message.last_index``, ``message.last_term``). The node owns the file from now on:
+        it steps ``Receive(message)`` and installs the file if the core says so
+        (``RestoreSnapshot``), else deletes it. Call in the trio thread."""
+        driver = self.driver
+        if driver is None or self.stopped:
+            staged.unlink(missing_ok=True)
+            return
+        self.snapshotter.stage(message.last_index, message.last_term, staged)
+        driver.receive_snapshot(Receive(message))
+
+    async def take_snapshot(self) -> SnapshotFile:
+        """See ``Snapshotter.take_snapshot``."""
+        return await self.snapshotter.take_snapshot()
 
     def proposed(self, effect: Proposed) -> None:
         """``RequestTable.proposed``: the proposal now waits for its entry to apply."""

@@ -233,6 +233,26 @@ class RequestTable:
             else:  # our entry was overwritten by a newer leader's: never committed
                 waiter.fail(NotLeader(leader_id or None))
 
+    def snapshot_installed(self, index: int, term: int, leader_id: int) -> None:
+        """A leader's snapshot as of entry (``index``, ``term``) replaced the state machine:
+        the proposals waiting on an index it covers are settled without their entry's result.
+        One of a later term than ``term`` was never committed (every entry up to ``index`` has
+        a term of at most ``term``, Raft paper section 5.3): ``NotLeader``, it may be sent
+        again. Any other may or may not be the committed entry there (its term is not in the
+        snapshot), and its result is gone: ``Timeout``, as etcd leaves such a waiter to time
+        out."""
+        for covered in [i for i in self._by_index if i <= index]:
+            waiter = self._by_index.pop(covered)
+            if waiter.term > term:
+                waiter.fail(NotLeader(leader_id or None))
+            else:
+                waiter.fail(
+                    Timeout(
+                        "a snapshot from the leader replaced this node's log before the "
+                        "write's entry applied here; the write may or may not have been applied"
+                    )
+                )
+
     def reads_applied(self, applied_index: int) -> None:
         """Resolve every read whose read index is at most ``applied_index`` (Raft thesis
         section 6.4: a read is served once its read index has applied)."""

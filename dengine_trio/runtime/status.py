@@ -40,8 +40,8 @@ class NodeStatus:
     known and, on the leader, it has committed an entry of its term (it can serve).
     ``has_quorum``: a leader heard from a quorum within the election timeout;
     ``leader_contact_recent``: a follower heard from its leader within
-    ``election_timeout_max_ms``. ``peers`` (leader only) and ``transport`` are filled only
-    when asked for (``detail``).
+    ``election_timeout_max_ms``. ``snapshot_*``: the newest snapshot. ``peers`` (leader
+    only) and ``transport`` are filled only when asked for (``detail``).
     """
 
     node_id: int
@@ -55,6 +55,12 @@ class NodeStatus:
     has_quorum: bool
     leader_contact_recent: bool
     stopped: bool
+    snapshot_index: int = 0
+    """Last entry the newest snapshot of this node covers (taken or installed; 0: none)."""
+    snapshot_term: int = 0
+    """Term of that entry."""
+    snapshot_bytes: int = 0
+    """Size of the newest snapshot file this process wrote, installed or started from."""
     peers: Mapping[int, PeerStatus] = attrs.field(factory=dict, converter=_frozen_mapping, eq=False)
     transport: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping, eq=False)
 

@@ -2,7 +2,8 @@
 
 The effects of one step are carried out in the order the core returned them, synchronously up
 to the first barrier (an effect type with ``barrier = True``: ``PersistHardState``, whose save
-is awaited); what is left goes to the Raft loop, and
+is awaited, and ``RestoreSnapshot``, whose install is awaited); what is left goes to the Raft
+loop, and
 until it is carried out nobody steps the core, so a later step's effects never overtake it.
 """
 
@@ -26,6 +27,7 @@ from dengine_trio.raft import (
     ReadFailed,
     ReadReady,
     Receive,
+    RestoreSnapshot,
     Role,
     RoleChanged,
     Send,
@@ -101,11 +103,15 @@ async def wait_until(condition: Any) -> None:
 
 
 def test_the_ordering_rule_is_a_property_of_the_effect_types() -> None:
-    """Every effect type says whether it is a barrier; the hard-state save is the only one
-    (its durability comes before any later message, Raft Figure 2)."""
+    """Every effect type says whether it is a barrier; the hard-state save (its durability
+    comes before any later message, Raft Figure 2) and a snapshot's install (the log and state
+    machine start after it before anything later) are the only ones."""
     barriers = {t.__name__: t.barrier for t in typing.get_args(Effect)}
-    assert len(barriers) == 9
-    assert {name for name, barrier in barriers.items() if barrier} == {"PersistHardState"}
+    assert len(barriers) == 10
+    assert {name for name, barrier in barriers.items() if barrier} == {
+        "PersistHardState",
+        "RestoreSnapshot",
+    }
     assert all(isinstance(barrier, bool) for barrier in barriers.values())
 
 
@@ -188,3 +194,56 @@ async def test_the_raft_loop_steps_client_events_in_one_batch(hard_state_first: 
         await wait_until(lambda: ("send", "x") in journal)
         nursery.cancel_scope.cancel()
     assert core.steps == [["p1", "p2", "p3"]]
+
+
+class InstallingHandler(Handler):
+    """``restore_snapshot`` waits until ``release`` is set, as an install in a thread does."""
+
+    def __init__(self, journal: list[tuple[str, Any]]) -> None:
+        super().__init__(journal)
+        self.release = trio.Event()
+        self.installing = trio.Event()
+
+    async def restore_snapshot(self, effect: RestoreSnapshot) -> None:
+        self.installing.set()
+        await self.release.wait()
+        self.journal.append(("restore", effect.index))
+
+
+async def test_a_snapshot_install_is_a_barrier_and_the_staged_step_is_reported() -> None:
+    """``RestoreSnapshot`` is awaited before the effects after it (the answer to the leader),
+    a message arriving meanwhile is not stepped, and the step that took a staged snapshot's
+    message is reported with its effects (``snapshot_stepped``), that one only."""
+    journal: list[tuple[str, Any]] = []
+    core = FakeCore([RestoreSnapshot(40, 3), Send("ack")], [Send("c")])
+    storage = FakeStorage(journal)
+    handler = InstallingHandler(journal)
+    driver = Driver(
+        1,
+        core,
+        storage,
+        lambda message: journal.append(("send", message)),
+        handler,  # type: ignore[arg-type]
+        now_ms=lambda: trio.current_time() * 1000,
+        trio_deadline=lambda ms: ms / 1000,
+        on_failure=lambda exc: None,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(driver.run)
+        driver.receive_snapshot(Receive("snap"))
+        assert journal == [("snapshot_stepped", [RestoreSnapshot(40, 3), Send("ack")])]
+        with trio.fail_after(WAIT_S):
+            await handler.installing.wait()
+        driver.receive(Receive("m2"))
+        driver.step_now()
+        assert core.steps == [["snap"]]
+        handler.release.set()
+        await wait_until(lambda: ("send", "c") in journal)
+        nursery.cancel_scope.cancel()
+    assert journal == [
+        ("snapshot_stepped", [RestoreSnapshot(40, 3), Send("ack")]),
+        ("restore", 40),
+        ("send", "ack"),
+        ("send", "c"),
+    ]
+    assert core.steps == [["snap"], ["m2"]]

@@ -1,0 +1,382 @@
+"""Snapshots in the node: taking them (log compaction), and installing one a leader sent.
+
+Taking (Raft paper section 7; etcd raft's ``CreateSnapshot`` + ``Compact``): once the applied
+index is ``max_log_entries_before_snapshot`` past the newest snapshot's, and right after the
+``Apply`` that got it there, the state machine captures its image on the trio loop
+(``StateMachine.snapshot()``: O(1) copy-on-write for ``KVStateMachine``). A worker thread
+serializes it into a snapshot file (``storage.snapshots.write_snapshot``: temporary name,
+fsync, rename, directory fsync). Then the core hears ``SnapshotTaken(index, term,
+compact_through)`` and drops its in-memory log through ``compact_through`` (``index -
+retained_log_entries``), the WAL drops the segments wholly at or below it, and snapshot files
+but the newest two are deleted. One snapshot at a time; ``take_snapshot`` (``GET /snapshot``)
+waits for the one under way and takes a fresh one if the applied index moved since.
+
+Installing (the follower's half of InstallSnapshot): the transport stages a complete,
+verified file and hands it over with ``stage``; the core decides in the step that takes the
+``InstallSnapshot`` message. If it emits ``RestoreSnapshot(index, term)`` (a barrier: nothing
+later is carried out before it is done) the file is renamed into ``snapshots_dir``, the WAL is
+reset to start after ``index`` (``Storage.install_snapshot``), the state machine is restored
+from the file in a worker thread, and ``applied_index`` becomes ``index``. Otherwise (the log
+already holds that entry, or the commit index is past it) the staged file is deleted.
+
+Why the serialization runs in a thread of this process and not in a forked child: see
+``docs/architecture.md``, "Snapshots in the node".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..errors import Stopped
+from ..raft import Effect, RestoreSnapshot, SnapshotTaken
+from ..statemachine import SnapshotImage, SnapshotSink
+from ..storage._fs import fsync_directory
+from ..storage.snapshots import (
+    SnapshotFile,
+    SnapshotHeader,
+    remove_old_snapshots,
+    remove_stale_temporaries,
+    restore_snapshot,
+    snapshot_name,
+    write_snapshot,
+)
+
+if TYPE_CHECKING:
+    from .node import NodeRuntime
+
+__all__ = ["INCOMING_SUBDIR", "KEEP_SNAPSHOTS", "SnapshotFile", "Snapshotter"]
+
+log = logging.getLogger("dengine_trio.node")
+
+KEEP_SNAPSHOTS = 2
+"""Snapshot files kept after each new one: the newest, and one older in case the newest turns
+out damaged at restart (storage then falls back to it if the log still covers the gap)."""
+INCOMING_SUBDIR = "incoming"
+"""Subdirectory of ``snapshots_dir`` where received snapshots are staged until the core takes
+them: outside ``snapshots_dir`` proper, so recovery never picks one the core has not accepted."""
+RETRY_AFTER_FAILURE_S = 5.0
+"""After a snapshot failed to write (a full disk), the next attempt waits this long (s)."""
+
+
+class _Cancelled(Exception):
+    """Raised in the writer thread when the node stops: the temporary file is removed."""
+
+
+class _StoppableSink:
+    """A sink that raises ``_Cancelled`` on the next write once ``stop`` was called, so a
+    stopping node does not wait for a multi-second image to finish."""
+
+    def __init__(self, sink: SnapshotSink) -> None:
+        self._sink = sink
+        self.stopped = False
+
+    def write(self, data: bytes, /) -> object:
+        if self.stopped:
+            raise _Cancelled
+        return self._sink.write(data)
+
+
+class _Run:
+    """One snapshot under way: as of applied entry (``index``, ``term``)."""
+
+    def __init__(self, index: int, term: int) -> None:
+        self.index = index
+        self.term = term
+        self.done = trio.Event()
+        self.written: SnapshotFile | None = None
+        self.error: BaseException | None = None
+        self.sink: _StoppableSink | None = None
+
+
+class Snapshotter:
+    """Takes and installs the snapshots of ``node`` (a ``NodeRuntime``).
+
+    Reads ``[raft.snapshot]`` of the node's config: ``enable``, ``max_log_entries_before_snapshot``
+    (entries), ``retained_log_entries`` (entries), ``chunk_size`` (bytes, the file writer's
+    buffer), and ``NodeConfig.snapshots_path()``.
+    """
+
+    def __init__(self, node: NodeRuntime) -> None:
+        cfg = node.config
+        snap = cfg.raft.snapshot
+        self._node = node
+        self.enable = snap.enable
+        self.threshold = snap.max_log_entries_before_snapshot
+        self.retained = snap.retained_log_entries
+        self.chunk_bytes = snap.chunk_size
+        self.directory: Path = cfg.snapshots_path()
+        self.incoming: Path = self.directory / INCOMING_SUBDIR
+        self.cluster_id = cfg.cluster_id()
+        self.voters = {p.id: p.address for p in cfg.cluster.initial_cluster}
+        self.latest: SnapshotFile | None = None
+        """The newest snapshot file of this node (taken, installed, or recovered at start);
+        what a leader streams to a follower that needs one."""
+        self.taken = 0
+        """Snapshots this process wrote."""
+        self.installed = 0
+        """Snapshots this process installed from a leader."""
+        self._run: _Run | None = None
+        self._retry_at = -float("inf")
+        self._staged: dict[tuple[int, int], Path] = {}
+
+    # -- taking ----------------------------------------------------------------------------
+
+    @property
+    def in_progress(self) -> bool:
+        """A snapshot is being written."""
+        return self._run is not None
+
+    def applied(self, index: int, term: int) -> None:
+        """Called after each ``Apply`` (``index``, ``term``: the last entry applied), on the
+        loop: starts a snapshot when ``enable`` and the applied index is
+        ``max_log_entries_before_snapshot`` past the core's snapshot. Cheap when it does not."""
+        raft = self._node.raft
+        if (
+            self._run is None
+            and self.enable
+            and raft is not None
+            and index - raft.snapshot_index >= self.threshold
+            and trio.current_time() >= self._retry_at
+        ):
+            self._start(index, term)
+
+    def _start(self, index: int, term: int) -> _Run:
+        """Capture the image now (on the loop, between two applies) and write it in a task."""
+        nursery = self._node.nursery
+        if nursery is None or self._node.stopped:
+            raise Stopped("node is stopping")
+        run = self._run = _Run(index, term)
+        started = time.perf_counter()
+        try:
+            image = self._node.state_machine.snapshot()
+        except BaseException:
+            self._run = None
+            raise
+        nursery.start_soon(self._write, run, image, started)
+        return run
+
+    async def _write(self, run: _Run, image: SnapshotImage, started: float) -> None:
+        header = SnapshotHeader(run.index, run.term, self.cluster_id, self.voters)
+
+        def stoppable(sink: SnapshotSink) -> None:
+            run.sink = _StoppableSink(sink)
+            image(run.sink)
+
+        try:
+            try:
+                run.written = await trio.to_thread.run_sync(
+                    write_snapshot, self.directory, header, stoppable, self.chunk_bytes
+                )
+            except _Cancelled:
+                return
+            except Exception as exc:
+                run.error = exc
+                self._retry_at = trio.current_time() + RETRY_AFTER_FAILURE_S
+                log.error(
+                    "node %d could not write a snapshot as of index %d to %s: %s",
+                    self._node.node_id,
+                    run.index,
+                    self.directory,
+                    exc,
+                )
+                return
+            written = run.written
+            seconds = time.perf_counter() - started
+            self.taken += 1
+            if self.latest is None or written.last_index >= self.latest.last_index:
+                self.latest = written
+            self._node.metrics.snapshot_saved(seconds, written.size_bytes)
+            log.info(
+                "node %d wrote snapshot %s (%d bytes) in %.3f s",
+                self._node.node_id,
+                written.path.name,
+                written.size_bytes,
+                seconds,
+            )
+            await self._compact(run.index, run.term)
+        finally:
+            if self._run is run:
+                self._run = None
+            run.done.set()
+
+    async def _compact(self, index: int, term: int) -> None:
+        """Tell the core about the snapshot (it drops its log through ``compact_through``),
+        then drop the WAL segments below that and the snapshot files but the newest two."""
+        node = self._node
+        raft, driver, storage = node.raft, node.driver, node.storage
+        assert raft is not None and driver is not None and storage is not None
+        compact_through = max(0, index - self.retained)
+        if index > raft.snapshot_index:
+            driver.submit(SnapshotTaken(index, term, compact_through))
+
+        def compact() -> None:
+            # The snapshot file is durable (write_snapshot fsynced it and its directory), so
+            # every entry at or below ``index`` is covered even if the core has not stepped
+            # SnapshotTaken yet.
+            storage.compact(compact_through)
+            remove_old_snapshots(self.directory, KEEP_SNAPSHOTS)
+
+        await trio.to_thread.run_sync(compact)
+
+    async def take_snapshot(self) -> SnapshotFile:
+        """A complete snapshot file as of the current applied index: waits for the one under
+        way, then returns it if it is as of the applied index, else takes a fresh one.
+
+        Works whether ``enable`` is set or not (a backup). The file may be deleted once two
+        newer snapshots exist: open it at once. Raises ``Stopped`` (the node is stopping),
+        ``OSError`` (the disk) and what the state machine's ``snapshot()`` raises.
+        """
+        node = self._node
+        while True:
+            if node.stopped:
+                raise Stopped("node is stopping")
+            run = self._run
+            if run is None:
+                latest = self.latest
+                if (
+                    latest is not None
+                    and latest.last_index == node.applied_index
+                    and latest.path.exists()
+                ):
+                    return latest
+                run = self._start(node.applied_index, node.applied_term)
+                await run.done.wait()
+                if run.error is not None:
+                    raise run.error
+                if run.written is None:
+                    raise Stopped("node is stopping")
+                return run.written
+            await run.done.wait()
+
+    def stop(self) -> None:
+        """The node is stopping: a snapshot being written is abandoned at its next write."""
+        run = self._run
+        if run is not None and run.sink is not None:
+            run.sink.stopped = True
+
+    # -- at start --------------------------------------------------------------------------
+
+    def clean_incoming(self) -> None:
+        """Delete what a previous process left staged (blocking: at start, in a thread)."""
+        if not self.incoming.is_dir():
+            return
+        removed = remove_stale_temporaries(self.incoming)
+        for name in os.listdir(self.incoming):
+            path = self.incoming / name
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+        if removed:
+            fsync_directory(self.incoming)
+            log.info(
+                "node %d removed %d staged snapshot file(s) left in %s",
+                self._node.node_id,
+                len(removed),
+                self.incoming,
+            )
+
+    async def restore_at_start(self, snapshot: SnapshotFile) -> None:
+        """Restore the state machine from ``snapshot`` (chosen by ``Storage.open``), in a
+        worker thread. Raises ``SnapshotError`` (the file changed since it was verified),
+        the state machine's ``SnapshotImageError``, ``OSError``."""
+        started = time.perf_counter()
+        await trio.to_thread.run_sync(
+            restore_snapshot,
+            snapshot.path,
+            self.cluster_id,
+            self._node.state_machine,
+            self.chunk_bytes,
+        )
+        self.latest = snapshot
+        log.info(
+            "node %d restored its state machine from %s (index %d, term %d) in %.3f s",
+            self._node.node_id,
+            snapshot.path.name,
+            snapshot.last_index,
+            snapshot.last_term,
+            time.perf_counter() - started,
+        )
+
+    # -- installing a snapshot from the leader ---------------------------------------------
+
+    def stage(self, index: int, term: int, path: Path) -> None:
+        """Take ownership of a complete, verified snapshot file at ``path`` (as of entry
+        (``index``, ``term``)), received for the ``InstallSnapshot`` about to be stepped."""
+        previous = self._staged.pop((index, term), None)
+        if previous is not None and previous != path:
+            _unlink(previous)
+        self._staged[(index, term)] = path
+
+    def stepped(self, effects: Sequence[Effect]) -> None:
+        """The step that took staged files' messages returned ``effects``: a file no
+        ``RestoreSnapshot`` among them names is not needed (the log already holds its entry,
+        or the commit index is past it) and is deleted."""
+        keep = {(e.index, e.term) for e in effects if type(e) is RestoreSnapshot}
+        for key in [k for k in self._staged if k not in keep]:
+            _unlink(self._staged.pop(key))
+
+    async def install(self, effect: RestoreSnapshot) -> None:
+        """Carry out ``RestoreSnapshot`` (a barrier): the staged file goes into
+        ``snapshots_dir`` first, then the WAL is reset to start after ``effect.index``
+        (a crash between the two restarts from the file, whose entry the old log may not
+        hold: storage then resets the log itself), then the state machine is restored from
+        the file in a worker thread (swapped in whole, only once read and verified), and the
+        node's applied index becomes ``effect.index``. Raises ``RuntimeError`` if no file was
+        staged for it, and what the disk and the state machine raise (the node stops)."""
+        node = self._node
+        storage = node.storage
+        assert storage is not None
+        staged = self._staged.pop((effect.index, effect.term), None)
+        if staged is None:
+            raise RuntimeError(
+                f"RestoreSnapshot({effect.index}, {effect.term}) without a staged snapshot file"
+            )
+        started = time.perf_counter()
+        final = self.directory / snapshot_name(effect.index, effect.term)
+
+        def put_in_place() -> int:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if staged != final:
+                os.replace(staged, final)
+                fsync_directory(self.directory)
+            storage.install_snapshot(effect.index, effect.term)
+            return final.stat().st_size
+
+        size = await trio.to_thread.run_sync(put_in_place)
+        header = await trio.to_thread.run_sync(
+            restore_snapshot, final, self.cluster_id, node.state_machine, self.chunk_bytes
+        )
+        self.latest = SnapshotFile(final, effect.index, effect.term, header, size)
+        self.installed += 1
+        node.snapshot_installed(effect.index, effect.term)
+        node.metrics.snapshot_received(size)
+        log.info(
+            "node %d installed snapshot %s from its leader (%d bytes) in %.3f s",
+            node.node_id,
+            final.name,
+            size,
+            time.perf_counter() - started,
+        )
+        await trio.to_thread.run_sync(remove_old_snapshots, self.directory, KEEP_SNAPSHOTS)
+
+    def discard_staged(self) -> None:
+        """Delete every staged file (the node stops)."""
+        for path in self._staged.values():
+            _unlink(path)
+        self._staged.clear()
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove staged snapshot %s: %s", path, exc)

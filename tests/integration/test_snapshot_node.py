@@ -1,0 +1,223 @@
+"""Snapshots in the node (issue 13): three engines in one process, real TCP, real files.
+
+With a low ``max_log_entries_before_snapshot`` every node snapshots its state machine and
+compacts: the core's log and the WAL stay bounded, at most two snapshot files are kept, a
+restarted node starts from its newest snapshot and the log after it (serving eventual reads
+of what the snapshot covers before it hears from anyone), and ``take_snapshot`` gives a
+complete file as of the applied index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from dengine_trio import EmbeddedEngine
+from dengine_trio.runtime import node as node_module
+from dengine_trio.statemachine import KVStateMachine
+from dengine_trio.storage import Storage
+from dengine_trio.storage.snapshots import list_snapshots, restore_snapshot, verify_snapshot
+
+from .cluster import wait_until, write_configs
+
+THRESHOLD = 40
+RETAINED = 10
+SEGMENT_BYTES = 4096
+"""Small WAL segments, so that compaction (whole segments) shows with a few hundred puts."""
+SETTINGS = {
+    "raft.snapshot.max_log_entries_before_snapshot": THRESHOLD,
+    "raft.snapshot.retained_log_entries": RETAINED,
+}
+
+
+@pytest.fixture(autouse=True)
+def small_segments(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The node opens its storage with ``SEGMENT_BYTES`` segments (default 64 MiB)."""
+    open_storage = Storage.open.__func__  # type: ignore[attr-defined]
+
+    def open_small(cls: type[Storage], root: Any, *args: Any, **kwargs: Any) -> Storage:
+        kwargs.setdefault("segment_bytes", SEGMENT_BYTES)
+        return open_storage(cls, root, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(node_module.Storage, "open", classmethod(open_small))
+    yield
+
+
+async def start_all(stack: AsyncExitStack, configs: list[Any]) -> dict[int, EmbeddedEngine]:
+    engines = {}
+    for cfg in configs:
+        engines[cfg.cluster.node_id] = await stack.enter_async_context(EmbeddedEngine.start(cfg))
+    return engines
+
+
+async def leader_of(engines: dict[int, EmbeddedEngine]) -> int:
+    def agreed() -> int | None:
+        ids = {e.leader_id() for e in engines.values()}
+        return ids.pop() if len(ids) == 1 and None not in ids else None
+
+    leader = await wait_until(agreed)
+    await engines[leader].wait_ready(10)
+    return leader
+
+
+def wal_segments(engine: EmbeddedEngine) -> list[Path]:
+    return sorted((engine.config.db_root_path() / "wal").glob("*.wal"))
+
+
+async def write(engine: EmbeddedEngine, count: int, start: int = 0, keys: int = 25) -> None:
+    client = engine.client()
+    for i in range(start, start + count):
+        await client.put(b"key%d" % (i % keys), b"value %d" % i)
+
+
+def expected(count: int, keys: int = 25) -> dict[bytes, bytes]:
+    return {b"key%d" % (i % keys): b"value %d" % i for i in range(count)}
+
+
+async def test_snapshots_bound_the_log_memory_and_disk(tmp_path: Path) -> None:
+    """Every node snapshots every ~THRESHOLD entries; the core keeps at most THRESHOLD +
+    RETAINED entries (plus what arrived since), the WAL drops the segments a snapshot covers
+    and at most two snapshot files remain; every file verifies and holds the state as of its
+    index."""
+    configs = write_configs(tmp_path, extra=SETTINGS)
+    async with AsyncExitStack() as stack:
+        engines = await start_all(stack, configs)
+        leader = await leader_of(engines)
+        total = 600
+        await write(engines[leader], total)
+        want = expected(total)
+
+        def settled() -> bool:
+            return all(
+                e.node_status().applied_index == engines[leader].node_status().commit_index
+                and e.node_status().snapshot_index >= total - THRESHOLD
+                for e in engines.values()
+            )
+
+        await wait_until(settled, what="every node applied and snapshotted")
+        for engine in engines.values():
+            status = engine.node_status()
+            runtime = engine._runtime
+            raft = runtime.raft
+            assert raft is not None
+            # The core's log: compacted through snapshot_index - RETAINED at the newest.
+            assert raft.log.first_index > total - THRESHOLD - RETAINED - 5
+            assert status.last_log_index - raft.log.first_index < THRESHOLD + RETAINED + 10
+            assert engine.status()["snapshot_index"] == status.snapshot_index
+            # The WAL: the segments of covered entries are gone (a segment is named by its
+            # first index; SEGMENT_BYTES hold ~100 entries here).
+            segments = wal_segments(engine)
+            assert len(segments) <= 3
+            assert int(segments[0].stem) > total - THRESHOLD - RETAINED - 200
+            assert sum(p.stat().st_size for p in segments) <= 3 * SEGMENT_BYTES + 1024
+            snapshots = list_snapshots(engine.config.snapshots_path())
+            assert 1 <= len(snapshots) <= 2
+            newest = snapshots[0]
+            assert newest.last_index == status.snapshot_index
+            verify_snapshot(newest.path, engine.config.cluster_id())
+            image = KVStateMachine()
+            await trio.to_thread.run_sync(
+                restore_snapshot, newest.path, engine.config.cluster_id(), image
+            )
+            # As of its index: put i is entry i + 2 (after the leader's no-op) or a little
+            # later (a no-op per further term), so the newest value in the image is there.
+            newest_put = max(int(v.split()[1]) for v in image.data.values())
+            assert newest.last_index - 2 - 5 <= newest_put <= newest.last_index - 2
+            assert all(k == b"key%d" % (int(v.split()[1]) % 25) for k, v in image.data.items())
+            state_machine = engine.state_machine
+            assert isinstance(state_machine, KVStateMachine)
+            assert dict(state_machine.data) == want
+
+
+async def test_a_restarted_node_starts_from_its_snapshot_and_the_log_after_it(
+    tmp_path: Path,
+) -> None:
+    """A node restarted alone (no peer up, so it hears from nobody) holds everything its
+    snapshot covers at once, as eventual reads; with the others back it catches up on the
+    rest, and all data is there."""
+    configs = write_configs(tmp_path, extra=SETTINGS)
+    by_id = {c.cluster.node_id: c for c in configs}
+    total = 230
+    async with AsyncExitStack() as stack:
+        engines = await start_all(stack, configs)
+        leader = await leader_of(engines)
+        await write(engines[leader], total)
+
+        def caught_up() -> bool:
+            commit = engines[leader].node_status().commit_index
+            return all(e.node_status().applied_index == commit for e in engines.values())
+
+        await wait_until(caught_up)
+        snapshot_index = {n: e.node_status().snapshot_index for n, e in engines.items()}
+    follower = next(n for n in by_id if n != leader)
+    assert snapshot_index[follower] >= THRESHOLD
+    async with EmbeddedEngine.start(by_id[follower]) as alone:
+        status = alone.node_status()
+        # Before any leader contact: the snapshot is applied, the log after it is not yet.
+        assert status.leader_id is None
+        assert status.snapshot_index == snapshot_index[follower]
+        assert status.applied_index == snapshot_index[follower]
+        raft = alone._runtime.raft
+        assert raft is not None
+        assert raft.log.first_index == snapshot_index[follower] + 1
+        state_machine = alone.state_machine
+        assert isinstance(state_machine, KVStateMachine)
+        assert len(state_machine.data) == 25
+    async with AsyncExitStack() as stack:
+        engines = await start_all(stack, configs)
+        leader = await leader_of(engines)
+        await write(engines[leader], 20, start=total)
+        want = expected(total + 20)
+        for engine in engines.values():
+            for key, value in want.items():
+                assert await engine.client().get_linearizable(key) == value
+
+
+async def test_take_snapshot_is_fresh_and_complete(tmp_path: Path) -> None:
+    """``take_snapshot`` returns a verified file as of the applied index: the same file
+    again while nothing was applied, a new one after a write; also with ``enable`` off,
+    where the node takes none by itself."""
+    configs = write_configs(
+        tmp_path,
+        extra={**SETTINGS, "raft.snapshot.enable": False},
+    )
+    async with AsyncExitStack() as stack:
+        engines = await start_all(stack, configs)
+        leader = await leader_of(engines)
+        await write(engines[leader], 3 * THRESHOLD)
+        for engine in engines.values():
+            assert engine.node_status().snapshot_index == 0
+        engine = engines[leader]
+        first = await engine.take_snapshot()
+        assert first.last_index == engine.node_status().applied_index
+        verified = verify_snapshot(first.path, engine.config.cluster_id())
+        assert (verified.last_index, verified.last_term) == (first.last_index, first.last_term)
+        assert (await engine.take_snapshot()).path == first.path
+        await write(engine, 1, start=3 * THRESHOLD)
+        second = await engine.take_snapshot()
+        assert second.last_index == first.last_index + 1
+        image = KVStateMachine()
+        restore_snapshot(second.path, engine.config.cluster_id(), image)
+        assert image.data == expected(3 * THRESHOLD + 1)
+        # Callers during a write: each gets a complete file as of the index applied when
+        # it asked or later; one that asked after the write was applied sees the write.
+        results: list[Any] = []
+
+        async def take() -> None:
+            results.append(await engine.take_snapshot())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(take)
+            nursery.start_soon(write, engine, 1, 3 * THRESHOLD + 1)
+            nursery.start_soon(take)
+        await take()
+        assert len(results) == 3
+        assert all(r.last_index >= second.last_index for r in results)
+        assert results[-1].last_index == engine.node_status().applied_index == second.last_index + 1
+        verify_snapshot(results[-1].path, engine.config.cluster_id())
+        assert len(list_snapshots(engine.config.snapshots_path())) <= 2
