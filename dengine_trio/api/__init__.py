@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "JSON_CONTENT_TYPE",
     "ApiError",
     "App",
+    "FastPath",
     "bind_listener",
     "engine_error_response",
     "hypercorn_config",
@@ -63,6 +65,10 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+FastPath = Callable[[Any, Any, Any], Awaitable["list[Any] | None"]]
+"""``(scope, receive, send) -> None`` (answered) or the consumed receive messages (declined)."""
 
 
 class App(QuartTrio):
@@ -108,11 +114,28 @@ class App(QuartTrio):
         self.config["BODY_TIMEOUT"] = body_timeout_s
         self.max_header_bytes = max_header_bytes
 
+    fast_path: FastPath | None = None
+    """Serves some requests without Quart (:mod:`dengine_trio.api.kv`'s hot routes): called
+    with each HTTP request once its head passed the size check; returns None when it answered
+    the request, else the receive messages it consumed (maybe none), which Quart then gets
+    first, so a request it declines is served exactly as without it."""
+
+    metrics_sink: Any = None
+    """Set by ``dengine_trio.metrics.http.instrument_app``: where :attr:`fast_path` counts the
+    requests it answers (Quart's hooks count the others)."""
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             if self.max_header_bytes is not None and _head_bytes(scope) > self.max_header_bytes:
                 await _send_head_too_large(send, self.max_header_bytes)
                 return
+            fast_path = self.fast_path
+            if fast_path is not None:
+                consumed = await fast_path(scope, receive, send)
+                if consumed is None:
+                    return
+                if consumed:
+                    receive = _replay(consumed, receive)
             receive = _hold_disconnect_once_complete(receive)
             send = _shield_last_send(send)
         await super().__call__(scope, receive, send)
@@ -149,6 +172,18 @@ async def _send_head_too_large(send: Any, limit: int) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _replay(consumed: list[Any], receive: Any) -> Any:
+    """``receive`` that first returns the ``consumed`` messages, in order."""
+    pending = list(consumed)
+
+    async def replaying_receive() -> Any:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replaying_receive
 
 
 def _hold_disconnect_once_complete(receive: Any) -> Any:

@@ -31,6 +31,7 @@ __all__ = [
     "OPEN_HEALTH_PATHS",
     "REALM",
     "TokenTable",
+    "authorized",
     "health_role_needed",
     "install_auth",
     "kv_role_needed",
@@ -76,15 +77,17 @@ def health_role_needed(method: str, path: str) -> str | None:
 
 def install_auth(
     app: Quart, auth: AuthConfig, role_needed: Callable[[str, str], str | None]
-) -> None:
-    """Require tokens on ``app`` if ``auth.enable``; the token file is read now.
+) -> TokenTable | None:
+    """Require tokens on ``app`` if ``auth.enable``; the token file is read now. Returns the
+    table the hook checks against (None without auth), for a fast path that must let only
+    sufficiently authorized requests past Quart (:func:`authorized`).
 
     ``role_needed(method, path)`` is the role a request needs, None for none. Raises
     ValueError (``<file>:<line>: problem``) for a bad token file; ``load_config`` already
     checked it, so that means it changed since.
     """
     if not auth.enable:
-        return
+        return None
     table = TokenTable(read_tokens(auth.tokens_path))
     challenge = {"WWW-Authenticate": f'Bearer realm="{REALM}"'}
 
@@ -108,3 +111,19 @@ def install_auth(
         return None
 
     app.before_request(check_token)
+    return table
+
+
+def authorized(table: TokenTable, headers: list[tuple[bytes, bytes]], needed: str) -> bool:
+    """Whether the ASGI ``headers`` carry a bearer token of role ``needed`` or stronger, by
+    the hook's rules (the first ``Authorization`` header, scheme case-insensitive)."""
+    value = ""
+    for name, raw in headers:
+        if name == b"authorization":
+            value = raw.decode("latin-1")
+            break
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    role = table.role_of(token.strip())
+    return role is not None and _RANK[role] >= _RANK[needed]

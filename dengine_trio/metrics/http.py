@@ -38,3 +38,6 @@ def instrument_app(app: Quart, sink: MetricsSink) -> None:
 
     app.before_request(started)
     app.after_request(answered)
+    # An app's fast path (dengine_trio.api.App.fast_path) counts what it answers here too.
+    if hasattr(app, "metrics_sink"):
+        app.metrics_sink = sink
