@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from dengine_trio import EmbeddedEngine
+from dengine_trio.raft.messages import InstallSnapshot
 from dengine_trio.runtime import node as node_module
 from dengine_trio.statemachine import KVStateMachine
 from dengine_trio.storage import Storage
@@ -96,6 +97,7 @@ async def test_snapshots_bound_the_log_memory_and_disk(tmp_path: Path) -> None:
             return all(
                 e.node_status().applied_index == engines[leader].node_status().commit_index
                 and e.node_status().snapshot_index >= total - THRESHOLD
+                and not e._runtime.snapshotter.in_progress  # old files removed
                 for e in engines.values()
             )
 
@@ -221,3 +223,71 @@ async def test_take_snapshot_is_fresh_and_complete(tmp_path: Path) -> None:
         assert results[-1].last_index == engine.node_status().applied_index == second.last_index + 1
         verify_snapshot(results[-1].path, engine.config.cluster_id())
         assert len(list_snapshots(engine.config.snapshots_path())) <= 2
+
+
+async def test_a_staged_snapshot_is_installed_or_discarded(tmp_path: Path) -> None:
+    """The follower's half of InstallSnapshot, without the network: a node that missed
+    entries the others compacted is handed the leader's snapshot file (as the transport
+    hands a received one over). The core emits ``RestoreSnapshot``: the file goes into
+    ``snapshots_dir``, the WAL restarts after it, the state machine holds its data and the
+    node has applied its index; a restart starts from it. A file the core does not need (its
+    index is already committed here) is deleted and changes nothing."""
+    configs = write_configs(tmp_path, extra=SETTINGS)
+    by_id = {c.cluster.node_id: c for c in configs}
+    async with AsyncExitStack() as stack:
+        engines = await start_all(stack, configs)
+        leader = await leader_of(engines)
+        await write(engines[leader], 20)
+        lagging = next(n for n in engines if n != leader)
+        await engines[lagging].stop()
+        await write(engines[leader], 200, start=20)
+        snapshot = await engines[leader].take_snapshot()
+        term = engines[leader].node_status().term
+        older = list_snapshots(engines[leader].config.snapshots_path())[1]
+        copy_older = tmp_path / "older.snap"
+        copy_older.write_bytes(older.path.read_bytes())
+        copy = tmp_path / "newest.snap"
+        copy.write_bytes(snapshot.path.read_bytes())
+    incoming = by_id[lagging].snapshots_path() / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    (incoming / "left-by-a-crash.snap").write_bytes(b"x")
+    async with EmbeddedEngine.start(by_id[lagging]) as alone:
+        assert list(incoming.iterdir()) == []  # what a previous process staged is gone
+        runtime = alone._runtime
+        assert alone.node_status().applied_index == 0  # no snapshot yet, log not replayed
+        staged = incoming / snapshot.path.name
+        staged.write_bytes(copy.read_bytes())
+        runtime.snapshot_received(
+            InstallSnapshot(term, leader, lagging, snapshot.last_index, snapshot.last_term),
+            staged,
+        )
+        await wait_until(lambda: alone.node_status().applied_index == snapshot.last_index)
+        status = alone.node_status()
+        assert (status.snapshot_index, status.snapshot_term) == (
+            snapshot.last_index,
+            snapshot.last_term,
+        )
+        assert status.leader_id == leader
+        installed = by_id[lagging].snapshots_path() / snapshot.path.name
+        assert installed.is_file() and not staged.exists()
+        assert runtime.storage is not None and runtime.storage.last_index == snapshot.last_index
+        state_machine = alone.state_machine
+        assert isinstance(state_machine, KVStateMachine)
+        assert dict(state_machine.data) == expected(220)
+        # An older snapshot than the commit index: answered, not installed, deleted.
+        assert older.last_index < snapshot.last_index
+        staged = incoming / older.path.name
+        staged.write_bytes(copy_older.read_bytes())
+        runtime.snapshot_received(
+            InstallSnapshot(term, leader, lagging, older.last_index, older.last_term), staged
+        )
+        await wait_until(lambda: not staged.exists())
+        assert alone.node_status().applied_index == snapshot.last_index
+        assert dict(state_machine.data) == expected(220)
+        assert list_snapshots(by_id[lagging].snapshots_path())[0].path == installed
+    # A restart starts from the installed snapshot at once.
+    async with EmbeddedEngine.start(by_id[lagging]) as again:
+        assert again.node_status().applied_index == snapshot.last_index
+        state_machine = again.state_machine
+        assert isinstance(state_machine, KVStateMachine)
+        assert dict(state_machine.data) == expected(220)

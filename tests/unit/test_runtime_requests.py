@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from dengine_trio.errors import Overloaded, Stopped, Timeout
+from dengine_trio.errors import NotLeader, Overloaded, Stopped, Timeout
 from dengine_trio.runtime.requests import RequestTable
 
 
@@ -70,3 +70,23 @@ async def test_a_request_that_times_out_is_failed_and_its_entry_forgotten() -> N
             table.release()
         assert table.pending() == 0
         nursery.cancel_scope.cancel()
+
+
+def test_a_snapshot_from_the_leader_settles_the_proposals_it_covers() -> None:
+    """Every entry up to the snapshot's index (40, term 3) has a term of at most 3: a
+    proposal there of a later term was never committed (NotLeader, safe to send again); one
+    of term 3 or earlier may be the committed entry, and its result is not in the snapshot
+    (Timeout: may or may not have applied). Proposals after the index wait on."""
+    table = RequestTable(1, max_pending=8, first_id=1)
+    waiters = {}
+    for index, term in ((30, 2), (38, 3), (39, 4), (41, 4)):
+        request_id, waiter = table.new_proposal()
+        table.proposed(request_id, index, term)
+        waiters[index] = waiter
+    table.snapshot_installed(40, 3, leader_id=2)
+    assert isinstance(waiters[30].error, Timeout)
+    assert isinstance(waiters[38].error, Timeout)
+    assert isinstance(waiters[39].error, NotLeader) and waiters[39].error.leader_id == 2
+    assert not waiters[41].done
+    table.applied(41, 4, b"ok", leader_id=2)
+    assert waiters[41].value == b"ok"
