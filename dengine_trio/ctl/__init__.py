@@ -149,7 +149,7 @@ def _add_snapshot(sub: Any) -> None:
         "1 no endpoint gave a snapshot (save), 2 usage or configuration error, a bad snapshot "
         "file, or a data directory that is not empty (restore).",
     )
-    actions = snapshot.add_subparsers(dest="action", required=True, metavar="{save,restore}")
+    actions = snapshot.add_subparsers(dest="action", required=True, metavar="{save,status,restore}")
     save = actions.add_parser(
         "save",
         help="download a fresh snapshot from a node's health port to FILE",
@@ -183,6 +183,13 @@ def _add_snapshot(sub: Any) -> None:
         "node without a leader",
     )
     _add_credentials(save)
+    check = actions.add_parser(
+        "status",
+        help="verify a snapshot FILE and print what it holds",
+        description="Read FILE whole, check its CRCs and format version, and print one line: "
+        "index, term, cluster id, members, bytes. Exit 0 if it is intact, 2 if not.",
+    )
+    check.add_argument("file", metavar="FILE")
     restore = actions.add_parser(
         "restore",
         help="seed a stopped node's empty data directory from a snapshot FILE",
@@ -241,8 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_snapshot(
     parser: argparse.ArgumentParser, args: argparse.Namespace, credentials: Credentials
 ) -> int:
-    from dengine_trio.ctl.snapshot import run_restore, run_save
+    from dengine_trio.ctl.snapshot import run_restore, run_save, run_status_of_file
 
+    if args.action == "status":
+        return run_status_of_file(args.file, out=sys.stdout, err=sys.stderr)
     if args.action == "restore":
         if not args.config_path:
             parser.exit(

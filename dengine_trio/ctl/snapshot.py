@@ -1,4 +1,4 @@
-"""``dengine-trio snapshot save|restore``: backups of a running cluster, and a new cluster
+"""``dengine-trio snapshot save|status|restore``: backups of a running cluster, and a new cluster
 seeded from one (as ``etcdctl snapshot save`` and ``etcdutl snapshot restore``).
 
 ``save`` asks each ``--endpoint`` (health ports) in turn for ``GET /snapshot`` until one
@@ -7,6 +7,8 @@ complete (the announced length), intact (CRC32 of header and file), of a format 
 code reads, of the serving node's cluster and of the announced index and term, and only then
 renames it to ``FILE``. The node's answer already waited for every write acknowledged before
 the request (a linearizable read barrier), so the file holds all of them.
+
+``status`` verifies a snapshot file whole and prints what it holds.
 
 ``restore`` seeds the data directory of ONE node, named by its configuration file, from a
 snapshot file; running it for every node of the new cluster with the same file makes them start
@@ -58,6 +60,7 @@ __all__ = [
     "restore_snapshot_file",
     "run_restore",
     "run_save",
+    "run_status_of_file",
     "save_snapshot_file",
 ]
 
@@ -264,6 +267,30 @@ def run_save(
     out.write(
         f"saved {target}: index {saved.last_index}, term {saved.last_term}, "
         f"{saved.size_bytes} bytes (from {endpoint})\n"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+
+
+def run_status_of_file(file: str, *, out: TextIO, err: TextIO) -> int:
+    """``snapshot status FILE``: verify the whole file and print one line of what it holds
+    (index, term, cluster id, members, bytes); return 0 or :data:`EXIT_REFUSED`."""
+    try:
+        checked = verify_snapshot(file, None)
+    except SnapshotError as exc:
+        err.write(f"dengine-trio snapshot status: {file}: bad snapshot: {exc.problem}\n")
+        return EXIT_REFUSED
+    except OSError as exc:
+        err.write(f"dengine-trio snapshot status: {file}: cannot read: {exc.strerror or exc}\n")
+        return EXIT_REFUSED
+    assert checked.header is not None  # verify_snapshot reads the header
+    members = ",".join(f"{i}={a}" for i, a in checked.header.voters.items())
+    out.write(
+        f"{file}: index {checked.last_index}, term {checked.last_term}, cluster "
+        f"{checked.header.cluster_id}, members {members}, {checked.size_bytes} bytes: ok\n"
     )
     return 0
 

@@ -107,6 +107,19 @@ def test_restore_refuses_a_bad_file_with_one_line_and_applies_nothing(
     assert str(bad) in err and problem in err, err
     assert "Traceback" not in err and out == ""
     assert_nothing_applied(target[0])
+    checked = run_cli(["snapshot", "status", str(bad)], tmp_path)
+    assert checked.returncode == 2 and checked.stdout == "", checked.stdout
+    assert checked.stderr.count("\n") == 1 and str(bad) in checked.stderr, checked.stderr
+    assert problem in checked.stderr
+
+
+def test_status_of_a_good_file_says_what_it_holds(tmp_path: Path, good: Path) -> None:
+    checked = run_cli(["snapshot", "status", str(good)], tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout == (
+        f"{good}: index 500, term 7, cluster old-cluster-0123456789ab, members "
+        f"1=10.0.0.1:9081,2=10.0.0.2:9081, {good.stat().st_size} bytes: ok\n"
+    )
 
 
 def test_restore_of_a_missing_file_or_a_directory_is_one_line(
