@@ -43,6 +43,7 @@ from ..raft import (
     Receive,
     RestoreSnapshot,
     RoleChanged,
+    SnapshotStatus,
 )
 from ..raft.effects import Effect
 from ..raft.messages import MESSAGE_TYPES, Heartbeat, HeartbeatResponse, InstallSnapshot
@@ -57,6 +58,7 @@ from .forwarding import Forwarding
 from .observe import NodeLog
 from .operations import MAX_COMMAND_BYTES, Operations
 from .requests import RequestTable
+from .snapshot_transfer import SnapshotHooks
 from .snapshotting import Snapshotter
 from .status import NodeStatus, PeerStatus
 from .tls import peer_tls_from_config
@@ -254,6 +256,13 @@ class NodeRuntime:
                 dropped=self.forwarding.dropped,
                 unreachable=self.warnings.peer_unreachable,
                 tls=peer_tls_from_config(cfg.tls),
+                snapshots=SnapshotHooks(
+                    directory=self.snapshotter.directory,
+                    chunk_bytes=cfg.raft.snapshot.chunk_size,
+                    latest=lambda: self.snapshotter.latest,
+                    received=self.snapshot_received,
+                    status=self.snapshot_status,
+                ),
             )
             async with (
                 WorkerThread(f"dengine-fsync-{self.node_id}") as fsync_thread,
@@ -474,6 +483,14 @@ class NodeRuntime:
             return
         self.snapshotter.stage(message.last_index, message.last_term, staged)
         driver.receive_snapshot(Receive(message))
+
+    def snapshot_status(self, peer: int, ok: bool) -> None:
+        """The transport finished streaming a snapshot to ``peer`` (``ok``) or gave up:
+        step ``SnapshotStatus`` (etcd raft's ``ReportSnapshot``). Call in the trio thread."""
+        driver = self.driver
+        if driver is not None and not self.stopped:
+            driver.receive(SnapshotStatus(peer, ok))
+            driver.step_now()
 
     async def take_snapshot(self) -> SnapshotFile:
         """See ``Snapshotter.take_snapshot``."""

@@ -342,11 +342,10 @@ class Snapshotter:
         final = self.directory / snapshot_name(effect.index, effect.term)
 
         def put_in_place() -> int:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            if staged != final:
-                os.replace(staged, final)
-                fsync_directory(self.directory)
-            storage.install_snapshot(effect.index, effect.term)
+            # The file first (renamed in, both directories fsynced), then the WAL reset.
+            storage.install_snapshot(
+                effect.index, effect.term, staged=None if staged == final else staged
+            )
             return final.stat().st_size
 
         size = await trio.to_thread.run_sync(put_in_place)

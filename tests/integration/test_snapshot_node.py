@@ -24,7 +24,7 @@ from dengine_trio.statemachine import KVStateMachine
 from dengine_trio.storage import Storage
 from dengine_trio.storage.snapshots import list_snapshots, restore_snapshot, verify_snapshot
 
-from .cluster import wait_until, write_configs
+from .cluster import EngineHandle, wait_until, write_configs
 
 THRESHOLD = 40
 RETAINED = 10
@@ -291,3 +291,43 @@ async def test_a_staged_snapshot_is_installed_or_discarded(tmp_path: Path) -> No
         state_machine = again.state_machine
         assert isinstance(state_machine, KVStateMachine)
         assert dict(state_machine.data) == expected(220)
+
+
+async def test_a_node_down_while_the_log_was_compacted_catches_up_by_snapshot(
+    tmp_path: Path,
+) -> None:
+    """A follower stopped while the others wrote and compacted far past its log comes back:
+    the leader sends its snapshot (the transport streams the file, runtime/snapshot_transfer.py),
+    the follower installs it and then takes the log after it; all data is there, on the
+    follower's own state machine, and its log and WAL start after the installed snapshot."""
+    configs = write_configs(tmp_path, extra=SETTINGS)
+    nodes = {c.cluster.node_id: EngineHandle(c) for c in configs}
+    async with trio.open_nursery() as nursery:
+        for handle in nodes.values():
+            await handle.start(nursery)
+        engines = {n: h.engine for n, h in nodes.items()}
+        leader = await leader_of(engines)
+        await write(engines[leader], 20)
+        lagging = next(n for n in nodes if n != leader)
+        await nodes[lagging].stop()
+        await write(engines[leader], 300, start=20)
+        await wait_until(
+            lambda: (
+                engines[leader]._runtime.raft is not None
+                and engines[leader]._runtime.raft.log.first_index > 30
+            )
+        )
+        back = await nodes[lagging].start(nursery)
+        await write(engines[leader], 5, start=320)
+        commit = engines[leader].node_status().commit_index
+        await wait_until(lambda: back.node_status().applied_index >= commit, 30)
+        status = back.node_status()
+        assert status.snapshot_index > 30  # installed: its log never held those entries
+        assert back._runtime.snapshotter.installed >= 1
+        state_machine = back.state_machine
+        assert isinstance(state_machine, KVStateMachine)
+        assert dict(state_machine.data) == expected(325)
+        raft = back._runtime.raft
+        assert raft is not None and raft.log.first_index > 30
+        assert int(wal_segments(back)[0].stem) > 30
+        nursery.cancel_scope.cancel()
