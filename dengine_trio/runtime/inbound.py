@@ -21,7 +21,13 @@ import trio
 from dengine_trio.wire.codec import decode, encode
 from dengine_trio.wire.errors import CodecError
 from dengine_trio.wire.frames import FrameReader, encode_frame
-from dengine_trio.wire.messages import PEER_MESSAGE_TYPES, PROTOCOL_VERSION, Hello, HelloReply
+from dengine_trio.wire.messages import (
+    PEER_MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    Channel,
+    Hello,
+    HelloReply,
+)
 
 from .links import (
     HANDSHAKE_TIMEOUT_S,
@@ -35,6 +41,7 @@ from .links import (
     remote_address,
     tls_failure,
 )
+from .snapshot_transfer import SnapshotTransfers
 from .tls import PeerTls
 
 _PEER_TYPES = frozenset(PEER_MESSAGE_TYPES)
@@ -51,6 +58,7 @@ class InboundSide(PeerIdentity):
     max_frame_bytes: int
     stats: TransportStats
     tls: PeerTls | None
+    snapshots: SnapshotTransfers | None
     _links: dict[int, OutboundLink]
 
     async def _serve_inbound(self, tcp: trio.SocketStream) -> None:
@@ -67,14 +75,17 @@ class InboundSide(PeerIdentity):
         accepted = await self._accept_handshake(stream, reader, remote, deadline, cert)
         if accepted is None:
             return
-        peer_id, incarnation, pending = accepted
+        peer_id, incarnation, pending, channel = accepted
         self.stats.inbound_open += 1
         scope = trio.CancelScope()
         inbound = self._links[peer_id].inbound
         inbound[scope] = incarnation
         try:
             with scope:
-                await self._receive_from(stream, reader, peer_id, remote, pending)
+                if channel is Channel.SNAPSHOT and self.snapshots is not None:
+                    await self.snapshots.receive(stream, reader, peer_id, remote, pending)
+                else:
+                    await self._receive_from(stream, reader, peer_id, remote, pending)
         finally:
             del inbound[scope]
             self.stats.inbound_open -= 1
@@ -165,11 +176,11 @@ class InboundSide(PeerIdentity):
         remote: str,
         deadline: float,
         cert: Any = None,
-    ) -> tuple[int, int, list[bytes]] | None:
+    ) -> tuple[int, int, list[bytes], Channel] | None:
         """Read ``Hello`` by ``deadline`` (trio time, s) and check it (and, with mTLS, that
         ``cert``, the caller's decoded certificate, names the node it claims); on success
-        return the peer id, its incarnation and any frames that came with it, otherwise
-        refuse (one WARNING) and return None."""
+        return the peer id, its incarnation, any frames that came with it and the channel,
+        otherwise refuse (one WARNING) and return None."""
         frames: list[bytes] = []
         reason = ""
         hello: object = None
@@ -232,7 +243,7 @@ class InboundSide(PeerIdentity):
         self.log.debug("node %d: accepted link from peer %d at %s", self.node_id, hello.src, remote)
         if hello.incarnation:
             self._meet_incarnation(self._links[hello.src], hello.incarnation)
-        return hello.src, hello.incarnation, frames[1:]
+        return hello.src, hello.incarnation, frames[1:], hello.channel
 
     async def _refuse(self, stream: trio.abc.Stream, reason: str) -> None:
         with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
@@ -255,4 +266,6 @@ class InboundSide(PeerIdentity):
             return f"Hello addressed to node {hello.dst}, this is node {self.node_id}"
         if hello.src not in self.peers:
             return f"Hello from node {hello.src}, which is not a peer"
+        if hello.channel is Channel.SNAPSHOT and self.snapshots is None:
+            return "this node takes no snapshots"
         return ""

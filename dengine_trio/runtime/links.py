@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import trio
 
-from dengine_trio.wire.messages import Hello
+from dengine_trio.wire.messages import Channel, Hello
 
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
@@ -63,6 +63,28 @@ class PeerStats:
 
 
 @attrs.define
+class SnapshotStats:
+    """Counters of snapshot transfers (``runtime/snapshot_transfer.py``), both directions."""
+
+    sends_started: int = 0
+    """Transfers this node started as a leader (at most one per peer at a time)."""
+    sends_completed: int = 0
+    """Transfers the follower confirmed (verified and handed to its node)."""
+    sends_failed: int = 0
+    """Transfers given up (no file, the peer unreachable, refused, no progress)."""
+    bytes_sent: int = 0
+    receives_completed: int = 0
+    """Snapshot files received whole, verified and handed to this node."""
+    receives_refused: int = 0
+    """Snapshot connections closed for bad input (a chunk that does not fit, an
+    undecodable frame, a file that failed verification)."""
+    resumed: int = 0
+    """Snapshot connections that went on from a partial file (received side)."""
+    bytes_received: int = 0
+    """Snapshot bytes written to partial files (a resumed transfer counts each byte once)."""
+
+
+@attrs.define
 class TransportStats:
     """What ``/status`` shows about the transport. Plain counters, read at any time."""
 
@@ -73,6 +95,7 @@ class TransportStats:
     frames_in: int = 0
     bytes_in: int = 0
     peers: dict[int, PeerStats] = attrs.field(factory=dict)
+    snapshots: SnapshotStats = attrs.field(factory=SnapshotStats)
 
     @property
     def frames_out(self) -> int:
@@ -120,12 +143,23 @@ def tls_failure(exc: BaseException) -> str | None:
 
 
 class OutboundLink:
-    """The queue and connection state of the stream to one peer."""
+    """The queue and connection state of the stream to one peer.
 
-    def __init__(self, peer_id: int, address: tuple[str, int], stats: PeerStats) -> None:
+    ``channel``: what its connections carry (``Hello.channel``). The message link has the
+    queue; a snapshot transfer dials through a ``SNAPSHOT`` link of its own, whose counters
+    and refusals stay apart from the message link's."""
+
+    def __init__(
+        self,
+        peer_id: int,
+        address: tuple[str, int],
+        stats: PeerStats,
+        channel: Channel = Channel.MESSAGES,
+    ) -> None:
         self.peer_id = peer_id
         self.address = address
         self.stats = stats
+        self.channel = channel
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
         self.wakeup = trio.Event()

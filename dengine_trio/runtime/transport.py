@@ -30,10 +30,17 @@ from typing import Any, cast
 
 import trio
 
+from dengine_trio.raft.messages import InstallSnapshot
 from dengine_trio.wire.codec import decode, encode
 from dengine_trio.wire.errors import CodecError
 from dengine_trio.wire.frames import MAX_FRAME_BYTES, FrameReader, encode_frame
-from dengine_trio.wire.messages import PEER_MESSAGE_TYPES, PROTOCOL_VERSION, Hello, HelloReply
+from dengine_trio.wire.messages import (
+    PEER_MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    Channel,
+    Hello,
+    HelloReply,
+)
 
 from .inbound import InboundSide
 from .links import (
@@ -52,6 +59,7 @@ from .links import (
     new_incarnation,
     tls_failure,
 )
+from .snapshot_transfer import SnapshotHooks, SnapshotTransfers
 from .tls import PeerTls
 
 __all__ = [
@@ -79,6 +87,10 @@ class Transport(InboundSide):
     frames are written straight to the socket. With TLS every connection is an ``SSLStream``
     over the TCP stream, handshaken within the same bound as ``Hello``, and each end checks
     that the other's certificate names the node it is (or claims to be).
+
+    ``snapshots``: where snapshot files are and what to tell the node about transfers
+    (``runtime/snapshot_transfer.py``); None: this node neither sends nor takes snapshots
+    (``send`` refuses ``InstallSnapshot``, the listener refuses snapshot connections).
     """
 
     def __init__(
@@ -97,6 +109,7 @@ class Transport(InboundSide):
         dropped: Callable[[int, list[bytes]], None] | None = None,
         unreachable: Callable[[int, str, float, str], None] | None = None,
         tls: PeerTls | None = None,
+        snapshots: SnapshotHooks | None = None,
     ) -> None:
         if node_id in peers:
             raise ValueError(f"peers must be the other nodes, but include node {node_id}")
@@ -130,20 +143,29 @@ class Transport(InboundSide):
             self.stats.peers[peer_id] = stats
             self._links[peer_id] = OutboundLink(peer_id, (host, port), stats)
         self._hello_frames = {
-            peer_id: encode_frame(
-                encode(Hello(cluster_id, node_id, peer_id, PROTOCOL_VERSION, self.incarnation))
+            (peer_id, channel): encode_frame(
+                encode(
+                    Hello(cluster_id, node_id, peer_id, PROTOCOL_VERSION, self.incarnation, channel)
+                )
             )
             for peer_id in self.peers
+            for channel in Channel
         }
         self._random = random.Random()
         self.tls = tls
         self._tls_logged: dict[tuple[str, str], float] = {}
+        self.snapshots = SnapshotTransfers(self, snapshots) if snapshots is not None else None
+        """Both sides of snapshot transfers; None without ``snapshots``."""
 
     # -- sending --------------------------------------------------------------------------
 
     def send(self, msg: object) -> bytes:
         """Queue ``msg`` for ``msg.dst``; never blocks. Returns its frame, which ``withdraw``
         takes back while it is still queued.
+
+        ``InstallSnapshot`` is not queued: it starts streaming the newest snapshot file to
+        ``dst`` on a connection of its own (``SnapshotTransfers.request``), unless one runs
+        already; returns ``b""``. ``TypeError`` without ``snapshots``.
 
         When that peer's queue holds ``queue_limit`` messages the oldest is dropped (and
         counted): the newest messages carry the newest terms and log state. Raises
@@ -152,6 +174,11 @@ class Transport(InboundSide):
         (``FrameTooLarge``) for a message that cannot be encoded within ``max_frame_bytes``.
         """
         if type(msg) not in _PEER_TYPES:
+            if type(msg) is InstallSnapshot and self.snapshots is not None:
+                if msg.dst not in self._links or msg.src != self.node_id:
+                    raise ValueError(f"node {self.node_id} cannot send {msg!r}")
+                self.snapshots.request(msg)
+                return b""
             raise TypeError(f"the transport does not carry {type(msg).__name__}")
         routed: Any = msg
         link = self._links.get(routed.dst)
@@ -234,11 +261,16 @@ class Transport(InboundSide):
                 )
                 for link in self._links.values():
                     nursery.start_soon(self._run_link, link)
+                if self.snapshots is not None:
+                    self.snapshots.nursery = nursery
                 self.log.info(
                     "node %d: transport listening on %s", self.node_id, format_address(self.listen)
                 )
                 task_status.started()
         finally:
+            if self.snapshots is not None:
+                self.snapshots.nursery = None
+                self.snapshots.close()
             # serve_listeners closes them too; this covers a failure before it took them over.
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
@@ -315,7 +347,7 @@ class Transport(InboundSide):
                     if secured is None:
                         return None
                     stream = secured
-                await stream.send_all(self._hello_frames[link.peer_id])
+                await stream.send_all(self._hello_frames[(link.peer_id, link.channel)])
                 reader = FrameReader(self.max_frame_bytes)
                 frames: list[bytes] = []
                 while not frames:

@@ -1,0 +1,439 @@
+"""InstallSnapshot over real TCP (and TLS): a leader's transport streams its newest snapshot
+file to a follower on a connection of its own (``runtime/snapshot_transfer.py``).
+
+Two bare transports stand for two nodes; their ``SnapshotHooks`` record what a node would
+step (``received``: the follower's ``InstallSnapshot`` with the staged file; ``status``: the
+leader's ``SnapshotStatus``). Node 1 reaches node 2 through ``Proxy``, which can hold or cut
+the one connection that carries snapshot bytes (more than ``threshold`` bytes towards node 2)
+while every other connection, the message link among them, flows.
+"""
+
+from __future__ import annotations
+
+import os
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dengine_trio.raft.messages import InstallSnapshot
+from dengine_trio.runtime.snapshot_transfer import INCOMING_SUBDIR, SnapshotHooks
+from dengine_trio.runtime.tls import PeerTls
+from dengine_trio.storage.snapshots import SnapshotFile, SnapshotHeader, write_snapshot
+from dengine_trio.wire import (
+    PROTOCOL_VERSION,
+    Channel,
+    FrameReader,
+    Hello,
+    SnapshotChunk,
+    SnapshotOffer,
+    SnapshotReceived,
+    SnapshotResume,
+    decode,
+    encode,
+    encode_frame,
+)
+
+from .cluster import free_ports, wait_until
+from .test_tls import peer_tls
+from .test_transport import CLUSTER, WAIT_S, Node, hb, heartbeat
+from .wire_helpers import raw_handshake, read_until_closed
+
+CHUNK = 64 * 1024
+
+
+def make_snapshot(
+    directory: Path, index: int, term: int, payload_bytes: int, cluster_id: str = CLUSTER
+) -> SnapshotFile:
+    """A real snapshot file of ``payload_bytes`` random bytes covering (index, term)."""
+    payload = os.urandom(payload_bytes)
+    header = SnapshotHeader(index, term, cluster_id, {1: "127.0.0.1:1", 2: "127.0.0.1:2"})
+
+    def image(sink: Any) -> None:
+        sink.write(payload)
+
+    return write_snapshot(directory, header, image)
+
+
+class SnapNode(Node):
+    """A transport with snapshot hooks that record what the node would be told."""
+
+    def __init__(
+        self, node_id: int, ports: dict[int, int], root: Path, *, chunk_bytes: int = CHUNK,
+        **options: Any,
+    ) -> None:  # fmt: skip
+        self.directory = root / f"n{node_id}" / "snapshots"
+        self.latest: SnapshotFile | None = None
+        self.received: list[tuple[InstallSnapshot, bytes]] = []
+        self.statuses: list[tuple[int, bool]] = []
+        self.keep_bytes = True
+        hooks = SnapshotHooks(
+            directory=self.directory,
+            chunk_bytes=chunk_bytes,
+            latest=lambda: self.latest,
+            received=self._received,
+            status=lambda peer, ok: self.statuses.append((peer, ok)),
+        )
+        super().__init__(node_id, ports, snapshots=hooks, **options)
+
+    def _received(self, message: InstallSnapshot, staged: Path) -> None:
+        # The node owns the staged file from here on: read it and remove it, as it would.
+        self.received.append((message, staged.read_bytes() if self.keep_bytes else b""))
+        staged.unlink()
+
+    def incoming_files(self) -> list[str]:
+        try:
+            return sorted(os.listdir(self.directory / INCOMING_SUBDIR))
+        except FileNotFoundError:
+            return []
+
+
+class Proxy:
+    """Forwards every connection to ``127.0.0.1:target``. The first connection that carries
+    more than ``threshold`` bytes towards the target (the snapshot one: nothing else is that
+    large here) is held (``hold``: it stops forwarding until ``release``) or cut (``cut``:
+    both sides closed), once; the other connections are never touched."""
+
+    def __init__(self, target: int, threshold: int, mode: str) -> None:
+        self.target = target
+        self.threshold = threshold
+        self.mode = mode
+        self.port = 0
+        self.tripped = trio.Event()
+        self.release = trio.Event()
+        self.connections = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self._handle, listeners)
+            task_status.started()
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        self.connections += 1
+        try:
+            upstream = await trio.open_tcp_stream("127.0.0.1", self.target)
+        except OSError:
+            await client.aclose()
+            return
+        async with client, upstream, trio.open_nursery() as nursery:
+
+            async def pump(source: trio.SocketStream, sink: trio.SocketStream, up: bool) -> None:
+                carried = 0
+                try:
+                    while data := await source.receive_some(64 * 1024):
+                        carried += len(data)
+                        if up and carried > self.threshold and not self.tripped.is_set():
+                            self.tripped.set()
+                            if self.mode == "cut":
+                                nursery.cancel_scope.cancel()
+                                return
+                            await self.release.wait()
+                        await sink.send_all(data)
+                    await sink.send_eof()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(pump, client, upstream, True)
+            nursery.start_soon(pump, upstream, client, False)
+
+
+async def start_pair(
+    nursery: trio.Nursery, tmp_path: Path, proxy: Proxy | None = None,
+    tls: tuple[PeerTls, PeerTls] | None = None, **options: Any,
+) -> tuple[SnapNode, SnapNode]:  # fmt: skip
+    """Nodes 1 (the leader, reaching node 2 through ``proxy`` if given) and 2, running."""
+    p1, p2 = free_ports(2)
+    if proxy is not None:
+        proxy.target = p2
+        await nursery.start(proxy.run)
+    to_2 = proxy.port if proxy is not None else p2
+    a = SnapNode(1, {1: p1, 2: to_2}, tmp_path, tls=tls[0] if tls else None, **options)
+    b = SnapNode(2, {1: p1, 2: p2}, tmp_path, tls=tls[1] if tls else None, **options)
+    await a.start(nursery)
+    await b.start(nursery)
+    return a, b
+
+
+def install(leader: SnapNode, index: int, term: int, size: int) -> SnapshotFile:
+    leader.latest = make_snapshot(leader.directory, index, term, size)
+    return leader.latest
+
+
+async def transferred(leader: SnapNode, follower: SnapNode) -> tuple[InstallSnapshot, bytes]:
+    await wait_until(lambda: bool(follower.received and leader.statuses), WAIT_S)
+    assert leader.statuses == [(follower.node_id, True)]
+    assert len(follower.received) == 1
+    return follower.received[0]
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["tcp", "tls"])
+async def test_a_multi_chunk_snapshot_arrives_intact(
+    tmp_path: Path, ca: trustme.CA, secure: bool
+) -> None:
+    """The newest file (not older than the message asks) arrives byte for byte; the follower
+    is told its own index and term with the leader's term; the leader hears ok."""
+    tls = (peer_tls(ca, tmp_path, 1), peer_tls(ca, tmp_path, 2)) if secure else None
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path, tls=tls)
+            make_snapshot(a.directory, 40, 2, 3 * CHUNK)  # an older one, not sent
+            snap = install(a, 90, 3, 10 * CHUNK + 123)
+            assert a.transport.send(InstallSnapshot(5, 1, 2, 80, 3)) == b""
+            message, data = await transferred(a, b)
+            nursery.cancel_scope.cancel()
+    assert message == InstallSnapshot(5, 1, 2, 90, 3)
+    assert data == snap.path.read_bytes()
+    assert b.incoming_files() == []
+    stats = a.transport.stats.snapshots
+    assert stats.sends_completed == 1 and stats.bytes_sent == snap.size_bytes
+    assert b.transport.stats.snapshots.bytes_received == snap.size_bytes
+
+
+async def test_no_snapshot_to_send_reports_failure(tmp_path: Path) -> None:
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path)
+            a.transport.send(InstallSnapshot(5, 1, 2, 80, 3))  # no file at all
+            await wait_until(lambda: bool(a.statuses), WAIT_S)
+            install(a, 50, 3, 100)  # older than the message asks
+            a.transport.send(InstallSnapshot(5, 1, 2, 80, 3))
+            await wait_until(lambda: len(a.statuses) == 2, WAIT_S)
+            nursery.cancel_scope.cancel()
+    assert a.statuses == [(2, False), (2, False)]
+    assert b.received == []
+
+
+async def test_messages_to_the_same_peer_flow_while_a_transfer_is_held(tmp_path: Path) -> None:
+    """The snapshot connection stalls (the proxy stops reading: TCP backpressure reaches the
+    leader); heartbeats to the same peer, and its answers, keep being delivered meanwhile,
+    on a message link that was never reconnected. One transfer per peer: requests repeated
+    while it runs do not restart it."""
+    proxy = Proxy(0, threshold=2 * CHUNK, mode="hold")
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path, proxy)
+            snap = install(a, 90, 3, 40 * CHUNK)
+            a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))
+            await proxy.tripped.wait()
+            for seq in range(20):
+                a.transport.send(hb(1, 2, seq))
+                await b.wait_for(heartbeat(1, seq))
+                b.transport.send(hb(2, 1, seq))
+                await a.wait_for(heartbeat(2, seq))
+                a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))  # the same snapshot again
+            # Every heartbeat arrived while the snapshot had not.
+            assert b.received == [] and a.statuses == []
+            proxy.release.set()
+            _, data = await transferred(a, b)
+            nursery.cancel_scope.cancel()
+    assert data == snap.path.read_bytes()
+    assert a.transport.stats.peers[2].connects == 1
+    assert a.transport.stats.snapshots.sends_started == 1
+
+
+async def test_a_connection_dropped_mid_transfer_resumes_where_the_follower_is(
+    tmp_path: Path,
+) -> None:
+    proxy = Proxy(0, threshold=5 * CHUNK, mode="cut")
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path, proxy)
+            snap = install(a, 90, 3, 30 * CHUNK)
+            a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))
+            message, data = await transferred(a, b)
+            nursery.cancel_scope.cancel()
+    assert proxy.tripped.is_set()
+    assert message == InstallSnapshot(5, 1, 2, 90, 3)
+    assert data == snap.path.read_bytes()
+    received = b.transport.stats.snapshots
+    # The second connection went on from what the follower held: no byte written twice.
+    assert received.resumed == 1
+    assert received.bytes_received == snap.size_bytes
+    assert a.transport.stats.snapshots.sends_completed == 1
+    assert b.incoming_files() == []
+
+
+async def test_a_newer_snapshot_needed_restarts_the_transfer_with_it(tmp_path: Path) -> None:
+    """While a transfer is held, the leader takes a newer snapshot and the core asks for it:
+    the old transfer stops, the newer file is sent from 0, and one status is reported."""
+    proxy = Proxy(0, threshold=2 * CHUNK, mode="hold")
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path, proxy)
+            install(a, 90, 3, 20 * CHUNK)
+            a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))
+            await proxy.tripped.wait()
+            newer = install(a, 150, 5, 12 * CHUNK)
+            a.transport.send(InstallSnapshot(5, 1, 2, 150, 5))
+            proxy.release.set()
+            message, data = await transferred(a, b)
+            await trio.sleep(0.2)  # room for a stray second report, which must not come
+            nursery.cancel_scope.cancel()
+    assert message == InstallSnapshot(5, 1, 2, 150, 5)
+    assert data == newer.path.read_bytes()
+    assert a.statuses == [(2, True)]
+    assert b.incoming_files() == []
+
+
+def chunk_frame(offset: int, data: bytes, src: int = 1, dst: int = 2) -> bytes:
+    return encode_frame(encode(SnapshotChunk(src, dst, offset, data)))
+
+
+def offer_for(snap: SnapshotFile, term: int = 5) -> SnapshotOffer:
+    raw = snap.path.read_bytes()
+    checksum = int.from_bytes(raw[-4:], "little")
+    return SnapshotOffer(term, 1, 2, snap.last_index, snap.last_term, len(raw), checksum)
+
+
+BAD_INPUTS: dict[str, Callable[[bytes], bytes]] = {
+    "gap": lambda raw: chunk_frame(0, raw[:100]) + chunk_frame(200, raw[200:300]),
+    "overlap": lambda raw: chunk_frame(0, raw[:100]) + chunk_frame(50, raw[50:300]),
+    "past the offered size": lambda raw: chunk_frame(0, raw + b"x"),
+    "empty chunk": lambda raw: chunk_frame(0, raw[:100]) + chunk_frame(100, b""),
+    "oversized frame": lambda raw: chunk_frame(0, raw[:100]) + (1 << 30).to_bytes(4, "big"),
+    "garbage": lambda raw: chunk_frame(0, raw[:100]) + encode_frame(b"\xc1garbage"),
+    "another sender": lambda raw: chunk_frame(0, raw[:100], src=3),
+    "a link message": lambda raw: chunk_frame(0, raw[:100]) + encode_frame(encode(hb(1, 2, 7))),
+    "a second offer": lambda raw: (
+        chunk_frame(0, raw[:100]) + encode_frame(encode(SnapshotOffer(5, 1, 2, 1, 1, 9, 0)))
+    ),
+    "damaged file": lambda raw: chunk_frame(0, raw[:-5] + bytes([raw[-5] ^ 1]) + raw[-4:]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+async def test_a_chunk_that_does_not_fit_closes_that_connection_only(
+    tmp_path: Path, case: str
+) -> None:
+    """A snapshot connection that breaks the protocol or delivers a bad file is closed; the
+    partial file is removed, nothing reaches the node, the message link carries on, and a
+    good transfer still works afterwards."""
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path)
+            snap = make_snapshot(tmp_path / "elsewhere", 90, 3, 4000)
+            raw = snap.path.read_bytes()
+            async with await trio.open_tcp_stream("127.0.0.1", b.transport.listen[1]) as stream:
+                reader = FrameReader()
+                hello = Hello(CLUSTER, 1, 2, PROTOCOL_VERSION, 0, Channel.SNAPSHOT)
+                assert (await raw_handshake(stream, hello, reader)).ok
+                await stream.send_all(encode_frame(encode(offer_for(snap))))
+                answer = await read_frame(stream, reader)
+                assert answer == SnapshotResume(2, 1, 0)
+                await stream.send_all(BAD_INPUTS[case](raw))
+                rest = reader.feed(await read_until_closed(stream))
+            # At most a refusal (a damaged file) before the follower hangs up.
+            assert all(
+                isinstance(m := decode(f), SnapshotReceived) and not m.ok and m.reason for f in rest
+            )
+            await wait_until(lambda: b.incoming_files() == [], WAIT_S)
+            assert b.received == []
+            a.transport.send(hb(1, 2, 1))
+            await b.wait_for(heartbeat(1, 1))
+            install(a, 90, 3, 3 * CHUNK)
+            a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))
+            await transferred(a, b)
+            nursery.cancel_scope.cancel()
+    assert a.transport.stats.peers[2].connects == 1
+    assert b.transport.stats.snapshots.receives_refused == 1
+
+
+async def read_frame(stream: trio.SocketStream, reader: FrameReader) -> object:
+    frames: list[bytes] = []
+    while not frames:
+        data = await stream.receive_some()
+        assert data, "closed before answering"
+        frames = reader.feed(data)
+    assert len(frames) == 1
+    return decode(frames[0])
+
+
+async def test_a_snapshot_of_another_cluster_is_refused(tmp_path: Path) -> None:
+    """A peer of this cluster streaming a file whose header names another cluster: the
+    follower verifies the complete file, refuses it, tells the leader, keeps nothing."""
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path)
+            a.latest = make_snapshot(a.directory, 90, 3, 2 * CHUNK, cluster_id="other-cluster")
+            a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))
+            await wait_until(lambda: bool(a.statuses), WAIT_S)
+            a.transport.send(hb(1, 2, 1))
+            await b.wait_for(heartbeat(1, 1))
+            nursery.cancel_scope.cancel()
+    assert a.statuses == [(2, False)]
+    assert b.received == []
+    assert b.incoming_files() == []
+    assert a.transport.stats.peers[2].connects == 1
+
+
+async def test_a_snapshot_connection_of_another_cluster_is_refused_at_the_handshake(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path)
+            async with await trio.open_tcp_stream("127.0.0.1", b.transport.listen[1]) as stream:
+                hello = Hello("other", 1, 2, PROTOCOL_VERSION, 0, Channel.SNAPSHOT)
+                reply = await raw_handshake(stream, hello)
+            assert not reply.ok and "cluster id" in reply.reason
+            a.transport.send(hb(1, 2, 1))
+            await b.wait_for(heartbeat(1, 1))
+            nursery.cancel_scope.cancel()
+
+
+@settings(max_examples=15, deadline=None)
+@given(blob=st.binary(min_size=1, max_size=200))
+async def test_garbage_on_a_snapshot_connection_never_stops_the_node(blob: bytes) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, Path(tmp))
+            async with await trio.open_tcp_stream("127.0.0.1", b.transport.listen[1]) as stream:
+                hello = Hello(CLUSTER, 1, 2, PROTOCOL_VERSION, 0, Channel.SNAPSHOT)
+                assert (await raw_handshake(stream, hello)).ok
+                await stream.send_all(blob)
+                await stream.send_eof()
+                await read_until_closed(stream)
+            a.transport.send(hb(1, 2, 1))
+            await b.wait_for(heartbeat(1, 1))
+            await wait_until(lambda: b.incoming_files() == [], WAIT_S)
+            nursery.cancel_scope.cancel()
+    assert b.received == []
+
+
+async def test_memory_stays_bounded_by_a_chunk_not_the_file(tmp_path: Path) -> None:
+    """Leader and follower in this one process move a 32 MiB file in 256 KiB chunks; the
+    Python heap never grows by more than a few chunks (tracemalloc's peak)."""
+    chunk = 256 * 1024
+    size = 32 * 1024 * 1024
+    with trio.fail_after(4 * WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path, chunk_bytes=chunk)
+            b.keep_bytes = False
+            install(a, 90, 3, size)
+            tracemalloc.start()
+            try:
+                tracemalloc.reset_peak()
+                baseline, _ = tracemalloc.get_traced_memory()
+                a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))
+                await wait_until(lambda: bool(a.statuses), 4 * WAIT_S)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            nursery.cancel_scope.cancel()
+    assert a.statuses == [(2, True)]
+    assert peak - baseline < 12 * chunk, f"peak {peak - baseline} bytes above the baseline"
