@@ -53,7 +53,11 @@ from .errors import CorruptLogError, StorageError
 
 logger = logging.getLogger("dengine_trio.storage")
 
-DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+DEFAULT_SEGMENT_BYTES = 4 * 1024 * 1024
+"""4 MiB: small enough that compaction can drop what a snapshot covers and that the covered
+part still on disk costs little at restart (recovery reads ~70-80 MiB/s), large enough that a
+segment roll (an fsync, a directory fsync) comes once per ~14,000 entries of 300 bytes. The
+reasoning and the measurement are in the package docstring, "Segment size"."""
 SEGMENT_SUFFIX = ".wal"
 SEGMENT_NAME_DIGITS = 20  # wide enough for any unsigned 64-bit index
 

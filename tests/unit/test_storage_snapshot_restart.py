@@ -18,6 +18,7 @@ import pytest
 
 from dengine_trio.raft.messages import Entry
 from dengine_trio.storage import (
+    DEFAULT_SEGMENT_BYTES,
     Storage,
     StorageError,
     UnrecoverableStorageError,
@@ -479,3 +480,29 @@ def test_install_snapshot_crashed_where_the_log_holds_an_older_entry_of_the_same
         if not crashed:
             break
         number += 1
+
+
+# -- segment size: the footprint follows the snapshot window -----------------------------------
+
+
+def test_with_the_default_segment_size_compaction_bounds_the_log_on_disk(tmp_path: Path) -> None:
+    """The node's defaults: a snapshot every 10,000 entries, 1,000 retained. The log on disk
+    stays within one segment plus the retained and not-yet-snapshotted entries (documented
+    bound), which is a few MiB, not the whole history (60,000 entries, ~18 MB here)."""
+    every, retained, batch = 10_000, 1_000, 100
+    value = b"v" * 280
+    db = tmp_path / "db"
+    peak = 0
+    with Storage.open(db, snapshots_dir=db / "snapshots", cluster_id=CLUSTER) as storage:
+        for first in range(1, 60_001, batch):
+            last = first + batch - 1
+            storage.append([Entry(term=1, index=i, data=value) for i in range(first, last + 1)])
+            if last % every == 0:
+                storage.sync()
+                write_snapshot(db / "snapshots", last, 1)
+                storage.compact(last - retained)
+            peak = max(peak, sum(p.stat().st_size for p in (db / "wal").glob("*.wal")))
+    entry_bytes = 8 + 3 + 3 + 1 + 2 + len(value)  # record header, msgpack array of the entry
+    bound = DEFAULT_SEGMENT_BYTES + (retained + every + batch) * entry_bytes
+    assert peak <= bound
+    assert peak < 60_000 * entry_bytes / 2  # not the history
