@@ -37,7 +37,7 @@ class Scenario:
 
 @dataclass
 class Target:
-    """A goal of issue 7 with its measurement."""
+    """A goal of issue 7 or 13 with its measurement."""
 
     goal: str
     measured: str
@@ -51,6 +51,8 @@ class Report:
     comparisons: list[tuple[str, str]]
     targets: list[Target]
     notes: list[str]
+    sections: list[tuple[str, str]] = field(default_factory=list)
+    """(title, markdown body) printed after the tables, e.g. ``bench.snapshots``'s."""
 
 
 def fmt_rate(value: float) -> str:
@@ -94,7 +96,7 @@ def markdown(report: Report) -> str:
     embedded = [s for s in report.scenarios.values() if s.section == "embedded"]
     http = [s for s in report.scenarios.values() if s.section == "http"]
     parts = [*report.header, ""]
-    parts += ["#### Targets (issue 7)", ""]
+    parts += ["#### Targets (issues 7 and 13)", ""]
     parts += ["| target | measured (medians) | |", "|---|---|---|"]
     for t in report.targets:
         verdict = "not measured" if t.met is None else ("**met**" if t.met else "**missed**")
@@ -108,6 +110,8 @@ def markdown(report: Report) -> str:
     if http:
         parts += ["", "#### HTTP (wrk in its own process, one thread)", ""]
         parts.append(scenario_table(http))
+    for title, body in report.sections:
+        parts += ["", f"#### {title}", "", body.rstrip("\n")]
     if report.notes:
         parts += ["", *[f"* {note}" for note in report.notes]]
     parts += ["", "![make bench chart](benchmarks.png)"]

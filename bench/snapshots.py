@@ -87,6 +87,9 @@ RESTART_GOAL_S = 1.0
 CATCH_UP_GOAL_S = 3.0
 SNAPSHOT_P99_GOAL_MS = 50.0
 COMPARE_GOAL = 1.5
+WINDOW_PUTS_MIN = 100_000
+"""Lower bound of the puts around the one snapshot (part 3): enough for 64 writers to keep
+writing through the seconds before, during and after it."""
 
 
 def progress(message: str) -> None:
@@ -275,6 +278,17 @@ class Cluster:
                 await trio.sleep(POLL_S)
 
 
+async def measured_start(
+    cluster: Cluster, node: NodeProcess, index: int, timeout_s: float
+) -> dict[str, Any]:
+    """``timed_start``, or what went wrong (the rest of the part is still measured)."""
+    try:
+        return await cluster.timed_start(node, index, timeout_s)
+    except (trio.TooSlowError, BenchError) as exc:
+        answer = await http_status(node.health_port)
+        return {"error": f"{exc!r}; its /status then: {answer}", "timeout_s": timeout_s}
+
+
 def write_node_configs(root: Path, snapshots: bool, threshold: int) -> list[Path]:
     from tests.support.cluster import free_ports, write_cluster
 
@@ -389,11 +403,11 @@ async def part_overwrites(cluster: Cluster, cmd: dict[str, Any]) -> dict[str, An
     status1 = cluster.engine.status()
     node2_status = await node2.status() or {}
     progress(f"overwrites done: commit {target}; node 3 restarts (catch-up)")
-    catch_up = await cluster.timed_start(node3, target, timeout_s)
-    progress(f"node 3 caught up in {catch_up['ready_s']:.2f} s; node 2 restarts")
+    catch_up = await measured_start(cluster, node3, target, cmd["restart_timeout"])
+    progress(f"node 3 catch-up: {catch_up}; node 2 restarts")
     await node2.stop()
-    restart = await cluster.timed_start(node2, target, timeout_s)
-    progress(f"node 2 ready in {restart['ready_s']:.2f} s")
+    restart = await measured_start(cluster, node2, target, cmd["restart_timeout"])
+    progress(f"node 2 restart: {restart}")
     after = {2: node2.figures(), 3: node3.figures(), 1: cluster.node1_figures()}
     check_still_leading(cluster.engine, cluster.term, "the restarts")
     terms = await cluster.terms()
@@ -481,6 +495,11 @@ async def part_snapshot(cluster: Cluster, cmd: dict[str, Any]) -> dict[str, Any]
             stop.set()
     check_still_leading(engine, cluster.term, "the snapshot")
     terms_after = await cluster.terms()
+    moved = {
+        node: (term, terms_after.get(node))
+        for node, term in terms_before.items()
+        if term is not None and terms_after.get(node) not in (None, term)
+    }
     start, end = window["start"], window["end"]
     during = sorted(b - a for a, b in records if b >= start and a <= end)
     before = sorted(b - a for a, b in records if b < start)
@@ -513,7 +532,8 @@ async def part_snapshot(cluster: Cluster, cmd: dict[str, Any]) -> dict[str, Any]
         "node1_rss_mib": {"before": rss_before, "peak_during": max(rss_samples, default=math.nan)},
         "terms_before": terms_before,
         "terms_after": terms_after,
-        "elections": terms_before != terms_after,
+        "elections": bool(moved),
+        "terms_moved": moved,
     }
 
 
@@ -625,6 +645,7 @@ class Options:
     rounds: int = 5
     compare_puts: int = 10_000
     phase_timeout_s: float = 900.0
+    restart_timeout_s: float = 120.0
     parts: tuple[str, ...] = ("overwrites", "today", "snapshot", "compare")
 
 
@@ -637,10 +658,23 @@ class Results:
     compare: dict[str, list[float]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     load: list[str] = field(default_factory=list)
+    import_s: float = math.nan
 
 
 def load_average() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+async def import_time(runs: int = 3) -> float:
+    """Median wall time of ``python -c "import dengine_trio.cli"``: the floor of any node
+    process's start on this machine, whatever its data."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        with trio.fail_after(60):
+            await trio.run_process([sys.executable, "-c", "import dengine_trio.cli"])
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 async def run_part(
@@ -715,7 +749,10 @@ async def run_all(o: Options, timeout_s: float) -> Results:
     """Run the chosen parts; failures are recorded in the results, not raised."""
     results = Results(o)
     results.load.append(load_average())
+    if {"overwrites", "today"} & set(o.parts):
+        results.import_s = await import_time()
     command = {"writers": o.writers, "keys": o.keys, "phase_timeout": o.phase_timeout_s}
+    command["restart_timeout"] = o.restart_timeout_s
     if "overwrites" in o.parts:
         progress(f"overwrites, snapshots on: {o.puts:,} puts, node 3 down for the last "
                  f"{o.down_for:,}")  # fmt: skip
@@ -740,19 +777,21 @@ async def run_all(o: Options, timeout_s: float) -> Results:
                 results.today.append(found)
     if "snapshot" in o.parts:
         k = o.snapshot_keys
+        window = max(k * 3 // 10, WINDOW_PUTS_MIN)
+        # No automatic snapshot during the window: the next one is due past the fill and the
+        # window's bound (a threshold over half of both: at most one during the fill).
+        threshold = (k + window) // 2 + 100
         progress(f"one snapshot of {k:,} keys")
         results.snapshot = await run_part(
             results,
             "snapshot",
-            # Automatic snapshots at 45% and 90% of the fill; the next one would need 45% more
-            # entries than the window's bound of 30%.
-            ["--snapshots", "on", "--threshold", str(max(1, k * 45 // 100))],
+            ["--snapshots", "on", "--threshold", str(threshold)],
             {
                 "part": "snapshot",
                 "keys": k,
                 "writers": o.snapshot_writers,
                 "phase_timeout": o.phase_timeout_s,
-                "max_window_puts": max(1, k * 3 // 10),
+                "max_window_puts": window,
                 "before_s": 2.0,
                 "after_s": 1.0,
             },
@@ -792,8 +831,8 @@ def figures_of(run: dict[str, Any]) -> dict[str, float]:
     for node in ("1", "2", "3"):
         disk = end[node] if node != "3" else after["3"]
         found[f"disk{node}"] = disk["wal_bytes"] + disk["snapshot_bytes"]
-    found["restart"] = run["restart"]["ready_s"]
-    found["catch_up"] = run["catch_up"]["ready_s"]
+    found["restart"] = run["restart"].get("ready_s", math.nan)
+    found["catch_up"] = run["catch_up"].get("ready_s", math.nan)
     found["rate"] = run["put_rate"]
     return found
 
@@ -814,7 +853,7 @@ def markdown(results: Results) -> tuple[str, list[Target]]:
             + f" puts (a fifth of them with node 3 down), extrapolated to {o.puts:,} by a "
             "straight line through the two.",
             "",
-            "| figure | snapshots on (shipped) | today's code, measured | "
+            "| figure | snapshots on (shipped) | today's code, measured (at puts) | "
             f"today's code, extrapolated to {o.puts:,} | goal |",
             "|---|---:|---:|---:|---|",
         ]
@@ -839,13 +878,11 @@ def markdown(results: Results) -> tuple[str, list[Target]]:
         for label, key, fmt, goal in rows:
             scale = 2**20 if key.startswith("disk") else 1
             shown = mine.get(key, math.nan) / scale
-            measured = ", ".join(
-                f"{fmt.format(f[key] / scale)} ({puts // 1000}k)" for puts, f in theirs
-            )
+            measured = ", ".join(f"{fmt.format(f[key] / scale)} ({puts:,})" for puts, f in theirs)
             # catch-up grows with the writes missed, the rest with the writes
             at = o.down_for if key == "catch_up" else o.puts
             xs = [(p // 5 if key == "catch_up" else p, f[key] / scale) for p, f in theirs]
-            extra = extrapolate(xs, at)
+            extra = extrapolate(xs, at) if key != "rate" else math.nan
             parts.append(
                 f"| {label} | {'-' if math.isnan(shown) else fmt.format(shown)} "
                 f"| {measured or '-'} | {'-' if math.isnan(extra) else fmt.format(extra)} "
@@ -866,7 +903,9 @@ def markdown(results: Results) -> tuple[str, list[Target]]:
                 Target(
                     f"Follower restart to ready < {RESTART_GOAL_S:g} s",
                     f"{mine['restart']:.2f} s (first /status answer at "
-                    f"{on['restart']['first_status_s']:.2f} s)",
+                    f"{on['restart']['first_status_s']:.2f} s)"
+                    if "error" not in on["restart"]
+                    else f"failed: {on['restart']['error']}",
                     mine["restart"] < RESTART_GOAL_S,
                 )
             )
@@ -874,7 +913,9 @@ def markdown(results: Results) -> tuple[str, list[Target]]:
                 Target(
                     f"Catch-up of a follower down for {o.down_for:,} writes < "
                     f"{CATCH_UP_GOAL_S:g} s",
-                    f"{mine['catch_up']:.2f} s",
+                    f"{mine['catch_up']:.2f} s"
+                    if "error" not in on["catch_up"]
+                    else f"failed: {on['catch_up']['error']}",
                     mine["catch_up"] < CATCH_UP_GOAL_S,
                 )
             )
@@ -885,13 +926,20 @@ def markdown(results: Results) -> tuple[str, list[Target]]:
                 f"Snapshots on: commit index {on['commit_index']:,}, newest snapshot index "
                 f"node 1 {snaps.get('1')}, node 2 {snaps.get('2')}; node 3 after its catch-up "
                 f"{on['catch_up'].get('snapshot_index')}; first `/status` answer of the "
-                f"restarted node 2 at {on['restart']['first_status_s']:.2f} s, of node 3 at "
-                f"{on['catch_up']['first_status_s']:.2f} s; peak RSS node 1 "
+                f"restarted node 2 at {on['restart'].get('first_status_s', math.nan):.2f} s, "
+                f"of node 3 at {on['catch_up'].get('first_status_s', math.nan):.2f} s; "
+                "peak RSS node 1 "
                 f"{on['at_end']['1']['peak_mib']:.0f} MiB, node 2 "
                 f"{on['at_end']['2']['peak_mib']:.0f} MiB; "
                 + (f"terms moved: {elections}" if elections else "no election (terms unchanged)")
                 + ".",
             ]
+        if not math.isnan(results.import_s):
+            parts.append("")
+            parts.append(
+                f"A bare `python -c 'import dengine_trio.cli'` took {results.import_s:.2f} s "
+                "(median of 3) in the same run: the floor of any node's restart here."
+            )
     snap = results.snapshot
     if snap:
         d, b = snap["during"], snap["before"]
@@ -913,7 +961,9 @@ def markdown(results: Results) -> tuple[str, list[Target]]:
             f"{snap['loop_lateness_ms']['p99']:.1f} / {snap['loop_lateness_ms']['max']:.1f} ms |",
             f"| node 1 RSS before / peak during | {snap['node1_rss_mib']['before']:,.0f} / "
             f"{snap['node1_rss_mib']['peak_during']:,.0f} MiB |",
-            f"| election (any node's term moved) | {'yes' if snap['elections'] else 'no'} |",
+            f"| election (any node's term moved) | "
+            f"{'yes: ' + str(snap['terms_moved']) if snap['elections'] else 'no'} "
+            f"(terms before {snap['terms_before']}, after {snap['terms_after']}) |",
         ]
         if snap.get("note"):
             parts.append(f"\n{snap['note']}")
@@ -1010,6 +1060,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--compare-puts", type=int, default=10_000, help="puts per comparison run")
     add("--parts", default="overwrites,today,snapshot,compare", help="which parts to run")
     add("--phase-timeout", type=float, default=900.0, help="bound of one part's load (s)")
+    add(
+        "--restart-timeout",
+        type=float,
+        default=120.0,
+        help="how long a restarted node may take to be ready before that figure fails (s)",
+    )
     add("--max-minutes", type=float, default=45.0, help="bound of the whole run")
     add("--json", type=Path, help="also write the raw results here")
     return parser
@@ -1042,6 +1098,7 @@ def options_from(args: argparse.Namespace) -> Options:
         rounds=args.rounds,
         compare_puts=args.compare_puts,
         phase_timeout_s=args.phase_timeout,
+        restart_timeout_s=args.restart_timeout,
         parts=parts,
     )
 
@@ -1089,6 +1146,7 @@ def main(argv: list[str] | None = None) -> int:
             "compare": results.compare,
             "failures": results.failures,
             "load": results.load,
+            "import_s": results.import_s,
         }
         args.json.write_text(json.dumps(raw_results, indent=1, default=str))
     return 1 if results.failures else 0
