@@ -3,8 +3,9 @@
 Rows are dicts (the ``--json`` output, a list of them), with these members:
 
 - ``endpoint``: the health URL asked; ``node_id``, ``address`` (its Raft address), ``role``,
-  ``term``, ``leader_id``, ``commit_index``, ``applied_index``: the node's own answer, or None
-  for a node that did not answer;
+  ``term``, ``leader_id``, ``commit_index``, ``applied_index``, ``snapshot_index`` (the last
+  index its newest snapshot covers, 0 for none): the node's own answer, or None for a node
+  that did not answer;
 - ``lag``: entries the node has yet to apply of what the leader has committed (the leader's
   ``commit_index`` minus the node's ``applied_index``, at least 0; None without a leader);
 - ``last_contact_ms``: milliseconds since the leader last heard from this follower, in the
@@ -102,6 +103,7 @@ def collect(
             row[key] = st.get(key)
         row["commit_index"] = st.get("commit_index")
         row["applied_index"] = st.get("applied_index")
+        row["snapshot_index"] = st.get("snapshot_index")
         row["lag"] = None
         row["last_contact_ms"] = None
         if status is not None and leader is not None:

@@ -60,6 +60,7 @@ def test_status_with_every_node_up(ctl_cluster: Cluster) -> None:
         assert isinstance(row["address"], str) and row["address"].startswith("127.0.0.1:")
         assert isinstance(row["lag"], int) and row["lag"] >= 0, row
         assert isinstance(row["commit_index"], int) and row["commit_index"] >= 1, row
+        assert isinstance(row["snapshot_index"], int) and row["snapshot_index"] >= 0, row
         assert row["error"] is None
         if row["role"] == "leader":
             assert row["last_contact_ms"] is None
