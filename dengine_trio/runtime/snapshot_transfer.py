@@ -42,6 +42,9 @@ Rules
   removes the partial file; so does a complete file that fails verification (CRC, format
   version, cluster id, the offered index and term), which the follower also reports with
   ``SnapshotReceived(ok=False)``. The message link and the node carry on.
+* An offer of an older term than the one whose connection is feeding the partial file is
+  refused at once (``SnapshotReceived(ok=False)``): a deposed leader retrying must not keep
+  cutting off its successor's transfer.
 * A complete, verified file is handed to the node with ``SnapshotHooks.received`` (the node
   steps ``InstallSnapshot`` naming the file's own index and term and owns the file from then
   on), then confirmed to the leader, which reports ``SnapshotStatus(peer, ok=True)``.
@@ -321,7 +324,18 @@ class SnapshotTransfers:
             frames = _Frames(stream, FrameReader(self.transport.max_frame_bytes), [])
             with trio.fail_after(SNAPSHOT_IO_TIMEOUT_S):
                 await _send_message(stream, offer)
-                resume = await frames.message(SnapshotResume)
+                resume = decode(await frames.next())
+            if type(resume) is SnapshotReceived and not resume.ok:
+                # Refused outright (a transfer of a newer leader is under way there).
+                log.info(
+                    "node %d: peer %d refused the snapshot: %s",
+                    self.node_id,
+                    offer.dst,
+                    resume.reason,
+                )
+                return False, progressed
+            if type(resume) is not SnapshotResume:
+                raise ProtocolViolation(f"answered SnapshotOffer with {type(resume).__name__}")
             if (resume.src, resume.dst) != (offer.dst, self.node_id):
                 raise ProtocolViolation(f"{resume!r} on a connection to peer {offer.dst}")
             if not 0 <= resume.offset <= offer.size:
@@ -431,6 +445,21 @@ class SnapshotTransfers:
     ) -> None:
         scope = trio.CancelScope()
         async with self._lock:
+            current = self._incoming
+            if current is not None and current.owner is not None and offer.term < current.key.term:
+                # A deposed leader's retries must not keep cutting off its successor's.
+                reason = f"a snapshot of a leader of term {current.key.term} is under way"
+                log.info(
+                    "node %d: refused a snapshot of term %d from peer %d: %s",
+                    self.node_id,
+                    offer.term,
+                    offer.src,
+                    reason,
+                )
+                await _send_quietly(
+                    stream, SnapshotReceived(self.node_id, offer.src, False, reason)
+                )
+                return
             # One connection feeds the partial file: a newer one takes it over.
             while self._incoming is not None and self._incoming.owner is not None:
                 current = self._incoming

@@ -437,3 +437,45 @@ async def test_memory_stays_bounded_by_a_chunk_not_the_file(tmp_path: Path) -> N
             nursery.cancel_scope.cancel()
     assert a.statuses == [(2, True)]
     assert peak - baseline < 12 * chunk, f"peak {peak - baseline} bytes above the baseline"
+
+
+async def test_a_newer_leader_takes_over_the_partial_file_and_an_older_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Node 1's transfer (term 5) is under way when offers claiming other terms arrive: one
+    of an older term is refused at once, one of a newer term takes the partial file over (the
+    term-5 connection is closed, and its retries are refused while the newer one runs), and
+    the newer file is the one handed to the node."""
+    proxy = Proxy(0, threshold=2 * CHUNK, mode="hold")
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path, proxy)
+            install(a, 90, 3, 20 * CHUNK)
+            a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))
+            await proxy.tripped.wait()
+            await wait_until(lambda: b.transport.stats.snapshots.bytes_received > 0, WAIT_S)
+            newer = make_snapshot(tmp_path / "elsewhere", 120, 6, 3000)
+            raw = newer.path.read_bytes()
+            hello = Hello(CLUSTER, 1, 2, PROTOCOL_VERSION, 0, Channel.SNAPSHOT)
+            async with await trio.open_tcp_stream("127.0.0.1", b.transport.listen[1]) as old:
+                reader = FrameReader()
+                assert (await raw_handshake(old, hello, reader)).ok
+                await old.send_all(encode_frame(encode(offer_for(newer, term=4))))
+                answer = await read_frame(old, reader)
+                assert isinstance(answer, SnapshotReceived) and not answer.ok
+                assert "term 5" in answer.reason
+            async with await trio.open_tcp_stream("127.0.0.1", b.transport.listen[1]) as new:
+                reader = FrameReader()
+                assert (await raw_handshake(new, hello, reader)).ok
+                await new.send_all(encode_frame(encode(offer_for(newer, term=6))))
+                assert await read_frame(new, reader) == SnapshotResume(2, 1, 0)
+                proxy.release.set()  # node 1's connection is gone: it retries, refused
+                await wait_until(lambda: bool(a.statuses), WAIT_S)
+                await new.send_all(chunk_frame(0, raw))
+                assert await read_frame(new, reader) == SnapshotReceived(2, 1, True)
+            nursery.cancel_scope.cancel()
+    assert a.statuses == [(2, False)]
+    assert [(m, data == raw) for m, data in b.received] == [
+        (InstallSnapshot(6, 1, 2, 120, 6), True)
+    ]
+    assert b.incoming_files() == []
