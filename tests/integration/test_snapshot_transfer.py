@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import trio
 import trustme
@@ -31,6 +32,7 @@ from dengine_trio.wire import (
     Channel,
     FrameReader,
     Hello,
+    HelloReply,
     SnapshotChunk,
     SnapshotOffer,
     SnapshotReceived,
@@ -479,3 +481,55 @@ async def test_a_newer_leader_takes_over_the_partial_file_and_an_older_one_is_re
         (InstallSnapshot(6, 1, 2, 120, 6), True)
     ]
     assert b.incoming_files() == []
+
+
+async def test_install_snapshot_on_the_message_link_closes_it(tmp_path: Path) -> None:
+    """The core may see InstallSnapshot only for a file its runtime received and verified:
+    a peer sending one on the message link is cut off, and nothing reaches the node."""
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path)
+            async with await trio.open_tcp_stream("127.0.0.1", b.transport.listen[1]) as stream:
+                assert (await raw_handshake(stream, Hello(CLUSTER, 1, 2, PROTOCOL_VERSION))).ok
+                await stream.send_all(
+                    encode_frame(encode(hb(1, 2, 100)))
+                    + encode_frame(encode(InstallSnapshot(5, 1, 2, 90, 3)))
+                )
+                assert await read_until_closed(stream) == b""
+            a.transport.send(hb(1, 2, 1))
+            await b.wait_for(heartbeat(1, 1))
+            nursery.cancel_scope.cancel()
+    assert not [m for m in b.inbox if isinstance(m, InstallSnapshot)]
+    assert b.transport.stats.connections_closed_on_error == 1
+
+
+async def test_without_snapshots_a_transport_refuses_them(tmp_path: Path) -> None:
+    p1, p2 = free_ports(2)
+    plain = Node(2, {1: p1, 2: p2})
+    with pytest.raises(TypeError):
+        plain.transport.send(InstallSnapshot(5, 2, 1, 90, 3))
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            await plain.start(nursery)
+            async with await trio.open_tcp_stream("127.0.0.1", p2) as stream:
+                hello = Hello(CLUSTER, 1, 2, PROTOCOL_VERSION, 0, Channel.SNAPSHOT)
+                reply = await raw_handshake(stream, hello)
+            nursery.cancel_scope.cancel()
+    assert not reply.ok and reply.reason == "this node takes no snapshots"
+
+
+async def test_a_hello_of_protocol_version_3_is_refused_naming_its_version(
+    tmp_path: Path,
+) -> None:
+    p1, p2 = free_ports(2)
+    node = Node(2, {1: p1, 2: p2})
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            await node.start(nursery)
+            async with await trio.open_tcp_stream("127.0.0.1", p2) as stream:
+                # Version 3's Hello had five fields (no channel).
+                await stream.send_all(encode_frame(msgpack.packb([32, [CLUSTER, 1, 2, 3, 77]])))
+                reply = decode(FrameReader().feed(await read_until_closed(stream))[0])
+            nursery.cancel_scope.cancel()
+    assert isinstance(reply, HelloReply) and not reply.ok
+    assert reply.reason == f"protocol version 3, expected {PROTOCOL_VERSION}"
