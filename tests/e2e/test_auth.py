@@ -38,6 +38,7 @@ ENDPOINTS = [
     ("GET", "health", "/metrics", "admin"),
     ("GET", "health", "/", "admin"),
     ("GET", "health", "/no-such-page", "admin"),
+    ("GET", "health", "/snapshot", "admin"),
     ("GET", "health", "/primary", None),
     ("GET", "health", "/replica", None),
 ]
@@ -108,7 +109,7 @@ def test_each_role_on_each_endpoint(
         if needed is None or (role is not None and RANK[role] >= RANK[needed]):
             # Served: whatever the endpoint answers, not an auth refusal.
             assert response.status_code not in (401, 403), (role, response.text)
-            if path in ("/status", "/metrics", "/", "/primary", "/kv"):
+            if path in ("/status", "/metrics", "/", "/primary", "/kv", "/snapshot"):
                 assert response.status_code == 200, (role, response.text)
         elif role is None:
             assert_refused(response, 401, "unauthorized")
@@ -227,7 +228,12 @@ def test_ctl_tools_send_the_token(node: Node) -> None:
     assert run_cli([*status, "--token", TOKENS["admin"]], cwd).returncode == 0
     weak = run_cli(status, cwd, {"DENGINE_TOKEN": TOKENS["write"]})
     assert weak.returncode == 1 and "HTTP 403 forbidden" in weak.stdout, weak.stdout
-    for result in (refused, missing, weak):
+    save = ["snapshot", "save", str(cwd / "backup.snap"), "--endpoint", status[2]]
+    saved = run_cli([*save, "--token", TOKENS["admin"]], cwd)
+    assert saved.returncode == 0 and saved.stdout.startswith("saved "), saved.stderr
+    not_admin = run_cli(save, cwd, {"DENGINE_TOKEN": TOKENS["write"]})
+    assert not_admin.returncode == 1 and "HTTP 403 forbidden" in not_admin.stderr
+    for result in (refused, missing, weak, saved, not_admin):
         assert not any(t in result.stdout + result.stderr for t in TOKENS.values())
 
 
