@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from dengine_trio.raft.messages import Entry
 from dengine_trio.storage import (
@@ -29,6 +31,7 @@ from dengine_trio.storage.snapshots import (
     SnapshotReceiver,
     SnapshotWriter,
     read_raw_chunk,
+    remove_old_snapshots,
 )
 
 CLUSTER = "test-cluster-0001"
@@ -506,3 +509,98 @@ def test_with_the_default_segment_size_compaction_bounds_the_log_on_disk(tmp_pat
     bound = DEFAULT_SEGMENT_BYTES + (retained + every + batch) * entry_bytes
     assert peak <= bound
     assert peak < 60_000 * entry_bytes / 2  # not the history
+
+
+# -- against a model -----------------------------------------------------------------------------
+
+
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("append"), st.integers(1, 9)),
+            st.tuples(st.just("truncate"), st.integers(0, 12)),
+            st.tuples(st.just("snapshot"), st.integers(0, 15), st.integers(0, 8)),
+            st.tuples(st.just("install"), st.integers(-6, 20)),
+            st.tuples(st.just("crash-install"), st.integers(-6, 20), st.integers(0, 12)),
+            st.tuples(st.just("reopen")),
+        ),
+        max_size=30,
+    )
+)
+# An install cut short inside a log that contradicts the snapshot, and one past the log's end.
+@example(steps=[("append", 9), ("append", 9), ("crash-install", -3, 0), ("append", 2)])
+@example(steps=[("append", 9), ("snapshot", 2, 1), ("append", 9), ("crash-install", 5, 3)])
+def test_appends_snapshots_compaction_installs_and_restarts_match_a_model(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple]
+) -> None:
+    """The model: the snapshot (index, term) and the log entries after it. A restart must give
+    back exactly those, whatever the interleaving of appends, Raft truncations, snapshots with
+    compaction (keeping 2 files), installs of a leader's snapshot (ahead of the log, or inside
+    it with a newer term: a contradiction), installs cut short by a crash at any of their
+    file operations, and restarts."""
+    db = tmp_path_factory.mktemp("db")
+    snapshots = db / "snapshots"
+
+    def reopen() -> Storage:
+        return Storage.open(db, segment_bytes=200, snapshots_dir=snapshots, cluster_id=CLUSTER)
+
+    storage = reopen()
+    snapshot = (0, 0)
+    log: list[Entry] = []  # the entries after the snapshot
+    term = 1
+
+    def last_index() -> int:
+        return log[-1].index if log else snapshot[0]
+
+    try:
+        for step in steps:
+            if step[0] == "append":
+                batch = entries(last_index() + 1, last_index() + step[1], term)
+                feed(storage, batch)
+                log += batch
+            elif step[0] == "truncate" and log:
+                at = max(snapshot[0] + 1, last_index() - step[1])
+                term += 1
+                storage.append(entries(at, at, term))
+                log = [e for e in log if e.index < at] + entries(at, at, term)
+            elif step[0] == "snapshot" and log:
+                kept = min(step[1], len(log) - 1)
+                covered = log[len(log) - 1 - kept]
+                storage.sync()
+                write_snapshot(snapshots, covered.index, covered.term)
+                storage.compact(max(0, covered.index - step[2]))
+                remove_old_snapshots(snapshots, keep=2)
+                snapshot = (covered.index, covered.term)
+                log = [e for e in log if e.index > covered.index]
+            elif step[0].endswith("install") and last_index() + step[1] > snapshot[0]:
+                # A leader's snapshot: past the log's end, or inside it with a newer term.
+                term += 1
+                index = last_index() + step[1]
+                write_snapshot(snapshots, index, term)
+                if step[0] == "install":
+                    storage.install_snapshot(index, term)
+                else:
+                    # The process dies before the step[2]-th file operation of the reset.
+                    with crash_before_operation(step[2]):
+                        try:
+                            storage.install_snapshot(index, term)
+                        except Crash:
+                            pass
+                    storage._wal._failure = Crash()
+                    storage.close()
+                    storage = reopen()
+                snapshot, log = (index, term), []
+            elif step[0] == "reopen":
+                storage.close()
+                storage = reopen()
+                assert (storage.snapshot_index, storage.snapshot_term) == snapshot
+                assert storage.entries == log
+            assert storage.last_index == last_index()
+    finally:
+        storage.close()
+    with reopen() as storage:
+        assert (storage.snapshot_index, storage.snapshot_term) == snapshot
+        assert storage.entries == log
