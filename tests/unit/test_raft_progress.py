@@ -52,8 +52,10 @@ def test_snapshot_state_holds_every_append_and_takes_no_rejection() -> None:
     p.become_snapshot(20, 3)
     assert p.state is ProgressState.SNAPSHOT and p.paused(64) and not p.inflight
     assert (p.pending_snapshot, p.pending_snapshot_term) == (20, 3)
-    # A rejection of an AppendEntries sent before the snapshot is stale.
-    assert not p.reject(8, 5) and p.state is ProgressState.SNAPSHOT
+    # A rejection of an AppendEntries sent before the snapshot is stale, even one that
+    # names the index just before ``next_index`` (what a probe's rejection would name).
+    assert not p.reject(p.next_index - 1, 5) and not p.reject(8, 5)
+    assert p.state is ProgressState.SNAPSHOT and p.pending_snapshot == 20
 
 
 def test_snapshot_landing_probes_past_it_and_failure_waits_for_an_answer() -> None:
