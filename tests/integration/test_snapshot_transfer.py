@@ -11,6 +11,7 @@ while every other connection, the message link among them, flows.
 from __future__ import annotations
 
 import os
+import threading
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -533,3 +534,72 @@ async def test_a_hello_of_protocol_version_3_is_refused_naming_its_version(
             nursery.cancel_scope.cancel()
     assert isinstance(reply, HelloReply) and not reply.ok
     assert reply.reason == f"protocol version 3, expected {PROTOCOL_VERSION}"
+
+
+async def test_engines_keep_their_links_while_a_snapshot_transfer_is_stalled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three engines; a follower down while the others compacted past its log comes back and
+    needs the leader's snapshot, whose transfer stalls (the follower's disk takes the second
+    chunk only when the test lets it). Meanwhile the leader's messages keep reaching that
+    follower on the message link and the cluster keeps committing; then the transfer
+    completes and the follower catches up."""
+    from dengine_trio.storage import snapshots as snapshots_module
+
+    from .cluster import EngineHandle, write_configs
+
+    gate = threading.Event()
+    writes = [0]
+    original = snapshots_module.SnapshotReceiver.write_chunk
+
+    def stalling(self: Any, offset: int, data: bytes) -> None:
+        writes[0] += 1
+        if writes[0] > 1:
+            gate.wait(4 * WAIT_S)
+        original(self, offset, data)
+
+    monkeypatch.setattr(snapshots_module.SnapshotReceiver, "write_chunk", stalling)
+    settings = {
+        "raft.snapshot.max_log_entries_before_snapshot": 40,
+        "raft.snapshot.retained_log_entries": 10,
+        "raft.snapshot.chunk_size": 512,
+    }
+    configs = write_configs(tmp_path, extra=settings)
+    nodes = {c.cluster.node_id: EngineHandle(c) for c in configs}
+    try:
+        with trio.fail_after(6 * WAIT_S):
+            async with trio.open_nursery() as nursery:
+                for handle in nodes.values():
+                    await handle.start(nursery)
+                leader = await wait_until(lambda: nodes[1].engine.leader_id(), WAIT_S)
+                await nodes[leader].engine.wait_ready(WAIT_S)
+                client = nodes[leader].engine.client()
+                lagging = next(n for n in nodes if n != leader)
+                await nodes[lagging].stop()
+                for i in range(200):
+                    await client.put(b"key%d" % (i % 20), b"value %d" % i)
+                raft = nodes[leader].engine._runtime.raft
+                await wait_until(lambda: raft is not None and raft.log.first_index > 30, WAIT_S)
+                term = nodes[leader].engine.node_status().term
+                back = await nodes[lagging].start(nursery)
+                await wait_until(lambda: writes[0] >= 2, WAIT_S)  # the transfer is stalled
+                transport = back._runtime.transport
+                assert transport is not None
+                before = transport.stats.frames_in
+                # Messages keep arriving while the snapshot cannot (heartbeats every 30 ms:
+                # 60 of them span several election timeouts), and writes keep committing.
+                for i in range(200, 220):
+                    await client.put(b"key%d" % (i % 20), b"value %d" % i)
+                await wait_until(lambda: transport.stats.frames_in >= before + 60, 4 * WAIT_S)
+                assert back._runtime.snapshotter.installed == 0
+                assert back.leader_id() == leader
+                statuses = [h.engine.node_status() for h in nodes.values()]
+                assert {s.term for s in statuses} == {term}
+                gate.set()
+                commit = nodes[leader].engine.node_status().commit_index
+                await wait_until(lambda: back.node_status().applied_index >= commit, 4 * WAIT_S)
+                assert back._runtime.snapshotter.installed == 1
+                assert back.state_machine.data == nodes[leader].engine.state_machine.data  # type: ignore[attr-defined]
+                nursery.cancel_scope.cancel()
+    finally:
+        gate.set()
