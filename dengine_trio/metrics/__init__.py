@@ -97,7 +97,7 @@ class MetricsSink:
         """One HTTP request answered; ``route`` is the route template (``/kv/<key:key>``),
         never the raw path, so the number of label values stays bounded."""
 
-    # -- hooks for what is still to come (snapshots, membership) ---------------------------
+    # -- snapshots, and a hook for what is still to come (membership) ---------------------
 
     def snapshot_saved(self, duration_s: float, size_bytes: int) -> None:
         """One snapshot taken: captured, written and fsynced in ``duration_s``; the file
@@ -105,8 +105,8 @@ class MetricsSink:
         ``dengine_snapshots_saved_total``, ``dengine_snapshot_saved_bytes_total``)."""
 
     def snapshot_sent(self, peer: int, size_bytes: int) -> None:
-        """Hook for snapshots: one snapshot streamed to ``peer`` (``dengine_snapshots_sent_total``).
-        Not called yet."""
+        """One snapshot of about ``size_bytes`` (the newest file when the transfer ended)
+        streamed to ``peer`` in full (``dengine_snapshots_sent_total``)."""
 
     def snapshot_received(self, size_bytes: int) -> None:
         """One snapshot of ``size_bytes`` installed from the leader

@@ -410,7 +410,7 @@ class _Collector:
         )
         yield _counter(
             "dengine_snapshots_sent_total",
-            "Snapshots this leader streamed to each peer (none yet).",
+            "Snapshots this leader streamed to each peer in full.",
             ("peer",),
             {(peer,): n for peer, n in s.snapshots_sent.items()},
         )

@@ -486,8 +486,12 @@ class NodeRuntime:
 
     def snapshot_status(self, peer: int, ok: bool) -> None:
         """The transport finished streaming a snapshot to ``peer`` (``ok``) or gave up:
-        step ``SnapshotStatus`` (etcd raft's ``ReportSnapshot``). Call in the trio thread."""
+        step ``SnapshotStatus`` (etcd raft's ``ReportSnapshot``) and count a sent one
+        (``dengine_snapshots_sent_total``). Call in the trio thread."""
         driver = self.driver
+        if ok:
+            latest = self.snapshotter.latest
+            self.metrics.snapshot_sent(peer, latest.size_bytes if latest is not None else 0)
         if driver is not None and not self.stopped:
             driver.receive(SnapshotStatus(peer, ok))
             driver.step_now()

@@ -158,6 +158,11 @@ def test_snapshot_and_membership_hooks_feed_their_metrics() -> None:
     sink.membership_changed(3, 1)
     body = sink.exposition()[0]
     assert samples(body, "dengine_snapshots_saved")[("dengine_snapshots_saved_total", ())] == 1
+    save = samples(body, "dengine_snapshot_save_duration_seconds")
+    assert save[("dengine_snapshot_save_duration_seconds_count", ())] == 1
+    assert save[("dengine_snapshot_save_duration_seconds_sum", ())] == 0.5
+    saved_bytes = samples(body, "dengine_snapshot_saved_bytes")
+    assert saved_bytes[("dengine_snapshot_saved_bytes_total", ())] == 1000
     sent = samples(body, "dengine_snapshots_sent")
     assert sent[("dengine_snapshots_sent_total", (("peer", "2"),))] == 1
     assert samples(body, "dengine_cluster_voters")[("dengine_cluster_voters", ())] == 3
