@@ -8,12 +8,20 @@ storage_process.py write DB    append and sync entries (trio, sync in a worker t
 storage_process.py snapshots DIR   write KV snapshots of ~1 MiB into DIR in small chunks,
                                one after another (keeping the newest 2), and print
                                "committed <index>" after each commit, until killed
+storage_process.py install DB  what a node's storage goes through with snapshots: append and
+                               sync entries (printing "synced <index> <term>"), take a
+                               snapshot and compact every SNAPSHOT_EVERY entries ("snapshot
+                               <index> <term>"), and every INSTALL_EVERY entries install a
+                               leader's snapshot ahead of the log with a new term, staged in
+                               DB/snapshots/incoming ("installed <index> <term>"); continues
+                               from what it recovers, until killed
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import trio
 
@@ -103,6 +111,68 @@ def snapshots(directory: str) -> None:
         remove_old_snapshots(directory, keep=2)
 
 
+SNAPSHOT_EVERY = 60
+INSTALL_EVERY = 250
+INSTALL_AHEAD = 37
+RETAINED = 20
+
+
+def term_payload(index: int, term: int) -> bytes:
+    """The data of entry ``index`` written in ``term`` by ``install``."""
+    return b"entry-%d-term-%d;" % (index, term) * (1 + index % 3)
+
+
+def install(db: str) -> None:
+    root = Path(db)
+    snapshots = root / "snapshots"
+    # As the node does at startup: a staged snapshot that was never installed is dropped.
+    for leftover in (snapshots / "incoming").glob("*"):
+        leftover.unlink()
+    storage = Storage.open(
+        root, segment_bytes=SEGMENT_BYTES, snapshots_dir=snapshots, cluster_id=SNAPSHOT_CLUSTER
+    )
+    term = max(storage.hard_state.term, storage.snapshot_term, 1)
+    if storage.hard_state.term < term:
+        storage.save_hard_state(term, 1)
+    next_index = storage.last_index + 1
+    batch_size = 1
+    while next_index <= MAX_INDEX:
+        last = next_index + batch_size - 1
+        storage.append(
+            [
+                Entry(term=term, index=i, data=term_payload(i, term))
+                for i in range(next_index, last + 1)
+            ]
+        )
+        index, synced_term = storage.sync()
+        print(f"synced {index} {synced_term}", flush=True)
+        for crossed in range(next_index, last + 1):
+            if crossed % SNAPSHOT_EVERY == 0:
+                header = SnapshotHeader(last, term, SNAPSHOT_CLUSTER, {1: "127.0.0.1:1"})
+                with SnapshotWriter.create(snapshots, header, chunk_bytes=512) as writer:
+                    writer.write(term_payload(last, term) * 50)
+                    writer.commit()
+                storage.compact(max(0, last - RETAINED))
+                remove_old_snapshots(snapshots, keep=2)
+                print(f"snapshot {last} {term}", flush=True)
+            if crossed % INSTALL_EVERY == 0:
+                term += 1
+                storage.save_hard_state(term, 1)
+                leader = last + INSTALL_AHEAD
+                header = SnapshotHeader(leader, term, SNAPSHOT_CLUSTER, {1: "127.0.0.1:1"})
+                with SnapshotWriter.create(
+                    snapshots / "incoming", header, chunk_bytes=512
+                ) as writer:
+                    writer.write(term_payload(leader, term) * 50)
+                    staged = writer.commit()
+                storage.install_snapshot(leader, term, staged=staged.path)
+                print(f"installed {leader} {term}", flush=True)
+                last = leader
+                break
+        next_index = last + 1
+        batch_size = batch_size % 7 + 1
+
+
 def main() -> None:
     command, db = sys.argv[1], sys.argv[2]
     if command == "try":
@@ -113,6 +183,8 @@ def main() -> None:
         trio.run(write, db)
     elif command == "snapshots":
         snapshots(db)
+    elif command == "install":
+        install(db)
     else:
         raise SystemExit(f"unknown command {command!r}")
 
