@@ -6,6 +6,18 @@ loses exactly what was not yet durable), per-node clock drift, and clients issui
 reads of each kind. Every step is followed by invariant checks; a violation raises
 ``InvariantViolation`` with the simulated time and what broke.
 
+Snapshots (``snapshot_threshold``): each node's state machine (a dictionary) is written as an
+image at its applied index once it has applied that many entries past its last snapshot, the
+write completing after a latency (a crash before then loses it: the old snapshot stays, as with
+the runtime's write-fsync-rename). Then the node steps ``SnapshotTaken`` and its disk log drops
+what the snapshot covers, keeping ``snapshot_retained`` entries. A leader's ``InstallSnapshot``
+carries the leader's newest image out of band, through the same faulty network as every other
+message; the leader's runtime reports ``SnapshotStatus`` (ok when the stream completed, not ok
+some time after it was lost). ``RestoreSnapshot`` is a barrier: the node does nothing else while
+the install runs in three durable phases (the staged file renamed in, the WAL reset, the state
+machine swapped), and a crash between phases leaves exactly the disk state of that moment.
+A restart loads the newest snapshot and the disk log after it, as storage recovery does.
+
 Everything random comes from one ``random.Random(seed)``: the same seed and schedule replay the
 same run exactly.
 """
@@ -14,10 +26,11 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import attrs
 from typing_extensions import assert_never
 
 from dengine_trio.raft import (
@@ -40,12 +53,17 @@ from dengine_trio.raft import (
     ReadReady,
     ReadRequest,
     Receive,
+    RestoreSnapshot,
     Role,
     RoleChanged,
     Send,
+    SnapshotStatus,
+    SnapshotTaken,
     Tick,
     TransferLeader,
 )
+from dengine_trio.raft.log import RaftLog
+from dengine_trio.raft.messages import InstallSnapshot
 
 from ..support.linearizability import Kind, Operation, Outcome, Result, check
 
@@ -67,22 +85,83 @@ class Op:
     ok: bool | None = None
 
 
+@dataclass(frozen=True)
+class SimSnapshot:
+    """A snapshot file: the state machine image as of applied entry (index, term)."""
+
+    index: int
+    term: int
+    state: tuple[tuple[str, str], ...]  # sorted items: immutable, comparable
+
+
+@dataclass
+class Install:
+    """A ``RestoreSnapshot`` being carried out: the effects after it wait (a barrier)."""
+
+    image: SimSnapshot
+    rest: list[Effect]
+
+
 @dataclass
 class SimNode:
     id: int
     rate: float  # local clock speed relative to true time (drift)
     raft: RaftNode | None = None
     hard_state: tuple[int, int] = (0, 0)
+    # The durable log holds entries disk_offset+1 .. disk_offset+len(disk_log); what lies at
+    # or below the offset was dropped by compaction (or an install's WAL reset).
     disk_log: list[Entry] = field(default_factory=list)
+    disk_offset: int = 0
     pending_writes: list[tuple[Entry, ...]] = field(default_factory=list)
     disk_generation: int = 0
+    snapshot: SimSnapshot | None = None  # the newest durable snapshot file
+    staged: SimSnapshot | None = None  # a received InstallSnapshot file, verified, staged
+    snapshot_writing: bool = False
+    install: Install | None = None  # RestoreSnapshot in progress: the node is busy
+    backlog: list[Callable[[], None]] = field(default_factory=list)  # waiting for the install
+    incarnation: int = 0  # bumped at every boot: a dead process's callbacks are void
     state: dict[str, str] = field(default_factory=dict)
     applied_index: int = 0
+    applied_term: int = 0
     waiting_reads: list[tuple[int, int]] = field(default_factory=list)  # (read_index, op id)
     timer_token: int = 0
 
     def local_time(self, true_now: float) -> float:
         return true_now * self.rate
+
+    @property
+    def disk_last(self) -> int:
+        return self.disk_offset + len(self.disk_log)
+
+    def disk_entry(self, index: int) -> Entry | None:
+        """The durable entry at ``index``, if the disk log holds it."""
+        if self.disk_offset < index <= self.disk_last:
+            return self.disk_log[index - self.disk_offset - 1]
+        return None
+
+    def durably_holds(self, index: int, entry: Entry) -> bool:
+        """Is committed ``entry`` durable here, in the log or covered by the snapshot file?
+        (Snapshot images are checked against the committed prefix when taken.)"""
+        covered = self.snapshot is not None and self.snapshot.index >= index
+        return covered or self.disk_entry(index) == entry
+
+
+def log_entries(log: RaftLog, first: int, last: int) -> list[Entry]:
+    """Entries ``first..last`` the log still holds (what compaction left: from its first index)."""
+    return log.slice(max(first, log.first_index), last)
+
+
+def _logs_agree(a: RaftLog, b: RaftLog, upto: int) -> bool:
+    """Do two logs agree through ``upto`` wherever both can tell: the entries both hold, and
+    the term at the later of the two offsets (the snapshot the other was compacted to)?"""
+    if min(a.last_index, b.last_index) < upto:
+        return False
+    first = max(a.first_index, b.first_index)
+    if first - 1 > upto:
+        return True  # both compacted past it: their snapshots are checked against the log
+    if a.term_at(first - 1) != b.term_at(first - 1):
+        return False
+    return a.slice(first, upto) == b.slice(first, upto)
 
 
 @dataclass
@@ -137,13 +216,29 @@ class Cluster:
         durability: Durability = Durability.DISK_FIRST,
         drift: float = 0.0,
         disk_latency_ms: tuple[float, float] = (0.1, 3.0),
+        snapshot_threshold: int = 0,
+        snapshot_retained: int = 0,
         **raft_overrides: Any,
     ) -> None:
+        """``snapshot_threshold``: a node snapshots once it has applied that many entries past
+        its last snapshot (0: only when asked, ``take_snapshot``); ``snapshot_retained``: the
+        entries before the snapshot index its log keeps (``retained_log_entries``)."""
         self.rng = random.Random(seed)
         self.ids = tuple(range(1, size + 1))
         self.durability = durability
         self.raft_overrides = raft_overrides
         self.disk_latency_ms = disk_latency_ms
+        self.snapshot_threshold = snapshot_threshold
+        self.snapshot_retained = snapshot_retained
+        # Moments of the snapshot machinery a test (or the generator) wants to act at: called
+        # with (moment, node); a hook returning True is removed. Moments: "snapshot-written"
+        # (file renamed in, SnapshotTaken not yet stepped), "snapshot-taken" (stepped, disk
+        # not yet compacted), "snapshot-compacted", "install-staged" (file staged, not yet
+        # stepped), "install-start", "install-renamed", "install-reset", "install-done".
+        self.hooks: list[Callable[[str, SimNode], bool]] = []
+        self._images: dict[int, tuple[Message, SimSnapshot]] = {}  # InstallSnapshot payloads
+        # The state machine as of each committed index (index 0: empty), as applied anywhere.
+        self.committed_states: list[dict[str, str]] = [{}]
         self.now = 0.0
         self.faults = NetworkFaults()
         self.cut: set[tuple[int, int]] = set()  # (src, dst) links that drop everything
@@ -176,7 +271,28 @@ class Cluster:
         )
 
     def _boot(self, node: SimNode) -> None:
+        """Start a node from its disk, as storage recovery does: the newest snapshot, then the
+        disk log after it (the suffix if the log holds the snapshot's entry or starts right
+        after it; a log that conflicts with or ends before the snapshot is reset)."""
         term, voted_for = node.hard_state
+        snap = node.snapshot
+        if snap is not None:
+            if node.disk_offset > snap.index:
+                raise InvariantViolation(
+                    f"t={self.now}: node {node.id}'s disk log starts at {node.disk_offset + 1}, "
+                    f"after its snapshot at {snap.index}: entries lost between them"
+                )
+            held = node.disk_entry(snap.index)
+            if node.disk_offset == snap.index or (held is not None and held.term == snap.term):
+                del node.disk_log[: snap.index - node.disk_offset]
+            else:
+                node.disk_log = []
+            node.disk_offset = snap.index
+        node.incarnation += 1
+        node.install = None
+        node.staged = None
+        node.backlog = []
+        node.snapshot_writing = False
         node.raft = RaftNode(
             self.config_for(node.id),
             random.Random(self.rng.random()),
@@ -184,9 +300,12 @@ class Cluster:
             voted_for=voted_for,
             entries=list(node.disk_log),
             now_ms=node.local_time(self.now),
+            snapshot_index=snap.index if snap else 0,
+            snapshot_term=snap.term if snap else 0,
         )
-        node.state = {}
-        node.applied_index = 0
+        node.state = dict(snap.state) if snap else {}
+        node.applied_index = snap.index if snap else 0
+        node.applied_term = snap.term if snap else 0
         node.waiting_reads = []
         self._schedule_timer(node)
 
@@ -230,7 +349,7 @@ class Cluster:
             message: Message = payload
             node = self.nodes[message.dst]
             if node.raft is not None and (message.src, message.dst) not in self.cut:
-                self.step(message.dst, [Receive(message)])
+                self._deliver(node, message)
         elif kind == "disk":
             node_id, generation = payload
             node = self.nodes[node_id]
@@ -242,15 +361,227 @@ class Cluster:
         elif kind == "call":
             payload()
 
+    def _deliver(self, node: SimNode, message: Message) -> None:
+        if node.raft is None:
+            return
+        if node.install is not None:  # busy restoring: the message waits in the inbox
+            node.backlog.append(lambda: self._deliver(node, message))
+            return
+        if isinstance(message, InstallSnapshot):
+            # The runtime steps the message only once the whole file is received, verified
+            # and staged on disk.
+            image = self._images[id(message)][1]
+            node.staged = image
+            self._hook("install-staged", node)
+            if node.raft is None or node.staged is not image:
+                return  # crashed with the file staged: the temporary is removed at boot
+        self.step(node.id, [Receive(message)])
+
     def step(self, node_id: int, events: Iterable[Event]) -> None:
         node = self.nodes[node_id]
         assert node.raft is not None
+        if node.install is not None:
+            # A RestoreSnapshot barrier is being carried out: nothing else is stepped until
+            # it completes (the runtime awaits it).
+            pending = list(events)
+            node.backlog.append(lambda: self._step_if_alive(node, pending))
+            return
         effects = node.raft.step_many(node.local_time(self.now), events)
         self.steps += 1
-        for effect in effects:
-            self._carry_out(node, effect)
-        self._schedule_timer(node)
+        self._carry_out_all(node, effects)
         self._check_node(node)
+
+    def _step_if_alive(self, node: SimNode, events: list[Event]) -> None:
+        if node.raft is not None:
+            self.step(node.id, events)
+
+    def _carry_out_all(self, node: SimNode, effects: list[Effect]) -> None:
+        for pos, effect in enumerate(effects):
+            if isinstance(effect, RestoreSnapshot):
+                self._begin_install(node, effect, effects[pos + 1 :])
+                return
+            self._carry_out(node, effect)
+            if node.raft is None:
+                return  # a hook crashed it
+        node.staged = None  # no RestoreSnapshot in this step: the staged file is discarded
+        self._schedule_timer(node)
+
+    def _hook(self, moment: str, node: SimNode) -> None:
+        for hook in list(self.hooks):
+            if hook in self.hooks and hook(moment, node):
+                self.hooks.remove(hook)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def take_snapshot(self, node_id: int) -> None:
+        """Snapshot ``node_id``'s state machine now (what a threshold hit or ``GET /snapshot``
+        does): the write completes after a disk latency, then ``SnapshotTaken``."""
+        node = self.nodes[node_id]
+        if node.raft is None or node.install is not None or node.snapshot_writing:
+            return
+        if node.snapshot is not None and node.snapshot.index >= node.applied_index:
+            return
+        if node.applied_index == 0:
+            return
+        self._count("snapshot")
+        image = SimSnapshot(
+            node.applied_index, node.applied_term, tuple(sorted(node.state.items()))
+        )
+        self._check_image(node, image, "took")
+        node.snapshot_writing = True
+        incarnation = node.incarnation
+
+        def alive() -> bool:
+            return node.raft is not None and node.incarnation == incarnation
+
+        def taken() -> None:
+            if not alive():
+                return
+            compact_through = max(0, image.index - self.snapshot_retained)
+            self.step(node.id, [SnapshotTaken(image.index, image.term, compact_through)])
+            self._hook("snapshot-taken", node)
+            if alive():
+                self._compact_disk(node, min(compact_through, image.index))
+                self._hook("snapshot-compacted", node)
+
+        def written() -> None:
+            if not alive():
+                return  # the process died mid-write: the temporary file never got renamed
+            node.snapshot_writing = False
+            if node.snapshot is None or image.index > node.snapshot.index:
+                node.snapshot = image  # renamed in: atomic
+            self._hook("snapshot-written", node)
+            if not alive():
+                return
+            if node.install is not None:
+                node.backlog.append(taken)
+            else:
+                taken()
+
+        low, high = self.disk_latency_ms
+        self.call_at(self.now + self.rng.uniform(low, high * 5), written)
+
+    def _maybe_snapshot(self, node: SimNode) -> None:
+        last = node.snapshot.index if node.snapshot is not None else 0
+        if self.snapshot_threshold and node.applied_index - last >= self.snapshot_threshold:
+            self.take_snapshot(node.id)
+
+    def _check_image(self, node: SimNode, image: SimSnapshot, verb: str) -> None:
+        """A snapshot never covers uncommitted entries, and its image is the state machine
+        of the committed prefix at its index (state machine safety across snapshots)."""
+        if image.index > len(self.committed):
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id} {verb} a snapshot at {image.index}, past the "
+                f"committed log ({len(self.committed)})"
+            )
+        if image.index and self.committed[image.index - 1].term != image.term:
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id} {verb} a snapshot at {image.index} of term "
+                f"{image.term}, but the committed entry there is of term "
+                f"{self.committed[image.index - 1].term}"
+            )
+        if dict(image.state) != self.committed_states[image.index]:
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id} {verb} a snapshot at {image.index} whose image "
+                f"differs from the committed state there"
+            )
+
+    def _compact_disk(self, node: SimNode, through: int) -> None:
+        if through <= node.disk_offset:
+            return
+        if through >= node.disk_last:
+            node.disk_log = []
+        else:
+            del node.disk_log[: through - node.disk_offset]
+        node.disk_offset = through
+
+    def _attach_image(self, message: InstallSnapshot) -> InstallSnapshot:
+        """The leader's runtime streams its newest snapshot file; the message the follower's
+        runtime steps names that file's index and term."""
+        snap = self.nodes[message.src].snapshot
+        if snap is None or snap.index < message.last_index:
+            raise InvariantViolation(
+                f"t={self.now}: node {message.src} sends a snapshot through {message.last_index} "
+                f"to {message.dst}, but its newest file is "
+                f"{'none' if snap is None else snap.index}"
+            )
+        sent = attrs.evolve(message, last_index=snap.index, last_term=snap.term)
+        self._images[id(sent)] = (sent, snap)
+        self._count("install-snapshot")
+        return sent
+
+    def _snapshot_status(self, message: InstallSnapshot, ok: bool, at: float) -> None:
+        """The leader's runtime reports the transfer's end to its core (this incarnation's:
+        a restarted process knows of no transfer)."""
+        leader = self.nodes[message.src]
+        incarnation = leader.incarnation
+
+        def report() -> None:
+            if leader.raft is not None and leader.incarnation == incarnation:
+                self.step(leader.id, [SnapshotStatus(message.dst, ok)])
+
+        self.call_at(max(self.now, at), report)
+
+    def _begin_install(self, node: SimNode, effect: RestoreSnapshot, rest: list[Effect]) -> None:
+        image = node.staged
+        if image is None or (image.index, image.term) != (effect.index, effect.term):
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id} asked to restore a snapshot at "
+                f"{effect.term}/{effect.index}, but the staged file is "
+                f"{'none' if image is None else f'{image.term}/{image.index}'}"
+            )
+        self._check_image(node, image, "installs")
+        self._count("restore-snapshot")
+        node.staged = None
+        node.install = Install(image, list(rest))
+        incarnation = node.incarnation
+        self._hook("install-start", node)
+        low, high = self.disk_latency_ms
+        times = sorted(self.now + self.rng.uniform(low, high) for _ in range(3))
+
+        def alive() -> bool:
+            return node.raft is not None and node.incarnation == incarnation
+
+        def renamed() -> None:
+            if alive():
+                if node.snapshot is None or image.index > node.snapshot.index:
+                    node.snapshot = image
+                self._hook("install-renamed", node)
+
+        def reset() -> None:
+            if alive():
+                node.disk_log = []
+                node.disk_offset = image.index
+                node.pending_writes = []
+                node.disk_generation += 1
+                self._hook("install-reset", node)
+
+        def done() -> None:
+            if alive():
+                self._finish_install(node)
+
+        self.call_at(times[0], renamed)
+        self.call_at(times[1], reset)
+        self.call_at(times[2], done)
+
+    def _finish_install(self, node: SimNode) -> None:
+        install = node.install
+        assert install is not None and node.raft is not None
+        image = install.image
+        node.state = dict(image.state)  # swapped in at once
+        node.applied_index = image.index
+        node.applied_term = image.term
+        node.install = None
+        self._complete_ops(node)
+        self._serve_reads(node)
+        incarnation = node.incarnation
+        self._hook("install-done", node)
+        if node.raft is None or node.incarnation != incarnation:
+            return
+        self._carry_out_all(node, install.rest)
+        self._check_node(node)
+        while node.backlog and node.install is None and node.raft is not None:
+            node.backlog.pop(0)()
 
     def _carry_out(self, node: SimNode, effect: Effect) -> None:
         """Carry out one effect as the runtime would. The match is exhaustive over ``Effect``:
@@ -267,6 +598,7 @@ class Cluster:
                     self._schedule_disk(node)
             case Apply(entries=entries):
                 self._apply(node, entries)
+                self._maybe_snapshot(node)
             case ReadReady(request_id=request_id, read_index=read_index):
                 node.waiting_reads.append((read_index, request_id))
                 self._serve_reads(node)
@@ -279,11 +611,21 @@ class Cluster:
             case RoleChanged(role=role, term=term):
                 if role is Role.LEADER:
                     self._check_new_leader(node, term)
+            case RestoreSnapshot():
+                raise AssertionError("a barrier: carried out by _carry_out_all")
             case _:
                 assert_never(effect)
 
     def _transmit(self, message: Message) -> None:
+        install = isinstance(message, InstallSnapshot)
+        lost_at = 0.0
+        if isinstance(message, InstallSnapshot):
+            message = self._attach_image(message)
+            # A transfer that is lost ends, for the leader's runtime, when it gives up.
+            lost_at = self.now + self.rng.uniform(20.0, 400.0)
         if (message.src, message.dst) in self.cut:
+            if isinstance(message, InstallSnapshot):
+                self._snapshot_status(message, False, lost_at)
             return
         rule = next((r for r in self.rules if r.matches(message)), None)
         extra = 0.0
@@ -291,37 +633,61 @@ class Cluster:
             if rule.remaining is not None:
                 rule.remaining -= 1
             self._count(f"{rule.action}-{type(message).__name__}")
-            if rule.action == "drop":
-                return
-            if rule.action == "hold":
-                self.held.append(message)
+            if rule.action in ("drop", "hold"):
+                if rule.action == "hold":
+                    self.held.append(message)  # may still land, long after
+                if isinstance(message, InstallSnapshot):
+                    self._snapshot_status(message, False, lost_at)
                 return
             extra = rule.delay_ms
         faults = self.faults
         if faults.drop and self.rng.random() < faults.drop:
+            if isinstance(message, InstallSnapshot):
+                self._snapshot_status(message, False, lost_at)
             return
         copies = 2 if faults.duplicate and self.rng.random() < faults.duplicate else 1
-        for _ in range(copies):
+        for copy in range(copies):
             at = self.now + self.rng.uniform(faults.delay_min_ms, faults.delay_max_ms) + extra
+            if install:
+                at += self.rng.uniform(0.0, 10.0)  # the file's transfer time
             if rule is not None:
                 # A stalled link delivers late but in order.
                 link = (message.src, message.dst)
                 at = max(at, self._link_last.get(link, 0.0) + 1e-3)
                 self._link_last[link] = at
             self._push(at, "deliver", message)
+            if isinstance(message, InstallSnapshot) and copy == 0:
+                # The stream completed: reported around the moment the follower steps it.
+                self._snapshot_status(message, True, at + self.rng.uniform(-1.0, 1.0))
 
     def _schedule_disk(self, node: SimNode) -> None:
         low, high = self.disk_latency_ms
         self._push(self.now + self.rng.uniform(low, high), "disk", (node.id, node.disk_generation))
 
+    def _write_durably(self, node: SimNode, entries: tuple[Entry, ...]) -> None:
+        """Entries reach the disk log, truncating it first from ``entries[0].index``. What a
+        snapshot already covers (compacted while the write was in flight) is not written."""
+        for entry in entries:
+            if entry.index > node.disk_offset:
+                break
+            if entry.index <= len(self.committed) and self.committed[entry.index - 1] != entry:
+                raise InvariantViolation(
+                    f"t={self.now}: node {node.id} writes {entry} over committed "
+                    f"{self.committed[entry.index - 1]}"
+                )
+        entries = tuple(e for e in entries if e.index > node.disk_offset)
+        if not entries:
+            return
+        first = entries[0].index
+        if first <= node.disk_last:
+            self._check_truncation(node, first)
+            del node.disk_log[first - node.disk_offset - 1 :]
+        assert node.disk_last == first - 1, "disk writes must arrive in order"
+        node.disk_log.extend(entries)
+
     def _complete_disk_write(self, node: SimNode) -> None:
         entries = node.pending_writes.pop(0)
-        first = entries[0].index
-        if first <= len(node.disk_log):
-            self._check_truncation(node, first)
-            del node.disk_log[first - 1 :]
-        assert len(node.disk_log) == first - 1, "disk writes must arrive in order"
-        node.disk_log.extend(entries)
+        self._write_durably(node, entries)
         if node.pending_writes:
             self._schedule_disk(node)
         last = entries[-1]
@@ -333,19 +699,32 @@ class Cluster:
         for entry in entries:
             if entry.index != node.applied_index + 1:
                 raise InvariantViolation(
-                    f"t={self.now}: node {node.id} applied {entry.index} out of order"
+                    f"t={self.now}: node {node.id} applied {entry.index} out of order "
+                    f"(applied {node.applied_index})"
                 )
             self._check_applied(node, entry)
             node.applied_index = entry.index
+            node.applied_term = entry.term
             if entry.kind is EntryKind.COMMAND:
                 key, value = decode_put(entry.data)
                 node.state[key] = value
-        # Writes proposed here complete when their own entry applies here.
+        # State machine safety across snapshots and logs: whatever mix of restored image and
+        # applied entries got it here, the node's state is the committed prefix's.
+        if node.state != self.committed_states[node.applied_index]:
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id}'s state machine at {node.applied_index} differs "
+                f"from the committed log's"
+            )
+        self._complete_ops(node)
+        self._serve_reads(node)
+
+    def _complete_ops(self, node: SimNode) -> None:
+        """Writes proposed here complete when their own index is applied here (by an entry or
+        a restored snapshot); ok if the committed entry there is theirs."""
         for op_id, (node_id, index, term) in list(self._ops_waiting.items()):
             if node_id == node.id and index <= node.applied_index:
                 del self._ops_waiting[op_id]
                 self._finish(op_id, ok=self.committed[index - 1].term == term)
-        self._serve_reads(node)
 
     def _serve_reads(self, node: SimNode) -> None:
         still = []
@@ -406,10 +785,12 @@ class Cluster:
         self._count("crash")
         if not lose_unflushed:
             while node.pending_writes:
-                entries = node.pending_writes.pop(0)
-                del node.disk_log[entries[0].index - 1 :]
-                node.disk_log.extend(entries)
+                self._write_durably(node, node.pending_writes.pop(0))
         node.raft = None
+        node.install = None  # a crash mid-install: the disk is as far as the install got
+        node.staged = None
+        node.backlog = []
+        node.snapshot_writing = False
         node.pending_writes = []
         node.disk_generation += 1
         node.timer_token += 1
@@ -578,15 +959,27 @@ class Cluster:
             raise InvariantViolation(
                 f"t={self.now}: two leaders in term {term}: {other} and {node.id}"
             )
-        # Leader completeness: a new leader holds every committed entry.
+        # Leader completeness: a new leader holds every committed entry (what its log has
+        # compacted, its snapshot covers: compared by the term at the log's offset).
         assert node.raft is not None
-        have = node.raft.log.slice(1, len(self.committed))
-        if have != self.committed:
+        if not self._agrees_with_committed(node.raft.log, len(self.committed)):
             raise InvariantViolation(
                 f"t={self.now}: leader {node.id} of term {term} lacks committed entries "
-                f"(committed up to {len(self.committed)}, "
-                f"its log ends at {node.raft.log.last_index})"
+                f"(committed up to {len(self.committed)}, its log holds "
+                f"{node.raft.log.first_index}..{node.raft.log.last_index})"
             )
+
+    def _agrees_with_committed(self, log: RaftLog, upto: int) -> bool:
+        """Does ``log`` hold the committed log through ``upto``: entries from its first index,
+        and the committed entry's term at its offset (the snapshot it was compacted to)?"""
+        if log.last_index < upto:
+            return False
+        offset = log.first_index - 1
+        if offset > len(self.committed):
+            return False  # compacted past the committed log: a snapshot of uncommitted entries
+        if 0 < offset and log.term_at(offset) != self.committed[offset - 1].term:
+            return False
+        return log_entries(log, 1, upto) == self.committed[offset:upto]
 
     def _check_applied(self, node: SimNode, entry: Entry) -> None:
         # State machine safety: no two nodes apply different entries at one index.
@@ -599,6 +992,11 @@ class Cluster:
         else:
             assert entry.index == len(self.committed) + 1
             self.committed.append(entry)
+            state = dict(self.committed_states[-1])
+            if entry.kind is EntryKind.COMMAND:
+                key, value = decode_put(entry.data)
+                state[key] = value
+            self.committed_states.append(state)
 
     def _check_truncation(self, node: SimNode, first: int) -> None:
         # Committed entries never disappear: truncating a durable log below the commit point
@@ -609,9 +1007,7 @@ class Cluster:
             holders = sum(
                 1
                 for other in self.nodes.values()
-                if other.id != node.id
-                and len(other.disk_log) >= index
-                and other.disk_log[index - 1] == self.committed[index - 1]
+                if other.id != node.id and other.durably_holds(index, self.committed[index - 1])
             )
             if holders < len(self.ids) // 2 + 1:
                 raise InvariantViolation(
@@ -637,48 +1033,75 @@ class Cluster:
                 f"t={self.now}: node {node.id} commit index {raft.commit_index} is past the end "
                 f"of its log ({raft.log.last_index})"
             )
+        # A snapshot never covers uncommitted entries: the core's snapshot and its log's
+        # offset stay at or below its commit index.
+        offset = raft.log.first_index - 1
+        if max(raft.snapshot_index, offset) > raft.commit_index:
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id} has a snapshot at {raft.snapshot_index} (log "
+                f"offset {offset}) past its commit index {raft.commit_index}"
+            )
         leader = self.nodes[raft.leader_id].raft if raft.leader_id else None
         if (
             raft.role is Role.FOLLOWER
             and leader is not None
             and leader.role is Role.LEADER
             and leader.term == raft.term
-            and leader.log.slice(1, raft.commit_index) != raft.log.slice(1, raft.commit_index)
+            and not _logs_agree(leader.log, raft.log, raft.commit_index)
         ):
             raise InvariantViolation(
                 f"t={self.now}: node {node.id} commits up to {raft.commit_index}, but its log "
                 f"there differs from its leader {raft.leader_id}'s"
             )
-        # A node's log agrees with the committed log up to its own commit index.
+        # A node's log agrees with the committed log up to its own commit index (by entries
+        # where it holds them, by the offset's term where it compacted them).
         upto = min(raft.commit_index, len(self.committed))
-        if raft.log.slice(1, upto) != self.committed[:upto]:
+        if not self._agrees_with_committed(raft.log, upto):
             raise InvariantViolation(
                 f"t={self.now}: node {node.id} log diverges below its commit index"
             )
-        # Log matching against every other live node.
+        # Log matching against every other live node, where both still hold entries.
         for other in self.nodes.values():
             if other.raft is None or other.id == node.id:
                 continue
             a, b = raft.log, other.raft.log
+            floor = max(a.first_index, b.first_index) - 1  # both know the term from here
             index = min(a.last_index, b.last_index)
-            while index > 0 and a.term_at(index) != b.term_at(index):
+            while index > floor and a.term_at(index) != b.term_at(index):
                 index -= 1
-            if index and a.slice(1, index) != b.slice(1, index):
+            if index > floor and not _logs_agree(a, b, index):
                 raise InvariantViolation(
                     f"t={self.now}: log matching broken between {node.id} and {other.id} "
                     f"below index {index}"
                 )
+
+    def wait_converged(self, timeout_ms: float = 10_000) -> None:
+        """Every node (all up, faults healed) catches up to the committed log's end, by log or
+        by snapshot, within ``timeout_ms``; raises ``InvariantViolation`` naming the laggards."""
+        deadline = self.now + timeout_ms
+        while True:
+            target = len(self.committed)
+            behind = [
+                n.id
+                for n in self.nodes.values()
+                if n.raft is None or n.install is not None or n.applied_index < target
+            ]
+            if not behind:
+                return
+            if self.now >= deadline:
+                raise InvariantViolation(
+                    f"t={self.now}: nodes {behind} did not catch up to {target} within "
+                    f"{timeout_ms} ms of healing (applied: "
+                    f"{ {n.id: n.applied_index for n in self.nodes.values()} })"
+                )
+            self.run_for(10)
 
     def check_durability(self) -> None:
         """Every committed entry is on a majority of durable logs (DiskFirst)."""
         if self.durability is not Durability.DISK_FIRST:
             return
         for index, entry in enumerate(self.committed, start=1):
-            holders = sum(
-                1
-                for n in self.nodes.values()
-                if len(n.disk_log) >= index and n.disk_log[index - 1] == entry
-            )
+            holders = sum(1 for n in self.nodes.values() if n.durably_holds(index, entry))
             if holders < len(self.ids) // 2 + 1:
                 raise InvariantViolation(
                     f"committed entry {index} is durable on only {holders} nodes"

@@ -7,6 +7,14 @@ transfers whose TimeoutNow arrives late, and bursts of writes and lease reads ar
 moments (half the reads go to a node that believes it leads, stale leaders included). A
 quarter of the schedules run with CheckQuorum off, a quarter with PreVote off.
 
+Most schedules run with snapshots at a low threshold (10 to 50 entries, some entries retained
+or none), and some actions aim at them: a follower cut off or down across several compactions
+that comes back needing a snapshot, with its InstallSnapshot dropped, held, duplicated, the
+follower crashed at any phase of the install, or the leader changed or restarted while the
+install is in flight; a snapshot taken now with the node crashed, restarted, partitioned or
+(leader) transferring leadership at the moment it is written, stepped or compacted; a crash
+armed for the next install anywhere.
+
 Every step of every run is checked for election safety, log matching, leader completeness,
 state-machine safety, the commit-index bounds (never past the log, never past what a follower
 shares with its leader), CheckQuorum (a leader has heard from a majority within an election
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import attrs
@@ -34,9 +43,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dengine_trio.raft import MESSAGE_TYPES, Durability, Role
-from dengine_trio.raft.messages import RequestVote, TimeoutNow
+from dengine_trio.raft.messages import InstallSnapshot, RequestVote, TimeoutNow
 
-from .cluster import Cluster, InvariantViolation, LinkRule, NetworkFaults
+from .cluster import Cluster, InvariantViolation, LinkRule, NetworkFaults, SimNode
 
 CHAOS = os.environ.get("DENGINE_CHAOS") == "1"
 TYPES = {cls.__name__: cls for cls in MESSAGE_TYPES}
@@ -54,6 +63,19 @@ class Schedule:
     # voters are not sticky and a lease promises nothing; without PreVote a campaign raises
     # terms at once, so a stale answer can raise a sticky voter's term.
     options: tuple[tuple[str, bool], ...] = ()
+    # (snapshot_threshold, snapshot_retained) of the simulated runtime; (0, 0): no snapshots.
+    snapshots: tuple[int, int] = (0, 0)
+
+
+SNAPSHOT_SETTINGS = [(0, 0), (10, 0), (10, 3), (25, 5), (50, 10)]
+INSTALL_MOMENTS = [
+    "install-staged",
+    "install-start",
+    "install-renamed",
+    "install-reset",
+    "install-done",
+]
+SNAPSHOT_MOMENTS = ["snapshot-written", "snapshot-taken", "snapshot-compacted"]
 
 
 def actions(size: int) -> st.SearchStrategy[tuple[object, ...]]:
@@ -83,7 +105,8 @@ def actions(size: int) -> st.SearchStrategy[tuple[object, ...]]:
             st.sampled_from(["drop", "hold", "delay"]),
             end,
             end,
-            st.sampled_from(["*", *TYPES]),
+            # InstallSnapshot twice more: the one type that exists only with snapshots on.
+            st.sampled_from(["*", *TYPES, "InstallSnapshot", "InstallSnapshot"]),
             st.sampled_from([20.0, 300.0, 700.0]),
         ),
         st.tuples(st.just("release")),
@@ -133,6 +156,36 @@ def actions(size: int) -> st.SearchStrategy[tuple[object, ...]]:
             st.sampled_from([300.0, 480.0, 650.0]),
             st.sampled_from([2.0, 5.0, 30.0]),
         ),
+        # A follower cut off (or down) across ``rounds`` compactions' worth of writes comes
+        # back needing a snapshot, with a twist on the InstallSnapshot: dropped, held, the
+        # network duplicating, the follower crashed at a phase of the install, the leader
+        # transferring or cut off when the file lands, or snapshotting and restarting.
+        st.tuples(
+            st.just("lagging"),
+            st.sampled_from(["cut", "crash"]),
+            st.sampled_from([1, 3]),
+            st.sampled_from(
+                ["none", "drop", "hold", "dup", "crash-install", "leader-change", "leader-restart"]
+            ),
+            st.sampled_from(INSTALL_MOMENTS),
+        ),
+        # A snapshot taken now on one node, and at one moment of it (file renamed in,
+        # SnapshotTaken stepped, disk compacted) the node crashes, restarts at once,
+        # is partitioned away, or (a leader) hands leadership over: compaction racing a
+        # leader change.
+        st.tuples(
+            st.just("snapshot-now"),
+            end,
+            st.sampled_from(["none", "crash", "bounce", "partition", "transfer"]),
+            st.sampled_from(SNAPSHOT_MOMENTS),
+        ),
+        # The next install on a node (0: any) crashes at a phase; back 0-300 ms later.
+        st.tuples(
+            st.just("install-crash"),
+            st.integers(0, size),
+            st.sampled_from(INSTALL_MOMENTS),
+            st.sampled_from([0.0, 100.0, 300.0]),
+        ),
     )
 
 
@@ -158,6 +211,7 @@ def schedules(draw: st.DrawFn, max_actions: int = 12) -> Schedule:
             for name in ("check_quorum", "pre_vote")
             if draw(st.sampled_from([True, True, True, False])) is False
         ),
+        snapshots=draw(st.sampled_from(SNAPSHOT_SETTINGS)),
     )
 
 
@@ -176,6 +230,8 @@ def _run(schedule: Schedule) -> Cluster:
         seed=schedule.seed,
         durability=schedule.durability,
         drift=0.02,
+        snapshot_threshold=schedule.snapshots[0],
+        snapshot_retained=schedule.snapshots[1],
         **dict[str, Any](schedule.options),
     )
     keys = ["a", "b", "c"]
@@ -220,6 +276,26 @@ def _run(schedule: Schedule) -> Cluster:
         if end == -1:
             return c.leader() or 0
         return end
+
+    def once(moment: str, node_id: int, act: Callable[[SimNode], None]) -> None:
+        """Run ``act(node)`` the first time ``node_id`` (0: any node) reaches ``moment`` of
+        the snapshot machinery, unless the final heal came first."""
+
+        def hook(at: str, node: SimNode) -> bool:
+            if healed[0]:
+                return True
+            if at != moment or node_id not in (0, node.id):
+                return False
+            act(node)
+            return True
+
+        c.hooks.append(hook)
+
+    def crash_and_return(down_ms: float) -> Callable[[SimNode], None]:
+        def act(node: SimNode) -> None:
+            c.bounce(node.id, down_ms, lose_unflushed=not mem_first)
+
+        return act
 
     for run_ms, action in schedule.actions:
         client_load(run_ms, 8)
@@ -410,6 +486,87 @@ def _run(schedule: Schedule) -> Cluster:
                     client_load(2_000, 20, ("put", "linearizable"))
         elif name == "reads":
             client_load(100, args[0], ("lease", "lease", "linearizable", "put"))  # type: ignore[arg-type]
+        elif name == "lagging":
+            how, rounds, twist, moment = cast(tuple[str, int, str, str], tuple(args))
+            leader = c.leader()
+            followers = [n for n in c.ids if n != leader and c.nodes[n].raft is not None]
+            if leader is not None and followers:
+                f = c.rng.choice(followers)
+                if how == "cut":
+                    c.partition([f], [n for n in c.ids if n != f])
+                else:
+                    c.crash(f, lose_unflushed=not mem_first)
+                key = c.rng.choice(keys)
+                for _ in range(rounds * max(schedule.snapshots[0], 10) + 3):
+                    at = c.now + c.rng.uniform(0, 300)
+                    c.call_at(at, lambda k=key, n=leader: c.put(c.leader() or n, k))
+                c.run_for(320)
+                now_leader = c.leader()
+                if schedule.snapshots[0] and now_leader is not None:
+                    c.take_snapshot(now_leader)  # compacted even if the threshold is not met
+                    c.run_for(20)
+                if twist == "drop":
+                    c.drop(0, f, InstallSnapshot, count=c.rng.randint(1, 2))
+                elif twist == "hold":
+                    c.hold(0, f, InstallSnapshot)
+                    c.call_at(
+                        c.now + c.rng.uniform(50, 900),
+                        lambda f=f: None if healed[0] else c.release(0, f, InstallSnapshot),
+                    )
+                elif twist == "dup":
+                    c.set_faults(NetworkFaults(0.0, 0.5, 0.2, 30.0))
+                elif twist == "crash-install":
+                    once(moment, f, crash_and_return(c.rng.choice([0.0, 50.0, 300.0])))
+                elif twist == "leader-change":
+
+                    def change(node: SimNode) -> None:
+                        current = c.leader()
+                        if current is None:
+                            return
+                        if c.rng.random() < 0.5:
+                            c.transfer(current, c.rng.choice([0, node.id]))
+                        else:
+                            c.partition([current], [n for n in c.ids if n != current])
+
+                    once(moment, f, change)
+                elif twist == "leader-restart" and now_leader is not None:
+                    moment = c.rng.choice(SNAPSHOT_MOMENTS)
+                    once(moment, now_leader, crash_and_return(c.rng.choice([0.0, 100.0])))
+                    c.take_snapshot(now_leader)
+                if how == "cut":
+                    c.cut = set()
+                else:
+                    c.restart(f)
+                client_load(300, 20)
+                c.run_for(300)
+        elif name == "snapshot-now":
+            target, then, moment = cast(tuple[int, str, str], tuple(args))
+            target = resolve(target)
+            if target and c.nodes[target].raft is not None:
+                if then == "crash":
+                    once(
+                        moment, target, lambda node: c.crash(node.id, lose_unflushed=not mem_first)
+                    )
+                elif then == "bounce":
+                    once(moment, target, crash_and_return(c.rng.choice([0.0, 100.0, 300.0])))
+                elif then == "partition":
+                    once(
+                        moment,
+                        target,
+                        lambda node: c.partition([node.id], [n for n in c.ids if n != node.id]),
+                    )
+                elif then == "transfer":
+
+                    def hand_over(node: SimNode) -> None:
+                        if node.raft is not None and node.raft.is_leader:
+                            c.transfer(node.id, 0)
+
+                    once(moment, target, hand_over)
+                c.take_snapshot(target)
+                client_load(100, 10)
+        elif name == "install-crash":
+            target, moment, down = cast(tuple[int, str, float], tuple(args))
+            once(moment, target, crash_and_return(down))
 
     # Heal everything: the cluster must elect a leader and commit again. Faults an action
     # scheduled for later are off from here on.
@@ -423,6 +580,7 @@ def _run(schedule: Schedule) -> Cluster:
         if c.history[final].ok:
             break
     assert c.history[final].ok, "healed cluster did not commit a write"
+    c.wait_converged()  # every node catches up, by log or by snapshot
     c.check_durability()
     c.check_history()
     c.check_linearizability()
