@@ -81,6 +81,8 @@ POLL_S = 0.005
 """How often a restarted node's ``/status`` is asked while its time is measured."""
 STATUS_TIMEOUT_S = 1.0
 START_ATTEMPTS = 3
+RESTARTS = 3
+"""Restarts of node 2 whose median is its restart-to-ready time."""
 WORKER_READY_S = 120.0
 RSS_GOAL_MIB = 100
 RESTART_GOAL_S = 1.0
@@ -405,9 +407,22 @@ async def part_overwrites(cluster: Cluster, cmd: dict[str, Any]) -> dict[str, An
     progress(f"overwrites done: commit {target}; node 3 restarts (catch-up)")
     catch_up = await measured_start(cluster, node3, target, cmd["restart_timeout"])
     progress(f"node 3 catch-up: {catch_up}; node 2 restarts")
-    await node2.stop()
-    restart = await measured_start(cluster, node2, target, cmd["restart_timeout"])
-    progress(f"node 2 restart: {restart}")
+    restarts = []
+    for _ in range(RESTARTS):  # the median of a few: one start on a loaded machine is noisy
+        await node2.stop()
+        restarts.append(await measured_start(cluster, node2, target, cmd["restart_timeout"]))
+        progress(f"node 2 restart: {restarts[-1]}")
+        if "error" in restarts[-1]:
+            break
+    ok = [r for r in restarts if "error" not in r]
+    restart = dict(restarts[-1])
+    if len(ok) == len(restarts):
+        restart = {
+            "ready_s": statistics.median(r["ready_s"] for r in ok),
+            "first_status_s": statistics.median(r["first_status_s"] for r in ok),
+            "all_ready_s": [r["ready_s"] for r in ok],
+            "snapshot_index": ok[-1]["snapshot_index"],
+        }
     after = {2: node2.figures(), 3: node3.figures(), 1: cluster.node1_figures()}
     check_still_leading(cluster.engine, cluster.term, "the restarts")
     terms = await cluster.terms()
@@ -848,10 +863,15 @@ def markdown(results: Results) -> tuple[str, list[Target]]:
         parts += [
             f"**{o.puts:,} overwrites of {o.keys:,} keys** (256-byte values, {o.writers} writers, "
             "three processes, MemFirst); node 3 down for the last "
-            f"{o.down_for:,}. Today's code (`enable = false`) measured at "
-            + " and ".join(f"{t['puts']:,}" for t in today)
-            + f" puts (a fifth of them with node 3 down), extrapolated to {o.puts:,} by a "
-            "straight line through the two.",
+            f"{o.down_for:,}."
+            + (
+                " Today's code (`enable = false`) measured at "
+                + " and ".join(f"{t['puts']:,}" for t in today)
+                + f" puts (a fifth of them with node 3 down), extrapolated to {o.puts:,} by a "
+                "straight line through the two."
+                if today
+                else ""
+            ),
             "",
             "| figure | snapshots on (shipped) | today's code, measured (at puts) | "
             f"today's code, extrapolated to {o.puts:,} | goal |",
@@ -866,7 +886,12 @@ def markdown(results: Results) -> tuple[str, list[Target]]:
             ("WAL + snapshots on disk, node 1, MiB", "disk1", "{:,.1f}", "bounded"),
             ("WAL + snapshots on disk, node 2, MiB", "disk2", "{:,.1f}", "bounded"),
             ("WAL + snapshots on disk, node 3, MiB", "disk3", "{:,.1f}", "bounded"),
-            ("follower restart to ready, s", "restart", "{:.2f}", f"< {RESTART_GOAL_S:g}"),
+            (
+                f"follower restart to ready (median of {RESTARTS}), s",
+                "restart",
+                "{:.2f}",
+                f"< {RESTART_GOAL_S:g}",
+            ),
             (
                 f"catch-up of a follower down for the last {o.down_for:,} writes, s",
                 "catch_up",
@@ -902,8 +927,9 @@ def markdown(results: Results) -> tuple[str, list[Target]]:
             targets.append(
                 Target(
                     f"Follower restart to ready < {RESTART_GOAL_S:g} s",
-                    f"{mine['restart']:.2f} s (first /status answer at "
-                    f"{on['restart']['first_status_s']:.2f} s)"
+                    f"{mine['restart']:.2f} s, median of "
+                    + ", ".join(f"{x:.2f}" for x in on["restart"]["all_ready_s"])
+                    + f" (first /status answer at {on['restart']['first_status_s']:.2f} s)"
                     if "error" not in on["restart"]
                     else f"failed: {on['restart']['error']}",
                     mine["restart"] < RESTART_GOAL_S,
