@@ -11,12 +11,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from dengine_trio.storage.snapshots import verify_snapshot
+from dengine_trio.statemachine import KVStateMachine
+from dengine_trio.storage.snapshots import restore_snapshot, verify_snapshot
 from tests.e2e.cluster import Cluster, Node, free_ports, key_path, run_cli, wait_until
 
 WAIT_S = 60.0
@@ -114,7 +116,7 @@ def test_save_then_restore_into_a_new_cluster_serves_every_key(tmp_path: Path) -
             assert serves(node, state, "linearizable"), f"node {node.node_id}\n{new.logs()}"
         # Every node holds the data itself (not only through the leader's read index).
         for node in new.nodes:
-            wait_until(lambda n=node: serves(n, state, "eventual"), WAIT_S, "eventual reads")
+            wait_until(partial(serves, node, state, "eventual"), WAIT_S, "eventual reads")
         put(leader, "after-restore", "yes")
         for node in new.nodes:
             assert value_of(node, "after-restore", "linearizable") == "yes"
@@ -205,3 +207,39 @@ def _applied(node: Node) -> int:
         return -1
     applied: int = response.json().get("applied_index", -1)
     return applied
+
+
+def test_a_node_without_a_majority_saves_only_when_asked_for_eventual(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, settings={"raft.timing.request_timeout_ms": 1500})
+    try:
+        cluster.start()
+        leader = cluster.wait_for_leader()
+        put(leader, "kept", "yes")
+        survivor = cluster.followers(leader)[0]
+        wait_until(lambda: value_of(survivor, "kept", "eventual") == "yes", WAIT_S, "apply")
+        for node in cluster.nodes:
+            if node is not survivor:
+                node.kill()
+        # Linearizable (the default): no leader can confirm it, a JSON error, no file.
+        response = survivor.health.get("/snapshot")
+        assert response.status_code in (503, 504), response.text
+        assert response.json()["error"] in ("no_leader", "timeout"), response.text
+        backup = tmp_path / "minority.snap"
+        endpoint = f"http://127.0.0.1:{survivor.health_port}"
+        refused = run_cli(["snapshot", "save", str(backup), "--endpoint", endpoint], tmp_path)
+        assert refused.returncode == 1, refused.stdout
+        assert refused.stderr.count("\n") == 1 and endpoint in refused.stderr, refused.stderr
+        assert not backup.exists()
+        # Eventual: what this node has applied, which holds the write it saw.
+        saved = run_cli(
+            ["snapshot", "save", str(backup), "--endpoint", endpoint, "--consistency", "eventual"],
+            tmp_path,
+        )
+        assert saved.returncode == 0, saved.stderr
+        machine = KVStateMachine()
+        checked = verify_snapshot(backup, None)
+        assert checked.header is not None
+        header = restore_snapshot(backup, checked.header.cluster_id, machine)
+        assert machine.get(b"kept") == b"yes" and header.last_index >= 2
+    finally:
+        cluster.stop()
