@@ -76,6 +76,12 @@ bench-failover: $(STAMP) ## leader SIGKILL/SIGTERM through HAProxy, 10 runs each
 bench-write: $(STAMP) ## write latency (1 client) and throughput (64 writers), 3 processes, MemFirst and DiskFirst (about 1 minute)
 	$(BIN)/python -m bench.write
 
+.PHONY: bench-snapshots
+
+bench-snapshots: $(STAMP) ## snapshots and compaction (issue 13): 1,000,000 overwrites on 3 processes, restart, catch-up, a 1,000,000-key snapshot, 64 writers vs PySyncObj (about 15 minutes)
+	@$(BIN)/python -c "import pysyncobj" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m bench.snapshots
+
 .PHONY: bench bench-notice
 
 # Printed before anything is installed or run (a prerequisite listed first runs first).
@@ -84,12 +90,12 @@ bench-notice:
 	@echo "  - install the test and bench extras (pysyncobj, matplotlib) into $(VENV) if missing;"
 	@echo "  - if run as root with apt-get, install the OS packages wrk and etcd-server if missing"
 	@echo "    (otherwise those parts are skipped, with a message);"
-	@echo "  - run the benchmarks (about 9 minutes), then rewrite the generated section of the"
+	@echo "  - run the benchmarks (about 10 minutes), then rewrite the generated section of the"
 	@echo "    tracked docs/benchmarks.md and docs/benchmarks.png (git diff shows the change;"
 	@echo "    .venv/bin/python -m bench.suite --no-doc runs them without writing)."
 	@echo "Ctrl+C stops it at any point."
 
-bench: bench-notice $(STAMP) ## the suite: embedded vs PySyncObj, HTTP vs its ceiling and etcd; rewrites docs/benchmarks.md (about 9 minutes)
+bench: bench-notice $(STAMP) ## the suite: embedded vs PySyncObj, snapshots, HTTP vs its ceiling and etcd; rewrites docs/benchmarks.md (about 10 minutes)
 	@$(BIN)/python -c "import pysyncobj, matplotlib" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,bench]'
 	@missing=""; command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
