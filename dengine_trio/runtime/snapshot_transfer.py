@@ -113,6 +113,10 @@ VERIFY_BYTES_PER_S = 20e6
 for after the last chunk, on top of ``SNAPSHOT_IO_TIMEOUT_S``."""
 MAX_ATTEMPTS = 3
 """Connections in a row that make no progress before the leader gives up a transfer."""
+WARNING_INTERVAL_S = 60.0
+"""A leader-side failure (no file, refused, gave up) is logged as a WARNING this often per
+peer and kind, at DEBUG in between: after ``SnapshotStatus(ok=False)`` the core asks again
+at the peer's next heartbeat answer."""
 _FRAME_HEADROOM = 64
 """Bytes of a ``SnapshotChunk`` frame besides its data (envelope, offset, ids), rounded up."""
 _CRC = struct.Struct("<I")
@@ -190,6 +194,7 @@ class SnapshotTransfers:
         self._incoming: _Incoming | None = None
         self._completed: SnapshotOffer | None = None
         self._lock = trio.Lock()
+        self._warned: dict[tuple[int, str], float] = {}
 
     # -- leader side ----------------------------------------------------------------------
 
@@ -212,9 +217,14 @@ class SnapshotTransfers:
             running.superseded = True
             running.scope.cancel()
         if self.nursery is None:
-            # Not running (yet, or any more): nothing can be sent.
-            self.stats.sends_failed += 1
-            self.hooks.status(msg.dst, False)
+            # Not running (yet, or any more): nothing can be sent, and the node stops with
+            # the transport. (No status: this runs inside the core's step, which must not be
+            # re-entered.)
+            log.debug(
+                "node %d: transport not running, snapshot for peer %d not sent",
+                self.node_id,
+                msg.dst,
+            )
             return
         out = _Outgoing(msg.dst, msg.last_index)
         self._outgoing[msg.dst] = out
@@ -259,7 +269,9 @@ class SnapshotTransfers:
                     return outcome
                 failures = 0 if progressed else failures + 1
                 if failures >= MAX_ATTEMPTS:
-                    log.warning(
+                    self._warn(
+                        out.peer_id,
+                        "gave up",
                         "node %d: gave up sending a snapshot to peer %d: %d connections in a "
                         "row made no progress (%s)",
                         self.node_id,
@@ -272,6 +284,17 @@ class SnapshotTransfers:
         finally:
             os.close(fd)
 
+    def _warn(self, peer_id: int, what: str, message: str, *args: object) -> None:
+        """Log a leader-side failure at WARNING once per ``WARNING_INTERVAL_S`` (s) per peer
+        and kind, at DEBUG in between: the core asks again at each heartbeat answer."""
+        now = trio.current_time()
+        key = (peer_id, what)
+        last = self._warned.get(key)
+        fresh = last is None or now - last >= WARNING_INTERVAL_S
+        if fresh:
+            self._warned[key] = now
+        log.log(logging.WARNING if fresh else logging.DEBUG, message, *args)
+
     async def _open_newest(
         self, msg: InstallSnapshot
     ) -> tuple[int, SnapshotFile, SnapshotOffer] | None:
@@ -280,7 +303,9 @@ class SnapshotTransfers:
         for _ in range(3):  # a file removed between ``latest`` and ``open``: look again
             snapshot = self.hooks.latest()
             if snapshot is None or snapshot.last_index < msg.last_index:
-                log.warning(
+                self._warn(
+                    msg.dst,
+                    "no snapshot",
                     "node %d: peer %d needs a snapshot through index %d or later, but the "
                     "newest here is %s",
                     self.node_id,
@@ -294,8 +319,13 @@ class SnapshotTransfers:
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                log.warning(
-                    "node %d: cannot read snapshot %s: %r", self.node_id, snapshot.path, exc
+                self._warn(
+                    msg.dst,
+                    "unreadable",
+                    "node %d: cannot read snapshot %s: %r",
+                    self.node_id,
+                    snapshot.path,
+                    exc,
                 )
                 return None
             offer = SnapshotOffer(
@@ -371,7 +401,9 @@ class SnapshotTransfers:
             if answer.ok:
                 log.info("node %d: peer %d took the snapshot", self.node_id, offer.dst)
             else:
-                log.warning(
+                self._warn(
+                    offer.dst,
+                    "refused",
                     "node %d: peer %d refused the snapshot: %s",
                     self.node_id,
                     offer.dst,

@@ -219,15 +219,19 @@ async def test_no_snapshot_to_send_reports_failure(tmp_path: Path) -> None:
     assert b.received == []
 
 
-async def test_messages_to_the_same_peer_flow_while_a_transfer_is_held(tmp_path: Path) -> None:
+@pytest.mark.parametrize("secure", [False, True], ids=["tcp", "tls"])
+async def test_messages_to_the_same_peer_flow_while_a_transfer_is_held(
+    tmp_path: Path, ca: trustme.CA, secure: bool
+) -> None:
     """The snapshot connection stalls (the proxy stops reading: TCP backpressure reaches the
     leader); heartbeats to the same peer, and its answers, keep being delivered meanwhile,
     on a message link that was never reconnected. One transfer per peer: requests repeated
     while it runs do not restart it."""
+    tls = (peer_tls(ca, tmp_path, 1), peer_tls(ca, tmp_path, 2)) if secure else None
     proxy = Proxy(0, threshold=2 * CHUNK, mode="hold")
     with trio.fail_after(WAIT_S):
         async with trio.open_nursery() as nursery:
-            a, b = await start_pair(nursery, tmp_path, proxy)
+            a, b = await start_pair(nursery, tmp_path, proxy, tls=tls)
             snap = install(a, 90, 3, 40 * CHUNK)
             a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))
             await proxy.tripped.wait()
@@ -247,13 +251,15 @@ async def test_messages_to_the_same_peer_flow_while_a_transfer_is_held(tmp_path:
     assert a.transport.stats.snapshots.sends_started == 1
 
 
+@pytest.mark.parametrize("secure", [False, True], ids=["tcp", "tls"])
 async def test_a_connection_dropped_mid_transfer_resumes_where_the_follower_is(
-    tmp_path: Path,
+    tmp_path: Path, ca: trustme.CA, secure: bool
 ) -> None:
+    tls = (peer_tls(ca, tmp_path, 1), peer_tls(ca, tmp_path, 2)) if secure else None
     proxy = Proxy(0, threshold=5 * CHUNK, mode="cut")
     with trio.fail_after(WAIT_S):
         async with trio.open_nursery() as nursery:
-            a, b = await start_pair(nursery, tmp_path, proxy)
+            a, b = await start_pair(nursery, tmp_path, proxy, tls=tls)
             snap = install(a, 90, 3, 30 * CHUNK)
             a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))
             message, data = await transferred(a, b)
@@ -603,3 +609,33 @@ async def test_engines_keep_their_links_while_a_snapshot_transfer_is_stalled(
                 nursery.cancel_scope.cancel()
     finally:
         gate.set()
+
+
+async def test_a_confirmation_lost_is_given_again_without_a_second_hand_over(
+    tmp_path: Path,
+) -> None:
+    """The leader lost the connection after the last chunk, before the follower's answer:
+    offering the same file again gets the whole size as the offset and the confirmation,
+    and the node is not handed the file twice."""
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            _, b = await start_pair(nursery, tmp_path)
+            snap = make_snapshot(tmp_path / "elsewhere", 90, 3, 5000)
+            raw = snap.path.read_bytes()
+            hello = Hello(CLUSTER, 1, 2, PROTOCOL_VERSION, 0, Channel.SNAPSHOT)
+            async with await trio.open_tcp_stream("127.0.0.1", b.transport.listen[1]) as stream:
+                reader = FrameReader()
+                assert (await raw_handshake(stream, hello, reader)).ok
+                await stream.send_all(encode_frame(encode(offer_for(snap))) + chunk_frame(0, raw))
+                await wait_until(lambda: bool(b.received), WAIT_S)
+            async with await trio.open_tcp_stream("127.0.0.1", b.transport.listen[1]) as stream:
+                reader = FrameReader()
+                assert (await raw_handshake(stream, hello, reader)).ok
+                await stream.send_all(encode_frame(encode(offer_for(snap))))
+                answers = reader.feed(await read_until_closed(stream))
+            nursery.cancel_scope.cancel()
+    assert [decode(f) for f in answers] == [
+        SnapshotResume(2, 1, len(raw)),
+        SnapshotReceived(2, 1, True),
+    ]
+    assert [(m, data == raw) for m, data in b.received] == [(InstallSnapshot(5, 1, 2, 90, 3), True)]
