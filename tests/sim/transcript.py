@@ -29,6 +29,11 @@ The model, kept simple on purpose:
   with ``disk=sync`` (the default; the ``Persisted`` event follows the step that asked), or wait
   for ``persist`` (or ``stabilize``) with ``disk=manual``. ``crash`` loses unfinished writes.
 - The state machine is a dictionary: a command ``k=v`` sets ``k``. Reads print the value.
+- Snapshots (``snapshot``) copy that dictionary as of the applied index; they are durable at
+  once, and the disk log drops what the core compacts. An InstallSnapshot carries the image of
+  the snapshot it names out of band, as the runtime streams the file; the follower's
+  ``RestoreSnapshot`` replaces its dictionary, its disk log and its pending writes with it.
+  The leader hears how the transfer went only from ``report-snapshot``.
 
 Safety is checked as the transcript runs: at most one leader per term, no two nodes apply
 different entries at one index, and no read misses a write applied anywhere before it began.
@@ -71,6 +76,8 @@ from dengine_trio.raft import (
     Role,
     RoleChanged,
     Send,
+    SnapshotStatus,
+    SnapshotTaken,
     Tick,
     TransferLeader,
 )
@@ -102,10 +109,12 @@ OPTIONS: dict[str, set[str]] = {
     "timeout": {"ms"},
     "read": {"lease"},
     "transfer-leader": {"to"},
+    "snapshot": {"through"},
     "deliver": _FILTER | {"count"},
     "drop": _FILTER,
     "hold": _FILTER,
     "release": _FILTER,
+    "duplicate": _FILTER,
 }
 # Commands whose positional arguments may contain "=" (proposal data: ``propose 1 k=v``).
 POSITIONAL_EQUALS = {"propose"}
@@ -206,6 +215,15 @@ class Timeouts:
         return a + (b - a) * self.fraction
 
 
+@dataclass(frozen=True)
+class Image:
+    """A durable snapshot: the state machine as of applied entry (``index``, ``term``)."""
+
+    index: int
+    term: int
+    state: tuple[tuple[str, str], ...]
+
+
 @dataclass
 class Node:
     id: int
@@ -214,7 +232,8 @@ class Node:
     clock: float = 0.0
     raft: RaftNode | None = None
     hard_state: tuple[int, int] = (0, 0)  # durable (term, voted_for)
-    disk: list[Entry] = field(default_factory=list)  # durable log
+    disk: list[Entry] = field(default_factory=list)  # durable log (after the snapshot, if any)
+    snapshot: Image | None = None  # the newest durable snapshot
     pending_writes: list[tuple[Entry, ...]] = field(default_factory=list)
     state: dict[str, str] = field(default_factory=dict)
     applied: int = 0
@@ -265,6 +284,8 @@ class Interaction:
         self.read_floor: dict[int, int] = {}
         self.leaders: dict[int, int] = {}  # term -> leader, for election safety
         self.applied_log: dict[int, Entry] = {}  # index -> entry applied somewhere
+        # (index, term) -> the snapshot image taken there: what an InstallSnapshot carries.
+        self.images: dict[tuple[int, int], Image] = {}
         self.commands: dict[str, Callable[[list[str], dict[str, str]], None]] = {
             "start": self.cmd_start,
             "output": self.cmd_output,
@@ -276,10 +297,13 @@ class Interaction:
             "propose": self.cmd_propose,
             "read": self.cmd_read,
             "transfer-leader": self.cmd_transfer,
+            "snapshot": self.cmd_snapshot,
+            "report-snapshot": self.cmd_report_snapshot,
             "deliver": self.cmd_deliver,
             "drop": self.cmd_drop,
             "hold": self.cmd_hold,
             "release": self.cmd_release,
+            "duplicate": self.cmd_duplicate,
             "msgs": self.cmd_msgs,
             "persist": self.cmd_persist,
             "stabilize": self.cmd_stabilize,
@@ -403,10 +427,24 @@ class Interaction:
                         f"election safety: {other} and {node.id} both lead term {effect.term}"
                     )
         elif isinstance(effect, RestoreSnapshot):
-            # Transcripts do not take snapshots yet (the snapshot commands come next).
-            raise TranscriptError(f"node {node.id}: no snapshot to restore {effect!r}")
+            self.restore(node, effect)
         else:
             _unreachable(effect)
+
+    def restore(self, node: Node, effect: RestoreSnapshot) -> None:
+        """What the runtime does for ``RestoreSnapshot`` before anything else: the staged
+        image becomes the node's snapshot, its log is reset after it (pending writes too),
+        and the state machine is the image's."""
+        image = self.images.get((effect.index, effect.term))
+        if image is None:
+            raise TranscriptError(f"node {node.id}: no snapshot was taken at {effect!r}")
+        node.snapshot = image
+        node.disk = []
+        node.pending_writes = []
+        node.state = dict(image.state)
+        node.applied = image.index
+        self.emit(f"restore snapshot {image.term}/{image.index}", 1)
+        self.serve_reads(node)
 
     def send(self, m: Message) -> None:
         line = fmt_message(m)
@@ -466,7 +504,8 @@ class Interaction:
         if not node.pending_writes:
             return
         for entries in node.pending_writes:
-            del node.disk[entries[0].index - 1 :]
+            first = entries[0].index
+            node.disk = [e for e in node.disk if e.index < first]
             node.disk.extend(entries)
         node.pending_writes = []
         last = node.disk[-1]
@@ -544,17 +583,26 @@ class Interaction:
         self.quiet = args == ["off"]
 
     def boot(self, node: Node) -> None:
+        """Start the core from the durable state, as storage recovery does: the snapshot,
+        then the disk log after it (dropped whole if it does not continue the snapshot)."""
         term, vote = node.hard_state
+        snap = node.snapshot or Image(0, 0, ())
+        log = [e for e in node.disk if e.index > snap.index]
+        if log and log[0].index != snap.index + 1:
+            log = []
+        node.disk = log
         node.raft = RaftNode(
             node.config,
             node.timeouts,
             term=term,
             voted_for=vote,
-            entries=list(node.disk),
+            entries=log,
             now_ms=node.clock,
+            snapshot_index=snap.index,
+            snapshot_term=snap.term,
         )
-        node.state = {}
-        node.applied = 0
+        node.state = dict(snap.state)
+        node.applied = snap.index
         node.waiting_reads = []
 
     def cmd_load(self, args: list[str], opts: dict[str, str]) -> None:
@@ -564,6 +612,7 @@ class Interaction:
             node = self.node(arg)
             terms = [int(t) for t in opts.get("terms", "").replace(",", " ").split()]
             node.disk = [Entry(t, i, f"{t}.{i}".encode()) for i, t in enumerate(terms, 1)]
+            node.snapshot = None
             node.pending_writes = []
             node.hard_state = (
                 int(opts.get("term", terms[-1] if terms else 0)),
@@ -683,6 +732,37 @@ class Interaction:
         target = int(opts.get("to", 0))
         self.step(node, TransferLeader(target), f"{node.id} transfer-leader to {target or 'best'}")
 
+    def cmd_snapshot(self, args: list[str], opts: dict[str, str]) -> None:
+        """``snapshot <node> [through=<index>]``: the runtime snapshots the node's state machine
+        at its applied index (durable at once), steps ``SnapshotTaken`` with ``compact_through``
+        (default: the snapshot's index) and drops the disk log through that point."""
+        node, raft = self.live(args[0])
+        index = node.applied
+        term = raft.log.term_at(index)
+        if index == 0 or term is None:
+            raise TranscriptError(f"node {node.id} has applied nothing to snapshot")
+        through = int(opts.get("through", index))
+        image = Image(index, term, tuple(sorted(node.state.items())))
+        self.images[(index, term)] = image
+        node.snapshot = image
+        self.step(
+            node,
+            SnapshotTaken(index, term, through),
+            f"{node.id} snapshot {term}/{index} compact through {min(through, index)}",
+        )
+        node.disk = [e for e in node.disk if e.index > raft.log.snapshot_index]
+
+    def cmd_report_snapshot(self, args: list[str], opts: dict[str, str]) -> None:
+        """``report-snapshot <leader> <peer> ok|failed``: the leader's runtime finished
+        streaming its snapshot to ``peer``, or gave up (``SnapshotStatus``)."""
+        if len(args) != 3 or args[2] not in ("ok", "failed"):
+            raise TranscriptError("usage: report-snapshot <leader> <peer> ok|failed")
+        node, _ = self.live(args[0])
+        peer = self.node(args[1]).id
+        self.step(
+            node, SnapshotStatus(peer, args[2] == "ok"), f"{node.id} snapshot to {peer} {args[2]}"
+        )
+
     # ------------------------------------------------------------------ commands: network
 
     def take(self, source: list[Message], flt: Filter) -> list[Message]:
@@ -718,6 +798,14 @@ class Interaction:
         for m in self.take(self.held, self.filter(opts)):
             self.emit(f"released {fmt_message(m)}")
             self.queue.append(m)
+
+    def cmd_duplicate(self, args: list[str], opts: dict[str, str]) -> None:
+        """``duplicate [from=] [to=] [type=]``: the network delivers the matching queued
+        messages twice: a copy of each goes to the end of the queue."""
+        copies = [m for m in self.queue if self.filter(opts)(m)]
+        for m in copies:
+            self.emit(f"duplicated {fmt_message(m)}")
+        self.queue.extend(copies)
 
     def cmd_msgs(self, args: list[str], opts: dict[str, str]) -> None:
         """``msgs``: the queue and the held messages, without delivering anything."""
@@ -805,12 +893,18 @@ class Interaction:
     def state_line(self, node: Node) -> str:
         raft = node.raft
         if raft is None:
-            return f"{node.id}: down term={node.hard_state[0]} last={self.last(node.disk)}"
+            last = self.last(node.disk)
+            if not node.disk and node.snapshot:
+                last = f"{node.snapshot.term}/{node.snapshot.index}"
+            return f"{node.id}: down term={node.hard_state[0]} last={last}"
         vote = raft.voted_for or "none"
+        snap = (
+            f" snapshot={raft.snapshot_term}/{raft.snapshot_index}" if raft.snapshot_index else ""
+        )
         return (
             f"{node.id}: {raft.role.value} term={raft.term} vote={vote} leader={raft.leader_id}"
             f" last={raft.log.last_term}/{raft.log.last_index} commit={raft.commit_index}"
-            f" applied={node.applied}"
+            f" applied={node.applied}{snap}"
         )
 
     @staticmethod
@@ -835,6 +929,8 @@ class Interaction:
                 if p.paused(raft.config.max_inflight_msgs):
                     flags.append("paused")
                 inflight = f" inflight={len(p.inflight)}" if p.inflight else ""
+                if p.pending_snapshot:
+                    inflight += f" pending={p.pending_snapshot_term}/{p.pending_snapshot}"
                 self.show(
                     f"{peer}: {p.state.value} match={p.match_index} next={p.next_index}"
                     f"{inflight}{''.join(' ' + f for f in flags)}",
@@ -842,10 +938,20 @@ class Interaction:
                 )
 
     def cmd_log(self, args: list[str], opts: dict[str, str]) -> None:
-        """``log <node>...``: the node's log (in memory if up, on disk if down)."""
+        """``log <node>...``: the node's log (in memory if up, on disk if down), after the
+        position it was compacted through, if any (``compacted=T/I``)."""
         for node in self.selected(args):
-            entries = node.raft.log.slice(1, node.raft.log.last_index) if node.raft else node.disk
-            self.show(f"{node.id}: {fmt_entries(entries)}")
+            if node.raft is not None:
+                log = node.raft.log
+                entries = log.slice(log.first_index, log.last_index)
+                offset = (log.snapshot_index, log.snapshot_term)
+            else:
+                entries = node.disk
+                snap = node.snapshot
+                offset = (snap.index, snap.term) if snap else (0, 0)
+                entries = [e for e in entries if e.index > offset[0]]
+            head = f"compacted={offset[1]}/{offset[0]} " if offset[0] else ""
+            self.show(f"{node.id}: {head}{fmt_entries(entries)}")
 
     def cmd_kv(self, args: list[str], opts: dict[str, str]) -> None:
         """``kv [node...]``: the state machine's contents."""
