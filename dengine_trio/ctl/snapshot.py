@@ -305,13 +305,19 @@ def _node_data(config: NodeConfig) -> list[str]:
     db = config.db_root_path()
     if (db / HARD_STATE_FILE).exists():
         found.append(str(db / HARD_STATE_FILE))
+    # Files, not directories: a node that started and stopped leaves empty ones (wal/,
+    # snapshots/incoming/), which hold nothing to lose.
     wal = db / WAL_DIRECTORY
-    if wal.is_dir() and any(wal.iterdir()):
+    if _holds_files(wal):
         found.append(f"{wal}/ (log segments)")
     snapshots = config.snapshots_path()
-    if snapshots.is_dir() and any(snapshots.iterdir()):
+    if _holds_files(snapshots):
         found.append(f"{snapshots}/ (snapshots)")
     return found
+
+
+def _holds_files(directory: Path) -> bool:
+    return directory.is_dir() and any(p.is_file() for p in directory.rglob("*"))
 
 
 def restore_snapshot_file(source: Path, config: NodeConfig) -> tuple[SnapshotFile, str]:

@@ -160,6 +160,9 @@ def test_restore_seeds_each_node_for_the_target_cluster(
     tmp_path: Path, good: Path, target: list[NodeConfig]
 ) -> None:
     original = verify_snapshot(good, None)
+    # Empty directories (a node started once and stopped) hold nothing to lose.
+    (target[2].db_root_path() / "wal").mkdir(parents=True)
+    (target[2].snapshots_path() / "incoming").mkdir(parents=True)
     for config in target:
         code, out, err = restore(good, config, tmp_path)
         assert code == 0, err
