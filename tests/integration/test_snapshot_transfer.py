@@ -639,3 +639,30 @@ async def test_a_confirmation_lost_is_given_again_without_a_second_hand_over(
         SnapshotReceived(2, 1, True),
     ]
     assert [(m, data == raw) for m, data in b.received] == [(InstallSnapshot(5, 1, 2, 90, 3), True)]
+
+
+async def test_a_follower_restarted_mid_transfer_gets_the_file_from_the_start(
+    tmp_path: Path,
+) -> None:
+    """The follower's process stops while the transfer is held (its partial file goes with
+    it); the new process holds nothing, so the leader's next connection starts over at 0
+    and completes."""
+    proxy = Proxy(0, threshold=4 * CHUNK, mode="hold")
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path, proxy)
+            snap = install(a, 90, 3, 20 * CHUNK)
+            a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))
+            await proxy.tripped.wait()
+            await wait_until(lambda: b.transport.stats.snapshots.bytes_received > 0, WAIT_S)
+            await b.stop()
+            assert b.incoming_files() == []  # a stopped transport leaves no partial file
+            b2 = SnapNode(2, {1: a.transport.listen[1], 2: b.transport.listen[1]}, tmp_path)
+            await b2.start(nursery)
+            proxy.release.set()
+            message, data = await transferred(a, b2)
+            nursery.cancel_scope.cancel()
+    assert message == InstallSnapshot(5, 1, 2, 90, 3)
+    assert data == snap.path.read_bytes()
+    assert b2.transport.stats.snapshots.resumed == 0
+    assert b2.transport.stats.snapshots.bytes_received == snap.size_bytes
