@@ -13,7 +13,8 @@ Answers: 200 ``application/octet-stream`` with ``Content-Length`` and the snapsh
 index and term in :data:`INDEX_HEADER` and :data:`TERM_HEADER`, the node's cluster id in
 :data:`CLUSTER_HEADER`; 400 ``invalid_consistency``;
 503 ``no_leader``/``stopped``/``overloaded``, 504 ``timeout`` (the read barrier, as for a
-read); 500 ``snapshot_failed`` when the node cannot write or open the snapshot (the reason
+read); 501 ``snapshots_unsupported`` for a custom state machine without ``snapshot()``;
+500 ``snapshot_failed`` when the node cannot write or open the snapshot (the reason
 in the message). Needs an ``admin`` token with ``[auth] enable = true`` (as every health path
 but the probes). The file is read in :data:`READ_CHUNK_BYTES` pieces in a worker thread, so
 one download holds at most one piece in memory and never blocks the node's loop on the disk.
@@ -79,6 +80,12 @@ def install_snapshot_route(app: Quart, engine: EmbeddedEngine) -> None:
         if policy is None:
             raise ApiError(
                 400, "invalid_consistency", f"consistency must be one of {', '.join(_POLICIES)}"
+            )
+        if not callable(getattr(engine.state_machine, "snapshot", None)):
+            return json_error(
+                501,
+                "snapshots_unsupported",
+                f"the state machine {type(engine.state_machine).__name__} has no snapshot()",
             )
         await engine.read_barrier(policy)
         for _ in range(OPEN_ATTEMPTS):
