@@ -45,6 +45,7 @@ def run(entries: int, segment_bytes: int) -> str:
         value = b"v" * 256
         peak = 0
         with Storage.open(db, segment_bytes, snapshots_dir=snapshots, cluster_id="c") as storage:
+            storage.save_hard_state(1, 1)
             for first in range(1, entries + 1, BATCH):
                 last = first + BATCH - 1
                 storage.append(

@@ -190,7 +190,7 @@ from types import TracebackType
 from ..raft.messages import Entry
 from ._fs import fsync_directory
 from .errors import CorruptHardStateError, CorruptLogError, StorageError, StorageLockedError
-from .hard_state import HardState, load_hard_state, save_hard_state
+from .hard_state import HARD_STATE_FILE, HardState, load_hard_state, save_hard_state
 from .lock import DirectoryLock
 from .recovery import UnrecoverableStorageError, choose_snapshot
 from .snapshots import (
@@ -285,7 +285,9 @@ class Storage:
         receives are deleted; the log is recovered (torn tail cut); the snapshot is chosen
         (``cluster_id``: the expected cluster, None accepts any); if the log contradicts it
         or ends before it, the log is reset durably (``install_snapshot``'s steps) to start
-        after it; ``entries`` keeps only the entries after the snapshot's index.
+        after it; ``entries`` keeps only the entries after the snapshot's index. A hard state
+        whose term is below the snapshot's is moved durably to that term with no vote (one
+        WARNING), so ``hard_state.term >= snapshot_term`` always holds.
 
         Raises ``StorageLockedError`` (another process has it), ``CorruptHardStateError``,
         ``CorruptLogError`` (see Recovery above), ``UnrecoverableStorageError`` (no snapshot
@@ -310,6 +312,23 @@ class Storage:
             if snapshots is not None:
                 choice = choose_snapshot(snapshots, cluster_id, entries)
                 snapshot = choice.snapshot
+                if snapshot is not None and hard_state.term < snapshot.last_term:
+                    # The file proves that term T exists. A node whose hard state is below T
+                    # never voted in T or later, so moving to T without a vote is what
+                    # receiving any message of term T does (Raft paper Figure 2, "All
+                    # servers"). It happens when a received snapshot reached snapshots_dir
+                    # before the core stepped its message (or a restore wrote no term); the
+                    # core refuses a term below its snapshot's.
+                    logger.warning(
+                        "%s: term %d is below term %d of snapshot %s; moving to term %d, no vote",
+                        root / HARD_STATE_FILE,
+                        hard_state.term,
+                        snapshot.last_term,
+                        snapshot.path,
+                        snapshot.last_term,
+                    )
+                    hard_state = HardState(term=snapshot.last_term, voted_for=0)
+                    save_hard_state(root, hard_state)
                 if snapshot is not None:
                     if choice.reset_log or not entries:
                         wal.reset(snapshot.last_index, snapshot.last_term)

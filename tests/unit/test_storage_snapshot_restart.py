@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from dengine_trio.raft.messages import Entry
 from dengine_trio.storage import (
     DEFAULT_SEGMENT_BYTES,
+    HardState,
     Storage,
     StorageError,
     UnrecoverableStorageError,
@@ -63,7 +64,9 @@ def feed(log: Storage | WriteAheadLog, items: list[Entry]) -> None:
 
 
 def log_with(db: Path, *batches: list[Entry]) -> None:
+    """A node's log; its term is the last entry's, as the core persists a term first."""
     with Storage.open(db, segment_bytes=SEGMENT_BYTES) as storage:
+        storage.save_hard_state(max(e.term for batch in batches for e in batch), 1)
         for batch in batches:
             feed(storage, batch)
 
@@ -604,3 +607,24 @@ def test_appends_snapshots_compaction_installs_and_restarts_match_a_model(
     with reopen() as storage:
         assert (storage.snapshot_index, storage.snapshot_term) == snapshot
         assert storage.entries == log
+
+
+def test_a_hard_state_below_the_snapshot_term_moves_to_it_without_a_vote(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A received snapshot renamed into place before the core stepped its message (whose term
+    it would have persisted first): the Raft core refuses a term below its snapshot's, so
+    storage moves to that term, durably, with no vote (it never voted in it)."""
+    db = tmp_path / "db"
+    with Storage.open(db) as storage:
+        storage.save_hard_state(2, 1)
+    write_snapshot(db / "snapshots", 10, 3)
+    with caplog.at_level(logging.WARNING, "dengine_trio.storage"), open_storage(db) as storage:
+        assert storage.hard_state == HardState(term=3, voted_for=0)
+    assert "term 2 is below term 3 of snapshot" in caplog.text
+    with Storage.open(db) as storage:
+        assert storage.hard_state == HardState(term=3, voted_for=0)
+    with Storage.open(db) as storage:
+        storage.save_hard_state(4, 2)
+    with open_storage(db) as storage:
+        assert storage.hard_state == HardState(term=4, voted_for=2)  # a higher term is kept
