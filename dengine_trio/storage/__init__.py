@@ -124,6 +124,11 @@ newest snapshot it can trust and the log after it:
    file and no log: a fresh node). Otherwise ``UnrecoverableStorageError`` naming every file
    and its problem: the node never starts silently empty or with a hole.
 
+6. A hard state whose term is below T is moved durably to term T with no vote: the file
+   proves the term exists, a node below it never voted in it, and the Raft core refuses a
+   term below its snapshot's. (A received snapshot renamed in before the core stepped its
+   message, whose term it would have persisted, leaves this.)
+
 ``storage.snapshot`` is the chosen file (None: none), ``storage.entries`` the entries after
 it, ``snapshot_index`` / ``snapshot_term`` its (S, T) ((0, 0): none). The runtime restores the
 state machine from the file and hands both to the Raft core.
