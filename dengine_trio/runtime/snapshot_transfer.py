@@ -27,16 +27,19 @@ Rules
 =====
 
 * One transfer per peer at a time on the leader. A request while one runs is ignored if the
-  running file covers it (the core repeats requests); one needing a newer snapshot than the
-  running file stops it and starts over with the newest file (only the latter is reported).
+  running file covers it and the running offer's term is not older (the core repeats
+  requests); otherwise (a newer snapshot needed, or the leader is in a newer term, which the
+  follower's core judges the message by) it stops and starts over with the newest file (only
+  the latter is reported; the follower resumes a file it partly holds).
 * The leader keeps the file open for the whole transfer, so a newer snapshot (or
   ``remove_old_snapshots``) replacing it on disk does not change the bytes under way.
 * One partial file on the follower, in ``<snapshots_dir>/incoming/``. A connection that drops
   (closed, reset, no progress for ``SNAPSHOT_IO_TIMEOUT_S``) leaves it: the leader reconnects
   and the follower answers the offer with the offset it holds if the offer names the same
-  file (leader, term, index, last term, size and checksum), so the transfer goes on from
-  there; any other offer replaces it (it starts from 0). An offer arriving while another
-  connection still feeds the partial file takes it over (the older connection is closed).
+  file (leader, index, last term, size and checksum: the term may have moved on), so the
+  transfer goes on from there; any other offer replaces it (it starts from 0). An offer
+  arriving while another connection still feeds the partial file takes it over (the older
+  connection is closed).
 * Bad input (a chunk at another offset, empty, past the offered size, from another node; an
   undecodable or oversized frame; anything but a chunk) closes that connection only and
   removes the partial file; so does a complete file that fails verification (CRC, format
@@ -147,8 +150,10 @@ class SnapshotHooks:
 class _Outgoing:
     """A transfer this node (the leader) runs to one peer."""
 
-    def __init__(self, peer_id: int, last_index: int) -> None:
+    def __init__(self, peer_id: int, term: int, last_index: int) -> None:
         self.peer_id = peer_id
+        self.term = term
+        """The leader's term the offer names: the follower's core judges the message by it."""
         self.last_index = last_index
         """The file's last index once chosen; until then, the least the request needs."""
         self.scope = trio.CancelScope()
@@ -160,7 +165,8 @@ class _Incoming:
     """The partial file this node (a follower) holds, and the connection feeding it."""
 
     key: SnapshotOffer
-    """The offer it belongs to, ``term`` included (``dst`` is always this node)."""
+    """The offer it belongs to. A later offer of the same file (leader, index, last term,
+    size, checksum) resumes it whatever its term; the last one names the message's term."""
     receiver: SnapshotReceiver
     owner: trio.CancelScope | None = None
     released: trio.Event = attrs.field(factory=trio.Event)
@@ -204,15 +210,17 @@ class SnapshotTransfers:
         docstring). Never blocks; the outcome comes through ``SnapshotHooks.status``."""
         running = self._outgoing.get(msg.dst)
         if running is not None:
-            if running.last_index >= msg.last_index:
+            if running.last_index >= msg.last_index and running.term >= msg.term:
                 return
             log.info(
-                "node %d: snapshot for peer %d must cover index %d, the one under way ends at "
-                "%d: starting over with the newest",
+                "node %d: snapshot for peer %d must cover index %d in term %d, the one under "
+                "way ends at %d in term %d: starting over with the newest",
                 self.node_id,
                 msg.dst,
                 msg.last_index,
+                msg.term,
                 running.last_index,
+                running.term,
             )
             running.superseded = True
             running.scope.cancel()
@@ -226,7 +234,7 @@ class SnapshotTransfers:
                 msg.dst,
             )
             return
-        out = _Outgoing(msg.dst, msg.last_index)
+        out = _Outgoing(msg.dst, msg.term, msg.last_index)
         self._outgoing[msg.dst] = out
         self.stats.sends_started += 1
         self.nursery.start_soon(self._run_outgoing, out, msg)
@@ -533,7 +541,8 @@ class SnapshotTransfers:
         """The partial file for ``offer``: the one held if it is of this very file (the
         connection then resumes), else a new one replacing it."""
         current = self._incoming
-        if current is not None and current.key == offer:
+        if current is not None and _same_file(current.key, offer):
+            current.key = offer
             if current.receiver.received_bytes:
                 self.stats.resumed += 1
             return current
@@ -603,6 +612,11 @@ class SnapshotTransfers:
         )
         self.hooks.received(message, staged.path)
         await _send_quietly(stream, SnapshotReceived(self.node_id, offer.src, True))
+
+
+def _same_file(a: SnapshotOffer, b: SnapshotOffer) -> bool:
+    """Whether two offers name the same bytes: one leader's file, whatever its term."""
+    return attrs.evolve(a, term=0) == attrs.evolve(b, term=0)
 
 
 class _DiskError(Exception):

@@ -666,3 +666,28 @@ async def test_a_follower_restarted_mid_transfer_gets_the_file_from_the_start(
     assert data == snap.path.read_bytes()
     assert b2.transport.stats.snapshots.resumed == 0
     assert b2.transport.stats.snapshots.bytes_received == snap.size_bytes
+
+
+async def test_a_request_in_a_newer_term_restarts_the_offer_and_the_follower_resumes(
+    tmp_path: Path,
+) -> None:
+    """The leader moved to a newer term while its transfer was held: the follower's core
+    judges InstallSnapshot by its term, so the transfer starts over with an offer of the new
+    term, and the follower goes on from the bytes it holds of that same file."""
+    proxy = Proxy(0, threshold=4 * CHUNK, mode="hold")
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path, proxy)
+            snap = install(a, 90, 3, 20 * CHUNK)
+            a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))
+            await proxy.tripped.wait()
+            await wait_until(lambda: b.transport.stats.snapshots.bytes_received > 0, WAIT_S)
+            a.transport.send(InstallSnapshot(6, 1, 2, 90, 3))
+            message, data = await transferred(a, b)
+            proxy.release.set()
+            nursery.cancel_scope.cancel()
+    assert message == InstallSnapshot(6, 1, 2, 90, 3)
+    assert data == snap.path.read_bytes()
+    assert b.transport.stats.snapshots.resumed == 1
+    assert b.transport.stats.snapshots.bytes_received == snap.size_bytes
+    assert a.statuses == [(2, True)]
