@@ -7,7 +7,12 @@ checks and encodes ``key`` and ``value`` as the KV app does, then answers ``{}``
 answers ``{"value": ...}`` from a dictionary (the 100 keys ``g-00000000``..``g-00000099``, each
 holding 256 bytes). What our API serves below this is the price of the engine.
 
-    python -m bench.ceiling --port 8090 [--max-seconds 1800]
+With ``--raw``, the stack's own ceiling instead (issue 18): a raw ASGI app on the same
+Hypercorn settings that answers every request with a fixed body (a GET the size of the KV
+app's answer for a 256-byte value; a POST after reading its body, ``{}``), so nothing above
+Hypercorn costs anything. What the KV app serves below this is the price of everything ours.
+
+    python -m bench.ceiling --port 8090 [--raw] [--max-seconds 1800]
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import signal
 import sys
+from typing import Any
 
 import trio
 from hypercorn.trio import serve
@@ -68,7 +74,41 @@ def create_ceiling_app() -> QuartTrio:
     return app
 
 
-async def run(port: int, max_seconds: float) -> None:
+_RAW_GET_BODY = json.dumps({"value": VALUE_TEXT}, separators=(",", ":")).encode()
+_RAW_POST_BODY = b"{}"
+
+
+def _raw_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", JSON_CONTENT_TYPE.encode()), (b"content-length", b"%d" % len(body))]
+
+
+_RAW_GET = {"type": "http.response.start", "status": 200, "headers": _raw_headers(_RAW_GET_BODY)}
+_RAW_POST = {"type": "http.response.start", "status": 200, "headers": _raw_headers(_RAW_POST_BODY)}
+
+
+async def raw_ceiling_app(scope: Any, receive: Any, send: Any) -> None:
+    """The raw ASGI ceiling: fixed answers, the request body read (and dropped) first."""
+    if scope["type"] != "http":
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        return
+    if scope["method"] == "POST":
+        while (await receive()).get("more_body", False):
+            pass
+        await send(_RAW_POST)
+        await send({"type": "http.response.body", "body": _RAW_POST_BODY})
+    else:
+        await send(_RAW_GET)
+        await send({"type": "http.response.body", "body": _RAW_GET_BODY})
+
+
+async def run(port: int, max_seconds: float, raw: bool = False) -> None:
     config = hypercorn_config(bind_listener("127.0.0.1", port))
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -81,7 +121,8 @@ async def run(port: int, max_seconds: float) -> None:
                 stop.set()
 
             nursery.start_soon(watch)
-            await serve(create_ceiling_app(), config, shutdown_trigger=stop.wait)
+            app: Any = raw_ceiling_app if raw else create_ceiling_app()
+            await serve(app, config, shutdown_trigger=stop.wait)
             nursery.cancel_scope.cancel()
 
 
@@ -89,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ceiling")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--max-seconds", type=float, default=1800.0)
+    parser.add_argument("--raw", action="store_true", help="the raw ASGI ceiling")
     args = parser.parse_args(argv)
-    trio.run(run, args.port, args.max_seconds)
+    trio.run(run, args.port, args.max_seconds, args.raw)
     return 0
 
 

@@ -120,19 +120,23 @@ async def our_cluster(root: Path) -> AsyncIterator[list[Target]]:
 
 
 @asynccontextmanager
-async def ceiling(root: Path) -> AsyncIterator[list[Target]]:
+async def ceiling(root: Path, raw: bool = False) -> AsyncIterator[list[Target]]:
+    """The Quart ceiling (``ceiling``), or with ``raw`` the raw ASGI one (``raw ASGI``)."""
     (port,) = free_ports(1)
     command = [sys.executable, "-m", "bench.ceiling", "--port", str(port)]
-    async with group_process(command, root / "ceiling.log"):
+    name = "raw ASGI" if raw else "ceiling"
+    async with group_process(
+        [*command, "--raw"] if raw else command, root / f"ceiling{'-raw' if raw else ''}.log"
+    ):
         url = f"http://127.0.0.1:{port}"
 
         async def up(http: httpx.AsyncClient) -> bool:
             return (await http.get(f"{url}/kv/{GET_KEYS[0]}")).status_code == 200
 
-        await wait_http(up, "the ceiling app")
+        await wait_http(up, f"the {name} app")
         yield [
-            Target("ceiling", "POST", url, "kv-post"),
-            Target("ceiling", "GET", url, "kv-get"),
+            Target(name, "POST", url, "kv-post"),
+            Target(name, "GET", url, "kv-get"),
         ]
 
 
@@ -198,7 +202,8 @@ async def http_servers(with_etcd: bool = True) -> AsyncIterator[Servers]:
     notes: list[str] = []
     try:
         async with AsyncExitStack() as stack:
-            targets = list(await stack.enter_async_context(ceiling(root)))
+            targets = list(await stack.enter_async_context(ceiling(root, raw=True)))
+            targets += await stack.enter_async_context(ceiling(root))
             targets += await stack.enter_async_context(our_cluster(root))
             etcd = shutil.which("etcd") if with_etcd else None
             if etcd:

@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -23,6 +24,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.protocol import h11 as h11_protocol
 from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart, Response, request
+from quart.utils import encode_headers
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -43,10 +45,13 @@ __all__ = [
     "FastPath",
     "bind_listener",
     "engine_error_response",
+    "http_error_code",
     "hypercorn_config",
     "install_error_handlers",
     "json_error",
     "kernel_backlog_cap",
+    "plain_get_fast_path",
+    "send_response",
 ]
 
 JSON_CONTENT_TYPE = "application/json"
@@ -174,6 +179,49 @@ async def _send_head_too_large(send: Any, limit: int) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+_NOT_SERVED: list[Any] = []
+
+
+async def send_response(send: Any, response: Response) -> None:
+    """Send a Quart ``response`` (a body in memory) as Quart's ASGI layer would: the same
+    status, headers and body bytes."""
+    body = await response.get_data()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": encode_headers(response.headers),
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def plain_get_fast_path(app: App, routes: dict[str, Callable[[], Response]]) -> FastPath:
+    """A fast path for ``GET`` of the exact paths in ``routes`` (each a function making the
+    route's response, as its Quart view returns it) when the request has no body; any other
+    request is left to Quart. Counted in ``app.metrics_sink`` under the path as its route."""
+
+    async def fast_path(scope: Any, receive: Any, send: Any) -> list[Any] | None:
+        if scope["method"] != "GET":
+            return _NOT_SERVED
+        path = scope["path"]
+        make = routes.get(path)
+        if make is None:
+            return _NOT_SERVED
+        for name, _ in scope["headers"]:
+            if name == b"content-length" or name == b"transfer-encoding":
+                return _NOT_SERVED
+        started = time.perf_counter()
+        response = make()
+        await send_response(send, response)
+        sink = app.metrics_sink
+        if sink is not None:
+            sink.http_request(path, "GET", response.status_code, time.perf_counter() - started)
+        return None
+
+    return fast_path
+
+
 def _replay(consumed: list[Any], receive: Any) -> Any:
     """``receive`` that first returns the ``consumed`` messages, in order."""
     pending = list(consumed)
@@ -255,7 +303,8 @@ def engine_error_response(exc: errors.DengineError) -> Response:
     return json_error(500, "internal", f"{type(exc).__name__}: {exc}")
 
 
-def _http_error_code(exc: HTTPException) -> str:
+def http_error_code(exc: HTTPException) -> str:
+    """The error code of a werkzeug error: its name in snake_case (``method_not_allowed``)."""
     # "Method Not Allowed" -> "method_not_allowed": stable codes derived from werkzeug's names.
     name = exc.name or "error"
     return "_".join(name.lower().replace("-", " ").split())
@@ -304,7 +353,7 @@ def install_error_handlers(app: Quart) -> None:
 
     async def on_http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        response = json_error(status, _http_error_code(exc), exc.description or exc.name)
+        response = json_error(status, http_error_code(exc), exc.description or exc.name)
         if status == 405 and exc.response is None:
             # 405 must say what is allowed; werkzeug keeps it in valid_methods.
             allowed = getattr(exc, "valid_methods", None)
@@ -324,13 +373,17 @@ def install_error_handlers(app: Quart) -> None:
     app.register_error_handler(Exception, on_unexpected)
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A bound TCP socket (IPv6 if ``host`` has a colon, ``SO_REUSEADDR``, ``TCP_NODELAY``)
-    for Hypercorn, so a taken port fails here at once. Raises OSError (e.g. ``EADDRINUSE``)."""
+    for Hypercorn, so a taken port fails here at once. Raises OSError (e.g. ``EADDRINUSE``).
+    ``reuse_port``: ``SO_REUSEPORT`` too, so that the node's HTTP workers can each listen on
+    a socket of their own on this port (:mod:`dengine_trio.api.workers`)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
     except OSError:

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 
 from quart import Response
 
-from dengine_trio.api import JSON_CONTENT_TYPE, App, install_error_handlers, json_error
+from dengine_trio.api import (
+    JSON_CONTENT_TYPE,
+    App,
+    install_error_handlers,
+    json_error,
+    plain_get_fast_path,
+)
 from dengine_trio.api.auth import health_role_needed, install_auth
 from dengine_trio.api.page import CLUSTER_PAGE, CLUSTER_PAGE_CSP
 from dengine_trio.api.snapshot import install_snapshot_route
@@ -54,8 +60,7 @@ def create_health_app(engine: EmbeddedEngine) -> App:
         body = json.dumps(info, separators=(",", ":"))
         return Response(body, content_type=JSON_CONTENT_TYPE)
 
-    @app.get("/primary")
-    async def primary() -> Response:
+    def primary_response() -> Response:
         if engine.is_leader():
             if engine.has_quorum():
                 return ok("leader")
@@ -63,8 +68,7 @@ def create_health_app(engine: EmbeddedEngine) -> App:
         leader = engine.leader_id()
         return json_error(503, "not_primary", f"node {node_id} is not the leader ({leader=})")
 
-    @app.get("/replica")
-    async def replica() -> Response:
+    def replica_response() -> Response:
         if engine.is_leader():
             return json_error(503, "not_replica", f"node {node_id} is the leader")
         if engine.leader_contact_recent():
@@ -72,6 +76,20 @@ def create_health_app(engine: EmbeddedEngine) -> App:
         return json_error(
             503, "no_leader_contact", f"node {node_id} has not heard from a leader recently"
         )
+
+    @app.get("/primary")
+    async def primary() -> Response:
+        return primary_response()
+
+    @app.get("/replica")
+    async def replica() -> Response:
+        return replica_response()
+
+    # Load balancers call the probes every second or so per node: past Quart, like the KV
+    # app's hot routes. They need no token, so [auth] does not change them.
+    app.fast_path = plain_get_fast_path(
+        app, {"/primary": primary_response, "/replica": replica_response}
+    )
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -18,8 +18,7 @@ from urllib.parse import unquote_to_bytes
 
 import trio
 from quart import Response, request
-from quart.utils import encode_headers
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 from werkzeug.routing import PathConverter
 
 from dengine_trio.api import (
@@ -28,8 +27,10 @@ from dengine_trio.api import (
     App,
     FastPath,
     engine_error_response,
+    http_error_code,
     install_error_handlers,
     json_error,
+    send_response,
 )
 from dengine_trio.api.auth import TokenTable, authorized, install_auth, kv_role_needed
 from dengine_trio.errors import DengineError, TooLarge
@@ -226,6 +227,7 @@ def _fast_path(app: App, engine: EmbeddedEngine, auth: TokenTable | None) -> Fas
     """
     client = engine.client()
     max_body = engine.config.limits.max_body_bytes
+    body_timeout_s = engine.config.http.body_timeout_ms / 1000
     loads = json.loads
 
     async def answer_error(send: Any, exc: Exception) -> int:
@@ -234,16 +236,20 @@ def _fast_path(app: App, engine: EmbeddedEngine, auth: TokenTable | None) -> Fas
         else:  # a bug of ours: the log keeps the traceback, as Quart's handler does
             log.exception("unhandled error in %s", app.name)
             response = json_error(500, "internal", "internal error")
-        body = await response.get_data()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": encode_headers(response.headers),
-            }
-        )
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await send_response(send, response)
         return response.status_code
+
+    def count(route: str, method: str, status: int, started: float) -> None:
+        sink = app.metrics_sink
+        if sink is not None:
+            sink.http_request(route, method, status, time.perf_counter() - started)
+
+    def body_timeout_response() -> Response:
+        # What Quart answers when get_data times out (install_error_handlers' handlers).
+        exc = RequestTimeout()
+        response = json_error(408, http_error_code(exc), exc.description or exc.name)
+        response.headers["Connection"] = "close"
+        return response
 
     def path_key(scope: Any) -> bytes | None:
         # As the Quart route does: the raw path, strictly decoded (see get_kv's path_key).
@@ -285,18 +291,30 @@ def _fast_path(app: App, engine: EmbeddedEngine, auth: TokenTable | None) -> Fas
             ok, length = plain_head(scope, "write")
             if not ok or length <= 0 or length > max_body:
                 return _DECLINED
-            # Only a body already queued: waiting for one is Quart's (with its body timeout).
+            # Hypercorn's receive is a trio channel's: a body already queued is taken without
+            # a checkpoint, and one still to come is waited for as Quart waits (408 after
+            # [http] body_timeout_ms, the connection closed).
             channel = getattr(receive, "__self__", None)
             receive_nowait = getattr(channel, "receive_nowait", None)
-            if receive_nowait is None:
-                return _DECLINED
             consumed: list[Any] = []
             chunks: list[bytes] = []
             while True:
-                try:
-                    message = receive_nowait()
-                except trio.WouldBlock:
-                    return consumed
+                message = None
+                if receive_nowait is not None:
+                    try:
+                        message = receive_nowait()
+                    except trio.WouldBlock:
+                        pass
+                if message is None:
+                    with trio.move_on_after(body_timeout_s):
+                        message = await receive()
+                    if message is None:
+                        response = body_timeout_response()
+                        # Counted first, as Quart's hook does: Hypercorn may fail the send of
+                        # an answer that closes a connection whose body is still coming.
+                        count(PUT_ROUTE, method, response.status_code, started)
+                        await send_response(send, response)
+                        return None
                 consumed.append(message)
                 if message["type"] != "http.request":
                     return consumed
@@ -382,9 +400,7 @@ def _fast_path(app: App, engine: EmbeddedEngine, auth: TokenTable | None) -> Fas
                     status = 200
         else:
             return _DECLINED
-        sink = app.metrics_sink
-        if sink is not None:
-            sink.http_request(route, method, status, time.perf_counter() - started)
+        count(route, method, status, started)
         return None
 
     return fast_path

@@ -18,6 +18,7 @@ import trio
 from hypercorn.trio import serve
 
 from dengine_trio.api import bind_listener, hypercorn_config
+from dengine_trio.api.health import create_health_app
 from dengine_trio.api.kv import create_kv_app
 from dengine_trio.engine import EmbeddedEngine
 from dengine_trio.metrics.http import instrument_app
@@ -68,9 +69,11 @@ REQUESTS: list[bytes] = [
     b"DELETE /kv/b%2Fc HTTP/1.1\r\nHost: x\r\n\r\n",
     b"DELETE /kv/never HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET /kv/b%2Fc HTTP/1.1\r\nHost: x\r\n\r\n",
+    # A body that stalls: 408 after the body timeout, the connection closed.
+    b'POST /kv HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n{"key"',
 ]
 # Well-formed hot requests: the fast path must answer these itself.
-FAST = {0, 1, 11, 14, 15, 16, 17, 18, 19, 22, 26, 29, 30, 31, 32}
+FAST = {0, 1, 11, 14, 15, 16, 17, 18, 19, 22, 26, 29, 30, 31, 32, 33}
 
 DATE = re.compile(rb"\r\ndate: [^\r]*", re.IGNORECASE)
 
@@ -111,7 +114,7 @@ def counters(sink: PrometheusSink) -> list[str]:
 async def test_fast_path_answers_byte_for_byte_as_quart(tmp_path: Path) -> None:
     raft_port, fast_port, slow_port = free_ports(3)
     address = f"127.0.0.1:{raft_port}"
-    settings: dict[str, Any] = {"limits.max_key_bytes": 256}
+    settings: dict[str, Any] = {"limits.max_key_bytes": 256, "http.body_timeout_ms": 300}
     config = node_config(tmp_path / "n1.toml", 1, address, {1: address}, tmp_path, settings)
     answered: list[int] = []
     async with EmbeddedEngine.start(config) as engine:
@@ -126,10 +129,12 @@ async def test_fast_path_answers_byte_for_byte_as_quart(tmp_path: Path) -> None:
         current = [-1]
 
         async def spying(scope: Any, receive: Any, send: Any) -> list[Any] | None:
-            result = await inner(scope, receive, send)
-            if result is None:
-                answered.append(current[0])
-            return result
+            async def recording_send(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    answered.append(current[0])
+                await send(message)
+
+            return await inner(scope, receive, recording_send)
 
         fast_app.fast_path = spying
         stop = trio.Event()
@@ -145,4 +150,57 @@ async def test_fast_path_answers_byte_for_byte_as_quart(tmp_path: Path) -> None:
                 assert fast.startswith(b"HTTP/1."), (i, fast)
             stop.set()
     assert set(answered) == FAST
+    assert counters(fast_sink) == counters(slow_sink)
+
+
+PROBES = [
+    b"GET /primary HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /replica HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /primary?x=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"HEAD /primary HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /primary HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+    b"GET /primary/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST /replica HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+]
+FAST_PROBES = {0, 1, 2}
+
+
+async def test_probe_fast_path_answers_byte_for_byte_as_quart(tmp_path: Path) -> None:
+    raft_port, fast_port, slow_port = free_ports(3)
+    address = f"127.0.0.1:{raft_port}"
+    config = node_config(tmp_path / "n1.toml", 1, address, {1: address}, tmp_path)
+    answered: list[int] = []
+    async with EmbeddedEngine.start(config) as engine:
+        await engine.wait_ready(30)
+        fast_app, slow_app = create_health_app(engine), create_health_app(engine)
+        fast_sink, slow_sink = PrometheusSink(), PrometheusSink()
+        instrument_app(fast_app, fast_sink)
+        instrument_app(slow_app, slow_sink)
+        slow_app.fast_path = None
+        inner = fast_app.fast_path
+        assert inner is not None
+        current = [-1]
+
+        async def spying(scope: Any, receive: Any, send: Any) -> list[Any] | None:
+            async def recording_send(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    answered.append(current[0])
+                await send(message)
+
+            return await inner(scope, receive, recording_send)
+
+        fast_app.fast_path = spying
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for app, port in ((fast_app, fast_port), (slow_app, slow_port)):
+                cfg = hypercorn_config(bind_listener("127.0.0.1", port))
+                await nursery.start(partial(serve, app, cfg, shutdown_trigger=stop.wait))
+            for i, request in enumerate(PROBES):
+                current[0] = i
+                fast = await exchange(fast_port, request)
+                slow = await exchange(slow_port, request)
+                assert fast == slow, (i, request[:80], fast, slow)
+                assert fast.startswith(b"HTTP/1."), (i, fast)
+            stop.set()
+    assert set(answered) == FAST_PROBES
     assert counters(fast_sink) == counters(slow_sink)
