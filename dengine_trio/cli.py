@@ -33,7 +33,9 @@ from dengine_trio import errors
 from dengine_trio.api import bind_listener, hypercorn_config, kernel_backlog_cap
 from dengine_trio.api.health import create_health_app
 from dengine_trio.api.kv import create_kv_app
+from dengine_trio.api.workers import WorkerPool, bind_worker_listeners
 from dengine_trio.config import (
+    HTTP_WORKERS_MAX,
     ConfigError,
     NodeConfig,
     check_message_limits,
@@ -120,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--access-log", action="store_true", help="log every HTTP request (off by default)"
     )
     parser.add_argument(
+        "--http-workers",
+        type=int,
+        help="processes serving the KV port: 1 serves it in the node's process, N > 1 runs N "
+        f"HTTP worker processes in front of it (default: ${HTTP_WORKERS_ENV}, else [http] "
+        "workers, else 1)",
+    )
+    parser.add_argument(
         "--stop-on-stdin-close",
         action="store_true",
         help="stop gracefully, as on SIGTERM, once standard input reaches end of file (for a "
@@ -170,6 +179,9 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
         return EXIT_CONFIG
 
     node_id = config.cluster.node_id
+    http_workers = _http_workers(args.http_workers, config)
+    if isinstance(http_workers, str):
+        return _fail(http_workers)
     port = KV_PORT_BASE + node_id if args.port is None else args.port
     health_port = HEALTH_PORT_BASE + node_id if args.health_port is None else args.health_port
     for flag, value in (("--port", port), ("--health-port", health_port)):
@@ -198,14 +210,22 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
             config.http.listen_backlog,
         )
     listeners: list[socket.socket] = []
+    kv_worker_listeners: list[socket.socket] = []
     for what, value in (("KV API", port), ("health API", health_port)):
         try:
-            listeners.append(bind_listener(args.host, value))
+            listeners.append(
+                bind_listener(args.host, value, reuse_port=what == "KV API" and http_workers > 1)
+            )
+            if what == "KV API" and http_workers > 1:
+                kv_worker_listeners = bind_worker_listeners(listeners[0], http_workers)
         except OSError as exc:
             log.error("cannot listen on %s:%d for the %s: %s", args.host, value, what, exc)
             for sock in listeners:
                 sock.close()
             return EXIT_STARTUP
+    worker_args = ["--config-path", str(config.path), "--node-id", str(node_id)]
+    worker_args += ["--log-level", args.log_level, "--log-format", args.log_format]
+    worker_args += ["--access-log"] if args.access_log else []
     try:
         trio.run(
             partial(
@@ -215,6 +235,8 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
                 access_log=args.access_log,
                 held_signals=held_signals,
                 stop_on_stdin_close=args.stop_on_stdin_close,
+                kv_worker_listeners=kv_worker_listeners,
+                worker_args=worker_args,
             )
         )
     except KeyboardInterrupt:  # SIGINT before the receiver, when no one held it for us
@@ -226,6 +248,28 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
         log.error("node %d cannot run: %s", node_id, _describe(cause, config))
         return EXIT_STARTUP
     return 0
+
+
+HTTP_WORKERS_ENV = "DENGINE_HTTP_WORKERS"
+"""Environment variable that overrides ``[http] workers`` (``--http-workers`` overrides it)."""
+
+
+def _http_workers(flag: int | None, config: NodeConfig) -> int | str:
+    """The number of KV port processes: ``--http-workers``, else ``$DENGINE_HTTP_WORKERS``,
+    else ``[http] workers``; a one-line problem (str) if out of range."""
+    if flag is not None:
+        source, value = "--http-workers", str(flag)
+    elif os.environ.get(HTTP_WORKERS_ENV):
+        source, value = HTTP_WORKERS_ENV, os.environ[HTTP_WORKERS_ENV]
+    else:
+        return config.http.workers
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = 0
+    if not 1 <= workers <= HTTP_WORKERS_MAX:
+        return f"{source}: {value!r} is not a number of workers from 1 to {HTTP_WORKERS_MAX}"
+    return workers
 
 
 def load_node_config(path: str) -> NodeConfig:
@@ -276,8 +320,14 @@ async def serve_node(
     access_log: bool = False,
     held_signals: Sequence[int] = (),
     stop_on_stdin_close: bool = False,
+    kv_worker_listeners: Sequence[socket.socket] = (),
+    worker_args: Sequence[str] = (),
 ) -> None:
     """Run the engine and both HTTP apps on the given bound sockets until a stop signal.
+
+    With ``kv_worker_listeners`` (one ``SO_REUSEPORT`` socket per worker, ``kv_listener``
+    first; :mod:`dengine_trio.api.workers`) HTTP worker processes, started with
+    ``worker_args``, serve the KV port and pass its requests to this process.
 
     Signals in ``held_signals`` (see :func:`main`) count as received once the receiver is up.
     With ``stop_on_stdin_close``, end of file on standard input counts as a SIGTERM.
@@ -300,8 +350,8 @@ async def serve_node(
                 tls_handshake_timeout_s=http.tls_handshake_timeout_ms / 1000,
                 idle_timeout_s=http.idle_timeout_ms / 1000,
             )
-            kv_config = limits(kv_listener, ssl_context=tls)
             health_config = limits(health_listener, ssl_context=tls if http.health_tls else None)
+            kv_config = None if kv_worker_listeners else limits(kv_listener, ssl_context=tls)
             http_stop = trio.Event()
             with trio.CancelScope() as graceful:
                 async with trio.open_nursery() as nursery:
@@ -310,7 +360,7 @@ async def serve_node(
                         engine,
                         http_stop,
                         timing.election_timeout_max_ms / 1000,
-                        max(0.0, kv_config.graceful_timeout - ANSWER_MARGIN_S),
+                        max(0.0, health_config.graceful_timeout - ANSWER_MARGIN_S),
                     )
                     nursery.start_soon(
                         _watch_signals, signals, held_signals, nursery, shutdown, graceful
@@ -319,18 +369,35 @@ async def serve_node(
                     if stop_on_stdin_close:
                         nursery.start_soon(_sigterm_at_stdin_eof)
                     async with trio.open_nursery() as servers:
-                        for app, cfg in (
-                            (create_kv_app(engine), kv_config),
-                            (create_health_app(engine), health_config),
-                        ):
-                            instrument_app(app, engine.metrics)
-                            await servers.start(
-                                partial(serve, app, cfg, shutdown_trigger=http_stop.wait)
+                        kv_app = create_kv_app(engine)
+                        health_app = create_health_app(engine)
+                        instrument_app(kv_app, engine.metrics)
+                        instrument_app(health_app, engine.metrics)
+                        if kv_config is None:
+                            pool = WorkerPool(
+                                kv_app,
+                                kv_worker_listeners,
+                                worker_args,
+                                health_config.graceful_timeout,
+                                http.listen_backlog,
                             )
+                            await servers.start(pool.run, http_stop)
+                        else:
+                            await servers.start(
+                                partial(serve, kv_app, kv_config, shutdown_trigger=http_stop.wait)
+                            )
+                        await servers.start(
+                            partial(
+                                serve, health_app, health_config, shutdown_trigger=http_stop.wait
+                            )
+                        )
                         log.info(
-                            "KV API on %s://%s, health API on %s://%s%s",
+                            "KV API on %s://%s%s, health API on %s://%s%s",
                             "https" if tls else "http",
                             kv_address,
+                            f" ({len(kv_worker_listeners)} HTTP worker processes)"
+                            if kv_worker_listeners
+                            else "",
                             "https" if tls and http.health_tls else "http",
                             health_address,
                             ", bearer tokens required" if config.auth.enable else "",

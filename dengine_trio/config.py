@@ -282,6 +282,8 @@ DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS = 10_000
 DEFAULT_IDLE_TIMEOUT_MS = 75_000
+HTTP_WORKERS_MAX = 64
+"""The most ``[http] workers``: more processes than that would be more than a node's cores."""
 
 
 @attrs.frozen(slots=True)
@@ -300,6 +302,9 @@ class HttpConfig:
     ``tls_handshake_timeout_ms``: how long a TLS client may take to finish its handshake (ms).
     ``idle_timeout_ms``: how long a connection may go without a complete request head (ms;
     Hypercorn's keep-alive timer): idle between requests, or sending its head slowly.
+    ``workers``: processes serving the KV port (1 to :data:`HTTP_WORKERS_MAX`): 1 serves it
+    in the node's process; N > 1 runs N HTTP worker processes that pass each request to the
+    node's process (``dengine_trio/api/workers.py``; ``--http-workers`` overrides it).
 
     HTTPS (``docs/security.md``, "HTTPS"): ``tls_certificate_path`` and
     ``tls_private_key_path`` (PEM files; both or neither) serve the KV port over TLS;
@@ -315,6 +320,7 @@ class HttpConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     tls_handshake_timeout_ms: int = DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS
     idle_timeout_ms: int = DEFAULT_IDLE_TIMEOUT_MS
+    workers: int = 1
     tls_certificate_path: str = ""
     tls_private_key_path: str = ""
     tls_client_ca_path: str = ""
@@ -619,6 +625,8 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
             f"must be at most {LISTEN_BACKLOG_MAX} (listen(2) takes a C int; Linux caps it at "
             f"net.core.somaxconn anyway), got {cfg.http.listen_backlog}",
         )
+    if cfg.http.workers > HTTP_WORKERS_MAX:
+        yield "http.workers", f"must be at most {HTTP_WORKERS_MAX}, got {cfg.http.workers}"
     yield from _http_tls_problems(cfg.http)
     if cfg.auth.enable and not cfg.auth.tokens_path:
         yield "auth.tokens_path", "must be set when auth.enable = true"

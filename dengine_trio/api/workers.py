@@ -1,0 +1,654 @@
+"""HTTP worker processes for the KV port (``[http] workers = N``, ``--http-workers N``).
+
+One node process embeds the engine; HTTP parsing and writing (Hypercorn, h11, TLS), which
+cost more CPU per request than the engine's work, move to N worker processes:
+
+* The node binds the KV port N times with ``SO_REUSEPORT`` (:func:`bind_worker_listeners`;
+  the kernel spreads connections over the N sockets) and hands socket ``i`` to worker ``i``
+  (an inherited file descriptor), with one end of a ``socketpair`` (the **link**).
+* A worker (``python -m dengine_trio.api.workers``) runs Hypercorn on trio with the node's
+  settings (:func:`dengine_trio.api.hypercorn_config`, the node's TLS context) and one raw
+  ASGI app that forwards each request over its link and writes back what comes back. It
+  holds no engine state, so it cannot answer anything by itself: every read and write is
+  served by the node's process, by the same KV app as with one process (fast path, Quart,
+  auth, limits, error bodies, metrics), hence the identical API.
+* Link messages are msgpack arrays in the project's framing (that of
+  :mod:`dengine_trio.wire.frames`: a 4-byte big-endian length, then the payload; written
+  out here because ``api`` does not import ``wire``, ``tests/unit/test_layering.py``).
+  Worker to node: ``[OPEN, id, method, scheme, http_version, path, raw_path,
+  query_string, headers, client, server, body, more_body]``,
+  then ``[BODY, id, body, more_body]`` while the body streams in, ``[DISCONNECT, id]``.
+  Node to worker: ``[RESPONSE, id, status, headers, body, more_body]`` (the ASGI start and
+  first body message in one frame), ``[BODY, id, body, more_body]``, ``[END, id]`` (the app
+  returned without finishing a response). A request whose body is complete when it starts
+  (nearly all) costs one frame each way.
+* Supervision (:class:`WorkerPool`, in the node): a worker that exits is logged with its
+  status and restarted (after 0.1 s, doubling to 5 s while it keeps dying young); its
+  listening socket stays open in the node, so connections queued meanwhile wait, not fail.
+  The node stopping sends each worker SIGTERM (Hypercorn's graceful stop: it answers what
+  is in flight, through the still-open link), then SIGKILL after the graceful timeout. A
+  worker exits by itself when its link closes, so a node killed with SIGKILL leaves no
+  worker behind.
+
+The health port is served by the node's process in both modes: its probes read the engine
+directly, and a load balancer's few requests a second do not need another core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import msgpack
+import trio
+
+__all__ = [
+    "WorkerPool",
+    "bind_worker_listeners",
+    "main",
+]
+
+log = logging.getLogger("dengine_trio.http_workers")
+
+OPEN, BODY, DISCONNECT, RESPONSE, END = range(5)
+READ_BYTES = 256 * 1024
+RESTART_DELAY_S = 0.1
+RESTART_DELAY_MAX_S = 5.0
+STABLE_AFTER_S = 10.0
+"""A worker that ran this long (s) before exiting is restarted after the shortest delay."""
+KILL_MARGIN_S = 2.0
+"""After the graceful timeout, how long (s) a stopping worker gets before SIGKILL."""
+
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+"""Bound on one link frame (bytes): a response body (at most a value and its JSON) or a
+request body chunk (Hypercorn reads 64 KiB at a time) is far below it."""
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+_HEADER = struct.Struct(">I")
+
+
+def _unpack(payload: bytes) -> Any:
+    return msgpack.unpackb(payload, raw=False, use_list=True)
+
+
+def _frame(message: list[Any]) -> bytes:
+    payload = _pack(message)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class _FrameReader:
+    """Splits the link's byte stream into payloads (``wire.frames.FrameReader``'s rules)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self.buf
+        buf += data
+        frames: list[bytes] = []
+        pos, end_of_data = 0, len(buf)
+        while end_of_data - pos >= 4:
+            (size,) = _HEADER.unpack_from(buf, pos)
+            if size > MAX_FRAME_BYTES:  # only a bug of ours could send one
+                raise ValueError(f"link frame of {size} bytes exceeds {MAX_FRAME_BYTES}")
+            end = pos + 4 + size
+            if end > end_of_data:
+                break
+            frames.append(bytes(buf[pos + 4 : end]))
+            pos = end
+        del buf[:pos]
+        return frames
+
+
+def bind_worker_listeners(listener: socket.socket, count: int) -> list[socket.socket]:
+    """``count`` sockets listening on ``listener``'s address with ``SO_REUSEPORT``, the first
+    being ``listener`` itself (bound by :func:`dengine_trio.api.bind_listener` with
+    ``reuse_port=True``). Raises OSError if the kernel refuses (e.g. no ``SO_REUSEPORT``)."""
+    family = listener.family
+    host, port = listener.getsockname()[:2]
+    sockets = [listener]
+    try:
+        for _ in range(count - 1):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.bind((host, port))
+    except OSError:
+        for sock in sockets[1:]:
+            sock.close()
+        raise
+    return sockets
+
+
+class _Link:
+    """One end of a link: frames out without blocking (a pump finishes what the socket did
+    not take), frames in handed to ``on_message``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.pending = bytearray()
+        self.closed = False
+        self._wake = trio.Event()
+
+    def write(self, message: list[Any]) -> None:
+        if self.closed:
+            return
+        data = _frame(message)
+        if self.pending:
+            self.pending += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.closed = True
+            return
+        if sent < len(data):
+            self.pending += data[sent:]
+            self._wake.set()
+
+    async def pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self.pending:
+                await trio.lowlevel.wait_writable(self.sock)
+                try:
+                    sent = self.sock.send(self.pending)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self.closed = True
+                    self.pending.clear()
+                    return
+                del self.pending[:sent]
+
+    async def read(self, on_message: Any) -> None:
+        """Hand each message to ``on_message`` until the other end closes the link."""
+        reader = _FrameReader()
+        sock = self.sock
+        while True:
+            try:
+                data = sock.recv(READ_BYTES)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self.closed = True
+                return
+            for payload in reader.feed(data):
+                on_message(_unpack(payload))
+
+
+# ------------------------------------------------------------------------------ node side
+
+
+class _Exchange:
+    """One request being served by the node's app: its receive and send callables."""
+
+    __slots__ = ("done", "link", "messages", "rid", "start", "waiter")
+
+    def __init__(self, link: _Link, rid: int, first: dict[str, Any]) -> None:
+        self.link = link
+        self.rid = rid
+        self.messages: deque[dict[str, Any]] = deque((first,))
+        self.waiter: trio.Event | None = None
+        self.start: dict[str, Any] | None = None
+        self.done = False
+
+    def put(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        if self.waiter is not None:
+            self.waiter.set()
+
+    def receive_nowait(self) -> dict[str, Any]:
+        # The KV app's fast path takes a body already here without a checkpoint.
+        if self.messages:
+            return self.messages.popleft()
+        raise trio.WouldBlock
+
+    async def receive(self) -> dict[str, Any]:
+        while not self.messages:
+            self.waiter = trio.Event()
+            await self.waiter.wait()
+        return self.messages.popleft()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.start = message
+        elif kind == "http.response.body" and not self.done:
+            more = message.get("more_body", False)
+            body = message.get("body", b"")
+            start = self.start
+            if start is not None:
+                self.start = None
+                headers = [list(h) for h in start.get("headers", ())]
+                self.link.write([RESPONSE, self.rid, start["status"], headers, body, more])
+            else:
+                self.link.write([BODY, self.rid, body, more])
+            self.done = not more
+
+
+class _NodeBridge:
+    """Serves one worker's link in the node: each OPEN runs ``app`` in a task of its own."""
+
+    def __init__(self, app: Any, link: _Link) -> None:
+        self.app = app
+        self.link = link
+        self.exchanges: dict[int, _Exchange] = {}
+        self.nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self.link.pump)
+            await self.link.read(self.on_message)
+            # The worker is gone: requests still running finish (their answers are dropped).
+            nursery.cancel_scope.cancel()
+
+    def on_message(self, message: list[Any]) -> None:
+        kind, rid = message[0], message[1]
+        if kind == OPEN:
+            (method, scheme, http_version, path, raw_path, query, headers, client, server) = (
+                message[2:11]
+            )
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0", "spec_version": "2.3"},
+                "http_version": http_version,
+                "method": method,
+                "scheme": scheme,
+                "path": path,
+                "raw_path": raw_path,
+                "query_string": query,
+                "root_path": "",
+                "headers": [(name, value) for name, value in headers],
+                "client": tuple(client) if client else None,
+                "server": tuple(server) if server else None,
+                "extensions": {},
+            }
+            first = {"type": "http.request", "body": message[11], "more_body": message[12]}
+            exchange = _Exchange(self.link, rid, first)
+            self.exchanges[rid] = exchange
+            assert self.nursery is not None
+            self.nursery.start_soon(self.serve, scope, exchange)
+        else:
+            known = self.exchanges.get(rid)
+            if known is None:
+                return  # answered already: what the worker still forwards is moot
+            if kind == BODY:
+                known.put({"type": "http.request", "body": message[2], "more_body": message[3]})
+            elif kind == DISCONNECT:
+                known.put({"type": "http.disconnect"})
+
+    async def serve(self, scope: dict[str, Any], exchange: _Exchange) -> None:
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except Exception:
+            log.exception("unhandled error serving a request from an HTTP worker")
+        finally:
+            del self.exchanges[exchange.rid]
+            if not exchange.done:
+                self.link.write([END, exchange.rid])
+
+
+class WorkerPool:
+    """Runs and supervises the KV port's HTTP workers (see the module docstring).
+
+    ``app``: the node's KV app (an ASGI app); ``listeners``: one listening socket per worker
+    (:func:`bind_worker_listeners`); ``worker_args``: the worker's command line after
+    ``--listen-fd`` and ``--link-fd`` (the config path and logging flags); ``graceful_s``:
+    Hypercorn's graceful timeout (s); ``backlog``: each socket's listen backlog.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        listeners: Sequence[socket.socket],
+        worker_args: Sequence[str],
+        graceful_s: float,
+        backlog: int,
+    ) -> None:
+        self.app = app
+        self.backlog = backlog
+        self.listeners = list(listeners)
+        self.worker_args = list(worker_args)
+        self.graceful_s = graceful_s
+        self.stopping = False
+        self.processes: dict[int, trio.Process] = {}
+        self.restarts = 0
+        self.stop = trio.Event()
+
+    async def run(self, stop: trio.Event, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the workers, keep them running until ``stop`` is set, then stop them.
+
+        The sockets listen from now on: a connection made before its worker is up (or while
+        it restarts) waits in the kernel's backlog instead of being refused."""
+        self.stop = stop
+        for sock in self.listeners:
+            sock.listen(self.backlog)
+        try:
+            async with trio.open_nursery() as nursery:
+                lifespan = await nursery.start(self._lifespan)
+                async with trio.open_nursery() as workers:
+                    for slot in range(len(self.listeners)):
+                        workers.start_soon(self._supervise, slot)
+                    task_status.started()
+                    await stop.wait()
+                    self.stopping = True
+                    for process in list(self.processes.values()):
+                        _signal(process, signal.SIGTERM)
+                    # Each _supervise returns once its worker has exited (killed if need be).
+                await lifespan.send({"type": "lifespan.shutdown"})
+        finally:
+            for sock in self.listeners:
+                sock.close()
+
+    async def _lifespan(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The app's ASGI lifespan (Quart's startup and shutdown), as Hypercorn runs it."""
+        to_app, app_receive = trio.open_memory_channel[dict[str, Any]](1)
+        app_send, from_app = trio.open_memory_channel[dict[str, Any]](1)
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.app, scope, app_receive.receive, app_send.send)
+            await to_app.send({"type": "lifespan.startup"})
+            answer = await from_app.receive()
+            if answer["type"] != "lifespan.startup.complete":
+                raise RuntimeError(f"the KV app did not start: {answer}")
+            task_status.started(to_app)
+            await from_app.receive()  # lifespan.shutdown.complete (or failed: logged by Quart)
+
+    async def _supervise(self, slot: int) -> None:
+        delay = RESTART_DELAY_S
+        while not self.stopping:
+            started = trio.current_time()
+            status = await self._run_worker(slot)
+            if self.stopping:
+                return
+            lived = trio.current_time() - started
+            delay = RESTART_DELAY_S if lived >= STABLE_AFTER_S else delay
+            self.restarts += 1
+            log.warning(
+                "HTTP worker %d exited with status %s after %.1f s; restarting it in %.1f s",
+                slot,
+                status,
+                lived,
+                delay,
+            )
+            await trio.sleep(delay)
+            delay = min(delay * 2, RESTART_DELAY_MAX_S)
+
+    async def _run_worker(self, slot: int) -> int | None:
+        listener = self.listeners[slot]
+        node_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        command = [
+            sys.executable,
+            "-m",
+            "dengine_trio.api.workers",
+            "--listen-fd",
+            str(listener.fileno()),
+            "--link-fd",
+            str(worker_end.fileno()),
+            "--slot",
+            str(slot),
+            *self.worker_args,
+        ]
+        try:
+            process = await trio.lowlevel.open_process(
+                command,
+                pass_fds=(listener.fileno(), worker_end.fileno()),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            worker_end.close()
+        self.processes[slot] = process
+        log.info("HTTP worker %d started (pid %d)", slot, process.pid)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_NodeBridge(self.app, _Link(node_end)).run)
+                nursery.start_soon(self._kill_if_late, process)
+                await process.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            node_end.close()
+            self.processes.pop(slot, None)
+            if process.returncode is None:  # cancelled: never leave it behind
+                _signal(process, signal.SIGKILL)
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+        return process.returncode
+
+    async def _kill_if_late(self, process: trio.Process) -> None:
+        # Hypercorn's graceful stop, then a margin; a worker past that is killed.
+        await self.stop.wait()
+        await trio.sleep(self.graceful_s + KILL_MARGIN_S)
+        log.warning("HTTP worker pid %d did not stop in time: killing it", process.pid)
+        _signal(process, signal.SIGKILL)
+
+
+def _signal(process: trio.Process, signum: int) -> None:
+    try:
+        process.send_signal(signum)
+    except ProcessLookupError:
+        pass
+
+
+# ---------------------------------------------------------------------------- worker side
+
+
+class _WorkerExchange:
+    __slots__ = ("messages", "waiter")
+
+    def __init__(self) -> None:
+        self.messages: deque[list[Any]] = deque()
+        self.waiter: trio.Event | None = None
+
+    def put(self, message: list[Any]) -> None:
+        self.messages.append(message)
+        if self.waiter is not None:
+            self.waiter.set()
+
+    async def next(self) -> list[Any]:
+        while not self.messages:
+            self.waiter = trio.Event()
+            await self.waiter.wait()
+        return self.messages.popleft()
+
+
+class _WorkerBridge:
+    """The worker's ASGI app: each request forwarded over the link, the answer written back."""
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+        self.exchanges: dict[int, _WorkerExchange] = {}
+        self.ids = itertools.count(1)
+
+    def on_message(self, message: list[Any]) -> None:
+        exchange = self.exchanges.get(message[1])
+        if exchange is not None:
+            exchange.put(message)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if kind != "http":
+            return
+        channel = getattr(receive, "__self__", None)
+        receive_nowait = getattr(channel, "receive_nowait", None)
+        first = None
+        if receive_nowait is not None:
+            try:
+                first = receive_nowait()
+            except trio.WouldBlock:
+                pass
+        if first is None:
+            first = await receive()
+        if first["type"] != "http.request":
+            return  # the client left before its request began
+        rid = next(self.ids)
+        exchange = _WorkerExchange()
+        self.exchanges[rid] = exchange
+        more = first.get("more_body", False)
+        client, server = scope.get("client"), scope.get("server")
+        self.link.write(
+            [
+                OPEN,
+                rid,
+                scope["method"],
+                scope["scheme"],
+                scope["http_version"],
+                scope["path"],
+                scope["raw_path"],
+                scope["query_string"],
+                [list(h) for h in scope["headers"]],
+                list(client) if client else None,
+                list(server) if server else None,
+                first.get("body", b""),
+                more,
+            ]
+        )
+        try:
+            if more:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._forward, rid, receive)
+                    await self._answer(exchange, send)
+                    nursery.cancel_scope.cancel()
+            else:
+                # Complete: the node holds a later disconnect anyway (App), so none is sent.
+                await self._answer(exchange, send)
+        finally:
+            del self.exchanges[rid]
+
+    async def _forward(self, rid: int, receive: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                more = message.get("more_body", False)
+                self.link.write([BODY, rid, message.get("body", b""), more])
+                if not more:
+                    return
+            else:
+                self.link.write([DISCONNECT, rid])
+                return
+
+    async def _answer(self, exchange: _WorkerExchange, send: Any) -> None:
+        while True:
+            message = await exchange.next()
+            kind = message[0]
+            if kind == RESPONSE:
+                status, headers, body, more = message[2:6]
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [(name, value) for name, value in headers],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body, "more_body": more})
+            elif kind == BODY:
+                body, more = message[2:4]
+                await send({"type": "http.response.body", "body": body, "more_body": more})
+            else:  # END: the node's app returned without an answer
+                return
+            if not more:
+                return
+
+
+async def _serve_worker(args: argparse.Namespace) -> None:
+    from hypercorn.trio import serve
+
+    from dengine_trio.api import hypercorn_config
+    from dengine_trio.config import http_ssl_context, load_config
+
+    config = load_config(args.config_path)
+    http = config.http
+    link = _Link(socket.socket(fileno=args.link_fd))
+    bridge = _WorkerBridge(link)
+    listener = socket.socket(fileno=args.listen_fd)
+    hypercorn = hypercorn_config(
+        listener,
+        backlog=http.listen_backlog,
+        access_log=args.access_log,
+        ssl_context=http_ssl_context(http),
+        max_header_bytes=http.max_header_bytes,
+        max_connections=http.max_connections,
+        tls_handshake_timeout_s=http.tls_handshake_timeout_ms / 1000,
+        idle_timeout_s=http.idle_timeout_ms / 1000,
+    )
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if signum == signal.SIGTERM:
+                        stop.set()
+                    # SIGINT and SIGHUP reach the node's whole process group (Ctrl+C, a
+                    # closed terminal): the node decides, and stops its workers with SIGTERM.
+
+            async def watch_link() -> None:
+                await link.read(bridge.on_message)
+                # The node is gone (or closed the link): nothing can be answered any more.
+                log.info("HTTP worker %s: the node closed the link; exiting", args.slot)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_signals)
+            nursery.start_soon(watch_link)
+            nursery.start_soon(link.pump)
+            async with trio.open_nursery() as server:
+                await server.start(partial(serve, bridge, hypercorn, shutdown_trigger=stop.wait))
+                log.info("HTTP worker %s (pid %d) serving", args.slot, os.getpid())
+            # Hypercorn has stopped gracefully (every answer in flight written).
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dengine_trio.api.workers``: one HTTP worker, started by the node."""
+    from dengine_trio.log import parse_level, setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m dengine_trio.api.workers")
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--link-fd", type=int, required=True)
+    parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--config-path", required=True)
+    parser.add_argument("--node-id", default="?")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", default="text")
+    parser.add_argument("--access-log", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(parse_level(args.log_level), args.node_id, args.log_format)
+    try:
+        trio.run(partial(_serve_worker, args))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
