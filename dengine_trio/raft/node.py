@@ -739,13 +739,18 @@ class RaftNode:
 
     def _on_snapshot_status(self, event: SnapshotStatus) -> None:
         """The runtime finished streaming a snapshot (``ok``: wait for the follower's answer,
-        as etcd raft's ReportSnapshot does) or gave up (probe again, paced by heartbeats)."""
+        or for a heartbeat round started later to show whether it has the snapshot) or gave
+        up (probe again, paced by heartbeat answers). etcd raft's ReportSnapshot."""
         if self.role is not Role.LEADER:
             return
         progress = self.progress.get(event.peer)
         if progress is None or progress.state is not ProgressState.SNAPSHOT:
             return
-        if not event.ok:
+        if event.ok:
+            # The follower's answer should follow; a heartbeat round started from now on tells
+            # whether it installed the snapshot, if that answer is lost or never sent.
+            progress.snapshot_delivered_round = self._leader.reads.seq
+        else:
             progress.snapshot_failed()
 
     # --- replication, leader side
@@ -889,10 +894,16 @@ class RaftNode:
             # what it acknowledged. Probe again from what it has.
             progress.match_index = m.last_index
             progress.become_probe()
-        elif progress.state is ProgressState.SNAPSHOT and m.last_index >= progress.pending_snapshot:
-            # It holds the snapshot's last entry (the heartbeat carried it): the answer to the
-            # snapshot itself may be lost, so do not wait for it.
-            progress.snapshot_landed()
+        elif progress.state is ProgressState.SNAPSHOT:
+            if m.last_index >= progress.pending_snapshot:
+                # It holds the snapshot's last entry (the heartbeat carried it): the answer to
+                # the snapshot itself may be lost, so do not wait for it.
+                progress.snapshot_landed()
+            elif progress.snapshot_delivered_round and m.seq > progress.snapshot_delivered_round:
+                # The whole file reached it, yet a round started after that finds it without
+                # the snapshot: it went down before the install was durable (or threw the file
+                # away). Its answer to the snapshot will never come: send it again.
+                progress.become_probe()
         if progress.state is ProgressState.PROBE:
             progress.probe_sent = False
         elif progress.state is ProgressState.REPLICATE and progress.paused(

@@ -30,7 +30,9 @@ class Progress:
     pipelined messages, ``last_contact_ms`` when last heard from (ms, CheckQuorum, thesis
     §6.2), ``acked_seq`` newest heartbeat round acknowledged (ReadIndex and lease, thesis
     §6.4), ``sent_commit`` newest commit index told to it; in SNAPSHOT, ``pending_snapshot``
-    and ``pending_snapshot_term`` name the last entry of the snapshot sent (0 otherwise)."""
+    and ``pending_snapshot_term`` name the last entry of the snapshot sent, and
+    ``snapshot_delivered_round`` the newest heartbeat round started when the runtime reported
+    the transfer complete (0 otherwise)."""
 
     __slots__ = (
         "acked_seq",
@@ -42,6 +44,7 @@ class Progress:
         "pending_snapshot_term",
         "probe_sent",
         "sent_commit",
+        "snapshot_delivered_round",
         "state",
     )
 
@@ -59,6 +62,7 @@ class Progress:
         self.sent_commit = 0  # newest commit index we told this follower about
         self.pending_snapshot = 0
         self.pending_snapshot_term = 0
+        self.snapshot_delivered_round = 0
 
     def paused(self, max_inflight: int) -> bool:
         """Must the leader hold further AppendEntries? In PROBE while a probe is
@@ -113,6 +117,7 @@ class Progress:
         self.inflight.clear()
         self.pending_snapshot = 0
         self.pending_snapshot_term = 0
+        self.snapshot_delivered_round = 0
 
     def sent(self, last_index: int) -> None:
         """Record an AppendEntries carrying entries up to ``last_index``."""

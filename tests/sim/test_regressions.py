@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from dengine_trio.raft import Durability, Receive, Role, Send
 from dengine_trio.raft.messages import (
     AppendEntries,
@@ -344,11 +342,6 @@ def test_follower_down_across_compactions_catches_up_by_snapshot() -> None:
     c.check_durability()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core liveness bug found by the simulator (issue 13, reported to A 15:22): after "
-    "SnapshotStatus(ok=True) the leader waits for an answer that never comes",
-)
 def test_a_delivered_snapshot_not_installed_before_a_crash_is_sent_again() -> None:
     """The follower's runtime received the whole file (so the leader's runtime reported
     ``SnapshotStatus(ok=True)``), then the process died before the install was durable: with

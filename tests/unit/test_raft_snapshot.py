@@ -188,6 +188,29 @@ def test_failed_transfer_retries_only_when_the_follower_answers_again() -> None:
     assert leader.progress[2].state is ProgressState.REPLICATE
 
 
+def test_delivered_snapshot_lost_before_the_install_is_sent_again() -> None:
+    """The transfer completed (``SnapshotStatus(ok=True)``), then the follower died before the
+    install was durable and came back with its old log: its answer never comes (found by the
+    simulator, tests/sim/test_regressions.py). A heartbeat round started after the report
+    that finds it without the snapshot sends the snapshot again; an answer to an earlier
+    round (the install may still be under way) does not."""
+    leader, now = leader_needing_snapshot()
+    effects = leader.step(now + 10, Tick())  # no round due yet
+    leader.step(now + 20, SnapshotStatus(2, ok=True))
+    delivered = leader.progress[2].snapshot_delivered_round
+    assert delivered >= 1 and leader.progress[2].state is ProgressState.SNAPSHOT
+    early = HeartbeatResponse(2, 2, 1, seq=delivered, last_index=3)
+    effects = leader.step(now + 30, Receive(early))
+    assert not sent(effects, InstallSnapshot) and leader.progress[2].state is ProgressState.SNAPSHOT
+    effects = leader.step(now + 100, Tick())
+    (beat,) = [m for m in sent(effects, Heartbeat) if m.dst == 2]
+    assert beat.seq > delivered
+    late = HeartbeatResponse(2, 2, 1, seq=beat.seq, last_index=3)
+    effects = leader.step(now + 110, Receive(late))
+    assert sent(effects, InstallSnapshot) == [InstallSnapshot(2, 1, 2, 10, 1)]
+    assert leader.progress[2].snapshot_delivered_round == 0
+
+
 def test_stale_rejection_does_not_pull_a_follower_out_of_snapshot() -> None:
     leader, now = leader_needing_snapshot()
     reject = AppendEntriesResponse(
