@@ -85,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dengine-trio",
         description="Run one node of a dengine_trio cluster: the embedded Raft engine, "
         "the KV HTTP API and the health API.",
-        epilog="Client tools for a running cluster: dengine-trio status --endpoints URL,... "
-        "and dengine-trio kv get|put|del ... (see dengine-trio status --help, "
-        "dengine-trio kv --help).",
+        epilog="Client tools for a running cluster: dengine-trio status --endpoints URL,..., "
+        "dengine-trio kv get|put|del ... and dengine-trio snapshot save|status|restore ... "
+        "(see dengine-trio status --help, dengine-trio kv --help, dengine-trio snapshot --help).",
     )
     parser.add_argument(
         "--config-path",
