@@ -484,6 +484,7 @@ class SnapshotTransfers:
         self, stream: trio.abc.Stream, frames: _Frames, offer: SnapshotOffer, remote: str
     ) -> None:
         scope = trio.CancelScope()
+        answers: list[object] = []  # an answer without a transfer, sent outside the lock
         async with self._lock:
             current = self._incoming
             if current is not None and current.owner is not None and offer.term < current.key.term:
@@ -496,23 +497,27 @@ class SnapshotTransfers:
                     offer.src,
                     reason,
                 )
-                await _send_quietly(
-                    stream, SnapshotReceived(self.node_id, offer.src, False, reason)
-                )
-                return
-            # One connection feeds the partial file: a newer one takes it over.
-            while self._incoming is not None and self._incoming.owner is not None:
-                current = self._incoming
-                current.owner.cancel()  # type: ignore[union-attr]
-                await current.released.wait()
-            if offer == self._completed:
-                # Received, verified and handed over already; the confirmation was lost.
-                await _send_quietly(stream, SnapshotResume(self.node_id, offer.src, offer.size))
-                await _send_quietly(stream, SnapshotReceived(self.node_id, offer.src, True))
-                return
-            incoming = await self._partial_file(offer)
-            incoming.owner = scope
-            incoming.released = trio.Event()
+                answers = [SnapshotReceived(self.node_id, offer.src, False, reason)]
+            else:
+                # One connection feeds the partial file: a newer one takes it over.
+                while self._incoming is not None and self._incoming.owner is not None:
+                    current = self._incoming
+                    current.owner.cancel()  # type: ignore[union-attr]
+                    await current.released.wait()
+                if offer == self._completed:
+                    # Received, verified and handed over already; the confirmation was lost.
+                    answers = [
+                        SnapshotResume(self.node_id, offer.src, offer.size),
+                        SnapshotReceived(self.node_id, offer.src, True),
+                    ]
+                else:
+                    incoming = await self._partial_file(offer)
+                    incoming.owner = scope
+                    incoming.released = trio.Event()
+        if answers:
+            for answer in answers:
+                await _send_quietly(stream, answer)
+            return
         keep = True  # a connection that drops keeps the partial file for a resume
         try:
             with scope:
