@@ -337,6 +337,11 @@ def restore_snapshot_file(source: Path, config: NodeConfig) -> tuple[SnapshotFil
     except OSError as exc:
         raise RestoreError(f"{source}: cannot read: {exc.strerror or exc}") from None
     assert original.header is not None  # verify_snapshot reads the header
+    if original.last_index == 0:
+        raise RestoreError(
+            f"{source}: covers no log entry (index 0), so there is nothing to restore; start "
+            "the nodes with empty data directories instead"
+        )
     db = config.db_root_path()
     try:
         db.mkdir(parents=True, exist_ok=True)

@@ -122,6 +122,17 @@ def test_status_of_a_good_file_says_what_it_holds(tmp_path: Path, good: Path) ->
     )
 
 
+def test_restore_of_a_snapshot_of_nothing_is_refused(
+    tmp_path: Path, target: list[NodeConfig]
+) -> None:
+    empty = write_snapshot(
+        tmp_path / "backup", SnapshotHeader(0, 0, "c-0", {1: "a:1"}), KVStateMachine().snapshot()
+    ).path
+    code, _, err = restore(empty, target[0], tmp_path)
+    assert code == 2 and err.count("\n") == 1 and "nothing to restore" in err, err
+    assert_nothing_applied(target[0])
+
+
 def test_restore_of_a_missing_file_or_a_directory_is_one_line(
     tmp_path: Path, target: list[NodeConfig]
 ) -> None:
