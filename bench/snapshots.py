@@ -862,6 +862,7 @@ def figures_of(run: dict[str, Any]) -> dict[str, float]:
     for node in ("1", "2", "3"):
         disk = end[node] if node != "3" else after["3"]
         found[f"disk{node}"] = disk["wal_bytes"] + disk["snapshot_bytes"]
+        found[f"snap{node}"] = disk["snapshot_bytes"]
     found["restart"] = run["restart"].get("ready_s", math.nan)
     found["catch_up"] = run["catch_up"].get("ready_s", math.nan)
     found["rate"] = run["put_rate"]
@@ -899,9 +900,9 @@ def markdown(results: Results) -> tuple[str, list[Target]]:
             ("RSS node 1 (leader, with the client), MiB", "rss1", "{:,.0f}", f"< {RSS_GOAL_MIB}"),
             ("RSS node 2 (follower), MiB", "rss2", "{:,.0f}", f"< {RSS_GOAL_MIB}"),
             ("RSS node 3 (restarted, caught up), MiB", "rss3", "{:,.0f}", ""),
-            ("WAL + snapshots on disk, node 1, MiB", "disk1", "{:,.1f}", "bounded"),
-            ("WAL + snapshots on disk, node 2, MiB", "disk2", "{:,.1f}", "bounded"),
-            ("WAL + snapshots on disk, node 3, MiB", "disk3", "{:,.1f}", "bounded"),
+            ("disk, node 1: WAL + snapshots, MiB", "disk1", "{:,.1f}", "bounded"),
+            ("disk, node 2: WAL + snapshots, MiB", "disk2", "{:,.1f}", "bounded"),
+            ("disk, node 3: WAL + snapshots, MiB", "disk3", "{:,.1f}", "bounded"),
             (
                 f"follower restart to ready (median of {RESTARTS}), s",
                 "restart",
@@ -919,13 +920,17 @@ def markdown(results: Results) -> tuple[str, list[Target]]:
         for label, key, fmt, goal in rows:
             scale = 2**20 if key.startswith("disk") else 1
             shown = mine.get(key, math.nan) / scale
+            text = "-" if math.isnan(shown) else fmt.format(shown)
+            if key.startswith("disk") and mine:
+                snap_mib = mine["snap" + key[-1]] / scale
+                text += f" ({fmt.format(shown - snap_mib)} + {fmt.format(snap_mib)})"
             measured = ", ".join(f"{fmt.format(f[key] / scale)} ({puts:,})" for puts, f in theirs)
             # catch-up grows with the writes missed, the rest with the writes
             at = o.down_for if key == "catch_up" else o.puts
             xs = [(p // 5 if key == "catch_up" else p, f[key] / scale) for p, f in theirs]
             extra = extrapolate(xs, at) if key != "rate" else math.nan
             parts.append(
-                f"| {label} | {'-' if math.isnan(shown) else fmt.format(shown)} "
+                f"| {label} | {text} "
                 f"| {measured or '-'} | {'-' if math.isnan(extra) else fmt.format(extra)} "
                 f"| {goal} |"
             )
