@@ -166,7 +166,7 @@ class ReadIndexResponse:
 
 @attrs.frozen(slots=True)
 class InstallSnapshot:
-    """InstallSnapshot (Raft paper §7, Figure 13; thesis §5.3), as metadata only: the leader's
+    """InstallSnapshot (Raft paper §7, Figure 13; thesis chapter 5), as metadata only: the leader's
     snapshot ends at entry (``last_index``, ``last_term``); the state machine image itself
     travels beside the message, never through the core (as in etcd raft).
 

@@ -686,7 +686,7 @@ class RaftNode:
         self._send(HeartbeatResponse(self.term, self.id, m.src, m.seq, last_index))
 
     def _on_install_snapshot(self, m: InstallSnapshot) -> None:
-        """Raft paper §7 (Figure 13) and thesis §5.3, with etcd raft's answers: a snapshot
+        """Raft paper §7 (Figure 13) and thesis chapter 5, with etcd raft's answers: a snapshot
         ending at or before our commit index tells us nothing (answer with the commit index);
         one whose last entry our log holds moves the commit index there and keeps the entries
         after it (Figure 13 step 6); any other replaces the log and the state machine
