@@ -985,8 +985,9 @@ def markdown(results: Results) -> tuple[str, list[Target]]:
         if not math.isnan(results.import_s):
             parts.append("")
             parts.append(
-                f"A bare `python -c 'import dengine_trio.cli'` took {results.import_s:.2f} s "
-                "(median of 3) in the same run: the floor of any node's restart here."
+                "A bare `.venv/bin/python -c 'import dengine_trio.cli'` took "
+                f"{results.import_s:.2f} s (median of 3) in the same run: the floor of any "
+                "node's restart here."
             )
     snap = results.snapshot
     if snap:
