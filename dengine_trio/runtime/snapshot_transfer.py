@@ -55,7 +55,8 @@ Rules
   follower refused the file, or after ``MAX_ATTEMPTS`` connections in a row made no progress.
 * A follower that completed a file and lost the connection before confirming it answers the
   same offer again with the whole size and ``SnapshotReceived(ok=True)``, without handing
-  the file to its node twice.
+  the file to its node twice; once: a further identical offer is served from 0 and handed
+  over again (the node may not have used the file, and the leader asks again only then).
 """
 
 from __future__ import annotations
@@ -506,6 +507,10 @@ class SnapshotTransfers:
                     await current.released.wait()
                 if offer == self._completed:
                     # Received, verified and handed over already; the confirmation was lost.
+                    # Once only: should the node not have used the file (it may have crashed
+                    # or stopped before installing it), the next offer gets it again, so the
+                    # leader's retries can never loop on a confirmation alone.
+                    self._completed = None
                     answers = [
                         SnapshotResume(self.node_id, offer.src, offer.size),
                         SnapshotReceived(self.node_id, offer.src, True),

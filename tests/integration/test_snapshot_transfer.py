@@ -611,12 +611,13 @@ async def test_engines_keep_their_links_while_a_snapshot_transfer_is_stalled(
         gate.set()
 
 
-async def test_a_confirmation_lost_is_given_again_without_a_second_hand_over(
+async def test_a_confirmation_lost_is_given_again_without_a_second_hand_over_once(
     tmp_path: Path,
 ) -> None:
     """The leader lost the connection after the last chunk, before the follower's answer:
     offering the same file again gets the whole size as the offset and the confirmation,
-    and the node is not handed the file twice."""
+    and the node is not handed the file twice; a third offer (the node did not use the file,
+    say it crashed first) is served again from 0 rather than confirmed in a loop."""
     with trio.fail_after(WAIT_S):
         async with trio.open_nursery() as nursery:
             _, b = await start_pair(nursery, tmp_path)
@@ -633,12 +634,24 @@ async def test_a_confirmation_lost_is_given_again_without_a_second_hand_over(
                 assert (await raw_handshake(stream, hello, reader)).ok
                 await stream.send_all(encode_frame(encode(offer_for(snap))))
                 answers = reader.feed(await read_until_closed(stream))
+            assert len(b.received) == 1
+            # Asked once more, the leader must think the node did not use it: sent again.
+            async with await trio.open_tcp_stream("127.0.0.1", b.transport.listen[1]) as stream:
+                reader = FrameReader()
+                assert (await raw_handshake(stream, hello, reader)).ok
+                await stream.send_all(encode_frame(encode(offer_for(snap))))
+                assert await read_frame(stream, reader) == SnapshotResume(2, 1, 0)
+                await stream.send_all(chunk_frame(0, raw))
+                assert await read_frame(stream, reader) == SnapshotReceived(2, 1, True)
             nursery.cancel_scope.cancel()
     assert [decode(f) for f in answers] == [
         SnapshotResume(2, 1, len(raw)),
         SnapshotReceived(2, 1, True),
     ]
-    assert [(m, data == raw) for m, data in b.received] == [(InstallSnapshot(5, 1, 2, 90, 3), True)]
+    assert [(m, data == raw) for m, data in b.received] == [
+        (InstallSnapshot(5, 1, 2, 90, 3), True),
+        (InstallSnapshot(5, 1, 2, 90, 3), True),
+    ]
 
 
 async def test_a_follower_restarted_mid_transfer_gets_the_file_from_the_start(
