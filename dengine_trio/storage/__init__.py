@@ -39,7 +39,8 @@ Write-ahead log segments (``wal/*.wal``)
 
     Segments form one contiguous run of indexes: each segment starts at the index after the
     last one of its predecessor. The first need not start at 1: ``compact`` deletes the oldest
-    segments once a snapshot covers them (oldest first, a directory fsync after each). A new
+    segments once a snapshot covers them (oldest first, a directory fsync after each; if
+    ``wal/synced`` names one of them it is first set to (0, 0) and fsynced). A new
     segment is started when an append finds the current one at or past ``segment_bytes``
     (default 4 MiB, see "Segment size"), so a segment exceeds that size by at most one append
     batch. After ``install_snapshot`` (``reset``) the log has no segment at all, and the

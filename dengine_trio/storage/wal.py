@@ -123,9 +123,12 @@ class WriteAheadLog:
         self._fd: int | None = None
         self._lock = threading.Lock()
         self._sync_mutex = threading.Lock()  # one sync at a time; close waits for it
+        self._compact_mutex = threading.Lock()  # one compaction at a time; reset, close wait
         self._sync_in_flight = False
         self._retired_fds: list[int] = []
         self._dir_dirty = False
+        # Bumped by whatever lowers the marker (truncation, reset, compaction): a sync in
+        # flight then neither writes the position it noted nor returns what it covered.
         self._truncations = 0
         self._failure: BaseException | None = None
         self._closed = False
@@ -291,21 +294,46 @@ class WriteAheadLog:
         Oldest first, each removal made durable (directory fsync) before the next, so a crash
         at any point leaves a contiguous run of segments that recovery accepts: the log then
         starts at a later index, and the caller holds a snapshot covering what precedes it.
-        The caller must have made that snapshot durable first. Raises ``StorageError`` once
+        If the synced-position marker names a segment to delete (the last sync covered it and
+        the log rolled since), it is set to (0, 0) and fsynced first: a marker naming a
+        missing segment would make recovery refuse the log.
+
+        Meant for a worker thread while the owning thread appends: the segments leave the
+        log under the lock, but the disk work (unlinks, fsyncs) runs outside it, so an
+        ``append`` never waits for it. ``reset`` and ``close`` wait for a compaction under way.
+        The caller must have made the snapshot durable first. Raises ``StorageError`` once
         closed or failed; ``OSError`` from the disk (the log then takes no more writes).
         """
-        with self._lock:
-            self._check_usable()
-            segments = self._segments
-            while len(segments) > 1 and segments[0].last_index <= through_index:
-                dropped = segments.pop(0)
-                try:
-                    dropped.path.unlink()
+        with self._compact_mutex:
+            with self._lock:
+                self._check_usable()
+                segments = self._segments
+                dropped: list[_Segment] = []
+                while len(segments) > 1 and segments[0].last_index <= through_index:
+                    dropped.append(segments.pop(0))
+                first_index = self.first_index
+                lower_marker = self._synced[1] > 0 and any(
+                    s.first_index == self._synced[0] for s in dropped
+                )
+                if lower_marker:
+                    # A sync in flight that noted the dropped segment must not write it back.
+                    self._truncations += 1
+                    try:
+                        self._set_marker((0, 0))
+                    except BaseException as exc:
+                        self._failure = exc
+                        raise
+            try:
+                if lower_marker:
+                    os.fsync(self._marker_fd)
+                for segment in dropped:
+                    segment.path.unlink()
                     fsync_directory(self._directory)
-                except BaseException as exc:
+            except BaseException as exc:
+                with self._lock:
                     self._failure = exc
-                    raise
-            return self.first_index
+                raise
+            return first_index
 
     def reset(self, index: int, term: int) -> None:
         """Durably discard every entry: the log becomes empty and its next entry is
@@ -333,7 +361,9 @@ class WriteAheadLog:
         """
         if index < 0 or term < 0 or (index == 0) != (term == 0):
             raise ValueError(f"impossible snapshot index/term {index}/{term}")
-        with self._lock:
+        # After a compaction's removals: a new segment index + 1 beside an old segment not yet
+        # removed would read as a hole.
+        with self._compact_mutex, self._lock:
             self._check_usable()
             segments = self._segments
             if segments and segments[0].first_index > index + 1:
@@ -503,23 +533,24 @@ class WriteAheadLog:
         """Sync everything appended, then close the files. Idempotent."""
         if self._closed:
             return
-        try:
-            if self._failure is None:
-                self.sync()
-                # A graceful stop leaves an exact marker, so recovery is strict about all of it.
-                os.fsync(self._marker_fd)
-        finally:
-            with self._sync_mutex, self._lock:
-                self._closed = True
-                if self._marker_fd >= 0:
-                    os.close(self._marker_fd)
-                    self._marker_fd = -1
-                if self._fd is not None:
-                    os.close(self._fd)
-                    self._fd = None
-                for retired in self._retired_fds:
-                    os.close(retired)
-                self._retired_fds.clear()
+        with self._compact_mutex:  # a compaction under way uses the marker's descriptor
+            try:
+                if self._failure is None:
+                    self.sync()
+                    # A graceful stop leaves an exact marker: recovery is strict about all of it.
+                    os.fsync(self._marker_fd)
+            finally:
+                with self._sync_mutex, self._lock:
+                    self._closed = True
+                    if self._marker_fd >= 0:
+                        os.close(self._marker_fd)
+                        self._marker_fd = -1
+                    if self._fd is not None:
+                        os.close(self._fd)
+                        self._fd = None
+                    for retired in self._retired_fds:
+                        os.close(retired)
+                    self._retired_fds.clear()
 
     def _check_usable(self) -> None:
         if self._closed:
