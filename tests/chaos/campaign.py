@@ -52,6 +52,7 @@ class ScheduleReport:
     inconclusive: bool = False
     faults: Counter[str] = attrs.Factory(Counter)
     proxy: Counter[str] = attrs.Factory(Counter)
+    snapshots: Counter[str] = attrs.Factory(Counter)  # written, installed, restarted_from
     responses: Counter[str] = attrs.Factory(Counter)
     nemesis_log: list[str] = attrs.Factory(list)
     elapsed_s: float = 0.0
@@ -61,7 +62,8 @@ class ScheduleReport:
             f"schedule {self.schedule.replay_spec}: {len(self.schedule.steps)} steps, "
             f"{self.operations} operations ({self.puts_ok} puts ok, {self.puts_unknown} unknown, "
             f"{self.puts_failed} failed, {self.reads_ok} reads ok), faults {dict(self.faults)}, "
-            f"lost {self.lost}{', INCONCLUSIVE' if self.inconclusive else ''}, "
+            f"snapshots {dict(self.snapshots)}, lost {self.lost}"
+            f"{', INCONCLUSIVE' if self.inconclusive else ''}, "
             f"{self.elapsed_s:.0f} s"
         )
 
@@ -131,6 +133,7 @@ async def _play(
     report.reads_ok = sum(op.kind == "get" and op.outcome == "ok" for op in history)
     report.faults = nemesis.injected
     report.proxy = cluster.network.stats
+    report.snapshots = Counter(cluster.snapshot_counts())
     report.responses = workload.responses
     report.nemesis_log = nemesis.log
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from tests.support.cluster import Settings, free_ports, write_cluster
 from . import fsync_probe
 from .proxy import ProxyNetwork
 
-__all__ = ["NODE_SETTINGS", "ChaosCluster", "ChaosNode"]
+__all__ = ["NODE_SETTINGS", "SNAPSHOT_EVERY", "ChaosCluster", "ChaosNode"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,12 +37,25 @@ STATUS_TIMEOUT_S = 2.0
 POLL_INTERVAL_S = 0.1
 EXIT_TIMEOUT_S = 30.0
 
+SNAPSHOT_EVERY = int(os.environ.get("DENGINE_CHAOS_SNAPSHOT_EVERY", "50"))
+"""``max_log_entries_before_snapshot`` of the chaos nodes: low, so that under the clients' load
+every node snapshots and compacts every second or two, and a node killed, paused or cut off for
+a few seconds comes back behind its leader's compacted log and needs an InstallSnapshot."""
+
 NODE_SETTINGS: Settings = {
     # Peers dial each node through the chaos proxy, at its initial_cluster address.
     "cluster.behind_proxy": True,
     "raft.read_consistency.lease_duration_ms": 500,
+    "raft.snapshot.max_log_entries_before_snapshot": SNAPSHOT_EVERY,
+    "raft.snapshot.retained_log_entries": SNAPSHOT_EVERY // 5,
 }
 """Every node's file, over the defaults (LinearizableRead; the durability is the cluster's)."""
+
+_SNAPSHOT_LINES = {
+    "written": re.compile(r"node \d+ wrote snapshot "),
+    "installed": re.compile(r"node \d+ installed snapshot .* from its leader"),
+    "restarted_from": re.compile(r"node \d+ restored its state machine from "),
+}
 
 
 class ChaosNode(Node):
@@ -230,6 +244,16 @@ class ChaosCluster:
                 proc.kill()
                 await trio.to_thread.run_sync(proc.wait)
             node.close()
+
+    def snapshot_counts(self) -> dict[str, int]:
+        """How many snapshots the nodes wrote, installed from a leader and restarted from, as
+        their logs tell (so a campaign shows that snapshots happened during its faults)."""
+        counts = dict.fromkeys(_SNAPSHOT_LINES, 0)
+        for node in self.nodes.values():
+            text = node.log_text()
+            for kind, pattern in _SNAPSHOT_LINES.items():
+                counts[kind] += len(pattern.findall(text))
+        return counts
 
     def logs(self, tail_chars: int = 4000) -> str:
         return "\n".join(

@@ -123,6 +123,7 @@ class SimNode:
     state: dict[str, str] = field(default_factory=dict)
     applied_index: int = 0
     applied_term: int = 0
+    commit_seen: int = 0  # highest commit index of this incarnation: it never goes back
     waiting_reads: list[tuple[int, int]] = field(default_factory=list)  # (read_index, op id)
     timer_token: int = 0
 
@@ -306,6 +307,7 @@ class Cluster:
         node.state = dict(snap.state) if snap else {}
         node.applied_index = snap.index if snap else 0
         node.applied_term = snap.term if snap else 0
+        node.commit_seen = 0
         node.waiting_reads = []
         self._schedule_timer(node)
 
@@ -550,6 +552,10 @@ class Cluster:
 
         def reset() -> None:
             if alive():
+                # The WAL reset drops every entry: committed ones past the snapshot must still
+                # be durable on a majority elsewhere (as with any truncation).
+                if node.disk_last > image.index:
+                    self._check_truncation(node, max(image.index, node.disk_offset) + 1)
                 node.disk_log = []
                 node.disk_offset = image.index
                 node.pending_writes = []
@@ -568,6 +574,11 @@ class Cluster:
         install = node.install
         assert install is not None and node.raft is not None
         image = install.image
+        if image.index < node.applied_index:
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id} restored a snapshot at {image.index} over its "
+                f"state at {node.applied_index}: its state machine went back"
+            )
         node.state = dict(image.state)  # swapped in at once
         node.applied_index = image.index
         node.applied_term = image.term
@@ -1033,6 +1044,12 @@ class Cluster:
                 f"t={self.now}: node {node.id} commit index {raft.commit_index} is past the end "
                 f"of its log ({raft.log.last_index})"
             )
+        if raft.commit_index < node.commit_seen:
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id} commit index went back from {node.commit_seen} "
+                f"to {raft.commit_index}"
+            )
+        node.commit_seen = raft.commit_index
         # A snapshot never covers uncommitted entries: the core's snapshot and its log's
         # offset stay at or below its commit index.
         offset = raft.log.first_index - 1
