@@ -315,9 +315,11 @@ class WriteAheadLog:
                 lower_marker = self._synced[1] > 0 and any(
                     s.first_index == self._synced[0] for s in dropped
                 )
-                if lower_marker:
-                    # A sync in flight that noted the dropped segment must not write it back.
+                if dropped:
+                    # A sync in flight may have noted a dropped segment (before a roll): it
+                    # must not write that position into the marker once the file is gone.
                     self._truncations += 1
+                if lower_marker:
                     try:
                         self._set_marker((0, 0))
                     except BaseException as exc:

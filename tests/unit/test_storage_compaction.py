@@ -271,3 +271,49 @@ def test_an_append_does_not_wait_for_the_disk_work_of_a_compaction(
     wal.close()
     _, recovered = WriteAheadLog.open(directory, segment_bytes=SEGMENT_BYTES)
     assert recovered[-1].index == 201 and recovered[0].index > 1
+
+
+def test_a_sync_in_flight_never_writes_back_a_segment_compaction_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync notes the current segment and fsyncs it; meanwhile the log rolls and a
+    compaction deletes that segment. The sync must not then record the deleted segment in
+    the marker, or a crash leaves a log recovery refuses."""
+    directory = tmp_path / "wal"
+    wal, _ = WriteAheadLog.open(directory, segment_bytes=SEGMENT_BYTES)
+    wal.append(entries(1, 5))
+    syncer: threading.Thread | None = None
+    in_fsync, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if threading.current_thread() is syncer:
+            in_fsync.set()
+            release.wait(30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    def sync() -> None:
+        nonlocal syncer
+        syncer = threading.current_thread()
+        wal.sync()
+
+    worker = threading.Thread(target=sync)
+    worker.start()
+    try:
+        assert in_fsync.wait(30)  # the sync noted segment 1 and is in its fsync
+        last = 5
+        while len(segments(directory)) < 2:
+            wal.append(entries(last + 1, last + 1))
+            last += 1
+        first_of_new = segments(directory)[-1]
+        assert wal.compact(first_of_new - 1) == first_of_new
+    finally:
+        release.set()
+        worker.join(30)
+    monkeypatch.undo()
+    wal._failure = RuntimeError("killed")  # the process dies: no sync, no close
+    wal.close()
+    _, recovered = WriteAheadLog.open(directory, segment_bytes=SEGMENT_BYTES)
+    assert [e.index for e in recovered] == list(range(first_of_new, last + 1))
