@@ -636,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--link-fd", type=int, required=True)
     parser.add_argument("--slot", type=int, default=0)
     parser.add_argument("--config-path", required=True)
-    parser.add_argument("--node-id", default="?")
+    parser.add_argument("--node-id", type=int, default=0)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", default="text")
     parser.add_argument("--access-log", action="store_true")
