@@ -21,7 +21,7 @@ import json
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +30,10 @@ import httpx
 import trio
 
 from bench.ceiling import GET_KEYS, VALUE_TEXT
-from bench.measure import Run
+from bench.measure import Run, ratio
 from bench.procs import group_process
+from bench.report import Scenario, ratio_text
+from bench.report import Target as Goal
 from bench.write import follower_processes, write_configs
 from tests.support.cluster import free_ports
 
@@ -81,8 +83,12 @@ async def wait_http(check: Callable[[httpx.AsyncClient], Awaitable[bool]], what:
 
 
 @asynccontextmanager
-async def our_cluster(root: Path) -> AsyncIterator[list[Target]]:
-    configs = write_configs(root, "MemFirst")
+async def our_cluster(root: Path, workers: int = 1) -> AsyncIterator[list[Target]]:
+    """Our three nodes, ``workers`` HTTP processes each (``[http] workers``); targets named
+    ``ours (leader)`` (1) or ``ours 2w (leader)`` (2), and the same for a follower."""
+    root = root / f"ours-{workers}w"
+    root.mkdir()
+    configs = write_configs(root, "MemFirst", extra={"http.workers": workers})
     async with follower_processes(root, configs) as ports:
         leader_port: int | None = None
         follower_port: int | None = None
@@ -101,15 +107,32 @@ async def our_cluster(root: Path) -> AsyncIterator[list[Target]]:
 
         await wait_http(roles, "our cluster (a leader and a follower)")
         assert leader_port is not None and follower_port is not None
+
+        async def kv_served(http: httpx.AsyncClient) -> bool:
+            # With workers, the health port answers before the KV port's workers do.
+            for port in (leader_port, follower_port):
+                reply = await http.get(f"http://127.0.0.1:{port}/kv/{GET_KEYS[0]}")
+                if reply.status_code not in (200, 404):
+                    return False
+            return True
+
+        await wait_http(kv_served, "our KV ports")
         async with httpx.AsyncClient(timeout=10.0) as http:
             for key in GET_KEYS:
                 reply = await http.post(
                     f"http://127.0.0.1:{leader_port}/kv", json={"key": key, "value": VALUE_TEXT}
                 )
                 reply.raise_for_status()
-        progress(f"our cluster: leader KV on :{leader_port}, a follower on :{follower_port}")
+        progress(
+            f"our cluster ({workers} HTTP workers): leader KV on :{leader_port}, "
+            f"a follower on :{follower_port}"
+        )
         targets = []
-        for system, port in (("ours (leader)", leader_port), ("ours (follower)", follower_port)):
+        name = "ours" if workers == 1 else f"ours {workers}w"
+        for system, port in (
+            (f"{name} (leader)", leader_port),
+            (f"{name} (follower)", follower_port),
+        ):
             url = f"http://127.0.0.1:{port}"
             targets.append(Target(system, "POST", url, "kv-post"))
             for policy in ("linearizable", "lease", "eventual"):
@@ -196,7 +219,9 @@ async def etcd_cluster(root: Path, etcd: str) -> AsyncIterator[list[Target]]:
 
 
 @asynccontextmanager
-async def http_servers(with_etcd: bool = True) -> AsyncIterator[Servers]:
+async def http_servers(
+    with_etcd: bool = True, workers: Sequence[int] = (1, 2)
+) -> AsyncIterator[Servers]:
     """Every HTTP server of the comparison, running; the temporary directory removed after."""
     root = Path(tempfile.mkdtemp(prefix="dengine-bench-http-"))
     notes: list[str] = []
@@ -204,7 +229,8 @@ async def http_servers(with_etcd: bool = True) -> AsyncIterator[Servers]:
         async with AsyncExitStack() as stack:
             targets = list(await stack.enter_async_context(ceiling(root, raw=True)))
             targets += await stack.enter_async_context(ceiling(root))
-            targets += await stack.enter_async_context(our_cluster(root))
+            for count in workers:
+                targets += await stack.enter_async_context(our_cluster(root, count))
             etcd = shutil.which("etcd") if with_etcd else None
             if etcd:
                 targets += await stack.enter_async_context(etcd_cluster(root, etcd))
@@ -254,3 +280,125 @@ async def run_wrk(
                 errors=data["failures"] + data["socket_errors"],
             )
     raise RuntimeError(f"wrk printed no result: {done.stdout[-300:]!r} {done.stderr[-300:]!r}")
+
+
+ETCD_OF = {
+    "POST": "POST put",
+    "GET linearizable": "GET range linearizable",
+    "GET lease": "GET range serializable",
+    "GET eventual": "GET range serializable",
+}
+"""Our operation -> etcd's counterpart (lease and eventual reads compare with serializable)."""
+ROUTES = ("POST", "GET linearizable", "GET lease", "GET eventual")
+
+
+def comparisons(
+    get: Callable[[str], Scenario | None], connections: int
+) -> tuple[list[tuple[str, str]], list[Goal]]:
+    """The HTTP comparisons and targets of ``make bench``: every figure of ours (1 and 2
+    workers, leader and follower) against both ceilings (the raw ASGI app and the Quart app)
+    and etcd, as ratios; the targets of issue 7 (against the Quart ceiling) and issue 18.
+    ``get(key)``: the scenario ``"<system> <operation> c16|c1"`` if it was measured."""
+    out: list[tuple[str, str]] = []
+    goals: list[Goal] = []
+    systems = [f"{n} ({role})" for n in ("ours", "ours 2w") for role in ("leader", "follower")]
+    for system in systems:
+        for op in ROUTES:
+            method = op.split()[0]
+            ours, ours_1 = get(f"{system} {op} c16"), get(f"{system} {op} c1")
+            for base_name in ("raw ASGI", "ceiling"):
+                base, base_1 = get(f"{base_name} {method} c16"), get(f"{base_name} {method} c1")
+                if ours and base:
+                    out.append(
+                        (
+                            f"HTTP {system} {op} / {base_name} {method} (throughput, "
+                            f"{connections} connections)",
+                            ratio_text(ours.combined.throughput, base.combined.throughput),
+                        )
+                    )
+                if ours_1 and base_1 and base_name == "raw ASGI":
+                    delta = (ours_1.combined.p50_s - base_1.combined.p50_s) * 1000
+                    out.append(
+                        (
+                            f"HTTP {system} {op} p50 - {base_name} {method} p50 (1 connection)",
+                            f"{delta:+.2f} ms",
+                        )
+                    )
+            etcd, etcd_1 = get(f"etcd {ETCD_OF[op]} c16"), get(f"etcd {ETCD_OF[op]} c1")
+            if ours and etcd:
+                out.append(
+                    (
+                        f"HTTP {system} {op} / etcd {ETCD_OF[op]} (throughput)",
+                        ratio_text(ours.combined.throughput, etcd.combined.throughput),
+                    )
+                )
+            if ours_1 and etcd_1:
+                out.append(
+                    (
+                        f"HTTP {system} {op} p50 / etcd {ETCD_OF[op]} p50 (1 connection)",
+                        ratio_text(ours_1.combined.p50_s, etcd_1.combined.p50_s),
+                    )
+                )
+
+    # Issue 7: against the Quart ceiling (same routes and parsing, no engine).
+    leader = "ours (leader)"
+    for op, goal in (("POST", 0.8), ("GET lease", 0.9), ("GET eventual", 0.9)):
+        method = op.split()[0]
+        ours, base = get(f"{leader} {op} c16"), get(f"ceiling {method} c16")
+        if ours and base:
+            r = ratio(ours.combined.throughput, base.combined.throughput)
+            goals.append(
+                Goal(
+                    f"HTTP {op} on the leader >= {goal}x the Quart ceiling's throughput",
+                    f"{ours.combined.throughput:,.0f} vs {base.combined.throughput:,.0f} "
+                    f"req/s = {r:.2f}x",
+                    r >= goal,
+                )
+            )
+    # Issue 18, 1 worker: each hot route at the stack's own ceiling.
+    for op in ROUTES:
+        method = op.split()[0]
+        ours, base = get(f"{leader} {op} c16"), get(f"raw ASGI {method} c16")
+        if ours and base:
+            r = ratio(ours.combined.throughput, base.combined.throughput)
+            goals.append(
+                Goal(
+                    f"HTTP {op} on the leader, 1 worker: >= 0.95x the raw ASGI ceiling "
+                    f"({connections} connections)",
+                    f"{ours.combined.throughput:,.0f} vs {base.combined.throughput:,.0f} "
+                    f"req/s = {r:.2f}x",
+                    r >= 0.95,
+                )
+            )
+    # Issue 18, 2 workers: against etcd.
+    two = "ours 2w (leader)"
+    for op, goal in (
+        ("POST", 0.5),
+        ("GET lease", 0.3),
+        ("GET eventual", 0.3),
+        ("GET linearizable", 0.35),
+    ):
+        ours, etcd = get(f"{two} {op} c16"), get(f"etcd {ETCD_OF[op]} c16")
+        if ours and etcd:
+            r = ratio(ours.combined.throughput, etcd.combined.throughput)
+            goals.append(
+                Goal(
+                    f"HTTP {op} on the leader, 2 workers: >= {goal}x etcd's {ETCD_OF[op]} "
+                    f"({connections} connections)",
+                    f"{ours.combined.throughput:,.0f} vs {etcd.combined.throughput:,.0f} "
+                    f"req/s = {r:.2f}x",
+                    r >= goal,
+                )
+            )
+    ours_1, etcd_1 = get(f"{two} POST c1"), get("etcd POST put c1")
+    if ours_1 and etcd_1:
+        r = ratio(ours_1.combined.p50_s, etcd_1.combined.p50_s)
+        goals.append(
+            Goal(
+                "HTTP POST on the leader, 2 workers, 1 connection: p50 <= 1.5x etcd's put",
+                f"{ours_1.combined.p50_s * 1000:.2f} vs {etcd_1.combined.p50_s * 1000:.2f} "
+                f"ms = {r:.2f}x",
+                r <= 1.5,
+            )
+        )
+    return out, goals

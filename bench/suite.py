@@ -222,7 +222,7 @@ class Suite:
             self.notes.append(note)
             self.progress(note)
             return
-        self.progress("HTTP: starting our cluster, the ceiling app and etcd")
+        self.progress("HTTP: starting our clusters (1 and 2 HTTP workers), both ceilings and etcd")
         async with http_side.http_servers(with_etcd=not a.no_etcd) as servers:
             self.notes += servers.notes
             loads = [
@@ -342,76 +342,10 @@ class Suite:
                         rate >= floor,
                     )
                 )
-        ceiling = {"POST": self.get("ceiling POST c16"), "GET": self.get("ceiling GET c16")}
-        ceiling_c1 = {"POST": self.get("ceiling POST c1"), "GET": self.get("ceiling GET c1")}
-        for s in list(self.scenarios.values()):
-            if s.section != "http" or not s.runs or not s.system.startswith("ours"):
-                continue
-            method = s.operation.split()[0]
-            if s.key.endswith("c16") and ceiling[method]:
-                base = ceiling[method]
-                assert base is not None
-                comparisons.append(
-                    (
-                        f"HTTP {s.system} {s.operation} / ceiling {method} (throughput, "
-                        f"{self.args.http_connections} connections)",
-                        ratio_text(s.combined.throughput, base.combined.throughput),
-                    )
-                )
-            if s.key.endswith("c1") and ceiling_c1[method]:
-                base = ceiling_c1[method]
-                assert base is not None
-                delta = (s.combined.p50_s - base.combined.p50_s) * 1000
-                comparisons.append(
-                    (
-                        f"HTTP {s.system} {s.operation} p50 - ceiling {method} p50 (1 connection)",
-                        f"{delta:+.2f} ms",
-                    )
-                )
-        leader = "ours (leader)"
-        for op, method, goal in (
-            ("POST", "POST", 0.8),
-            ("GET lease", "GET", 0.9),
-            ("GET eventual", "GET", 0.9),
-            ("GET linearizable", "GET", 0.9),
-        ):
-            ours_s = self.get(f"{leader} {op} c16")
-            base_s = ceiling[method]
-            if ours_s and base_s:
-                r = ratio(ours_s.combined.throughput, base_s.combined.throughput)
-                targets.append(
-                    Target(
-                        f"HTTP {op} on the leader >= {goal}x the ceiling's throughput",
-                        f"{ours_s.combined.throughput:,.0f} vs "
-                        f"{base_s.combined.throughput:,.0f} req/s = {r:.2f}x",
-                        r >= goal,
-                    )
-                )
-            ours_1, base_1 = self.get(f"{leader} {op} c1"), ceiling_c1[method]
-            if ours_1 and base_1:
-                delta = (ours_1.combined.p50_s - base_1.combined.p50_s) * 1000
-                targets.append(
-                    Target(
-                        f"HTTP {op} on the leader, p50 at 1 connection within 0.3 ms of "
-                        "the ceiling's",
-                        f"{ours_1.combined.p50_s * 1000:.2f} vs "
-                        f"{base_1.combined.p50_s * 1000:.2f} ms = {delta:+.2f} ms",
-                        delta <= 0.3,
-                    )
-                )
-        for op, etcd_op in (
-            ("POST", "POST put"),
-            ("GET linearizable", "GET range linearizable"),
-            ("GET eventual", "GET range serializable"),
-        ):
-            ours_s, etcd_s = self.get(f"{leader} {op} c16"), self.get(f"etcd {etcd_op} c16")
-            if ours_s and etcd_s:
-                comparisons.append(
-                    (
-                        f"HTTP ours (leader) {op} / etcd {etcd_op} (throughput)",
-                        ratio_text(ours_s.combined.throughput, etcd_s.combined.throughput),
-                    )
-                )
+        # HTTP: every figure of ours (1 and 2 workers) against both ceilings and etcd.
+        http_comparisons, http_targets = http_side.comparisons(self.get, self.args.http_connections)
+        comparisons += http_comparisons
+        targets += http_targets
         return comparisons, targets
 
     def header(self, elapsed_s: float) -> list[str]:
@@ -469,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lease-reads", type=int, default=200_000)
     add("--linearizable-reads", type=int, default=5_000)
     add("--pysyncobj-sync-writes", type=int, default=30, help="PySyncObj sync writes per run")
-    add("--http-rounds", type=int, default=7)
+    add("--http-rounds", type=int, default=5)
     add("--http-seconds", type=float, default=3.0, help="wrk duration of a throughput run")
     add("--latency-seconds", type=float, default=2.0, help="wrk duration at 1 connection")
     add("--http-connections", type=int, default=16)
