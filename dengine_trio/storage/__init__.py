@@ -166,7 +166,7 @@ The log on disk is therefore at most ``segment_bytes`` + (``retained_log_entries
 all of it (~70-80 MiB/s here: it checks every CRC and decodes every entry). With the old
 64 MiB segments and a snapshot every 10,000 entries of ~300 bytes (3 MB), a segment was
 dropped only once 64 MiB of entries had been written: up to 65 MiB on disk, and up to ~0.8 s
-of a restart spent reading entries the snapshot already covers. ``python -m
+of a restart spent reading entries the snapshot already covers. ``.venv/bin/python -m
 bench.wal_segments`` (305,000 entries of 305 bytes, a snapshot every 10,000, 1,000 retained)
 measured a WAL peak of 65.3 MiB with 64 MiB segments, 17.3 with 16, 9.6 with 8, 5.5 with 4
 and 2.6 with 1 MiB. Each roll costs an fsync of the old segment, a new file and a directory
