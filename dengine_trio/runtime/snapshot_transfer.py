@@ -116,7 +116,9 @@ VERIFY_BYTES_PER_S = 20e6
 """The slowest verification (bytes/s: a read and a CRC of the whole file) the leader waits
 for after the last chunk, on top of ``SNAPSHOT_IO_TIMEOUT_S``."""
 MAX_ATTEMPTS = 3
-"""Connections in a row that make no progress before the leader gives up a transfer."""
+"""Connections in a row that make no progress before the leader gives up a transfer: a
+connection makes progress when the follower holds more of the file at its start than at the
+start of every earlier one (what it kept, not what was sent)."""
 WARNING_INTERVAL_S = 60.0
 """A leader-side failure (no file, refused, gave up) is logged as a WARNING this often per
 peer and kind, at DEBUG in between: after ``SnapshotStatus(ok=False)`` the core asks again
@@ -272,11 +274,17 @@ class SnapshotTransfers:
                 out.peer_id,
             )
             failures = 0
+            held = -1  # the most the follower said it held at the start of a connection
             while True:
-                outcome, progressed = await self._send_once(fd, offer)
+                outcome, offset = await self._send_once(fd, offer)
                 if outcome is not None:
                     return outcome
-                failures = 0 if progressed else failures + 1
+                # Progress is what the follower kept, not what was sent: one that loses its
+                # partial file each time (a full disk) makes none, however many bytes move.
+                if offset > held:
+                    held, failures = offset, 0
+                else:
+                    failures += 1
                 if failures >= MAX_ATTEMPTS:
                     self._warn(
                         out.peer_id,
@@ -350,15 +358,16 @@ class SnapshotTransfers:
         log.warning("node %d: the newest snapshot kept disappearing; not sent", self.node_id)
         return None
 
-    async def _send_once(self, fd: int, offer: SnapshotOffer) -> tuple[bool | None, bool]:
+    async def _send_once(self, fd: int, offer: SnapshotOffer) -> tuple[bool | None, int]:
         """One connection's worth of a transfer: (True/False: done, reported as such; None:
-        the connection was lost, try again) and whether any chunk went out."""
+        the connection was lost, try again) and the offset the follower said it held (-1:
+        no answer)."""
         link = self._links[offer.dst]
         stream = await self.transport._connect(link)
         if stream is None:
-            return None, False
+            return None, -1
         link.stats.connects += 1
-        progressed = False
+        held = -1
         try:
             frames = _Frames(stream, FrameReader(self.transport.max_frame_bytes), [])
             with trio.fail_after(SNAPSHOT_IO_TIMEOUT_S):
@@ -372,14 +381,14 @@ class SnapshotTransfers:
                     offer.dst,
                     resume.reason,
                 )
-                return False, progressed
+                return False, held
             if type(resume) is not SnapshotResume:
                 raise ProtocolViolation(f"answered SnapshotOffer with {type(resume).__name__}")
             if (resume.src, resume.dst) != (offer.dst, self.node_id):
                 raise ProtocolViolation(f"{resume!r} on a connection to peer {offer.dst}")
             if not 0 <= resume.offset <= offer.size:
                 raise ProtocolViolation(f"resume at {resume.offset} of {offer.size} bytes")
-            offset = resume.offset
+            offset = held = resume.offset
             if offset:
                 log.info(
                     "node %d: peer %d holds %d of %d bytes of the snapshot: going on from there",
@@ -393,7 +402,7 @@ class SnapshotTransfers:
                 data = await trio.to_thread.run_sync(os.pread, fd, size, offset)
                 if len(data) != size:
                     log.warning("node %d: snapshot file shrank while it was sent", self.node_id)
-                    return False, progressed
+                    return False, held
                 payload = encode(SnapshotChunk(self.node_id, offer.dst, offset, data))
                 del data
                 with trio.fail_after(SNAPSHOT_IO_TIMEOUT_S):
@@ -404,7 +413,6 @@ class SnapshotTransfers:
                 offset += size
                 self.stats.bytes_sent += size
                 link.stats.bytes_out += size
-                progressed = True
             with trio.fail_after(SNAPSHOT_IO_TIMEOUT_S + offer.size / VERIFY_BYTES_PER_S):
                 answer = await frames.message(SnapshotReceived)
             if answer.ok:
@@ -418,13 +426,13 @@ class SnapshotTransfers:
                     offer.dst,
                     answer.reason,
                 )
-            return answer.ok, progressed
+            return answer.ok, held
         except (*STREAM_ERRORS, trio.TooSlowError, CodecError, ProtocolViolation, EOFError) as exc:
             link.last_error = f"snapshot connection lost: {exc!r}"[:MAX_REASON_CHARS]
             log.info(
                 "node %d: snapshot connection to peer %d lost: %r", self.node_id, offer.dst, exc
             )
-            return None, progressed
+            return None, held
         finally:
             await trio.aclose_forcefully(stream)
 

@@ -704,3 +704,31 @@ async def test_a_request_in_a_newer_term_restarts_the_offer_and_the_follower_res
     assert b.transport.stats.snapshots.resumed == 1
     assert b.transport.stats.snapshots.bytes_received == snap.size_bytes
     assert a.statuses == [(2, True)]
+
+
+async def test_a_follower_that_keeps_losing_its_partial_file_makes_the_leader_give_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The follower's disk fails past the first chunk (it refuses and drops the partial
+    file): each connection moves bytes, but the follower never holds more than before, so
+    the leader reports failure after a few connections instead of retrying for ever."""
+    from dengine_trio.storage import snapshots as snapshots_module
+
+    original = snapshots_module.SnapshotReceiver.write_chunk
+
+    def full_disk(self: Any, offset: int, data: bytes) -> None:
+        if offset:
+            raise OSError(28, "No space left on device")
+        original(self, offset, data)
+
+    monkeypatch.setattr(snapshots_module.SnapshotReceiver, "write_chunk", full_disk)
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path)
+            install(a, 90, 3, 20 * CHUNK)
+            a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))
+            await wait_until(lambda: bool(a.statuses), WAIT_S)
+            nursery.cancel_scope.cancel()
+    assert a.statuses == [(2, False)]
+    assert b.received == []
+    assert b.incoming_files() == []
