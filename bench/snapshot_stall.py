@@ -118,8 +118,8 @@ async def run(args: argparse.Namespace) -> None:
                         f"{percentile(during, 99) * ms:.1f} max "
                         f"{max(during, default=math.nan) * ms:.1f} ms | loop late p99 before "
                         f"{percentile(late_before, 99) * ms:.1f}, during "
-                        f"{percentile(late, 99) * ms:.1f} max {max(late, default=math.nan) * ms:.1f}"
-                        " ms",
+                        f"{percentile(late, 99) * ms:.1f} max "
+                        f"{max(late, default=math.nan) * ms:.1f} ms",
                         flush=True,
                     )
                 stop.set()
