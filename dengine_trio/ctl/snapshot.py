@@ -344,7 +344,9 @@ def restore_snapshot_file(source: Path, config: NodeConfig) -> tuple[SnapshotFil
         )
     db = config.db_root_path()
     try:
-        db.mkdir(parents=True, exist_ok=True)
+        if not db.is_dir():
+            db.mkdir(parents=True)
+            _fsync_directory(db.parent)  # the new directory survives a power loss too
     except OSError as exc:
         raise RestoreError(f"{db}: cannot create the data directory: {exc.strerror}") from None
     try:
