@@ -74,7 +74,7 @@ import attrs
 import msgpack
 
 from ..statemachine import SnapshotImage, StateMachine
-from ._fs import fsync_directory, write_all
+from ._fs import fsync_directory, pwrite_all, write_all
 from .errors import StorageError
 
 logger = logging.getLogger("dengine_trio.storage")
@@ -598,14 +598,18 @@ class SnapshotReceiver(_TemporarySnapshot):
     def write_chunk(self, offset: int, data: bytes) -> None:
         """Append ``data``, which must start at byte ``offset`` of the snapshot file (the
         bytes received so far): else ``SnapshotChunkError``. ``ValueError`` once finished or
-        aborted; ``OSError`` from the disk. Not fsynced until ``finish``."""
+        aborted; ``OSError`` from the disk. Not fsynced until ``finish``.
+
+        Written at ``offset`` itself (``pwrite``): a write that fails part way leaves
+        ``received_bytes`` where it was, and the chunk sent again at that offset (a resume)
+        overwrites the partial bytes instead of following them."""
         if self._done:
             raise ValueError("snapshot receiver is closed")
         if offset != self.received_bytes:
             raise SnapshotChunkError(
                 self._temporary, f"chunk at offset {offset}, expected {self.received_bytes}"
             )
-        write_all(self._fd, data)
+        pwrite_all(self._fd, data, offset)
         self.received_bytes += len(data)
 
     def finish(
@@ -623,6 +627,8 @@ class SnapshotReceiver(_TemporarySnapshot):
         if self._done:
             raise ValueError("snapshot receiver is closed")
         try:
+            # Bytes past ``received_bytes`` can only be what a failed write left.
+            os.ftruncate(self._fd, self.received_bytes)
             os.fsync(self._fd)
             verified = verify_snapshot(self._temporary, cluster_id, chunk_bytes)
             got = (verified.last_index, verified.last_term)

@@ -812,3 +812,31 @@ def test_receiver_resumes_at_received_bytes_and_checks_the_announced_snapshot(
     with pytest.raises(CorruptSnapshotError, match="the sender announced index 31 term 4"):
         other.finish(CLUSTER, expected=(31, 4))
     assert sorted(p.name for p in follower.iterdir()) == [source.name]
+
+
+def test_a_chunk_write_that_fails_part_way_is_redone_whole_on_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk takes part of a chunk and then fails (ENOSPC): ``received_bytes`` does not
+    move, and the resumed transfer's chunk at that offset replaces the partial bytes instead
+    of following them (which would leave a file that never verifies)."""
+    source = write_snapshot(tmp_path / "leader", kv(SMALL), index=30, term=4)
+    size = source.stat().st_size
+    receiver = SnapshotReceiver.create(tmp_path / "follower")
+    receiver.write_chunk(0, read_raw_chunk(source, 0, 40))
+    real_write, real_pwrite = os.write, os.pwrite
+
+    def half_then_full(fd: int, data: bytes, *offset: int) -> int:
+        monkeypatch.undo()
+        half = bytes(data[: len(data) // 2])
+        real_pwrite(fd, half, *offset) if offset else real_write(fd, half)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    monkeypatch.setattr(os, "pwrite", half_then_full)
+    with pytest.raises(OSError, match="No space"):
+        receiver.write_chunk(40, read_raw_chunk(source, 40, 60))
+    assert receiver.received_bytes == 40
+    receiver.write_chunk(40, read_raw_chunk(source, 40, size))
+    installed = receiver.finish(CLUSTER, expected=(30, 4))
+    assert installed.path.read_bytes() == source.read_bytes()
