@@ -152,6 +152,12 @@ def test_health_port_over_tls_when_asked(tmp_path: Path, pki: Pki) -> None:
         with pytest.raises(httpx.TransportError):
             node.health.get("/primary")
         assert "health API on https://" in node.log_text()
+        save = ["snapshot", "save", str(tmp_path / "b.snap"),
+                "--endpoint", f"https://127.0.0.1:{node.health_port}"]  # fmt: skip
+        saved = run_cli([*save, "--cacert", str(pki.ca_path)], tmp_path)
+        assert saved.returncode == 0 and saved.stdout.startswith("saved "), saved.stderr
+        untrusted = run_cli(save, tmp_path)
+        assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
 
 
 @pytest.mark.parametrize(
