@@ -69,22 +69,10 @@ class _Cancelled(Exception):
     """Raised in the writer thread when the node stops: the temporary file is removed."""
 
 
-class _StoppableSink:
-    """A sink that raises ``_Cancelled`` on the next write once ``stop`` was called, so a
-    stopping node does not wait for a multi-second image to finish."""
-
-    def __init__(self, sink: SnapshotSink) -> None:
-        self._sink = sink
-        self.stopped = False
-
-    def write(self, data: bytes, /) -> object:
-        if self.stopped:
-            raise _Cancelled
-        return self._sink.write(data)
-
-
 class _Run:
-    """One snapshot under way: as of applied entry (``index``, ``term``)."""
+    """One snapshot under way: as of applied entry (``index``, ``term``). ``stopped`` (set by
+    the loop, read by the writer thread) abandons it at its next write: the node stops, or a
+    leader's snapshot is about to replace the state."""
 
     def __init__(self, index: int, term: int) -> None:
         self.index = index
@@ -92,7 +80,21 @@ class _Run:
         self.done = trio.Event()
         self.written: SnapshotFile | None = None
         self.error: BaseException | None = None
-        self.sink: _StoppableSink | None = None
+        self.stopped = False
+
+
+class _StoppableSink:
+    """A sink that raises ``_Cancelled`` on the next write once ``run.stopped`` is set, so
+    nobody waits for a multi-second image to finish."""
+
+    def __init__(self, sink: SnapshotSink, run: _Run) -> None:
+        self._sink = sink
+        self._run = run
+
+    def write(self, data: bytes, /) -> object:
+        if self._run.stopped:
+            raise _Cancelled
+        return self._sink.write(data)
 
 
 class Snapshotter:
@@ -125,6 +127,7 @@ class Snapshotter:
         self._run: _Run | None = None
         self._retry_at = -float("inf")
         self._staged: dict[tuple[int, int], Path] = {}
+        self._installing: trio.Event | None = None  # set when the install under way ends
 
     # -- taking ----------------------------------------------------------------------------
 
@@ -166,8 +169,7 @@ class Snapshotter:
         header = SnapshotHeader(run.index, run.term, self.cluster_id, self.voters)
 
         def stoppable(sink: SnapshotSink) -> None:
-            run.sink = _StoppableSink(sink)
-            image(run.sink)
+            image(_StoppableSink(sink, run))
 
         try:
             try:
@@ -237,6 +239,10 @@ class Snapshotter:
         while True:
             if node.stopped:
                 raise Stopped("node is stopping")
+            if self._installing is not None:
+                # The state machine is being replaced: capture the new state once it is in.
+                await self._installing.wait()
+                continue
             run = self._run
             if run is None:
                 latest = self.latest
@@ -250,16 +256,15 @@ class Snapshotter:
                 await run.done.wait()
                 if run.error is not None:
                     raise run.error
-                if run.written is None:
-                    raise Stopped("node is stopping")
-                return run.written
+                if run.written is not None:
+                    return run.written
+                continue  # abandoned for an install (or a stop): look again
             await run.done.wait()
 
     def stop(self) -> None:
         """The node is stopping: a snapshot being written is abandoned at its next write."""
-        run = self._run
-        if run is not None and run.sink is not None:
-            run.sink.stopped = True
+        if self._run is not None:
+            self._run.stopped = True
 
     # -- at start --------------------------------------------------------------------------
 
@@ -329,16 +334,32 @@ class Snapshotter:
         hold: storage then resets the log itself), then the state machine is restored from
         the file in a worker thread (swapped in whole, only once read and verified), and the
         node's applied index becomes ``effect.index``. Raises ``RuntimeError`` if no file was
-        staged for it, and what the disk and the state machine raise (the node stops)."""
-        node = self._node
-        storage = node.storage
-        assert storage is not None
+        staged for it, and what the disk and the state machine raise (the node stops).
+        A snapshot being taken meanwhile is abandoned first; ``take_snapshot`` waits for the
+        install and then captures the new state."""
         staged = self._staged.pop((effect.index, effect.term), None)
         if staged is None:
             raise RuntimeError(
                 f"RestoreSnapshot({effect.index}, {effect.term}) without a staged snapshot file"
             )
         started = time.perf_counter()
+        installing = self._installing = trio.Event()
+        try:
+            await self._install(effect, staged, started)
+        finally:
+            self._installing = None
+            installing.set()
+
+    async def _install(self, effect: RestoreSnapshot, staged: Path, started: float) -> None:
+        node = self._node
+        storage = node.storage
+        assert storage is not None
+        run = self._run
+        if run is not None:
+            # A snapshot of the state about to be replaced: abandon it (its writer stops at its
+            # next chunk) rather than let the state machine be restored under its capture.
+            run.stopped = True
+            await run.done.wait()
         final = self.directory / snapshot_name(effect.index, effect.term)
 
         def put_in_place() -> int:

@@ -261,6 +261,13 @@ async def test_a_staged_snapshot_is_installed_or_discarded(tmp_path: Path) -> No
             InstallSnapshot(term, leader, lagging, snapshot.last_index, snapshot.last_term),
             staged,
         )
+        # A snapshot asked for meanwhile (GET /snapshot) is of the installed state, not of
+        # the state being replaced under its capture.
+        taken = await alone.take_snapshot()
+        assert taken.last_index == snapshot.last_index
+        image = KVStateMachine()
+        restore_snapshot(taken.path, alone.config.cluster_id(), image)
+        assert image.data == expected(220)
         await wait_until(lambda: alone.node_status().applied_index == snapshot.last_index)
         status = alone.node_status()
         assert (status.snapshot_index, status.snapshot_term) == (
