@@ -816,7 +816,7 @@ class RaftNode:
         ``peer``; nothing but heartbeats goes to it until it answers or the runtime reports
         the transfer failed (``SnapshotStatus``)."""
         index, term = self.snapshot_index, self.snapshot_term
-        progress.become_snapshot(index, term)
+        progress.become_snapshot(index, term, self._leader.reads.seq)
         self._send(InstallSnapshot(self.term, self.id, peer, index, term))
 
     def _on_append_response(self, m: AppendEntriesResponse) -> None:
@@ -895,9 +895,10 @@ class RaftNode:
             progress.match_index = m.last_index
             progress.become_probe()
         elif progress.state is ProgressState.SNAPSHOT:
-            if m.last_index >= progress.pending_snapshot:
-                # It holds the snapshot's last entry (the heartbeat carried it): the answer to
-                # the snapshot itself may be lost, so do not wait for it.
+            if m.seq > progress.snapshot_round and m.last_index >= progress.pending_snapshot:
+                # It holds the snapshot's last entry (a heartbeat of a round started since the
+                # snapshot went out carried it; an earlier one's answer proves nothing): the
+                # answer to the snapshot itself may be lost, so do not wait for it.
                 progress.snapshot_landed()
             elif progress.snapshot_delivered_round and m.seq > progress.snapshot_delivered_round:
                 # The whole file reached it, yet a round started after that finds it without

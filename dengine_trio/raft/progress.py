@@ -30,9 +30,10 @@ class Progress:
     pipelined messages, ``last_contact_ms`` when last heard from (ms, CheckQuorum, thesis
     §6.2), ``acked_seq`` newest heartbeat round acknowledged (ReadIndex and lease, thesis
     §6.4), ``sent_commit`` newest commit index told to it; in SNAPSHOT, ``pending_snapshot``
-    and ``pending_snapshot_term`` name the last entry of the snapshot sent, and
-    ``snapshot_delivered_round`` the newest heartbeat round started when the runtime reported
-    the transfer complete (0 otherwise)."""
+    and ``pending_snapshot_term`` name the last entry of the snapshot sent,
+    ``snapshot_round`` the newest heartbeat round started when it was sent, and
+    ``snapshot_delivered_round`` the newest started when the runtime reported the transfer
+    complete (0 otherwise)."""
 
     __slots__ = (
         "acked_seq",
@@ -45,6 +46,7 @@ class Progress:
         "probe_sent",
         "sent_commit",
         "snapshot_delivered_round",
+        "snapshot_round",
         "state",
     )
 
@@ -63,6 +65,7 @@ class Progress:
         self.pending_snapshot = 0
         self.pending_snapshot_term = 0
         self.snapshot_delivered_round = 0
+        self.snapshot_round = 0
 
     def paused(self, max_inflight: int) -> bool:
         """Must the leader hold further AppendEntries? In PROBE while a probe is
@@ -88,13 +91,15 @@ class Progress:
         self.next_index = self.match_index + 1
         self._clear()
 
-    def become_snapshot(self, index: int, term: int) -> None:
-        """An InstallSnapshot of the snapshot ending at (``index``, ``term``) goes out: hold
-        every AppendEntries until the follower has it (or the transfer fails)."""
+    def become_snapshot(self, index: int, term: int, heartbeat_round: int) -> None:
+        """An InstallSnapshot of the snapshot ending at (``index``, ``term``) goes out while
+        ``heartbeat_round`` is the newest round: hold every AppendEntries until the follower
+        has it (or the transfer fails)."""
         self.state = ProgressState.SNAPSHOT
         self._clear()
         self.pending_snapshot = index
         self.pending_snapshot_term = term
+        self.snapshot_round = heartbeat_round
 
     def snapshot_landed(self) -> None:
         """The follower shows it holds the pending snapshot's last entry (a heartbeat answer
@@ -118,6 +123,7 @@ class Progress:
         self.pending_snapshot = 0
         self.pending_snapshot_term = 0
         self.snapshot_delivered_round = 0
+        self.snapshot_round = 0
 
     def sent(self, last_index: int) -> None:
         """Record an AppendEntries carrying entries up to ``last_index``."""

@@ -49,7 +49,7 @@ def test_snapshot_state_holds_every_append_and_takes_no_rejection() -> None:
     p.acknowledge(2)
     p.become_replicate()
     p.sent(9)
-    p.become_snapshot(20, 3)
+    p.become_snapshot(20, 3, 1)
     assert p.state is ProgressState.SNAPSHOT and p.paused(64) and not p.inflight
     assert (p.pending_snapshot, p.pending_snapshot_term) == (20, 3)
     # A rejection of an AppendEntries sent before the snapshot is stale, even one that
@@ -61,11 +61,11 @@ def test_snapshot_state_holds_every_append_and_takes_no_rejection() -> None:
 def test_snapshot_landing_probes_past_it_and_failure_waits_for_an_answer() -> None:
     p = Progress(next_index=4)
     p.acknowledge(2)
-    p.become_snapshot(20, 3)
+    p.become_snapshot(20, 3, 1)
     p.snapshot_landed()
     assert p.state is ProgressState.PROBE and p.next_index == 21 and not p.paused(64)
     assert p.pending_snapshot == 0
-    p.become_snapshot(20, 3)
+    p.become_snapshot(20, 3, 1)
     p.snapshot_failed()
     # Back to probing from the match, but held until the follower next answers: no resend
     # in the same step, so an unreachable follower is not sent a snapshot in a loop.

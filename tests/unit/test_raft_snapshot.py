@@ -152,9 +152,16 @@ def test_snapshot_answer_releases_to_replicate_and_sends_the_rest() -> None:
 def test_lost_snapshot_answer_is_recovered_by_a_heartbeat_answer() -> None:
     """The follower installed the snapshot but its answer was lost: the heartbeat that carries
     the snapshot's last entry is answered with a last index at or past it, and the leader
-    probes from just past the snapshot instead of waiting for an answer that never comes."""
+    probes from just past the snapshot instead of waiting for an answer that never comes.
+    A late answer to a round started before the snapshot went out proves nothing (that
+    heartbeat named another entry; the follower may hold a long log of other terms)."""
     leader, now = leader_needing_snapshot()
-    effects = leader.step(now + 50, Receive(HeartbeatResponse(2, 2, 1, seq=2, last_index=10)))
+    old_round = HeartbeatResponse(2, 2, 1, seq=1, last_index=15)
+    effects = leader.step(now + 1, Receive(old_round))
+    assert leader.progress[2].state is ProgressState.SNAPSHOT and not sent(effects, AppendEntries)
+    (beat,) = [m for m in sent(leader.step(now + 50, Tick()), Heartbeat) if m.dst == 2]
+    reply = HeartbeatResponse(2, 2, 1, seq=beat.seq, last_index=10)
+    effects = leader.step(now + 51, Receive(reply))
     progress = leader.progress[2]
     assert progress.state is ProgressState.PROBE
     (probe,) = sent(effects, AppendEntries)
