@@ -124,7 +124,6 @@ newest snapshot it can trust and the log after it:
 5. No snapshot usable: the log alone, if it starts at index 1 (or there was no snapshot
    file and no log: a fresh node). Otherwise ``UnrecoverableStorageError`` naming every file
    and its problem: the node never starts silently empty or with a hole.
-
 6. A hard state whose term is below T is moved durably to term T with no vote: the file
    proves the term exists, a node below it never voted in it, and the Raft core refuses a
    term below its snapshot's. (A received snapshot renamed in before the core stepped its
@@ -182,7 +181,9 @@ Durability contract
 the directory when segments were created) and returns the (index, term) of the last entry it
 covers. The runtime may run ``sync`` in a worker thread while it keeps appending: one fsync
 covers every entry appended before it started (group commit). ``save_hard_state`` is durable
-when it returns. ``close`` syncs, closes the log and releases the lock.
+when it returns. ``compact`` and ``install_snapshot`` are durable when they return (run them
+in a worker thread: they unlink and fsync); an append waits for an ``install_snapshot`` under
+way, never for a ``compact``. ``close`` syncs, closes the log and releases the lock.
 """
 
 from __future__ import annotations
