@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from dengine_trio.api.health import create_health_app
 from dengine_trio.api.snapshot import CLUSTER_HEADER, INDEX_HEADER, OPEN_ATTEMPTS, TERM_HEADER
+from dengine_trio.config import SnapshotConfig
 from dengine_trio.engine import EmbeddedEngine
 from dengine_trio.statemachine import KVStateMachine
 from dengine_trio.storage.snapshots import SnapshotFile, restore_snapshot, verify_snapshot
@@ -126,3 +128,14 @@ async def test_a_stopping_node_is_503_stopped(tmp_path: Path) -> None:
         await engine.wait_ready(30)
         engine.refuse_requests()
         await assert_json_error(await get(engine, "/snapshot"), 503, "stopped")
+
+
+async def test_backups_work_with_compaction_off(tmp_path: Path) -> None:
+    config = config_of(tmp_path)
+    config = attrs.evolve(config, raft=attrs.evolve(config.raft, snapshot=SnapshotConfig(False)))
+    async with EmbeddedEngine.start(config) as engine:
+        await engine.wait_ready(30)
+        await engine.client().put(b"k", b"v")
+        response = await get(engine, "/snapshot")
+        assert response.status_code == 200
+        assert int(response.headers[INDEX_HEADER]) >= 2
