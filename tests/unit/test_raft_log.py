@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dengine_trio.raft.log import RaftLog
 from dengine_trio.raft.messages import Entry
@@ -132,3 +134,66 @@ def test_back_tracking_hints_stop_at_the_offset() -> None:
     only_offset = compacted(10, 2, 3, 3)
     assert only_offset.last_index_of_term(2) == 10 and only_offset.last_index_of_term(3) == 12
     assert RaftLog(snapshot_index=7, snapshot_term=4).last_index_of_term(4) == 7
+
+
+# --- the offset against a model: every operation, any interleaving
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(1, 4), st.integers(0, 2)),
+        st.tuples(st.just("truncate"), st.integers(0, 12), st.just(0)),
+        st.tuples(st.just("compact"), st.integers(0, 12), st.just(0)),
+        st.tuples(st.just("restore"), st.integers(1, 30), st.integers(0, 2)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_OPS)
+def test_offset_log_agrees_with_a_plain_model(ops: list[tuple[str, int, int]]) -> None:
+    """A dict index -> term (what is held) plus the offset, against ``RaftLog``: whatever the
+    order of appends, truncations, compactions and restores, every lookup agrees, nothing at or
+    below the offset is handed out, and the log stays contiguous."""
+    log = RaftLog()
+    held: dict[int, int] = {}
+    offset, offset_term = 0, 0
+
+    def last() -> tuple[int, int]:
+        return (max(held), held[max(held)]) if held else (offset, offset_term)
+
+    for op, a, b in ops:
+        last_index, last_term = last()
+        if op == "append":
+            new = [Entry(last_term + b, last_index + i + 1) for i in range(a)]
+            log.append(new)
+            held.update({e.index: e.term for e in new})
+        elif op == "truncate":
+            index = offset + 1 + a
+            if index > last_index:
+                continue
+            log.truncate_from(index)
+            held = {i: t for i, t in held.items() if i < index}
+        elif op == "compact":
+            through = min(offset + a, last_index)
+            log.compact(through)
+            if through > offset:
+                offset, offset_term = through, held[through]
+                held = {i: t for i, t in held.items() if i > through}
+        else:
+            index, term = last_index + a, last_term + b + 1
+            log.restore(index, term)
+            held, offset, offset_term = {}, index, term
+        assert (log.snapshot_index, log.snapshot_term) == (offset, offset_term)
+        assert (log.last_index, log.last_term) == last()
+        assert log.first_index == offset + 1
+        for i in range(0, log.last_index + 3):
+            expected = offset_term if i == offset else held.get(i)
+            assert log.term_at(i) == expected
+            if i <= offset:
+                with pytest.raises(IndexError):
+                    log.entry(i)
+            elif i <= log.last_index:
+                assert log.entry(i).index == i
+        if held:
+            assert [e.index for e in log.slice(offset + 1, log.last_index)] == sorted(held)
