@@ -10,6 +10,8 @@ while every other connection, the message link among them, flows.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import threading
 import tracemalloc
@@ -732,3 +734,74 @@ async def test_a_follower_that_keeps_losing_its_partial_file_makes_the_leader_gi
     assert a.statuses == [(2, False)]
     assert b.received == []
     assert b.incoming_files() == []
+
+
+def follower_model(chunks: list[tuple[int, bytes]], size: int) -> str:
+    """What the follower must make of ``chunks`` for a file of ``size`` bytes: "received",
+    "refused" (a chunk that does not fit, before the file was complete) or "partial" (the
+    stream ended early: the partial file is kept for a resume)."""
+    held = 0
+    for offset, data in chunks:
+        if held == size:
+            break
+        if offset != held or not data or held + len(data) > size:
+            return "refused"
+        held += len(data)
+    return "received" if held == size else "partial"
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    cuts=st.lists(st.integers(1, 4999), max_size=6, unique=True),
+    tamper=st.none() | st.tuples(st.integers(0, 6), st.sampled_from(["skip", "repeat", "shift"])),
+)
+async def test_any_chunking_of_the_file_arrives_and_any_misfit_closes(
+    cuts: list[int], tamper: tuple[int, str] | None
+) -> None:
+    """The file cut into chunks anywhere arrives intact; the same stream with a chunk
+    skipped, repeated or shifted by a byte is refused at that chunk (no partial file, nothing
+    handed to the node); a stream that just ends early leaves the partial file for a resume."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, trio.fail_after(WAIT_S):
+        root = Path(tmp)
+        snap = make_snapshot(root / "elsewhere", 90, 3, 4000)
+        raw = snap.path.read_bytes()
+        bounds = [0, *sorted(c for c in cuts if c < len(raw)), len(raw)]
+        chunks = [(lo, raw[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
+        if tamper is not None and tamper[0] < len(chunks):
+            k, how = tamper
+            offset, data = chunks[k]
+            if how == "skip":
+                del chunks[k]
+            elif how == "repeat":
+                chunks.insert(k, (offset, data))
+            else:
+                chunks[k] = (offset + 1, data)
+        expected = follower_model(chunks, len(raw))
+        p1, p2 = free_ports(2)
+        b = SnapNode(2, {1: p1, 2: p2}, root)
+        async with trio.open_nursery() as nursery:
+            await b.start(nursery)
+            async with await trio.open_tcp_stream("127.0.0.1", p2) as stream:
+                reader = FrameReader()
+                hello = Hello(CLUSTER, 1, 2, PROTOCOL_VERSION, 0, Channel.SNAPSHOT)
+                assert (await raw_handshake(stream, hello, reader)).ok
+                await stream.send_all(encode_frame(encode(offer_for(snap))))
+                assert await read_frame(stream, reader) == SnapshotResume(2, 1, 0)
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(b"".join(chunk_frame(o, d) for o, d in chunks))
+                    await stream.send_eof()
+                # The follower has acted on everything by the time it hangs up.
+                answers = [decode(f) for f in reader.feed(await read_until_closed(stream))]
+            outcome = (b.received, b.incoming_files(), answers)
+            nursery.cancel_scope.cancel()
+        received, incoming, answers = outcome
+        if expected == "received":
+            assert answers == [SnapshotReceived(2, 1, True)]
+            assert [(m, data == raw) for m, data in received] == [
+                (InstallSnapshot(5, 1, 2, 90, 3), True)
+            ]
+        else:
+            assert received == [] and answers == []
+            assert len(incoming) == (1 if expected == "partial" else 0)
