@@ -3,7 +3,8 @@
 Connections are unidirectional: a node sends only on the streams it opened (one per peer) and
 receives only on the streams it accepted. A reply therefore travels on the replier's own
 outbound stream, and neither side ever waits for the other to read: a slow or dead peer costs
-its own queue, nothing else.
+its own queue, nothing else. (A snapshot transfer has a connection of its own, a dialog
+between leader and follower: ``runtime/snapshot_transfer.py``.)
 
 Every connection opens with ``Hello`` -> ``HelloReply``, so a node from another cluster, a
 misconfigured address or a stray client is refused before any message reaches Raft. After
