@@ -132,7 +132,11 @@ def _save_from(
         response = credentials.open(request, timeout_s)
     except urllib.error.HTTPError as exc:
         with exc:
-            raise _Unavailable(_http_error(exc.code, exc.read())) from None
+            try:
+                body = exc.read()
+            except OSError:
+                body = b""
+            raise _Unavailable(_http_error(exc.code, body)) from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise _Unavailable(f"unreachable: {reason or type(exc).__name__}") from None
@@ -165,9 +169,10 @@ def _http_error(status: int, body: bytes) -> str:
         decoded = json.loads(body)
     except ValueError:
         decoded = None
-    if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
-        return f"HTTP {status} {decoded['error']}: {decoded.get('message', '')}".rstrip(": ")
     hint = " (--endpoint takes a health port, e.g. http://127.0.0.1:10001)" if status == 404 else ""
+    if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
+        message = f"HTTP {status} {decoded['error']}: {decoded.get('message', '')}".rstrip(": ")
+        return message + hint
     return f"HTTP {status}{hint}"
 
 

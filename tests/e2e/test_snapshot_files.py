@@ -199,13 +199,15 @@ def test_restore_seeds_each_node_for_the_target_cluster(
 
 
 @contextmanager
-def serving(body: bytes, headers: dict[str, str], cut_after: int | None = None) -> Iterator[str]:
-    """An HTTP server on 127.0.0.1 answering GET /snapshot with ``body``; ``cut_after``: close
-    the connection after that many bytes of it. Yields its URL."""
+def serving(
+    body: bytes, headers: dict[str, str], cut_after: int | None = None, status: int = 200
+) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 answering GET /snapshot with ``status`` and ``body``;
+    ``cut_after``: close the connection after that many bytes of it. Yields its URL."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(200)
+            self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
             self.end_headers()
@@ -319,3 +321,10 @@ def test_save_with_no_endpoint_answering_is_one_line(tmp_path: Path) -> None:
     assert code == 1
     assert err.count("\n") == 1 and all(d in err for d in dead) and "unreachable" in err, err
     assert not (tmp_path / "backup.snap").exists()
+
+
+def test_save_from_a_kv_port_says_to_use_the_health_port(tmp_path: Path) -> None:
+    with serving(b'{"error":"not_found","message":"no such route"}', {}, status=404) as url:
+        code, _, err = save([url], tmp_path / "backup.snap", tmp_path)
+    assert code == 1 and err.count("\n") == 1, err
+    assert "HTTP 404 not_found" in err and "takes a health port" in err, err
