@@ -476,7 +476,14 @@ class SnapshotTransfers:
         """Remove the partial file (the transport stops; a new process starts afresh)."""
         incoming, self._incoming = self._incoming, None
         if incoming is not None:
-            incoming.receiver.abort()
+            self._discard(incoming.receiver)
+
+    def _discard(self, receiver: SnapshotReceiver) -> None:
+        """Remove a partial file; a disk error is logged (the next start removes it)."""
+        try:
+            receiver.abort()
+        except OSError as exc:
+            log.warning("node %d: cannot remove a partial snapshot file: %r", self.node_id, exc)
 
     def _refused(self, peer_id: int, remote: str, reason: str) -> None:
         self.stats.receives_refused += 1
@@ -553,7 +560,7 @@ class SnapshotTransfers:
             incoming.released.set()
             if not keep and self._incoming is incoming:
                 self._incoming = None
-                incoming.receiver.abort()
+                self._discard(incoming.receiver)
 
     async def _partial_file(self, offer: SnapshotOffer) -> _Incoming:
         """The partial file for ``offer``: the one held if it is of this very file (the
@@ -566,8 +573,11 @@ class SnapshotTransfers:
             return current
         self._incoming = None
         if current is not None:
-            current.receiver.abort()
-        receiver = await trio.to_thread.run_sync(SnapshotReceiver.create, self.incoming_dir)
+            self._discard(current.receiver)
+        try:
+            receiver = await trio.to_thread.run_sync(SnapshotReceiver.create, self.incoming_dir)
+        except OSError as exc:
+            raise _DiskError(f"cannot create a file in {self.incoming_dir}: {exc!r}") from exc
         incoming = self._incoming = _Incoming(offer, receiver)
         return incoming
 

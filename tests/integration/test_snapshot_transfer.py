@@ -805,3 +805,24 @@ async def test_any_chunking_of_the_file_arrives_and_any_misfit_closes(
         else:
             assert received == [] and answers == []
             assert len(incoming) == (1 if expected == "partial" else 0)
+
+
+async def test_a_follower_that_cannot_create_its_partial_file_refuses_and_carries_on(
+    tmp_path: Path,
+) -> None:
+    """The follower's incoming/ cannot be created (a file is in the way): the transfer is
+    refused, the leader told, and both nodes keep running and linked."""
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, b = await start_pair(nursery, tmp_path)
+            b.directory.mkdir(parents=True)
+            (b.directory / INCOMING_SUBDIR).write_bytes(b"in the way")
+            install(a, 90, 3, 3 * CHUNK)
+            a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))
+            await wait_until(lambda: bool(a.statuses), WAIT_S)
+            a.transport.send(hb(1, 2, 1))
+            await b.wait_for(heartbeat(1, 1))
+            nursery.cancel_scope.cancel()
+    assert a.statuses == [(2, False)]
+    assert b.received == []
+    assert b.transport.stats.snapshots.receives_refused == 1
