@@ -20,6 +20,7 @@ import httpx
 from dengine_trio.statemachine import KVStateMachine
 from dengine_trio.storage.snapshots import restore_snapshot, verify_snapshot
 from tests.e2e.cluster import Cluster, Node, free_ports, key_path, run_cli, wait_until
+from tests.e2e.test_snapshot_files import KEYS, make_snapshot
 
 WAIT_S = 60.0
 """Generous: three interpreters on a shared two-core machine."""
@@ -243,3 +244,24 @@ def test_a_node_without_a_majority_saves_only_when_asked_for_eventual(tmp_path: 
         assert machine.get(b"kept") == b"yes" and header.last_index >= 2
     finally:
         cluster.stop()
+
+
+def test_a_backup_seeds_a_cluster_of_other_members(tmp_path: Path) -> None:
+    """The header is rewritten for the target: a file of a two-member cluster on other
+    addresses seeds a single node, which serves its keys and takes writes."""
+    backup = make_snapshot(tmp_path / "backup")  # cluster "old-...", members 10.0.0.1-2
+    single = Cluster(tmp_path / "single", size=1)
+    node = single.nodes[0]
+    restored = run_cli(
+        ["snapshot", "restore", str(backup), "--config-path", str(node.config_path)], tmp_path
+    )
+    assert restored.returncode == 0, restored.stderr
+    try:
+        single.start()
+        single.wait_for_leader()
+        assert all(value_of(node, f"k{i}", "linearizable") == f"v{i}" for i in range(KEYS))
+        assert status(node)["commit_index"] > 500  # the log goes on after the snapshot's index
+        put(node, "new", "member")
+        assert value_of(node, "new", "eventual") == "member"
+    finally:
+        single.stop()
