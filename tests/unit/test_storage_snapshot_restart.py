@@ -628,3 +628,28 @@ def test_a_hard_state_below_the_snapshot_term_moves_to_it_without_a_vote(
         storage.save_hard_state(4, 2)
     with open_storage(db) as storage:
         assert storage.hard_state == HardState(term=4, voted_for=2)  # a higher term is kept
+
+
+@pytest.mark.parametrize("kept", [0, 5, 30])
+def test_a_torn_first_write_after_an_install(tmp_path: Path, kept: int) -> None:
+    """After a reset the marker says nothing is synced; the first segment after the snapshot
+    torn at any point is cut as a torn tail (emptied: deleted), and the log still starts
+    right after the snapshot."""
+    db = tmp_path / "db"
+    log_with(db, entries(1, 20))
+    with open_storage(db) as storage:
+        write_snapshot(db / "snapshots", 50, 2)
+        storage.install_snapshot(50, 2)
+        storage.append(entries(51, 53, term=2))
+        storage._wal._failure = Crash()  # dies before any sync
+    segment = db / "wal" / "00000000000000000051.wal"
+    with open(segment, "r+b") as file:
+        file.truncate(kept)
+    with open_storage(db) as storage:
+        assert storage.snapshot_index == 50
+        survivors = storage.entries
+        assert survivors == entries(51, 51 + len(survivors) - 1, term=2)
+        assert len(survivors) < 3
+        storage.append(entries(51 + len(survivors), 54, term=2))
+    with open_storage(db) as storage:
+        assert storage.entries == entries(51, 54, term=2)
