@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import msgpack
 import pytest
 import trio
@@ -46,7 +47,7 @@ from dengine_trio.wire import (
 )
 
 from .cluster import free_ports, wait_until
-from .test_tls import peer_tls
+from .test_tls import peer_tls, tls_config
 from .test_transport import CLUSTER, WAIT_S, Node, hb, heartbeat
 from .wire_helpers import raw_handshake, read_until_closed
 
@@ -544,8 +545,9 @@ async def test_a_hello_of_protocol_version_3_is_refused_naming_its_version(
     assert reply.reason == f"protocol version 3, expected {PROTOCOL_VERSION}"
 
 
+@pytest.mark.parametrize("secure", [False, True], ids=["tcp", "tls"])
 async def test_engines_keep_their_links_while_a_snapshot_transfer_is_stalled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca: trustme.CA, secure: bool
 ) -> None:
     """Three engines; a follower down while the others compacted past its log comes back and
     needs the leader's snapshot, whose transfer stalls (the follower's disk takes the second
@@ -573,6 +575,11 @@ async def test_engines_keep_their_links_while_a_snapshot_transfer_is_stalled(
         "raft.snapshot.chunk_size": 512,
     }
     configs = write_configs(tmp_path, extra=settings)
+    if secure:  # peer TLS with mTLS: the snapshot connection is handshaken like the link
+        configs = [
+            attrs.evolve(c, tls=tls_config(ca, tmp_path / "certs", c.cluster.node_id))
+            for c in configs
+        ]
     nodes = {c.cluster.node_id: EngineHandle(c) for c in configs}
     try:
         with trio.fail_after(6 * WAIT_S):
@@ -593,6 +600,7 @@ async def test_engines_keep_their_links_while_a_snapshot_transfer_is_stalled(
                 await wait_until(lambda: writes[0] >= 2, WAIT_S)  # the transfer is stalled
                 transport = back._runtime.transport
                 assert transport is not None
+                assert (transport.tls is not None) == secure
                 before = transport.stats.frames_in
                 # Messages keep arriving while the snapshot cannot (heartbeats every 30 ms:
                 # 60 of them span several election timeouts), and writes keep committing.
