@@ -323,6 +323,9 @@ BAD_INPUTS: dict[str, Callable[[bytes], bytes]] = {
         chunk_frame(0, raw[:100]) + encode_frame(encode(SnapshotOffer(5, 1, 2, 1, 1, 9, 0)))
     ),
     "damaged file": lambda raw: chunk_frame(0, raw[:-5] + bytes([raw[-5] ^ 1]) + raw[-4:]),
+    "unknown format version": lambda raw: chunk_frame(
+        0, raw[:4] + (2).to_bytes(4, "little") + raw[8:]
+    ),
 }
 
 
