@@ -4,11 +4,12 @@
 every committed command, in log order, to ``apply`` and hands its result back to the proposer.
 ``KVStateMachine`` is the default, a dictionary of bytes to bytes.
 
-Snapshots (issue 13; the engine does not take or restore them yet)
------------------------------------------------------------------
+Snapshots (issue 13; when the node takes and restores them: ``runtime/snapshotting.py``)
+---------------------------------------------------------------------------------------
 ``snapshot`` runs on the trio loop between two ``apply`` calls and must be quick: it captures a
 point-in-time image and returns a function that serializes it later, in a worker thread, while
-``apply`` goes on. ``restore`` replaces the whole state from a serialized image.
+``apply`` goes on. ``restore`` replaces the whole state from a serialized image: at start, from
+the node's newest snapshot, and on a follower that receives its leader's.
 
 ``KVStateMachine`` captures copy-on-write, in O(1): ``snapshot()`` freezes the live dict as the
 image and puts an overlay (``_CaptureView``) in front of it; ``apply`` writes to the overlay
@@ -81,7 +82,8 @@ class StateMachine(Protocol):
         ...
 
     def reset(self) -> None:
-        """Forget everything: the engine replays the log from the start after a restart."""
+        """Forget everything: called at start, before the state is restored from the newest
+        snapshot (if any) and the log after it is replayed."""
         ...
 
     def snapshot(self) -> SnapshotImage:
