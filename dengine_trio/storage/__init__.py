@@ -196,10 +196,16 @@ from types import TracebackType
 
 from ..raft.messages import Entry
 from ._fs import fsync_directory
-from .errors import CorruptHardStateError, CorruptLogError, StorageError, StorageLockedError
+from .errors import (
+    CorruptHardStateError,
+    CorruptLogError,
+    StorageError,
+    StorageLockedError,
+    UnrecoverableStorageError,
+)
 from .hard_state import HARD_STATE_FILE, HardState, load_hard_state, save_hard_state
 from .lock import DirectoryLock
-from .recovery import UnrecoverableStorageError, choose_snapshot
+from .recovery import choose_snapshot
 from .snapshots import (
     CorruptSnapshotError,
     ForeignSnapshotError,

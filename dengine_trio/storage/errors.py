@@ -20,3 +20,10 @@ class CorruptHardStateError(StorageError):
 
 class StorageLockedError(StorageError):
     """Another process holds ``db_root_dir``."""
+
+
+class UnrecoverableStorageError(StorageError):
+    """No snapshot and log that together hold every entry this node had: starting would
+    forget committed entries, so the node refuses (``Storage.open``, "Restart from a
+    snapshot" in the package docstring). The message names each file and why it was not
+    used."""

@@ -13,15 +13,10 @@ from pathlib import Path
 import attrs
 
 from ..raft.messages import Entry
-from .errors import StorageError
+from .errors import UnrecoverableStorageError
 from .snapshots import SnapshotError, SnapshotFile, list_snapshots, verify_snapshot
 
 logger = logging.getLogger("dengine_trio.storage")
-
-
-class UnrecoverableStorageError(StorageError):
-    """No snapshot and log that together hold every entry this node had: starting would
-    forget committed entries, so the node refuses (see "Restart from a snapshot")."""
 
 
 @attrs.frozen(slots=True)
