@@ -463,6 +463,13 @@ class Cluster:
         low, high = self.disk_latency_ms
         self.call_at(self.now + self.rng.uniform(low, high * 5), written)
 
+    def send_snapshot(self, src: int, dst: int) -> None:
+        """Put an InstallSnapshot of ``src``'s newest snapshot file (in ``src``'s current term)
+        on the network to ``dst``, as if ``src``'s core had asked for it."""
+        snap = self.nodes[src].snapshot
+        assert snap is not None, f"node {src} has no snapshot"
+        self._transmit(InstallSnapshot(self.raft(src).term, src, dst, snap.index, snap.term))
+
     def _maybe_snapshot(self, node: SimNode) -> None:
         last = node.snapshot.index if node.snapshot is not None else 0
         if self.snapshot_threshold and node.applied_index - last >= self.snapshot_threshold:

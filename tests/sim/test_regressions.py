@@ -472,3 +472,40 @@ def test_compaction_racing_a_leader_change() -> None:
     c.check_durability()
     c.check_history()
     c.check_linearizability()
+
+
+def test_a_snapshot_whose_last_entry_the_follower_holds_keeps_its_log() -> None:
+    """Raft paper §7, Figure 13 step 6: F holds the snapshot's last entry (same index and
+    term) but has not learnt it is committed. The InstallSnapshot moves F's commit index there
+    and F keeps the entries after it: no restore, no log reset (a restore would throw away
+    entries F may have acknowledged, and the work of sending them)."""
+    c = Cluster(3, seed=208, snapshot_threshold=0, snapshot_retained=100)
+    leader = c.wait_for_leader()
+    f = next(n for n in c.ids if n != leader)
+    c.put(leader, "k")
+    c.run_for(50)
+    c.drop(f, leader)  # F's answers are lost: the leader never learns F's match
+    in_order = c.stall(leader, f, 0.0)
+    for _ in range(10):
+        c.put(leader, "k")  # each AppendEntries to F carries the commit index of its moment
+    c.remove_rule(in_order)
+    c.drop(leader, f)  # nothing more reaches F: no later commit index either
+    c.run_for(50)
+    c.take_snapshot(leader)
+    c.run_for(30)
+    snap = c.nodes[leader].snapshot
+    raft = c.raft(f)
+    assert snap is not None and raft.commit_index < snap.index <= raft.log.last_index
+    assert raft.log.term_at(snap.index) == snap.term
+    last = raft.log.last_index
+    c.heal()
+    c.send_snapshot(leader, f)
+    for _ in range(100):
+        if raft.commit_index >= snap.index:
+            break
+        c.run_for(1)
+    assert raft.commit_index >= snap.index
+    assert "restore-snapshot" not in c.faults_injected, "the follower restored nothing"
+    assert raft.log.first_index == 1 and raft.log.last_index >= last, "F kept its log"
+    c.wait_converged(3_000)
+    c.check_history()

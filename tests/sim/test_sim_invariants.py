@@ -507,12 +507,8 @@ def _run(schedule: Schedule) -> Cluster:
                     c.run_for(20)
                 if twist == "drop":
                     c.drop(0, f, InstallSnapshot, count=c.rng.randint(1, 2))
-                elif twist == "hold":
-                    c.hold(0, f, InstallSnapshot)
-                    c.call_at(
-                        c.now + c.rng.uniform(50, 900),
-                        lambda f=f: None if healed[0] else c.release(0, f, InstallSnapshot),
-                    )
+                elif twist == "hold":  # the first one only: it lands after F has moved on
+                    c.add_rule(LinkRule("hold", 0, f, (InstallSnapshot,), remaining=1))
                 elif twist == "dup":
                     c.set_faults(NetworkFaults(0.0, 0.5, 0.2, 30.0))
                 elif twist == "crash-install":
@@ -539,6 +535,24 @@ def _run(schedule: Schedule) -> Cluster:
                     c.restart(f)
                 client_load(300, 20)
                 c.run_for(300)
+                if twist == "hold":
+                    current = c.leader()
+                    if current is not None:
+                        for _ in range(max(schedule.snapshots[0], 5)):
+                            c.put(current, key)
+                        c.run_for(30)
+                        c.take_snapshot(current)
+                        c.run_for(30)
+                    c.release(0, f, InstallSnapshot)  # an older snapshot than F's state
+                    c.run_for(50)
+                clean = (
+                    not c.cut
+                    and all(r.remaining == 0 for r in c.rules)
+                    and c.faults == NetworkFaults()
+                    and all(n.raft is not None for n in c.nodes.values())
+                )
+                if clean:  # nothing in the way: F must catch up now, not only after the heal
+                    c.wait_converged(5_000)
         elif name == "snapshot-now":
             target, then, moment = cast(tuple[int, str, str], tuple(args))
             target = resolve(target)
