@@ -9,6 +9,7 @@ complete file as of the applied index.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -20,6 +21,7 @@ import trio
 from dengine_trio import EmbeddedEngine
 from dengine_trio.raft.messages import InstallSnapshot
 from dengine_trio.runtime import node as node_module
+from dengine_trio.runtime import snapshotting
 from dengine_trio.statemachine import KVStateMachine
 from dengine_trio.storage import Storage
 from dengine_trio.storage.snapshots import list_snapshots, restore_snapshot, verify_snapshot
@@ -338,3 +340,50 @@ async def test_a_node_down_while_the_log_was_compacted_catches_up_by_snapshot(
         assert raft is not None and raft.log.first_index > 30
         assert int(wal_segments(back)[0].stem) > 30
         nursery.cancel_scope.cancel()
+
+
+async def test_a_snapshot_that_cannot_be_written_is_retried_and_writes_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk while a snapshot is written: one ERROR line naming the directory, the
+    node goes on taking writes (the log is simply not compacted), ``take_snapshot`` raises
+    the ``OSError``, and once the disk has room the next attempt succeeds."""
+    disk_full = True
+    write_snapshot = snapshotting.write_snapshot
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        if disk_full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_snapshot(*args, **kwargs)
+
+    monkeypatch.setattr(snapshotting, "write_snapshot", flaky)
+    monkeypatch.setattr(snapshotting, "RETRY_AFTER_FAILURE_S", 0.2)
+    configs = write_configs(tmp_path, extra=SETTINGS)
+    async with AsyncExitStack() as stack:
+        engines = await start_all(stack, configs)
+        leader = await leader_of(engines)
+        await write(engines[leader], 3 * THRESHOLD)
+        with pytest.raises(OSError, match="No space left"):
+            await engines[leader].take_snapshot()
+        assert all(e.node_status().snapshot_index == 0 for e in engines.values())
+        assert all(not e.node_status().stopped for e in engines.values())
+
+        def failed_everywhere() -> bool:  # each node names its own directory
+            errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+            return all(
+                any("could not write a snapshot as of index" in m and where in m for m in errors)
+                for where in (str(e.config.snapshots_path()) for e in engines.values())
+            )
+
+        await wait_until(failed_everywhere)
+        disk_full = False
+        await trio.sleep(0.3)
+        await write(engines[leader], 2, start=3 * THRESHOLD)
+        await wait_until(
+            lambda: all(e.node_status().snapshot_index > 0 for e in engines.values()),
+            what="a snapshot on every node once the disk has room",
+        )
+        for engine in engines.values():
+            assert verify_snapshot(
+                list_snapshots(engine.config.snapshots_path())[0].path, engine.config.cluster_id()
+            )
