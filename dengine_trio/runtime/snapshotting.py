@@ -62,7 +62,8 @@ INCOMING_SUBDIR = "incoming"
 """Subdirectory of ``snapshots_dir`` where received snapshots are staged until the core takes
 them: outside ``snapshots_dir`` proper, so recovery never picks one the core has not accepted."""
 RETRY_AFTER_FAILURE_S = 5.0
-"""After a snapshot failed to write (a full disk), the next attempt waits this long (s)."""
+"""After a snapshot failed (a full disk, the state machine's ``snapshot()`` raised), the next
+automatic attempt waits this long (s)."""
 
 
 class _Cancelled(Exception):
@@ -147,8 +148,19 @@ class Snapshotter:
             and raft is not None
             and index - raft.snapshot_index >= self.threshold
             and trio.current_time() >= self._retry_at
+            and self._node.nursery is not None
+            and not self._node.stopped
         ):
-            self._start(index, term)
+            try:
+                self._start(index, term)
+            except Exception as exc:  # the state machine's snapshot() failed: try again later
+                self._retry_at = trio.current_time() + RETRY_AFTER_FAILURE_S
+                log.error(
+                    "node %d: %s.snapshot() raised %r; the log is not compacted",
+                    self._node.node_id,
+                    type(self._node.state_machine).__name__,
+                    exc,
+                )
 
     def _start(self, index: int, term: int) -> _Run:
         """Capture the image now (on the loop, between two applies) and write it in a task."""

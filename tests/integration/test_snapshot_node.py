@@ -387,3 +387,36 @@ async def test_a_snapshot_that_cannot_be_written_is_retried_and_writes_go_on(
             assert verify_snapshot(
                 list_snapshots(engine.config.snapshots_path())[0].path, engine.config.cluster_id()
             )
+
+
+class BrokenSnapshotKV(KVStateMachine):
+    """A state machine whose ``snapshot()`` fails until ``broken`` is cleared."""
+
+    broken = True
+
+    def snapshot(self) -> Any:
+        if BrokenSnapshotKV.broken:
+            raise ValueError("cannot capture now")
+        return super().snapshot()
+
+
+async def test_a_state_machine_whose_snapshot_raises_does_not_stop_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``snapshot()`` raising (a custom state machine's bug): an ERROR line, writes go on,
+    the next attempt after the back-off captures once it works."""
+    monkeypatch.setattr(snapshotting, "RETRY_AFTER_FAILURE_S", 0.2)
+    monkeypatch.setattr(BrokenSnapshotKV, "broken", True)
+    configs = write_configs(tmp_path, size=1, extra=SETTINGS)
+    async with EmbeddedEngine.start(configs[0], state_machine=BrokenSnapshotKV()) as engine:
+        await engine.wait_ready(10)
+        await write(engine, 2 * THRESHOLD)
+        assert engine.node_status().snapshot_index == 0
+        assert any("snapshot() raised" in r.getMessage() for r in caplog.records)
+        BrokenSnapshotKV.broken = False
+        await trio.sleep(0.3)
+        await write(engine, 1, start=2 * THRESHOLD)
+        await wait_until(lambda: engine.node_status().snapshot_index > 0)
+        state_machine = engine.state_machine
+        assert isinstance(state_machine, KVStateMachine)
+        assert dict(state_machine.data) == expected(2 * THRESHOLD + 1)
