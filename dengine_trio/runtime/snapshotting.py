@@ -222,19 +222,23 @@ class Snapshotter:
 
     async def _compact(self, index: int, term: int) -> None:
         """Tell the core about the snapshot (it drops its log through ``compact_through``),
-        then drop the WAL segments below that and the snapshot files but the newest two."""
+        then drop the WAL segments below that (both only with ``enable``) and the snapshot
+        files but the newest two."""
         node = self._node
         raft, driver, storage = node.raft, node.driver, node.storage
         assert raft is not None and driver is not None and storage is not None
         compact_through = max(0, index - self.retained)
-        if index > raft.snapshot_index:
+        # With ``enable`` off the log is never compacted: a snapshot asked for
+        # (``take_snapshot``) is a backup, and the core does not hear of it.
+        if self.enable and index > raft.snapshot_index:
             driver.submit(SnapshotTaken(index, term, compact_through))
 
         def compact() -> None:
             # The snapshot file is durable (write_snapshot fsynced it and its directory), so
             # every entry at or below ``index`` is covered even if the core has not stepped
             # SnapshotTaken yet.
-            storage.compact(compact_through)
+            if self.enable:
+                storage.compact(compact_through)
             remove_old_snapshots(self.directory, KEEP_SNAPSHOTS)
 
         await trio.to_thread.run_sync(compact)
@@ -243,7 +247,8 @@ class Snapshotter:
         """A complete snapshot file as of the current applied index: waits for the one under
         way, then returns it if it is as of the applied index, else takes a fresh one.
 
-        Works whether ``enable`` is set or not (a backup). The file may be deleted once two
+        Works whether ``enable`` is set or not; with it off the log is not compacted behind
+        the file (a backup only). The file may be deleted once two
         newer snapshots exist: open it at once. Raises ``Stopped`` (the node is stopping),
         ``OSError`` (the disk) and what the state machine's ``snapshot()`` raises.
         """

@@ -210,6 +210,10 @@ async def test_take_snapshot_is_fresh_and_complete(tmp_path: Path) -> None:
         assert image.data == expected(3 * THRESHOLD + 1)
         # Callers during a write: each gets a complete file as of the index applied when
         # it asked or later; one that asked after the write was applied sees the write.
+        # With enable off a snapshot asked for is a backup: nothing is compacted.
+        raft = engine._runtime.raft
+        assert raft is not None and raft.log.first_index == 1
+        assert engine.node_status().snapshot_index == 0
         results: list[Any] = []
 
         async def take() -> None:
