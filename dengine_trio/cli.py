@@ -33,7 +33,7 @@ from dengine_trio import errors
 from dengine_trio.api import bind_listener, hypercorn_config, kernel_backlog_cap
 from dengine_trio.api.health import create_health_app
 from dengine_trio.api.kv import create_kv_app
-from dengine_trio.api.workers import WorkerPool, bind_worker_listeners
+from dengine_trio.api.workers import WorkerPool
 from dengine_trio.config import (
     HTTP_WORKERS_MAX,
     ConfigError,
@@ -210,14 +210,9 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
             config.http.listen_backlog,
         )
     listeners: list[socket.socket] = []
-    kv_worker_listeners: list[socket.socket] = []
     for what, value in (("KV API", port), ("health API", health_port)):
         try:
-            listeners.append(
-                bind_listener(args.host, value, reuse_port=what == "KV API" and http_workers > 1)
-            )
-            if what == "KV API" and http_workers > 1:
-                kv_worker_listeners = bind_worker_listeners(listeners[0], http_workers)
+            listeners.append(bind_listener(args.host, value))
         except OSError as exc:
             log.error("cannot listen on %s:%d for the %s: %s", args.host, value, what, exc)
             for sock in listeners:
@@ -235,7 +230,7 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
                 access_log=args.access_log,
                 held_signals=held_signals,
                 stop_on_stdin_close=args.stop_on_stdin_close,
-                kv_worker_listeners=kv_worker_listeners,
+                http_workers=http_workers,
                 worker_args=worker_args,
             )
         )
@@ -320,14 +315,14 @@ async def serve_node(
     access_log: bool = False,
     held_signals: Sequence[int] = (),
     stop_on_stdin_close: bool = False,
-    kv_worker_listeners: Sequence[socket.socket] = (),
+    http_workers: int = 1,
     worker_args: Sequence[str] = (),
 ) -> None:
     """Run the engine and both HTTP apps on the given bound sockets until a stop signal.
 
-    With ``kv_worker_listeners`` (one ``SO_REUSEPORT`` socket per worker, ``kv_listener``
-    first; :mod:`dengine_trio.api.workers`) HTTP worker processes, started with
-    ``worker_args``, serve the KV port and pass its requests to this process.
+    With ``http_workers`` > 1 that many HTTP worker processes (started with ``worker_args``;
+    :mod:`dengine_trio.api.workers`) serve the KV port on ``kv_listener`` and pass its
+    requests to this process.
 
     Signals in ``held_signals`` (see :func:`main`) count as received once the receiver is up.
     With ``stop_on_stdin_close``, end of file on standard input counts as a SIGTERM.
@@ -351,7 +346,7 @@ async def serve_node(
                 idle_timeout_s=http.idle_timeout_ms / 1000,
             )
             health_config = limits(health_listener, ssl_context=tls if http.health_tls else None)
-            kv_config = None if kv_worker_listeners else limits(kv_listener, ssl_context=tls)
+            kv_config = None if http_workers > 1 else limits(kv_listener, ssl_context=tls)
             http_stop = trio.Event()
             with trio.CancelScope() as graceful:
                 async with trio.open_nursery() as nursery:
@@ -376,7 +371,8 @@ async def serve_node(
                         if kv_config is None:
                             pool = WorkerPool(
                                 kv_app,
-                                kv_worker_listeners,
+                                kv_listener,
+                                http_workers,
                                 worker_args,
                                 health_config.graceful_timeout,
                                 http.listen_backlog,
@@ -395,9 +391,7 @@ async def serve_node(
                             "KV API on %s://%s%s, health API on %s://%s%s",
                             "https" if tls else "http",
                             kv_address,
-                            f" ({len(kv_worker_listeners)} HTTP worker processes)"
-                            if kv_worker_listeners
-                            else "",
+                            f" ({http_workers} HTTP worker processes)" if http_workers > 1 else "",
                             "https" if tls and http.health_tls else "http",
                             health_address,
                             ", bearer tokens required" if config.auth.enable else "",

@@ -42,6 +42,7 @@ __all__ = [
     "JSON_CONTENT_TYPE",
     "ApiError",
     "App",
+    "ConnectionCount",
     "FastPath",
     "bind_listener",
     "engine_error_response",
@@ -373,17 +374,13 @@ def install_error_handlers(app: Quart) -> None:
     app.register_error_handler(Exception, on_unexpected)
 
 
-def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+def bind_listener(host: str, port: int) -> socket.socket:
     """A bound TCP socket (IPv6 if ``host`` has a colon, ``SO_REUSEADDR``, ``TCP_NODELAY``)
-    for Hypercorn, so a taken port fails here at once. Raises OSError (e.g. ``EADDRINUSE``).
-    ``reuse_port``: ``SO_REUSEPORT`` too, so that the node's HTTP workers can each listen on
-    a socket of their own on this port (:mod:`dengine_trio.api.workers`)."""
+    for Hypercorn, so a taken port fails here at once. Raises OSError (e.g. ``EADDRINUSE``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
     except OSError:
@@ -470,10 +467,11 @@ def _install_connection_limit() -> None:
 
     async def run_within_limit(self: Any) -> None:
         limit = getattr(self.config, "dengine_max_connections", None)
-        if limit is None:
+        connections = getattr(self.config, "dengine_connections", None)
+        if limit is None or connections is None:
             await original(self)
             return
-        if self.config.dengine_open_connections >= limit:
+        if not connections.try_open(limit):
             now = trio.current_time()
             if now - self.config.dengine_refusal_logged_at >= REFUSAL_LOG_INTERVAL_S:
                 self.config.dengine_refusal_logged_at = now
@@ -484,17 +482,35 @@ def _install_connection_limit() -> None:
                 )
             await trio.aclose_forcefully(self.stream)
             return
-        self.config.dengine_open_connections += 1
         try:
             await original(self)
         finally:
-            self.config.dengine_open_connections -= 1
+            connections.close()
 
     run_within_limit._dengine_limit = True  # type: ignore[attr-defined]
     TCPServer.run = run_within_limit  # type: ignore[method-assign]
 
 
 REFUSAL_LOG_INTERVAL_S = 60.0
+
+
+class ConnectionCount:
+    """The connections a port has open (the bound of :func:`_install_connection_limit`), in
+    one process. :class:`dengine_trio.api.workers.SharedConnectionCount` is the same count
+    over a node's HTTP worker processes."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+    def try_open(self, limit: int) -> bool:
+        """Count one more connection if fewer than ``limit`` are open; whether it was."""
+        if self.open >= limit:
+            return False
+        self.open += 1
+        return True
+
+    def close(self) -> None:
+        self.open -= 1
 
 
 class _NodeHypercornConfig(HypercornConfig):
@@ -505,7 +521,7 @@ class _NodeHypercornConfig(HypercornConfig):
 
     node_ssl_context: ssl.SSLContext | None = None
     dengine_max_connections: int | None = None
-    dengine_open_connections: int = 0
+    dengine_connections: ConnectionCount | None = None
     dengine_refusal_logged_at: float = float("-inf")
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
@@ -544,13 +560,15 @@ def hypercorn_config(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     tls_handshake_timeout_s: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS / 1000,
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_MS / 1000,
+    connections: ConnectionCount | None = None,
 ) -> HypercornConfig:
     """Hypercorn settings for one app listening on ``sock`` (Hypercorn takes the socket over).
 
     With ``ssl_context`` (``dengine_trio.config.http_ssl_context``) the port speaks HTTPS
     only; a client has ``tls_handshake_timeout_s`` seconds to finish its handshake.
     ``max_header_bytes``: request line and headers (h11's bound; more is a 400 and a close).
-    ``max_connections``: connections served at once; one more is closed as it is accepted.
+    ``max_connections``: connections served at once; one more is closed as it is accepted
+    (counted in ``connections``, a new :class:`ConnectionCount` if None).
     ``idle_timeout_s``: Hypercorn's keep-alive timer, which runs from the connect and from
     each response until a request's head is complete: it closes an idle connection and one
     whose head trickles in (a slowloris), whichever way the time passes.
@@ -569,6 +587,7 @@ def hypercorn_config(
     config.ssl_handshake_timeout = tls_handshake_timeout_s
     config.h11_max_incomplete_size = max_header_bytes
     config.dengine_max_connections = max_connections
+    config.dengine_connections = ConnectionCount() if connections is None else connections
     config.backlog = backlog
     config.bind = [f"fd://{sock.detach()}"]
     config.accesslog = logging.getLogger("hypercorn.access") if access_log else None

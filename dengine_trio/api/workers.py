@@ -3,9 +3,11 @@
 One node process embeds the engine; HTTP parsing and writing (Hypercorn, h11, TLS), which
 cost more CPU per request than the engine's work, move to N worker processes:
 
-* The node binds the KV port N times with ``SO_REUSEPORT`` (:func:`bind_worker_listeners`;
-  the kernel spreads connections over the N sockets) and hands socket ``i`` to worker ``i``
-  (an inherited file descriptor), with one end of a ``socketpair`` (the **link**).
+* The node binds the KV port once (a taken port fails at start, as with one process),
+  listens, and hands that socket to every worker (an inherited file descriptor: the workers
+  accept from one queue), with one end of a ``socketpair`` each (the **link**).
+  ``SO_REUSEPORT`` would balance connections better but let any process of the same user
+  bind the port beside the node and take part of its connections.
 * A worker (``python -m dengine_trio.api.workers``) runs Hypercorn on trio with the node's
   settings (:func:`dengine_trio.api.hypercorn_config`, the node's TLS context) and one raw
   ASGI app that forwards each request over its link and writes back what comes back. It
@@ -20,11 +22,18 @@ cost more CPU per request than the engine's work, move to N worker processes:
   then ``[BODY, id, body, more_body]`` while the body streams in, ``[DISCONNECT, id]``.
   Node to worker: ``[RESPONSE, id, status, headers, body, more_body]`` (the ASGI start and
   first body message in one frame), ``[BODY, id, body, more_body]``, ``[END, id]`` (the app
-  returned without finishing a response). A request whose body is complete when it starts
+  returned without finishing a response); and once, ``[READY, 0]`` from the worker when
+  Hypercorn serves (the node serves its health port only once every worker is ready, so a
+  probe's 200 means the KV port is served too). A request whose body is complete when it starts
   (nearly all) costs one frame each way.
 * Supervision (:class:`WorkerPool`, in the node): a worker that exits is logged with its
-  status and restarted (after 0.1 s, doubling to 5 s while it keeps dying young); its
-  listening socket stays open in the node, so connections queued meanwhile wait, not fail.
+  status and restarted (after 0.1 s, doubling to 5 s while it keeps dying young); the
+  listening socket stays open in the node, so new connections go to the other workers or
+  wait in its queue, never refused.
+* ``[http] max_connections`` bounds the port, not each worker: each worker counts its open
+  connections in its own slot of a shared memory page (:class:`SharedConnectionCount`) and
+  refuses one when the slots add up to the bound (two workers accepting at the same instant
+  may both see room: at most N - 1 over). The node zeroes a slot when its worker restarts.
   The node stopping sends each worker SIGTERM (Hypercorn's graceful stop: it answers what
   is in flight, through the still-open link), then SIGKILL after the graceful timeout. A
   worker exits by itself when its link closes, so a node killed with SIGKILL leaves no
@@ -39,6 +48,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import mmap
 import os
 import signal
 import socket
@@ -53,15 +63,17 @@ from typing import Any
 import msgpack
 import trio
 
+from dengine_trio.api import ConnectionCount
+
 __all__ = [
+    "SharedConnectionCount",
     "WorkerPool",
-    "bind_worker_listeners",
     "main",
 ]
 
 log = logging.getLogger("dengine_trio.http_workers")
 
-OPEN, BODY, DISCONNECT, RESPONSE, END = range(5)
+OPEN, BODY, DISCONNECT, RESPONSE, END, READY = range(6)
 READ_BYTES = 256 * 1024
 RESTART_DELAY_S = 0.1
 RESTART_DELAY_MAX_S = 5.0
@@ -69,6 +81,9 @@ STABLE_AFTER_S = 10.0
 """A worker that ran this long (s) before exiting is restarted after the shortest delay."""
 KILL_MARGIN_S = 2.0
 """After the graceful timeout, how long (s) a stopping worker gets before SIGKILL."""
+READY_TIMEOUT_S = 60.0
+"""How long (s) the node waits for its workers' first start before serving its health port
+anyway (with a warning): a worker that cannot start must not keep probes dark forever."""
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 """Bound on one link frame (bytes): a response body (at most a value and its JSON) or a
@@ -111,26 +126,45 @@ class _FrameReader:
         return frames
 
 
-def bind_worker_listeners(listener: socket.socket, count: int) -> list[socket.socket]:
-    """``count`` sockets listening on ``listener``'s address with ``SO_REUSEPORT``, the first
-    being ``listener`` itself (bound by :func:`dengine_trio.api.bind_listener` with
-    ``reuse_port=True``). Raises OSError if the kernel refuses (e.g. no ``SO_REUSEPORT``)."""
-    family = listener.family
-    host, port = listener.getsockname()[:2]
-    sockets = [listener]
-    try:
-        for _ in range(count - 1):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.bind((host, port))
-    except OSError:
-        for sock in sockets[1:]:
-            sock.close()
-        raise
-    return sockets
+class SharedConnectionCount(ConnectionCount):
+    """Open connections of the KV port over all workers: slot ``i`` (an 8-byte count in a
+    shared ``memfd`` page) is worker ``i``'s, written by it alone; the total is read over all
+    slots (``dengine_trio.api.ConnectionCount``'s interface)."""
+
+    def __init__(self, fd: int, slots: int, slot: int) -> None:
+        self.view = mmap.mmap(fd, 8 * slots)
+        self.slots = slots
+        self.offset = 8 * slot
+
+    @classmethod
+    def create(cls, slots: int) -> tuple[int, SharedConnectionCount]:
+        """A new page of ``slots`` counts at zero: (its file descriptor, the node's view)."""
+        fd = os.memfd_create("dengine-http-connections", 0)
+        os.ftruncate(fd, 8 * slots)
+        return fd, cls(fd, slots, 0)
+
+    def total(self) -> int:
+        return sum(_COUNT.unpack_from(self.view, 8 * i)[0] for i in range(self.slots))
+
+    def try_open(self, limit: int) -> bool:
+        if self.total() >= limit:
+            return False
+        self._add(1)
+        return True
+
+    def close(self) -> None:
+        self._add(-1)
+
+    def reset(self, slot: int) -> None:
+        """Zero ``slot`` (its worker exited: its connections closed with it)."""
+        _COUNT.pack_into(self.view, 8 * slot, 0)
+
+    def _add(self, delta: int) -> None:
+        (count,) = _COUNT.unpack_from(self.view, self.offset)
+        _COUNT.pack_into(self.view, self.offset, count + delta)
+
+
+_COUNT = struct.Struct("=q")
 
 
 class _Link:
@@ -250,9 +284,10 @@ class _Exchange:
 class _NodeBridge:
     """Serves one worker's link in the node: each OPEN runs ``app`` in a task of its own."""
 
-    def __init__(self, app: Any, link: _Link) -> None:
+    def __init__(self, app: Any, link: _Link, on_ready: Any) -> None:
         self.app = app
         self.link = link
+        self.on_ready = on_ready
         self.exchanges: dict[int, _Exchange] = {}
         self.nursery: trio.Nursery | None = None
 
@@ -266,7 +301,9 @@ class _NodeBridge:
 
     def on_message(self, message: list[Any]) -> None:
         kind, rid = message[0], message[1]
-        if kind == OPEN:
+        if kind == READY:
+            self.on_ready()
+        elif kind == OPEN:
             (method, scheme, http_version, path, raw_path, query, headers, client, server) = (
                 message[2:11]
             )
@@ -313,23 +350,26 @@ class _NodeBridge:
 class WorkerPool:
     """Runs and supervises the KV port's HTTP workers (see the module docstring).
 
-    ``app``: the node's KV app (an ASGI app); ``listeners``: one listening socket per worker
-    (:func:`bind_worker_listeners`); ``worker_args``: the worker's command line after
-    ``--listen-fd`` and ``--link-fd`` (the config path and logging flags); ``graceful_s``:
-    Hypercorn's graceful timeout (s); ``backlog``: each socket's listen backlog.
+    ``app``: the node's KV app (an ASGI app); ``listener``: the KV port's bound socket;
+    ``workers``: how many; ``worker_args``: the worker's command line after the file
+    descriptors (the config path and logging flags); ``graceful_s``: Hypercorn's graceful
+    timeout (s); ``backlog``: the socket's listen backlog.
     """
 
     def __init__(
         self,
         app: Any,
-        listeners: Sequence[socket.socket],
+        listener: socket.socket,
+        workers: int,
         worker_args: Sequence[str],
         graceful_s: float,
         backlog: int,
     ) -> None:
         self.app = app
         self.backlog = backlog
-        self.listeners = list(listeners)
+        self.listener = listener
+        self.workers = workers
+        self.ready: dict[int, trio.Event] = {slot: trio.Event() for slot in range(workers)}
         self.worker_args = list(worker_args)
         self.graceful_s = graceful_s
         self.stopping = False
@@ -340,17 +380,28 @@ class WorkerPool:
     async def run(self, stop: trio.Event, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Start the workers, keep them running until ``stop`` is set, then stop them.
 
-        The sockets listen from now on: a connection made before its worker is up (or while
-        it restarts) waits in the kernel's backlog instead of being refused."""
+        The socket listens from now on: a connection made before a worker is up (or while
+        one restarts) waits in the kernel's backlog instead of being refused. Started (for
+        ``nursery.start``) once every worker serves, or after :data:`READY_TIMEOUT_S`."""
         self.stop = stop
-        for sock in self.listeners:
-            sock.listen(self.backlog)
+        self.listener.listen(self.backlog)
+        counts_fd, self.counts = SharedConnectionCount.create(self.workers)
+        self.counts_fd = counts_fd
         try:
             async with trio.open_nursery() as nursery:
                 lifespan = await nursery.start(self._lifespan)
                 async with trio.open_nursery() as workers:
-                    for slot in range(len(self.listeners)):
+                    for slot in range(self.workers):
                         workers.start_soon(self._supervise, slot)
+                    with trio.move_on_after(READY_TIMEOUT_S) as waited:
+                        for event in self.ready.values():
+                            await event.wait()
+                    if waited.cancelled_caught:
+                        log.warning(
+                            "HTTP workers not all serving after %.0f s: serving the health "
+                            "port anyway",
+                            READY_TIMEOUT_S,
+                        )
                     task_status.started()
                     await stop.wait()
                     self.stopping = True
@@ -359,8 +410,8 @@ class WorkerPool:
                     # Each _supervise returns once its worker has exited (killed if need be).
                 await lifespan.send({"type": "lifespan.shutdown"})
         finally:
-            for sock in self.listeners:
-                sock.close()
+            self.listener.close()
+            os.close(counts_fd)
 
     async def _lifespan(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """The app's ASGI lifespan (Quart's startup and shutdown), as Hypercorn runs it."""
@@ -397,25 +448,16 @@ class WorkerPool:
             delay = min(delay * 2, RESTART_DELAY_MAX_S)
 
     async def _run_worker(self, slot: int) -> int | None:
-        listener = self.listeners[slot]
         node_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        command = [
-            sys.executable,
-            "-m",
-            "dengine_trio.api.workers",
-            "--listen-fd",
-            str(listener.fileno()),
-            "--link-fd",
-            str(worker_end.fileno()),
-            "--slot",
-            str(slot),
-            *self.worker_args,
-        ]
+        fds = (self.listener.fileno(), worker_end.fileno(), self.counts_fd)
+        command = [sys.executable, "-m", "dengine_trio.api.workers"]
+        command += ["--listen-fd", str(fds[0]), "--link-fd", str(fds[1])]
+        command += ["--counts-fd", str(fds[2]), "--workers", str(self.workers)]
+        command += ["--slot", str(slot), *self.worker_args]
+        self.counts.reset(slot)
         try:
             process = await trio.lowlevel.open_process(
-                command,
-                pass_fds=(listener.fileno(), worker_end.fileno()),
-                stdin=subprocess.DEVNULL,
+                command, pass_fds=fds, stdin=subprocess.DEVNULL
             )
         finally:
             worker_end.close()
@@ -423,13 +465,15 @@ class WorkerPool:
         log.info("HTTP worker %d started (pid %d)", slot, process.pid)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_NodeBridge(self.app, _Link(node_end)).run)
+                bridge = _NodeBridge(self.app, _Link(node_end), self.ready[slot].set)
+                nursery.start_soon(bridge.run)
                 nursery.start_soon(self._kill_if_late, process)
                 await process.wait()
                 nursery.cancel_scope.cancel()
         finally:
             node_end.close()
             self.processes.pop(slot, None)
+            self.counts.reset(slot)
             if process.returncode is None:  # cancelled: never leave it behind
                 _signal(process, signal.SIGKILL)
                 with trio.CancelScope(shield=True):
@@ -588,6 +632,7 @@ async def _serve_worker(args: argparse.Namespace) -> None:
     config = load_config(args.config_path)
     http = config.http
     link = _Link(socket.socket(fileno=args.link_fd))
+    connections = SharedConnectionCount(args.counts_fd, args.workers, args.slot)
     bridge = _WorkerBridge(link)
     listener = socket.socket(fileno=args.listen_fd)
     hypercorn = hypercorn_config(
@@ -599,6 +644,7 @@ async def _serve_worker(args: argparse.Namespace) -> None:
         max_connections=http.max_connections,
         tls_handshake_timeout_s=http.tls_handshake_timeout_ms / 1000,
         idle_timeout_s=http.idle_timeout_ms / 1000,
+        connections=connections,
     )
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -622,6 +668,7 @@ async def _serve_worker(args: argparse.Namespace) -> None:
             nursery.start_soon(link.pump)
             async with trio.open_nursery() as server:
                 await server.start(partial(serve, bridge, hypercorn, shutdown_trigger=stop.wait))
+                link.write([READY, 0])
                 log.info("HTTP worker %s (pid %d) serving", args.slot, os.getpid())
             # Hypercorn has stopped gracefully (every answer in flight written).
             nursery.cancel_scope.cancel()
@@ -634,6 +681,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dengine_trio.api.workers")
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--link-fd", type=int, required=True)
+    parser.add_argument("--counts-fd", type=int, required=True)
+    parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--slot", type=int, default=0)
     parser.add_argument("--config-path", required=True)
     parser.add_argument("--node-id", type=int, default=0)
