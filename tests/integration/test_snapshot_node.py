@@ -40,7 +40,7 @@ SETTINGS = {
 
 @pytest.fixture(autouse=True)
 def small_segments(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The node opens its storage with ``SEGMENT_BYTES`` segments (default 64 MiB)."""
+    """The node opens its storage with ``SEGMENT_BYTES`` segments (default 4 MiB)."""
     open_storage = Storage.open.__func__  # type: ignore[attr-defined]
 
     def open_small(cls: type[Storage], root: Any, *args: Any, **kwargs: Any) -> Storage:
