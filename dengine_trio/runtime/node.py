@@ -4,6 +4,7 @@
   carried out, and the I/O effects (transport, log, fsyncs);
 * the request table (``requests.py``): pending proposals and reads, capacity, deadlines;
 * the forwarding protocol (``forwarding.py``): a follower's writes sent to the leader;
+* the snapshotter (``snapshotting.py``): snapshots taken, restored at start, installed;
 * the transport (``transport.py``) and the storage.
 
 ``NodeRuntime`` owns their lifecycle and carries out the effects that are not I/O: it applies
@@ -12,10 +13,10 @@ committed entries to the state machine (in log order, in whichever task stepped 
 
 Tasks in the node's nursery: the Raft loop (``Driver.run``), the transport (its listener and
 one outbound link per peer; a task that receives from a peer steps the core itself), the flush
-task (``Driver.flush_loop``, in the node's fsync thread), the deadline sweeper, and one short
-task per write forwarded to this node. Cancelling the nursery is shutdown; ``run`` then
-flushes and closes the storage before it returns, so nothing keeps running and nothing
-acknowledged is left unflushed.
+task (``Driver.flush_loop``, in the node's fsync thread), the deadline sweeper, one short
+task per write forwarded to this node, and one per snapshot being written. Cancelling the
+nursery is shutdown; ``run`` then flushes and closes the storage before it returns, so
+nothing keeps running and nothing acknowledged is left unflushed.
 """
 
 from __future__ import annotations
