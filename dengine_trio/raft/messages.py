@@ -98,10 +98,12 @@ class AppendEntriesResponse:
 class Heartbeat:
     """Leader's periodic liveness message (etcd's MsgHeartbeat).
 
-    ``commit`` is already capped by the leader at what it believes this follower holds, and
-    ``commit_term`` is the term of the leader's entry there: the follower commits up to
-    ``commit`` only if it holds that very entry (by log matching, §5.3, then the whole prefix),
-    since a restarted follower may hold less, or older entries, than the leader believes.
+    ``commit`` is already capped by the leader at what it believes this follower holds (to a
+    follower being sent a snapshot: the snapshot's last entry; 0 when the leader's entry there
+    is compacted away), and ``commit_term`` is the term of the leader's entry there: the
+    follower commits up to ``commit`` only if it holds that very entry (by log matching, §5.3,
+    then the whole prefix), since a restarted follower may hold less, or older entries, than
+    the leader believes.
     ``seq`` numbers the heartbeat round; a quorum of acknowledgements of round ``seq`` confirms
     leadership as of the time that round was sent (ReadIndex and the leader lease use this).
     """
