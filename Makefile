@@ -36,8 +36,15 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
-test: lint ## lint, then the whole test suite (bounded hypothesis budget)
+# The API and bad-input suites once more with the KV port behind two HTTP worker processes
+# ([http] workers; docs/testing.md): the same answers in both modes.
+WORKER_SUITES := tests/e2e/test_kv_api.py tests/e2e/test_auth.py \
+	tests/e2e/test_newcomer_smuggling.py tests/e2e/test_newcomer_half_close.py \
+	tests/e2e/test_newcomer_stalled_body.py
+
+test: lint ## lint, then the whole test suite (bounded hypothesis budget), then the API suites with HTTP workers
 	$(BIN)/pytest -q -m "not chaos"
+	DENGINE_HTTP_WORKERS=2 $(BIN)/pytest -q -m "not chaos" $(WORKER_SUITES)
 
 chaos: $(STAMP) ## long randomized campaigns (minutes)
 	DENGINE_CHAOS=1 $(BIN)/pytest -q -m chaos -s
