@@ -653,3 +653,87 @@ def test_a_torn_first_write_after_an_install(tmp_path: Path, kept: int) -> None:
         storage.append(entries(51 + len(survivors), 54, term=2))
     with open_storage(db) as storage:
         assert storage.entries == entries(51, 54, term=2)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    log_first=st.integers(1, 12),
+    log_length=st.integers(0, 25),
+    term_steps=st.lists(st.integers(0, 1), min_size=40, max_size=40),
+    files=st.lists(
+        st.tuples(st.integers(1, 45), st.integers(1, 4), st.booleans()),
+        max_size=3,
+        unique_by=lambda f: f[0],
+    ),
+)
+def test_the_choice_at_restart_keeps_every_entry_or_refuses(
+    tmp_path_factory: pytest.TempPathFactory,
+    log_first: int,
+    log_length: int,
+    term_steps: list[int],
+    files: list[tuple[int, int, bool]],
+) -> None:
+    """Any log (possibly compacted: starting above 1) and any set of snapshot files, some
+    damaged: a restart either refuses, or gives a snapshot that verified and the log's own
+    entries from right after it, with no hole, and discards the log only when the newest
+    snapshot of all (no newer file rejected) contradicts it or passes its end; and it does not
+    refuse when the newest file is valid and the log has no hole after it."""
+    db = tmp_path_factory.mktemp("db")
+    terms = [1]
+    for step in term_steps:
+        terms.append(terms[-1] + step)
+    log = [
+        Entry(term=terms[i], index=i, data=b"%d" % i)
+        for i in range(log_first, log_first + log_length)
+    ]
+    with Storage.open(db) as storage:
+        storage.save_hard_state(10, 0)
+    wal, _ = WriteAheadLog.open(db / "wal", segment_bytes=SEGMENT_BYTES)
+    if log_first > 1:
+        wal.reset(log_first - 1, terms[log_first - 1])  # a log compacted up to log_first
+    feed(wal, log)
+    wal.close()
+    written = {}
+    for index, term, damaged in files:
+        path = write_snapshot(db / "snapshots", index, term)
+        if damaged:
+            damage(path)
+        written[index] = (term, damaged)
+    held = {e.index: e for e in log}
+
+    def follows(index: int, term: int) -> bool:
+        return (log_first == index + 1 and bool(log)) or (
+            index in held and held[index].term == term
+        )
+
+    newest = max(written, default=None)
+    try:
+        storage = open_storage(db)
+    except UnrecoverableStorageError:
+        if newest is not None and not written[newest][1]:
+            assert log and log_first > newest + 1  # refused only for a hole
+        else:
+            assert not (log and log_first == 1)
+        return
+    with storage:
+        snapshot = (storage.snapshot_index, storage.snapshot_term)
+        got = storage.entries
+    if storage.snapshot is None:
+        assert not log or log_first == 1
+        assert got == log
+        return
+    index, term = snapshot
+    assert written[index] == (term, False)  # a file that verified
+    rejected_newer = [i for i in written if i > index]
+    assert all(written[i][1] for i in rejected_newer)
+    if rejected_newer:
+        assert follows(index, term)  # an older snapshot only with the log covering it
+    if got:
+        assert follows(index, term)
+        assert got == [e for e in log if e.index > index]
+    elif log and log[-1].index > index:
+        # The log was discarded: only for the newest snapshot, which it contradicts at its
+        # index (a log starting after index + 1 is a hole: refused, never discarded).
+        assert not rejected_newer and index in held and held[index].term != term
