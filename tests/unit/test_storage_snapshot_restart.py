@@ -367,9 +367,10 @@ def crash_before_operation(number: int) -> Iterator[list[str]]:
     """Raise ``Crash`` instead of the ``number``-th (0-based) file-system operation that
     changes the disk or makes it durable (write, pwrite, ftruncate, fsync, rename, unlink).
 
-    Every step of the sequences under test is followed by an fsync before the next step
-    that depends on it, so stopping before operation k leaves exactly what a power loss at
-    that point can leave."""
+    In the sequences under test each metadata step (rename, unlink) and the marker write is
+    fsynced before the next step that depends on it, so stopping before operation k leaves
+    what a power loss there can leave, except for unsynced file contents; the only such file
+    is the temporary one being received, which a restart deletes."""
     performed: list[str] = []
     names = ["write", "pwrite", "ftruncate", "fsync", "replace", "rename", "unlink"]
     real = {name: getattr(os, name) for name in names}
