@@ -10,6 +10,7 @@ complete file as of the applied index.
 from __future__ import annotations
 
 import errno
+import threading
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 import trio
 
 from dengine_trio import EmbeddedEngine
+from dengine_trio.errors import Stopped
 from dengine_trio.raft.messages import InstallSnapshot
 from dengine_trio.runtime import node as node_module
 from dengine_trio.runtime import snapshotting
@@ -424,3 +426,49 @@ async def test_a_state_machine_whose_snapshot_raises_does_not_stop_the_node(
         state_machine = engine.state_machine
         assert isinstance(state_machine, KVStateMachine)
         assert dict(state_machine.data) == expected(2 * THRESHOLD + 1)
+
+
+class GatedKV(KVStateMachine):
+    """A state machine whose image writes one chunk, then waits for ``gate`` (in the writer
+    thread) before the rest: a snapshot that is still being written when the node stops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    def snapshot(self) -> Any:
+        def image(sink: Any) -> None:
+            sink.write(b"first chunk")
+            self.started.set()
+            assert self.gate.wait(30)
+            sink.write(b"the rest")
+
+        return image
+
+
+async def test_a_node_that_stops_abandons_the_snapshot_being_written(tmp_path: Path) -> None:
+    """Stopping does not wait for a snapshot to be written out: its writer gives up at its next
+    chunk, nothing is installed and no temporary file is left."""
+    configs = write_configs(tmp_path, size=1, extra=SETTINGS)
+    state_machine = GatedKV()
+    async with EmbeddedEngine.start(configs[0], state_machine=state_machine) as engine:
+        await engine.wait_ready(10)
+        await write(engine, 3)
+        outcome: list[BaseException] = []
+
+        async def take() -> None:
+            try:
+                await engine.take_snapshot()
+            except Stopped as exc:
+                outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(take)
+            await trio.to_thread.run_sync(state_machine.started.wait, 30)
+            engine._runtime.stop()  # what EmbeddedEngine.stop does first
+            state_machine.gate.set()
+        await engine.stop()
+    assert len(outcome) == 1
+    directory = configs[0].snapshots_path()
+    assert list(directory.iterdir()) == []  # no snapshot, no temporary file
