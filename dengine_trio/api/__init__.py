@@ -21,6 +21,7 @@ from typing import Any
 import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import RawData
 from hypercorn.protocol import h11 as h11_protocol
 from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart, Response, request
@@ -426,6 +427,45 @@ def _install_json_protocol_errors() -> None:
     protocol._send_error_response = send_json_error_response  # type: ignore[method-assign]
 
 
+def _install_coalesced_writes() -> None:
+    """Make Hypercorn write a response's head together with its first body bytes.
+
+    Hypercorn (0.18, h11) writes the status line and headers, the body and the end of the
+    message each with a ``send_all`` of its own, each under its connection's send lock and a
+    shielded cancel scope: for a small JSON answer, two system calls where one does. This
+    holds the head of a final response (``h11.Response``; never a ``100 Continue``) until
+    the next event of that connection and writes both at once. Every path that answers sends
+    a body or an end of message right after its head (ASGI apps, Hypercorn's own error
+    responses, :func:`_install_json_protocol_errors`'), so the head is never held for
+    longer than the app takes to send its first body message. Patched once per process; if
+    Hypercorn lacks the method, nothing is.
+    """
+    protocol = h11_protocol.H11Protocol
+    original = getattr(protocol, "_send_h11_event", None)
+    if original is None or getattr(original, "_dengine_coalesce", False):
+        return
+    response_type = h11.Response
+    raw_data = RawData
+
+    async def send_h11_event(self: Any, event: Any) -> None:
+        try:
+            data = self.connection.send(event)
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+            return
+        held = self.__dict__.pop("_dengine_held_head", None)
+        if held is not None:
+            data = held + data
+        if type(event) is response_type:
+            self._dengine_held_head = data
+            return
+        await self.send(raw_data(data=data))
+
+    send_h11_event._dengine_coalesce = True  # type: ignore[attr-defined]
+    protocol._send_h11_event = send_h11_event  # type: ignore[method-assign]
+
+
 def _install_release_on_eof() -> None:
     """Make Hypercorn close a connection as soon as its client has closed it.
 
@@ -580,6 +620,7 @@ def hypercorn_config(
     idle keep-alive connections.
     """
     _install_json_protocol_errors()
+    _install_coalesced_writes()
     _install_release_on_eof()
     _install_connection_limit()
     config = _NodeHypercornConfig()
