@@ -97,12 +97,12 @@ bench-notice:
 	@echo "  - install the test and bench extras (pysyncobj, matplotlib) into $(VENV) if missing;"
 	@echo "  - if run as root with apt-get, install the OS packages wrk and etcd-server if missing"
 	@echo "    (otherwise those parts are skipped, with a message);"
-	@echo "  - run the benchmarks (about 10 minutes), then rewrite the generated section of the"
+	@echo "  - run the benchmarks (about 13 minutes), then rewrite the generated section of the"
 	@echo "    tracked docs/benchmarks.md and docs/benchmarks.png (git diff shows the change;"
 	@echo "    .venv/bin/python -m bench.suite --no-doc runs them without writing)."
 	@echo "Ctrl+C stops it at any point."
 
-bench: bench-notice $(STAMP) ## the suite: embedded vs PySyncObj, snapshots, HTTP vs its ceiling and etcd; rewrites docs/benchmarks.md (about 10 minutes)
+bench: bench-notice $(STAMP) ## the suite: embedded vs PySyncObj, snapshots, HTTP (1 and 2 workers) vs both ceilings and etcd; rewrites docs/benchmarks.md (about 13 minutes)
 	@$(BIN)/python -c "import pysyncobj, matplotlib" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,bench]'
 	@missing=""; command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
