@@ -605,9 +605,14 @@ class RaftNode:
                 conflict_index, conflict_term = self.log.last_index + 1, 0
             else:
                 conflict_term = self.log.term_at(prev_index) or 0
-                conflict_index = max(
-                    self.log.first_index_of_term_at(prev_index), self.commit_index + 1
-                )
+                conflict_index = self.commit_index + 1
+                if prev_index >= self.log.first_index:
+                    conflict_index = max(
+                        self.log.first_index_of_term_at(prev_index), conflict_index
+                    )
+                # else: the mismatch is at the log offset (= our commit index), whose entry
+                # is compacted away. A leader that contradicts a committed entry exists only
+                # after a lost MemFirst tail or a confused peer; reject, never raise.
             self._send(
                 AppendEntriesResponse(
                     self.term,

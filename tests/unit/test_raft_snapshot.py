@@ -491,3 +491,23 @@ def test_leader_compacting_past_a_follower_switches_it_to_a_snapshot() -> None:
     effects = leader.step(now + 1, Receive(reject))
     assert sent(effects, InstallSnapshot) == [InstallSnapshot(term, 1, 2, 6, term)]
     assert leader.progress[2].state is ProgressState.SNAPSHOT
+
+
+@pytest.mark.parametrize("log", [[], entries(11, 2, 2)])
+def test_append_contradicting_the_snapshot_entry_is_rejected_not_a_crash(
+    log: list[Entry],
+) -> None:
+    """A leader whose entry at our snapshot's index (our commit index, the log offset) has
+    another term: only a lost MemFirst tail (a majority's power cut; durability.md) or a
+    confused peer can send it, but the node must not die of a message (before: the conflict
+    hint looked up the offset's entry, compacted away: IndexError out of ``step``). It is
+    rejected with a hint past the commit index, as any conflict is."""
+    follower = restarted(2, (10, 1), log, term=2)
+    append = AppendEntries(
+        3, 1, 2, prev_log_index=10, prev_log_term=3, entries=(), leader_commit=10
+    )
+    effects = follower.step(10_000.0, Receive(append))
+    (answer,) = sent(effects, AppendEntriesResponse)
+    assert not answer.success
+    assert answer.conflict_index == 11 and answer.reject_index == 10
+    assert follower.commit_index == 10 and follower.log.last_index == 10 + len(log)
