@@ -56,6 +56,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -792,22 +793,30 @@ async def run_compare(results: Results, o: Options) -> None:
         ),
     ]
     progress("compare: starting four clusters")
-    async with (
-        worker(sides[0][0], sides[0][1], ready_timeout_s=WORKER_READY_S) as a,
-        worker(sides[1][0], sides[1][1], ready_timeout_s=WORKER_READY_S) as b,
-        worker(sides[2][0], sides[2][1], ready_timeout_s=WORKER_READY_S) as c,
-        worker(sides[3][0], sides[3][1], ready_timeout_s=WORKER_READY_S) as d,
-    ):
-        handles: list[Worker] = [a, b, c, d]
+    async with AsyncExitStack() as stack:
+        handles: list[Worker | None] = []
         failed: set[str] = set()
+        for name, argv, _ in sides:
+            try:
+                handles.append(
+                    await stack.enter_async_context(
+                        worker(name, argv, ready_timeout_s=WORKER_READY_S)
+                    )
+                )
+            except (WorkerError, trio.TooSlowError, OSError) as exc:
+                handles.append(None)  # that side is left out; the others still run
+                failed.add(name)
+                results.failures.append(f"compare {name}: {exc!r}")
+                progress(f"compare {name} did not start: {exc!r}")
         for round_no in range(o.rounds):
             for k in range(len(sides)):
                 i = (round_no + k) % len(sides)  # the first side rotates
                 name, _, command = sides[i]
-                if name in failed:
+                handle = handles[i]
+                if name in failed or handle is None:
                     continue
                 try:
-                    result = await handles[i].call(o.phase_timeout_s, **command, round=round_no + 1)
+                    result = await handle.call(o.phase_timeout_s, **command, round=round_no + 1)
                 except (WorkerError, trio.TooSlowError, OSError, trio.BrokenResourceError) as e:
                     failed.add(name)
                     results.failures.append(f"compare {name}: {e!r}")
@@ -967,11 +976,18 @@ def markdown(results: Results) -> tuple[str, list[Target]]:
             at = o.down_for if key == "catch_up" else o.puts
             xs = [(p // 5 if key == "catch_up" else p, f[key] / scale) for p, f in theirs]
             extra = extrapolate(xs, at) if key != "rate" else math.nan
+            if len(xs) == 2 and xs[1][1] < xs[0][1]:
+                extra = math.nan  # smaller at the larger count: noise, no line to draw
             parts.append(
                 f"| {label} | {text} "
                 f"| {measured or '-'} | {'-' if math.isnan(extra) else fmt.format(extra)} "
                 f"| {goal} |"
             )
+        parts += [
+            "",
+            "A `-` in the extrapolated column where two figures are shown: the larger count "
+            "measured less than the smaller one (noise), so no line is drawn.",
+        ]
         if on:
             mine_rss = max(mine["rss1"], mine["rss2"])
             targets.append(
