@@ -105,6 +105,9 @@ newest snapshot it can trust and the log after it:
    deleted; the log is recovered as above (torn tail cut, damage refused).
 2. Snapshot files are verified newest first (whole file: both CRCs, version, cluster id, name
    against header). Each file not used is logged with one WARNING line naming it and why.
+   Once the choice is made, the files that failed verification are renamed to
+   ``<name>.rejected`` (``move_aside``): left under a snapshot name they would count, by
+   name, among the two newest kept after each snapshot and as ``compact``'s cover.
 3. The newest valid snapshot (index S, term T) is used, and the log after it:
    * the log holds entry S with term T: the entries after S (the ones at or below S stay on
      disk until ``compact``);
@@ -218,6 +221,7 @@ from .snapshots import (
     SnapshotWriter,
     UnsupportedSnapshotVersionError,
     list_snapshots,
+    move_aside,
     remove_stale_temporaries,
     snapshot_name,
 )
@@ -342,6 +346,10 @@ class Storage:
                     )
                     hard_state = HardState(term=snapshot.last_term, voted_for=0)
                     save_hard_state(root, hard_state)
+                for moved in move_aside(choice.invalid):
+                    # Out of the snapshot names: the keep-the-newest clean-up and compact's
+                    # guard go by name, and must only ever count this node's valid files.
+                    logger.info("moved %s aside to %s", moved.with_suffix(""), moved)
                 if snapshot is not None:
                     if choice.reset_log or not entries:
                         wal.reset(snapshot.last_index, snapshot.last_term)

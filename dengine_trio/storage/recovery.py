@@ -24,11 +24,13 @@ class SnapshotChoice:
     """What recovery decided. ``snapshot``: the snapshot to restore (None: replay the log
     from its start). ``reset_log``: the log contradicts ``snapshot`` or ends before it, and
     must be reset to start after it. ``rejected``: files that were not used, each with the
-    reason, newest first (already logged)."""
+    reason, newest first (already logged). ``invalid``: those of them that failed
+    verification (damaged, another cluster's, unknown version): never usable here."""
 
     snapshot: SnapshotFile | None
     reset_log: bool
     rejected: list[tuple[Path, str]]
+    invalid: list[Path] = attrs.Factory(list)
 
 
 def _log_holds(entries: Sequence[Entry], index: int, term: int) -> bool:
@@ -64,6 +66,7 @@ def choose_snapshot(
     ``OSError`` from the disk.
     """
     rejected: list[tuple[Path, str]] = []
+    invalid: list[Path] = []
 
     def reject(candidate: SnapshotFile, reason: str) -> None:
         logger.warning("snapshot %s: %s; not used", candidate.path, reason)
@@ -76,11 +79,12 @@ def choose_snapshot(
             snapshot = verify_snapshot(candidate.path, cluster_id)
         except SnapshotError as exc:
             reject(candidate, exc.problem)
+            invalid.append(candidate.path)
             continue
         index, term = snapshot.last_index, snapshot.last_term
         follows = first == index + 1 or _log_holds(entries, index, term)
         if follows:
-            return SnapshotChoice(snapshot, False, rejected)
+            return SnapshotChoice(snapshot, False, rejected, invalid)
         if rejected:
             # A newer snapshot was damaged: this older one may lack entries the newer one
             # covered, which only the log can still supply.
@@ -106,9 +110,9 @@ def choose_snapshot(
                 _describe(entries),
                 "which ends before it" if entries[-1].index < index else "with another term there",
             )
-        return SnapshotChoice(snapshot, bool(entries), rejected)
+        return SnapshotChoice(snapshot, bool(entries), rejected, invalid)
     if first == 1 or (not entries and not candidates):
-        return SnapshotChoice(None, False, rejected)
+        return SnapshotChoice(None, False, rejected, invalid)
     if not candidates:
         raise UnrecoverableStorageError(
             f"{_describe(entries)} but {snapshots_dir} has no snapshot: entries "

@@ -65,7 +65,7 @@ import re
 import struct
 import tempfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -664,6 +664,27 @@ def remove_old_snapshots(directory: str | Path, keep: int) -> list[Path]:
     if removed:
         fsync_directory(Path(directory))
     return removed
+
+
+REJECTED_SUFFIX = ".rejected"
+"""Appended to the name of a snapshot file found unusable here (``move_aside``)."""
+
+
+def move_aside(paths: Sequence[Path]) -> list[Path]:
+    """Rename each of ``paths`` (snapshot files that failed verification: damaged, another
+    cluster's, an unknown version) to ``<name>.rejected`` in its directory, then fsync the
+    directories; return the new paths. Files left under their snapshot names would count,
+    by name, among the newest snapshots kept by ``remove_old_snapshots`` and as cover for
+    ``Storage.compact``, and so could cost the node its valid snapshots. Renamed, not
+    deleted: the operator may want to look at them. Raises ``OSError``."""
+    moved = []
+    for path in paths:
+        target = path.with_name(path.name + REJECTED_SUFFIX)
+        os.replace(path, target)
+        moved.append(target)
+    for directory in {p.parent for p in moved}:
+        fsync_directory(directory)
+    return moved
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:

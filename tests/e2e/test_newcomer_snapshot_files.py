@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from dengine_trio.config import load_config
 from dengine_trio.storage.snapshots import (
     SnapshotError,
@@ -69,13 +67,6 @@ def _plant(directory: Path) -> None:
     make_snapshot(directory)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="remove_old_snapshots keeps the newest two files BY NAME, unverified (and "
-    "Storage.compact's guard also trusts names): two invalid files named newer than the "
-    "node's snapshots makes it delete its valid ones; the next start refuses ('no usable "
-    "snapshot ... starting would lose committed entries') once the log was compacted",
-)
 def test_invalid_files_named_newer_do_not_cost_the_node_its_snapshots(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, size=1, settings=LOW_THRESHOLD)
     node = cluster.nodes[0]

@@ -31,6 +31,7 @@ from dengine_trio.storage.snapshots import (
     SnapshotHeader,
     SnapshotReceiver,
     SnapshotWriter,
+    list_snapshots,
     read_raw_chunk,
     remove_old_snapshots,
 )
@@ -738,3 +739,47 @@ def test_the_choice_at_restart_keeps_every_entry_or_refuses(
         # The log was discarded: only for the newest snapshot, which it contradicts at its
         # index (a log starting after index + 1 is a hole: refused, never discarded).
         assert not rejected_newer and index in held and held[index].term != term
+
+
+def test_files_rejected_at_open_are_moved_aside_and_never_count_as_kept_snapshots(
+    tmp_path: Path,
+) -> None:
+    """Files named newer than the node's own snapshots that are not valid here (damaged, or
+    another cluster's backup copied in by hand) are skipped at open AND renamed aside
+    (``<name>.rejected``): before, they stayed in ``snapshots_dir``, and the keep-the-newest-two
+    clean-up (by name) after the next snapshots deleted every valid file while keeping them,
+    and ``compact``'s guard trusted them, so the next start after compaction refused
+    (tests/e2e/test_newcomer_snapshot_files.py). A failed open moves nothing."""
+    db = tmp_path / "db"
+    snapshots = db / "snapshots"
+    log_with(db, entries(1, 60))
+    own = write_snapshot(snapshots, 20, 1)
+    damaged = write_snapshot(snapshots, 900, 1)
+    damage(damaged)
+    foreign = write_snapshot(snapshots, 800, 1, cluster="another-cluster-0002")
+    with open_storage(db) as storage:
+        assert storage.snapshot_index == 20
+        assert [s.path for s in list_snapshots(snapshots)] == [own]
+        # Two more snapshots of this node and the usual clean-up keep valid files only,
+        # and compaction past the first needs a real snapshot through that index.
+        newer = write_snapshot(snapshots, 40, 1)
+        remove_old_snapshots(snapshots, 2)
+        assert [s.path for s in list_snapshots(snapshots)] == [newer, own]
+        storage.compact(40)
+    for path in (damaged, foreign):
+        assert not path.exists() and path.with_name(path.name + ".rejected").exists()
+    with open_storage(db) as storage:
+        assert storage.snapshot_index == 40 and storage.entries == entries(41, 60)
+
+
+def test_a_failed_open_moves_no_file_aside(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    log_with(db, entries(1, 60))
+    write_snapshot(db / "snapshots", 10, 1)
+    newest = write_snapshot(db / "snapshots", 40, 1)
+    with Storage.open(db, segment_bytes=SEGMENT_BYTES) as storage:
+        storage.compact(40)
+    damage(newest)
+    with pytest.raises(UnrecoverableStorageError):
+        open_storage(db)
+    assert newest.exists()
