@@ -12,13 +12,19 @@ The load comes from ``wrk`` (a separate process, one thread) with ``bench/kv.lua
 is bounded in time (``-d``) and in count (the script stops after ``max_requests``). Scenarios
 are run round-robin, ``rounds`` times, so each side of every comparison alternates with the
 other under the same background load.
+
+``python -m bench.http_side --cpu [--workers 1 2]`` is the HTTP path's cost probe (issue 18):
+the CPU time per request of the leader's process and of its HTTP workers, route by route.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -304,39 +310,37 @@ def comparisons(
     systems = [f"{n} ({role})" for n in ("ours", "ours 2w") for role in ("leader", "follower")]
     for system in systems:
         for op in ROUTES:
-            method = op.split()[0]
+            method, etcd_op = op.split()[0], ETCD_OF[op]
             ours, ours_1 = get(f"{system} {op} c16"), get(f"{system} {op} c1")
-            for base_name in ("raw ASGI", "ceiling"):
-                base, base_1 = get(f"{base_name} {method} c16"), get(f"{base_name} {method} c1")
-                if ours and base:
-                    out.append(
-                        (
-                            f"HTTP {system} {op} / {base_name} {method} (throughput, "
-                            f"{connections} connections)",
-                            ratio_text(ours.combined.throughput, base.combined.throughput),
-                        )
-                    )
-                if ours_1 and base_1 and base_name == "raw ASGI":
-                    delta = (ours_1.combined.p50_s - base_1.combined.p50_s) * 1000
-                    out.append(
-                        (
-                            f"HTTP {system} {op} p50 - {base_name} {method} p50 (1 connection)",
-                            f"{delta:+.2f} ms",
-                        )
-                    )
-            etcd, etcd_1 = get(f"etcd {ETCD_OF[op]} c16"), get(f"etcd {ETCD_OF[op]} c1")
-            if ours and etcd:
+            raw, raw_1 = get(f"raw ASGI {method} c16"), get(f"raw ASGI {method} c1")
+            quart, etcd = get(f"ceiling {method} c16"), get(f"etcd {etcd_op} c16")
+            etcd_1 = get(f"etcd {etcd_op} c1")
+            if ours:
+                cells = [
+                    ratio_text(ours.combined.throughput, b.combined.throughput) if b else "-"
+                    for b in (raw, quart, etcd)
+                ]
                 out.append(
                     (
-                        f"HTTP {system} {op} / etcd {ETCD_OF[op]} (throughput)",
-                        ratio_text(ours.combined.throughput, etcd.combined.throughput),
+                        f"HTTP {system} {op}, throughput at {connections} connections: / raw "
+                        f"ASGI {method}, / Quart ceiling {method}, / etcd {etcd_op}",
+                        " / ".join(cells),
                     )
                 )
-            if ours_1 and etcd_1:
+            if ours_1:
+                delta = (
+                    f"{(ours_1.combined.p50_s - raw_1.combined.p50_s) * 1000:+.2f} ms"
+                    if raw_1
+                    else "-"
+                )
+                to_etcd = (
+                    ratio_text(ours_1.combined.p50_s, etcd_1.combined.p50_s) if etcd_1 else "-"
+                )
                 out.append(
                     (
-                        f"HTTP {system} {op} p50 / etcd {ETCD_OF[op]} p50 (1 connection)",
-                        ratio_text(ours_1.combined.p50_s, etcd_1.combined.p50_s),
+                        f"HTTP {system} {op}, p50 at 1 connection: - raw ASGI {method}, "
+                        f"/ etcd {etcd_op}",
+                        f"{delta} / {to_etcd}",
                     )
                 )
 
@@ -402,3 +406,93 @@ def comparisons(
             )
         )
     return out, goals
+
+
+# ---------------------------------------------------------------------------- CPU per request
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (s)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            pass
+    return found
+
+
+CPU_LOADS = [
+    ("POST", "kv-post", ""),
+    ("GET lease", "kv-get", "?consistency=lease"),
+    ("GET linearizable", "kv-get", "?consistency=linearizable"),
+]
+
+
+def cpu_per_request(workers: int, seconds: float, connections: int) -> list[str]:
+    """A three-node cluster (the e2e suite's MemFirst nodes, ``[http] workers``) loaded by
+    wrk on the leader, route by route: its throughput and the CPU time per request of the
+    leader's process and of its HTTP workers together (``/proc/<pid>/stat``), in µs.
+    Linux only. Returns one line per route."""
+    from tests.e2e.cluster import Cluster
+
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RuntimeError(f"wrk is not installed ({WRK_INSTALL_HINT})")
+    root = Path(tempfile.mkdtemp(prefix="dengine-bench-cpu-"))
+    cluster = Cluster(root, settings={"http.workers": workers})
+    lines = []
+    try:
+        cluster.start()
+        leader = cluster.wait_for_leader()
+        for key in GET_KEYS:
+            leader.kv.post("/kv", json={"key": key, "value": VALUE_TEXT}).raise_for_status()
+        assert leader.proc is not None
+        node = leader.proc.pid
+        kids = _children(node) if workers > 1 else []
+        url = f"http://127.0.0.1:{leader.port}"
+        for name, mode, arg in CPU_LOADS:
+            command = [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(WRK_SCRIPT)]
+            command += [url, "--", mode, "cpu", "1000000", arg]
+            before = {pid: _cpu_s(pid) for pid in (node, *kids)}
+            done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
+            after = {pid: _cpu_s(pid) for pid in (node, *kids)}
+            result = [line for line in done.stdout.splitlines() if line.startswith("WRKJSON ")]
+            data = json.loads(result[0][len("WRKJSON ") :])
+            count = data["requests"]
+            node_us = (after[node] - before[node]) / count * 1e6
+            workers_us = sum(after[p] - before[p] for p in kids) / count * 1e6
+            rate = count / data["duration_us"] * 1e6
+            lines.append(
+                f"workers={workers} {name}: {rate:,.0f} req/s; CPU per request: node "
+                f"process {node_us:.0f} us, HTTP workers {workers_us:.0f} us"
+            )
+            print(lines[-1], flush=True)
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.http_side --cpu``: :func:`cpu_per_request` at each ``--workers``."""
+    parser = argparse.ArgumentParser(prog="python -m bench.http_side")
+    parser.add_argument("--cpu", action="store_true", help="CPU time per request (required)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args(argv)
+    if not args.cpu:
+        parser.error("nothing to do: pass --cpu")
+    for count in args.workers:
+        cpu_per_request(count, args.seconds, args.connections)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
