@@ -72,7 +72,13 @@ import attrs
 import trio
 
 from ..raft.messages import InstallSnapshot
-from ..storage.snapshots import SnapshotError, SnapshotFile, SnapshotReceiver
+from ..storage.snapshots import (
+    SnapshotError,
+    SnapshotFile,
+    SnapshotReceiver,
+    move_aside,
+    verify_snapshot,
+)
 from ..wire.codec import decode, encode
 from ..wire.errors import CodecError
 from ..wire.frames import HEADER_BYTES, FrameReader, encode_frame
@@ -140,7 +146,10 @@ class SnapshotHooks:
     ``received(message, path)``: a verified file arrived; the node steps ``message``
     (``InstallSnapshot`` naming the file's own index and term) and owns ``path`` from then on.
     ``status(peer, ok)``: a transfer to ``peer`` finished; the node steps
-    ``SnapshotStatus(peer, ok)``. All three are called in the trio thread and must not block.
+    ``SnapshotStatus(peer, ok)``. ``damaged(file)``: the leader's own file failed
+    verification after a follower refused it (the transport has renamed it aside already):
+    the node must take a fresh snapshot, or no follower needing one ever catches up.
+    All are called in the trio thread and must not block.
     """
 
     directory: Path
@@ -148,6 +157,7 @@ class SnapshotHooks:
     latest: Callable[[], SnapshotFile | None]
     received: Callable[[InstallSnapshot, Path], None]
     status: Callable[[int, bool], None]
+    damaged: Callable[[SnapshotFile], None] | None = None
 
 
 class _Outgoing:
@@ -276,7 +286,7 @@ class SnapshotTransfers:
             failures = 0
             held = -1  # the most the follower said it held at the start of a connection
             while True:
-                outcome, offset = await self._send_once(fd, offer)
+                outcome, offset = await self._send_once(fd, offer, snapshot)
                 if outcome is not None:
                     return outcome
                 # Progress is what the follower kept, not what was sent: one that loses its
@@ -358,10 +368,12 @@ class SnapshotTransfers:
         log.warning("node %d: the newest snapshot kept disappearing; not sent", self.node_id)
         return None
 
-    async def _send_once(self, fd: int, offer: SnapshotOffer) -> tuple[bool | None, int]:
-        """One connection's worth of a transfer: (True/False: done, reported as such; None:
-        the connection was lost, try again) and the offset the follower said it held (-1:
-        no answer)."""
+    async def _send_once(
+        self, fd: int, offer: SnapshotOffer, snapshot: SnapshotFile
+    ) -> tuple[bool | None, int]:
+        """One connection's worth of a transfer of ``snapshot`` (open as ``fd``): (True/False:
+        done, reported as such; None: the connection was lost, try again) and the offset the
+        follower said it held (-1: no answer)."""
         link = self._links[offer.dst]
         stream = await self.transport._connect(link)
         if stream is None:
@@ -426,6 +438,7 @@ class SnapshotTransfers:
                     offer.dst,
                     answer.reason,
                 )
+                await self._check_own_file(snapshot)
             return answer.ok, held
         except (*STREAM_ERRORS, trio.TooSlowError, CodecError, ProtocolViolation, EOFError) as exc:
             link.last_error = f"snapshot connection lost: {exc!r}"[:MAX_REASON_CHARS]
@@ -435,6 +448,35 @@ class SnapshotTransfers:
             return None, held
         finally:
             await trio.aclose_forcefully(stream)
+
+    async def _check_own_file(self, snapshot: SnapshotFile) -> None:
+        """A follower refused the whole file: if the fault is this file's (it rotted on disk
+        since it was written and verified), rename it aside and tell the node
+        (``SnapshotHooks.damaged``), which takes a fresh one. Otherwise the core would have it
+        streamed again at every heartbeat answer, refused every time, and the follower would
+        never catch up. A file that verifies here (the follower's reason is its own, e.g.
+        another version) or is gone already is left alone."""
+        try:
+            await trio.to_thread.run_sync(verify_snapshot, snapshot.path, None, self.chunk_bytes)
+            return
+        except OSError:
+            return  # removed since (a newer snapshot replaced it): nothing to do
+        except SnapshotError as exc:
+            problem = exc.problem
+        try:
+            await trio.to_thread.run_sync(move_aside, [snapshot.path])
+        except OSError as exc:
+            log.error(
+                "node %d: cannot rename damaged %s aside: %r", self.node_id, snapshot.path, exc
+            )
+        log.error(
+            "node %d: its own snapshot %s is damaged (%s): renamed aside; taking a fresh one",
+            self.node_id,
+            snapshot.path,
+            problem,
+        )
+        if self.hooks.damaged is not None:
+            self.hooks.damaged(snapshot)
 
     # -- follower side --------------------------------------------------------------------
 
