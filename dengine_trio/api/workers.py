@@ -274,7 +274,7 @@ class _Exchange:
             start = self.start
             if start is not None:
                 self.start = None
-                headers = [list(h) for h in start.get("headers", ())]
+                headers = start.get("headers", ())
                 self.link.write([RESPONSE, self.rid, start["status"], headers, body, more])
             else:
                 self.link.write([BODY, self.rid, body, more])
@@ -317,7 +317,8 @@ class _NodeBridge:
                 "raw_path": raw_path,
                 "query_string": query,
                 "root_path": "",
-                "headers": [(name, value) for name, value in headers],
+                # [name, value] lists: ASGI takes any pairs, and copying costs per request.
+                "headers": headers,
                 "client": tuple(client) if client else None,
                 "server": tuple(server) if server else None,
                 "extensions": {},
@@ -569,7 +570,7 @@ class _WorkerBridge:
                 scope["path"],
                 scope["raw_path"],
                 scope["query_string"],
-                [list(h) for h in scope["headers"]],
+                scope["headers"],
                 list(client) if client else None,
                 list(server) if server else None,
                 first.get("body", b""),
@@ -610,7 +611,7 @@ class _WorkerBridge:
                     {
                         "type": "http.response.start",
                         "status": status,
-                        "headers": [(name, value) for name, value in headers],
+                        "headers": headers,
                     }
                 )
                 await send({"type": "http.response.body", "body": body, "more_body": more})
