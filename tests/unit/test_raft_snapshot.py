@@ -16,6 +16,7 @@ from dengine_trio.raft import (
     Entry,
     InstallSnapshot,
     Persisted,
+    PersistEntries,
     Propose,
     RaftConfig,
     RaftNode,
@@ -511,3 +512,40 @@ def test_append_contradicting_the_snapshot_entry_is_rejected_not_a_crash(
     assert not answer.success
     assert answer.conflict_index == 11 and answer.reject_index == 10
     assert follower.commit_index == 10 and follower.log.last_index == 10 + len(log)
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+def test_one_batch_with_appends_around_a_restore_applies_each_index_once_in_order(
+    durability: Durability,
+) -> None:
+    """The runtime steps everything its inbox holds at once (``step_many``): appends that
+    commit entries, a snapshot past them, and the leader's next append after it can land in
+    one step. Read in effect order, as the runtime carries them out, the state machine sees
+    the applies below the snapshot (or none), then the restore, then applies from the
+    snapshot's next index on: no index applied twice, none skipped, nothing of the old log
+    written after the reset, and the new entries written to the log only after it."""
+    f = follower((1, 1, 1), durability=durability)
+    f.step(0, Persisted(3, 1))
+    batch = [
+        Receive(AppendEntries(2, 1, 2, 3, 1, tuple(entries(4, 2, 2)), 5)),
+        Receive(InstallSnapshot(2, 1, 2, 20, 2)),
+        Receive(AppendEntries(2, 1, 2, 20, 2, tuple(entries(21, 2, 2)), 22)),
+    ]
+    effects = f.step_many(1, batch)
+    if durability is Durability.DISK_FIRST:
+        effects += f.step(2, Persisted(22, 2))
+    state = 0  # what the state machine holds, as the runtime would see it
+    written: list[int] = []
+    for effect in effects:
+        if isinstance(effect, RestoreSnapshot):
+            assert effect.index > state
+            state, written = effect.index, []
+        elif isinstance(effect, Apply):
+            for e in effect.entries:
+                assert e.index == state + 1, (e.index, state)
+                state = e.index
+        elif isinstance(effect, PersistEntries):
+            indexes = [e.index for e in effect.entries]
+            assert not written or indexes[0] == written[-1] + 1
+            written += indexes
+    assert state == 22 and written == [21, 22] and f.commit_index == 22
