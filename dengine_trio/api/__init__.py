@@ -550,6 +550,7 @@ class ConnectionCount:
         return True
 
     def close(self) -> None:
+        """Count one connection fewer (one :meth:`try_open` counted has closed)."""
         self.open -= 1
 
 

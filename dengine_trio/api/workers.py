@@ -144,6 +144,7 @@ class SharedConnectionCount(ConnectionCount):
         return fd, cls(fd, slots, 0)
 
     def total(self) -> int:
+        """Connections open over all workers (a read of every slot, not atomic)."""
         return sum(_COUNT.unpack_from(self.view, 8 * i)[0] for i in range(self.slots))
 
     def try_open(self, limit: int) -> bool:
@@ -153,6 +154,7 @@ class SharedConnectionCount(ConnectionCount):
         return True
 
     def close(self) -> None:
+        """Count one connection fewer in this worker's slot."""
         self._add(-1)
 
     def reset(self, slot: int) -> None:
