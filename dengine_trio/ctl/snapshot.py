@@ -32,6 +32,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import stat
 import tempfile
 import urllib.error
 import urllib.request
@@ -237,6 +238,33 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` (symbolic links followed) cannot be replaced by the saved file, or None.
+
+    The download is renamed into place, which would turn a FIFO, a device or a directory
+    named on the command line (``/dev/stdout`` in a pipeline) into a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None  # a new file (or a dangling link, to be created through)
+    except OSError as exc:
+        return f"cannot use it: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (pipe)"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return (
+        f"is {kind}, not a regular file: snapshot save writes a verified file and renames it "
+        "into place; give a file name"
+    )
+
+
 def run_save(
     endpoints: Sequence[str],
     file: str,
@@ -249,10 +277,13 @@ def run_save(
 ) -> int:
     """``snapshot save``: print one line with index, term and bytes; return the exit status
     (0, :data:`EXIT_NO_SNAPSHOT`, :data:`EXIT_REFUSED`)."""
-    target = Path(file)
-    if target.is_dir():
-        err.write(f"dengine-trio snapshot save: {target}: is a directory; give a file name\n")
+    given = Path(file)
+    problem = _not_a_file(given)
+    if problem:
+        err.write(f"dengine-trio snapshot save: {given}: {problem}\n")
         return EXIT_REFUSED
+    # Through a symbolic link, as cp and a shell redirection write: the link stays a link.
+    target = Path(os.path.realpath(given)) if given.is_symlink() else given
     if not target.parent.is_dir():
         err.write(f"dengine-trio snapshot save: {target.parent}: no such directory\n")
         return EXIT_REFUSED

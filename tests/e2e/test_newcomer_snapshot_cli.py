@@ -31,11 +31,6 @@ def _drain(fifo: Path, into: list[bytes]) -> None:
         into.append(reader.read())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="snapshot save renames its download over FILE whatever FILE is: a FIFO (or a "
-    "device, or a symlink such as /dev/stdout) is replaced by a regular file, exit 0",
-)
 @pytest.mark.parametrize("kind", ["fifo", "symlink"])
 def test_save_never_replaces_a_file_that_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
     body = make_snapshot(tmp_path / "backup").read_bytes()
