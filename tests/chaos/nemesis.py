@@ -21,6 +21,9 @@ __all__ = ["FAULT_KINDS", "Fault", "Nemesis", "Schedule", "Step", "make_schedule
 
 FAULT_KINDS = (
     "kill",  # SIGKILL one node; restarted at the heal
+    # SIGKILL one follower for 4-8 s while the others take writes: it misses several of the
+    # leader's compactions and comes back needing an InstallSnapshot (issue 13).
+    "kill_follower",
     "kill_majority",  # SIGKILL two nodes
     "kill_all",  # SIGKILL every node at once
     "pause",  # SIGSTOP one node; SIGCONT at the heal
@@ -32,6 +35,8 @@ FAULT_KINDS = (
     "delay",  # every link delayed
     "delay_node",  # every link of one node delayed
 )
+LONG_HOLD = frozenset({"kill_follower"})
+"""Faults held 4-8 s rather than 0.5-6 s (1.5-3 s in the covering schedule)."""
 LEADER = 0
 """``Fault.target`` for "whichever node leads when the fault is injected"."""
 
@@ -85,7 +90,8 @@ def make_schedule(seed: int, durability: str, duration_s: float, size: int = 3) 
         kinds = list(FAULT_KINDS)
         rng.shuffle(kinds)
         for kind in kinds:
-            steps.append(Step((_fault(rng, kind, size),), rng.uniform(1.5, 3.0), 1.0))
+            hold = rng.uniform(4.0, 8.0) if kind in LONG_HOLD else rng.uniform(1.5, 3.0)
+            steps.append(Step((_fault(rng, kind, size),), hold, 1.0))
         return Schedule(seed, durability, duration_s, tuple(steps))
     elapsed = 0.0
     while elapsed < duration_s:
@@ -94,7 +100,10 @@ def make_schedule(seed: int, durability: str, duration_s: float, size: int = 3) 
         if rng.random() < 0.3 and first != "kill_all":
             second = rng.choice([k for k in FAULT_KINDS if k not in (first, "kill_all")])
             faults.append(_fault(rng, second, size))
-        step = Step(tuple(faults), rng.uniform(0.5, 6.0), rng.uniform(0.3, 3.0))
+        hold = rng.uniform(0.5, 6.0)
+        if any(f.kind in LONG_HOLD for f in faults):
+            hold = rng.uniform(4.0, 8.0)
+        step = Step(tuple(faults), hold, rng.uniform(0.3, 3.0))
         steps.append(step)
         elapsed += step.hold_s + step.quiet_s
     return Schedule(seed, durability, duration_s, tuple(steps))
@@ -130,6 +139,12 @@ class Nemesis:
         if kind == "kill":
             await c.kill(node)
             done = f"SIGKILL n{node}"
+        elif kind == "kill_follower":
+            leader = await c.leader()
+            followers = [i for i in c.ids if i != leader]
+            node = followers[fault.other_offset % len(followers)]
+            await c.kill(node)
+            done = f"SIGKILL follower n{node}"
         elif kind == "kill_majority":
             await c.kill(node)
             await c.kill(other)
