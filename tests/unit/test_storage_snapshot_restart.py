@@ -783,3 +783,58 @@ def test_a_failed_open_moves_no_file_aside(tmp_path: Path) -> None:
     with pytest.raises(UnrecoverableStorageError):
         open_storage(db)
     assert newest.exists()
+
+
+def test_compaction_racing_the_truncation_of_a_conflicting_suffix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seam of the runtime (compaction in a worker thread after a snapshot) and the core (a
+    new leader's entries truncate a conflicting suffix, appended on the trio thread): the
+    truncation lands between the compaction's in-memory step and its unlinks/fsyncs, which
+    run outside the log's lock. A crash before each file operation in turn: the restart finds
+    the snapshot, every synced entry after it, then a prefix of either the old suffix (the
+    truncation had not happened or not all of it) or the new entries; never a hole, never old
+    entries after new ones. Completed: the new log exactly. The truncation point is above the
+    compaction point, as the core guarantees (compaction at or below the applied index,
+    truncation above the commit index)."""
+    import dengine_trio.storage.wal as wal_module
+
+    old = entries(1, 40, term=1)
+    new = entries(35, 38, term=2)
+    kept_entries = entries(21, 34, term=1)
+    real_fsync_directory = wal_module.fsync_directory
+    for number in range(60):
+        db = tmp_path / f"run{number}" / "db"
+        log_with(db, old)
+        write_snapshot(db / "snapshots", 20, 1)
+        storage = open_storage(db)
+        raced: list[bool] = []
+
+        def racing(directory: Path, storage: Storage = storage, raced: list[bool] = raced) -> None:
+            if not raced:
+                raced.append(True)
+                storage.append(new)  # truncates 35..40, as the trio thread would
+            real_fsync_directory(directory)
+
+        monkeypatch.setattr(wal_module, "fsync_directory", racing)
+        crashed = False
+        with crash_before_operation(number):
+            try:
+                storage.compact(20)
+                storage.sync()
+            except Crash:
+                crashed = True
+        monkeypatch.setattr(wal_module, "fsync_directory", real_fsync_directory)
+        storage._wal._failure = Crash()  # the crashed process is gone: no graceful close
+        storage._lock.release()
+        with open_storage(db) as reopened:
+            got = reopened.entries
+            assert reopened.snapshot_index == 20
+        assert got[: len(kept_entries)] == kept_entries, (number, got)
+        rest = got[len(kept_entries) :]
+        assert rest in (old[34 : 34 + len(rest)], new[: len(rest)]), (number, rest)
+        if not crashed:
+            assert raced and got == kept_entries + new
+            break
+    else:
+        pytest.fail("the sequence never completed")
