@@ -263,6 +263,7 @@ class NodeRuntime:
                     latest=lambda: self.snapshotter.latest,
                     received=self.snapshot_received,
                     status=self.snapshot_status,
+                    damaged=self.snapshotter.snapshot_damaged,
                 ),
             )
             async with (

@@ -278,6 +278,28 @@ class Snapshotter:
                 continue  # abandoned for an install (or a stop): look again
             await run.done.wait()
 
+    def snapshot_damaged(self, file: SnapshotFile) -> None:
+        """The transport found ``file``, this node's snapshot, damaged on disk (a follower
+        refused it; the transport renamed it aside): forget it and take a fresh snapshot as
+        of the applied index (at or past the core's snapshot index, so the core's next
+        InstallSnapshot finds a file that covers it). Without this the same damaged file
+        would be streamed and refused at every heartbeat answer. Call in the trio thread."""
+        if self.latest is not None and self.latest.path == file.path:
+            self.latest = None
+        node = self._node
+        if self._run is not None or node.stopped or node.nursery is None:
+            return  # the snapshot under way becomes the newest file
+        try:
+            self._start(node.applied_index, node.applied_term)
+        except Exception as exc:  # the state machine's snapshot() failed
+            self._retry_at = trio.current_time() + RETRY_AFTER_FAILURE_S
+            log.error(
+                "node %d: could not start a snapshot to replace damaged %s: %r",
+                node.node_id,
+                file.path,
+                exc,
+            )
+
     def stop(self) -> None:
         """The node is stopping: a snapshot being written is abandoned at its next write."""
         if self._run is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import trio
 
 from dengine_trio.statemachine import KVStateMachine
@@ -34,11 +33,6 @@ def damage(path: Path) -> None:
         f.write(bytes([byte[0] ^ 0x40]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R -> C1: node.py must pass SnapshotHooks(damaged=...) and the snapshotter take a "
-    "fresh snapshot then (see the contract's Changes, 'R -> C1')",
-)
 async def test_a_leader_whose_newest_snapshot_is_damaged_still_catches_a_follower_up(
     tmp_path: Path,
 ) -> None:
