@@ -126,9 +126,10 @@ MAX_ATTEMPTS = 3
 connection makes progress when the follower holds more of the file at its start than at the
 start of every earlier one (what it kept, not what was sent)."""
 WARNING_INTERVAL_S = 60.0
-"""A leader-side failure (no file, refused, gave up) is logged as a WARNING this often per
-peer and kind, at DEBUG in between: after ``SnapshotStatus(ok=False)`` the core asks again
-at the peer's next heartbeat answer."""
+"""A failure of a transfer is logged as a WARNING this often per peer and kind, at DEBUG in
+between, on both sides: after ``SnapshotStatus(ok=False)`` the core asks again at the peer's
+next heartbeat answer, so a lasting fault (a follower's full disk, a damaged file) repeats it
+many times a second."""
 _FRAME_HEADROOM = 64
 """Bytes of a ``SnapshotChunk`` frame besides its data (envelope, offset, ids), rounded up."""
 _CRC = struct.Struct("<I")
@@ -312,8 +313,9 @@ class SnapshotTransfers:
             os.close(fd)
 
     def _warn(self, peer_id: int, what: str, message: str, *args: object) -> None:
-        """Log a leader-side failure at WARNING once per ``WARNING_INTERVAL_S`` (s) per peer
-        and kind, at DEBUG in between: the core asks again at each heartbeat answer."""
+        """Log a transfer's failure (either side) at WARNING once per ``WARNING_INTERVAL_S``
+        (s) per peer and kind, at DEBUG in between: the core asks again at each heartbeat
+        answer."""
         now = trio.current_time()
         key = (peer_id, what)
         last = self._warned.get(key)
@@ -501,9 +503,9 @@ class SnapshotTransfers:
                 raise ProtocolViolation(f"impossible offer {offer!r}")
             await self._receive_offer(stream, frames, offer, remote)
         except (CodecError, ProtocolViolation) as exc:
-            self._refused(peer_id, remote, str(exc))
+            self._refused(peer_id, remote, str(exc), kind="bad input")
         except _DiskError as exc:
-            self._refused(peer_id, remote, f"cannot write the snapshot: {exc}")
+            self._refused(peer_id, remote, f"cannot write the snapshot: {exc}", kind="disk")
             await _send_quietly(stream, SnapshotReceived(self.node_id, peer_id, False, str(exc)))
         except (*STREAM_ERRORS, trio.TooSlowError, EOFError) as exc:
             log.info(
@@ -527,10 +529,14 @@ class SnapshotTransfers:
         except OSError as exc:
             log.warning("node %d: cannot remove a partial snapshot file: %r", self.node_id, exc)
 
-    def _refused(self, peer_id: int, remote: str, reason: str) -> None:
+    def _refused(self, peer_id: int, remote: str, reason: str, *, kind: str) -> None:
+        """Count and log (``_warn``: rate-limited per peer and ``kind``) a refused transfer:
+        the leader offers again at each heartbeat answer for as long as the cause lasts."""
         self.stats.receives_refused += 1
         self.transport.stats.connections_closed_on_error += 1
-        log.warning(
+        self._warn(
+            peer_id,
+            f"receive refused: {kind}",
             "node %d: closing snapshot connection from peer %d at %s: %s",
             self.node_id,
             peer_id,
@@ -648,7 +654,7 @@ class SnapshotTransfers:
             try:
                 await trio.to_thread.run_sync(receiver.write_chunk, chunk.offset, chunk.data)
             except OSError as exc:
-                raise _DiskError(repr(exc)) from exc
+                raise _DiskError(f"writing in {self.incoming_dir}: {exc!r}") from exc
             self.stats.bytes_received += len(chunk.data)
 
     async def _finish(
@@ -660,12 +666,12 @@ class SnapshotTransfers:
             staged = await trio.to_thread.run_sync(incoming.receiver.finish, cluster_id, expected)
         except SnapshotError as exc:
             # ``finish`` removed the file. One line naming the problem; the peer hears it.
-            self._refused(offer.src, remote, f"refused the snapshot: {exc.problem}")
+            self._refused(offer.src, remote, f"refused the snapshot: {exc.problem}", kind="file")
             reason = exc.problem[:MAX_REASON_CHARS]
             await _send_quietly(stream, SnapshotReceived(self.node_id, offer.src, False, reason))
             return
         except OSError as exc:
-            raise _DiskError(repr(exc)) from exc
+            raise _DiskError(f"finishing the file in {self.incoming_dir}: {exc!r}") from exc
         self._incoming = None
         self._completed = offer
         self.stats.receives_completed += 1

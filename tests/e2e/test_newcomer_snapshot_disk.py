@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.e2e.cluster import Cluster, Node, wait_until
 
@@ -52,11 +51,6 @@ def refused(node: Node) -> int:
     return -1 if current is None else int(current["transport"]["snapshots"]["receives_refused"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the follower logs one WARNING per refused snapshot connection, not rate-limited: "
-    "~20 lines/s for as long as its snapshots_dir cannot take the file",
-)
 def test_a_follower_that_cannot_store_a_snapshot_does_not_flood_its_log(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, settings=LOW_THRESHOLD)
     try:
