@@ -397,8 +397,7 @@ class WorkerPool:
                     for slot in range(self.workers):
                         workers.start_soon(self._supervise, slot)
                     with trio.move_on_after(READY_TIMEOUT_S) as waited:
-                        for event in self.ready.values():
-                            await event.wait()
+                        await self._ready_or_stopped()
                     if waited.cancelled_caught:
                         log.warning(
                             "HTTP workers not all serving after %.0f s: serving the health "
@@ -415,6 +414,22 @@ class WorkerPool:
         finally:
             self.listener.close()
             os.close(counts_fd)
+
+    async def _ready_or_stopped(self) -> None:
+        # A stop during the start must not wait for workers that may never be ready.
+        async with trio.open_nursery() as race:
+
+            async def all_ready() -> None:
+                for event in self.ready.values():
+                    await event.wait()
+                race.cancel_scope.cancel()
+
+            async def stopped() -> None:
+                await self.stop.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(all_ready)
+            race.start_soon(stopped)
 
     async def _lifespan(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """The app's ASGI lifespan (Quart's startup and shutdown), as Hypercorn runs it."""
