@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
+from dengine_trio import EmbeddedEngine
 from dengine_trio.statemachine import KVStateMachine
-from dengine_trio.storage.snapshots import verify_snapshot
+from dengine_trio.storage.snapshots import list_snapshots, verify_snapshot
 
 from .cluster import EngineHandle, wait_until, write_configs
 from .test_snapshot_node import (  # noqa: F401 (small_segments: an autouse fixture)
@@ -81,3 +83,40 @@ async def test_a_leader_whose_newest_snapshot_is_damaged_still_catches_a_followe
         verify_snapshot(fresh.path, configs[0].cluster_id())
         assert latest.path.with_name(latest.path.name + ".rejected").exists()
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="R -> C1: the WAL is compacted through the newest snapshot's index - retained, so "
+    "the older snapshot kept for a fallback is never usable (see the contract's Changes)",
+)
+async def test_a_node_whose_newest_snapshot_is_damaged_restarts_from_the_older_one(
+    tmp_path: Path,
+) -> None:
+    """Two snapshot files are kept so that a damaged newest one is not fatal: storage falls
+    back to the older one if the log still holds every entry after it. The runtime compacts
+    the WAL through (newest - retained_log_entries), past the older snapshot whenever
+    max_log_entries_before_snapshot > retained_log_entries (the defaults: 10,000 and 1,000),
+    so the fallback can never apply: one flipped byte in the newest file and the node refuses
+    to start (UnrecoverableStorageError), although every entry was on its disk until that
+    compaction. Compacting the WAL only through the older kept snapshot's index would keep it."""
+    (config,) = write_configs(tmp_path, size=1, extra=SETTINGS)
+    value = b"v" * 600  # a few entries per 4 KiB segment: compaction shows at once
+    async with EmbeddedEngine.start(config) as engine:
+        await engine.wait_ready(10)
+        client = engine.client()
+        for i in range(200):
+            await client.put(b"key%d" % (i % 25), value + b"%d" % i)
+        await wait_until(lambda: not engine._runtime.snapshotter.in_progress)
+        latest = engine._runtime.snapshotter.latest
+        assert latest is not None and latest.last_index > 2 * 40
+    kept = list_snapshots(config.snapshots_path())
+    assert len(kept) == 2 and kept[0].path == latest.path
+    damage(latest.path)
+    async with EmbeddedEngine.start(config) as engine:
+        await engine.wait_ready(10)
+        state_machine = engine.state_machine
+        assert isinstance(state_machine, KVStateMachine)
+        assert dict(state_machine.data) == {
+            b"key%d" % (i % 25): value + b"%d" % i for i in range(200)
+        }
