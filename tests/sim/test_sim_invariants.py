@@ -286,6 +286,7 @@ def _run(schedule: Schedule) -> Cluster:
                 return True
             if at != moment or node_id not in (0, node.id):
                 return False
+            c._count(f"at-{moment}")  # the campaign's summary shows what was hit
             act(node)
             return True
 
