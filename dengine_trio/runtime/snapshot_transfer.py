@@ -215,6 +215,7 @@ class SnapshotTransfers:
         self._completed: SnapshotOffer | None = None
         self._lock = trio.Lock()
         self._warned: dict[tuple[int, str], float] = {}
+        self._own_checked: dict[Path, float] = {}  # own file -> trio time it last verified
 
     # -- leader side ----------------------------------------------------------------------
 
@@ -457,9 +458,16 @@ class SnapshotTransfers:
         (``SnapshotHooks.damaged``), which takes a fresh one. Otherwise the core would have it
         streamed again at every heartbeat answer, refused every time, and the follower would
         never catch up. A file that verifies here (the follower's reason is its own, e.g.
-        another version) or is gone already is left alone."""
+        another version) or is gone already is left alone, and not read again for
+        ``WARNING_INTERVAL_S``: a follower that refuses every file (another format version)
+        must not make the leader read its whole file twice per attempt."""
+        now = trio.current_time()
+        last = self._own_checked.get(snapshot.path)
+        if last is not None and now - last < WARNING_INTERVAL_S:
+            return
         try:
             await trio.to_thread.run_sync(verify_snapshot, snapshot.path, None, self.chunk_bytes)
+            self._own_checked = {snapshot.path: now}  # only the newest file matters
             return
         except OSError:
             return  # removed since (a newer snapshot replaced it): nothing to do

@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dengine_trio.raft.messages import InstallSnapshot
+from dengine_trio.runtime import snapshot_transfer
 from dengine_trio.runtime.snapshot_transfer import INCOMING_SUBDIR, SnapshotHooks
 from dengine_trio.runtime.tls import PeerTls
 from dengine_trio.storage.snapshots import SnapshotFile, SnapshotHeader, write_snapshot
@@ -837,3 +838,32 @@ async def test_a_follower_that_cannot_create_its_partial_file_refuses_and_carrie
     assert a.statuses == [(2, False)]
     assert b.received == []
     assert b.transport.stats.snapshots.receives_refused == 1
+
+
+async def test_a_refused_file_is_checked_on_the_leader_at_most_once_a_minute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a follower refuses a whole file the leader verifies its own copy (a damaged one
+    is renamed aside and the node takes a fresh one: tests/integration/test_snapshot_seams.py).
+    A file that verifies (the follower's reason is its own: here another cluster's header) is
+    not read again at each attempt: the core asks again at every heartbeat answer, and a
+    second full read per attempt of a large file would double the leader's disk load."""
+    checked: list[Path] = []
+    real_verify = snapshot_transfer.verify_snapshot
+
+    def counting(path: Path, *args: Any) -> Any:
+        checked.append(Path(path))
+        return real_verify(path, *args)
+
+    monkeypatch.setattr(snapshot_transfer, "verify_snapshot", counting)
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            a, _ = await start_pair(nursery, tmp_path)
+            a.latest = make_snapshot(a.directory, 90, 3, 2 * CHUNK, cluster_id="other-cluster")
+            for attempt in range(1, 4):
+                a.transport.send(InstallSnapshot(5, 1, 2, 90, 3))
+                await wait_until(lambda n=attempt: len(a.statuses) == n, WAIT_S)
+            nursery.cancel_scope.cancel()
+    assert a.statuses == [(2, False)] * 3
+    assert checked == [a.latest.path]
+    assert a.latest.path.exists()  # valid here: left in place
