@@ -34,7 +34,9 @@ the worker that forwarded it (its frame reader raises) and the client gets no an
 other request on that worker is lost with it. A value within ``max_value_bytes`` (at most
 what one transport frame carries, ~16 MiB) answers up to 6x its size in JSON (a control
 character is ``\\u0001``), so the module's claim that an answer is "far below it" does not
-hold. One process answers 200 (the same test with ``workers = 1`` passes).
+hold. One process answers 200 (the same test with ``workers = 1`` passes). The other
+direction is worse: a request head over 64 MiB, which ``[http] max_header_bytes`` (no upper
+bound) may allow, reaches the node's own frame reader, and the node process exits 1.
 """
 
 from __future__ import annotations
@@ -221,3 +223,36 @@ def test_a_value_whose_json_answer_is_over_64_mib_is_read_back(tmp_path: Path) -
         assert read.status_code == 200
         assert read.content == b'{"value":"' + b"\\u0001" * ESCAPED_CHARS + b'"}'
         assert "exited with status" not in node.log_text()
+
+
+BIG_HEADER_BYTES = 66 << 20
+"""One header value of this many bytes: the request's head, forwarded in one OPEN frame, is
+over the link's 64 MiB bound."""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="N2 -> F: a request head over the link's MAX_FRAME_BYTES (allowed by "
+    "[http] max_header_bytes, which has no upper bound) makes the NODE's frame reader raise: "
+    "the node process exits 1 (one process answers 404)",
+)
+def test_a_request_head_over_64_mib_allowed_by_max_header_bytes_leaves_the_node_running(
+    tmp_path: Path,
+) -> None:
+    settings = {"http.workers": WORKERS, "http.max_header_bytes": 80 << 20}
+    with running_cluster(tmp_path, size=1, settings=settings) as cluster:
+        node = cluster.wait_for_leader()
+        wait_until(lambda: len(worker_pids(node, SERVING)) == WORKERS, 60, "workers serving")
+        request = b"GET /kv/none HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * BIG_HEADER_BYTES
+        request += b"\r\nConnection: close\r\n\r\n"
+        answer = b""
+        with socket.create_connection(("127.0.0.1", node.port), timeout=120) as sock:
+            sock.sendall(request)
+            try:
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            except OSError:
+                pass
+        assert answer.startswith(b"HTTP/1.1 404 "), (answer[:200], node.log_text()[-3000:])
+        assert node.kv.post("/kv", json={"key": "after", "value": "1"}).status_code == 200
+        assert node.running()
