@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
             for sock in listeners:
                 sock.close()
             return EXIT_STARTUP
-    worker_args = ["--config-path", str(config.path), "--node-id", str(node_id)]
+    worker_args = ["--node-id", str(node_id)]
     worker_args += ["--log-level", args.log_level, "--log-format", args.log_format]
     worker_args += ["--access-log"] if args.access_log else []
     try:
@@ -373,6 +373,7 @@ async def serve_node(
                                 kv_app,
                                 kv_listener,
                                 http_workers,
+                                http,
                                 worker_args,
                                 health_config.graceful_timeout,
                                 http.listen_backlog,

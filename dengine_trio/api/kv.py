@@ -298,6 +298,7 @@ def _fast_path(app: App, engine: EmbeddedEngine, auth: TokenTable | None) -> Fas
             receive_nowait = getattr(channel, "receive_nowait", None)
             consumed: list[Any] = []
             chunks: list[bytes] = []
+            deadline: float | None = None
             while True:
                 message = None
                 if receive_nowait is not None:
@@ -306,7 +307,11 @@ def _fast_path(app: App, engine: EmbeddedEngine, auth: TokenTable | None) -> Fas
                     except trio.WouldBlock:
                         pass
                 if message is None:
-                    with trio.move_on_after(body_timeout_s):
+                    # One deadline for the whole body, as Quart's get_data has: a body
+                    # trickled in a byte at a time is cut all the same.
+                    if deadline is None:
+                        deadline = trio.current_time() + body_timeout_s
+                    with trio.move_on_at(deadline):
                         message = await receive()
                     if message is None:
                         response = body_timeout_response()

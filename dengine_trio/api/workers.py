@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import logging
 import mmap
 import os
@@ -58,12 +59,16 @@ import sys
 from collections import deque
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
+import attrs
 import msgpack
 import trio
+import trio.testing
 
 from dengine_trio.api import ConnectionCount
+from dengine_trio.config import HttpConfig
 
 __all__ = [
     "SharedConnectionCount",
@@ -85,9 +90,9 @@ READY_TIMEOUT_S = 60.0
 """How long (s) the node waits for its workers' first start before serving its health port
 anyway (with a warning): a worker that cannot start must not keep probes dark forever."""
 
-MAX_FRAME_BYTES = 64 * 1024 * 1024
-"""Bound on one link frame (bytes): a response body (at most a value and its JSON) or a
-request body chunk (Hypercorn reads 64 KiB at a time) is far below it."""
+BODY_CHUNK_BYTES = 1024 * 1024
+"""A response body larger than this (bytes) crosses the link in frames of at most this much
+body each, so a frame's size does not grow with a value's JSON (up to 6x the value)."""
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 _HEADER = struct.Struct(">I")
@@ -103,7 +108,11 @@ def _frame(message: list[Any]) -> bytes:
 
 
 class _FrameReader:
-    """Splits the link's byte stream into payloads (``wire.frames.FrameReader``'s rules)."""
+    """Splits the link's byte stream into payloads (``wire.frames.FrameReader``'s framing).
+
+    No size bound: both ends are the node's own processes, and what a frame holds is bounded
+    by the HTTP limits (``[http] max_header_bytes`` for a head, Hypercorn's 64 KiB reads for
+    a request body, :data:`BODY_CHUNK_BYTES` for a response body)."""
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -115,8 +124,6 @@ class _FrameReader:
         pos, end_of_data = 0, len(buf)
         while end_of_data - pos >= 4:
             (size,) = _HEADER.unpack_from(buf, pos)
-            if size > MAX_FRAME_BYTES:  # only a bug of ours could send one
-                raise ValueError(f"link frame of {size} bytes exceeds {MAX_FRAME_BYTES}")
             end = pos + 4 + size
             if end > end_of_data:
                 break
@@ -273,14 +280,23 @@ class _Exchange:
         elif kind == "http.response.body" and not self.done:
             more = message.get("more_body", False)
             body = message.get("body", b"")
-            start = self.start
-            if start is not None:
-                self.start = None
-                headers = start.get("headers", ())
-                self.link.write([RESPONSE, self.rid, start["status"], headers, body, more])
-            else:
-                self.link.write([BODY, self.rid, body, more])
+            if len(body) > BODY_CHUNK_BYTES:
+                size = BODY_CHUNK_BYTES
+                chunks = [body[at : at + size] for at in range(0, len(body), size)]
+                for chunk in chunks[:-1]:
+                    self._write_body(chunk, True)
+                body = chunks[-1]
+            self._write_body(body, more)
             self.done = not more
+
+    def _write_body(self, body: bytes, more: bool) -> None:
+        start = self.start
+        if start is not None:
+            self.start = None
+            headers = start.get("headers", ())
+            self.link.write([RESPONSE, self.rid, start["status"], headers, body, more])
+        else:
+            self.link.write([BODY, self.rid, body, more])
 
 
 class _NodeBridge:
@@ -354,9 +370,12 @@ class WorkerPool:
     """Runs and supervises the KV port's HTTP workers (see the module docstring).
 
     ``app``: the node's KV app (an ASGI app); ``listener``: the KV port's bound socket;
-    ``workers``: how many; ``worker_args``: the worker's command line after the file
-    descriptors (the config path and logging flags); ``graceful_s``: Hypercorn's graceful
-    timeout (s); ``backlog``: the socket's listen backlog.
+    ``workers``: how many; ``http``: the node's ``[http]`` settings, handed to each worker as
+    they were when the node started (a worker never reads the TOML file, which an operator
+    may be editing for the next restart; the TLS files are read once, here, and handed over
+    as ``memfd`` copies); ``worker_args``: logging flags for the worker's command line;
+    ``graceful_s``: Hypercorn's graceful timeout (s); ``backlog``: the socket's backlog.
+    Raises OSError if a TLS file cannot be read.
     """
 
     def __init__(
@@ -364,12 +383,22 @@ class WorkerPool:
         app: Any,
         listener: socket.socket,
         workers: int,
+        http: HttpConfig,
         worker_args: Sequence[str],
         graceful_s: float,
         backlog: int,
     ) -> None:
         self.app = app
         self.backlog = backlog
+        self.file_fds: list[int] = []
+        settings = attrs.asdict(http)
+        for key in ("tls_certificate_path", "tls_private_key_path", "tls_client_ca_path"):
+            if settings[key]:
+                fd = os.memfd_create(f"dengine-{key}", 0)
+                self.file_fds.append(fd)
+                os.write(fd, Path(settings[key]).read_bytes())
+                settings[key] = f"/proc/self/fd/{fd}"
+        self.http_json = json.dumps(settings)
         self.listener = listener
         self.workers = workers
         self.ready: dict[int, trio.Event] = {slot: trio.Event() for slot in range(workers)}
@@ -407,13 +436,18 @@ class WorkerPool:
                     task_status.started()
                     await stop.wait()
                     self.stopping = True
+                    # The workers hold the socket open; each closes its copy as soon as it
+                    # stops accepting, so new connects are refused from then on (as with one
+                    # process) instead of waiting in a queue no one will read.
+                    self.listener.close()
                     for process in list(self.processes.values()):
                         _signal(process, signal.SIGTERM)
                     # Each _supervise returns once its worker has exited (killed if need be).
                 await lifespan.send({"type": "lifespan.shutdown"})
         finally:
             self.listener.close()
-            os.close(counts_fd)
+            for fd in (counts_fd, *self.file_fds):
+                os.close(fd)
 
     async def _ready_or_stopped(self) -> None:
         # A stop during the start must not wait for workers that may never be ready.
@@ -467,11 +501,11 @@ class WorkerPool:
 
     async def _run_worker(self, slot: int) -> int | None:
         node_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = (self.listener.fileno(), worker_end.fileno(), self.counts_fd)
+        fds = (self.listener.fileno(), worker_end.fileno(), self.counts_fd, *self.file_fds)
         command = [sys.executable, "-m", "dengine_trio.api.workers"]
         command += ["--listen-fd", str(fds[0]), "--link-fd", str(fds[1])]
         command += ["--counts-fd", str(fds[2]), "--workers", str(self.workers)]
-        command += ["--slot", str(slot), *self.worker_args]
+        command += ["--http", self.http_json, "--slot", str(slot), *self.worker_args]
         self.counts.reset(slot)
         try:
             process = await trio.lowlevel.open_process(
@@ -642,19 +676,19 @@ class _WorkerBridge:
 
 
 async def _serve_worker(args: argparse.Namespace) -> None:
-    from hypercorn.trio import serve
+    from hypercorn.config import Sockets
+    from hypercorn.trio.run import worker_serve
+    from hypercorn.utils import wrap_app
 
     from dengine_trio.api import hypercorn_config
-    from dengine_trio.config import http_ssl_context, load_config
+    from dengine_trio.config import http_ssl_context
 
-    config = load_config(args.config_path)
-    http = config.http
+    http = HttpConfig(**json.loads(args.http))
     link = _Link(socket.socket(fileno=args.link_fd))
     connections = SharedConnectionCount(args.counts_fd, args.workers, args.slot)
     bridge = _WorkerBridge(link)
-    listener = socket.socket(fileno=args.listen_fd)
     hypercorn = hypercorn_config(
-        listener,
+        socket.socket(fileno=args.listen_fd),
         backlog=http.listen_backlog,
         access_log=args.access_log,
         ssl_context=http_ssl_context(http),
@@ -664,6 +698,12 @@ async def _serve_worker(args: argparse.Namespace) -> None:
         idle_timeout_s=http.idle_timeout_ms / 1000,
         connections=connections,
     )
+    # Served from a socket object of ours (hypercorn_config took the descriptor for its
+    # bind), so that it can be closed the moment Hypercorn stops accepting from it.
+    listener = socket.socket(fileno=args.listen_fd)
+    secure = hypercorn.ssl_enabled
+    sockets = Sockets([listener] if secure else [], [] if secure else [listener], [])
+    app = wrap_app(bridge, hypercorn.wsgi_max_body_size, "asgi")
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
@@ -681,11 +721,24 @@ async def _serve_worker(args: argparse.Namespace) -> None:
                 log.info("HTTP worker %s: the node closed the link; exiting", args.slot)
                 nursery.cancel_scope.cancel()
 
+            async def release_listener() -> None:
+                await stop.wait()
+                # Hypercorn cancels its accept loop when stop is set; once every task has
+                # settled (blocked) that loop is gone, and the socket can be closed under it.
+                with trio.move_on_after(1.0):
+                    await trio.testing.wait_all_tasks_blocked()
+                trio.lowlevel.notify_closing(listener)
+                listener.close()
+
             nursery.start_soon(watch_signals)
             nursery.start_soon(watch_link)
             nursery.start_soon(link.pump)
+            nursery.start_soon(release_listener)
             async with trio.open_nursery() as server:
-                await server.start(partial(serve, bridge, hypercorn, shutdown_trigger=stop.wait))
+                serve = partial(
+                    worker_serve, app, hypercorn, sockets=sockets, shutdown_trigger=stop.wait
+                )
+                await server.start(serve)
                 link.write([READY, 0])
                 log.info("HTTP worker %s (pid %d) serving", args.slot, os.getpid())
             # Hypercorn has stopped gracefully (every answer in flight written).
@@ -702,7 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--counts-fd", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--slot", type=int, default=0)
-    parser.add_argument("--config-path", required=True)
+    parser.add_argument("--http", required=True, help="the node's [http] settings, JSON")
     parser.add_argument("--node-id", type=int, default=0)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", default="text")

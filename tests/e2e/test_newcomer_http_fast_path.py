@@ -24,8 +24,6 @@ import socket
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.cluster import running_cluster
 
 BODY_TIMEOUT_MS = 3000
@@ -64,11 +62,6 @@ def trickle(port: int, head: bytes, body: bytes) -> tuple[bytes, int]:
         return answer, sent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="N2 -> F: the KV fast path applies body_timeout_ms per body message, not to the "
-    "whole body as Quart does: a POST /kv body trickled byte by byte is never cut (200)",
-)
 def test_a_body_trickled_past_the_body_timeout_gets_408_on_every_path(tmp_path: Path) -> None:
     settings = {"http.body_timeout_ms": BODY_TIMEOUT_MS}
     assert len(BODY) * GAP_S > 4 * BODY_TIMEOUT_MS / 1000

@@ -49,7 +49,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.e2e.cluster import Node, running_cluster, wait_until
 
@@ -88,12 +87,6 @@ def get_status(port: int, path: str) -> int | None:
         return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="N2 -> F: a restarted HTTP worker re-reads the node's TOML file; an edit that "
-    "does not parse leaves the KV port accepting and never answering (tracebacks in the "
-    "log) while /primary stays 200",
-)
 def test_a_worker_restarted_after_the_file_was_edited_still_serves_the_kv_port(
     tmp_path: Path,
 ) -> None:
@@ -114,11 +107,6 @@ def test_a_worker_restarted_after_the_file_was_edited_still_serves_the_kv_port(
         assert "Traceback" not in node.log_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="N2 -> F: a restarted HTTP worker serves with the TOML file as edited since the "
-    "node started (here [http] max_connections = 1), not with the node's configuration",
-)
 def test_a_restarted_worker_keeps_the_configuration_the_node_runs(tmp_path: Path) -> None:
     with running_cluster(tmp_path, size=1, settings={"http.workers": WORKERS}) as cluster:
         node = cluster.wait_for_leader()
@@ -166,12 +154,6 @@ def write_outcome(port: int) -> str:
     return "answered " + data.split(b"\r\n", 1)[0].decode() if data else "empty"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="N2 -> F: on SIGTERM the node keeps the KV listening socket open until its "
-    "workers exit, after they stopped accepting: a write sent then is reset, neither "
-    "answered (503 stopped) nor refused as in one process",
-)
 def test_a_write_sent_while_the_node_stops_is_answered_or_refused(tmp_path: Path) -> None:
     assert len(WRITE.partition(b"\r\n\r\n")[2]) == 23
     with running_cluster(tmp_path, size=1, settings={"http.workers": WORKERS}) as cluster:
@@ -194,12 +176,6 @@ ESCAPED_CHARS = 11_300_000
 the GET answer spells it) 67.8 MB, over the link's 64 MiB frame bound."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="N2 -> F: a GET answer over the link's MAX_FRAME_BYTES (64 MiB; a value within "
-    "max_value_bytes whose JSON escapes 6x) kills the HTTP worker (ValueError in its frame "
-    "reader) and the client gets no answer; one process answers 200",
-)
 def test_a_value_whose_json_answer_is_over_64_mib_is_read_back(tmp_path: Path) -> None:
     # Limits an operator storing values up to 12 MiB would set: the value within the
     # transport's frame, the body big enough for the value's JSON escapes.
@@ -230,12 +206,6 @@ BIG_HEADER_BYTES = 66 << 20
 over the link's 64 MiB bound."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="N2 -> F: a request head over the link's MAX_FRAME_BYTES (allowed by "
-    "[http] max_header_bytes, which has no upper bound) makes the NODE's frame reader raise: "
-    "the node process exits 1 (one process answers 404)",
-)
 def test_a_request_head_over_64_mib_allowed_by_max_header_bytes_leaves_the_node_running(
     tmp_path: Path,
 ) -> None:
