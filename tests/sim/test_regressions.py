@@ -509,3 +509,32 @@ def test_a_snapshot_whose_last_entry_the_follower_holds_keeps_its_log() -> None:
     assert raft.log.first_index == 1 and raft.log.last_index >= last, "F kept its log"
     c.wait_converged(3_000)
     c.check_history()
+
+
+def test_an_install_snapshot_from_an_older_term_is_refused() -> None:
+    """All term rules apply to InstallSnapshot as to AppendEntries (§5.1): L's InstallSnapshot
+    to F is held while L is deposed and F follows the new leader O in a later term; when L's
+    message finally lands, F answers with its term and neither restores L's snapshot nor takes
+    L for its leader."""
+    c, leader, f = _follower_down_across_compactions(209)
+    o = next(n for n in c.ids if n not in (leader, f))
+    c.hold(0, f, InstallSnapshot)  # every snapshot to F waits, L's and later O's
+    c.restart(f)
+    c.run_for(100)
+    assert [m.src for m in c.held] and {m.src for m in c.held} == {leader}
+    term = c.raft(leader).term
+    c.partition([leader], [f, o])
+    while not (c.leader() == o and c.raft(o).term > term):
+        c.run_for(1)
+    c.run_for(60)  # F hears O's heartbeats in O's term
+    assert c.raft(f).term == c.raft(o).term > term and c.raft(f).leader_id == o
+    restores = c.faults_injected.get("restore-snapshot", 0)
+    c.cut.discard((leader, f))  # L's link to F only comes back
+    assert c.release(leader, f, InstallSnapshot) >= 1  # L's, of term ``term``: stale
+    c.run_for(3)
+    assert not any(m.src == leader for m in c.held)
+    assert c.faults_injected.get("restore-snapshot", 0) == restores
+    assert c.raft(f).leader_id == o and c.raft(f).term > term
+    c.heal()
+    c.wait_converged(3_000)
+    c.check_history()
