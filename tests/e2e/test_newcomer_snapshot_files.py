@@ -80,7 +80,7 @@ def test_invalid_files_named_newer_do_not_cost_the_node_its_snapshots(tmp_path: 
         for i in range(30):
             put(node, f"a{i}", f"v{i}")
             written[f"a{i}"] = f"v{i}"
-        wait_until(lambda: list_snapshots(snapshots), WAIT_S, "a first snapshot")
+        wait_until(lambda: list_snapshots(snapshots) or None, WAIT_S, "a first snapshot")
         node.terminate()  # planted while the node is stopped
         assert node.wait() == 0, cluster.logs()
         _plant(snapshots)
@@ -123,7 +123,7 @@ def test_invalid_files_planted_while_the_node_runs_do_not_cost_it_its_snapshots(
         for i in range(30):
             put(node, f"a{i}", f"v{i}")
             written[f"a{i}"] = f"v{i}"
-        wait_until(lambda: list_snapshots(snapshots), WAIT_S, "a first snapshot")
+        wait_until(lambda: list_snapshots(snapshots) or None, WAIT_S, "a first snapshot")
         _plant(snapshots)  # the node is running
         for i in range(60):  # as in the test above: snapshots, clean-ups, segments dropped
             value = f"{i}-" + "x" * 100_000
