@@ -37,6 +37,15 @@ character is ``\\u0001``), so the module's claim that an answer is "far below it
 hold. One process answers 200 (the same test with ``workers = 1`` passes). The other
 direction is worse: a request head over 64 MiB, which ``[http] max_header_bytes`` (no upper
 bound) may allow, reaches the node's own frame reader, and the node process exits 1.
+(Those five are fixed in b18aeed.)
+
+And: a worker sends a request to the node only once Hypercorn hands it the first body
+message. A client whose head is complete but whose body never starts (``Content-Length:
+100``, or chunked, then nothing) is therefore never seen by the node: no ``body_timeout_ms``
+runs, no answer comes, and the connection is held for as long as the client likes (until
+``max_connections`` is spent: the stalled-body class of test_newcomer_stalled_body.py, whose
+requests all carry a first body byte). One process answers 408 after the body timeout, and a
+405 at once without waiting for the body.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.e2e.cluster import Node, running_cluster, wait_until
 
@@ -226,3 +236,58 @@ def test_a_request_head_over_64_mib_allowed_by_max_header_bytes_leaves_the_node_
         assert answer.startswith(b"HTTP/1.1 404 "), (answer[:200], node.log_text()[-3000:])
         assert node.kv.post("/kv", json={"key": "after", "value": "1"}).status_code == 200
         assert node.running()
+
+
+BODY_TIMEOUT_MS = 1000
+STALL_BOUND_S = 30.0
+"""Far above the body timeout: passing says the configured timeout cut the request."""
+HEADS_ONLY = {
+    # The head is complete, the body (100 bytes, or chunked) never starts.
+    "POST /kv": b"POST /kv HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 100\r\n\r\n",
+    "POST /kv chunked": b"POST /kv HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+    # One process answers this 405 at once, without waiting for the body.
+    "PUT /kv/x": b"PUT /kv/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="N2 -> F: a worker forwards a request only once its first body message arrives; "
+    "a head whose body never starts is never sent to the node, so no body timeout (or "
+    "answer) ever comes: the connection is held forever (one process: 408 / 405)",
+)
+def test_a_request_whose_body_never_starts_is_answered(tmp_path: Path) -> None:
+    settings = {"http.workers": WORKERS, "http.body_timeout_ms": BODY_TIMEOUT_MS}
+    answers: dict[str, bytes] = {}
+    with running_cluster(tmp_path, size=1, settings=settings) as cluster:
+        node = cluster.wait_for_leader()
+        wait_until(lambda: len(worker_pids(node, SERVING)) == WORKERS, 60, "workers serving")
+        socks = {}
+        for name, head in HEADS_ONLY.items():
+            sock = socket.create_connection(("127.0.0.1", node.port), timeout=10)
+            sock.sendall(head)
+            sock.setblocking(False)
+            socks[name] = sock
+        deadline = time.monotonic() + STALL_BOUND_S
+        try:
+            while len(answers) < len(socks) and time.monotonic() < deadline:
+                for name, sock in socks.items():
+                    if name in answers:
+                        continue
+                    try:
+                        answers[name] = sock.recv(65536) or b"<closed>"
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        answers[name] = repr(exc).encode()
+                time.sleep(0.2)
+        finally:
+            for sock in socks.values():
+                sock.close()
+    assert set(answers) == set(socks), (
+        f"no answer in {STALL_BOUND_S} s: {set(socks) - set(answers)}"
+    )
+    assert answers["POST /kv"].startswith(b"HTTP/1.1 408 "), answers
+    assert answers["POST /kv chunked"].startswith(b"HTTP/1.1 408 "), answers
+    assert answers["PUT /kv/x"].startswith(b"HTTP/1.1 405 "), answers
