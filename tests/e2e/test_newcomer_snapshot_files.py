@@ -57,9 +57,16 @@ def _valid_here(path: Path, cluster: Cluster) -> bool:
     config = load_config(cluster.nodes[0].config_path)
     try:
         verify_snapshot(path, config.cluster_id())
-    except SnapshotError:
+    except (SnapshotError, FileNotFoundError):  # deleted by the node's clean-up meanwhile
         return False
     return True
+
+
+def valid_snapshots(snapshots: Path, cluster: Cluster) -> list[str] | None:
+    """This node's valid snapshot files, or None (for wait_until: a clean-up may be under
+    way right after the last write)."""
+    valid = [f.path.name for f in list_snapshots(snapshots) if _valid_here(f.path, cluster)]
+    return valid or None
 
 
 def _plant(directory: Path) -> None:
@@ -93,8 +100,11 @@ def test_invalid_files_named_newer_do_not_cost_the_node_its_snapshots(tmp_path: 
             value = f"{i}-" + "x" * 100_000
             put(node, f"b{i % 5}", value)
             written[f"b{i % 5}"] = value
-        valid = [f for f in list_snapshots(snapshots) if _valid_here(f.path, cluster)]
-        assert valid, (sorted(p.name for p in snapshots.iterdir()), cluster.logs())
+        try:
+            wait_until(lambda: valid_snapshots(snapshots, cluster), 10, "a valid snapshot")
+        except AssertionError:
+            names = sorted(p.name for p in snapshots.iterdir())
+            raise AssertionError((names, cluster.logs())) from None
         restart(cluster, node)
         # "node 1 exited with 1" today, once the log no longer starts at index 1.
         cluster.wait_for_leader(WAIT_S)
@@ -129,8 +139,11 @@ def test_invalid_files_planted_while_the_node_runs_do_not_cost_it_its_snapshots(
             value = f"{i}-" + "x" * 100_000
             put(node, f"b{i % 5}", value)
             written[f"b{i % 5}"] = value
-        valid = [f for f in list_snapshots(snapshots) if _valid_here(f.path, cluster)]
-        assert valid, (sorted(p.name for p in snapshots.iterdir()), cluster.logs())
+        try:
+            wait_until(lambda: valid_snapshots(snapshots, cluster), 10, "a valid snapshot")
+        except AssertionError:
+            names = sorted(p.name for p in snapshots.iterdir())
+            raise AssertionError((names, cluster.logs())) from None
         restart(cluster, node)
         cluster.wait_for_leader(WAIT_S)
         missing = [k for k, v in written.items() if value_of(node, k) != v]
