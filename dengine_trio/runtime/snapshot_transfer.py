@@ -509,6 +509,7 @@ class SnapshotTransfers:
                 raise ProtocolViolation(f"{offer!r} on a connection from peer {peer_id}")
             if offer.size <= 0 or offer.last_index <= 0:
                 raise ProtocolViolation(f"impossible offer {offer!r}")
+            await self._check_room(offer)
             await self._receive_offer(stream, frames, offer, remote)
         except (CodecError, ProtocolViolation) as exc:
             self._refused(peer_id, remote, str(exc), kind="bad input")
@@ -522,6 +523,23 @@ class SnapshotTransfers:
                 peer_id,
                 remote,
                 exc,
+            )
+
+    async def _check_room(self, offer: SnapshotOffer) -> None:
+        """Refuse (``_DiskError``, before any byte is written) an offer larger than the file
+        system of ``incoming/`` can take, counting the partial file held now (a resume, or
+        one the offer replaces): a confused or hostile peer must not fill the disk the log
+        is on with a file that could never be completed."""
+        current = self._incoming
+        held = current.receiver.received_bytes if current is not None else 0
+        try:
+            free = await trio.to_thread.run_sync(_free_bytes, self.incoming_dir)
+        except OSError as exc:
+            raise _DiskError(f"cannot tell the free space of {self.incoming_dir}: {exc!r}") from exc
+        if offer.size > free + held:
+            raise _DiskError(
+                f"an offered snapshot of {offer.size} bytes does not fit in {self.incoming_dir} "
+                f"({free} bytes free)"
             )
 
     def close(self) -> None:
@@ -705,6 +723,16 @@ def _same_file(a: SnapshotOffer, b: SnapshotOffer) -> bool:
 
 class _DiskError(Exception):
     """The follower could not write or read its partial file (``OSError`` from the disk)."""
+
+
+def _free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer can still put on the file system of ``directory`` (or of
+    its nearest existing parent, before ``incoming/`` is created). Raises ``OSError``."""
+    path = directory
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
 
 
 def _open_file(path: Path) -> tuple[int, int, int]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import trio
 
 from dengine_trio.wire import FrameReader, Hello, encode, encode_frame
@@ -24,11 +23,6 @@ from .test_snapshot_transfer import CLUSTER, WAIT_S, read_frame, start_pair
 from .wire_helpers import raw_handshake
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a follower accepts a SnapshotOffer of any size (2**62 bytes) with "
-    "SnapshotResume(0) and writes what arrives; no bound, the partial file is kept",
-)
 async def test_an_offer_larger_than_the_disk_is_refused_before_any_byte(tmp_path: Path) -> None:
     with trio.fail_after(WAIT_S):
         async with trio.open_nursery() as nursery:
