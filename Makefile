@@ -85,7 +85,7 @@ bench-write: $(STAMP) ## write latency (1 client) and throughput (64 writers), 3
 
 .PHONY: bench-snapshots
 
-bench-snapshots: $(STAMP) ## snapshots and compaction (issue 13): 1,000,000 overwrites on 3 processes, restart, catch-up, a 1,000,000-key snapshot, 64 writers vs PySyncObj (about 15 minutes)
+bench-snapshots: $(STAMP) ## snapshots and compaction (issue 13): 1,000,000 overwrites on 3 processes, restart, catch-up, a 1,000,000-key snapshot, 64 writers vs PySyncObj (about 4 minutes)
 	@$(BIN)/python -c "import pysyncobj" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench.snapshots
 

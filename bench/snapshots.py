@@ -2,7 +2,7 @@
 catch-up, the cost of one snapshot, and 64 writers against PySyncObj with both compacting.
 
     .venv/bin/python -m bench.snapshots [--puts 1000000] [--keys 1000] [--down-for 200000]
-        [--today-puts 20000,100000] [--snapshot-keys 1000000] [--rounds 5] [--json FILE]
+        [--today-puts 50000,200000] [--snapshot-keys 1000000] [--rounds 9] [--json FILE]
 
 Every cluster is three processes on 127.0.0.1 (real TCP): a worker process of this module
 runs node 1 with ``EmbeddedEngine`` and the client (node 1 leads, made so by its shorter
@@ -712,11 +712,11 @@ class Options:
     keys: int = 1_000
     down_for: int = 200_000
     writers: int = 64
-    today_puts: tuple[int, int] = (20_000, 100_000)
+    today_puts: tuple[int, int] = (50_000, 200_000)
     snapshot_keys: int = 1_000_000
     snapshot_writers: int = 64
     snapshot_rate: float = 1000.0
-    rounds: int = 5
+    rounds: int = 9
     compare_puts: int = 10_000
     phase_timeout_s: float = 900.0
     restart_timeout_s: float = 120.0
@@ -1163,7 +1163,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--writers", type=int, default=64)
     add(
         "--today-puts",
-        default="20000,100000",
+        default="50000,200000",
         help="two counts for today's code (snapshots off), comma-separated",
     )
     add("--snapshot-keys", type=int, default=1_000_000, help="keys of the snapshot in part 3")
@@ -1174,7 +1174,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="puts/s of the open-loop load around the one snapshot (part 3); at most the "
         "threshold's 10,000 less 200 in all, so that no automatic snapshot starts meanwhile",
     )
-    add("--rounds", type=int, default=5, help="rounds of the PySyncObj comparison")
+    add("--rounds", type=int, default=9, help="rounds of the PySyncObj comparison")
     add("--compare-puts", type=int, default=10_000, help="puts per comparison run")
     add("--parts", default="overwrites,today,snapshot,compare", help="which parts to run")
     add("--phase-timeout", type=float, default=900.0, help="bound of one part's load (s)")
