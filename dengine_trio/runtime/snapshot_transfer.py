@@ -147,9 +147,11 @@ class SnapshotHooks:
     ``received(message, path)``: a verified file arrived; the node steps ``message``
     (``InstallSnapshot`` naming the file's own index and term) and owns ``path`` from then on.
     ``status(peer, ok)``: a transfer to ``peer`` finished; the node steps
-    ``SnapshotStatus(peer, ok)``. ``damaged(file)``: the leader's own file failed
-    verification after a follower refused it (the transport has renamed it aside already):
-    the node must take a fresh snapshot, or no follower needing one ever catches up.
+    ``SnapshotStatus(peer, ok)``. ``damaged(file)``: the leader's own newest file is
+    unusable: it failed verification after a follower refused it (the transport has renamed
+    it aside already), it is gone from disk or cannot be read, or there is none that covers
+    what the core asks for (``file`` None, or older): the node must take a fresh snapshot
+    (rate-limited on its side), or no follower needing one ever catches up.
     All are called in the trio thread and must not block.
     """
 
@@ -158,7 +160,7 @@ class SnapshotHooks:
     latest: Callable[[], SnapshotFile | None]
     received: Callable[[InstallSnapshot, Path], None]
     status: Callable[[int, bool], None]
-    damaged: Callable[[SnapshotFile], None] | None = None
+    damaged: Callable[[SnapshotFile | None], None] | None = None
 
 
 class _Outgoing:
@@ -329,9 +331,15 @@ class SnapshotTransfers:
         self, msg: InstallSnapshot
     ) -> tuple[int, SnapshotFile, SnapshotOffer] | None:
         """Open the newest snapshot file if it covers ``msg.last_index``; its descriptor, the
-        file and the offer naming it. None (logged) if there is none."""
+        file and the offer naming it. None (logged, rate-limited) if there is none, or it
+        is gone from disk or unreadable: then the node is told (``SnapshotHooks.damaged``)
+        so that it takes a fresh one; the core asks again at the peer's next heartbeat
+        answer."""
+        missing: SnapshotFile | None = None
         for _ in range(3):  # a file removed between ``latest`` and ``open``: look again
             snapshot = self.hooks.latest()
+            if missing is not None and snapshot is not None and snapshot.path == missing.path:
+                break  # the node still names the file that is gone: it is gone for good
             if snapshot is None or snapshot.last_index < msg.last_index:
                 self._warn(
                     msg.dst,
@@ -343,20 +351,23 @@ class SnapshotTransfers:
                     msg.last_index,
                     "none" if snapshot is None else f"through index {snapshot.last_index}",
                 )
+                self._unusable(snapshot)
                 return None
             try:
                 fd, size, checksum = await trio.to_thread.run_sync(_open_file, snapshot.path)
             except FileNotFoundError:
+                missing = snapshot
                 continue
             except OSError as exc:
                 self._warn(
                     msg.dst,
                     "unreadable",
-                    "node %d: cannot read snapshot %s: %r",
+                    "node %d: cannot read snapshot %s: %r; not sent, taking a fresh one",
                     self.node_id,
                     snapshot.path,
                     exc,
                 )
+                self._unusable(snapshot)
                 return None
             offer = SnapshotOffer(
                 msg.term,
@@ -368,8 +379,20 @@ class SnapshotTransfers:
                 checksum,
             )
             return fd, snapshot, offer
-        log.warning("node %d: the newest snapshot kept disappearing; not sent", self.node_id)
+        self._warn(
+            msg.dst,
+            "missing",
+            "node %d: snapshot %s kept disappearing from disk; not sent, taking a fresh one",
+            self.node_id,
+            "(none)" if missing is None else missing.path,
+        )
+        self._unusable(missing)
         return None
+
+    def _unusable(self, snapshot: SnapshotFile | None) -> None:
+        """Tell the node its newest snapshot file cannot be sent (``SnapshotHooks.damaged``)."""
+        if self.hooks.damaged is not None:
+            self.hooks.damaged(snapshot)
 
     async def _send_once(
         self, fd: int, offer: SnapshotOffer, snapshot: SnapshotFile

@@ -278,25 +278,42 @@ class Snapshotter:
                 continue  # abandoned for an install (or a stop): look again
             await run.done.wait()
 
-    def snapshot_damaged(self, file: SnapshotFile) -> None:
-        """The transport found ``file``, this node's snapshot, damaged on disk (a follower
-        refused it; the transport renamed it aside): forget it and take a fresh snapshot as
-        of the applied index (at or past the core's snapshot index, so the core's next
-        InstallSnapshot finds a file that covers it). Without this the same damaged file
-        would be streamed and refused at every heartbeat answer. Call in the trio thread."""
-        if self.latest is not None and self.latest.path == file.path:
-            self.latest = None
+    def snapshot_damaged(self, file: SnapshotFile | None) -> None:
+        """The transport cannot send this node's newest snapshot ``file``: it is damaged on
+        disk (a follower refused it; the transport renamed it aside), gone from disk (an
+        operator, a clean-up job), unreadable, or there is none (``file`` None) that covers
+        the core's snapshot index. Forget it and take a fresh snapshot as of the applied
+        index (at or past the core's snapshot index, so the core's next InstallSnapshot finds
+        a file that covers it). Without this the same file would be asked for and found
+        unusable at every heartbeat answer, and a follower behind the compacted log would
+        stay behind until ``max_log_entries_before_snapshot`` more writes came. At most one
+        attempt per ``RETRY_AFTER_FAILURE_S`` (s) after a failed one; none while one is
+        under way (it becomes the newest file). Call in the trio thread."""
+        if file is not None:
+            if self.latest is not None and self.latest.path == file.path:
+                self.latest = None
         node = self._node
-        if self._run is not None or node.stopped or node.nursery is None:
-            return  # the snapshot under way becomes the newest file
+        if (
+            self._run is not None
+            or node.stopped
+            or node.nursery is None
+            or trio.current_time() < self._retry_at
+        ):
+            return
+        log.info(
+            "node %d: taking a fresh snapshot as of index %d: %s cannot be sent",
+            node.node_id,
+            node.applied_index,
+            "no snapshot file" if file is None else file.path.name,
+        )
         try:
             self._start(node.applied_index, node.applied_term)
         except Exception as exc:  # the state machine's snapshot() failed
             self._retry_at = trio.current_time() + RETRY_AFTER_FAILURE_S
             log.error(
-                "node %d: could not start a snapshot to replace damaged %s: %r",
+                "node %d: could not start a snapshot to replace %s: %r",
                 node.node_id,
-                file.path,
+                "no snapshot file" if file is None else file.path,
                 exc,
             )
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.e2e.cluster import Cluster, Node, wait_until
 
@@ -113,12 +112,6 @@ def test_a_follower_that_could_not_store_a_snapshot_catches_up_once_it_can(
         cluster.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with its snapshot files gone from disk the leader logs 'the newest snapshot kept "
-    "disappearing; not sent' at every heartbeat answer (~20/s, no rate limit) and never takes "
-    "a fresh one: a follower behind its compacted log stays behind while no writes come",
-)
 def test_a_leader_whose_snapshot_files_vanished_still_brings_a_follower_up(
     tmp_path: Path,
 ) -> None:
