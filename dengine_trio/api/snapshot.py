@@ -110,7 +110,9 @@ def install_snapshot_route(app: Quart, engine: EmbeddedEngine) -> None:
             "Content-Length": str(size),
             INDEX_HEADER: str(taken.last_index),
             TERM_HEADER: str(taken.last_term),
-            CLUSTER_HEADER: cluster_id,
+            # The file's own: a restored cluster's id (db_root_dir/cluster_id) is not the
+            # configuration's.
+            CLUSTER_HEADER: taken.header.cluster_id if taken.header else cluster_id,
             "Content-Disposition": f'attachment; filename="{taken.path.name}"',
             "Cache-Control": "no-store",
         }

@@ -15,10 +15,16 @@ snapshot file; running it for every node of the new cluster with the same file m
 as one cluster that serves every key of the file (``docs/operations.md``). It verifies the file
 completely first, refuses a data directory that holds anything of a node (a hard state, a log
 segment, a snapshot) or that a running node has locked, then writes the snapshot into the
-node's ``snapshots_dir`` with its header rewritten for the TARGET cluster (the cluster id and
-membership of the configuration; a restore starts a new cluster, as etcd's does), and a hard
-state whose term is the snapshot's last term (a node's term is never below its log's last
-term), with no vote. The log starts empty after the snapshot's index.
+node's ``snapshots_dir`` with its header rewritten for the TARGET cluster (membership of the
+configuration; a restore starts a new cluster, as etcd's does), and a hard state whose term is
+the snapshot's last term (a node's term is never below its log's last term), with no vote. The
+log starts empty after the snapshot's index. The new cluster's id is the configuration's id
+plus a suffix hashed from the backup file (its original cluster id, index, term, CRC32),
+persisted in ``<db_root_dir>/cluster_id`` (``storage/cluster_identity.py``) and written into
+the snapshot's header: nodes restored from the same file form one cluster, nodes restored from
+different files refuse each other at the handshake (one log line naming both ids) instead of
+forming a cluster whose members hold different histories. Temporary files of an interrupted
+restore (or of a node's interrupted snapshot) are removed first: they are not data.
 
 Exit status: 0 done; :data:`EXIT_NO_SNAPSHOT` (1) ``save`` got no snapshot from any endpoint
 (unreachable, an HTTP error, a download cut short); :data:`EXIT_REFUSED` (2) a usage or
@@ -43,15 +49,19 @@ from typing import Any, TextIO
 from dengine_trio.config import ConfigError, NodeConfig, load_config
 from dengine_trio.ctl._http import Credentials
 from dengine_trio.storage import StorageError
+from dengine_trio.storage.cluster_identity import restored_cluster_id, save_cluster_id
 from dengine_trio.storage.hard_state import HARD_STATE_FILE, HardState, save_hard_state
 from dengine_trio.storage.lock import DirectoryLock
 from dengine_trio.storage.snapshots import (
     DEFAULT_CHUNK_BYTES,
+    TEMPORARY_PREFIX,
+    TEMPORARY_SUFFIX,
     SnapshotError,
     SnapshotFile,
     SnapshotHeader,
     SnapshotReader,
     SnapshotWriter,
+    remove_stale_temporaries,
     verify_snapshot,
 )
 
@@ -78,6 +88,9 @@ CLUSTER_HEADER = "X-Dengine-Cluster-Id"
 the client tools do not import the HTTP server."""
 WAL_DIRECTORY = "wal"
 """``<db_root_dir>/wal``: the node's log segments (``dengine_trio.storage``)."""
+INCOMING_DIRECTORY = "incoming"
+"""``<snapshots_dir>/incoming``: snapshots being received from a leader, which the node
+discards at start (``runtime/snapshotting.py``): never data to keep."""
 
 
 class SaveError(Exception):
@@ -347,22 +360,42 @@ def _node_data(config: NodeConfig) -> list[str]:
     if _holds_files(wal):
         found.append(f"{wal}/ (log segments)")
     snapshots = config.snapshots_path()
-    if _holds_files(snapshots):
+    if _holds_files(snapshots, skip=snapshots / INCOMING_DIRECTORY):
         found.append(f"{snapshots}/ (snapshots)")
     return found
 
 
-def _holds_files(directory: Path) -> bool:
-    return directory.is_dir() and any(p.is_file() for p in directory.rglob("*"))
+def _holds_files(directory: Path, skip: Path | None = None) -> bool:
+    """Whether ``directory`` holds a file outside ``skip`` that is not an interrupted
+    write's temporary (``.snapshot-*.tmp``: what the node deletes at start, never data)."""
+    if not directory.is_dir():
+        return False
+    for path in directory.rglob("*"):
+        if skip is not None and path.is_relative_to(skip):
+            continue
+        if not path.is_file():
+            continue
+        if path.name.startswith(TEMPORARY_PREFIX) and path.name.endswith(TEMPORARY_SUFFIX):
+            continue
+        return True
+    return False
+
+
+def _file_crc(path: Path) -> int:
+    """The file CRC32 in the last 4 bytes of a snapshot file (already verified)."""
+    with open(path, "rb") as file:
+        file.seek(-4, os.SEEK_END)
+        return int.from_bytes(file.read(4), "little")
 
 
 def restore_snapshot_file(source: Path, config: NodeConfig) -> tuple[SnapshotFile, str]:
     """Seed ``config``'s empty data directory from the snapshot file ``source``.
 
-    Returns the installed snapshot (in ``config.snapshots_path()``) and the cluster id the
-    file was taken in. Raises :class:`RestoreError` (one line naming the file or directory):
-    an unreadable, corrupt, truncated or unknown-version file, a data directory that holds a
-    node's data or that a running node holds; ``OSError`` from writing.
+    Returns the installed snapshot (in ``config.snapshots_path()``; its header carries the
+    restored cluster's id, module docstring) and the cluster id the file was taken in.
+    Raises :class:`RestoreError` (one line naming the file or directory): an unreadable,
+    corrupt, truncated or unknown-version file, a data directory that holds a node's data or
+    that a running node holds; ``OSError`` from writing.
     """
     try:
         original = verify_snapshot(source, None)
@@ -396,13 +429,27 @@ def restore_snapshot_file(source: Path, config: NodeConfig) -> tuple[SnapshotFil
                 f"{db}: the data directory of node {config.cluster.node_id} is not empty "
                 f"({', '.join(found)}): restore seeds an empty one only; move it away first"
             )
+        snapshots = config.snapshots_path()
+        # Leftovers of an interrupted restore or snapshot: the node would delete them too.
+        remove_stale_temporaries(snapshots)
+        remove_stale_temporaries(snapshots / INCOMING_DIRECTORY)
+        origin = {
+            "cluster_id": original.header.cluster_id,
+            "last_index": original.last_index,
+            "last_term": original.last_term,
+            "crc32": _file_crc(source),
+        }
+        cluster_id = restored_cluster_id(config.cluster_id(), origin)
+        # The id first: a restore interrupted after it leaves a node with no data under the
+        # new id (a rerun replaces it); one interrupted before it leaves nothing.
+        save_cluster_id(db, cluster_id, origin="restore", detail={"source": origin})
         header = SnapshotHeader(
             original.last_index,
             original.last_term,
-            config.cluster_id(),
+            cluster_id,
             {p.id: p.address for p in config.cluster.initial_cluster},
         )
-        installed = _rewrite(source, config.snapshots_path(), header)
+        installed = _rewrite(source, snapshots, header)
         # Term = the snapshot's last term, no vote: a node's term is never below the last term
         # of its log (here the snapshot's), and voting afresh in it is safe: nobody voted yet.
         save_hard_state(db, HardState(term=original.last_term, voted_for=0))
@@ -448,6 +495,7 @@ def run_restore(file: str, config_path: str, *, out: TextIO, err: TextIO) -> int
     out.write(
         f"restored {file} (index {installed.last_index}, term {installed.last_term}, taken in "
         f"cluster {origin}) into {installed.path} for node {config.cluster.node_id} of cluster "
-        f"{config.cluster_id()}; start the node to serve it\n"
+        f"{installed.header.cluster_id if installed.header else config.cluster_id()} (every node "
+        f"restored from this same file gets this id); start the node to serve it\n"
     )
     return 0

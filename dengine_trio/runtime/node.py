@@ -50,6 +50,7 @@ from ..raft.effects import Effect
 from ..raft.messages import MESSAGE_TYPES, Heartbeat, HeartbeatResponse, InstallSnapshot
 from ..statemachine import StateMachine
 from ..storage import Storage
+from ..storage.cluster_identity import load_cluster_id
 from ..storage.snapshots import SnapshotFile
 from ..wire import ForwardAccepted, ForwardPropose, ForwardResult
 from ..wire.errors import CodecError
@@ -139,6 +140,10 @@ class NodeRuntime:
         self._heartbeats_out: dict[int, dict[int, float]] = {}
         self._nursery: trio.Nursery | None = None
         self._cancel_scope: trio.CancelScope | None = None
+        self.cluster_id = config.cluster_id()
+        """This node's cluster id (handshake, snapshot headers): the configuration's until
+        ``open_storage`` reads an id persisted in ``db_root_dir`` (a restored cluster's,
+        ``storage/cluster_identity.py``)."""
         self.snapshotter = Snapshotter(self)
         if self.snapshotter.enable and not callable(getattr(state_machine, "snapshot", None)):
             log.warning(
@@ -168,10 +173,14 @@ class NodeRuntime:
         cfg = self.config
 
         def open_it() -> Storage:
+            # A restored cluster's id, persisted by `snapshot restore`, wins over the
+            # configuration's: nodes restored from different backups must refuse each other.
+            self.cluster_id = load_cluster_id(cfg.db_root_path()) or cfg.cluster_id()
+            self.snapshotter.cluster_id = self.cluster_id
             storage = Storage.open(
                 cfg.db_root_path(),
                 snapshots_dir=self.snapshotter.directory,
-                cluster_id=cfg.cluster_id(),
+                cluster_id=self.cluster_id,
             )
             try:
                 self.snapshotter.clean_incoming()
@@ -247,7 +256,7 @@ class NodeRuntime:
             peers = {i: a for i, a in cfg.peer_addresses().items() if i != self.node_id}
             self.transport = Transport(
                 self.node_id,
-                cfg.cluster_id(),
+                self.cluster_id,
                 cfg.listen_host_port(),
                 peers,
                 self._deliver,

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from dengine_trio.storage.snapshots import list_snapshots
 from tests.e2e.cluster import Cluster, Node, free_ports, key_path, run_cli, wait_until
@@ -58,12 +57,6 @@ def save(cluster: Cluster, file: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nodes restored from different backups form one cluster silently: the node "
-    "restored from the newer file serves (even linearizable) keys the cluster never "
-    "committed, and counts as a replica of entries it does not hold",
-)
 def test_nodes_restored_from_different_backups_do_not_form_a_silently_divergent_cluster(
     tmp_path: Path,
 ) -> None:
@@ -122,12 +115,6 @@ def test_nodes_restored_from_different_backups_do_not_form_a_silently_divergent_
         restarted.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a restore interrupted mid-copy (Ctrl+C, kill) leaves its .snapshot-*.tmp in "
-    "snapshots_dir and every rerun is refused as 'not empty' (a file the node itself deletes "
-    "at start); the operator is told to move the directory away",
-)
 def test_a_restore_interrupted_mid_copy_can_be_run_again(tmp_path: Path) -> None:
     backup = make_snapshot(tmp_path / "backup")
     (config,) = write_cluster(tmp_path / "new", free_ports(1))

@@ -20,6 +20,7 @@ import pytest
 
 from dengine_trio.config import NodeConfig
 from dengine_trio.statemachine import KVStateMachine, encode_put
+from dengine_trio.storage.cluster_identity import load_cluster_id
 from dengine_trio.storage.hard_state import HardState, load_hard_state, save_hard_state
 from dengine_trio.storage.snapshots import (
     SnapshotHeader,
@@ -174,13 +175,18 @@ def test_restore_seeds_each_node_for_the_target_cluster(
     # Empty directories (a node started once and stopped) hold nothing to lose.
     (target[2].db_root_path() / "wal").mkdir(parents=True)
     (target[2].snapshots_path() / "incoming").mkdir(parents=True)
+    restored_ids = set()
     for config in target:
         code, out, err = restore(good, config, tmp_path)
         assert code == 0, err
         assert out.count("\n") == 1 and "index 500, term 7" in out, out
         (installed,) = list_snapshots(config.snapshots_path())
-        # Rewritten for the new cluster: its id and members, the same index, term and payload.
-        checked = verify_snapshot(installed.path, config.cluster_id())
+        # Rewritten for the new cluster: its id (the configuration's, bound to this file,
+        # persisted in db_root_dir) and members, the same index, term and payload.
+        cluster_id = load_cluster_id(config.db_root_path())
+        assert cluster_id is not None and cluster_id.startswith(config.cluster_id() + "-r")
+        restored_ids.add(cluster_id)
+        checked = verify_snapshot(installed.path, cluster_id)
         assert checked.header is not None
         assert (checked.last_index, checked.last_term) == (500, 7)
         assert dict(checked.header.voters) == {
@@ -189,6 +195,7 @@ def test_restore_seeds_each_node_for_the_target_cluster(
         assert checked.payload_bytes == original.payload_bytes
         # A node's term is never below its log's last term (the snapshot's).
         assert load_hard_state(config.db_root_path()) == HardState(term=7, voted_for=0)
+    assert len(restored_ids) == 1  # the same file: one cluster
     # Twice is refused: the directory now holds the restored node.
     code, _, err = restore(good, target[0], tmp_path)
     assert code == 2 and "not empty" in err
