@@ -38,11 +38,14 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import stat
 import tempfile
+import threading
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -107,6 +110,42 @@ class RestoreError(Exception):
 
 class _Unavailable(Exception):
     """This endpoint gave no snapshot (unreachable, an HTTP error, a download cut short)."""
+
+
+class _Stopped(BaseException):
+    """A stop signal arrived (``signum``): the download unwinds through its clean-up, which
+    deletes the temporary file. A BaseException, as KeyboardInterrupt, so that no ``except
+    Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop ``save`` cleanly (``timeout`` and systemd send SIGTERM, a closed
+terminal SIGHUP, Ctrl+C SIGINT): the temporary file is deleted, one line says so, and the exit
+status is 128 + the signal's number, as a shell reports a process killed by it. Only SIGKILL
+(or a power loss) can leave a ``.FILE.*.part`` behind."""
+
+
+@contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """Within the block, :data:`STOP_SIGNALS` raise :class:`_Stopped` (main thread only: a
+    library caller in another thread keeps its own handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise _Stopped(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def save_snapshot_file(
@@ -301,9 +340,14 @@ def run_save(
         err.write(f"dengine-trio snapshot save: {target.parent}: no such directory\n")
         return EXIT_REFUSED
     try:
-        saved, endpoint = save_snapshot_file(
-            endpoints, target, timeout_s, credentials or Credentials(), consistency
-        )
+        with _stop_signals_raise():
+            saved, endpoint = save_snapshot_file(
+                endpoints, target, timeout_s, credentials or Credentials(), consistency
+            )
+    except _Stopped as exc:
+        name = signal.Signals(exc.signum).name
+        err.write(f"dengine-trio snapshot save: {target}: stopped by {name}; nothing saved\n")
+        return 128 + exc.signum
     except SaveError as exc:
         err.write(f"dengine-trio snapshot save: {exc}\n")
         return EXIT_REFUSED

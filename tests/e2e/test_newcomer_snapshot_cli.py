@@ -102,12 +102,6 @@ def stalling(body: bytes, headers: dict[str, str], sent: int) -> Iterator[str]:
         thread.join()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="snapshot save stopped by SIGTERM (a cron `timeout`, systemd, kill) mid-download "
-    "leaves its .FILE.*.part (the size of what it got) and prints nothing; operations.md "
-    "promises no temporary file, and its cron clean-up (-name 'dengine-*.snap') misses them",
-)
 def test_save_stopped_by_sigterm_mid_download_leaves_no_temporary_file(tmp_path: Path) -> None:
     body = make_snapshot(tmp_path / "backup").read_bytes()
     out_dir = tmp_path / "out"
