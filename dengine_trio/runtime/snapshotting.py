@@ -37,6 +37,7 @@ import trio
 from ..errors import Stopped
 from ..raft import Effect, RestoreSnapshot, SnapshotTaken
 from ..statemachine import SnapshotImage, SnapshotSink
+from ..storage import StorageError
 from ..storage._fs import fsync_directory
 from ..storage.snapshots import (
     SnapshotFile,
@@ -129,6 +130,12 @@ class Snapshotter:
         self._retry_at = -float("inf")
         self._staged: dict[tuple[int, int], Path] = {}
         self._installing: trio.Event | None = None  # set when the install under way ends
+        self._verified: dict[Path, SnapshotFile] = {}
+        """This node's own snapshot files known good: written by this process, installed
+        (verified on receipt), or chosen and verified by ``Storage.open``. Only these count
+        among the files kept after a snapshot and as cover for the WAL's compaction: a file
+        merely named like a snapshot (planted, damaged, another cluster's) never costs the
+        node one of these."""
 
     # -- taking ----------------------------------------------------------------------------
 
@@ -204,6 +211,7 @@ class Snapshotter:
             written = run.written
             seconds = time.perf_counter() - started
             self.taken += 1
+            self._verified[written.path] = written
             if self.latest is None or written.last_index >= self.latest.last_index:
                 self.latest = written
             self._node.metrics.snapshot_saved(seconds, written.size_bytes)
@@ -214,16 +222,18 @@ class Snapshotter:
                 written.size_bytes,
                 seconds,
             )
-            await self._compact(run.index, run.term)
+            await self._compact(written)
         finally:
             if self._run is run:
                 self._run = None
             run.done.set()
 
-    async def _compact(self, index: int, term: int) -> None:
-        """Tell the core about the snapshot (it drops its log through ``compact_through``),
-        then drop the WAL segments below that (both only with ``enable``) and the snapshot
-        files but the newest two."""
+    async def _compact(self, written: SnapshotFile) -> None:
+        """Tell the core about the snapshot ``written`` (it drops its log through
+        ``compact_through``), then drop the WAL segments below that (both only with
+        ``enable``) and the old snapshot files (``_remove_old``). A disk error here is
+        logged: the node goes on with a longer log."""
+        index, term = written.last_index, written.last_term
         node = self._node
         raft, driver, storage = node.raft, node.driver, node.storage
         assert raft is not None and driver is not None and storage is not None
@@ -236,12 +246,40 @@ class Snapshotter:
         def compact() -> None:
             # The snapshot file is durable (write_snapshot fsynced it and its directory), so
             # every entry at or below ``index`` is covered even if the core has not stepped
-            # SnapshotTaken yet.
-            if self.enable:
-                storage.compact(compact_through)
-            remove_old_snapshots(self.directory, KEEP_SNAPSHOTS)
+            # SnapshotTaken yet. The guard names that file, not whatever is named newest.
+            storage.compact(compact_through, covered_by=written.path)
 
-        await trio.to_thread.run_sync(compact)
+        if self.enable:
+            try:
+                await trio.to_thread.run_sync(compact)
+            except (StorageError, OSError) as exc:
+                log.error(
+                    "node %d: could not compact the log through index %d: %s",
+                    node.node_id,
+                    compact_through,
+                    exc,
+                )
+        await self._remove_old()
+
+    async def _remove_old(self) -> None:
+        """Delete snapshot files but the newest ``KEEP_SNAPSHOTS`` of this node's own
+        verified ones (``remove_old_snapshots`` with ``verified``); files it does not know
+        are never counted among the kept."""
+        verified = tuple(self._verified)
+        try:
+            removed = await trio.to_thread.run_sync(
+                remove_old_snapshots, self.directory, KEEP_SNAPSHOTS, verified
+            )
+        except OSError as exc:
+            log.error(
+                "node %d: could not remove old snapshots in %s: %s",
+                self._node.node_id,
+                self.directory,
+                exc,
+            )
+            return
+        for path in removed:
+            self._verified.pop(path, None)
 
     async def take_snapshot(self) -> SnapshotFile:
         """A complete snapshot file as of the current applied index: waits for the one under
@@ -290,6 +328,7 @@ class Snapshotter:
         attempt per ``RETRY_AFTER_FAILURE_S`` (s) after a failed one; none while one is
         under way (it becomes the newest file). Call in the trio thread."""
         if file is not None:
+            self._verified.pop(file.path, None)
             if self.latest is not None and self.latest.path == file.path:
                 self.latest = None
         node = self._node
@@ -356,6 +395,7 @@ class Snapshotter:
             self.chunk_bytes,
         )
         self.latest = snapshot
+        self._verified[snapshot.path] = snapshot
         log.info(
             "node %d restored its state machine from %s (index %d, term %d) in %.3f s",
             self._node.node_id,
@@ -430,6 +470,7 @@ class Snapshotter:
             restore_snapshot, final, self.cluster_id, node.state_machine, self.chunk_bytes
         )
         self.latest = SnapshotFile(final, effect.index, effect.term, header, size)
+        self._verified[final] = self.latest
         self.installed += 1
         node.snapshot_installed(effect.index, effect.term)
         node.metrics.snapshot_received(size)
@@ -440,7 +481,7 @@ class Snapshotter:
             size,
             time.perf_counter() - started,
         )
-        await trio.to_thread.run_sync(remove_old_snapshots, self.directory, KEEP_SNAPSHOTS)
+        await self._remove_old()
 
     def discard_staged(self) -> None:
         """Delete every staged file (the node stops)."""

@@ -426,21 +426,32 @@ class Storage:
         """Index of the first entry in the log (above 1 after ``compact``), 0 when empty."""
         return self._wal.first_index
 
-    def compact(self, through_index: int) -> int:
+    def compact(self, through_index: int, covered_by: Path | None = None) -> int:
         """Drop whole WAL segments covered by a durable snapshot through ``through_index``;
         return the new first index (0: empty log). See ``WriteAheadLog.compact``: the segment
         being written is never dropped, so up to ``segment_bytes`` of covered entries stay.
         With ``snapshots_dir`` set, a snapshot file through ``through_index`` or later must
         be there (``StorageError`` otherwise: compacting without one would make the log
-        unrecoverable). Raises ``StorageError`` once the log is closed or has failed,
-        ``OSError`` from the disk."""
+        unrecoverable): ``covered_by``, the path of a snapshot the caller wrote or installed
+        and verified (what a running node passes), must still exist and be named through
+        that index or later; without it the newest file BY NAME is trusted (a planted or
+        damaged file named newer passes: tools and tests only). Raises ``StorageError`` once
+        the log is closed or has failed, ``OSError`` from the disk."""
         if self.snapshots_dir is not None and through_index > 0:
-            newest = list_snapshots(self.snapshots_dir)
-            if not newest or newest[0].last_index < through_index:
-                raise StorageError(
-                    f"compact({through_index}): no snapshot in {self.snapshots_dir} covers "
-                    "that index; write the snapshot before compacting the log"
-                )
+            if covered_by is not None:
+                named = [f for f in list_snapshots(covered_by.parent) if f.path == covered_by]
+                if not named or named[0].last_index < through_index:
+                    raise StorageError(
+                        f"compact({through_index}): snapshot {covered_by} is gone or does "
+                        "not cover that index; write the snapshot before compacting the log"
+                    )
+            else:
+                newest = list_snapshots(self.snapshots_dir)
+                if not newest or newest[0].last_index < through_index:
+                    raise StorageError(
+                        f"compact({through_index}): no snapshot in {self.snapshots_dir} "
+                        "covers that index; write the snapshot before compacting the log"
+                    )
         return self._wal.compact(through_index)
 
     def save_hard_state(self, term: int, voted_for: int) -> None:

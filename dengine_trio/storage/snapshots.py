@@ -65,7 +65,7 @@ import re
 import struct
 import tempfile
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -648,18 +648,43 @@ class SnapshotReceiver(_TemporarySnapshot):
         return attrs.evolve(verified, path=final)
 
 
-def remove_old_snapshots(directory: str | Path, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` (>= 1) newest snapshot files by name; return the removed.
+def remove_old_snapshots(
+    directory: str | Path, keep: int, verified: Collection[Path] | None = None
+) -> list[Path]:
+    """Delete old snapshot files; return the removed paths.
 
-    Call it after a new snapshot has been committed (so the newest is known to be valid);
-    files are not verified here. Temporary files are left alone (one may be in progress).
-    Raises ``ValueError`` for ``keep`` < 1, ``OSError`` from the disk.
+    With ``verified`` (the paths of snapshots this node wrote or installed and verified,
+    what a running node should always pass): keeps the ``keep`` (>= 1) newest of those still
+    on disk, and deletes every other snapshot file named older than the oldest kept one
+    (verified or not: older than what the node can restart from). A file not in
+    ``verified`` named newer (planted by hand, another cluster's, damaged) is left alone and
+    never counts among the kept, so it cannot cost the node a valid snapshot; the next
+    ``Storage.open`` moves it aside if it fails verification. With none of ``verified`` on
+    disk nothing is deleted.
+
+    Without ``verified``: keeps the ``keep`` newest BY NAME, unverified (a file named newer
+    that is not a valid snapshot of this cluster then costs a valid one: tools only).
+    Temporary files are left alone (one may be in progress). Raises ``ValueError`` for
+    ``keep`` < 1, ``OSError`` from the disk.
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
+    found = list_snapshots(directory)
+    if verified is None:
+        doomed = found[keep:]
+    else:
+        known = set(verified)
+        kept = [f for f in found if f.path in known][:keep]
+        if not kept:
+            return []
+        oldest = (kept[-1].last_index, kept[-1].last_term)
+        doomed = [f for f in found if (f.last_index, f.last_term) < oldest]
     removed = []
-    for old in list_snapshots(directory)[keep:]:
-        os.unlink(old.path)
+    for old in doomed:
+        try:
+            os.unlink(old.path)
+        except FileNotFoundError:
+            continue
         removed.append(old.path)
     if removed:
         fsync_directory(Path(directory))

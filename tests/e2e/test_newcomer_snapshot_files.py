@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from dengine_trio.config import load_config
 from dengine_trio.storage.snapshots import (
     SnapshotError,
@@ -114,12 +112,6 @@ def test_invalid_files_named_newer_do_not_cost_the_node_its_snapshots(tmp_path: 
         cluster.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="files that fail verification are moved aside only at open; planted while the node "
-    "runs, remove_old_snapshots (by name, unverified) still deletes the node's valid "
-    "snapshots at the next automatic snapshot, and the restart after that refuses",
-)
 def test_invalid_files_planted_while_the_node_runs_do_not_cost_it_its_snapshots(
     tmp_path: Path,
 ) -> None:

@@ -34,6 +34,7 @@ from dengine_trio.storage.snapshots import (
     list_snapshots,
     read_raw_chunk,
     remove_old_snapshots,
+    snapshot_name,
 )
 
 CLUSTER = "test-cluster-0001"
@@ -354,6 +355,24 @@ def test_install_snapshot_needs_the_file_and_compact_needs_a_covering_snapshot(
         assert storage.first_index == 1 and storage.last_index == 40
         write_snapshot(db / "snapshots", 30, 1)
         assert storage.compact(30) > 1
+
+
+def test_compact_guarded_by_a_named_snapshot_ignores_files_named_newer(tmp_path: Path) -> None:
+    """A running node names the snapshot it just wrote: a file planted under a newer name
+    (damaged, another cluster's) is no cover once that snapshot is gone."""
+    db = tmp_path / "db"
+    with open_storage(db) as storage:
+        feed(storage, entries(1, 40))
+        own = write_snapshot(db / "snapshots", 30, 1)
+        (db / "snapshots" / snapshot_name(99_999, 1)).write_bytes(b"not a snapshot")
+        with pytest.raises(StorageError, match="does not cover"):
+            storage.compact(35, covered_by=own)
+        own.unlink()
+        with pytest.raises(StorageError, match="is gone"):
+            storage.compact(30, covered_by=own)
+        assert storage.first_index == 1
+        own = write_snapshot(db / "snapshots", 30, 1)
+        assert storage.compact(30, covered_by=own) > 1
 
 
 # -- install_snapshot, crashed at every step ---------------------------------------------------

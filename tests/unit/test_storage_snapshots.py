@@ -435,6 +435,25 @@ def test_cleanup_keeps_the_newest(tmp_path: Path) -> None:
         remove_old_snapshots(tmp_path, keep=0)
 
 
+def test_cleanup_with_verified_files_never_gives_up_one_for_an_unknown_file(
+    tmp_path: Path,
+) -> None:
+    """Files merely named newer (planted by hand, damaged, another cluster's) do not count
+    among the kept: the node's own verified snapshots stay; older files of any kind go."""
+    own = [write_snapshot(tmp_path, kv({b"i": b"%d" % i}), index=i, term=1) for i in (10, 20, 30)]
+    older = tmp_path / snapshot_name(5, 1)
+    older.write_bytes(b"an unverified file older than what is kept")
+    planted = [tmp_path / snapshot_name(99_999, 1), tmp_path / snapshot_name(500, 1)]
+    for path in planted:
+        path.write_bytes(b"not a snapshot of this node")
+    removed = remove_old_snapshots(tmp_path, 2, verified=own)
+    assert sorted(removed) == sorted([own[0], older])
+    assert all(path.exists() for path in [own[1], own[2], *planted])
+    # None of the verified files on disk any more: nothing to measure by, nothing deleted.
+    assert remove_old_snapshots(tmp_path, 1, verified=[own[0]]) == []
+    assert all(path.exists() for path in [own[1], own[2], *planted])
+
+
 def transfer(source: Path, receiver: SnapshotReceiver, chunk: int) -> None:
     offset = 0
     while data := read_raw_chunk(source, offset, chunk):
