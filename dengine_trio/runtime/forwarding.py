@@ -194,6 +194,17 @@ class Forwarding:
             for forward in self._entries.pop(covered):
                 if forward.term > term:
                     forward.waiter.fail(NotLeader(leader_id or None))
+        # After the snapshot every entry has a term of at least ``term``: a forward placed
+        # there in an older term was overwritten and can never commit.
+        for later in [i for i in self._entries if i > index]:
+            stale = [f for f in self._entries[later] if f.term < term]
+            if not stale:
+                continue
+            self._entries[later] = [f for f in self._entries[later] if f.term >= term]
+            if not self._entries[later]:
+                del self._entries[later]
+            for forward in stale:
+                forward.waiter.fail(NotLeader(leader_id or None))
 
     def leader_changed(self, leader_id: int) -> None:
         """Leadership moved: forwards to another node whose frame is still in the transport's

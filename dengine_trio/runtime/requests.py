@@ -240,7 +240,8 @@ class RequestTable:
         a term of at most ``term``, Raft paper section 5.3): ``NotLeader``, it may be sent
         again. Any other may or may not be the committed entry there (its term is not in the
         snapshot), and its result is gone: ``Timeout``, as etcd leaves such a waiter to time
-        out."""
+        out. One after ``index`` of an older term than ``term`` can never commit either:
+        ``NotLeader`` at once."""
         for covered in [i for i in self._by_index if i <= index]:
             waiter = self._by_index.pop(covered)
             if waiter.term > term:
@@ -252,6 +253,11 @@ class RequestTable:
                         "write's entry applied here; the write may or may not have been applied"
                     )
                 )
+        # After the snapshot every entry has a term of at least ``term``: one of an older
+        # term there was overwritten and can never commit (else it would wait for its
+        # deadline on an idle cluster and report a Timeout, "may have applied").
+        for later in [i for i, w in self._by_index.items() if i > index and w.term < term]:
+            self._by_index.pop(later).fail(NotLeader(leader_id or None))
 
     def reads_applied(self, applied_index: int) -> None:
         """Resolve every read whose read index is at most ``applied_index`` (Raft thesis
