@@ -224,16 +224,17 @@ class NodeRuntime:
             )
             del entries
             storage.entries = []  # the core holds the log now
-            if self.raft.log.last_index:
+            last = self.raft.log.last_index
+            if last:
                 log.info(
-                    "node %d recovered term %d, vote %d, snapshot through %d, log entries "
-                    "%d..%d from %s",
+                    "node %d recovered term %d, vote %d, snapshot through %d, %s from %s",
                     self.node_id,
                     hs.term,
                     hs.voted_for,
                     snapshot_index,
-                    snapshot_index + 1,
-                    self.raft.log.last_index,
+                    f"log entries {snapshot_index + 1}..{last}"
+                    if last > snapshot_index
+                    else "no log entries after it",
                     cfg.db_root_path(),
                 )
             batch = cfg.raft.persistence.flush_policy.batch

@@ -184,6 +184,25 @@ async def test_a_restarted_node_starts_from_its_snapshot_and_the_log_after_it(
                 assert await engine.client().get_linearizable(key) == value
 
 
+async def test_a_restart_with_no_log_after_the_snapshot_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The startup line names the log range after the snapshot; with no entry after it, it
+    says so (not an empty range such as "log entries 41..40")."""
+    [config] = write_configs(tmp_path, 1, extra=SETTINGS)
+    async with EmbeddedEngine.start(config) as engine:
+        await engine.wait_ready(10)
+        await write(engine, 5)
+        taken = await engine.take_snapshot()  # as of the last entry: nothing after it
+    caplog.clear()
+    with caplog.at_level("INFO", logger="dengine_trio.node"):
+        async with EmbeddedEngine.start(config):
+            pass
+    lines = [r.getMessage() for r in caplog.records if "recovered term" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert f"snapshot through {taken.last_index}, no log entries after it" in lines[0]
+
+
 async def test_take_snapshot_is_fresh_and_complete(tmp_path: Path) -> None:
     """``take_snapshot`` returns a verified file as of the applied index: the same file
     again while nothing was applied, a new one after a write; also with ``enable`` off,
