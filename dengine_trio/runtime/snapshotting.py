@@ -243,11 +243,20 @@ class Snapshotter:
         if self.enable and index > raft.snapshot_index:
             driver.submit(SnapshotTaken(index, term, compact_through))
 
+        # The WAL keeps every entry after the next older snapshot kept: if ``written`` is
+        # found damaged at a restart, storage falls back to that one only when the log still
+        # holds every entry after it (compacting through ``compact_through`` alone left the
+        # kept older file useless whenever the threshold exceeds ``retained``). Costs about
+        # one more ``max_log_entries_before_snapshot`` of entries on disk, not in memory.
+        fallback = max((f.last_index for f in self._verified.values() if f.last_index < index),
+                       default=0)  # fmt: skip
+        wal_through = min(compact_through, fallback)
+
         def compact() -> None:
             # The snapshot file is durable (write_snapshot fsynced it and its directory), so
             # every entry at or below ``index`` is covered even if the core has not stepped
             # SnapshotTaken yet. The guard names that file, not whatever is named newest.
-            storage.compact(compact_through, covered_by=written.path)
+            storage.compact(wal_through, covered_by=written.path)
 
         if self.enable:
             try:
@@ -256,7 +265,7 @@ class Snapshotter:
                 log.error(
                     "node %d: could not compact the log through index %d: %s",
                     node.node_id,
-                    compact_through,
+                    wal_through,
                     exc,
                 )
         await self._remove_old()

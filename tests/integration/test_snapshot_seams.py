@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import trio
 
 from dengine_trio import EmbeddedEngine
@@ -85,11 +84,6 @@ async def test_a_leader_whose_newest_snapshot_is_damaged_still_catches_a_followe
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R -> C1: the WAL is compacted through the newest snapshot's index - retained, so "
-    "the older snapshot kept for a fallback is never usable (see the contract's Changes)",
-)
 async def test_a_node_whose_newest_snapshot_is_damaged_restarts_from_the_older_one(
     tmp_path: Path,
 ) -> None:
