@@ -243,6 +243,7 @@ class InboundSide(PeerIdentity):
         self.log.debug("node %d: accepted link from peer %d at %s", self.node_id, hello.src, remote)
         if hello.incarnation:
             self._meet_incarnation(self._links[hello.src], hello.incarnation)
+        self._links[hello.src].redial.set()
         return hello.src, hello.incarnation, frames[1:], hello.channel
 
     async def _refuse(self, stream: trio.abc.Stream, reason: str) -> None:

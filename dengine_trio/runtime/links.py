@@ -182,6 +182,9 @@ class OutboundLink:
         self.claims_logged: set[int] = set()
         self.inbound: dict[trio.CancelScope, int] = {}
         """Open inbound connections from this peer: their cancel scope -> incarnation."""
+        self.redial = trio.Event()
+        """Set when the peer was just heard from (it connected to us): a link backing off
+        after failed connects dials at once instead of finishing its sleep."""
 
     def take_batch(self) -> bytes:
         """Dequeue frames, oldest first, joined into one ``bytes`` for one ``send_all``: the

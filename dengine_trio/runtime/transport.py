@@ -315,8 +315,12 @@ class Transport(InboundSide):
                 if trio.current_time() - connected_at >= BACKOFF_MAX_S:
                     backoff = BACKOFF_MIN_S
                     continue
-            # Jitter keeps the nodes of a restarted cluster from reconnecting in lockstep.
-            await trio.sleep(backoff * (0.5 + 0.5 * self._random.random()))
+            # Jitter keeps the nodes of a restarted cluster from reconnecting in lockstep. A
+            # peer that connects to us meanwhile is up (a restarted follower): dial it now
+            # rather than after up to BACKOFF_MAX_S, or it waits that long for a leader.
+            link.redial = trio.Event()
+            with trio.move_on_after(backoff * (0.5 + 0.5 * self._random.random())):
+                await link.redial.wait()
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def _connect(self, link: OutboundLink) -> trio.abc.Stream | None:

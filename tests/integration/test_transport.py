@@ -645,3 +645,28 @@ async def test_a_connection_from_another_process_of_a_peer_closes_once_the_peer_
             b.transport.send(hb(2, 1, 1))
             await a.wait_for(heartbeat(2, 1))
             nursery.cancel_scope.cancel()
+
+
+async def test_a_link_backing_off_dials_at_once_when_the_peer_connects_to_us(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restarted follower must not wait out the leader's reconnect backoff (up to
+    BACKOFF_MAX_S) before it hears from the leader: its own connection to us proves it is up.
+    The backoff is made longer than the test's bound, so only that wake-up can connect."""
+    import dengine_trio.runtime.transport as transport_module
+
+    monkeypatch.setattr(transport_module, "BACKOFF_MIN_S", 3 * WAIT_S)
+    monkeypatch.setattr(transport_module, "BACKOFF_MAX_S", 3 * WAIT_S)
+    ports = dict(zip((1, 2), free_ports(2), strict=True))
+    a, b = Node(1, ports), Node(2, ports)
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            await a.start(nursery)
+            a.transport.send(hb(1, 2, 1))
+            await wait_until(lambda: a.transport.stats.peers[2].connect_failures >= 1)
+            await b.start(nursery)
+            b.transport.send(hb(2, 1, 1))  # b connects to a: a's sleeping link wakes
+            await a.wait_for(lambda m: m == hb(2, 1, 1))
+            await b.wait_for(lambda m: m == hb(1, 2, 1))
+            nursery.cancel_scope.cancel()
+    assert a.transport.stats.peers[2].connects == 1
