@@ -603,8 +603,10 @@ class _WorkerBridge:
             except trio.WouldBlock:
                 pass
         if first is None:
-            first = await receive()
-        if first["type"] != "http.request":
+            # No body yet (one may never start): the node gets the head at once, so that its
+            # app answers it (a 405) or times the body out, as with one process.
+            first = {"type": "http.request", "body": b"", "more_body": True}
+        elif first["type"] != "http.request":
             return  # the client left before its request began
         rid = next(self.ids)
         exchange = _WorkerExchange()

@@ -58,7 +58,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.e2e.cluster import Node, running_cluster, wait_until
 
@@ -251,12 +250,6 @@ HEADS_ONLY = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="N2 -> F: a worker forwards a request only once its first body message arrives; "
-    "a head whose body never starts is never sent to the node, so no body timeout (or "
-    "answer) ever comes: the connection is held forever (one process: 408 / 405)",
-)
 def test_a_request_whose_body_never_starts_is_answered(tmp_path: Path) -> None:
     settings = {"http.workers": WORKERS, "http.body_timeout_ms": BODY_TIMEOUT_MS}
     answers: dict[str, bytes] = {}
