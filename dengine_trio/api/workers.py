@@ -65,7 +65,6 @@ from typing import Any
 import attrs
 import msgpack
 import trio
-import trio.testing
 
 from dengine_trio.api import ConnectionCount
 from dengine_trio.config import HttpConfig
@@ -727,6 +726,10 @@ async def _serve_worker(args: argparse.Namespace) -> None:
                 await stop.wait()
                 # Hypercorn cancels its accept loop when stop is set; once every task has
                 # settled (blocked) that loop is gone, and the socket can be closed under it.
+                # Imported here: trio.testing imports pytest when it is installed, which
+                # would cost every worker (and node) start ~0.3 s.
+                import trio.testing
+
                 with trio.move_on_after(1.0):
                     await trio.testing.wait_all_tasks_blocked()
                 trio.lowlevel.notify_closing(listener)
