@@ -47,11 +47,6 @@ def deleted_open_files(pid: int) -> list[str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
-@pytest.mark.xfail(
-    strict=True,
-    reason="GET /snapshot has no bound on concurrent or stalled downloads: each stalled "
-    "client pins one whole (deleted) snapshot file on disk",
-)
 def test_stalled_snapshot_downloads_do_not_pin_unbounded_disk(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, size=1)
     node = cluster.nodes[0]
