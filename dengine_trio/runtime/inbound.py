@@ -221,8 +221,8 @@ class InboundSide(PeerIdentity):
         reason = reason[:MAX_REASON_CHARS]
         if reason:
             self.stats.connections_refused += 1
-            self.log.warning(
-                "node %d: refused connection from %s: %s", self.node_id, remote, reason
+            self._log_refusal(
+                remote, reason, f"node {self.node_id}: refused connection from {remote}: {reason}"
             )
             await self._refuse(stream, reason)
             return None

@@ -30,8 +30,9 @@ HANDSHAKE_TIMEOUT_S = 5.0
 """How long either side waits for the other's half of the handshake (the TLS handshake and
 ``Hello`` together, on the listener: a caller that connects and says nothing, or stalls
 part-way through TLS, is dropped after this)."""
-TLS_LOG_INTERVAL_S = 60.0
-"""A refused TLS peer retries every second: one WARNING per caller and reason this often."""
+REFUSAL_LOG_INTERVAL_S = 60.0
+"""A refused peer (TLS, another cluster, another version) retries every second: one WARNING
+per caller host and reason this often (s), DEBUG in between."""
 RECEIVE_BYTES = 256 * 1024
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 """Soft cap on one ``send_all`` so a long queue of large AppendEntries is not copied at once."""
@@ -229,21 +230,25 @@ class PeerIdentity:
     dropped: Callable[[int, list[bytes]], None] | None
     _links: dict[int, OutboundLink]
 
-    _tls_logged: dict[tuple[str, str], float]
+    _refusals_logged: dict[tuple[str, str], float]
 
     def _log_tls_refusal(self, who: str, problem: str, verb: str = "refused") -> None:
-        """Log a TLS refusal at WARNING once per ``TLS_LOG_INTERVAL_S`` (s) for the same
-        host and problem, at DEBUG in between: a refused peer retries every second."""
+        """Log a TLS refusal, rate-limited as ``_log_refusal``."""
+        self._log_refusal(who, problem, f"node {self.node_id}: TLS: {verb} {who}: {problem}")
+
+    def _log_refusal(self, who: str, problem: str, message: str) -> None:
+        """Log ``message`` at WARNING once per ``REFUSAL_LOG_INTERVAL_S`` (s) for the same host
+        (``who`` without its port) and problem, at DEBUG in between: a refused peer (TLS,
+        another cluster, another protocol version) retries every second, for hours."""
         key = (who.rpartition(":")[0] or who, problem)
         now = trio.current_time()
-        last = self._tls_logged.get(key)
-        fresh = last is None or now - last >= TLS_LOG_INTERVAL_S
+        last = self._refusals_logged.get(key)
+        fresh = last is None or now - last >= REFUSAL_LOG_INTERVAL_S
         if fresh:
-            if len(self._tls_logged) >= 1024:
-                self._tls_logged.clear()
-            self._tls_logged[key] = now
-        level = logging.WARNING if fresh else logging.DEBUG
-        self.log.log(level, "node %d: TLS: %s %s: %s", self.node_id, verb, who, problem)
+            if len(self._refusals_logged) >= 1024:
+                self._refusals_logged.clear()
+            self._refusals_logged[key] = now
+        self.log.log(logging.WARNING if fresh else logging.DEBUG, "%s", message)
 
     def _meet_incarnation(self, link: OutboundLink, incarnation: int) -> None:
         """A handshake met ``incarnation`` of ``link``'s peer: if that is a new process of the

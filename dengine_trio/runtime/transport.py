@@ -154,7 +154,7 @@ class Transport(InboundSide):
         }
         self._random = random.Random()
         self.tls = tls
-        self._tls_logged: dict[tuple[str, str], float] = {}
+        self._refusals_logged: dict[tuple[str, str], float] = {}
         self.snapshots = SnapshotTransfers(self, snapshots) if snapshots is not None else None
         """Both sides of snapshot transfers; None without ``snapshots``."""
 

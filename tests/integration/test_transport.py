@@ -670,3 +670,30 @@ async def test_a_link_backing_off_dials_at_once_when_the_peer_connects_to_us(
             await b.wait_for(lambda m: m == hb(1, 2, 1))
             nursery.cancel_scope.cancel()
     assert a.transport.stats.peers[2].connects == 1
+
+
+async def test_a_node_of_another_cluster_retrying_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nodes restored from different backups (or pointed at the wrong cluster) retry every
+    second for as long as they run: the refusing side says so once per host and reason
+    (REFUSAL_LOG_INTERVAL_S), not once per attempt, and still refuses every attempt."""
+    ports = dict(zip((1, 2), free_ports(2), strict=True))
+    a = Node(1, ports)
+    caplog.set_level(logging.DEBUG, logger="dengine_trio.transport")
+    with trio.fail_after(WAIT_S):
+        async with trio.open_nursery() as nursery:
+            await a.start(nursery)
+            for _ in range(3):
+                stream = await trio.open_tcp_stream("127.0.0.1", ports[1])
+                async with stream:
+                    hello = Hello("another-cluster", 2, 1, PROTOCOL_VERSION, 7)
+                    await stream.send_all(encode_frame(encode(hello)))
+                    reply = decode((await read_until_closed(stream))[4:])
+                assert isinstance(reply, HelloReply) and not reply.ok
+            nursery.cancel_scope.cancel()
+    refusals = [r for r in caplog.records if "refused connection" in r.getMessage()]
+    assert len(refusals) == 3
+    assert [r.levelno for r in refusals] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert "another-cluster" in refusals[0].getMessage()
+    assert a.transport.stats.connections_refused == 3
