@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -21,7 +22,7 @@ from typing import Any
 import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import RawData
+from hypercorn.events import Closed, RawData
 from hypercorn.protocol import h11 as h11_protocol
 from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart, Response, request
@@ -531,6 +532,96 @@ def _install_connection_limit() -> None:
     TCPServer.run = run_within_limit  # type: ignore[method-assign]
 
 
+SEND_PIECE_BYTES = 1 << 16
+"""A stalled-write check's unit (bytes): each piece of a write must leave within the send
+timeout, so a write makes progress at least this fast or its connection is aborted."""
+
+
+def _install_send_timeout() -> None:
+    """Make Hypercorn abort a connection whose writes make no progress for
+    ``config.dengine_send_timeout_s`` seconds (``[http] idle_timeout_ms``).
+
+    Hypercorn (0.18, trio) writes each response piece in ``TCPServer.protocol_send`` under a
+    shielded cancel scope with no timeout, so a client that keeps its connection open but stops
+    reading held the write, the connection's task and whatever the response pinned (a snapshot
+    download's open file and place, a large value's bytes) for as long as it liked. This writes
+    the same bytes in :data:`SEND_PIECE_BYTES` pieces, each still shielded (a cancelled write
+    would leave h11 out of step with the socket) but each given the send timeout; when one times
+    out the socket is closed with SO_LINGER 0 (a reset, dropping what the kernel still holds
+    for that client) and Hypercorn is told the connection closed, which ends the response
+    (the app sees ``http.disconnect``). Logged at WARNING at most once a minute per process.
+
+    Patched once per process, only if ``protocol_send`` is still the shape this replaces (an
+    ``(self, event)`` coroutine that writes with ``send_all`` under ``send_lock``); otherwise
+    nothing is patched and ``tests/e2e/test_http_send_timeout.py`` says so.
+    """
+    original = getattr(TCPServer, "protocol_send", None)
+    if original is None or getattr(original, "_dengine_send_timeout", False):
+        return
+    if not _send_shape_known(original):
+        log.warning("Hypercorn's TCPServer.protocol_send changed shape: no HTTP send timeout")
+        return
+    raw_data = RawData
+    closed = Closed
+
+    async def protocol_send_bounded(self: Any, event: Any) -> None:
+        timeout = getattr(self.config, "dengine_send_timeout_s", None)
+        if timeout is None or not isinstance(event, raw_data):
+            await original(self, event)
+            return
+        data = memoryview(event.data)
+        stalled = False
+        async with self.send_lock:
+            try:
+                with trio.CancelScope(shield=True):
+                    for start in range(0, len(data), SEND_PIECE_BYTES):
+                        with trio.move_on_after(timeout) as piece:
+                            await self.stream.send_all(data[start : start + SEND_PIECE_BYTES])
+                        if piece.cancelled_caught:
+                            stalled = True
+                            _abort(self.stream)
+                            break
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(closed())
+                return
+        if stalled:
+            now = trio.current_time()
+            if now - self.config.dengine_stall_logged_at >= REFUSAL_LOG_INTERVAL_S:
+                self.config.dengine_stall_logged_at = now
+                log.warning(
+                    "HTTP connection aborted: its client read nothing for %.0f s "
+                    "([http] idle_timeout_ms; logged at most once a minute)",
+                    timeout,
+                )
+            await self.protocol.handle(closed())
+
+    protocol_send_bounded._dengine_send_timeout = True  # type: ignore[attr-defined]
+    protocol_send_bounded._dengine_original = original  # type: ignore[attr-defined]
+    TCPServer.protocol_send = protocol_send_bounded  # type: ignore[method-assign]
+
+
+def _send_shape_known(method: Any) -> bool:
+    """Whether ``method`` looks like Hypercorn 0.18's ``TCPServer.protocol_send``."""
+    code = getattr(method, "__code__", None)
+    if code is None or code.co_argcount != 2:
+        return False
+    return {"send_lock", "send_all", "stream", "RawData"} <= set(code.co_names)
+
+
+def _abort(stream: Any) -> None:
+    """Close ``stream``'s socket at once with a reset (SO_LINGER 0), unsent bytes dropped."""
+    sock = getattr(stream, "socket", None) or getattr(
+        getattr(stream, "transport_stream", None), "socket", None
+    )
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
 REFUSAL_LOG_INTERVAL_S = 60.0
 
 
@@ -564,6 +655,8 @@ class _NodeHypercornConfig(HypercornConfig):
     dengine_max_connections: int | None = None
     dengine_connections: ConnectionCount | None = None
     dengine_refusal_logged_at: float = float("-inf")
+    dengine_send_timeout_s: float | None = None
+    dengine_stall_logged_at: float = float("-inf")
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
         return self.node_ssl_context
@@ -612,7 +705,9 @@ def hypercorn_config(
     (counted in ``connections``, a new :class:`ConnectionCount` if None).
     ``idle_timeout_s``: Hypercorn's keep-alive timer, which runs from the connect and from
     each response until a request's head is complete: it closes an idle connection and one
-    whose head trickles in (a slowloris), whichever way the time passes.
+    whose head trickles in (a slowloris), whichever way the time passes; also the send timeout
+    (:func:`_install_send_timeout`): a write that makes no progress for that long resets its
+    connection.
 
     ``backlog`` is the listen backlog (connections, ``[http] listen_backlog``): Hypercorn's
     default of 100 made Linux reset part of a burst of a few hundred simultaneous connects.
@@ -624,6 +719,7 @@ def hypercorn_config(
     _install_coalesced_writes()
     _install_release_on_eof()
     _install_connection_limit()
+    _install_send_timeout()
     config = _NodeHypercornConfig()
     config.node_ssl_context = ssl_context
     config.ssl_handshake_timeout = tls_handshake_timeout_s
@@ -636,5 +732,6 @@ def hypercorn_config(
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = graceful_timeout_s
     config.keep_alive_timeout = idle_timeout_s
+    config.dengine_send_timeout_s = idle_timeout_s
     config.include_server_header = False
     return config

@@ -26,10 +26,9 @@ old snapshot) until it ends, so at most :data:`MAX_CONCURRENT_DOWNLOADS` run at 
 that many snapshot files. A download also has a deadline, :data:`SEND_BASE_TIMEOUT_S` + size /
 :data:`MIN_SEND_RATE_BYTES_S` (Quart-Trio's ``Response.timeout``): a client reading slower than
 that is cut off at its next completed write, its file closed (it sees a short body, which
-``snapshot save`` refuses). A client that stops reading ALTOGETHER is not cut off by it:
-Hypercorn (0.18) writes under a shielded cancel scope with no timeout, so its place is held
-until its connection closes; a per-write timeout belongs in the Hypercorn layer
-(``dengine_trio/api/__init__.py``), not done yet.
+``snapshot save`` refuses). A client that stops reading altogether is cut off by the send
+timeout of the Hypercorn layer (``dengine_trio/api/__init__.py``, ``[http] idle_timeout_ms``):
+its connection is reset, which ends the download, closes the file and gives its place back.
 """
 
 from __future__ import annotations
