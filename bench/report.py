@@ -55,6 +55,18 @@ class Report:
     """(title, markdown body) printed after the tables, e.g. ``bench.snapshots``'s."""
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, for a report's header ("unknown CPU" off
+    Linux or when it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def fmt_rate(value: float) -> str:
     if math.isnan(value):
         return "-"

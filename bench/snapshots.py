@@ -65,7 +65,7 @@ import trio
 
 from bench.measure import percentile, ratio
 from bench.procs import Worker, WorkerError, send_result, worker
-from bench.report import Target
+from bench.report import Target, cpu_model
 from bench.write import (
     FOLLOWER_ELECTION_SETTINGS,
     VALUE,
@@ -1128,14 +1128,7 @@ def markdown(results: Results) -> tuple[str, list[Target]]:
 
 
 def header(results: Results, argv: Sequence[str], elapsed_s: float) -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return "\n".join(
         [
             f"### python -m bench.snapshots, "

@@ -39,7 +39,16 @@ import trio
 from bench import http_side, snapshots
 from bench.measure import Run, ratio
 from bench.procs import Worker, WorkerError, worker
-from bench.report import Report, Scenario, Target, chart, markdown, ratio_text, update_doc
+from bench.report import (
+    Report,
+    Scenario,
+    Target,
+    chart,
+    cpu_model,
+    markdown,
+    ratio_text,
+    update_doc,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -350,14 +359,7 @@ class Suite:
 
     def header(self, elapsed_s: float) -> list[str]:
         a = self.args
-        cpu = "unknown CPU"
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
+        cpu = cpu_model()
         load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
         command = "make bench" + (
             f"  # = python -m bench.suite {shlex.join(a.argv)}" if a.argv else ""
