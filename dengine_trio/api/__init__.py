@@ -553,7 +553,7 @@ def _install_send_timeout() -> None:
 
     Patched once per process, only if ``protocol_send`` is still the shape this replaces (an
     ``(self, event)`` coroutine that writes with ``send_all`` under ``send_lock``); otherwise
-    nothing is patched and ``tests/e2e/test_http_send_timeout.py`` says so.
+    nothing is patched and ``tests/integration/test_http_send_timeout.py`` says so.
     """
     original = getattr(TCPServer, "protocol_send", None)
     if original is None or getattr(original, "_dengine_send_timeout", False):
