@@ -40,7 +40,9 @@ __all__ = [
     "DEFAULT_LISTEN_BACKLOG",
     "DEFAULT_SNAPSHOTS_SUBDIR",
     "ROLE_FOLLOWER",
+    "ROLE_LEARNER",
     "STATUS_ACTIVE",
+    "STATUS_JOINING",
     "AuthConfig",
     "Batch",
     "ClusterConfig",
@@ -66,9 +68,17 @@ __all__ = [
 ]
 
 ROLE_FOLLOWER = 1
-"""``role = 1`` in ``initial_cluster``: the node starts as a Follower (the only start role)."""
+"""``role = 1`` in ``initial_cluster``: a voting member, which starts as a Follower."""
+ROLE_LEARNER = 3
+"""``role = 3`` (d-engine's NodeRole Learner), only on this node's own ``initial_cluster``
+entry: the node joins a running cluster as a non-voting learner."""
+STATUS_JOINING = 0
+"""``status = 0`` (d-engine's NodeStatus Joining) with ``role = 3``: a joining node, promoted
+to voter by the leader once it has caught up."""
 STATUS_ACTIVE = 2
-"""``status = 2`` in ``initial_cluster``: an active voting member (the only status so far)."""
+"""``status = 2`` (Active): a voting member with ``role = 1``; with ``role = 3`` a learner
+that stays one, a read replica (d-engine's "analytics node": Learner + Active, never
+promoted)."""
 
 
 class ConfigError(Exception):
@@ -91,8 +101,12 @@ class ConfigError(Exception):
 class PeerConfig:
     """One member of ``[cluster] initial_cluster``: ``{ id, address, role, status }``.
 
-    ``address`` is ``"host:port"``, where the other nodes dial this member; ``role`` must be
-    :data:`ROLE_FOLLOWER` and ``status`` :data:`STATUS_ACTIVE` (the only ones supported).
+    ``address`` is ``"host:port"``, where the other nodes dial this member. ``role`` and
+    ``status`` use d-engine's numbers: a voting member is :data:`ROLE_FOLLOWER` with
+    :data:`STATUS_ACTIVE` (the defaults). This node's own entry may instead be
+    :data:`ROLE_LEARNER` with :data:`STATUS_JOINING` (join a running cluster, then be promoted
+    to voter once caught up) or with :data:`STATUS_ACTIVE` (join as a read replica, never
+    promoted); see :meth:`NodeConfig.joining`.
     """
 
     id: int
@@ -112,8 +126,10 @@ class ClusterConfig:
     ``node_id``: this node's id (>= 1), one of ``initial_cluster``'s. ``listen_address``:
     ``"host:port"`` (IPv6 hosts in brackets) where the Raft listener binds, which must be the
     node's own member address (a wildcard host allowed) unless ``behind_proxy``.
-    ``initial_cluster``: every member, this node included, the same list on every node (its
-    ``(id, address)`` pairs and ``name`` make the cluster id of the handshake).
+    ``initial_cluster``: the members that bootstrap a brand-new cluster, this node included,
+    the same list on every node; a joining node lists members of the running cluster it
+    contacts, and itself with ``role = 3`` (see :class:`PeerConfig`). Once a cluster runs, its
+    membership lives in its log and snapshots, changed by ``/members`` (docs/operations.md).
     ``db_root_dir``: directory of the log and hard state, default ``./db/<node_id>``, a
     relative path taken from the working directory.
     """
@@ -245,12 +261,17 @@ class Limits:
     ``max_key_bytes`` / ``max_value_bytes``: the largest key and value of a write (``TooLarge``,
     HTTP 413 beyond); ``max_body_bytes``: the largest HTTP request body; ``max_pending_requests``:
     requests of this node awaiting an outcome at once (``Overloaded``, HTTP 503, beyond).
+    ``max_txn_ops``: compares plus operations of one transaction (etcd's ``--max-txn-ops``,
+    128); ``max_txn_bytes``: the keys and values of one transaction together (both
+    ``TooLarge``, HTTP 413, beyond).
     """
 
     max_key_bytes: int = 1024
     max_value_bytes: int = 1 << 20
     max_body_bytes: int = 1 << 20
     max_pending_requests: int = 10_000
+    max_txn_ops: int = 128
+    max_txn_bytes: int = 1 << 20
 
 
 @attrs.frozen(slots=True)
@@ -380,14 +401,39 @@ class NodeConfig:
         for key, problem in _problems(self):
             raise ConfigError(self.path, key, problem)
 
+    def own_member(self) -> PeerConfig:
+        """This node's own entry of ``initial_cluster`` (validation guarantees there is one)."""
+        node_id = self.cluster.node_id
+        return next(p for p in self.cluster.initial_cluster if p.id == node_id)
+
+    def joining(self) -> bool:
+        """This node joins a running cluster: its own entry has ``role = 3`` (Learner).
+
+        It starts as no member at all, asks the members listed to add it as a learner, and
+        catches up from the leader (snapshot, then log). :meth:`promote_after_join` says
+        whether it is then promoted to voter."""
+        return self.own_member().role == ROLE_LEARNER
+
+    def promote_after_join(self) -> bool:
+        """A joining node with ``status = 0`` (Joining): the leader promotes it to voter once
+        it has caught up. False for ``status = 2`` (a read replica: a learner for good, which
+        ``POST /members/{id}/promote`` can still promote) and for a node that is not joining."""
+        own = self.own_member()
+        return own.role == ROLE_LEARNER and own.status == STATUS_JOINING
+
+    def bootstrap_voters(self) -> tuple[int, ...]:
+        """The ids of the voters ``initial_cluster`` lists (``role = 1``), sorted: the members
+        of a brand-new cluster (a joining node's own entry is not one of them)."""
+        return tuple(sorted(p.id for p in self.cluster.initial_cluster if p.role == ROLE_FOLLOWER))
+
     def raft_config(self) -> RaftConfig:
-        """The Raft core's tuning (timings in ms, sizes in bytes); every member of
-        ``initial_cluster`` is a voter."""
+        """The Raft core's tuning (timings in ms, sizes in bytes); ``voters`` are
+        :meth:`bootstrap_voters` (the implicit membership of a brand-new cluster)."""
         timing = self.raft.timing
         replication = self.raft.replication
         return RaftConfig(
             node_id=self.cluster.node_id,
-            voters=tuple(sorted(p.id for p in self.cluster.initial_cluster)),
+            voters=self.bootstrap_voters(),
             election_timeout_min_ms=timing.election_timeout_min_ms,
             election_timeout_max_ms=timing.election_timeout_max_ms,
             heartbeat_interval_ms=timing.heartbeat_interval_ms,
@@ -421,10 +467,14 @@ class NodeConfig:
     def cluster_id(self) -> str:
         """Identity exchanged in the node handshake: ``<name>-<12 hex digits>``.
 
-        The digits hash the sorted ``(id, address)`` membership, so a node configured with
+        The digits hash the sorted ``(id, address)`` pairs of the voters ``initial_cluster``
+        lists (a joining node's own ``role = 3`` entry left out, so a joiner listing the
+        cluster's bootstrap members computes the cluster's own id), so a node configured with
         another membership (or a node of another cluster) is refused instead of voting.
         """
-        members = sorted((p.id, p.address) for p in self.cluster.initial_cluster)
+        members = sorted(
+            (p.id, p.address) for p in self.cluster.initial_cluster if p.role == ROLE_FOLLOWER
+        )
         digest = hashlib.sha256(json.dumps(members).encode()).hexdigest()[:12]
         return f"{self.cluster.name}-{digest}"
 
@@ -558,25 +608,23 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
                 other = seen_addresses[normalized]
                 yield f"{key}.address", f"duplicate address {peer.address!r} (also node {other})"
             seen_addresses.setdefault(normalized, peer.id)
-        if peer.role != ROLE_FOLLOWER:
-            yield (
-                f"{key}.role",
-                f"unsupported role {peer.role}; supported: {ROLE_FOLLOWER} (starts as Follower)",
-            )
-        if peer.status != STATUS_ACTIVE:
-            yield (
-                f"{key}.status",
-                f"unsupported status {peer.status}; "
-                f"supported: {STATUS_ACTIVE} (active voting member)",
-            )
+        yield from _role_problems(key, peer, own=peer.id == cluster.node_id)
     if cluster.node_id not in seen_ids:
         yield (
             "cluster.node_id",
             f"node {cluster.node_id} is not in cluster.initial_cluster "
             f"(ids: {', '.join(str(p.id) for p in cluster.initial_cluster) or 'none'})",
         )
-    elif not cluster.behind_proxy:
-        yield from _listen_matches_own_address(cluster)
+    else:
+        if not cluster.behind_proxy:
+            yield from _listen_matches_own_address(cluster)
+        own = next(p for p in cluster.initial_cluster if p.id == cluster.node_id)
+        if own.role == ROLE_LEARNER and len(cluster.initial_cluster) == 1:
+            yield (
+                "cluster.initial_cluster",
+                f"node {own.id} joins a running cluster (role = {ROLE_LEARNER}) but lists no "
+                "member of it to contact; add them with role = 1, status = 2",
+            )
 
     timing = cfg.raft.timing
     election_min = timing.election_timeout_min_ms
@@ -821,6 +869,46 @@ def _peer_tls_problems(tls: TlsConfig) -> Iterator[tuple[str, str]]:
             return
 
 
+def _role_problems(key: str, peer: PeerConfig, *, own: bool) -> Iterator[tuple[str, str]]:
+    """``role``/``status`` of one ``initial_cluster`` entry (d-engine's numbers): every member
+    is ``role = 1, status = 2``; only this node's own entry (``own``) may be a learner,
+    ``role = 3`` with ``status = 0`` (joining, promoted once caught up) or ``2`` (a read
+    replica)."""
+    voter = f"role = {ROLE_FOLLOWER}, status = {STATUS_ACTIVE} (a voting member)"
+    if peer.role == ROLE_FOLLOWER:
+        if peer.status != STATUS_ACTIVE:
+            yield (
+                f"{key}.status",
+                f"unsupported status {peer.status} with role = {ROLE_FOLLOWER}; supported: "
+                f"{STATUS_ACTIVE} (active voting member; a joining node is role = "
+                f"{ROLE_LEARNER}, status = {STATUS_JOINING})",
+            )
+        return
+    if peer.role != ROLE_LEARNER:
+        what = "leaders are elected, never configured" if peer.role == 2 else "no such role"
+        yield (
+            f"{key}.role",
+            f"unsupported role {peer.role} ({what}); supported: {ROLE_FOLLOWER} (a voting "
+            f"member, starts as Follower), or {ROLE_LEARNER} (Learner) on this node's own "
+            "entry to join a running cluster",
+        )
+        return
+    if not own:
+        yield (
+            f"{key}.role",
+            f"role {ROLE_LEARNER} (Learner) is for this node's own entry only (a joining "
+            f"node); list node {peer.id} as {voter}, or leave out a member that is a learner",
+        )
+        return
+    if peer.status not in (STATUS_JOINING, STATUS_ACTIVE):
+        yield (
+            f"{key}.status",
+            f"unsupported status {peer.status} with role = {ROLE_LEARNER}; supported: "
+            f"{STATUS_JOINING} (Joining: promoted to voter once caught up) or {STATUS_ACTIVE} "
+            "(a read replica: stays a learner)",
+        )
+
+
 def _listen_matches_own_address(cluster: ClusterConfig) -> Iterator[tuple[str, str]]:
     """``listen_address`` must be where the peers reach this node (its own member address).
 
@@ -886,6 +974,14 @@ def _fits_in_a_frame(
             f"write of {largest_put} bytes, over the {max_command_bytes} bytes the transport's "
             f"frame limit ({frame_bytes}) leaves for one command; at most "
             f"{max_command_bytes - limits.max_key_bytes - PUT_COMMAND_OVERHEAD_BYTES}",
+        )
+    largest_txn = limits.max_txn_bytes + limits.max_txn_ops * PUT_COMMAND_OVERHEAD_BYTES
+    if largest_txn > max_command_bytes:
+        yield (
+            "limits.max_txn_bytes",
+            f"{limits.max_txn_bytes} with max_txn_ops {limits.max_txn_ops} makes a "
+            f"transaction of up to {largest_txn} bytes, over the {max_command_bytes} bytes the "
+            f"transport's frame limit ({frame_bytes}) leaves for one command",
         )
     batch = cfg.raft.replication.max_bytes_per_msg
     if batch > max_command_bytes:

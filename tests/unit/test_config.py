@@ -336,10 +336,35 @@ BAD_FILES = [
      "cluster.listen_address", "is not host:port"),
     ("role-leader", sub("{ id = 2, address = \"0.0.0.0:9082\", role = 1",
                         "{ id = 2, address = \"0.0.0.0:9082\", role = 2"),
-     "cluster.initial_cluster[1].role", "unsupported role 2; supported: 1 (starts as Follower)"),
-    ("status-learner", sub("role = 1, status = 2 }", "role = 1, status = 1 }"),
+     "cluster.initial_cluster[1].role",
+     "unsupported role 2 (leaders are elected, never configured); supported: 1"),
+    ("role-unknown", sub("{ id = 1, address = \"0.0.0.0:9081\", role = 1",
+                         "{ id = 1, address = \"0.0.0.0:9081\", role = 4"),
+     "cluster.initial_cluster[0].role", "unsupported role 4 (no such role)"),
+    ("status-syncing", sub("role = 1, status = 2 }", "role = 1, status = 1 }"),
      "cluster.initial_cluster[0].status",
-     "unsupported status 1; supported: 2 (active voting member)"),
+     "unsupported status 1 with role = 1; supported: 2 (active voting member"),
+    ("voter-joining", sub("role = 1, status = 2 }", "role = 1, status = 0 }"),
+     "cluster.initial_cluster[0].status",
+     "a joining node is role = 3, status = 0"),
+    # learners: only this node's own entry (a joining node, or a read replica)
+    ("learner-other-member", sub(PEER2, PEER2.replace("role = 1", "role = 3")),
+     "cluster.initial_cluster[1].role",
+     "role 3 (Learner) is for this node's own entry only (a joining node); list node 2 as "
+     "role = 1, status = 2"),
+    ("learner-syncing", sub("role = 1, status = 2 }", "role = 3, status = 1 }"),
+     "cluster.initial_cluster[0].status",
+     "unsupported status 1 with role = 3; supported: 0 (Joining: promoted to voter once caught "
+     "up) or 2 (a read replica: stays a learner)"),
+    ("learner-alone", MISSION_TOML.replace(
+        '    { id = 1, address = "0.0.0.0:9081", role = 1, status = 2 },\n'
+        '    { id = 2, address = "0.0.0.0:9082", role = 1, status = 2 },\n'
+        '    { id = 3, address = "0.0.0.0:9083", role = 1, status = 2 },\n',
+        '    { id = 1, address = "0.0.0.0:9081", role = 3, status = 0 },\n'),
+     "cluster.initial_cluster",
+     "node 1 joins a running cluster (role = 3) but lists no member of it to contact"),
+    ("learner-status-string", sub("role = 1, status = 2 }", 'role = 3, status = "Joining" }'),
+     "cluster.initial_cluster[0].status", "expected an integer, got string 'Joining'"),
     # timings
     ("lease-equals-election-min", sub("lease_duration_ms = 500", "lease_duration_ms = 600"),
      "raft.read_consistency.lease_duration_ms",
@@ -668,3 +693,62 @@ def test_render_toml_round_trips_the_shipped_files(tmp_path: Path, relative: str
     shipped = load_config(REPO / relative)
     path = write(tmp_path, render_toml(shipped))
     assert load_config(path) == attrs.evolve(shipped, path=path)
+
+
+# A joining node's file: node 4 lists the running cluster's members and itself as a learner.
+JOINER_TOML = (
+    MISSION_TOML.replace("node_id = 1  # 2, 3 for other nodes", "node_id = 4")
+    .replace('listen_address = "0.0.0.0:9081"', 'listen_address = "0.0.0.0:9084"')
+    .replace(
+        '    { id = 3, address = "0.0.0.0:9083", role = 1, status = 2 },\n',
+        '    { id = 3, address = "0.0.0.0:9083", role = 1, status = 2 },\n'
+        '    { id = 4, address = "0.0.0.0:9084", role = 3, status = 0 },\n',
+    )
+)
+
+
+def test_a_joining_node_is_a_learner_to_promote_outside_the_bootstrap_voters(
+    tmp_path: Path,
+) -> None:
+    cfg = load_config(write(tmp_path, JOINER_TOML))
+    assert cfg.joining() and cfg.promote_after_join()
+    assert cfg.own_member() == PeerConfig(4, "0.0.0.0:9084", role=3, status=0)
+    assert cfg.bootstrap_voters() == (1, 2, 3)
+    # It computes the identity of the cluster it joins, not one of its own.
+    assert cfg.cluster_id() == load_config(write(tmp_path, MISSION_TOML, "n1.toml")).cluster_id()
+    assert 4 in cfg.peer_addresses()
+
+
+def test_a_read_replica_is_a_learner_never_promoted(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, JOINER_TOML.replace("role = 3, status = 0", "role = 3, status = 2"))
+    )
+    assert cfg.joining() and not cfg.promote_after_join()
+    assert cfg.bootstrap_voters() == (1, 2, 3)
+
+
+def test_a_voter_is_neither_joining_nor_promoted(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MISSION_TOML))
+    assert not cfg.joining() and not cfg.promote_after_join()
+    assert cfg.bootstrap_voters() == (1, 2, 3)
+    assert cfg.raft_config().voters == (1, 2, 3)
+
+
+@pytest.mark.parametrize("name", ["n4.toml", "n5.toml"])
+def test_the_shipped_joining_files_load_as_joining_nodes(name: str) -> None:
+    cfg = load_node_config(str(REPO / "config" / name))
+    assert cfg.joining() and cfg.promote_after_join()
+    assert cfg.bootstrap_voters() == (1, 2, 3)
+    assert cfg.cluster_id() == load_config(REPO / "config" / "n1.toml").cluster_id()
+
+
+def test_a_bad_role_stops_the_node_with_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dengine_trio.cli import EXIT_CONFIG, main
+
+    path = write(tmp_path, JOINER_TOML.replace("role = 3, status = 0", "role = 3, status = 1"))
+    assert main(["--config-path", str(path)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"{path}: cluster.initial_cluster[3].status: unsupported status 1")
