@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import trio
 
@@ -205,6 +206,42 @@ class EmbeddedEngine:
         """
         if policy is not ReadPolicy.EVENTUAL:
             await self._runtime.read_barrier(lease=policy is ReadPolicy.LEASE, timeout_s=timeout_s)
+
+    async def wait_applied(self, index: int, timeout_s: float | None = None) -> int:
+        """Wait until this node's state machine has applied entry ``index``; return the
+        applied index then (>= ``index``).
+
+        Read-your-writes on any node: a client that wrote through the leader (which answered
+        the write's index) reads here after this, under any policy, ``EVENTUAL`` included.
+        Waits on the request table's read heap (settled by every apply and snapshot install),
+        so it costs no polling. ``timeout_s`` in seconds, default ``request_timeout_ms``.
+        Raises ``Timeout`` (not applied by then), ``Overloaded`` (occupies one of
+        ``max_pending_requests`` while it waits), ``Stopped``.
+        """
+        runtime = self._runtime
+        if runtime.applied_index >= index:
+            return runtime.applied_index
+        requests = runtime.requests
+        requests.admit()
+        try:
+            request_id, waiter = requests.new_read()
+            requests.read_ready(request_id, index, runtime.applied_index)
+            timeout = runtime.request_timeout_s if timeout_s is None else timeout_s
+            deadline = trio.current_time() + timeout
+            await requests.wait(waiter, deadline, partial(requests.forget_read, request_id))
+        finally:
+            requests.release()
+        return runtime.applied_index
+
+    def applied_lag(self) -> int:
+        """Entries this node has still to apply: the highest commit index it heard from a
+        leader (or, on the leader, its own) less its applied index; ``>= 0``. What
+        ``/replica?max_lag=N`` compares with ``N``. After a restart it counts from the first
+        message of a leader."""
+        runtime = self._runtime
+        status = runtime.status()
+        heard = max(status.commit_index, runtime.leader_commit_heard)
+        return max(0, heard - status.applied_index)
 
     async def take_snapshot(self) -> SnapshotFile:
         """Write a fresh snapshot of the state machine as of its current applied index.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-SizeLimit = Literal["key", "value", "body", "command"]
+SizeLimit = Literal["key", "value", "body", "command", "txn_ops", "txn", "idempotency_key"]
 """Which size limit a request exceeded (``TooLarge.limit``)."""
 
 _LIMIT_NAMES: dict[str, str] = {
@@ -12,6 +12,9 @@ _LIMIT_NAMES: dict[str, str] = {
     "value": "the value exceeds limits.max_value_bytes",
     "body": "the request body exceeds limits.max_body_bytes",
     "command": "the command exceeds what one transport frame carries",
+    "txn_ops": "the transaction's compares and operations exceed limits.max_txn_ops",
+    "txn": "the transaction's keys and values exceed limits.max_txn_bytes",
+    "idempotency_key": "the idempotency key exceeds 256 bytes",
 }
 
 
@@ -43,14 +46,18 @@ class TooLarge(DengineError):
     """A request exceeds a size limit, in bytes: ``limit`` names which (``"key"``:
     ``limits.max_key_bytes``, ``"value"``: ``limits.max_value_bytes``, ``"body"``: an HTTP
     body over ``limits.max_body_bytes``, ``"command"``: a command over the transport frame
-    limit less the envelope headroom); ``size`` is the request's size (None if unknown, e.g.
-    a chunked body cut once over), ``max_bytes`` the limit. Each limit is checked in one
-    place (key and value by ``Client``, the command by the runtime's ``propose``, the body by
-    the HTTP app) and raises this; the HTTP layer maps ``limit`` to its 413 error code."""
+    limit less the envelope headroom; ``"txn_ops"``: a transaction's compares and operations
+    over ``limits.max_txn_ops``, a count; ``"txn"``: its keys and values over
+    ``limits.max_txn_bytes``; ``"idempotency_key"``: one over 256 bytes); ``size`` is the
+    request's size (None if unknown, e.g. a chunked body cut once over), ``max_bytes`` the limit.
+    Each limit is checked in one place (key and value by ``Client``, the command by the runtime's
+    ``propose``, the body by the HTTP app) and raises this; the HTTP layer maps ``limit`` to its 413
+    error code."""
 
     def __init__(self, limit: SizeLimit, size: int | None, max_bytes: int) -> None:
-        of = "" if size is None else f" ({size} bytes)"
-        super().__init__(f"{_LIMIT_NAMES[limit]}{of}: at most {max_bytes} bytes")
+        unit = "" if limit == "txn_ops" else " bytes"  # a count, not a size
+        of = "" if size is None else f" ({size}{unit})"
+        super().__init__(f"{_LIMIT_NAMES[limit]}{of}: at most {max_bytes}{unit}")
         self.limit = limit
         self.size = size
         self.max_bytes = max_bytes
@@ -58,3 +65,18 @@ class TooLarge(DengineError):
 
 class Overloaded(DengineError):
     """Too many requests are pending on this node (backpressure); retry later."""
+
+
+class CompareFailed(DengineError):
+    """A conditional write (``prev_value``, ``prev_index``) found the key changed: nothing
+    was written. ``value`` is the key's current value (None: absent), ``index`` its current
+    modification index (0: absent), as of the write's log entry ``at_index`` (the index the
+    failed compare was decided at; a duplicate of an idempotent retry reports the original's).
+    """
+
+    def __init__(self, value: bytes | None, index: int, at_index: int) -> None:
+        state = "absent" if value is None else f"modified at index {index}"
+        super().__init__(f"compare failed: the key is {state}")
+        self.value = value
+        self.index = index
+        self.at_index = at_index

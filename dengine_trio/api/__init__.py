@@ -201,15 +201,17 @@ async def send_response(send: Any, response: Response) -> None:
 
 def plain_get_fast_path(app: App, routes: dict[str, Callable[[], Response]]) -> FastPath:
     """A fast path for ``GET`` of the exact paths in ``routes`` (each a function making the
-    route's response, as its Quart view returns it) when the request has no body; any other
-    request is left to Quart. Counted in ``app.metrics_sink`` under the path as its route."""
+    route's response, as its Quart view returns it) when the request has no body and no query
+    string; any other request is left to Quart. Counted in ``app.metrics_sink`` under the path
+    as its route."""
 
     async def fast_path(scope: Any, receive: Any, send: Any) -> list[Any] | None:
         if scope["method"] != "GET":
             return _NOT_SERVED
         path = scope["path"]
         make = routes.get(path)
-        if make is None:
+        if make is None or scope["query_string"]:
+            # A query (``/replica?max_lag=N``) is the Quart route's to read.
             return _NOT_SERVED
         for name, _ in scope["headers"]:
             if name == b"content-length" or name == b"transfer-encoding":
@@ -283,6 +285,9 @@ _TOO_LARGE_CODES: dict[errors.SizeLimit, str] = {
     "value": "value_too_large",
     "body": "body_too_large",
     "command": "too_large",
+    "txn_ops": "too_many_txn_ops",
+    "txn": "txn_too_large",
+    "idempotency_key": "invalid_idempotency_key",
 }
 """The 413 error code of each size limit (README's error table)."""
 
@@ -302,7 +307,21 @@ def engine_error_response(exc: errors.DengineError) -> Response:
     if isinstance(exc, errors.Timeout):
         return json_error(504, "timeout", "not committed in time; a write may still apply")
     if isinstance(exc, errors.TooLarge):
-        return json_error(413, _TOO_LARGE_CODES[exc.limit], str(exc))
+        status = 400 if exc.limit == "idempotency_key" else 413
+        return json_error(status, _TOO_LARGE_CODES[exc.limit], str(exc))
+    if isinstance(exc, errors.CompareFailed):
+        current = None if exc.value is None else exc.value.decode("utf-8", "replace")
+        body = json.dumps(
+            {
+                "error": "compare_failed",
+                "message": str(exc),
+                "value": current,
+                "index": exc.index,
+            },
+            separators=(",", ":"),
+        )
+        headers = {"X-Dengine-Index": str(exc.at_index)}
+        return Response(body, status=409, content_type=JSON_CONTENT_TYPE, headers=headers)
     return json_error(500, "internal", f"{type(exc).__name__}: {exc}")
 
 
@@ -318,8 +337,11 @@ def install_error_handlers(app: Quart) -> None:
 
     Engine errors map to: ``NotLeader``, ``NoLeader``, ``Stopped``, ``Overloaded`` -> 503 with
     ``Retry-After: 1`` (s); ``Timeout`` -> 504 (a write may still apply); ``TooLarge`` -> 413
-    ``key_too_large``, ``value_too_large``, ``body_too_large`` or ``too_large`` (a command
-    over the frame limit) by its ``limit``;
+    ``key_too_large``, ``value_too_large``, ``body_too_large``, ``too_large`` (a command
+    over the frame limit), ``too_many_txn_ops`` or ``txn_too_large`` by its ``limit`` (400
+    ``invalid_idempotency_key`` for an idempotency key over 256 bytes); ``CompareFailed`` ->
+    409 ``compare_failed`` with the key's current ``value`` and ``index`` in the body and the
+    deciding entry's index in ``X-Dengine-Index``;
     another ``DengineError`` -> 500. Quart/werkzeug errors keep their status (a 405 with
     ``Allow``); any other exception is logged with its traceback and answered 500 ``internal``.
     Also closes the connection after a request framed both by Content-Length and

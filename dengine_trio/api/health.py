@@ -2,10 +2,13 @@
 
 ``GET /primary``: 200 on a leader that holds a quorum, else 503 (route writes here).
 ``GET /replica``: 200 on a follower that heard from a leader within an election timeout, else
-503 (a follower cut off from the cluster leaves the read pool). ``GET /status``: the engine's
-view (role, term, indexes, peers) as JSON. ``GET /metrics``: the node's metrics in the
-Prometheus text format (``docs/monitoring.md``), 404 ``metrics_disabled`` when the engine's
-sink keeps none. ``GET /``: the live cluster page (:mod:`dengine_trio.api.page`), which polls
+503 (a follower cut off from the cluster leaves the read pool); with ``?max_lag=N`` (entries)
+also 503 ``lagging`` while the follower has more than N committed entries still to apply
+(``EmbeddedEngine.applied_lag``), so a load balancer can drop a replica that is behind.
+``GET /status``: the engine's view (role, term, indexes, peers) as JSON. ``GET /metrics``: the
+node's metrics in the Prometheus text format (``docs/monitoring.md``), 404 ``metrics_disabled`` when
+the engine's sink keeps none. ``GET /``: the live cluster page (:mod:`dengine_trio.api.page`), which
+polls
 ``/status`` and ``/metrics`` of every node from the browser; those two answer with
 ``Access-Control-Allow-Origin: *`` for it (both are read-only). Probes only read engine
 state: they never wait. ``GET /snapshot``: a fresh snapshot file, for backups
@@ -17,10 +20,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from quart import Response
+from quart import Response, request
 
 from dengine_trio.api import (
     JSON_CONTENT_TYPE,
+    ApiError,
     App,
     install_error_handlers,
     json_error,
@@ -83,7 +87,25 @@ def create_health_app(engine: EmbeddedEngine) -> App:
 
     @app.get("/replica")
     async def replica() -> Response:
-        return replica_response()
+        response = replica_response()
+        text = request.args.get("max_lag")
+        if text is None:
+            return response
+        if not (text.isascii() and text.isdigit()) or len(text) > 19:
+            raise ApiError(
+                400, "invalid_max_lag", "max_lag must be a non-negative integer (log entries)"
+            )
+        if response.status_code != 200:
+            return response
+        max_lag = int(text)
+        lag = engine.applied_lag()
+        if lag > max_lag:
+            return json_error(
+                503,
+                "lagging",
+                f"node {node_id} has {lag} committed entries still to apply (max_lag={max_lag})",
+            )
+        return response
 
     # Load balancers call the probes every second or so per node: past Quart, like the KV
     # app's hot routes. They need no token, so [auth] does not change them.

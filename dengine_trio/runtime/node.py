@@ -47,7 +47,13 @@ from ..raft import (
     SnapshotStatus,
 )
 from ..raft.effects import Effect
-from ..raft.messages import MESSAGE_TYPES, Heartbeat, HeartbeatResponse, InstallSnapshot
+from ..raft.messages import (
+    MESSAGE_TYPES,
+    AppendEntries,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+)
 from ..statemachine import StateMachine
 from ..storage import Storage
 from ..storage.cluster_identity import load_cluster_id
@@ -94,6 +100,10 @@ class NodeRuntime:
         self.applied_index = 0
         self.applied_term = 0
         """Term of the entry at ``applied_index`` (0 before any)."""
+        self.leader_commit_heard = 0
+        """The highest commit index a leader's AppendEntries or heartbeat told this node
+        (a lower bound of the cluster's commit index; 0 before any, and after a restart):
+        how far this node's ``applied_index`` lags, for ``/replica?max_lag=N``."""
         self.stopped = False
         self.refusing = False
         """``refuse_requests`` was called: the node is about to stop."""
@@ -378,6 +388,11 @@ class NodeRuntime:
         if isinstance(message, MESSAGE_TYPES):
             if type(message) is HeartbeatResponse:
                 self._heartbeat_answered(message)
+            elif type(message) is AppendEntries:
+                if message.leader_commit > self.leader_commit_heard:
+                    self.leader_commit_heard = message.leader_commit
+            elif type(message) is Heartbeat and message.commit > self.leader_commit_heard:
+                self.leader_commit_heard = message.commit
             if self.node_log.started_empty:
                 self.node_log.peer_message(message, self.raft.log.last_index if self.raft else 0)
             assert self.driver is not None

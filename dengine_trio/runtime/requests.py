@@ -276,7 +276,13 @@ class RequestTable:
         if read_index <= applied_index:
             waiter.resolve(None)
         else:
-            heapq.heappush(self._reads_by_index, (read_index, next(self.ids), waiter))
+            heap = self._reads_by_index
+            if len(heap) > 2 * self.max_pending + 64:
+                # Compact: a waiter that timed out stays here until its index applies, which
+                # for a far-off index (``GET /kv/k?min_index=N``) may be never.
+                heap[:] = [item for item in heap if not item[2].done]
+                heapq.heapify(heap)
+            heapq.heappush(heap, (read_index, next(self.ids), waiter))
 
     def read_failed(self, request_id: int, leader_id: int) -> None:
         """Read ``request_id`` fails with ``NotLeader(leader_id or None)``."""
