@@ -6,6 +6,10 @@ On-disk format
 Everything lives under ``db_root_dir``::
 
     <db_root_dir>/LOCK          flock(2) lock; holds the pid of the owning process
+    <db_root_dir>/node_uuid     this directory's identity (32 hex digits; created at the
+                                first open: ``storage/node_identity.py``)
+    <db_root_dir>/cluster_id    the cluster this directory belongs to, once known
+                                (``storage/cluster_identity.py``)
     <db_root_dir>/hard_state    current term and vote (28 bytes)
     <db_root_dir>/wal/<first index, 20 digits>.wal   write-ahead log segments
     <db_root_dir>/wal/synced    synced-position marker (28 bytes)
@@ -208,6 +212,7 @@ from .errors import (
 )
 from .hard_state import HARD_STATE_FILE, HardState, load_hard_state, save_hard_state
 from .lock import DirectoryLock
+from .node_identity import CorruptNodeUuidError, load_or_create_node_uuid
 from .recovery import choose_snapshot
 from .snapshots import (
     CorruptSnapshotError,
@@ -231,6 +236,7 @@ __all__ = [
     "DEFAULT_SEGMENT_BYTES",
     "CorruptHardStateError",
     "CorruptLogError",
+    "CorruptNodeUuidError",
     "CorruptSnapshotError",
     "DirectoryLock",
     "ForeignSnapshotError",
@@ -260,10 +266,11 @@ logger = logging.getLogger("dengine_trio.storage")
 class Storage:
     """A node's durable state in ``db_root_dir``, held exclusively while open.
 
-    After ``open``: ``hard_state`` is the current hard state; ``snapshot`` the snapshot to
-    restore (None: none, or no ``snapshots_dir``); ``entries`` the log entries AFTER it, in
-    index order (every entry of the log when there is no snapshot). The caller may drop the
-    list once it has loaded it.
+    After ``open``: ``node_uuid`` this directory's identity (``storage/node_identity.py``);
+    ``hard_state`` the current hard state; ``snapshot`` the snapshot to restore (None: none,
+    or no ``snapshots_dir``); ``entries`` the log entries AFTER it, in index order (every
+    entry of the log when there is no snapshot). The caller may drop the list once it has
+    loaded it.
     """
 
     def __init__(
@@ -275,8 +282,10 @@ class Storage:
         entries: list[Entry],
         snapshots_dir: Path | None = None,
         snapshot: SnapshotFile | None = None,
+        node_uuid: str = "",
     ) -> None:
         self.db_root_dir = db_root_dir
+        self.node_uuid = node_uuid
         self.snapshots_dir = snapshots_dir
         self.hard_state = hard_state
         self.snapshot = snapshot
@@ -295,21 +304,26 @@ class Storage:
     ) -> Storage:
         """Create ``db_root_dir`` if needed, lock it and recover hard state, snapshot and log.
 
-        ``segment_bytes``: WAL segment size, bytes (see "Segment size"). ``snapshots_dir``
-        None: no snapshots (``snapshot`` is None and ``entries`` is the whole log, which may
-        then start above 1 only if something compacted it). Otherwise, in this order (see
-        "Restart from a snapshot"): the temporary files of interrupted snapshot writes and
-        receives are deleted; the log is recovered (torn tail cut); the snapshot is chosen
-        (``cluster_id``: the expected cluster, None accepts any); if the log contradicts it
-        or ends before it, the log is reset durably (``install_snapshot``'s steps) to start
-        after it; ``entries`` keeps only the entries after the snapshot's index. A hard state
-        whose term is below the snapshot's is moved durably to that term with no vote (one
-        WARNING), so ``hard_state.term >= snapshot_term`` always holds.
+        First ``node_uuid`` is read, or created durably when the directory has none
+        (``storage/node_identity.py``). ``segment_bytes``: WAL segment size, bytes (see
+        "Segment size"). ``snapshots_dir`` None: no snapshots (``snapshot`` is None and
+        ``entries`` is the whole log, which may then start above 1 only if something
+        compacted it). Otherwise, in this order (see "Restart from a snapshot"): the
+        temporary files of interrupted snapshot writes and receives are deleted; the log is
+        recovered (torn tail cut); the snapshot is chosen (``cluster_id``: the expected
+        cluster, None accepts any); if the log contradicts it or ends before it, the log is
+        reset durably (``install_snapshot``'s steps) to start after it; ``entries`` keeps
+        only the entries after the snapshot's index. A hard state whose term is below the
+        snapshot's is moved durably to that term with no vote (one WARNING), so
+        ``hard_state.term >= snapshot_term`` always holds. ``snapshot_membership`` is the
+        chosen snapshot's membership bytes (None: no snapshot, or one without a
+        membership).
 
-        Raises ``StorageLockedError`` (another process has it), ``CorruptHardStateError``,
-        ``CorruptLogError`` (see Recovery above), ``UnrecoverableStorageError`` (no snapshot
-        and log that together hold every entry: its message names each file and why it was
-        not used), ``ValueError`` (``segment_bytes`` not positive), ``OSError``; the lock is
+        Raises ``StorageLockedError`` (another process has it), ``CorruptNodeUuidError``,
+        ``CorruptHardStateError``, ``CorruptLogError`` (see Recovery above),
+        ``UnrecoverableStorageError`` (no snapshot and log that together hold every entry:
+        its message names each file and why it was not used), ``ValueError``
+        (``segment_bytes`` not positive), ``OSError``; the lock is
         released on any failure.
         """
         root = Path(db_root_dir)
@@ -319,6 +333,11 @@ class Storage:
         lock = DirectoryLock.acquire(db_root_dir)
         wal: WriteAheadLog | None = None
         try:
+            # First, before any vote or entry is stored: everything this directory holds is
+            # then held under its uuid (storage/node_identity.py).
+            node_uuid, created = load_or_create_node_uuid(root)
+            if created:
+                logger.info("%s: new data directory identity %s", root, node_uuid)
             hard_state = load_hard_state(root)
             snapshots = None if snapshots_dir is None else Path(snapshots_dir)
             if snapshots is not None:
@@ -363,7 +382,7 @@ class Storage:
             finally:
                 lock.release()
             raise
-        return cls(root, lock, wal, hard_state, entries, snapshots, snapshot)
+        return cls(root, lock, wal, hard_state, entries, snapshots, snapshot, node_uuid)
 
     @property
     def snapshot_index(self) -> int:
@@ -374,6 +393,17 @@ class Storage:
     def snapshot_term(self) -> int:
         """Term of the entry at ``snapshot_index``, 0 when there is no snapshot."""
         return self.snapshot.last_term if self.snapshot is not None else 0
+
+    @property
+    def snapshot_membership(self) -> bytes | None:
+        """The membership in effect at ``snapshot_index`` as the snapshot's header holds it
+        (``raft.membership.encode_membership`` bytes), None when there is no snapshot or it
+        has no explicit membership (a version 1 file, or one taken before the cluster's first
+        configuration entry): the node then starts from the implicit membership of its
+        configuration, plus the configuration entries of ``entries``."""
+        if self.snapshot is None or self.snapshot.header is None:
+            return None
+        return self.snapshot.header.membership
 
     def entries_after_snapshot(self) -> list[Entry]:
         """The log entries after ``snapshot_index`` found at ``open`` (``entries``)."""
@@ -392,12 +422,15 @@ class Storage:
         discarded. Crash points (see "Restart from a snapshot"): before or during the reset
         a restart finds the new snapshot and the old log, or a prefix of it, which
         contradicts the snapshot or ends before it, and resets it again; after it, the
-        snapshot and an empty log. ``snapshot`` becomes that file. Raises ``ValueError``
+        snapshot and an empty log. ``snapshot`` becomes that file (its header read first:
+        ``snapshot_membership`` is the file's; a header that does not read raises
+        ``SnapshotError`` before anything is discarded). Raises ``ValueError``
         (impossible index/term, or the log starts after ``index + 1``), ``StorageError``
         once the log is closed or failed, ``OSError`` from the disk (the log then takes no
         more writes). Safe while a ``sync`` runs in a worker thread.
         """
-        path = None
+        path: Path | None = None
+        header: SnapshotHeader | None = None
         if staged is not None and self.snapshots_dir is None:
             raise StorageError(f"install_snapshot: {staged} given but no snapshots_dir")
         if self.snapshots_dir is not None:
@@ -411,9 +444,13 @@ class Storage:
                     f"install_snapshot({index}, {term}): {path} does not exist; install the "
                     "snapshot file before discarding the log"
                 )
+            # Its header (membership) before the log goes: a file whose header cannot be
+            # read must not cost the node its log.
+            with SnapshotReader.open(path) as reader:
+                header = reader.header
         self._wal.reset(index, term)
         if path is not None:
-            self.snapshot = SnapshotFile(path, index, term)
+            self.snapshot = SnapshotFile(path, index, term, header)
 
     @property
     def last_index(self) -> int:

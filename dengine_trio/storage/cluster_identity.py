@@ -1,22 +1,25 @@
 """The cluster id a data directory belongs to, persisted in ``<db_root_dir>/cluster_id``.
 
-Without this file a node's cluster id is derived from its configuration
-(``NodeConfig.cluster_id()``: cluster name + a hash of the membership). ``dengine-trio snapshot
-restore`` writes the file: a restored cluster's id is the configuration's id plus a suffix
-derived from the backup file (:func:`restored_cluster_id`), so nodes restored from DIFFERENT
-backups refuse each other at the peer handshake (their histories diverge after the backups'
-indexes) while nodes restored from the same file form one cluster. The node uses the persisted
-id, when present, for the handshake (``Hello.cluster_id``), the snapshot headers it writes and
-the snapshots it accepts (``Storage.open(cluster_id=...)``).
+Issue 14: a cluster's id is generated once, by the node that bootstraps it, and carried to the
+others in the membership (``raft/membership.py``); each node persists it when it first learns
+it (:func:`persist_cluster_id`, origin ``"bootstrap"`` on the node that made it, ``"learned"``
+elsewhere). From then on the id never changes for that directory: an attempt to persist
+another one is refused (:class:`ClusterIdMismatchError`), because a directory holding one
+cluster's log must never take part in another's. Without the file a node has no cluster id
+yet (a new node, a wiped directory). ``dengine-trio snapshot restore`` writes the file: a
+restored cluster's id is the configuration's id plus a suffix derived from the backup file
+(:func:`restored_cluster_id`), so nodes restored from DIFFERENT backups refuse each other at
+the peer handshake (their histories diverge after the backups' indexes) while nodes restored
+from the same file form one cluster. The node uses the persisted id, when present, for the
+handshake (``Hello.cluster_id``), the snapshot headers it writes and the snapshots it accepts
+(``Storage.open(cluster_id=...)``).
 
 Format (a small JSON object, one line): ``{"format": 1, "cluster_id": str, "origin": str,
-"detail": {...}}``; ``origin`` says where the id came from (``"restore"`` today, with the
-backup's original cluster id, index, term and CRC32 in ``detail``). Issue 14 (membership
-changes) will replace the configuration-derived id by an id generated at bootstrap: it is meant
-to be persisted in this same file with ``origin = "bootstrap"``, so readers must accept any
-``origin`` and ignore unknown keys. The file is replaced atomically (written to
-``cluster_id.tmp``, fsynced, renamed, directory fsynced): a crash leaves the old or the new
-file, never a mix.
+"detail": {...}}``; ``origin`` says where the id came from (``"restore"``, with the backup's
+original cluster id, index, term and CRC32 in ``detail``; ``"bootstrap"`` and ``"learned"``
+as above); readers accept any ``origin`` and ignore unknown keys. The file is replaced
+atomically (written to ``cluster_id.tmp``, fsynced, renamed, directory fsynced): a crash
+leaves the old or the new file, never a mix.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from .errors import StorageError
 
 __all__ = [
     "CLUSTER_ID_FILE",
+    "ClusterIdMismatchError",
     "CorruptClusterIdError",
     "load_cluster_id",
+    "persist_cluster_id",
     "restored_cluster_id",
     "save_cluster_id",
 ]
@@ -49,6 +54,21 @@ class CorruptClusterIdError(StorageError):
     """``<db_root_dir>/cluster_id`` exists but cannot be read as a cluster id (the message
     names the file and the problem). The node refuses to start rather than guess an identity
     (a wrong one would either isolate it or, worse, let it join a cluster it is not part of)."""
+
+
+class ClusterIdMismatchError(StorageError):
+    """A cluster id other than the one this directory already belongs to (``str()`` is one
+    line naming the file and both ids). The node must not take part in that cluster with
+    this directory."""
+
+    def __init__(self, path: Path, persisted: str, offered: str) -> None:
+        super().__init__(
+            f"{path}: this data directory belongs to cluster {persisted!r}, not "
+            f"{offered!r}: refusing to take part in another cluster with it"
+        )
+        self.path = path
+        self.persisted = persisted
+        self.offered = offered
 
 
 def load_cluster_id(directory: str | Path) -> str | None:
@@ -97,6 +117,24 @@ def save_cluster_id(
         os.close(fd)
     os.replace(temporary, directory / CLUSTER_ID_FILE)
     fsync_directory(directory)
+
+
+def persist_cluster_id(directory: str | Path, cluster_id: str, *, origin: str) -> bool:
+    """Durably record ``cluster_id`` as the cluster of ``directory``, once: returns True when
+    it wrote the file, False when the file already held that id (nothing written). Raises
+    :class:`ClusterIdMismatchError` when the file holds another id (the file is left as it
+    was), ``ValueError`` for an empty id, :class:`CorruptClusterIdError` and ``OSError``
+    as :func:`load_cluster_id` and :func:`save_cluster_id` do. ``origin``: ``"bootstrap"``
+    (this node generated it) or ``"learned"`` (from the cluster's membership)."""
+    if not cluster_id:
+        raise ValueError("cluster_id must not be empty")
+    persisted = load_cluster_id(directory)
+    if persisted == cluster_id:
+        return False
+    if persisted is not None:
+        raise ClusterIdMismatchError(Path(directory) / CLUSTER_ID_FILE, persisted, cluster_id)
+    save_cluster_id(directory, cluster_id, origin=origin)
+    return True
 
 
 def restored_cluster_id(configured: str, source: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ A snapshot lives in ``snapshots_dir`` as ``snapshot-<last index, 20 digits>-<las
 digits>.snap``. All integers are little-endian::
 
     magic b"DTSN"                 4 bytes
-    format version                u32   (FORMAT_VERSION = 1)
+    format version                u32   (FORMAT_VERSION = 2; 1 is still read)
     header length H               u32
     header                        H bytes: msgpack map, see below
     header CRC32                  u32   of every byte before it (magic .. header)
@@ -20,12 +20,22 @@ digits>.snap``. All integers are little-endian::
     payload length                u64
     file CRC32                    u32   of every byte before it (the whole file but these 4)
 
-The header map has ``"last_index"`` (int), ``"last_term"`` (int), ``"cluster_id"`` (str) and
-``"membership"``: ``{"voters": [[id, address], ...]}``, the voters as of ``last_index``. It is a
-map so that it can grow: a reader ignores keys it does not know, so an addition that older
-readers may safely ignore (e.g. learners) keeps version 1; anything an older reader must not
-misread bumps ``FORMAT_VERSION``, and readers refuse a version they do not know. The magic and
-version fields stay where they are in every version.
+The header map has ``"last_index"`` (int), ``"last_term"`` (int), ``"cluster_id"`` (str),
+``"membership"``: ``{"voters": [[id, address], ...]}``, the voters as of ``last_index`` (what
+the configuration listed; kept for display), and since version 2 ``"config"``: the
+membership in effect at ``last_index`` as ``raft.membership.encode_membership`` bytes (its
+members, learners, uuid bindings and cluster id: what a node restarting from the snapshot, or
+a follower installing it, adopts), or nil for a snapshot with no explicit membership (taken
+before the cluster's first configuration entry; the node then uses the implicit membership of
+its configuration). Version 1 files (before issue 14) have no ``"config"`` and are read with
+``membership`` None: they were all written by clusters whose membership was the
+configuration's. The version was bumped because an older reader, which ignores unknown keys,
+would restore a snapshot without its membership.
+
+The map can grow: a reader ignores keys it does not know, so an addition that older readers
+may safely ignore keeps the version; anything an older reader must not misread bumps
+``FORMAT_VERSION``, and readers refuse a version they do not know. The magic and version
+fields stay where they are in every version.
 
 The header has its own CRC so that a file's identity (index, term, cluster) can be trusted
 before its payload has been read; the trailing CRC covers everything, so one pass over the file
@@ -79,7 +89,10 @@ from .errors import StorageError
 
 logger = logging.getLogger("dengine_trio.storage")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The version every file is written in."""
+READABLE_VERSIONS = (1, 2)
+"""Versions a reader accepts (module docstring: what version 1 lacks)."""
 DEFAULT_CHUNK_BYTES = 1 << 20
 """Default write buffer and read chunk: 1 MiB."""
 MAX_HEADER_BYTES = 1 << 20
@@ -127,32 +140,44 @@ def _sorted_members(voters: Mapping[int, str]) -> dict[int, str]:
     return dict(sorted(voters.items()))
 
 
+def _optional_bytes(value: bytes | None) -> bytes | None:
+    if value is not None and type(value) is not bytes:
+        raise TypeError(f"membership must be bytes or None, not {type(value).__name__}")
+    return value
+
+
 @attrs.frozen(slots=True)
 class SnapshotHeader:
     """What a snapshot covers: the log up to ``last_index`` (whose entry had ``last_term``),
-    applied; ``voters`` (``{node id: raft address}``) is the membership as of ``last_index``;
-    ``cluster_id`` as ``NodeConfig.cluster_id()`` derives it."""
+    applied; ``voters`` (``{node id: raft address}``) the voters as of ``last_index`` as the
+    configuration lists them (display); ``membership`` the membership in effect at
+    ``last_index`` (``encode_membership`` bytes; None: none explicit, the node uses the
+    implicit one of its configuration); ``cluster_id`` the cluster the file belongs to."""
 
     last_index: int
     last_term: int
     cluster_id: str
     voters: Mapping[int, str] = attrs.field(converter=_sorted_members)
+    membership: bytes | None = attrs.field(default=None, kw_only=True, converter=_optional_bytes)
 
     def encode(self) -> bytes:
-        """The header's msgpack map, as the file format above lays it out (``decode``
-        reads it back)."""
+        """The header's msgpack map in the current ``FORMAT_VERSION``, as the file format
+        above lays it out (``decode`` reads it back)."""
         return msgpack.packb(
             {
                 "last_index": self.last_index,
                 "last_term": self.last_term,
                 "cluster_id": self.cluster_id,
                 "membership": {"voters": [[i, a] for i, a in self.voters.items()]},
+                "config": self.membership,
             }
         )
 
     @classmethod
-    def decode(cls, raw: bytes) -> SnapshotHeader:
-        """Raise ``ValueError`` (or a msgpack error) when ``raw`` is not a valid header."""
+    def decode(cls, raw: bytes, version: int = FORMAT_VERSION) -> SnapshotHeader:
+        """Read a header of format ``version``. Raise ``ValueError`` (or a msgpack error,
+        ``TypeError``, ``KeyError``) when ``raw`` is not a valid header: a missing or
+        mistyped field, impossible index/term."""
         fields = msgpack.unpackb(raw)
         if not isinstance(fields, dict):
             raise ValueError("header is not a map")
@@ -172,7 +197,13 @@ class SnapshotHeader:
             if not isinstance(node_id, int) or not isinstance(address, str):
                 raise ValueError(f"bad voter {member!r}")
             members[node_id] = address
-        return cls(last_index, last_term, cluster_id, members)
+        membership = None
+        if version >= 2:
+            membership = fields["config"]
+            if membership is not None:
+                if type(membership) is not bytes:
+                    raise ValueError("config is not bytes")
+        return cls(last_index, last_term, cluster_id, members, membership=membership)
 
 
 @attrs.frozen(slots=True)
@@ -258,11 +289,11 @@ class SnapshotReader:
         magic, version, header_length = _PREFIX.unpack(prefix)
         if magic != _MAGIC:
             raise CorruptSnapshotError(path, f"not a snapshot file (magic {magic!r})")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise UnsupportedSnapshotVersionError(
                 path,
                 f"format version {version}, this version of dengine-trio reads only "
-                f"{FORMAT_VERSION}",
+                f"{', '.join(map(str, READABLE_VERSIONS))}",
             )
         if header_length > MAX_HEADER_BYTES:
             raise CorruptSnapshotError(path, f"header length {header_length} is impossible")
@@ -275,7 +306,7 @@ class SnapshotReader:
         if crc != header_crc:
             raise CorruptSnapshotError(path, "header checksum mismatch, the file is damaged")
         try:
-            header = SnapshotHeader.decode(raw[:header_length])
+            header = SnapshotHeader.decode(raw[:header_length], version)
         except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
             raise CorruptSnapshotError(path, f"undecodable header ({exc})") from None
         if cluster_id is not None and header.cluster_id != cluster_id:
@@ -614,12 +645,14 @@ class SnapshotReceiver(_TemporarySnapshot):
 
     def finish(
         self,
-        cluster_id: str,
+        cluster_id: str | None,
         expected: tuple[int, int] | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> SnapshotFile:
         """Verify the whole file, and that it covers ``expected`` (last index, last term: what
         the sender announced) when given; then install it under its final name.
+        ``cluster_id`` None accepts a file of any cluster (a node that has no cluster id yet:
+        a joining node, which learns it from the snapshot's membership).
 
         A bad file raises ``SnapshotError`` naming it, and the temporary file is removed.
         Returns the installed file.

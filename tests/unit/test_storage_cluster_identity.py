@@ -10,8 +10,10 @@ import pytest
 from dengine_trio.storage import StorageError
 from dengine_trio.storage.cluster_identity import (
     CLUSTER_ID_FILE,
+    ClusterIdMismatchError,
     CorruptClusterIdError,
     load_cluster_id,
+    persist_cluster_id,
     restored_cluster_id,
     save_cluster_id,
 )
@@ -48,3 +50,26 @@ def test_the_restored_id_is_bound_to_the_backup_file() -> None:
     assert same.startswith("new-abc-r")
     for key, other in (("last_index", 501), ("last_term", 8), ("crc32", 1235), ("cluster_id", "o")):
         assert restored_cluster_id("new-abc", {**source, key: other}) != same
+
+
+def test_a_learned_id_is_written_once_and_another_is_refused_in_one_line(tmp_path: Path) -> None:
+    assert persist_cluster_id(tmp_path, "c-1", origin="learned") is True
+    assert persist_cluster_id(tmp_path, "c-1", origin="learned") is False
+    before = (tmp_path / CLUSTER_ID_FILE).read_bytes()
+    with pytest.raises(ClusterIdMismatchError) as caught:
+        persist_cluster_id(tmp_path, "c-2", origin="learned")
+    assert isinstance(caught.value, StorageError)
+    message = str(caught.value)
+    assert "\n" not in message and "'c-1'" in message and "'c-2'" in message
+    assert str(tmp_path / CLUSTER_ID_FILE) in message
+    assert (tmp_path / CLUSTER_ID_FILE).read_bytes() == before
+    assert load_cluster_id(tmp_path) == "c-1"
+
+
+def test_a_restored_id_is_kept_when_the_cluster_brings_the_same(tmp_path: Path) -> None:
+    save_cluster_id(tmp_path, "c-r1", origin="restore", detail={"source": {}})
+    before = (tmp_path / CLUSTER_ID_FILE).read_bytes()
+    assert persist_cluster_id(tmp_path, "c-r1", origin="bootstrap") is False
+    assert (tmp_path / CLUSTER_ID_FILE).read_bytes() == before  # its origin stays "restore"
+    with pytest.raises(ValueError):
+        persist_cluster_id(tmp_path, "", origin="learned")

@@ -30,7 +30,7 @@ def test_open_creates_the_layout_and_round_trips(tmp_path: Path) -> None:
         storage.append(written[2:])
         assert storage.sync() == (5, 1)
         assert storage.last_index == 5
-    assert sorted(p.name for p in db.iterdir()) == ["LOCK", "hard_state", "wal"]
+    assert sorted(p.name for p in db.iterdir()) == ["LOCK", "hard_state", "node_uuid", "wal"]
 
     storage = Storage.open(db, segment_bytes=128)
     assert storage.entries == written
