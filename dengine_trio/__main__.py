@@ -1,6 +1,6 @@
 """``python -m dengine_trio`` and the ``dengine-trio`` console script: run one node, or, when the
-first argument names one (``status``, ``kv``, ``snapshot``), a client tool of
-:mod:`dengine_trio.ctl`."""
+first argument names one (``status``, ``kv``, ``snapshot``, ``member``, ``leader``), a client
+tool of :mod:`dengine_trio.ctl`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from types import FrameType
 __all__ = ["main"]
 
 _held_signals: list[int] = []
-_CLIENT_COMMANDS = ("status", "kv", "snapshot")
+_CLIENT_COMMANDS = ("status", "kv", "snapshot", "member", "leader")
 """``dengine_trio.ctl.SUBCOMMANDS``, repeated so that running a node imports nothing more."""
 
 

@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one node of a dengine_trio cluster: the embedded Raft engine, "
         "the KV HTTP API and the health API.",
         epilog="Client tools for a running cluster: dengine-trio status --endpoints URL,..., "
-        "dengine-trio kv get|put|del ... and dengine-trio snapshot save|status|restore ... "
-        "(see dengine-trio status --help, dengine-trio kv --help, dengine-trio snapshot --help).",
+        "dengine-trio kv get|put|del ..., dengine-trio snapshot save|status|restore ..., "
+        "dengine-trio member list|add|promote|remove ... and dengine-trio leader transfer "
+        "(see dengine-trio COMMAND --help).",
     )
     parser.add_argument(
         "--config-path",

@@ -1,12 +1,13 @@
-"""Client-side command-line tools, like etcdctl: ``dengine-trio status``, ``dengine-trio kv``
-and ``dengine-trio snapshot``. They talk HTTP to running nodes (the node process itself is
-:mod:`dengine_trio.cli`); ``snapshot restore`` works on a stopped node's data directory.
+"""Client-side command-line tools, like etcdctl: ``dengine-trio status``, ``dengine-trio kv``,
+``dengine-trio snapshot``, ``dengine-trio member`` and ``dengine-trio leader``. They talk HTTP
+to running nodes (the node process itself is :mod:`dengine_trio.cli`); ``snapshot restore``
+works on a stopped node's data directory.
 
 ``dengine-trio`` dispatches here when its first argument is one of :data:`SUBCOMMANDS`;
 anything else runs a node, as before. Exit status 2 is a usage error for every subcommand
 (argparse's convention, as for the node); the others are each subcommand's own
 (:mod:`dengine_trio.ctl.status`, :mod:`dengine_trio.ctl.kv`,
-:mod:`dengine_trio.ctl.snapshot`).
+:mod:`dengine_trio.ctl.snapshot`, :mod:`dengine_trio.ctl.members`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dengine_trio.ctl._http import Credentials, normalize_endpoint
 
 __all__ = ["EXIT_USAGE", "SUBCOMMANDS", "build_parser", "main"]
 
-SUBCOMMANDS = ("status", "kv", "snapshot")
+SUBCOMMANDS = ("status", "kv", "snapshot", "member", "leader")
 EXIT_USAGE = 2
 DEFAULT_STATUS_ENDPOINTS = "http://127.0.0.1:10001,http://127.0.0.1:10002,http://127.0.0.1:10003"
 DEFAULT_KV_ENDPOINTS = "http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083"
@@ -67,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Client tools for a running dengine_trio cluster (run a node with "
         "dengine-trio --config-path FILE).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{status,kv,snapshot}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{status,kv,snapshot,member,leader}"
+    )
 
     status = sub.add_parser(
         "status",
@@ -138,7 +141,104 @@ def build_parser() -> argparse.ArgumentParser:
     )
     delete.add_argument("key")
     _add_snapshot(sub)
+    _add_membership(sub)
     return parser
+
+
+def _member_id(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a node id (a positive integer)")
+    return int(text)
+
+
+def _admin_options() -> argparse.ArgumentParser:
+    """--endpoint, --json, --timeout and the credentials, for every member/leader action."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--endpoint",
+        action="append",
+        type=_endpoints,
+        help="health-port URL; repeat it (or separate URLs with commas) to try several in "
+        "order, the first that answers serves (default: $DENGINE_STATUS_ENDPOINTS, else "
+        f"{DEFAULT_STATUS_ENDPOINTS})",
+    )
+    common.add_argument("--json", action="store_true", help="print the node's JSON answer")
+    common.add_argument(
+        "--timeout",
+        type=_positive,
+        default=10.0,
+        help="seconds to keep trying, over all endpoints (default 10)",
+    )
+    _add_credentials(common)
+    return common
+
+
+def _add_membership(sub: Any) -> None:
+    exits = (
+        "Exit status: 0 done, 2 usage error or the cluster refused it (4xx: unknown id, "
+        "duplicate id or address, last voter, a change pending, a learner too far behind), "
+        "3 no node answered in time or another error."
+    )
+    common = _admin_options()
+    member = sub.add_parser(
+        "member",
+        help="list the members, add a learner, promote it, remove a member",
+        description="Membership of a running cluster through the health ports' /members "
+        "(docs/operations.md, Membership). One change at a time; each is a configuration "
+        "entry in the log, done once committed. " + exits,
+    )
+    actions = member.add_subparsers(
+        dest="action", required=True, metavar="{list,add,promote,remove}"
+    )
+    actions.add_parser(
+        "list",
+        parents=[common],
+        help="one row per member: id, address, role (leader, voter, learner), match index",
+    )
+    add = actions.add_parser(
+        "add",
+        parents=[common],
+        help="add node ID, reachable at ADDRESS (its Raft host:port), as a learner",
+        description="Add a learner: it receives the log and snapshots but does not vote. "
+        "Start the node with an empty data directory; promote it once it has caught up (or "
+        "pass --promote). A node started with role = 3 in its own initial_cluster entry "
+        "asks to be added by itself. " + exits,
+    )
+    add.add_argument("id", type=_member_id, metavar="ID")
+    add.add_argument("address", metavar="ADDRESS", help="its Raft address, host:port")
+    add.add_argument(
+        "--promote",
+        action="store_true",
+        help="the leader promotes it to voter by itself once it has caught up",
+    )
+    promote = actions.add_parser(
+        "promote",
+        parents=[common],
+        help="make the learner ID a voter (refused while it is far behind)",
+    )
+    promote.add_argument("id", type=_member_id, metavar="ID")
+    remove = actions.add_parser(
+        "remove",
+        parents=[common],
+        help="remove member ID (a leader removed hands leadership over)",
+    )
+    remove.add_argument("id", type=_member_id, metavar="ID")
+
+    leader = sub.add_parser(
+        "leader",
+        help="hand leadership to another voter",
+        description="Leadership of a running cluster through the health ports (POST "
+        "/leader/transfer). " + exits,
+    )
+    leader_actions = leader.add_subparsers(dest="action", required=True, metavar="{transfer}")
+    transfer = leader_actions.add_parser(
+        "transfer",
+        parents=[common],
+        help="hand leadership to voter --to ID, or to the most caught-up voter",
+    )
+    transfer.add_argument(
+        "--to", type=_member_id, metavar="ID", help="the voter to lead (default: any)"
+    )
 
 
 def _add_snapshot(sub: Any) -> None:
@@ -219,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_USAGE, f"dengine-trio {args.command}: {exc}\n")
     if args.command == "snapshot":
         return _run_snapshot(parser, args, credentials)
+    if args.command in ("member", "leader"):
+        return _run_membership(args, credentials)
     if args.command == "status":
         from dengine_trio.ctl.status import run_status
 
@@ -272,4 +374,35 @@ def _run_snapshot(
         err=sys.stderr,
         credentials=credentials,
         consistency=args.consistency,
+    )
+
+
+def _run_membership(args: argparse.Namespace, credentials: Credentials) -> int:
+    from dengine_trio.ctl.members import run_leader_transfer, run_member
+
+    groups = args.endpoint or [
+        _endpoints(os.environ.get("DENGINE_STATUS_ENDPOINTS", DEFAULT_STATUS_ENDPOINTS))
+    ]
+    endpoints = list(dict.fromkeys(url for group in groups for url in group))
+    if args.command == "leader":
+        return run_leader_transfer(
+            args.to,
+            endpoints,
+            as_json=args.json,
+            timeout_s=args.timeout,
+            out=sys.stdout,
+            err=sys.stderr,
+            credentials=credentials,
+        )
+    return run_member(
+        args.action,
+        endpoints,
+        member_id=getattr(args, "id", None),
+        address=getattr(args, "address", None),
+        promote=getattr(args, "promote", False),
+        as_json=args.json,
+        timeout_s=args.timeout,
+        out=sys.stdout,
+        err=sys.stderr,
+        credentials=credentials,
     )
