@@ -7,7 +7,9 @@ feeds it events and carries out the effects it returns, in order.
 from .config import Durability, RaftConfig
 from .effects import (
     Apply,
+    ConfChangeRejected,
     Effect,
+    MembershipChanged,
     PersistEntries,
     PersistHardState,
     ProposalRejected,
@@ -20,8 +22,10 @@ from .effects import (
 )
 from .events import (
     Event,
+    PeerIdentity,
     Persisted,
     Propose,
+    ProposeConfChange,
     ReadRequest,
     Receive,
     SnapshotStatus,
@@ -30,6 +34,16 @@ from .events import (
     TransferLeader,
 )
 from .log import RaftLog
+from .membership import (
+    ConfChange,
+    ConfChangeError,
+    ConfChangeKind,
+    Member,
+    Membership,
+    decode_membership,
+    encode_membership,
+    implicit_membership,
+)
 from .messages import MESSAGE_TYPES, Entry, EntryKind, InstallSnapshot, Message
 from .node import RaftNode, RandomSource
 from .state import Role
@@ -37,18 +51,27 @@ from .state import Role
 __all__ = [
     "MESSAGE_TYPES",
     "Apply",
+    "ConfChange",
+    "ConfChangeError",
+    "ConfChangeKind",
+    "ConfChangeRejected",
     "Durability",
     "Effect",
     "Entry",
     "EntryKind",
     "Event",
     "InstallSnapshot",
+    "Member",
+    "Membership",
+    "MembershipChanged",
     "Message",
+    "PeerIdentity",
     "PersistEntries",
     "PersistHardState",
     "Persisted",
     "ProposalRejected",
     "Propose",
+    "ProposeConfChange",
     "Proposed",
     "RaftConfig",
     "RaftLog",
@@ -66,4 +89,7 @@ __all__ = [
     "SnapshotTaken",
     "Tick",
     "TransferLeader",
+    "decode_membership",
+    "encode_membership",
+    "implicit_membership",
 ]

@@ -31,10 +31,13 @@ class RaftConfig:
     ``max_entries_per_msg``/``max_bytes_per_msg`` bound one AppendEntries (bytes of command
     data); ``max_inflight_msgs`` bounds pipelining. ``pre_vote`` (thesis §9.6) and
     ``check_quorum`` (thesis §6.2; lease reads are served locally only with it on).
+    ``voters`` make the implicit membership (``membership.py``) of a node started without
+    one; ``node_id`` need not be among them (a joining node is no member at all).
+    ``max_promote_lag_entries``: a learner is promoted (by hand or automatically) only once
+    its log is at most this many entries behind the leader's last index.
 
-    Raises ``ValueError`` if ``node_id`` is not a voter, the timeout range is empty or not
-    positive, the heartbeat is not shorter than the minimum election timeout, or the lease
-    is not shorter than it.
+    Raises ``ValueError`` if the timeout range is empty or not positive, the heartbeat is not
+    shorter than the minimum election timeout, or the lease is not shorter than it.
     """
 
     node_id: int
@@ -54,10 +57,11 @@ class RaftConfig:
     durability: Durability = Durability.DISK_FIRST
     pre_vote: bool = True
     check_quorum: bool = True
+    max_promote_lag_entries: int = 1000
 
     def __attrs_post_init__(self) -> None:
-        if self.node_id not in self.voters:
-            raise ValueError(f"node {self.node_id} is not among the voters {self.voters}")
+        if self.max_promote_lag_entries < 0:
+            raise ValueError("max_promote_lag_entries must not be negative")
         if not 0 < self.election_timeout_min_ms < self.election_timeout_max_ms:
             raise ValueError("election timeout range must be 0 < min < max")
         if not 0 < self.heartbeat_interval_ms < self.election_timeout_min_ms:

@@ -21,12 +21,15 @@ from typing import ClassVar
 
 import attrs
 
+from .membership import Membership
 from .messages import Entry, Message
 from .state import Role  # re-exported: ``RoleChanged`` carries one
 
 __all__ = [
     "Apply",
+    "ConfChangeRejected",
     "Effect",
+    "MembershipChanged",
     "PersistEntries",
     "PersistHardState",
     "ProposalRejected",
@@ -76,12 +79,15 @@ class RestoreSnapshot:
     Figure 13, steps 6-8). Durably, before any later effect: move the staged file in among the
     snapshots, reset the log so that ``index + 1`` is the next entry, restore the state machine
     from the file (applied index ``index``). A step that received an ``InstallSnapshot`` and
-    returned no ``RestoreSnapshot`` for it means: discard the staged file."""
+    returned no ``RestoreSnapshot`` for it means: discard the staged file. ``membership``:
+    ``encode_membership`` of the membership the node adopted with it (the message's; b"" if
+    the leader sent none and the node kept its own)."""
 
     barrier: ClassVar[bool] = True
 
     index: int
     term: int
+    membership: bytes = b""
 
 
 @attrs.frozen(slots=True)
@@ -135,6 +141,36 @@ class ProposalRejected:
 
 
 @attrs.frozen(slots=True)
+class ConfChangeRejected:
+    """The membership change ``request_id`` was refused; nothing was appended. ``code``:
+    ``not_leader`` (``leader_id`` is where to forward, 0 if unknown), ``pending`` (a change is
+    uncommitted, or no entry of the leader's term is committed yet), ``unknown_member``,
+    ``duplicate_id``, ``duplicate_address``, ``last_voter``, ``not_learner``, ``behind``
+    (``detail`` ``{"lag": entries}``) or ``bad_request``."""
+
+    barrier: ClassVar[bool] = False
+
+    request_id: int
+    code: str
+    message: str
+    leader_id: int = 0
+    detail: dict[str, object] = attrs.field(factory=dict, hash=False)
+
+
+@attrs.frozen(slots=True)
+class MembershipChanged:
+    """The membership in effect is now ``membership``, from the CONFIG entry (or snapshot) at
+    ``index`` (thesis §4.1: in effect once appended; a truncation can take it back). Emitted
+    at the point of the change, before any message that relies on it (a new member's first
+    AppendEntries), so the runtime can dial new members and drop removed ones."""
+
+    barrier: ClassVar[bool] = False
+
+    membership: Membership
+    index: int
+
+
+@attrs.frozen(slots=True)
 class RoleChanged:
     """The node's (role, term, known leader) changed; ``leader_id`` 0 means none known.
     Emitted once per step at most, after everything else, for status and metrics."""
@@ -157,4 +193,6 @@ Effect = (
     | Proposed
     | ProposalRejected
     | RoleChanged
+    | ConfChangeRejected
+    | MembershipChanged
 )

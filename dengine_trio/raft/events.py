@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 
+from .membership import ConfChange
 from .messages import Message
 
 
@@ -81,6 +82,26 @@ class SnapshotStatus:
     ok: bool
 
 
+@attrs.frozen(slots=True)
+class ProposeConfChange:
+    """A membership change (thesis §4.1, one server at a time). Answered as ``Propose`` is by
+    ``Proposed`` (the change is committed when that CONFIG entry applies), or by
+    ``ConfChangeRejected``."""
+
+    request_id: int
+    change: ConfChange
+
+
+@attrs.frozen(slots=True)
+class PeerIdentity:
+    """``peer`` runs on the data directory ``uuid`` (from its handshake; the runtime steps
+    this before any message of that connection). A leader rebinds a member whose uuid
+    changed (a wiped data directory) and probes it from scratch."""
+
+    peer: int
+    uuid: str
+
+
 Event = (
     Tick
     | Receive
@@ -90,4 +111,6 @@ Event = (
     | TransferLeader
     | SnapshotTaken
     | SnapshotStatus
+    | ProposeConfChange
+    | PeerIdentity
 )

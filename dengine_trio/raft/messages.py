@@ -14,10 +14,13 @@ import attrs
 
 
 class EntryKind(IntEnum):
-    """What an entry carries. A no-op is what a new leader appends to commit its term (§8)."""
+    """What an entry carries. A no-op is what a new leader appends to commit its term (§8); a
+    CONFIG entry's ``data`` is ``encode_membership`` of the whole new membership, in effect on
+    a node from the moment the entry is in its log (thesis §4.1; ``membership.py``)."""
 
     COMMAND = 0
     NOOP = 1
+    CONFIG = 2
 
 
 @attrs.frozen(slots=True)
@@ -36,7 +39,11 @@ class RequestVote:
 
     A pre-vote carries the term the sender *would* campaign in, without the sender having moved
     to it. ``transfer`` marks a campaign started by TimeoutNow (leadership transfer, thesis §3.10):
-    receivers then ignore their "heard from a leader recently" guard.
+    receivers then ignore their "heard from a leader recently" guard. ``explicit``: the
+    candidate's membership is explicit (has a cluster id); ``dst_uuid``: the data-directory
+    uuid that membership binds the receiver to ("" if unbound or implicit). A receiver whose
+    own membership is implicit grants an explicit candidate only if ``dst_uuid`` is its own
+    uuid (``node.py``, "Membership and votes").
     """
 
     term: int
@@ -46,6 +53,8 @@ class RequestVote:
     last_log_term: int
     pre_vote: bool = False
     transfer: bool = False
+    explicit: bool = False
+    dst_uuid: str = ""
 
 
 @attrs.frozen(slots=True)
@@ -176,6 +185,8 @@ class InstallSnapshot:
     after ``last_index``) to ``dst``. Received by the core: the runtime steps it only once the
     whole file is verified and staged, naming the staged file's own index and term. Answered
     by an ``AppendEntriesResponse`` (``success``, ``match_index``) as AppendEntries is.
+    ``membership``: ``encode_membership`` of the membership in effect at ``last_index`` (b""
+    from a sender that has none: the receiver keeps its own).
     """
 
     term: int
@@ -183,6 +194,7 @@ class InstallSnapshot:
     dst: int
     last_index: int
     last_term: int
+    membership: bytes = b""
 
 
 Message = (

@@ -14,7 +14,9 @@ from typing import Protocol
 from .config import Durability, RaftConfig
 from .effects import (
     Apply,
+    ConfChangeRejected,
     Effect,
+    MembershipChanged,
     PersistEntries,
     PersistHardState,
     ProposalRejected,
@@ -27,8 +29,10 @@ from .effects import (
 )
 from .events import (
     Event,
+    PeerIdentity,
     Persisted,
     Propose,
+    ProposeConfChange,
     ReadRequest,
     Receive,
     SnapshotStatus,
@@ -37,6 +41,16 @@ from .events import (
     TransferLeader,
 )
 from .log import RaftLog
+from .membership import (
+    ConfChange,
+    ConfChangeError,
+    ConfChangeKind,
+    Member,
+    Membership,
+    decode_membership,
+    encode_membership,
+    implicit_membership,
+)
 from .messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -111,10 +125,23 @@ class RaftNode:
         now_ms: float = 0.0,
         snapshot_index: int = 0,
         snapshot_term: int = 0,
+        membership: Membership | None = None,
+        membership_index: int = 0,
+        uuid: str = "",
+        bootstrap_cluster_id: str = "",
     ) -> None:
         """Start (or restart) a node from what storage recovered: hard state, the newest
         snapshot's (``snapshot_index``, ``snapshot_term``) (0, 0 for none; the runtime has
         restored the state machine from it) and the log ``entries`` after it.
+
+        ``membership``: the membership of the snapshot (or of a joining node: an empty one,
+        ``Membership("", ())``), in effect as of ``membership_index``; None means the implicit
+        membership of ``config.voters``. CONFIG entries among ``entries`` after
+        ``membership_index`` take effect over it, as they did when appended. ``uuid``: this
+        node's data-directory uuid (what a membership binds it to). ``bootstrap_cluster_id``:
+        the cluster id this node writes into the bootstrap entry if it leads while the
+        membership is implicit; "" never makes one (the membership stays implicit: what the
+        simulator and the transcripts use unless they ask for membership changes).
 
         Everything recovered is durable by definition, so ``durable_index`` starts at the end;
         a snapshot covers only committed entries (§7), so the commit index starts at it.
@@ -125,7 +152,8 @@ class RaftNode:
             raise ValueError(f"term {term} is older than the snapshot's term {snapshot_term}")
         self.config = config
         self.id = config.node_id
-        self.peers: tuple[int, ...] = tuple(v for v in config.voters if v != config.node_id)
+        self.uuid = uuid
+        self._bootstrap_cluster_id = bootstrap_cluster_id
         self._rng = rng
         self._mem_first = config.durability is Durability.MEM_FIRST
 
@@ -139,6 +167,18 @@ class RaftNode:
         # (``retained_log_entries`` keeps some entries a snapshot covers).
         self.snapshot_index = snapshot_index
         self.snapshot_term = snapshot_term
+
+        # Every membership the node's log can still take back, oldest first: the base (from
+        # the snapshot or the caller) and one per CONFIG entry after it. The last is in effect
+        # (thesis §4.1: a configuration is used as soon as it is in the log).
+        base = membership if membership is not None else implicit_membership(config.voters)
+        self._configs: list[tuple[int, Membership]] = [(membership_index, base)]
+        for entry in self.log.slice(self.log.first_index, self.log.last_index):
+            if entry.kind is EntryKind.CONFIG and entry.index > membership_index:
+                self._record_config(entry)
+        self.membership_index, self.membership = self._configs[-1]
+        # The data-directory uuid each peer last said it runs on (``PeerIdentity``).
+        self._peer_uuids: dict[int, str] = {}
 
         self.role = Role.FOLLOWER
         self.leader_id = 0
@@ -220,6 +260,31 @@ class RaftNode:
         return deadline
 
     # ------------------------------------------------------------------ introspection
+
+    @property
+    def peers(self) -> tuple[int, ...]:
+        """The other voters of the membership in effect (whom a campaign asks)."""
+        return tuple(v for v in self.membership.voters if v != self.id)
+
+    @property
+    def pending_conf_index(self) -> int:
+        """Index of the newest CONFIG entry if it is not committed yet, else 0 (thesis §4.1:
+        at most one change is uncommitted at a time)."""
+        index = self._configs[-1][0]
+        return index if index > self.commit_index else 0
+
+    def membership_at(self, index: int) -> Membership:
+        """The membership in effect at log position ``index`` (that of the newest CONFIG entry
+        or snapshot at or before it): what a snapshot through ``index`` records. Raises
+        ``ValueError`` for an index before this node's newest snapshot (forgotten)."""
+        if index < self.snapshot_index:
+            raise ValueError(f"membership at {index}: before the snapshot at {self.snapshot_index}")
+        found = self._configs[0][1]
+        for config_index, membership in self._configs:
+            if config_index > index:
+                break
+            found = membership
+        return found
 
     @property
     def progress(self) -> dict[int, Progress]:
@@ -311,6 +376,10 @@ class RaftNode:
             self._on_snapshot_taken(event)
         elif isinstance(event, SnapshotStatus):
             self._on_snapshot_status(event)
+        elif isinstance(event, ProposeConfChange):
+            self._on_propose_conf_change(event)
+        elif isinstance(event, PeerIdentity):
+            self._on_peer_identity(event)
         else:  # pragma: no cover - exhaustive over Event
             raise TypeError(f"unknown event {event!r}")
 
@@ -320,6 +389,11 @@ class RaftNode:
     # ------------------------------------------------------------------ time
 
     def _reset_election_timer(self) -> None:
+        if not self._may_campaign():
+            # Learners, removed nodes, joiners and unbound voters never start an election
+            # (thesis §4.2.1 for learners; the amnesia rule for unbound voters): no timer.
+            self._election_deadline = NEVER
+            return
         cfg = self.config
         timeout = self._rng.uniform(cfg.election_timeout_min_ms, cfg.election_timeout_max_ms)
         self._election_deadline = self.now + timeout
@@ -341,7 +415,9 @@ class RaftNode:
                 self._out.append(ReadFailed(request_id, self.leader_id))
         if isinstance(state, LeaderState):
             if now >= state.transfer_deadline_ms:
-                state.transfer_target = 0  # transfer timed out: keep leading (thesis §3.10)
+                # Transfer timed out: keep leading (thesis §3.10), unless we are no longer a
+                # voter (``_maybe_hand_over`` then steps down).
+                state.transfer_target = 0
                 state.transfer_deadline_ms = NEVER
             if now >= state.next_heartbeat_ms:
                 self._broadcast_heartbeat()
@@ -393,11 +469,12 @@ class RaftNode:
         self.leader_id = leader_id
 
     def _new_role_state(self, role: Role) -> RoleState:
+        ms = self.membership
         if role is Role.LEADER:
-            return LeaderState(Tracker(self.id, self.config.voters), since_ms=self.now)
+            return LeaderState(Tracker(self.id, ms.voters, ms.learners), since_ms=self.now)
         if role is Role.FOLLOWER:
             return FollowerState()
-        return CandidateState(Tracker(self.id, self.config.voters))
+        return CandidateState(Tracker(self.id, ms.voters, ms.learners))
 
     def _drop_role_state(self) -> None:
         """Reads waiting in the old role's state can no longer be answered by this node in
@@ -418,7 +495,7 @@ class RaftNode:
         """Start an election (§5.2), first as a pre-candidate when PreVote is on (thesis §9.6):
         a pre-vote asks "would you vote for me?" without bumping anybody's term, so a node
         that cannot win (stale log, partitioned) never disrupts the cluster."""
-        if self.role is Role.LEADER:
+        if self.role is Role.LEADER or not self._may_campaign():
             return
         if pre_vote:
             self._change_state(Role.PRE_CANDIDATE, self.term, 0)
@@ -432,7 +509,10 @@ class RaftNode:
         if self._candidate.tracker.start_votes() is VoteResult.WON:  # a single-node cluster
             self._won_votes()
             return
+        ms = self.membership
+        explicit = not ms.implicit
         for peer in self.peers:
+            member = ms.get(peer)
             self._send(
                 RequestVote(
                     term=campaign_term,
@@ -442,6 +522,8 @@ class RaftNode:
                     last_log_term=self.log.last_term,
                     pre_vote=pre_vote,
                     transfer=transfer,
+                    explicit=explicit,
+                    dst_uuid=member.uuid if explicit and member is not None else "",
                 )
             )
 
@@ -468,12 +550,18 @@ class RaftNode:
         # reads know the commit index is current once it commits.
         noop = Entry(self.term, self.log.last_index + 1, b"", EntryKind.NOOP)
         self._append_local([noop])
+        if self.membership.implicit and self._bootstrap_cluster_id:
+            self._append_bootstrap_config()
         self._broadcast_heartbeat()
 
     # ------------------------------------------------------------------ messages
 
     def _receive(self, m: Message) -> None:
         if m.dst != self.id:
+            return
+        if isinstance(m, RequestVote) and self._refuses_candidate(m):
+            # Before the term is looked at: a campaign we may not take part in must not move
+            # our term either (a removed node, a wiped one, must not disrupt, thesis §4.2.3).
             return
         if m.term > self.term:
             if isinstance(m, RequestVote):
@@ -510,7 +598,7 @@ class RaftNode:
         elif isinstance(m, ReadIndexResponse):
             self._on_read_index_response(m)
         elif isinstance(m, TimeoutNow):
-            if self.role is Role.FOLLOWER:
+            if self.role is Role.FOLLOWER and self._may_campaign():
                 self._campaign(pre_vote=False, transfer=True)
         elif isinstance(m, InstallSnapshot):
             self._on_install_snapshot(m)
@@ -633,7 +721,9 @@ class RaftNode:
                 break
             if have != entry.term:
                 # §5.3: a conflicting suffix is deleted; it can never hold a committed entry.
+                # A CONFIG entry in it takes its membership back with it (thesis §4.1).
                 self.log.truncate_from(entry.index)
+                self._forget_configs_from(entry.index)
                 self.durable_index = min(self.durable_index, entry.index - 1)
                 # (Never below a match of this term: this leader's log only grows.)
                 follower.leader_match = min(follower.leader_match, entry.index - 1)
@@ -642,6 +732,10 @@ class RaftNode:
         if new:
             self.log.append(new)
             self._out.append(PersistEntries(new))
+            for entry in new:
+                if entry.kind is EntryKind.CONFIG:
+                    self._record_config(entry)
+        self._sync_membership()
         last_new = prev_index + len(entries)
         follower.leader_match = max(follower.leader_match, last_new)
         self._advance_follower_commit(min(m.leader_commit, last_new))
@@ -709,11 +803,22 @@ class RaftNode:
             self._advance_follower_commit(index)
         else:
             self.log.restore(index, term)
+            # The snapshot's membership replaces whatever our log said (its entries are gone);
+            # a sender with none (b"") leaves ours in place.
+            adopted = self.membership
+            try:
+                if m.membership:
+                    adopted = decode_membership(m.membership)
+            except ValueError:
+                pass  # a confused peer: keep ours rather than adopt garbage
+            restored = m.membership if adopted is not self.membership else b""
             # A barrier: the runtime installs it durably before anything that follows (the
             # answer that reports it, above all).
-            self._out.append(RestoreSnapshot(index, term))
+            self._out.append(RestoreSnapshot(index, term, restored))
             self.commit_index = self.durable_index = self._applied_emitted = index
             self.snapshot_index, self.snapshot_term = index, term
+            self._configs = [(index, adopted)]
+            self._sync_membership()
             follower.leader_match = index
         self._report_match(m.src, force=True)
 
@@ -740,6 +845,11 @@ class RaftNode:
             # A restart now finds the snapshot, so it holds every entry up to ``index``
             # whatever the log's own writes have reached.
             self.durable_index = max(self.durable_index, index)
+            # Memberships older than the one in effect at the snapshot can never be asked for
+            # again (``membership_at`` answers from the snapshot on; truncation stops at the
+            # commit index).
+            keep = max(i for i, (at, _) in enumerate(self._configs) if at <= index or i == 0)
+            del self._configs[:keep]
         self.log.compact(min(event.compact_through, index))
 
     def _on_snapshot_status(self, event: SnapshotStatus) -> None:
@@ -822,7 +932,10 @@ class RaftNode:
         the transfer failed (``SnapshotStatus``)."""
         index, term = self.snapshot_index, self.snapshot_term
         progress.become_snapshot(index, term, self._leader.reads.seq)
-        self._send(InstallSnapshot(self.term, self.id, peer, index, term))
+        # An implicit membership is every node's own (from its config): nothing to carry.
+        at = self.membership_at(index)
+        membership = b"" if at.implicit else encode_membership(at)
+        self._send(InstallSnapshot(self.term, self.id, peer, index, term, membership))
 
     def _on_append_response(self, m: AppendEntriesResponse) -> None:
         if self.role is not Role.LEADER:
@@ -1037,12 +1150,16 @@ class RaftNode:
 
     def _on_transfer_leader(self, event: TransferLeader) -> None:
         """Thesis §3.10: stop taking proposals, bring the target up to date, then TimeoutNow."""
-        if self.role is not Role.LEADER or not self.progress:
+        if self.role is not Role.LEADER:
+            return
+        # Only a voter can be elected: a learner would never campaign.
+        voters = [p for p in self.progress if self.membership.is_voter(p)]
+        if not voters:
             return
         target = event.target
         if target == 0:
-            target = max(self.progress, key=lambda p: self.progress[p].match_index)
-        if target == self.id or target not in self.progress:
+            target = max(voters, key=lambda p: self.progress[p].match_index)
+        if target == self.id or target not in voters:
             return
         leader = self._leader
         leader.transfer_target = target
@@ -1066,6 +1183,246 @@ class RaftNode:
         self._send(TimeoutNow(self.term, self.id, peer))
         return True
 
+    # ------------------------------------------------------------------ membership
+    #
+    # Single-server changes (thesis §4.1): a CONFIG entry carries the whole new membership
+    # and is in effect on a node from the moment it is in its log; a truncation takes it
+    # back. One change at a time (``pending_conf_index``), and only once the leader has
+    # committed an entry of its own term (Ongaro, raft-dev 2015: otherwise a change appended
+    # by a deposed leader and one by its successor can have disjoint majorities).
+    #
+    # Membership and votes. A node campaigns only if it is a voter of its membership, and
+    # grants votes only if it is a member, both only while that membership is implicit or
+    # binds it to its own data-directory ``uuid``. A voter restarted on a wiped directory has
+    # forgotten its votes; it comes back with the implicit membership and a new uuid, and
+    # votes again only once it has appended a BIND of that uuid, an entry proposed after it
+    # came back: its log then holds every entry its old acknowledgements could have helped
+    # commit, and its term is at least that of the leader that bound it. (docs/architecture.md,
+    # "Membership changes", gives the whole argument.)
+
+    def _record_config(self, entry: Entry) -> None:
+        """A CONFIG entry entered the log: its membership is the newest. One that does not
+        decode changes nothing (only a confused peer could have sent it)."""
+        try:
+            membership = decode_membership(entry.data)
+        except ValueError:
+            return
+        self._configs.append((entry.index, membership))
+
+    def _forget_configs_from(self, index: int) -> None:
+        """Entries from ``index`` on were truncated away: so were their memberships. (The
+        base, at or below the commit index, is never truncated.)"""
+        while len(self._configs) > 1 and self._configs[-1][0] >= index:
+            self._configs.pop()
+
+    def _sync_membership(self) -> None:
+        """Make the newest recorded membership the one in effect, and tell the runtime and
+        every rule that depends on it when it changed."""
+        index, membership = self._configs[-1]
+        changed = membership != self.membership
+        self.membership_index, self.membership = index, membership
+        if not changed:
+            return  # the same members from another entry or a snapshot: nothing to redo
+        self._out.append(MembershipChanged(membership, index))
+        state = self._state
+        if isinstance(state, LeaderState):
+            state.tracker.set_members(
+                membership.voters, membership.learners, self.log.last_index + 1
+            )
+            # A member gone (or turned learner) may have been what held the commit index or
+            # a read round back; the quorum is over the new voters from now on.
+            self._maybe_commit()
+            self._advance_reads()
+        elif isinstance(state, CandidateState):
+            state.tracker.set_members(membership.voters, membership.learners, None)
+        elif not self._may_campaign():
+            self._election_deadline = NEVER
+        elif self._election_deadline == NEVER:
+            self._reset_election_timer()  # promoted, or bound: it may campaign from now on
+
+    def _bound(self, member: Member) -> bool:
+        """Is ``member`` (this node) bound to this node's data directory? Always, in the
+        implicit membership, which binds nobody."""
+        return self.membership.implicit or member.uuid == self.uuid
+
+    def _may_campaign(self) -> bool:
+        """A voter of its membership, bound to this data directory (thesis §4.2.1: learners
+        never campaign; a removed node neither, thesis §4.2.3)."""
+        me = self.membership.get(self.id)
+        return me is not None and me.voter and self._bound(me)
+
+    def _refuses_candidate(self, m: RequestVote) -> bool:
+        """Must this (pre-)vote request be ignored for membership reasons alone?
+
+        Not a member (removed, or joining): we never vote. Implicit membership: we grant an
+        explicit candidate only if its membership binds us to our own uuid (so a wiped node,
+        which restarts implicit with a new uuid, cannot vote in a running cluster, yet a
+        member that missed the bootstrap entry can help elect a leader that has it).
+        Explicit membership: we vote only if bound to our uuid (the amnesia rule), and only
+        for members of our membership (a removed node cannot disrupt) that are explicit too
+        (a wiped node cannot). A candidate that is a learner here may be a voter in its own
+        log (a PROMOTE we have not received yet): refusing it could leave a committed
+        configuration without a leader while a majority of it is up, so it gets the usual
+        checks."""
+        ms = self.membership
+        me = ms.get(self.id)
+        if me is None:
+            return True
+        if ms.implicit:
+            return m.explicit and not (m.dst_uuid and m.dst_uuid == self.uuid)
+        if me.uuid != self.uuid:
+            return True
+        return not m.explicit or ms.get(m.src) is None
+
+    def _known_uuid(self, member_id: int) -> str:
+        """The data-directory uuid ``member_id`` last said it runs on ("" if not heard)."""
+        return self.uuid if member_id == self.id else self._peer_uuids.get(member_id, "")
+
+    def _append_config(self, membership: Membership) -> Entry:
+        """Leader: append ``membership`` as a CONFIG entry of this term; in effect at once."""
+        data = encode_membership(membership)
+        entry = Entry(self.term, self.log.last_index + 1, data, EntryKind.CONFIG)
+        self._append_local([entry])
+        self._configs.append((entry.index, membership))
+        self._sync_membership()
+        return entry
+
+    def _append_bootstrap_config(self) -> None:
+        """A new leader of an implicit membership makes it explicit, right after its no-op:
+        the same voters, our cluster id, every member whose uuid we know bound (ourselves
+        always). The quorums do not change, so it needs no committed entry first."""
+        members = tuple(
+            Member(m.id, m.address, m.voter, self._known_uuid(m.id), m.promote)
+            for m in self.membership.members
+        )
+        self._append_config(Membership(self._bootstrap_cluster_id, members))
+
+    def _on_propose_conf_change(self, event: ProposeConfChange) -> None:
+        request_id, change = event.request_id, event.change
+        if self.role is not Role.LEADER or self._leader.transfer_target:
+            leader = 0 if self.role is Role.LEADER else self.leader_id
+            self._reject_change(request_id, "not_leader", "this node is not the leader", leader)
+            return
+        if self.membership.implicit:
+            self._reject_change(
+                request_id, "bad_request", "the membership is implicit: no cluster id to change"
+            )
+            return
+        if self.pending_conf_index or not self._committed_in_term():
+            pending = self.pending_conf_index
+            why = (
+                f"the change at index {pending} is not committed yet"
+                if pending
+                else "the new leader has not committed an entry of its term yet"
+            )
+            self._reject_change(request_id, "pending", why, pending_index=pending)
+            return
+        try:
+            membership = self.membership.with_change(change)
+        except ConfChangeError as e:
+            self._reject_change(request_id, e.code, e.message, **e.detail)
+            return
+        except (TypeError, ValueError) as e:  # malformed fields (wrong types)
+            self._reject_change(request_id, "bad_request", str(e))
+            return
+        if change.kind is ConfChangeKind.PROMOTE:
+            lag = self._lag(change.id)
+            if lag > self.config.max_promote_lag_entries:
+                self._reject_change(
+                    request_id,
+                    "behind",
+                    f"node {change.id} is {lag} entries behind"
+                    f" (at most {self.config.max_promote_lag_entries} to be promoted)",
+                    lag=lag,
+                )
+                return
+        entry = self._append_config(membership)
+        self._out.append(Proposed(request_id, entry.index, entry.term))
+
+    def _lag(self, member_id: int) -> int:
+        """How many entries ``member_id``'s log is known to be behind ours (leader)."""
+        progress = self.progress.get(member_id)
+        return self.log.last_index - (progress.match_index if progress else 0)
+
+    def _reject_change(
+        self, request_id: int, code: str, message: str, leader_id: int = 0, **detail: object
+    ) -> None:
+        self._out.append(ConfChangeRejected(request_id, code, message, leader_id, dict(detail)))
+
+    def _on_peer_identity(self, event: PeerIdentity) -> None:
+        """A peer said which data directory it runs on. If that is not the one its
+        membership binds it to, whatever we knew of its log may describe a disk that is gone:
+        a leader forgets its match and probes it afresh (its acknowledgements count again
+        only for what it holds now), and ``_maybe_auto_change`` rebinds it."""
+        peer, uuid = event.peer, event.uuid
+        if not uuid or peer == self.id:
+            return
+        previous = self._peer_uuids.get(peer)
+        self._peer_uuids[peer] = uuid
+        member = self.membership.get(peer)
+        if previous == uuid or member is None or member.uuid == uuid:
+            return
+        progress = self.progress.get(peer)
+        if progress is not None:
+            progress.match_index = 0
+            progress.become_probe()
+            progress.next_index = self.log.last_index + 1
+
+    def _maybe_hand_over(self) -> None:
+        """Thesis §4.2.2: a leader removed from the membership keeps leading (counting
+        quorums without itself) until the change commits; then it hands leadership to the
+        most up-to-date voter (TimeoutNow, §3.10) and steps down, at once if the transfer
+        cannot start or once it timed out."""
+        leader = self._leader
+        if self.membership.is_voter(self.id) or self.commit_index < self.membership_index:
+            return
+        if leader.timeout_now_sent:
+            self._become_follower(self.term, 0)
+            return
+        if leader.transfer_target:
+            return  # the handover is under way
+        if not leader.handover_started:
+            leader.handover_started = True
+            self._on_transfer_leader(TransferLeader(0))
+            if leader.transfer_target and not leader.timeout_now_sent:
+                return  # bringing the target up to date first
+        # TimeoutNow went out, or no voter could take over, or the transfer timed out.
+        self._become_follower(self.term, 0)
+
+    def _maybe_auto_change(self) -> None:
+        """Changes the leader proposes itself, one at a time, once nothing is pending: BIND
+        members whose data directory is not the one bound (a wiped voter, a member the
+        bootstrap entry could not bind), else PROMOTE a joining learner (``promote``) that is
+        caught up (within ``max_promote_lag_entries``) and was heard from within the minimum
+        election timeout."""
+        ms = self.membership
+        if (
+            ms.implicit
+            or self.pending_conf_index
+            or self._leader.transfer_target
+            or not ms.is_voter(self.id)
+            or not self._committed_in_term()
+        ):
+            return
+        rebind = tuple(
+            (m.id, uuid) for m in ms.members if (uuid := self._known_uuid(m.id)) and uuid != m.uuid
+        )
+        if rebind:
+            self._append_config(ms.with_change(ConfChange(ConfChangeKind.BIND, uuids=rebind)))
+            return
+        horizon = self.now - self.config.election_timeout_min_ms
+        for m in ms.members:
+            progress = self.progress.get(m.id)
+            if (
+                not m.voter
+                and m.promote
+                and progress is not None
+                and progress.last_contact_ms > horizon
+                and self._lag(m.id) <= self.config.max_promote_lag_entries
+            ):
+                self._append_config(ms.with_change(ConfChange(ConfChangeKind.PROMOTE, m.id)))
+                return
+
     # ------------------------------------------------------------------ end of step
 
     def _notify_commit(self) -> None:
@@ -1079,6 +1436,10 @@ class RaftNode:
         MemFirst append toward commit and sends what each follower lacks (batching), a new
         commit index is scheduled to reach the followers, committed entries go out as one
         ``Apply``, and a changed (role, term, leader) as ``RoleChanged``. (Not an fsync.)"""
+        if isinstance(self._state, LeaderState):
+            self._maybe_hand_over()
+        if isinstance(self._state, LeaderState):
+            self._maybe_auto_change()
         if isinstance(leader := self._state, LeaderState):
             if self._mem_first:
                 # MemFirst counts the leader's own append at once (no Persisted to wait for);

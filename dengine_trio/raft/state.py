@@ -57,13 +57,16 @@ class LeaderState:
     """One leadership (one term), created when the node wins and dropped when it stops
     leading.
 
-    ``tracker``: progress of every other voter and the quorum arithmetic over it (§5.3);
+    ``tracker``: progress of every other member and the quorum arithmetic over the voters
+    (§5.3);
     ``since_ms``: when it won; ``next_heartbeat_ms``: when the next heartbeat round is due;
     ``reads``: heartbeat rounds, waiting reads and the lease (thesis §6.4);
     ``transfer_target``/``transfer_deadline_ms``: a leadership transfer in progress (0 and
     ``NEVER`` when none, thesis §3.10); ``timeout_now_sent``: a TimeoutNow went out in this
-    term, so the lease is gone for good; ``commit_advanced``/``commit_notify_at_ms``: a new
-    commit index not yet carried to the followers, and when a message of its own carries it.
+    term, so the lease is gone for good; ``handover_started``: removed from the membership,
+    the leader began handing over (thesis §4.2.2); ``commit_advanced``/
+    ``commit_notify_at_ms``: a new commit index not yet carried to the followers, and when a
+    message of its own carries it.
     """
 
     tracker: Tracker
@@ -73,6 +76,7 @@ class LeaderState:
     transfer_target: int = 0
     transfer_deadline_ms: float = NEVER
     timeout_now_sent: bool = False
+    handover_started: bool = False
     commit_advanced: bool = False
     commit_notify_at_ms: float = NEVER
 

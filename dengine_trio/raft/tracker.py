@@ -24,23 +24,72 @@ class VoteResult(Enum):
 
 
 class Tracker:
-    """The voter set (``self_id`` included), the leader's ``progress`` map (one ``Progress``
-    per other voter) and a campaign's ``votes`` (voter -> granted). A node makes a new one
-    for each leadership or campaign (``state.py``), so none is ever reset."""
+    """The voter set (``self_id`` included while it votes), the learners, the leader's
+    ``progress`` map (one ``Progress`` per other member, voter or learner) and a campaign's
+    ``votes`` (voter -> granted). Every quorum is over the voters alone: a learner is
+    replicated to but never counted (thesis §4.2.1), and a leader that is no longer a voter
+    (removed by an appended change) counts without itself (thesis §4.2.2). A node makes a new
+    one for each leadership or campaign (``state.py``), and changes its members only when the
+    membership in effect changes (``set_members``)."""
 
-    __slots__ = ("peers", "progress", "quorum", "self_id", "voters", "votes")
+    __slots__ = (
+        "learners",
+        "peers",
+        "progress",
+        "quorum",
+        "self_id",
+        "self_votes",
+        "voter_set",
+        "voters",
+        "votes",
+    )
 
-    def __init__(self, self_id: int, voters: tuple[int, ...]) -> None:
+    def __init__(
+        self, self_id: int, voters: tuple[int, ...], learners: tuple[int, ...] = ()
+    ) -> None:
         self.self_id = self_id
-        self.voters = voters
-        self.peers: tuple[int, ...] = tuple(v for v in voters if v != self_id)
-        self.quorum = majority(len(voters))
         self.progress: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
+        self.voters: tuple[int, ...] = ()
+        self.learners: tuple[int, ...] = ()
+        self.voter_set: frozenset[int] = frozenset()
+        self.peers: tuple[int, ...] = ()
+        self.quorum = 1
+        self.self_votes = False
+        self._set(voters, learners)
+
+    def _set(self, voters: tuple[int, ...], learners: tuple[int, ...]) -> None:
+        self.voters = voters
+        self.learners = learners
+        self.voter_set = frozenset(voters)
+        self.self_votes = self.self_id in self.voter_set
+        self.peers = tuple(sorted((set(voters) | set(learners)) - {self.self_id}))
+        self.quorum = majority(len(voters)) if voters else 1
 
     def start_progress(self, next_index: int) -> None:
-        """A new leader's view: every other voter in probe, next at ``next_index``."""
+        """A new leader's view: every other member in probe, next at ``next_index``."""
         self.progress = {p: Progress(next_index) for p in self.peers}
+
+    def set_members(
+        self, voters: tuple[int, ...], learners: tuple[int, ...], next_index: int | None
+    ) -> None:
+        """The membership in effect changed (thesis §4.1, on append or truncation): every
+        quorum is over the new voters from now on; with ``next_index`` (a leader's tracker)
+        new members get a fresh ``Progress`` probing from there and removed ones lose theirs.
+        """
+        self._set(voters, learners)
+        self.votes = {v: g for v, g in self.votes.items() if v in self.voter_set}
+        if next_index is None:
+            return
+        for peer in [p for p in self.progress if p not in self.peers]:
+            del self.progress[peer]
+        for peer in self.peers:
+            if peer not in self.progress:
+                self.progress[peer] = Progress(next_index)
+
+    def voter_progress(self) -> list[Progress]:
+        """The progress of every other voter (learners left out)."""
+        return [p for peer, p in self.progress.items() if peer in self.voter_set]
 
     # --- votes (§5.2, thesis §9.6 for PreVote)
 
@@ -50,9 +99,11 @@ class Tracker:
         return self.vote_result()
 
     def record_vote(self, voter: int, granted: bool) -> VoteResult:
-        """Count ``voter``'s answer (a repeated answer replaces the earlier one) and say
-        where the campaign stands."""
-        self.votes[voter] = granted
+        """Count ``voter``'s answer (a repeated answer replaces the earlier one; an answer
+        from a node that is not a voter counts for nothing) and say where the campaign
+        stands."""
+        if voter in self.voter_set:
+            self.votes[voter] = granted
         return self.vote_result()
 
     def vote_result(self) -> VoteResult:
@@ -72,13 +123,18 @@ class Tracker:
     # --- quorum values over the progress map (the leader counts itself with its own value)
 
     def committed_index(self, self_match: int) -> int:
-        """The highest index a majority holds (§5.3): the commit candidate."""
-        return quorum_value([self_match, *(p.match_index for p in self.progress.values())])
+        """The highest index a majority of the voters holds (§5.3): the commit candidate."""
+        values = [p.match_index for p in self.voter_progress()]
+        return quorum_value([self_match, *values] if self.self_votes else values)
 
     def confirmed_round(self, self_seq: int) -> int:
-        """The newest heartbeat round a majority has acknowledged (ReadIndex, lease)."""
-        return quorum_value([self_seq, *(p.acked_seq for p in self.progress.values())])
+        """The newest heartbeat round a majority of the voters has acknowledged (ReadIndex,
+        lease)."""
+        values = [p.acked_seq for p in self.voter_progress()]
+        return quorum_value([self_seq, *values] if self.self_votes else values)
 
     def quorum_contact_ms(self, now_ms: float) -> float:
-        """The latest moment (ms) by which a majority had been heard from (CheckQuorum)."""
-        return quorum_value([now_ms, *(p.last_contact_ms for p in self.progress.values())])
+        """The latest moment (ms) by which a majority of the voters had been heard from
+        (CheckQuorum)."""
+        values = [p.last_contact_ms for p in self.voter_progress()]
+        return quorum_value([now_ms, *values] if self.self_votes else values)

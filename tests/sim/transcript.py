@@ -54,11 +54,13 @@ import attrs
 
 from dengine_trio.raft import (
     Apply,
+    ConfChangeRejected,
     Durability,
     Effect,
     Entry,
     EntryKind,
     Event,
+    MembershipChanged,
     Message,
     Persisted,
     PersistEntries,
@@ -81,6 +83,7 @@ from dengine_trio.raft import (
     Tick,
     TransferLeader,
 )
+from dengine_trio.raft.membership import Membership, decode_membership
 from dengine_trio.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -140,9 +143,27 @@ def fmt_data(data: bytes) -> str:
     return '"' + text + '"' if text.isprintable() else "0x" + data.hex()
 
 
+def fmt_membership(m: Membership) -> str:
+    """``c1: 1=v/u1 2=v 3=l+``: the cluster id ("implicit" if none), then each member as
+    voter (``v``) or learner (``l``, ``+`` if to be promoted), and ``/uuid`` if bound."""
+    members = " ".join(
+        f"{x.id}={'v' if x.voter else 'l'}{'+' if x.promote else ''}"
+        + (f"/{x.uuid}" if x.uuid else "")
+        for x in m.members
+    )
+    return f"{m.cluster_id or 'implicit'}: {members or '(none)'}"
+
+
 def fmt_entry(e: Entry) -> str:
-    """``term/index`` and the payload: ``2/5 "k=v"`` or ``2/4 noop``."""
-    return f"{e.term}/{e.index} " + ("noop" if e.kind is EntryKind.NOOP else fmt_data(e.data))
+    """``term/index`` and the payload: ``2/5 "k=v"``, ``2/4 noop`` or ``2/6 conf{c1: ...}``."""
+    if e.kind is EntryKind.NOOP:
+        return f"{e.term}/{e.index} noop"
+    if e.kind is EntryKind.CONFIG:
+        try:
+            return f"{e.term}/{e.index} conf{{{fmt_membership(decode_membership(e.data))}}}"
+        except ValueError:
+            return f"{e.term}/{e.index} conf(undecodable {fmt_data(e.data)})"
+    return f"{e.term}/{e.index} " + fmt_data(e.data)
 
 
 def fmt_entries(entries: Sequence[Entry]) -> str:
@@ -428,6 +449,16 @@ class Interaction:
                     )
         elif isinstance(effect, RestoreSnapshot):
             self.restore(node, effect)
+        elif isinstance(effect, MembershipChanged):
+            self.emit(f"membership @{effect.index} {fmt_membership(effect.membership)}", 1)
+        elif isinstance(effect, ConfChangeRejected):
+            leader = effect.leader_id or "unknown"
+            detail = "".join(f" {k}={v}" for k, v in sorted(effect.detail.items()))
+            self.emit(
+                f"conf-change-rejected #{effect.request_id} {effect.code}"
+                f" leader={leader}{detail}: {effect.message}",
+                1,
+            )
         else:
             _unreachable(effect)
 
