@@ -59,6 +59,7 @@ __all__ = [
     "SnapshotConfig",
     "TimingConfig",
     "TlsConfig",
+    "WatchConfig",
     "check_message_limits",
     "http_ssl_context",
     "load_config",
@@ -370,6 +371,26 @@ class AuthConfig:
 
 
 @attrs.frozen(slots=True)
+class WatchConfig:
+    """``GET /watch`` and ``Client.watch`` (``dengine_trio/runtime/watch.py``, docs/api.md).
+
+    ``history_events``: changes each node keeps in memory for watchers that come back with
+    ``from_index`` (older: HTTP 410 ``compacted``); ``history_bytes``: about the most their keys
+    and values take together (bytes; the newest entry's changes are kept whatever their size).
+    ``max_watchers``: watches open at once on one node (HTTP 503 ``too_many_watchers`` beyond).
+    ``queue_events``: how far one watcher may fall behind the live changes it matches before
+    it is ended with a final ``slow_consumer`` event. ``heartbeat_ms``: an idle stream gets an
+    SSE comment this often (ms), so proxies keep it open and a vanished client is noticed.
+    """
+
+    history_events: int = 10_000
+    history_bytes: int = 64 * 1024 * 1024
+    max_watchers: int = 1_000
+    queue_events: int = 1_000
+    heartbeat_ms: int = 15_000
+
+
+@attrs.frozen(slots=True)
 class _FileSchema:
     """What the TOML file holds; NodeConfig adds where it came from."""
 
@@ -379,6 +400,7 @@ class _FileSchema:
     tls: TlsConfig = attrs.Factory(TlsConfig)
     http: HttpConfig = attrs.Factory(HttpConfig)
     auth: AuthConfig = attrs.Factory(AuthConfig)
+    watch: WatchConfig = attrs.Factory(WatchConfig)
 
 
 @attrs.frozen(slots=True)
@@ -396,6 +418,7 @@ class NodeConfig:
     tls: TlsConfig = attrs.Factory(TlsConfig)
     http: HttpConfig = attrs.Factory(HttpConfig)
     auth: AuthConfig = attrs.Factory(AuthConfig)
+    watch: WatchConfig = attrs.Factory(WatchConfig)
 
     def __attrs_post_init__(self) -> None:
         for key, problem in _problems(self):
@@ -658,6 +681,7 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
     yield from _positive("raft.replication", cfg.raft.replication)
     yield from _snapshot_problems(cfg.raft.snapshot)
     yield from _positive("limits", cfg.limits)
+    yield from _positive("watch", cfg.watch)
     yield from _peer_tls_problems(cfg.tls)
     if cfg.limits.max_key_bytes > MAX_KEY_BYTES_CEILING:
         yield (
@@ -1267,4 +1291,5 @@ def load_config(path: str | Path) -> NodeConfig:
         tls=schema.tls,
         http=schema.http,
         auth=schema.auth,
+        watch=schema.watch,
     )
