@@ -44,6 +44,7 @@ from dengine_trio.wire.messages import (
     ForwardStatus,
     Hello,
     HelloReply,
+    JoinRequest,
     SnapshotChunk,
     SnapshotOffer,
     SnapshotReceived,
@@ -70,6 +71,7 @@ TAGS: dict[type, int] = {
     SnapshotResume: 38,
     SnapshotChunk: 39,
     SnapshotReceived: 40,
+    JoinRequest: 41,
 }
 """Wire tag of each message type. Stable across versions: add new tags, never renumber."""
 

@@ -1,5 +1,6 @@
-"""Messages runtimes exchange besides the Raft RPCs: the connection handshake and the
-forwarding of client writes from a follower to the leader.
+"""Messages runtimes exchange besides the Raft RPCs: the connection handshake, the
+forwarding of client writes and membership changes from a follower to the leader, and a
+joining node's request to be added (issue 14).
 
 Like the Raft messages, the peer-to-peer ones name their sender (``src``) and receiver (``dst``)
 so the transport can route and check them the same way.
@@ -13,10 +14,13 @@ import attrs
 
 from dengine_trio.raft.messages import MESSAGE_TYPES, InstallSnapshot
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """Bumped whenever the encoding of any message changes incompatibly (2: ``Heartbeat`` carries
 ``commit_term``; 3: incarnations in the handshake and in forwarded requests,
-``ForwardAccepted``; 4: ``Hello.channel`` and the snapshot connection, issue 13)."""
+``ForwardAccepted``; 4: ``Hello.channel`` and the snapshot connection, issue 13; 5:
+membership changes, issue 14: ``EntryKind.CONFIG`` entries, ``RequestVote.explicit``,
+``InstallSnapshot.membership``, ``Hello.uuid`` and ``Hello.joining``, ``ForwardPropose.conf``
+and ``ForwardStatus.CONF_REJECTED``, ``JoinRequest``)."""
 
 
 class Channel(IntEnum):
@@ -36,13 +40,21 @@ class Channel(IntEnum):
 class Hello:
     """First frame on every connection: who is calling whom, in which cluster.
 
+    ``cluster_id`` is the caller's cluster id, ``""`` when it has none yet (a new node, a
+    joining node, a wiped directory: ``storage/cluster_identity.py``).
     ``incarnation`` names the caller's process: a random 63-bit number drawn at each start, so
     the listener can tell a restarted peer (whose earlier requests nobody waits for any more)
     from the process it knew, and two processes claiming one node id from each other.
+    ``uuid`` is the caller's data-directory uuid (``storage/node_identity.py``, 32 hex digits;
+    the listener hands it to its Raft core as ``PeerIdentity`` before any message of the
+    connection, so a member that came back with another directory is re-bound before it
+    votes). ``joining`` says the caller is not a member yet and asks to be added
+    (``JoinRequest``), so a listener accepts it although it is none of its peers.
     The listener refuses (``HelloReply(ok=False, reason)``) a ``protocol_version`` other than
-    ``PROTOCOL_VERSION``, another ``cluster_id``, a ``dst`` that is not itself and a ``src``
-    that is not one of its peers. A ``Hello`` of an older version may lack the trailing fields
-    (``channel`` since version 4): it still decodes, so the refusal names the version.
+    ``PROTOCOL_VERSION``, a ``cluster_id`` other than its own when both are non-empty, a
+    ``dst`` that is not itself and a ``src`` that is neither a member nor ``joining``. A
+    ``Hello`` of an older version may lack the trailing fields (``channel`` since version 4,
+    ``uuid`` and ``joining`` since 5): it still decodes, so the refusal names the version.
     """
 
     cluster_id: str
@@ -52,6 +64,10 @@ class Hello:
     incarnation: int = 0
     channel: Channel = Channel.MESSAGES
     """What the connection carries after the handshake (see ``Channel``)."""
+    uuid: str = ""
+    """The caller's data-directory uuid ("" only from a caller that has none: tests, tools)."""
+    joining: bool = False
+    """The caller is a node asking to join (not a member of the listener's membership)."""
 
 
 @attrs.frozen(slots=True)
@@ -74,14 +90,20 @@ class ForwardStatus(IntEnum):
     TOO_LARGE = 4
     OVERLOADED = 5
     STOPPED = 6
+    CONF_REJECTED = 7
+    """A forwarded membership change the leader refused: ``ForwardResult.result`` holds the
+    rejection (code, message, detail), encoded by the runtime."""
 
 
 @attrs.frozen(slots=True)
 class ForwardPropose:
-    """A follower hands a client's command to the leader.
+    """A follower hands a client's command, or a membership change, to the leader.
 
     ``request_id`` and ``incarnation`` are the follower's: the leader echoes both, and the
     follower takes a ``ForwardResult`` only if both name a request of its current process.
+    ``conf`` False: ``data`` is a state machine command; True: ``data`` is a membership change
+    (a ``ConfChange`` as the runtime encodes it), which the leader proposes as such (an
+    admin request made on a follower, issue 14).
     """
 
     src: int
@@ -89,6 +111,7 @@ class ForwardPropose:
     request_id: int
     data: bytes
     incarnation: int = 0
+    conf: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -183,6 +206,24 @@ class SnapshotReceived:
     reason: str = ""
 
 
+@attrs.frozen(slots=True)
+class JoinRequest:
+    """A joining node (``src``, not yet a member; its ``Hello`` said ``joining``) asks member
+    ``dst`` to add it as a learner (issue 14). ``id`` is the node id it asks for (its own:
+    equal to ``src``), ``address`` its Raft ``host:port``, ``uuid`` its data-directory uuid
+    (bound in the membership), ``promote`` whether it is to become a voter once caught up
+    (False: a read replica). Sent to every listed member, again until the node sees itself in
+    its membership; only the leader acts on it (by proposing the change); nothing answers it:
+    the membership the joiner then receives is the answer."""
+
+    src: int
+    dst: int
+    id: int
+    address: str
+    uuid: str
+    promote: bool
+
+
 HANDSHAKE_TYPES: tuple[type, ...] = (Hello, HelloReply)
 
 PEER_MESSAGE_TYPES: tuple[type, ...] = (
@@ -190,6 +231,7 @@ PEER_MESSAGE_TYPES: tuple[type, ...] = (
     ForwardPropose,
     ForwardResult,
     ForwardAccepted,
+    JoinRequest,
 )
 """What a message link carries and delivers once it is established. ``InstallSnapshot`` is
 not among them: the core may see it only for a snapshot file the runtime received whole and

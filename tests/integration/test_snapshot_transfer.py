@@ -325,7 +325,7 @@ BAD_INPUTS: dict[str, Callable[[bytes], bytes]] = {
     ),
     "damaged file": lambda raw: chunk_frame(0, raw[:-5] + bytes([raw[-5] ^ 1]) + raw[-4:]),
     "unknown format version": lambda raw: chunk_frame(
-        0, raw[:4] + (2).to_bytes(4, "little") + raw[8:]
+        0, raw[:4] + (99).to_bytes(4, "little") + raw[8:]
     ),
 }
 

@@ -186,7 +186,9 @@ def test_corrupted_encodings_raise_only_codec_error(msg: Any, data: st.DataObjec
         [32, ["c", 1, 2, 4, 1, 7]],  # unknown Channel
         [32, ["c", 1, 2, 4, 1, True]],  # bool as Channel
         [32, ["c", 1, 2]],  # Hello without its version
-        [32, ["c", 1, 2, 4, 1, 1, 0]],  # Hello with a field too many
+        [32, ["c", 1, 2, 4, 1, 1, 0]],  # int where Hello.uuid is a str
+        [32, ["c", 1, 2, 4, 1, 1, "u", 1]],  # int where Hello.joining is a bool
+        [32, ["c", 1, 2, 4, 1, 1, "u", False, 0]],  # Hello with a field too many
         [39, [1, 2, 0, "data"]],  # SnapshotChunk with str data
         [39, [1, 2, 0]],  # SnapshotChunk without data
         [37, [1, 2, 3, 4, 5, 6]],  # SnapshotOffer without its checksum
@@ -234,6 +236,7 @@ def test_forward_status_names_match_client_errors() -> None:
         "TOO_LARGE",
         "OVERLOADED",
         "STOPPED",
+        "CONF_REJECTED",
     ]
 
 
@@ -243,14 +246,16 @@ def test_snapshot_messages_encoding_is_stable() -> None:
     assert encode(InstallSnapshot(7, 1, 2, 100, 6)) == bytes.fromhex("920a950701026406")
     # [39, [1, 2, 3, b"ab"]]
     assert encode(SnapshotChunk(1, 2, 3, b"ab")) == bytes.fromhex("922794010203c4026162")
-    # [32, ["c", 1, 2, 4, 5, 1]]
-    hello = Hello("c", 1, 2, 4, 5, Channel.SNAPSHOT)
-    assert encode(hello) == bytes.fromhex("922096a1630102040501")
+    # [32, ["c", 1, 2, 4, 5, 1, "u", True]]
+    hello = Hello("c", 1, 2, 4, 5, Channel.SNAPSHOT, "u", True)
+    assert encode(hello) == bytes.fromhex("922098a1630102040501a175c3")
 
 
 def test_older_hello_decodes_so_its_version_can_be_named() -> None:
-    """A version-3 Hello (no channel) or version-2 one (no incarnation) still decodes: the
-    listener refuses it naming the version, rather than as undecodable."""
+    """A version-4 Hello (no uuid, no joining), a version-3 one (no channel) or a version-2 one
+    (no incarnation) still decodes: the listener refuses it naming the version, rather than as
+    undecodable."""
+    assert decode(msgpack.packb([32, ["c", 1, 2, 4, 9, 1]])) == Hello("c", 1, 2, 4, 9, Channel(1))
     assert decode(msgpack.packb([32, ["c", 1, 2, 3, 9]])) == Hello("c", 1, 2, 3, 9)
     assert decode(msgpack.packb([32, ["c", 1, 2, 2]])) == Hello("c", 1, 2, 2)
     assert Hello("c", 1, 2, 3).channel is Channel.MESSAGES
