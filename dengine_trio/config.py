@@ -60,6 +60,7 @@ __all__ = [
     "TimingConfig",
     "TlsConfig",
     "WatchConfig",
+    "check_member_address",
     "check_message_limits",
     "http_ssl_context",
     "load_config",
@@ -538,6 +539,17 @@ def _split_address(address: str) -> tuple[str, int]:
     if problem:
         raise ValueError(f"host {host!r} of {address!r} {problem}")
     return host, port
+
+
+def check_member_address(address: str) -> str | None:
+    """Why ``address`` cannot be a member's Raft address (one line), or None if it can:
+    ``host:port`` as in ``initial_cluster`` (IPv6 hosts in brackets, port 1-65535, a host a
+    resolver takes). For addresses that arrive outside a file (``POST /members``)."""
+    try:
+        _split_address(address)
+    except ValueError as exc:
+        return f'{exc} (expected e.g. "10.0.0.4:9084")'
+    return None
 
 
 _LABEL_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")

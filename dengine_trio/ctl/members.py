@@ -149,7 +149,8 @@ def run_member(
         return failed
     assert answer is not None and isinstance(answer.body, dict)
     if action == "list" and not isinstance(answer.body.get("members"), list):
-        return _fail(command, Answer(answer.status, None, answer.endpoint), [], timeout_s, err)
+        not_members = Answer(answer.status, None, answer.endpoint)
+        return _fail(command, not_members, [], timeout_s, err) or EXIT_FAILED
     if as_json:
         out.write(json.dumps(answer.body, indent=2) + "\n")
     elif action == "list":
