@@ -12,20 +12,27 @@ leader and asks it for a read index); eventual reads are a local dictionary look
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 
 import trio
 
+from . import kvbridge
+from .client_types import Item, Page, TxnOp, TxnOutcome, WriteOutcome
 from .config import NodeConfig
 from .errors import Stopped, Timeout, TooLarge
+from .kv_commands import UNSET, Compare, _Unset
 from .metrics import MetricsSink
 from .policy import ReadPolicy
+from .raft.membership import ConfChange
+from .runtime.expiry import Expirer
 from .runtime.node import NodeRuntime
 from .runtime.snapshotting import SnapshotFile
 from .runtime.status import NodeStatus
-from .statemachine import KVStateMachine, StateMachine, encode_delete, encode_put
+from .runtime.watch import Watcher, WatchHub
+from .runtime.watch import attach as attach_watch_hub
+from .statemachine import KVStateMachine, StateMachine
 
 
 class EmbeddedEngine:
@@ -49,8 +56,23 @@ class EmbeddedEngine:
         self.node_id = config.cluster.node_id
         self.state_machine: StateMachine = state_machine or KVStateMachine()
         self._runtime = NodeRuntime(config, self.state_machine, metrics)
+        self.watch_hub: WatchHub | None = None
+        """Changes applied here, for watchers (``runtime/watch.py``); None with a custom state
+        machine that offers no change listener."""
+        if isinstance(self.state_machine, KVStateMachine):
+            watch = config.watch
+            hub = WatchHub(
+                history_events=watch.history_events,
+                history_bytes=watch.history_bytes,
+                max_watchers=watch.max_watchers,
+                queue_events=watch.queue_events,
+            )
+            if attach_watch_hub(hub, self.state_machine):
+                self.watch_hub = hub
         self.metrics: MetricsSink = self._runtime.metrics
         self._done = trio.Event()
+        self.expirer: Expirer | None = None
+        """The TTL expirer of the default KV state machine (None with a custom one)."""
 
     @classmethod
     @asynccontextmanager
@@ -75,15 +97,26 @@ class EmbeddedEngine:
         await engine._runtime.open_storage()
         async with trio.open_nursery() as nursery:
             await nursery.start(engine._run)
+            engine._start_expirer()
             try:
                 yield engine
             finally:
                 await engine.stop()
 
+    def _start_expirer(self) -> None:
+        """The KV state machine's TTL expirer (``runtime/expiry.py``), in the node's nursery so
+        that it ends with the node; it proposes only while this node leads."""
+        node_nursery = self._runtime.nursery
+        if isinstance(self.state_machine, KVStateMachine) and node_nursery is not None:
+            self.expirer = Expirer(self._runtime, self.state_machine, kvbridge.wall_clock_ms)
+            node_nursery.start_soon(self.expirer.run)
+
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await self._runtime.run(task_status=task_status)
         finally:
+            if self.watch_hub is not None:
+                self.watch_hub.close()
             self._done.set()
 
     async def stop(self) -> None:
@@ -95,8 +128,11 @@ class EmbeddedEngine:
     def refuse_requests(self) -> None:
         """Begin a stop: requests pending on this node fail with ``Stopped`` at once, and new
         ones are refused with it, while the node still takes part in Raft until ``stop``.
-        A server calls this before it stops serving, so every request gets an answer."""
+        A server calls this before it stops serving, so every request gets an answer.
+        Open watches end (``Stopped``) after the changes they hold."""
         self._runtime.refuse_requests()
+        if self.watch_hub is not None:
+            self.watch_hub.close()
 
     # ------------------------------------------------------------------ state
 
@@ -170,6 +206,45 @@ class EmbeddedEngine:
         """Hand leadership to the most up-to-date follower; True once another node leads.
         False after ``timeout_s`` seconds, or at once when no peer is reachable."""
         return await self._runtime.transfer_leadership(timeout_s)
+
+    # ------------------------------------------------------------------ membership (issue 14)
+
+    async def members(self) -> dict[str, object]:
+        """This node's view of the membership in effect (the latest configuration entry it
+        appended; ``GET /members``): ``{"leader_id": int | None, "cluster_id": str ("" while
+        unknown), "index": int (the configuration entry's, 0: the implicit bootstrap
+        membership), "members": [{"id": int, "address": "host:port", "voter": bool,
+        "promote": bool (a learner the leader promotes once caught up), "bound": bool (a data
+        directory is bound to it), "match_index": int | None (the leader's view: on the
+        leader, else None)}]}``. Never raises."""
+        return self._runtime.membership.members()
+
+    async def change_membership(self, change: ConfChange, timeout_s: float | None = None) -> int:
+        """Make one membership change (``dengine_trio.raft.membership.ConfChange``: add a
+        learner, promote it, remove a member; Ongaro thesis section 4.1, one server at a
+        time), on whichever node leads (a follower forwards it like a write); return the index
+        of its configuration entry once committed and applied on the leader. ``timeout_s``
+        in seconds, default ``request_timeout_ms``. Raises ``MembershipError`` (refused:
+        ``code``, HTTP ``status`` and ``detail``, see ``dengine_trio.errors``), ``Timeout``
+        (it may or may not have been committed), ``NoLeader``, ``Overloaded``, ``Stopped``.
+        """
+        return await self._runtime.operations.change_membership(change, timeout_s)
+
+    async def transfer_leadership_to(
+        self, to: int | None = None, timeout_s: float | None = None
+    ) -> int:
+        """Hand leadership to voter ``to`` (None: the most caught-up voter; Raft thesis
+        section 3.10), asking the leader wherever it is; return the new leader's id once it
+        leads. Raises ``MembershipError`` (``unknown_member``, ``not_voter``,
+        ``transfer_failed``), ``NoLeader``, ``Overloaded``, ``Stopped``."""
+        return await self._runtime.operations.transfer_leadership_to(to, timeout_s)
+
+    def caught_up(self) -> bool:
+        """This node has heard from its leader within ``election_timeout_max_ms`` and its
+        state machine is at most ``raft.max_promote_lag_entries`` behind what that leader
+        told it was committed: a learner (read replica) that may serve eventual reads
+        (``/replica``). True on a leader."""
+        return self._runtime.caught_up()
 
     def pending_requests(self) -> int:
         """Client requests occupying this node now: waiting for a leader, forwarded, pending
@@ -269,9 +344,24 @@ class Client:
     Writes and reads but eventual ones wait at most ``request_timeout_ms``, including for a
     leader to be elected, and may raise ``Stopped``, ``Timeout``, ``NoLeader`` and
     ``Overloaded`` (see :meth:`EmbeddedEngine.propose` and :meth:`EmbeddedEngine.read_barrier`).
-    This is the one place ``limits.max_key_bytes`` and ``limits.max_value_bytes`` are checked
-    (the HTTP API relies on it): every method raises ``TooLarge`` (``limit`` ``"key"`` or
-    ``"value"``) for a key or value over them, before waiting for anything.
+    This is the one place ``limits.max_key_bytes``, ``limits.max_value_bytes``,
+    ``limits.max_txn_ops`` and ``limits.max_txn_bytes`` are checked (the HTTP API relies on
+    it): every method raises ``TooLarge`` (``limit`` ``"key"``, ``"value"``, ``"txn_ops"``,
+    ``"txn"``, ``"idempotency_key"``) before waiting for anything.
+
+    Every write returns the Raft index it applied at (``X-Dengine-Index`` over HTTP). Reads
+    given ``min_index`` first wait until this node has applied that index
+    (:meth:`EmbeddedEngine.wait_applied`): read-your-writes on any node, under any policy.
+    TTL deadlines are wall-clock ms computed once here, by the proposer (``now + ttl_ms``), and
+    carried in the command, so every replica holds the same deadline; a read treats a key past
+    its deadline as absent by this node's wall clock, and the leader's expirer
+    (:mod:`dengine_trio.runtime.expiry`) deletes it for good within about
+    ``EXPIRY_INTERVAL_MS`` (50 ms) plus a commit.
+
+    An ``idempotency_key`` (bytes, at most 256) makes a write exactly-once: a retry with the
+    same key (after a ``Timeout``, a dropped connection, a failover; on any node) returns the
+    first outcome and applies nothing again, while the key is in the state machine's table
+    (``[kv] idempotency_ttl_ms``, ``idempotency_max_keys``).
     """
 
     def __init__(self, engine: EmbeddedEngine) -> None:
@@ -282,37 +372,226 @@ class Client:
         limits = engine.config.limits
         self._max_key = limits.max_key_bytes
         self._max_value = limits.max_value_bytes
+        self._max_txn_ops = limits.max_txn_ops
+        self._max_txn_bytes = limits.max_txn_bytes
         self._default_policy = engine.config.raft.read_consistency.default_policy
+        self._request_timeout_s = engine.config.raft.timing.request_timeout_ms / 1000
 
     def _check_key(self, key: bytes) -> None:
         if len(key) > self._max_key:
             raise TooLarge("key", len(key), self._max_key)
 
-    async def put(self, key: bytes, value: bytes) -> None:
-        """Set ``key`` to ``value``; returns once committed and applied on the leader.
-
-        Raises ``TooLarge`` if ``key`` is over ``limits.max_key_bytes`` or ``value`` over
-        ``limits.max_value_bytes`` (bytes), and what :meth:`EmbeddedEngine.propose` raises: on
-        ``Timeout`` the write may or may not have been applied.
-        """
-        self._check_key(key)
+    def _check_value(self, value: bytes) -> None:
         if len(value) > self._max_value:
             raise TooLarge("value", len(value), self._max_value)
-        await self._engine.propose(encode_put(key, value))
 
-    async def delete(self, key: bytes) -> None:
-        """Remove ``key`` (a missing key is not an error); otherwise like :meth:`put`."""
-        self._check_key(key)
-        await self._engine.propose(encode_delete(key))
+    @staticmethod
+    def _check_idempotency_key(idempotency_key: bytes | None) -> None:
+        if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_BYTES:
+            raise TooLarge("idempotency_key", len(idempotency_key), MAX_IDEMPOTENCY_KEY_BYTES)
 
-    async def get(self, key: bytes, policy: ReadPolicy | None = None) -> bytes | None:
-        """Read ``key`` (None if absent) under ``policy`` (default: the config's
-        ``default_policy``); raises ``TooLarge`` (a key over ``limits.max_key_bytes``: it
-        cannot exist) and as :meth:`EmbeddedEngine.read_barrier`."""
+    # ------------------------------------------------------------------ writes
+
+    async def put(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        ttl_ms: int | None = None,
+        prev_value: bytes | _Unset | None = UNSET,
+        prev_index: int | None = None,
+        idempotency_key: bytes | None = None,
+    ) -> int:
+        """Set ``key`` to ``value``; return the index it applied at, once committed and
+        applied on the leader.
+
+        ``ttl_ms`` (>= 1): the key expires that many ms from now. ``prev_value``: write only
+        if the key's value is this (None: only if the key does not exist); ``prev_index``:
+        only if the key's ``mod_index`` is this (0: only if it does not exist); else
+        ``CompareFailed`` (the key's current value and index), nothing written.
+        Raises ``TooLarge`` (key, value, idempotency key), ``ValueError`` (a ``ttl_ms`` < 1,
+        a negative ``prev_index``), and what :meth:`EmbeddedEngine.propose` raises: on
+        ``Timeout`` the write may or may not have been applied (retry it with the same
+        ``idempotency_key`` to find out, applying it at most once).
+        """
+        return (
+            await self.put_outcome(
+                key,
+                value,
+                ttl_ms=ttl_ms,
+                prev_value=prev_value,
+                prev_index=prev_index,
+                idempotency_key=idempotency_key,
+            )
+        ).index
+
+    async def put_outcome(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        ttl_ms: int | None = None,
+        prev_value: bytes | _Unset | None = UNSET,
+        prev_index: int | None = None,
+        idempotency_key: bytes | None = None,
+    ) -> WriteOutcome:
+        """:meth:`put`, returning its :class:`WriteOutcome` (index, and whether it was the
+        replay of an earlier request with the same ``idempotency_key``)."""
         self._check_key(key)
+        self._check_value(value)
+        self._check_idempotency_key(idempotency_key)
+        if ttl_ms is not None and ttl_ms < 1:
+            raise ValueError(f"ttl_ms must be >= 1, got {ttl_ms}")
+        if prev_index is not None and prev_index < 0:
+            raise ValueError(f"prev_index must be >= 0, got {prev_index}")
+        now_ms = kvbridge.wall_clock_ms()
+        command = kvbridge.encode_put(
+            key,
+            value,
+            now_ms=now_ms,
+            expires_at_ms=0 if ttl_ms is None else now_ms + ttl_ms,
+            prev_value=prev_value,
+            prev_index=prev_index,
+            idempotency_key=idempotency_key,
+        )
+        return kvbridge.write_outcome(await self._engine.propose(command))
+
+    async def delete(
+        self,
+        key: bytes,
+        *,
+        prev_index: int | None = None,
+        idempotency_key: bytes | None = None,
+    ) -> int:
+        """Remove ``key`` (a missing key is not an error); return the index it applied at.
+        ``prev_index``: only if the key's ``mod_index`` is this, else ``CompareFailed``.
+        Otherwise like :meth:`put`."""
+        outcome = await self.delete_outcome(
+            key, prev_index=prev_index, idempotency_key=idempotency_key
+        )
+        return outcome.index
+
+    async def delete_outcome(
+        self,
+        key: bytes,
+        *,
+        prev_index: int | None = None,
+        idempotency_key: bytes | None = None,
+    ) -> WriteOutcome:
+        """:meth:`delete`, returning its :class:`WriteOutcome`."""
+        self._check_key(key)
+        self._check_idempotency_key(idempotency_key)
+        if prev_index is not None and prev_index < 0:
+            raise ValueError(f"prev_index must be >= 0, got {prev_index}")
+        command = kvbridge.encode_delete(
+            key,
+            now_ms=kvbridge.wall_clock_ms(),
+            prev_index=prev_index,
+            idempotency_key=idempotency_key,
+        )
+        return kvbridge.write_outcome(await self._engine.propose(command))
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        success: Sequence[TxnOp],
+        failure: Sequence[TxnOp] = (),
+        *,
+        idempotency_key: bytes | None = None,
+    ) -> TxnOutcome:
+        """Apply atomically, in one log entry (etcd's ``Txn``): if every compare holds, the
+        ``success`` operations, else the ``failure`` ones, in order; a ``get`` sees the writes
+        before it in its branch. Returns which branch ran, the entry's index and one result per
+        operation of that branch.
+
+        Raises ``TooLarge``: compares and operations (both branches) over
+        ``limits.max_txn_ops`` (``"txn_ops"``), their keys and values over
+        ``limits.max_txn_bytes`` (``"txn"``), a key or value over its own limit;
+        ``ValueError`` for a ``ttl_ms`` < 1 or a negative index; and as :meth:`put`.
+        """
+        ops = len(compares) + len(success) + len(failure)
+        if ops > self._max_txn_ops:
+            raise TooLarge("txn_ops", ops, self._max_txn_ops)
+        size = 0
+        for compare in compares:
+            self._check_key(compare.key)
+            operand = compare.operand
+            size += len(compare.key) + (len(operand) if isinstance(operand, bytes) else 0)
+        for op in (*success, *failure):
+            self._check_key(op.key)
+            self._check_value(op.value)
+            if op.ttl_ms is not None and op.ttl_ms < 1:
+                raise ValueError(f"ttl_ms must be >= 1, got {op.ttl_ms}")
+            size += len(op.key) + len(op.value)
+        if size > self._max_txn_bytes:
+            raise TooLarge("txn", size, self._max_txn_bytes)
+        self._check_idempotency_key(idempotency_key)
+        command = kvbridge.encode_txn_ops(
+            compares,
+            success,
+            failure,
+            now_ms=kvbridge.wall_clock_ms(),
+            idempotency_key=idempotency_key,
+        )
+        return kvbridge.txn_outcome(await self._engine.propose(command))
+
+    # ------------------------------------------------------------------ reads
+
+    async def _before_read(self, policy: ReadPolicy | None, min_index: int) -> None:
+        """``min_index`` applied here, then ``policy``'s barrier, within one request timeout."""
         policy = policy or self._default_policy
-        await self._engine.read_barrier(policy)
-        return self._sm.get(key)
+        if min_index > 0:
+            deadline = trio.current_time() + self._request_timeout_s
+            await self._engine.wait_applied(min_index, self._request_timeout_s)
+            if policy is not ReadPolicy.EVENTUAL:
+                await self._engine.read_barrier(policy, max(0.0, deadline - trio.current_time()))
+        elif policy is not ReadPolicy.EVENTUAL:
+            await self._engine.read_barrier(policy)
+
+    async def get(
+        self, key: bytes, policy: ReadPolicy | None = None, *, min_index: int = 0
+    ) -> bytes | None:
+        """Read ``key`` (None if absent or past its TTL) under ``policy`` (default: the
+        config's ``default_policy``), after this node has applied ``min_index`` (0: no wait;
+        ``Timeout`` if not applied within ``request_timeout_ms``); raises ``TooLarge`` (a key
+        over ``limits.max_key_bytes``: it cannot exist) and as
+        :meth:`EmbeddedEngine.read_barrier`."""
+        self._check_key(key)
+        if min_index:
+            await self._before_read(policy, min_index)
+        else:  # the hot path: one call, as before min_index existed
+            await self._engine.read_barrier(policy or self._default_policy)
+        return kvbridge.get_value(self._sm, key)
+
+    async def get_item(
+        self, key: bytes, policy: ReadPolicy | None = None, *, min_index: int = 0
+    ) -> Item | None:
+        """Like :meth:`get`, with the key's indexes and what is left of its TTL
+        (:class:`Item`)."""
+        self._check_key(key)
+        await self._before_read(policy, min_index)
+        return kvbridge.get_item(self._sm, key)
+
+    async def list(
+        self,
+        prefix: bytes = b"",
+        *,
+        after: bytes | None = None,
+        limit: int = 100,
+        policy: ReadPolicy | None = None,
+        min_index: int = 0,
+        max_bytes: int | None = None,
+    ) -> Page:
+        """The keys starting with ``prefix``, in byte order, after ``after`` (exclusive; None:
+        from the first), at most ``limit`` (>= 1) of them and, when ``max_bytes`` is given,
+        no more than fit in it (keys plus values; at least one): a :class:`Page` whose
+        ``next`` continues the listing. One consistent view under ``policy`` (the state as
+        of one instant: nothing applies while a page is collected). Raises ``ValueError``
+        (``limit`` < 1) and as :meth:`get`."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        await self._before_read(policy, min_index)
+        return kvbridge.list_page(self._sm, prefix, after, limit, max_bytes)
 
     async def get_linearizable(self, key: bytes) -> bytes | None:
         """``key``'s value (None if absent), seeing every write acknowledged before the call.
@@ -322,7 +601,7 @@ class Client:
         """
         self._check_key(key)
         await self._engine.read_barrier(ReadPolicy.LINEARIZABLE)
-        return self._sm.get(key)
+        return kvbridge.get_value(self._sm, key)
 
     async def get_lease(self, key: bytes) -> bytes | None:
         """Like :meth:`get_linearizable` while the leader's lease holds, without the round:
@@ -330,10 +609,14 @@ class Client:
         exceeds ``lease_duration_ms``). Raises like :meth:`get_linearizable`."""
         self._check_key(key)
         await self._engine.read_barrier(ReadPolicy.LEASE)
-        return self._sm.get(key)
+        return kvbridge.get_value(self._sm, key)
 
     async def get_eventual(self, key: bytes) -> bytes | None:
         """``key``'s value in this node's state machine now (None if absent); never waits,
         may be stale. Raises only ``TooLarge`` (a key over ``limits.max_key_bytes``)."""
         self._check_key(key)
-        return self._sm.get(key)
+        return kvbridge.get_value(self._sm, key)
+
+
+MAX_IDEMPOTENCY_KEY_BYTES = 256
+"""The longest idempotency key (bytes): each is kept in the replicated table."""

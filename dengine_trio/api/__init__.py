@@ -121,6 +121,11 @@ class App(QuartTrio):
         super().__init__(*args, **kwargs)
         self.config["BODY_TIMEOUT"] = body_timeout_s
         self.max_header_bytes = max_header_bytes
+        self.stream_routes: dict[str, FastPath] = {}
+        """Raw ASGI routes by exact path (``GET /watch``, :mod:`dengine_trio.api.watch`),
+        tried before :attr:`fast_path` with its contract (None: answered; else the receive
+        messages consumed). They see the client's disconnect: a stream must end with its
+        client, where a complete request's handler runs on (see the half-close below)."""
 
     fast_path: FastPath | None = None
     """Serves some requests without Quart (:mod:`dengine_trio.api.kv`'s hot routes): called
@@ -137,6 +142,13 @@ class App(QuartTrio):
             if self.max_header_bytes is not None and _head_bytes(scope) > self.max_header_bytes:
                 await _send_head_too_large(send, self.max_header_bytes)
                 return
+            stream_route = self.stream_routes.get(scope["path"]) if self.stream_routes else None
+            if stream_route is not None:
+                consumed = await stream_route(scope, receive, send)
+                if consumed is None:
+                    return
+                if consumed:
+                    receive = _replay(consumed, receive)
             fast_path = self.fast_path
             if fast_path is not None:
                 consumed = await fast_path(scope, receive, send)
@@ -199,19 +211,23 @@ async def send_response(send: Any, response: Response) -> None:
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def plain_get_fast_path(app: App, routes: dict[str, Callable[[], Response]]) -> FastPath:
+def plain_get_fast_path(
+    app: App,
+    routes: dict[str, Callable[[], Response]],
+    query_routes: frozenset[str] = frozenset(),
+) -> FastPath:
     """A fast path for ``GET`` of the exact paths in ``routes`` (each a function making the
-    route's response, as its Quart view returns it) when the request has no body and no query
-    string; any other request is left to Quart. Counted in ``app.metrics_sink`` under the path
-    as its route."""
+    route's response, as its Quart view returns it) when the request has no body, and no query
+    string for a path in ``query_routes``; any other request is left to Quart. Counted in
+    ``app.metrics_sink`` under the path as its route."""
 
     async def fast_path(scope: Any, receive: Any, send: Any) -> list[Any] | None:
         if scope["method"] != "GET":
             return _NOT_SERVED
         path = scope["path"]
         make = routes.get(path)
-        if make is None or scope["query_string"]:
-            # A query (``/replica?max_lag=N``) is the Quart route's to read.
+        if make is None or (scope["query_string"] and path in query_routes):
+            # A query the Quart view reads (``/replica?max_lag=N``) is its to answer.
             return _NOT_SERVED
         for name, _ in scope["headers"]:
             if name == b"content-length" or name == b"transfer-encoding":

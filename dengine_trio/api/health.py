@@ -1,8 +1,11 @@
 """The health app, for load balancer probes on the health port.
 
 ``GET /primary``: 200 on a leader that holds a quorum, else 503 (route writes here).
-``GET /replica``: 200 on a follower that heard from a leader within an election timeout, else
-503 (a follower cut off from the cluster leaves the read pool); with ``?max_lag=N`` (entries)
+``GET /replica``: 200 on a follower (or learner) that heard from a leader within an election
+timeout and has caught up (``EmbeddedEngine.caught_up``: applied to within
+``max_promote_lag_entries`` of what its leader committed), else 503 (a follower cut off from
+the cluster, or a joining node still receiving the snapshot or log, ``catching_up``, stays out
+of the read pool); with ``?max_lag=N`` (entries)
 also 503 ``lagging`` while the follower has more than N committed entries still to apply
 (``EmbeddedEngine.applied_lag``), so a load balancer can drop a replica that is behind.
 ``GET /status``: the engine's view (role, term, indexes, peers) as JSON. ``GET /metrics``: the
@@ -12,7 +15,8 @@ polls
 ``/status`` and ``/metrics`` of every node from the browser; those two answer with
 ``Access-Control-Allow-Origin: *`` for it (both are read-only). Probes only read engine
 state: they never wait. ``GET /snapshot``: a fresh snapshot file, for backups
-(:mod:`dengine_trio.api.snapshot`).
+(:mod:`dengine_trio.api.snapshot`). ``/members`` and ``/leader/transfer``: membership admin
+(:mod:`dengine_trio.api.members`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dengine_trio.api import (
     plain_get_fast_path,
 )
 from dengine_trio.api.auth import health_role_needed, install_auth
+from dengine_trio.api.members import install_member_routes
 from dengine_trio.api.page import CLUSTER_PAGE, CLUSTER_PAGE_CSP
 from dengine_trio.api.snapshot import install_snapshot_route
 
@@ -47,7 +52,8 @@ def create_health_app(engine: EmbeddedEngine) -> App:
     ``{"node_id": int, "role": str, "leader_id": int | null}``) and ``/status`` (200, the
     engine's status as JSON, plus ``has_quorum`` and ``leader_contact_recent`` (bool, what
     ``/primary`` and ``/replica`` go by), ``address`` (this node's Raft address) and
-    ``members`` (``[{"id": int, "address": "host:port"}]``, from ``initial_cluster``)); see
+    ``members`` (``[{"id": int, "address": "host:port"}]``, the membership in effect; a node
+    that is no member yet: its ``initial_cluster``)); see
     the module docstring for when each is 200. ``GET /`` serves the cluster page. With
     ``[auth] enable = true`` all but ``/primary`` and ``/replica`` need an ``admin`` token."""
     app = App(
@@ -75,11 +81,16 @@ def create_health_app(engine: EmbeddedEngine) -> App:
     def replica_response() -> Response:
         if engine.is_leader():
             return json_error(503, "not_replica", f"node {node_id} is the leader")
-        if engine.leader_contact_recent():
-            return ok("follower")
-        return json_error(
-            503, "no_leader_contact", f"node {node_id} has not heard from a leader recently"
-        )
+        if not engine.leader_contact_recent():
+            return json_error(
+                503, "no_leader_contact", f"node {node_id} has not heard from a leader recently"
+            )
+        if not engine.caught_up():
+            # E.g. a learner that joined and is still receiving the snapshot or the log.
+            return json_error(
+                503, "catching_up", f"node {node_id} is still catching up with its leader"
+            )
+        return ok("follower")
 
     @app.get("/primary")
     async def primary() -> Response:
@@ -110,7 +121,9 @@ def create_health_app(engine: EmbeddedEngine) -> App:
     # Load balancers call the probes every second or so per node: past Quart, like the KV
     # app's hot routes. They need no token, so [auth] does not change them.
     app.fast_path = plain_get_fast_path(
-        app, {"/primary": primary_response, "/replica": replica_response}
+        app,
+        {"/primary": primary_response, "/replica": replica_response},
+        query_routes=frozenset({"/replica"}),
     )
 
     @app.get("/metrics")
@@ -133,7 +146,14 @@ def create_health_app(engine: EmbeddedEngine) -> App:
         info["has_quorum"] = engine.has_quorum()
         info["leader_contact_recent"] = engine.leader_contact_recent()
         info["address"] = address
-        info["members"] = members
+        # The membership in effect (issue 14), for the cluster page; a joining node that is
+        # no member yet shows the nodes its file lists.
+        listed = (await engine.members()).get("members")
+        current = [
+            {"id": m["id"], "address": m["address"]}
+            for m in (listed if isinstance(listed, list) else [])
+        ]
+        info["members"] = current or members
         # default=str: enum roles and similar render readably instead of failing the probe.
         body = json.dumps(info, default=str, separators=(",", ":"))
         # Read-only and credential-free: any origin may read it, so the cluster page served
@@ -141,6 +161,7 @@ def create_health_app(engine: EmbeddedEngine) -> App:
         return Response(body, content_type=JSON_CONTENT_TYPE, headers=_CORS)
 
     install_snapshot_route(app, engine)  # GET /snapshot: backups (api/snapshot.py)
+    install_member_routes(app, engine)  # /members, /leader/transfer (api/members.py)
 
     @app.get("/")
     async def cluster_page() -> Response:

@@ -33,7 +33,23 @@ from dengine_trio.api import (
     send_response,
 )
 from dengine_trio.api.auth import TokenTable, authorized, install_auth, kv_role_needed
-from dengine_trio.errors import DengineError, TooLarge
+from dengine_trio.api.kvparse import (
+    check_members,
+    idempotency_key,
+    index_member,
+    index_param,
+    key_bytes,
+    key_member,
+    optional_string_member,
+    ttl_member,
+    value_member,
+    write_response,
+)
+from dengine_trio.api.listing import install_listing_route
+from dengine_trio.api.txn import install_txn_route
+from dengine_trio.api.watch import install_watch
+from dengine_trio.errors import DengineError, Timeout, TooLarge
+from dengine_trio.kv_commands import UNSET
 from dengine_trio.policy import ReadPolicy
 
 if TYPE_CHECKING:
@@ -49,10 +65,41 @@ _POLICIES: dict[str, ReadPolicy] = {
     "eventual": ReadPolicy.EVENTUAL,
 }
 _COMPACT = (",", ":")
-_EMPTY_OBJECT = b"{}"
 _ABSENT = json.dumps(
     {"value": None, "error": "not_found", "message": "no such key"}, separators=_COMPACT
 ).encode()
+
+
+_PUT_MEMBERS = frozenset({"key", "value", "ttl_ms", "prev_value", "prev_index"})
+_BOOLS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def policy_param(args: Any) -> ReadPolicy | None:
+    """The ``consistency`` query parameter (absent: None, the config's default): 400
+    ``invalid_consistency`` for an unknown one."""
+    requested = args.get(CONSISTENCY_PARAM)
+    if requested is None:
+        return None
+    policy = _POLICIES.get(requested)
+    if policy is None:
+        raise ApiError(
+            400,
+            "invalid_consistency",
+            f"{CONSISTENCY_PARAM} must be one of {', '.join(_POLICIES)}",
+        )
+    return policy
+
+
+def bool_param(args: Any, name: str) -> bool:
+    """A boolean query parameter: ``true``/``false`` (or ``1``/``0``), absent false; 400
+    ``invalid_request`` otherwise."""
+    text = args.get(name)
+    if text is None:
+        return False
+    value = _BOOLS.get(text)
+    if value is None:
+        raise ApiError(400, "invalid_request", f"{name} must be true or false")
+    return value
 
 
 class KeyConverter(PathConverter):
@@ -107,47 +154,43 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
     app.register_error_handler(RequestEntityTooLarge, on_body_too_large)
 
     app.fast_path = _fast_path(app, engine, auth_table)
+    # GET /watch (K3): Server-Sent Events of the changes applied on this node.
+    install_watch(app, engine, auth_table)
 
     # Hoisted: these run for every request.
     loads = json.loads
     dumps = json.dumps
     response_class = app.response_class
 
-    def key_bytes(key: object) -> bytes:
-        if type(key) is not str:
-            raise ApiError(400, "invalid_key", '"key" must be a string')
-        if not key:
-            raise ApiError(400, "empty_key", "the key must not be empty")
-        try:
-            return key.encode()
-        except UnicodeEncodeError:
-            raise ApiError(400, "invalid_key", "the key is not valid Unicode") from None
-
-    @app.post("/kv")
-    async def put_kv() -> Response:
-        body = await request.get_data(cache=False)
+    def parse_body(body: str | bytes) -> dict[str, Any]:
         try:
             doc = loads(body)
         except (ValueError, RecursionError):  # bad syntax or encoding; absurd nesting
             raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
         if type(doc) is not dict:
             raise ApiError(400, "invalid_request", 'expected {"key": "...", "value": "..."}')
+        return doc
+
+    @app.post("/kv")
+    async def put_kv() -> Response:
+        doc = parse_body(await request.get_data(cache=False))
         # A missing member is a malformed request; a member of the wrong type (null included)
         # is a bad key or value, named as such.
-        if "key" not in doc:
-            raise ApiError(400, "invalid_request", 'missing "key"')
-        encoded_key = key_bytes(doc["key"])
-        if "value" not in doc:
-            raise ApiError(400, "invalid_request", 'missing "value"')
-        value = doc["value"]
-        if type(value) is not str:
-            raise ApiError(400, "invalid_value", '"value" must be a string')
-        try:
-            encoded_value = value.encode()
-        except UnicodeEncodeError:
-            raise ApiError(400, "invalid_value", "the value is not valid Unicode") from None
-        await client.put(encoded_key, encoded_value)
-        return response_class(_EMPTY_OBJECT, content_type=JSON_CONTENT_TYPE)
+        encoded_key = key_member(doc)
+        encoded_value = value_member(doc)
+        check_members(doc, _PUT_MEMBERS, "a write")
+        ttl_ms = ttl_member(doc)
+        prev_value = optional_string_member(doc, "prev_value") if "prev_value" in doc else UNSET
+        prev_index = index_member(doc, "prev_index") if "prev_index" in doc else None
+        outcome = await client.put_outcome(
+            encoded_key,
+            encoded_value,
+            ttl_ms=ttl_ms,
+            prev_value=prev_value,
+            prev_index=prev_index,
+            idempotency_key=idempotency_key(request.headers),
+        )
+        return write_response(outcome.index, outcome.duplicate)
 
     def path_key(routed: str) -> bytes:
         # Hypercorn decodes the path leniently: a percent-escape that is not UTF-8 becomes
@@ -168,27 +211,49 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
     async def get_kv(key: str) -> Response:
         encoded_key = path_key(key)
         policy: ReadPolicy | None = None
+        meta = False
+        min_index = 0
         if request.query_string:
-            requested = request.args.get(CONSISTENCY_PARAM)
-            if requested is not None:
-                policy = _POLICIES.get(requested)
-                if policy is None:
-                    raise ApiError(
-                        400,
-                        "invalid_consistency",
-                        f"{CONSISTENCY_PARAM} must be one of {', '.join(_POLICIES)}",
-                    )
-        value = await client.get(encoded_key, policy)
+            args = request.args
+            policy = policy_param(args)
+            meta = bool_param(args, "meta")
+            min_index = index_param(args, "min_index") or 0
+        try:
+            if meta:
+                item = await client.get_item(encoded_key, policy, min_index=min_index)
+                value = None if item is None else item.value
+            else:
+                value = await client.get(encoded_key, policy, min_index=min_index)
+        except Timeout:
+            if not min_index:
+                raise
+            raise ApiError(
+                504,
+                "timeout",
+                f"this node did not apply index {min_index} within the request timeout",
+            ) from None
         if value is None:
             return response_class(_ABSENT, status=404, content_type=JSON_CONTENT_TYPE)
         # Values were JSON strings, so they decode; "replace" keeps a bug from becoming a 500.
-        text = dumps({"value": value.decode("utf-8", "replace")}, separators=_COMPACT)
-        return response_class(text, content_type=JSON_CONTENT_TYPE)
+        doc: dict[str, Any] = {"value": value.decode("utf-8", "replace")}
+        if meta:
+            assert item is not None
+            doc["create_index"] = item.create_index
+            doc["mod_index"] = item.mod_index
+            doc["ttl_ms"] = item.ttl_ms
+        return response_class(dumps(doc, separators=_COMPACT), content_type=JSON_CONTENT_TYPE)
 
     @app.delete("/kv/<key:key>")
     async def delete_kv(key: str) -> Response:
-        await client.delete(path_key(key))
-        return response_class(_EMPTY_OBJECT, content_type=JSON_CONTENT_TYPE)
+        encoded_key = path_key(key)
+        prev_index = index_param(request.args, "prev_index") if request.query_string else None
+        outcome = await client.delete_outcome(
+            encoded_key, prev_index=prev_index, idempotency_key=idempotency_key(request.headers)
+        )
+        return write_response(outcome.index, outcome.duplicate)
+
+    install_listing_route(app, client, policy_param)
+    install_txn_route(app, client, parse_body)
 
     return app
 
@@ -201,7 +266,6 @@ _QUERY_POLICIES: dict[bytes, ReadPolicy] = {
     f"{CONSISTENCY_PARAM}={name}".encode(): policy for name, policy in _POLICIES.items()
 }
 _JSON_TYPE = (b"content-type", JSON_CONTENT_TYPE.encode())
-_EMPTY_OBJECT_HEADERS = [_JSON_TYPE, (b"content-length", b"2")]
 _ABSENT_HEADERS = [_JSON_TYPE, (b"content-length", str(len(_ABSENT)).encode())]
 _DECLINED: list[Any] = []
 
@@ -238,6 +302,14 @@ def _fast_path(app: App, engine: EmbeddedEngine, auth: TokenTable | None) -> Fas
             response = json_error(500, "internal", "internal error")
         await send_response(send, response)
         return response.status_code
+
+    async def send_index(send: Any, index: int) -> None:
+        # What write_response makes, header order included: {"index":N}, X-Dengine-Index.
+        digits = str(index).encode()
+        body = b'{"index":' + digits + b"}"
+        headers = [(b"x-dengine-index", digits), _JSON_TYPE, (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     def count(route: str, method: str, status: int, started: float) -> None:
         sink = app.metrics_sink
@@ -276,7 +348,7 @@ def _fast_path(app: App, engine: EmbeddedEngine, auth: TokenTable | None) -> Fas
                 if length != -1 or not value.isdigit():
                     return False, -1
                 length = int(value)
-            elif name == b"transfer-encoding":
+            elif name == b"transfer-encoding" or name == b"idempotency-key":
                 return False, -1
         if auth is not None and not authorized(auth, scope["headers"], needed):
             return False, -1
@@ -335,7 +407,8 @@ def _fast_path(app: App, engine: EmbeddedEngine, auth: TokenTable | None) -> Fas
                 return consumed
             key = doc.get("key")
             value = doc.get("value")
-            if type(key) is not str or not key or type(value) is not str:
+            # Anything beyond key and value (a TTL, a compare, an unknown member) is Quart's.
+            if type(key) is not str or not key or type(value) is not str or len(doc) != 2:
                 return consumed
             try:
                 encoded_key = key.encode()
@@ -343,14 +416,11 @@ def _fast_path(app: App, engine: EmbeddedEngine, auth: TokenTable | None) -> Fas
             except UnicodeEncodeError:
                 return consumed
             try:
-                await client.put(encoded_key, encoded_value)
+                index = await client.put(encoded_key, encoded_value)
             except Exception as exc:
                 status = await answer_error(send, exc)
             else:
-                await send(
-                    {"type": "http.response.start", "status": 200, "headers": _EMPTY_OBJECT_HEADERS}
-                )
-                await send({"type": "http.response.body", "body": _EMPTY_OBJECT})
+                await send_index(send, index)
                 status = 200
             route = PUT_ROUTE
         elif method == "GET" or method == "DELETE":
@@ -389,19 +459,14 @@ def _fast_path(app: App, engine: EmbeddedEngine, auth: TokenTable | None) -> Fas
                         await send({"type": "http.response.body", "body": out})
                         status = 200
             else:
+                if scope["query_string"]:  # ?prev_index=N: Quart's
+                    return _DECLINED
                 try:
-                    await client.delete(path_bytes)
+                    index = await client.delete(path_bytes)
                 except Exception as exc:
                     status = await answer_error(send, exc)
                 else:
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 200,
-                            "headers": _EMPTY_OBJECT_HEADERS,
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": _EMPTY_OBJECT})
+                    await send_index(send, index)
                     status = 200
         else:
             return _DECLINED

@@ -31,7 +31,14 @@ def assert_json_error(response: httpx.Response, status: int, code: str | None = 
 def put(node: Node, key: str, value: str) -> None:
     response = node.kv.post("/kv", json={"key": key, "value": value})
     assert response.status_code == 200, response.text
-    assert response.json() == {}
+    assert_index_answer(response)
+
+
+def assert_index_answer(response: httpx.Response) -> None:
+    """A write's answer (issue 17): ``{"index": N}`` and the same N in ``X-Dengine-Index``."""
+    body = response.json()
+    assert list(body) == ["index"] and type(body["index"]) is int and body["index"] > 0, body
+    assert response.headers["X-Dengine-Index"] == str(body["index"])
 
 
 def read(node: Node, key: str, consistency: str | None = None) -> httpx.Response:
@@ -152,7 +159,7 @@ def test_every_key_the_write_path_accepts_can_be_read_and_deleted(
     assert response.json() == {"value": "v"}
     response = follower.kv.delete(key_path(key))
     assert response.status_code == 200, (key, response.text)
-    assert response.json() == {}
+    assert_index_answer(response)
     response = read(follower, key, "linearizable")
     assert response.status_code == 404, (key, response.text)
     assert response.json()["value"] is None
@@ -167,7 +174,7 @@ def test_overwrite_then_delete_from_different_nodes(cluster: Cluster) -> None:
 
     response = second.kv.delete(key_path("color"))
     assert response.status_code == 200, response.text
-    assert response.json() == {}
+    assert_index_answer(response)
     for node in cluster.nodes:
         for policy in ("linearizable", "lease"):
             response = read(node, "color", policy)
@@ -229,7 +236,6 @@ BAD_KV_REQUESTS = [
     ("DELETE", "/kv/%ED%A0%80", None, 400, "invalid_key"),
     ("GET", "/kv/" + "k" * 1025, None, 413, "key_too_large"),
     ("DELETE", "/kv/" + "k" * 1025, None, 413, "key_too_large"),
-    ("GET", "/kv", None, 405, None),
     ("PUT", "/kv", b"{}", 405, None),
     ("DELETE", "/kv", None, 405, None),
     ("PUT", "/kv/k", b"v", 405, None),
