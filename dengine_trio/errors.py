@@ -80,3 +80,37 @@ class CompareFailed(DengineError):
         self.value = value
         self.index = index
         self.at_index = at_index
+
+
+class MembershipError(DengineError):
+    """A membership request (``EmbeddedEngine.change_membership``,
+    ``transfer_leadership_to``) was refused. ``code`` says why, ``status`` is the HTTP status
+    the admin API answers with, ``detail`` a JSON-ready dict (``{"lag": n}`` for ``behind``).
+
+    Codes (the Raft core's, ``raft/membership.py``, plus the runtime's): ``unknown_member``
+    (404), ``duplicate_id``, ``duplicate_address``, ``last_voter``, ``not_learner``,
+    ``pending`` (a change is not committed yet, or the leader has not committed an entry of
+    its term: retry shortly), ``behind`` (a learner too far behind to promote; ``detail``
+    ``{"lag": entries}``) (409 each), ``bad_request`` (400), ``not_voter`` (a transfer to a
+    learner, 409), ``transfer_failed`` (no other node took leadership in time, 503).
+    """
+
+    STATUS: dict[str, int] = {
+        "unknown_member": 404,
+        "duplicate_id": 409,
+        "duplicate_address": 409,
+        "last_voter": 409,
+        "not_learner": 409,
+        "pending": 409,
+        "behind": 409,
+        "not_voter": 409,
+        "bad_request": 400,
+        "transfer_failed": 503,
+    }
+
+    def __init__(self, code: str, message: str, detail: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = self.STATUS.get(code, 400)
+        self.detail: dict[str, object] = dict(detail or {})

@@ -46,6 +46,7 @@ from ..raft import (
     Send,
     Tick,
 )
+from ..raft.effects import ConfChangeRejected, MembershipChanged
 from .worker import WorkerThread
 
 __all__ = ["Core", "Driver", "EffectHandler", "LogStorage"]
@@ -113,6 +114,14 @@ class EffectHandler(Protocol):
 
     def role_changed(self, effect: RoleChanged) -> None:
         """The node's (role, term, leader) changed: update status and metrics."""
+        ...
+
+    def membership_changed(self, effect: MembershipChanged) -> None:
+        """The membership in effect changed: links follow it, a new cluster id is kept."""
+        ...
+
+    def conf_change_rejected(self, effect: ConfChangeRejected) -> None:
+        """Membership change ``effect.request_id`` was refused (``effect.code`` says why)."""
         ...
 
     async def restore_snapshot(self, effect: RestoreSnapshot) -> None:
@@ -350,6 +359,10 @@ class Driver:
                     handler.read_failed(effect)
                 case RoleChanged():
                     handler.role_changed(effect)
+                case MembershipChanged():
+                    handler.membership_changed(effect)
+                case ConfChangeRejected():
+                    handler.conf_change_rejected(effect)
                 case PersistHardState() | RestoreSnapshot():  # barriers: awaited by _carry_out
                     raise AssertionError(f"barrier {effect!r} carried out synchronously")
                 case _:

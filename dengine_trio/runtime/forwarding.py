@@ -23,10 +23,21 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import msgpack
 import trio
 
-from ..errors import DengineError, NoLeader, NotLeader, Overloaded, Stopped, Timeout, TooLarge
+from ..errors import (
+    DengineError,
+    MembershipError,
+    NoLeader,
+    NotLeader,
+    Overloaded,
+    Stopped,
+    Timeout,
+    TooLarge,
+)
 from ..wire import ForwardAccepted, ForwardPropose, ForwardResult, ForwardStatus
+from .membership import decode_rejection, encode_rejection
 from .operations import MAX_COMMAND_BYTES
 from .requests import RequestTable, Waiter
 
@@ -43,6 +54,7 @@ _STATUS_FOR_ERROR: dict[type[DengineError], ForwardStatus] = {
 _ERROR_FOR_STATUS = {status: error for error, status in _STATUS_FOR_ERROR.items()}
 
 ProposeLocal = Callable[[bytes, float, Callable[[int, int], object]], Awaitable[bytes]]
+AdminLocal = Callable[[bytes, float, Callable[[int, int], object]], Awaitable[bytes]]
 
 
 class _Forward:
@@ -52,10 +64,11 @@ class _Forward:
     ``index``/``term`` the entry the leader made of it, once a ``ForwardAccepted`` said so.
     """
 
-    __slots__ = ("frame", "index", "leader", "term", "waiter")
+    __slots__ = ("conf", "frame", "index", "leader", "term", "waiter")
 
-    def __init__(self, leader: int) -> None:
+    def __init__(self, leader: int, conf: bool = False) -> None:
         self.leader = leader
+        self.conf = conf
         self.waiter = Waiter()
         self.frame: bytes | None = None
         self.index = 0
@@ -84,6 +97,7 @@ class Forwarding:
         propose_local: ProposeLocal,
         stopped: Callable[[], bool],
         request_timeout_s: float,
+        admin_local: AdminLocal | None = None,
     ) -> None:
         self.node_id = node_id
         self.incarnation = incarnation
@@ -92,6 +106,9 @@ class Forwarding:
         self._withdraw = withdraw
         self._leadership = leadership
         self._propose_local = propose_local
+        self._admin_local = admin_local
+        """Carries out a forwarded admin request (``ForwardPropose.conf``: a membership
+        change or a leadership transfer, ``runtime/membership.py``) on the leader."""
         self._stopped = stopped
         self._timeout_s = request_timeout_s
         self._forwards: dict[int, _Forward] = {}
@@ -105,15 +122,19 @@ class Forwarding:
 
     # -- follower side ---------------------------------------------------------------------
 
-    async def propose(self, leader: int, command: bytes, deadline: float) -> bytes:
+    async def propose(
+        self, leader: int, command: bytes, deadline: float, *, conf: bool = False
+    ) -> bytes:
         """Forward ``command`` to ``leader``; its result once committed. Raises ``NotLeader``
         (or ``NoLeader``) only when the command certainly was not committed; ``Timeout`` at
         ``deadline`` (trio time, s); ``Stopped`` once the node stops; the leader's error
-        otherwise. The caller holds the request's slot (``RequestTable.admit``)."""
+        otherwise (``MembershipError`` for a refused admin request). ``conf``: ``command`` is
+        an admin request (``runtime/membership.py``), not a state machine command. The caller
+        holds the request's slot (``RequestTable.admit``)."""
         requests = self._requests
         requests.check_open()
         request_id = next(requests.ids)
-        forward = _Forward(leader)
+        forward = _Forward(leader, conf)
         self._forwards[request_id] = forward
         forward.frame = self._send(
             ForwardPropose(
@@ -122,6 +143,7 @@ class Forwarding:
                 request_id=request_id,
                 data=command,
                 incarnation=self.incarnation,
+                conf=conf,
             )
         )
         try:
@@ -154,6 +176,8 @@ class Forwarding:
             # This node checked the command's size before forwarding it (the one check): only
             # a leader running another version, with a smaller limit, can say so.
             forward.waiter.fail(TooLarge("command", None, MAX_COMMAND_BYTES))
+        elif message.status == ForwardStatus.CONF_REJECTED:
+            forward.waiter.fail(decode_rejection(message.result))
         else:
             error = _ERROR_FOR_STATUS[message.status]
             forward.waiter.fail(error("forwarded request failed on the leader"))
@@ -179,7 +203,8 @@ class Forwarding:
             return
         for forward in self._entries.pop(index, ()):
             if forward.term == term:  # committed, by whichever leader
-                forward.waiter.resolve(result)
+                # A configuration entry's answer is its index (as the leader's would be).
+                forward.waiter.resolve(msgpack.packb(index) if forward.conf else result)
             else:  # overwritten: never committed, so it may be sent again
                 forward.waiter.fail(NotLeader(leader_id or None))
 
@@ -265,9 +290,16 @@ class Forwarding:
                     )
                 )
 
-            result = await self._propose_local(message.data, deadline, accepted)
+            if message.conf:
+                if self._admin_local is None:
+                    raise MembershipError("bad_request", "this node takes no admin requests")
+                result = await self._admin_local(message.data, deadline, accepted)
+            else:
+                result = await self._propose_local(message.data, deadline, accepted)
         except NotLeader:
             status = ForwardStatus.NOT_LEADER
+        except MembershipError as exc:
+            status, result = ForwardStatus.CONF_REJECTED, encode_rejection(exc)
         except DengineError as exc:
             status = _STATUS_FOR_ERROR.get(type(exc), ForwardStatus.NO_LEADER)
         finally:

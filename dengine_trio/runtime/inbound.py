@@ -54,12 +54,15 @@ class InboundSide(PeerIdentity):
     cluster_id: str
     peers: dict[int, tuple[str, int]]
     deliver: Callable[[object], None]
+    admit: Callable[[Hello], str] | None
+    identified: Callable[[int, str], None] | None
     delivered: Callable[[], None] | None
     max_frame_bytes: int
     stats: TransportStats
     tls: PeerTls | None
     snapshots: SnapshotTransfers | None
     _links: dict[int, OutboundLink]
+    _stranger_inbound: dict[trio.CancelScope, int]
 
     async def _serve_inbound(self, tcp: trio.SocketStream) -> None:
         remote = remote_address(tcp)
@@ -78,7 +81,9 @@ class InboundSide(PeerIdentity):
         peer_id, incarnation, pending, channel = accepted
         self.stats.inbound_open += 1
         scope = trio.CancelScope()
-        inbound = self._links[peer_id].inbound
+        # A caller that is no peer (yet): a node joining the cluster, admitted by ``admit``.
+        link = self._links.get(peer_id)
+        inbound = link.inbound if link is not None else self._stranger_inbound
         inbound[scope] = incarnation
         try:
             with scope:
@@ -123,7 +128,8 @@ class InboundSide(PeerIdentity):
         remote: str,
         pending: list[bytes],
     ) -> None:
-        peer_stats = self._links[peer_id].stats
+        link = self._links.get(peer_id)
+        peer_stats = link.stats if link is not None else None
         try:
             for payload in pending:
                 self._receive(peer_id, payload)
@@ -135,7 +141,8 @@ class InboundSide(PeerIdentity):
                     self.log.debug("node %d: peer %d closed its link", self.node_id, peer_id)
                     return
                 self.stats.bytes_in += len(data)
-                peer_stats.bytes_in += len(data)
+                if peer_stats is not None:
+                    peer_stats.bytes_in += len(data)
                 # A buffer either way (bytes from TCP, maybe bytearray from TLS).
                 for payload in reader.feed(cast(bytes, data)):
                     self._receive(peer_id, payload)
@@ -206,7 +213,7 @@ class InboundSide(PeerIdentity):
                         return None
                 if not reason:
                     assert isinstance(hello, Hello)
-                    claim = self._check_claim(hello, remote)
+                    claim = self._check_claim(hello, remote) if hello.src in self._links else ""
                     if claim:
                         # Logged by _check_claim, once: the caller retries every second.
                         self.stats.connections_refused += 1
@@ -241,9 +248,15 @@ class InboundSide(PeerIdentity):
             return None
         self.stats.connections_accepted += 1
         self.log.debug("node %d: accepted link from peer %d at %s", self.node_id, hello.src, remote)
-        if hello.incarnation:
-            self._meet_incarnation(self._links[hello.src], hello.incarnation)
-        self._links[hello.src].redial.set()
+        link = self._links.get(hello.src)
+        if link is not None:
+            if hello.incarnation:
+                self._meet_incarnation(link, hello.incarnation)
+            link.redial.set()
+        if self.identified is not None and hello.channel is Channel.MESSAGES:
+            # Before any message of this connection reaches the core: which data directory
+            # the caller runs on (a member that lost its disk must not count as itself).
+            self.identified(hello.src, hello.uuid)
         return hello.src, hello.incarnation, frames[1:], hello.channel
 
     async def _refuse(self, stream: trio.abc.Stream, reason: str) -> None:
@@ -261,11 +274,20 @@ class InboundSide(PeerIdentity):
             return f"expected Hello, got {type(hello).__name__}"
         if hello.protocol_version != PROTOCOL_VERSION:
             return f"protocol version {hello.protocol_version}, expected {PROTOCOL_VERSION}"
-        if hello.cluster_id != self.cluster_id:
+        # "" is a node that has no cluster id yet (a new cluster before its first leader
+        # made the membership explicit, a joining node, a wiped one): it is let in, and the
+        # membership rules below and in the core decide what it may do.
+        if hello.cluster_id and self.cluster_id and hello.cluster_id != self.cluster_id:
             return f"cluster id {hello.cluster_id!r} is not {self.cluster_id!r}"
         if hello.dst != self.node_id:
             return f"Hello addressed to node {hello.dst}, this is node {self.node_id}"
-        if hello.src not in self.peers:
+        if hello.src == self.node_id:
+            return f"Hello from node {hello.src}, which is this node"
+        if self.admit is not None:
+            reason = self.admit(hello)
+            if reason:
+                return reason
+        elif hello.src not in self.peers:
             return f"Hello from node {hello.src}, which is not a peer"
         if hello.channel is Channel.SNAPSHOT and self.snapshots is None:
             return "this node takes no snapshots"

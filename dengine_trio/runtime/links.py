@@ -186,6 +186,10 @@ class OutboundLink:
         self.redial = trio.Event()
         """Set when the peer was just heard from (it connected to us): a link backing off
         after failed connects dials at once instead of finishing its sleep."""
+        self.task_scope: trio.CancelScope | None = None
+        """Cancels the link's dialing task (the peer left the membership)."""
+        self.removed = False
+        """The peer left the membership: the link is closed for good."""
 
     def take_batch(self) -> bytes:
         """Dequeue frames, oldest first, joined into one ``bytes`` for one ``send_all``: the

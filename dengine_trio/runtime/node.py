@@ -24,13 +24,14 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+import uuid as uuid_module
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
 
 from ..config import NodeConfig
-from ..errors import Stopped
+from ..errors import DengineError, MembershipError, Stopped
 from ..metrics import MetricsSink, OperatorWarnings
 from ..raft import (
     Apply,
@@ -46,7 +47,9 @@ from ..raft import (
     RoleChanged,
     SnapshotStatus,
 )
-from ..raft.effects import Effect
+from ..raft.effects import ConfChangeRejected, Effect, MembershipChanged
+from ..raft.events import PeerIdentity
+from ..raft.membership import ConfChange, decode_membership
 from ..raft.messages import (
     MESSAGE_TYPES,
     AppendEntries,
@@ -58,11 +61,12 @@ from ..statemachine import StateMachine
 from ..storage import Storage
 from ..storage.cluster_identity import load_cluster_id
 from ..storage.snapshots import SnapshotFile
-from ..wire import ForwardAccepted, ForwardPropose, ForwardResult
+from ..wire import ForwardAccepted, ForwardPropose, ForwardResult, JoinRequest
 from ..wire.errors import CodecError
 from .clock import node_clock
 from .driver import Driver
 from .forwarding import Forwarding
+from .membership import MembershipRuntime
 from .observe import NodeLog
 from .operations import MAX_COMMAND_BYTES, Operations
 from .requests import RequestTable
@@ -130,6 +134,7 @@ class NodeRuntime:
             propose_local=lambda *args: self.operations.propose_local(*args),
             stopped=lambda: self.stopped,
             request_timeout_s=self.request_timeout_s,
+            admin_local=lambda *args: self.operations.admin_local(*args),
         )
         self._state_changed = trio.Event()
         self.transferring = False
@@ -150,10 +155,16 @@ class NodeRuntime:
         self._heartbeats_out: dict[int, dict[int, float]] = {}
         self._nursery: trio.Nursery | None = None
         self._cancel_scope: trio.CancelScope | None = None
-        self.cluster_id = config.cluster_id()
-        """This node's cluster id (handshake, snapshot headers): the configuration's until
-        ``open_storage`` reads an id persisted in ``db_root_dir`` (a restored cluster's,
-        ``storage/cluster_identity.py``)."""
+        self.cluster_id = ""
+        """This node's cluster id (handshake, snapshot headers): the one persisted in
+        ``db_root_dir`` (``storage/cluster_identity.py``: generated at bootstrap, learned
+        from the membership, or a restored cluster's), "" while it knows none
+        (``runtime/membership.py``)."""
+        self.uuid = ""
+        """This data directory's uuid (``Storage.node_uuid``), set by ``open_storage``."""
+        self.bootstrap_cluster_id = ""
+        """The id this node gives the cluster if it makes the first explicit membership."""
+        self.membership = MembershipRuntime(self)
         self.snapshotter = Snapshotter(self)
         if self.snapshotter.enable and not callable(getattr(state_machine, "snapshot", None)):
             log.warning(
@@ -185,12 +196,18 @@ class NodeRuntime:
         def open_it() -> Storage:
             # A restored cluster's id, persisted by `snapshot restore`, wins over the
             # configuration's: nodes restored from different backups must refuse each other.
-            self.cluster_id = load_cluster_id(cfg.db_root_path()) or cfg.cluster_id()
-            self.snapshotter.cluster_id = self.cluster_id
+            persisted = load_cluster_id(cfg.db_root_path())
+            self.set_cluster_id(persisted or "")
+            # Without a persisted id (a new node, or one from before issue 14) any
+            # snapshot's id is accepted: the membership decides who it talks to.
             storage = Storage.open(
                 cfg.db_root_path(),
                 snapshots_dir=self.snapshotter.directory,
-                cluster_id=self.cluster_id,
+                cluster_id=persisted,
+            )
+            self.uuid = storage.node_uuid
+            self.bootstrap_cluster_id = (
+                persisted or f"{cfg.cluster.name}-{uuid_module.uuid4().hex[:16]}"
             )
             try:
                 self.snapshotter.clean_incoming()
@@ -222,6 +239,10 @@ class NodeRuntime:
             self.node_log.started_empty = (
                 hs.term == 0 and hs.voted_for == 0 and not entries and snapshot is None
             )
+            encoded = storage.snapshot_membership
+            # None: no snapshot, or none explicit in it: the implicit membership of the
+            # configuration, then the configuration entries of the log.
+            membership = decode_membership(encoded) if encoded else None
             self.raft = RaftNode(
                 self.raft_config,
                 random.Random(),
@@ -231,7 +252,12 @@ class NodeRuntime:
                 now_ms=self.now_ms(),
                 snapshot_index=snapshot_index,
                 snapshot_term=snapshot_term,
+                membership=membership,
+                membership_index=snapshot_index if membership is not None else 0,
+                uuid=self.uuid,
+                bootstrap_cluster_id=self.bootstrap_cluster_id,
             )
+            self.membership.changed(self.raft.membership, self.raft.membership_index)
             del entries
             storage.entries = []  # the core holds the log now
             last = self.raft.log.last_index
@@ -264,7 +290,7 @@ class NodeRuntime:
                 warnings=self.warnings,
                 is_leader=lambda: self.raft is not None and self.raft.is_leader,
             )
-            peers = {i: a for i, a in cfg.peer_addresses().items() if i != self.node_id}
+            peers = self.membership.peer_addresses()
             self.transport = Transport(
                 self.node_id,
                 self.cluster_id,
@@ -285,6 +311,10 @@ class NodeRuntime:
                     status=self.snapshot_status,
                     damaged=self.snapshotter.snapshot_damaged,
                 ),
+                uuid=self.uuid,
+                joining=self.membership.joiner and not self.membership.is_member(),
+                admit=self.membership.admit,
+                identified=self._identified,
             )
             async with (
                 WorkerThread(f"dengine-fsync-{self.node_id}") as fsync_thread,
@@ -296,6 +326,7 @@ class NodeRuntime:
                 nursery.start_soon(driver.run)
                 nursery.start_soon(driver.flush_loop, fsync_thread)
                 nursery.start_soon(self.requests.sweep_deadlines)
+                nursery.start_soon(self.membership.join)
                 task_status.started()
             if driver.failure is not None:
                 raise RuntimeError(
@@ -371,6 +402,21 @@ class NodeRuntime:
             transport=self.transport.stats.as_dict() if detail and self.transport else {},
         )
 
+    def caught_up(self) -> bool:
+        """Heard from its leader within ``election_timeout_max_ms`` and applied to within
+        ``max_promote_lag_entries`` of the commit index that leader told it (a learner that
+        may serve as a read replica); True on a leader, False stopped."""
+        raft = self.raft
+        if raft is None or self.stopped:
+            return False
+        if raft.is_leader:
+            return True
+        window_ms = self.config.raft.timing.election_timeout_max_ms
+        if not raft.leader_id or not raft.leader_contact_within(self.now_ms(), window_ms):
+            return False
+        heard = max(raft.commit_index, self.leader_commit_heard)
+        return heard - self.applied_index <= self.raft_config.max_promote_lag_entries
+
     def pending_requests(self) -> int:
         """Client requests occupying this node: waiting for a leader, forwarded, pending
         commit or a read's confirmation (the count ``max_pending_requests`` bounds)."""
@@ -404,6 +450,8 @@ class NodeRuntime:
             self.forwarding.result(message)
         elif isinstance(message, ForwardAccepted):
             self.forwarding.accepted(message, self.applied_index)
+        elif isinstance(message, JoinRequest):
+            self.membership.join_requested(message)
 
     def _send(self, message: object) -> bytes | None:
         """Queue ``message``; its frame (see ``Transport.withdraw``), or None if dropped."""
@@ -457,11 +505,14 @@ class NodeRuntime:
         leader_id = self.raft.leader_id if self.raft else 0
         commands = 0
         start = time.perf_counter()
+        configs = False
         for entry in effect.entries:
             result = b""
             if entry.kind is EntryKind.COMMAND:
                 result = sm.apply(entry.index, entry.data)
                 commands += 1
+            elif entry.kind is EntryKind.CONFIG:
+                configs = True
             self.applied_index = entry.index
             requests.applied(entry.index, entry.term, result, leader_id)
             forwarding.applied(entry.index, entry.term, result, leader_id)
@@ -471,6 +522,8 @@ class NodeRuntime:
             # Between two applies: the state machine's image is exactly as of this entry.
             self.snapshotter.applied(self.applied_index, self.applied_term)
         requests.reads_applied(self.applied_index)
+        if configs:
+            self.membership.committed()
         # One observation per batch, not per entry: the write path pays two clock reads.
         self.metrics.applied(elapsed, len(effect.entries))
         if elapsed >= self.warnings.apply_s:
@@ -551,6 +604,65 @@ class NodeRuntime:
         self.metrics.role_changed(effect.role.name.lower(), effect.term, effect.leader_id)
         self.forwarding.leader_changed(effect.leader_id)
         self.node_log.role_changed(effect, planned=self.transferring)
+        self._notify_state_change()
+
+    def membership_changed(self, effect: MembershipChanged) -> None:
+        """The membership in effect changed (``MembershipRuntime.changed``)."""
+        self.membership.changed(effect.membership, effect.index)
+
+    def conf_change_rejected(self, effect: ConfChangeRejected) -> None:
+        """Change ``effect.request_id`` fails: ``NotLeader`` for ``not_leader`` (it goes to
+        the leader), else ``MembershipError`` with the core's code and detail."""
+        if effect.code == "not_leader":
+            self.requests.proposal_rejected(effect.request_id, effect.leader_id)
+        else:
+            self.requests.proposal_failed(
+                effect.request_id, MembershipError(effect.code, effect.message, effect.detail)
+            )
+
+    def set_cluster_id(self, cluster_id: str) -> None:
+        """This node's cluster id from now on (handshake, snapshots written and accepted)."""
+        self.cluster_id = cluster_id
+        if self.transport is not None:
+            self.transport.set_cluster_id(cluster_id)
+
+    def _identified(self, peer: int, uuid: str) -> None:
+        """The transport accepted a message connection from ``peer`` running on data
+        directory ``uuid``: the core hears it before any message of that connection."""
+        if self.driver is not None:
+            self.driver.receive(PeerIdentity(peer, uuid))
+
+    def send(self, message: object) -> None:
+        """Queue a message for a peer (dropped with a WARNING if it cannot be sent)."""
+        self._send(message)
+
+    def propose_change_quietly(
+        self, change: ConfChange, on_rejected: Callable[[ConfChange, MembershipError], None]
+    ) -> None:
+        """Propose ``change`` here (the leader) in a task of its own, nobody waiting for it;
+        ``on_rejected`` hears a refusal (a join request's change)."""
+        if self._nursery is None or self.stopped or self.refusing:
+            return
+
+        async def propose() -> None:
+            try:
+                self.requests.admit()
+            except DengineError:
+                return
+            try:
+                deadline = trio.current_time() + self.request_timeout_s
+                await self.operations.change_local(change, deadline)
+            except MembershipError as exc:
+                on_rejected(change, exc)
+            except DengineError:
+                pass  # not the leader any more, timed out, stopping: the joiner asks again
+            finally:
+                self.requests.release()
+
+        self._nursery.start_soon(propose)
+
+    def notify_state_change(self) -> None:
+        """Wake ``wait_for_state_change`` (the membership changed, say)."""
         self._notify_state_change()
 
     def _notify_state_change(self) -> None:

@@ -12,12 +12,16 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
+import msgpack
 import trio
 
-from ..errors import DengineError, NoLeader, NotLeader, Stopped, TooLarge
+from ..errors import DengineError, MembershipError, NoLeader, NotLeader, Stopped, TooLarge
 from ..metrics import reason_of
 from ..raft import Event, Propose, ReadRequest, Role, TransferLeader
+from ..raft.events import ProposeConfChange
+from ..raft.membership import ConfChange
 from ..wire import MAX_FRAME_BYTES
+from .membership import decode_admin_request, encode_admin_request
 
 if TYPE_CHECKING:
     from .node import NodeRuntime
@@ -193,3 +197,124 @@ class Operations:
         finally:
             self._node.transferring = False
         return not raft.is_leader and raft.leader_id not in (0, self._node.node_id)
+
+    # -- membership (issue 14) -------------------------------------------------------------
+
+    async def change_membership(self, change: ConfChange, timeout_s: float | None = None) -> int:
+        """Commit ``change`` (one single-server change, Ongaro thesis section 4.1) through the
+        leader, forwarded like a write; return the index of its configuration entry once it
+        is applied on the leader. Retries only while no leader took it. Raises
+        ``MembershipError`` (refused: ``code``, ``status``, ``detail``), ``Timeout`` (it may
+        or may not be committed), ``NoLeader``, ``Overloaded``, ``Stopped``."""
+        data = encode_admin_request(change)
+        requests = self._node.requests
+        requests.admit()
+        try:
+            deadline = self._deadline(timeout_s)
+            while True:
+                leader = await self._wait_for_leader(deadline)
+                try:
+                    if leader == self._node.node_id:
+                        index, _ = await self.change_local(change, deadline)
+                        return index
+                    result = await self._node.forwarding.propose(leader, data, deadline, conf=True)
+                    index = msgpack.unpackb(result)
+                    return int(index)
+                except (NotLeader, NoLeader) as exc:
+                    await self._before_retry(deadline, exc, "accepted the change")
+        finally:
+            requests.release()
+
+    async def change_local(
+        self,
+        change: ConfChange,
+        deadline: float,
+        on_proposed: Callable[[int, int], object] | None = None,
+    ) -> tuple[int, int]:
+        """Propose ``change`` on this node (it leads); (index, term) of its entry once
+        applied. The caller holds the request's slot. Raises ``MembershipError``,
+        ``NotLeader``, ``Timeout`` at ``deadline`` (trio time, s), ``Stopped``."""
+        placed: list[tuple[int, int]] = []
+
+        def proposed(index: int, term: int) -> None:
+            placed.append((index, term))
+            if on_proposed is not None:
+                on_proposed(index, term)
+
+        request_id, waiter = self._node.requests.new_proposal(proposed)
+        self._submit(ProposeConfChange(request_id, change))
+        forget = partial(self._node.requests.forget_proposal, request_id, waiter)
+        await self._node.requests.wait(waiter, deadline, forget)
+        return placed[-1]
+
+    async def admin_local(
+        self, data: bytes, deadline: float, on_proposed: Callable[[int, int], object]
+    ) -> bytes:
+        """A follower's forwarded admin request (``encode_admin_request``), on this leader:
+        the entry's index (msgpack int) for a change, the new leader's id for a transfer.
+        Raises ``MembershipError`` (``bad_request`` for undecodable ``data``) and what
+        ``change_local`` and ``transfer_to`` raise."""
+        try:
+            change, to = decode_admin_request(data)
+        except ValueError as exc:
+            raise MembershipError("bad_request", str(exc)) from None
+        if change is None:
+            leader = await self.transfer_to(to, deadline - trio.current_time())
+            return bytes(msgpack.packb(leader))
+        index, _ = await self.change_local(change, deadline, on_proposed)
+        return bytes(msgpack.packb(index))
+
+    async def transfer_leadership_to(self, to: int | None, timeout_s: float | None = None) -> int:
+        """Hand leadership to ``to`` (None: the most caught-up voter), asking the leader
+        wherever it is (forwarded like a write); the new leader's id once it leads. Raises
+        ``MembershipError`` (``unknown_member``, ``not_voter``, ``transfer_failed``),
+        ``NoLeader``, ``Overloaded``, ``Stopped``."""
+        requests = self._node.requests
+        requests.admit()
+        try:
+            deadline = self._deadline(timeout_s)
+            while True:
+                leader = await self._wait_for_leader(deadline)
+                try:
+                    if leader == self._node.node_id:
+                        return await self.transfer_to(to or 0, deadline - trio.current_time())
+                    data = encode_admin_request(None, to)
+                    result = await self._node.forwarding.propose(leader, data, deadline, conf=True)
+                    return int(msgpack.unpackb(result))
+                except (NotLeader, NoLeader) as exc:
+                    await self._before_retry(deadline, exc, "took the transfer")
+        finally:
+            requests.release()
+
+    async def transfer_to(self, to: int, timeout_s: float) -> int:
+        """On the leader: hand leadership to voter ``to`` (0: the most caught-up one, Raft
+        thesis section 3.10); the new leader's id. Raises ``NotLeader`` (not the leader),
+        ``MembershipError``: ``unknown_member``, ``not_voter``, ``transfer_failed`` (nobody
+        took over within ``timeout_s`` seconds)."""
+        node = self._node
+        raft = node.raft
+        assert raft is not None
+        if not raft.is_leader:
+            raise NotLeader(raft.leader_id or None)
+        if to:
+            member = raft.membership.get(to)
+            if member is None:
+                raise MembershipError("unknown_member", f"node {to} is not a member")
+            if not member.voter:
+                raise MembershipError("not_voter", f"node {to} is a learner, not a voter")
+            if to == node.node_id:
+                return to
+        node.transferring = True
+        try:
+            self._submit(TransferLeader(to))
+            with trio.move_on_after(max(0.0, timeout_s)):
+                while raft.is_leader or not raft.leader_id:
+                    with trio.move_on_after(0.05):
+                        await node.wait_for_state_change()
+        finally:
+            node.transferring = False
+        if raft.is_leader or raft.leader_id in (0, node.node_id):
+            raise MembershipError(
+                "transfer_failed", "no other voter took leadership in time; still the leader"
+            )
+        return raft.leader_id

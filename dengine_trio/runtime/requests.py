@@ -221,6 +221,12 @@ class RequestTable:
         if waiter is not None:
             waiter.fail(NotLeader(leader_id or None))
 
+    def proposal_failed(self, request_id: int, error: BaseException) -> None:
+        """Proposal ``request_id`` fails with ``error`` (a refused membership change)."""
+        waiter = self._proposals.pop(request_id, None)
+        if waiter is not None:
+            waiter.fail(error)
+
     def applied(self, index: int, term: int, result: bytes, leader_id: int) -> None:
         """Entry (``index``, ``term``) was applied with ``result``: the proposal waiting on
         ``index`` resolves with it, or fails with ``NotLeader(leader_id or None)`` if its

@@ -219,6 +219,22 @@ class SnapshotTransfers:
         self._warned: dict[tuple[int, str], float] = {}
         self._own_checked: dict[Path, float] = {}  # own file -> trio time it last verified
 
+    def add_link(self, message_link: OutboundLink) -> None:
+        """A peer joined the membership (``Transport.set_peers``): snapshots can go to it."""
+        self._links[message_link.peer_id] = OutboundLink(
+            message_link.peer_id,
+            message_link.address,
+            PeerStats(address=message_link.stats.address),
+            Channel.SNAPSHOT,
+        )
+
+    def remove_link(self, peer_id: int) -> None:
+        """A peer left the membership: a transfer to it stops, none starts again."""
+        self._links.pop(peer_id, None)
+        out = self._outgoing.get(peer_id)
+        if out is not None:
+            out.scope.cancel()
+
     # -- leader side ----------------------------------------------------------------------
 
     def request(self, msg: InstallSnapshot) -> None:
@@ -308,7 +324,8 @@ class SnapshotTransfers:
                         self.node_id,
                         out.peer_id,
                         failures,
-                        self._links[out.peer_id].last_error or "no reason recorded",
+                        getattr(self._links.get(out.peer_id), "last_error", "")
+                        or "no reason recorded",
                     )
                     return False
                 await trio.sleep(min(BACKOFF_MIN_S * 2**failures, BACKOFF_MAX_S))
@@ -400,7 +417,9 @@ class SnapshotTransfers:
         """One connection's worth of a transfer of ``snapshot`` (open as ``fd``): (True/False:
         done, reported as such; None: the connection was lost, try again) and the offset the
         follower said it held (-1: no answer)."""
-        link = self._links[offer.dst]
+        link = self._links.get(offer.dst)
+        if link is None:  # the peer left the membership
+            return False, -1
         stream = await self.transport._connect(link)
         if stream is None:
             return None, -1
@@ -710,7 +729,9 @@ class SnapshotTransfers:
         self, stream: trio.abc.Stream, offer: SnapshotOffer, incoming: _Incoming, remote: str
     ) -> None:
         expected = (offer.last_index, offer.last_term)
-        cluster_id = self.transport.cluster_id
+        # A node that knows no cluster id yet (a joining or wiped one) takes its cluster's
+        # first snapshot whatever id it names; the membership in it then names the id.
+        cluster_id = self.transport.cluster_id or None
         try:
             staged = await trio.to_thread.run_sync(incoming.receiver.finish, cluster_id, expected)
         except SnapshotError as exc:
@@ -732,8 +753,14 @@ class SnapshotTransfers:
             staged.size_bytes,
             offer.src,
         )
+        header = staged.header
         message = InstallSnapshot(
-            offer.term, offer.src, self.node_id, staged.last_index, staged.last_term
+            offer.term,
+            offer.src,
+            self.node_id,
+            staged.last_index,
+            staged.last_term,
+            membership=(header.membership if header is not None else None) or b"",
         )
         self.hooks.received(message, staged.path)
         await _send_quietly(stream, SnapshotReceived(self.node_id, offer.src, True))

@@ -36,6 +36,7 @@ import trio
 
 from ..errors import Stopped
 from ..raft import Effect, RestoreSnapshot, SnapshotTaken
+from ..raft.membership import Membership, encode_membership
 from ..statemachine import SnapshotImage, SnapshotSink
 from ..storage import StorageError
 from ..storage._fs import fsync_directory
@@ -76,9 +77,11 @@ class _Run:
     the loop, read by the writer thread) abandons it at its next write: the node stops, or a
     leader's snapshot is about to replace the state."""
 
-    def __init__(self, index: int, term: int) -> None:
+    def __init__(self, index: int, term: int, membership: Membership) -> None:
         self.index = index
         self.term = term
+        self.membership = membership
+        """The membership in effect at ``index`` (the core's ``membership_at``)."""
         self.done = trio.Event()
         self.written: SnapshotFile | None = None
         self.error: BaseException | None = None
@@ -117,8 +120,6 @@ class Snapshotter:
         self.chunk_bytes = snap.chunk_size
         self.directory: Path = cfg.snapshots_path()
         self.incoming: Path = self.directory / INCOMING_SUBDIR
-        self.cluster_id = cfg.cluster_id()
-        self.voters = {p.id: p.address for p in cfg.cluster.initial_cluster}
         self.latest: SnapshotFile | None = None
         """The newest snapshot file of this node (taken, installed, or recovered at start);
         what a leader streams to a follower that needs one."""
@@ -136,6 +137,12 @@ class Snapshotter:
         among the files kept after a snapshot and as cover for the WAL's compaction: a file
         merely named like a snapshot (planted, damaged, another cluster's) never costs the
         node one of these."""
+
+    @property
+    def cluster_id(self) -> str | None:
+        """The cluster id a snapshot file must name to be read: the node's, or None (any)
+        while it knows none."""
+        return self._node.cluster_id or None
 
     # -- taking ----------------------------------------------------------------------------
 
@@ -174,7 +181,9 @@ class Snapshotter:
         nursery = self._node.nursery
         if nursery is None or self._node.stopped:
             raise Stopped("node is stopping")
-        run = self._run = _Run(index, term)
+        raft = self._node.raft
+        assert raft is not None
+        run = self._run = _Run(index, term, raft.membership_at(index))
         started = time.perf_counter()
         try:
             image = self._node.state_machine.snapshot()
@@ -185,7 +194,19 @@ class Snapshotter:
         return run
 
     async def _write(self, run: _Run, image: SnapshotImage, started: float) -> None:
-        header = SnapshotHeader(run.index, run.term, self.cluster_id, self.voters)
+        node = self._node
+        m = run.membership
+        voters = {
+            v.id: v.address or node.membership.listed_address(v.id) for v in m.members if v.voter
+        }
+        header = SnapshotHeader(
+            run.index,
+            run.term,
+            node.cluster_id or m.cluster_id,
+            voters,
+            # The implicit membership is not written: a restart rebuilds it from the config.
+            membership=None if m.implicit else encode_membership(m),
+        )
 
         def stoppable(sink: SnapshotSink) -> None:
             image(_StoppableSink(sink, run))
@@ -397,7 +418,7 @@ class Snapshotter:
         the state machine's ``SnapshotImageError``, ``OSError``."""
         started = time.perf_counter()
         await trio.to_thread.run_sync(
-            restore_snapshot,
+            restore_snapshot,  # type: ignore[arg-type]  # takes None (any id), typed str
             snapshot.path,
             self.cluster_id,
             self._node.state_machine,
@@ -476,7 +497,11 @@ class Snapshotter:
 
         size = await trio.to_thread.run_sync(put_in_place)
         header = await trio.to_thread.run_sync(
-            restore_snapshot, final, self.cluster_id, node.state_machine, self.chunk_bytes
+            restore_snapshot,  # type: ignore[arg-type]  # takes None (any id), typed str
+            final,
+            self.cluster_id,
+            node.state_machine,
+            self.chunk_bytes,
         )
         self.latest = SnapshotFile(final, effect.index, effect.term, header, size)
         self._verified[final] = self.latest

@@ -111,6 +111,10 @@ class Transport(InboundSide):
         unreachable: Callable[[int, str, float, str], None] | None = None,
         tls: PeerTls | None = None,
         snapshots: SnapshotHooks | None = None,
+        uuid: str = "",
+        joining: bool = False,
+        admit: Callable[[Hello], str] | None = None,
+        identified: Callable[[int, str], None] | None = None,
     ) -> None:
         if node_id in peers:
             raise ValueError(f"peers must be the other nodes, but include node {node_id}")
@@ -138,25 +142,94 @@ class Transport(InboundSide):
         self.stats = TransportStats()
         self.bound_addresses: list[tuple[str, int]] = []
         """Where the listener is bound, once ``run`` has started (useful with port 0)."""
+        self.uuid = uuid
+        """This node's data-directory uuid, sent in every ``Hello``."""
+        self.joining = joining
+        """Sent in every ``Hello``: this node is not a member yet and asks to join."""
+        self.admit = admit
+        """``admit(hello)``: why a caller is refused by membership ("" to accept), checked
+        after the cluster id and the address; None: only ``peers`` are admitted."""
+        self.identified = identified
+        """``identified(peer, uuid)``: called once a message connection from ``peer`` is
+        accepted, before any of its messages is delivered."""
         self._links: dict[int, OutboundLink] = {}
+        self._stranger_inbound: dict[trio.CancelScope, int] = {}
+        """Open inbound connections from callers that are not peers (joining nodes)."""
+        self._nursery: trio.Nursery | None = None
         for peer_id, (host, port) in self.peers.items():
-            stats = PeerStats(address=format_address((host, port)))
-            self.stats.peers[peer_id] = stats
-            self._links[peer_id] = OutboundLink(peer_id, (host, port), stats)
-        self._hello_frames = {
-            (peer_id, channel): encode_frame(
-                encode(
-                    Hello(cluster_id, node_id, peer_id, PROTOCOL_VERSION, self.incarnation, channel)
-                )
-            )
-            for peer_id in self.peers
-            for channel in Channel
-        }
+            self._add_link(peer_id, (host, port))
         self._random = random.Random()
         self.tls = tls
         self._refusals_logged: dict[tuple[str, str], float] = {}
         self.snapshots = SnapshotTransfers(self, snapshots) if snapshots is not None else None
         """Both sides of snapshot transfers; None without ``snapshots``."""
+
+    # -- membership ------------------------------------------------------------------------
+
+    def _add_link(self, peer_id: int, address: tuple[str, int]) -> OutboundLink:
+        stats = PeerStats(address=format_address(address))
+        self.stats.peers[peer_id] = stats
+        link = self._links[peer_id] = OutboundLink(peer_id, address, stats)
+        return link
+
+    def set_cluster_id(self, cluster_id: str) -> None:
+        """From now on ``Hello`` names ``cluster_id`` and callers of another non-empty id are
+        refused (connections already open stay)."""
+        self.cluster_id = cluster_id
+
+    def set_peers(self, peers: dict[int, tuple[str, int]]) -> None:
+        """Make ``peers`` (every OTHER node's id -> ``(host, port)``) the nodes this node
+        links to: a new peer is dialed at once; a peer no longer listed has its link, its
+        queue and its connections to this node closed; a peer whose address changed is
+        dialed at the new one. Call in the trio thread. ``ValueError`` if ``peers`` holds
+        this node."""
+        if self.node_id in peers:
+            raise ValueError(f"peers must be the other nodes, but include node {self.node_id}")
+        for peer_id in list(self._links):
+            if peers.get(peer_id) != self._links[peer_id].address:
+                self._remove_link(peer_id)
+        for peer_id, address in peers.items():
+            if peer_id not in self._links:
+                link = self._add_link(peer_id, address)
+                if self.snapshots is not None:
+                    self.snapshots.add_link(link)
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._run_link, link)
+        self.peers = dict(peers)
+
+    def _remove_link(self, peer_id: int) -> None:
+        link = self._links.pop(peer_id)
+        self.stats.peers.pop(peer_id, None)
+        link.removed = True
+        if link.task_scope is not None:
+            link.task_scope.cancel()
+        for scope in list(link.inbound):
+            scope.cancel()
+        if link.queue:
+            frames = list(link.queue)
+            link.queue.clear()
+            link.queued_bytes = 0
+            if self.dropped is not None:
+                self.dropped(peer_id, frames)
+        if self.snapshots is not None:
+            self.snapshots.remove_link(peer_id)
+        self.log.info("node %d: peer %d removed; its link is closed", self.node_id, peer_id)
+
+    def _hello_frame(self, peer_id: int, channel: Channel) -> bytes:
+        return encode_frame(
+            encode(
+                Hello(
+                    self.cluster_id,
+                    self.node_id,
+                    peer_id,
+                    PROTOCOL_VERSION,
+                    self.incarnation,
+                    channel,
+                    uuid=self.uuid,
+                    joining=self.joining,
+                )
+            )
+        )
 
     # -- sending --------------------------------------------------------------------------
 
@@ -260,6 +333,7 @@ class Transport(InboundSide):
                         handler_nursery=nursery,
                     )
                 )
+                self._nursery = nursery
                 for link in self._links.values():
                     nursery.start_soon(self._run_link, link)
                 if self.snapshots is not None:
@@ -269,6 +343,7 @@ class Transport(InboundSide):
                 )
                 task_status.started()
         finally:
+            self._nursery = None
             if self.snapshots is not None:
                 self.snapshots.nursery = None
                 self.snapshots.close()
@@ -279,6 +354,12 @@ class Transport(InboundSide):
     # -- outbound -------------------------------------------------------------------------
 
     async def _run_link(self, link: OutboundLink) -> None:
+        if link.removed:
+            return
+        with trio.CancelScope() as link.task_scope:
+            await self._dial_forever(link)
+
+    async def _dial_forever(self, link: OutboundLink) -> None:
         backoff = BACKOFF_MIN_S
         down_since = trio.current_time()
         while True:
@@ -352,7 +433,7 @@ class Transport(InboundSide):
                     if secured is None:
                         return None
                     stream = secured
-                await stream.send_all(self._hello_frames[(link.peer_id, link.channel)])
+                await stream.send_all(self._hello_frame(link.peer_id, link.channel))
                 reader = FrameReader(self.max_frame_bytes)
                 frames: list[bytes] = []
                 while not frames:
