@@ -617,6 +617,43 @@ class Client:
         self._check_key(key)
         return kvbridge.get_value(self._sm, key)
 
+    def watch(
+        self,
+        key: bytes | None = None,
+        *,
+        prefix: bytes | None = None,
+        from_index: int | None = None,
+    ) -> Watcher:
+        """Watch ``key``, or every key starting with ``prefix`` (exactly one of the two; an
+        empty prefix watches every key), as applied on THIS node (any node: followers too).
+
+        Returns at once a :class:`~dengine_trio.runtime.watch.Watcher`: an async iterator
+        (and async context manager, which closes it) of ``WatchEvent(index, key, value,
+        kind)`` (``kind`` ``"put"``, ``"delete"`` or ``"expire"``, ``value`` None unless a
+        put), in index order, each change once, with no gap, starting at ``from_index`` (an
+        index, >= 1; None: the changes applied after this call)::
+
+            async with client.watch(prefix=b"user/") as changes:
+                async for change in changes:
+                    print(change.index, change.key, change.value)
+
+        To resume, pass ``from_index`` = the last index seen + 1. Iteration raises
+        ``SlowConsumer`` (more than ``[watch] queue_events`` changes were waiting: the watch
+        ended; resume from its ``next_index``), ``WatchCompacted`` (a snapshot installed on
+        this node replaced the changes the watch still needed) or ``Stopped`` (the node
+        stops, or the watcher was closed). Raises at once ``WatchCompacted`` (changes from
+        ``from_index`` are no longer retained: its ``oldest_index`` is), ``TooManyWatchers``
+        (``[watch] max_watchers``), ``TooLarge`` (a key or prefix over ``max_key_bytes``),
+        ``ValueError`` (neither or both of key and prefix, ``from_index`` < 1), ``Stopped``.
+        """
+        hub = self._engine.watch_hub
+        if hub is None:
+            raise Stopped("this node's state machine offers no change listener")
+        for watched in (key, prefix):
+            if watched is not None:
+                self._check_key(watched)
+        return hub.subscribe(key=key, prefix=prefix, from_index=from_index)
+
 
 MAX_IDEMPOTENCY_KEY_BYTES = 256
 """The longest idempotency key (bytes): each is kept in the replicated table."""
