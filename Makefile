@@ -38,7 +38,7 @@ lint: $(STAMP) ## ruff and mypy
 
 # The API and bad-input suites once more with the KV port behind two HTTP worker processes
 # ([http] workers; docs/testing.md): the same answers in both modes.
-WORKER_SUITES := tests/e2e/test_kv_api.py tests/e2e/test_auth.py \
+WORKER_SUITES := tests/e2e/test_kv_api.py tests/e2e/test_kv2_api.py tests/e2e/test_auth.py \
 	tests/e2e/test_newcomer_smuggling.py tests/e2e/test_newcomer_half_close.py \
 	tests/e2e/test_newcomer_stalled_body.py
 
