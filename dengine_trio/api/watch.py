@@ -293,7 +293,11 @@ def install_watch(app: App, engine: EmbeddedEngine, auth: TokenTable | None) -> 
                 if end is not None:
                     chunks.append(format_end(end, resume))
                     body = b"".join(chunks)
-                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                    # Shielded as App's last send is: Hypercorn queues http.disconnect from
+                    # inside a closing connection's last send, and until_disconnect's cancel
+                    # would stop it before the socket is closed (pgjones/hypercorn#330).
+                    with trio.CancelScope(shield=True):
+                        await send({"type": "http.response.body", "body": body, "more_body": False})
                     nursery.cancel_scope.cancel()
                     return
                 body = b"".join(chunks) if chunks else b": heartbeat\n\n"
