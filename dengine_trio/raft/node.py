@@ -1226,8 +1226,10 @@ class RaftNode:
         self._out.append(MembershipChanged(membership, index))
         state = self._state
         if isinstance(state, LeaderState):
+            # A new member is probed from the entry that made it one: its first AppendEntries
+            # carries that entry (and the answer tells how far back its log really ends).
             state.tracker.set_members(
-                membership.voters, membership.learners, self.log.last_index + 1
+                membership.voters, membership.learners, min(index, self.log.last_index) or 1
             )
             # A member gone (or turned learner) may have been what held the commit index or
             # a read round back; the quorum is over the new voters from now on.
@@ -1393,8 +1395,8 @@ class RaftNode:
         """Changes the leader proposes itself, one at a time, once nothing is pending: BIND
         members whose data directory is not the one bound (a wiped voter, a member the
         bootstrap entry could not bind), else PROMOTE a joining learner (``promote``) that is
-        caught up (within ``max_promote_lag_entries``) and was heard from within the minimum
-        election timeout."""
+        caught up (replicating, within ``max_promote_lag_entries``) and was heard from within
+        the minimum election timeout."""
         ms = self.membership
         if (
             ms.implicit
@@ -1417,6 +1419,9 @@ class RaftNode:
                 not m.voter
                 and m.promote
                 and progress is not None
+                # Caught up: its log is known to match ours (not probing, no snapshot on
+                # the way), and it answers.
+                and progress.state is ProgressState.REPLICATE
                 and progress.last_contact_ms > horizon
                 and self._lag(m.id) <= self.config.max_promote_lag_entries
             ):

@@ -83,7 +83,13 @@ from dengine_trio.raft import (
     Tick,
     TransferLeader,
 )
-from dengine_trio.raft.membership import Membership, decode_membership
+from dengine_trio.raft.events import PeerIdentity, ProposeConfChange
+from dengine_trio.raft.membership import (
+    ConfChange,
+    ConfChangeKind,
+    Membership,
+    decode_membership,
+)
 from dengine_trio.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -118,9 +124,12 @@ OPTIONS: dict[str, set[str]] = {
     "hold": _FILTER,
     "release": _FILTER,
     "duplicate": _FILTER,
+    "change": {"promote", "address", "uuid"},
+    "add-node": set(),
+    "wipe": set(),
 }
 # Commands whose positional arguments may contain "=" (proposal data: ``propose 1 k=v``).
-POSITIONAL_EQUALS = {"propose"}
+POSITIONAL_EQUALS = {"propose", "change"}
 
 
 class TranscriptError(Exception):
@@ -238,11 +247,13 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class Image:
-    """A durable snapshot: the state machine as of applied entry (``index``, ``term``)."""
+    """A durable snapshot: the state machine as of applied entry (``index``, ``term``), and
+    the membership in effect there (None: implicit), as a snapshot file's header has it."""
 
     index: int
     term: int
     state: tuple[tuple[str, str], ...]
+    membership: Membership | None = None
 
 
 @dataclass
@@ -259,6 +270,9 @@ class Node:
     state: dict[str, str] = field(default_factory=dict)
     applied: int = 0
     waiting_reads: list[tuple[int, int]] = field(default_factory=list)  # (read_index, request)
+    uuid: str = ""  # data-directory uuid ("" unless the transcript runs with cluster=)
+    incarnation: int = 0  # data directories this node has had (wipe makes a new one)
+    joiner: bool = False  # started by add-node: no member until a change adds it
 
 
 @dataclass
@@ -307,6 +321,9 @@ class Interaction:
         self.applied_log: dict[int, Entry] = {}  # index -> entry applied somewhere
         # (index, term) -> the snapshot image taken there: what an InstallSnapshot carries.
         self.images: dict[tuple[int, int], Image] = {}
+        self.cluster_id = ""  # start cluster=<id>: the bootstrap cluster id; "" stays implicit
+        self.voters: tuple[int, ...] = ()
+        self.overrides: dict[str, object] = {}
         self.commands: dict[str, Callable[[list[str], dict[str, str]], None]] = {
             "start": self.cmd_start,
             "output": self.cmd_output,
@@ -337,6 +354,10 @@ class Interaction:
             "log": self.cmd_log,
             "raft-state": self.cmd_raft_state,
             "kv": self.cmd_kv,
+            "change": self.cmd_change,
+            "add-node": self.cmd_add_node,
+            "wipe": self.cmd_wipe,
+            "membership": self.cmd_membership,
         }
 
     # ------------------------------------------------------------------ running commands
@@ -477,7 +498,20 @@ class Interaction:
         self.emit(f"restore snapshot {image.term}/{image.index}", 1)
         self.serve_reads(node)
 
+    def check_vote(self, m: Message) -> None:
+        """The amnesia rule: a node never grants a vote while its explicit membership does
+        not bind it to its own data directory."""
+        if not (isinstance(m, RequestVoteResponse) and m.granted):
+            return
+        raft = self.nodes[m.src].raft
+        assert raft is not None
+        ms = raft.membership
+        me = ms.get(m.src)
+        if not ms.implicit and (me is None or me.uuid != raft.uuid):
+            raise TranscriptError(f"node {m.src} granted a vote while unbound or no member")
+
     def send(self, m: Message) -> None:
+        self.check_vote(m)
         line = fmt_message(m)
         if (m.src, m.dst) in self.cut:
             self.emit(line + "  (lost: link cut)", 1)
@@ -584,6 +618,7 @@ class Interaction:
             raise TranscriptError("usage: start <number of nodes> [option=value ...]")
         size = int(args[0])
         self.manual_disk = opts.pop("disk", "sync") == "manual"
+        self.cluster_id = opts.pop("cluster", "")
         overrides: dict[str, object] = {}
         fields = {f.name: f for f in attrs.fields(RaftConfig)}
         for key, value in opts.items():
@@ -599,10 +634,21 @@ class Interaction:
             else:
                 overrides[key] = float(value)
         voters = tuple(range(1, size + 1))
+        self.voters = voters
+        self.overrides = overrides
         for i in voters:
             config = RaftConfig(node_id=i, voters=voters, **overrides)  # type: ignore[arg-type]
             self.nodes[i] = Node(i, config, Timeouts(i))
+            if self.cluster_id:
+                self.nodes[i].uuid = f"u{i}"
             self.boot(self.nodes[i])
+        for node in self.nodes.values() if self.cluster_id else ():
+            # Every process knows every other's data directory from its connections (a
+            # follower has nothing to say about it but its first role).
+            assert node.raft is not None
+            for other in self.nodes.values():
+                if other.id != node.id:
+                    node.raft.step(node.clock, PeerIdentity(other.id, other.uuid))
         self.cmd_raft_state([], {})
 
     def cmd_output(self, args: list[str], opts: dict[str, str]) -> None:
@@ -622,6 +668,9 @@ class Interaction:
         if log and log[0].index != snap.index + 1:
             log = []
         node.disk = log
+        membership, membership_index = snap.membership, snap.index
+        if membership is None and node.joiner:
+            membership, membership_index = Membership("", ()), 0  # no member yet
         node.raft = RaftNode(
             node.config,
             node.timeouts,
@@ -631,10 +680,20 @@ class Interaction:
             now_ms=node.clock,
             snapshot_index=snap.index,
             snapshot_term=snap.term,
+            membership=membership,
+            membership_index=membership_index,
+            uuid=node.uuid,
+            bootstrap_cluster_id=self.cluster_id,
         )
         node.state = dict(snap.state)
         node.applied = snap.index
         node.waiting_reads = []
+        if self.cluster_id and self.nodes.keys() >= set(self.voters):
+            # The runtime steps each peer's identity as its connection comes up: the new
+            # process learns every live peer's (a follower's answer is only its first role).
+            for other in self.nodes.values():
+                if other.id != node.id and other.raft is not None:
+                    node.raft.step(node.clock, PeerIdentity(other.id, other.uuid))
 
     def cmd_load(self, args: list[str], opts: dict[str, str]) -> None:
         """``load <node> terms=1,1,2 [term=T] [vote=V]``: replace a node's durable state (its
@@ -773,7 +832,8 @@ class Interaction:
         if index == 0 or term is None:
             raise TranscriptError(f"node {node.id} has applied nothing to snapshot")
         through = int(opts.get("through", index))
-        image = Image(index, term, tuple(sorted(node.state.items())))
+        at = raft.membership_at(index)
+        image = Image(index, term, tuple(sorted(node.state.items())), None if at.implicit else at)
         self.images[(index, term)] = image
         node.snapshot = image
         self.step(
@@ -918,6 +978,108 @@ class Interaction:
                 raise TranscriptError(f"node {node.id} is running")
             self.boot(node)
             self.show(self.state_line(node))
+            self.announce(node)
+
+    def announce(self, node: Node) -> None:
+        """Every live peer learns ``node``'s data-directory uuid (``PeerIdentity``), as the
+        runtime's handshake tells it when the restarted process connects."""
+        if not self.cluster_id:
+            return
+        for other in self.nodes.values():
+            if other.id != node.id and other.raft is not None:
+                self.step(
+                    other,
+                    PeerIdentity(node.id, node.uuid),
+                    f"{other.id} identity {node.id}={node.uuid}",
+                )
+
+    def cmd_add_node(self, args: list[str], opts: dict[str, str]) -> None:
+        """``add-node <id>``: start a new, joining node (an empty data directory, no member
+        of any membership until a change adds it; needs ``start ... cluster=<id>``)."""
+        if not self.cluster_id:
+            raise TranscriptError("add-node needs start ... cluster=<id>")
+        for arg in args:
+            node_id = int(arg)
+            if node_id in self.nodes:
+                raise TranscriptError(f"node {node_id} exists")
+            config = RaftConfig(node_id=node_id, voters=self.voters, **self.overrides)  # type: ignore[arg-type]
+            node = Node(node_id, config, Timeouts(node_id), uuid=f"u{node_id}", joiner=True)
+            node.clock = max(n.clock for n in self.nodes.values())
+            self.nodes[node_id] = node
+            self.boot(node)
+            self.show(self.state_line(node))
+            self.announce(node)
+
+    def cmd_wipe(self, args: list[str], opts: dict[str, str]) -> None:
+        """``wipe <node>...``: the node (crashed first if up) loses its data directory and
+        restarts on an empty one: no log, no vote, no snapshot, a new uuid (``u<id>-<n>``),
+        and the implicit membership of the initial voters (what ``initial_cluster`` gives)."""
+        for arg in args:
+            node = self.node(arg)
+            if node.raft is not None:
+                self.cmd_crash([arg], {})
+            node.disk = []
+            node.snapshot = None
+            node.pending_writes = []
+            node.hard_state = (0, 0)
+            node.incarnation += 1
+            if self.cluster_id:
+                node.uuid = f"u{node.id}-{node.incarnation}"
+            self.boot(node)
+            self.show(f"{node.id} wiped: uuid={node.uuid or '(none)'}")
+            self.show(self.state_line(node))
+            self.announce(node)
+
+    def cmd_change(self, args: list[str], opts: dict[str, str]) -> None:
+        """``change <node> add <id> [address=] [promote=true] [uuid=]``, ``change <node>
+        promote <id>``, ``change <node> remove <id>``, ``change <node> bind <id>=<uuid>...``:
+        a ``ProposeConfChange`` at ``node``."""
+        if len(args) < 3:
+            raise TranscriptError("usage: change <node> add|promote|remove|bind <id>...")
+        node, _ = self.live(args[0])
+        verb, rest = args[1], args[2:]
+        if verb == "bind":
+            pairs = []
+            for item in rest:
+                bound, sep, uuid = item.partition("=")
+                if not sep:
+                    raise TranscriptError(f"bind takes <id>=<uuid>, not {item!r}")
+                pairs.append((int(bound), uuid))
+            change = ConfChange(ConfChangeKind.BIND, uuids=tuple(pairs))
+            shown = "bind " + " ".join(rest)
+        else:
+            kinds = {
+                "add": ConfChangeKind.ADD_LEARNER,
+                "promote": ConfChangeKind.PROMOTE,
+                "remove": ConfChangeKind.REMOVE,
+            }
+            if verb not in kinds or len(rest) != 1:
+                raise TranscriptError("usage: change <node> add|promote|remove|bind <id>...")
+            member = int(rest[0])
+            uuid = opts.get("uuid", "")
+            change = ConfChange(
+                kinds[verb],
+                member,
+                address=opts.get("address", f"n{member}" if verb == "add" else ""),
+                promote=_bool(opts.get("promote", "false")),
+                uuids=((member, uuid),) if uuid else (),
+            )
+            shown = f"{verb} {member}" + "".join(f" {k}={v}" for k, v in sorted(opts.items()))
+        request = self.request()
+        self.step(node, ProposeConfChange(request, change), f"{node.id} change #{request} {shown}")
+
+    def cmd_membership(self, args: list[str], opts: dict[str, str]) -> None:
+        """``membership [node...]``: the membership in effect at each live node, the index of
+        the entry (or snapshot) it came from, and the uncommitted change, if any."""
+        for node in self.selected(args):
+            if node.raft is None:
+                self.show(f"{node.id}: down")
+                continue
+            raft = node.raft
+            pending = f" pending={raft.pending_conf_index}" if raft.pending_conf_index else ""
+            self.show(
+                f"{node.id}: @{raft.membership_index} {fmt_membership(raft.membership)}{pending}"
+            )
 
     # ------------------------------------------------------------------ commands: inspection
 

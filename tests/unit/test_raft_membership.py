@@ -1,0 +1,457 @@
+"""Membership changes in the Raft core (issue 14): single-server changes (Ongaro's thesis §4.1),
+learners, the bootstrap entry, binding to data directories and the amnesia rule, removal of the
+leader, removed nodes, snapshots.
+
+Each test is a schedule that would break one rule: most drive whole clusters of cores through
+the transcript runner (``tests/sim/transcript.py``: explicit message delivery, crashes, wipes)
+and assert on the cores' state; the runner itself checks election safety, state machine safety
+and that no node grants a vote while its explicit membership does not bind it.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dengine_trio.raft import (
+    ConfChange,
+    ConfChangeError,
+    ConfChangeKind,
+    ConfChangeRejected,
+    Member,
+    Membership,
+    MembershipChanged,
+    ProposeConfChange,
+    RaftConfig,
+    RaftNode,
+    Receive,
+    Role,
+    decode_membership,
+    encode_membership,
+    implicit_membership,
+)
+from dengine_trio.raft.messages import RequestVote
+from dengine_trio.raft.tracker import Tracker, VoteResult
+from tests.sim.transcript import Interaction, TranscriptError
+
+V = True
+L = False
+
+
+def ms(*members: tuple[int, bool, str], cluster: str = "c1") -> Membership:
+    return Membership(cluster, tuple(Member(i, f"n{i}", voter, uuid) for i, voter, uuid in members))
+
+
+def run(it: Interaction, *lines: str) -> list[str]:
+    out: list[str] = []
+    for line in lines:
+        out += it.run(line)
+    return out
+
+
+def cluster(size: int = 3, *options: str) -> Interaction:
+    """A cluster with a cluster id, leader 1 elected, its bootstrap entry committed."""
+    it = Interaction()
+    run(it, f"start {size} cluster=c1 {' '.join(options)}", "campaign 1", "stabilize")
+    run(it, "advance 50", "stabilize")
+    raft = it.nodes[1].raft
+    assert raft is not None and raft.role is Role.LEADER and not raft.pending_conf_index
+    return it
+
+
+def raft(it: Interaction, node_id: int) -> RaftNode:
+    r = it.nodes[node_id].raft
+    assert r is not None
+    return r
+
+
+def rejected(out: list[str]) -> list[str]:
+    return [line.split()[2] for line in out if "conf-change-rejected" in line]
+
+
+# ---------------------------------------------------------------------------- membership.py
+
+
+def test_encoding_round_trips_and_garbage_is_refused() -> None:
+    m = Membership("c1", (Member(1, "a:1", True, "u1"), Member(4, "b:2", False, "", True)))
+    assert decode_membership(encode_membership(m)) == m
+    for garbage in (
+        b"",
+        b"\xc1",
+        b"\x93\x02\xa0\x90",  # another version
+        b"\x92\x01\xa0",  # too short
+    ):
+        with pytest.raises(ValueError):
+            decode_membership(garbage)
+    import msgpack
+
+    for rows in (
+        [[2, "", True, "", False], [1, "", True, "", False]],  # unsorted
+        [[1, "", True, "", False], [1, "", True, "", False]],  # repeated
+        [[0, "", True, "", False]],  # not positive
+        [[True, "", True, "", False]],  # a bool is not an id
+        [[1, "", 1, "", False]],  # an int is not a bool
+        [[1, 5, True, "", False]],
+    ):
+        with pytest.raises(ValueError):
+            decode_membership(msgpack.packb([1, "c1", rows]))
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (ConfChange(ConfChangeKind.ADD_LEARNER, 2, "n9"), "duplicate_id"),
+        (ConfChange(ConfChangeKind.ADD_LEARNER, 9, "n2"), "duplicate_address"),
+        (ConfChange(ConfChangeKind.ADD_LEARNER, 9, ""), "bad_request"),
+        (ConfChange(ConfChangeKind.ADD_LEARNER, 0, "n0"), "bad_request"),
+        (ConfChange(ConfChangeKind.PROMOTE, 9), "unknown_member"),
+        (ConfChange(ConfChangeKind.PROMOTE, 1), "not_learner"),
+        (ConfChange(ConfChangeKind.REMOVE, 9), "unknown_member"),
+        (ConfChange(ConfChangeKind.BIND, uuids=((9, "x"),)), "unknown_member"),
+        (ConfChange(ConfChangeKind.BIND, uuids=((1, ""),)), "bad_request"),
+        (ConfChange(ConfChangeKind.BIND), "bad_request"),
+    ],
+)
+def test_a_change_that_cannot_apply_is_refused_with_its_code(change: ConfChange, code: str) -> None:
+    with pytest.raises(ConfChangeError) as e:
+        ms((1, V, "u1"), (2, L, "")).with_change(change)
+    assert e.value.code == code
+
+
+def test_the_last_voter_cannot_be_removed_but_a_learner_beside_it_can() -> None:
+    m = ms((1, V, "u1"), (2, L, ""))
+    with pytest.raises(ConfChangeError) as e:
+        m.with_change(ConfChange(ConfChangeKind.REMOVE, 1))
+    assert e.value.code == "last_voter"
+    assert m.with_change(ConfChange(ConfChangeKind.REMOVE, 2)).ids == (1,)
+
+
+def test_changes_apply_one_server_at_a_time() -> None:
+    m = ms((1, V, "u1"))
+    m = m.with_change(ConfChange(ConfChangeKind.ADD_LEARNER, 3, "n3", True, ((3, "u3"),)))
+    assert m.learners == (3,) and m.get(3) == Member(3, "n3", False, "u3", True)
+    m = m.with_change(ConfChange(ConfChangeKind.PROMOTE, 3))
+    assert m.voters == (1, 3) and m.get(3) == Member(3, "n3", True, "u3", False)
+    m = m.with_change(ConfChange(ConfChangeKind.BIND, uuids=((1, "u1b"),)))
+    assert m.get(1) == Member(1, "n1", True, "u1b")
+    with pytest.raises(ConfChangeError):
+        implicit_membership((1, 2)).with_change(ConfChange(ConfChangeKind.REMOVE, 2))
+
+
+# ---------------------------------------------------------------------------- the tracker
+
+
+def test_learners_are_tracked_but_never_counted() -> None:
+    t = Tracker(1, (1, 2, 3), (4, 5))
+    t.start_progress(1)
+    assert set(t.progress) == {2, 3, 4, 5}
+    for learner in (4, 5):
+        t.progress[learner].match_index = 9
+        t.progress[learner].acked_seq = 9
+        t.progress[learner].last_contact_ms = 100.0
+    # The leader alone holds 5: the learners' 9s make no majority of the voters.
+    assert t.committed_index(5) == 0
+    assert t.confirmed_round(3) == 0
+    assert t.quorum_contact_ms(100.0) == float("-inf")
+    t.start_votes()
+    assert t.record_vote(4, True) is VoteResult.PENDING
+    assert t.record_vote(5, True) is VoteResult.PENDING
+
+
+def test_a_leader_that_is_not_a_voter_counts_without_itself() -> None:
+    t = Tracker(1, (2, 3), ())
+    t.start_progress(1)
+    t.progress[2].match_index = 4
+    assert t.committed_index(10) == 0  # its own 10 is no vote
+    t.progress[3].match_index = 3
+    assert t.committed_index(10) == 3
+
+
+def test_set_members_adds_and_drops_progress() -> None:
+    t = Tracker(1, (1, 2, 3))
+    t.start_progress(5)
+    t.set_members((1, 2), (4,), next_index=7)
+    assert set(t.progress) == {2, 4} and t.progress[4].next_index == 7 and t.quorum == 2
+
+
+# ---------------------------------------------------------------------------- the core
+
+
+def test_implicit_membership_and_no_bootstrap_without_a_cluster_id() -> None:
+    """Without a cluster id (the simulator's and transcripts' default) nothing changes."""
+    it = Interaction()
+    run(it, "start 3", "campaign 1", "stabilize")
+    leader = raft(it, 1)
+    assert leader.membership.implicit and leader.log.last_index == 1
+    out = run(it, "change 1 remove 3")
+    assert rejected(out) == ["bad_request"]
+
+
+def test_the_first_leader_makes_the_membership_explicit_and_binds_who_it_knows() -> None:
+    it = cluster()
+    for i in (1, 2, 3):
+        r = raft(it, i)
+        assert r.membership == ms((1, V, "u1"), (2, V, "u2"), (3, V, "u3")).__class__(
+            "c1", tuple(Member(j, "", True, f"u{j}") for j in (1, 2, 3))
+        )
+        assert r.membership_index == 2 and r.membership_at(1).implicit
+
+
+def test_a_second_change_while_one_is_pending_is_rejected() -> None:
+    it = cluster(4)
+    out = run(it, "change 1 remove 4", "change 1 add 5")
+    assert rejected(out) == ["pending"]
+    assert raft(it, 1).pending_conf_index == raft(it, 1).log.last_index
+    run(it, "stabilize")
+    assert rejected(run(it, "change 1 add 5", "stabilize")) == []
+    assert raft(it, 1).membership.learners == (5,)
+
+
+def test_a_change_before_the_new_leaders_noop_commits_is_rejected() -> None:
+    it = cluster(3, "check_quorum=false")  # 3 votes at once, not sticky to the dead leader
+    run(it, "crash 1", "campaign 2", "deliver type=MsgPreVote", "deliver type=MsgPreVoteResp")
+    run(it, "deliver type=MsgVote", "deliver type=MsgVoteResp")
+    new = raft(it, 2)
+    # Its no-op is appended, not committed (nothing delivered to 3 yet).
+    assert new.role is Role.LEADER and new.commit_index < new.log.last_index
+    assert rejected(run(it, "change 2 remove 1")) == ["pending"]
+    run(it, "stabilize 2 3")
+    assert rejected(run(it, "change 2 remove 1", "stabilize 2 3")) == []
+    assert new.membership.ids == (2, 3)
+
+
+def test_a_follower_names_the_leader_when_refusing_a_change() -> None:
+    it = cluster()
+    effects = raft(it, 2).step(10_000.0, ProposeConfChange(7, ConfChange(ConfChangeKind.REMOVE, 3)))
+    assert [e for e in effects if isinstance(e, ConfChangeRejected)] == [
+        ConfChangeRejected(7, "not_leader", "this node is not the leader", 1, {})
+    ]
+
+
+def test_a_learner_is_never_counted_toward_commit() -> None:
+    """Two learners and the leader would be 3 of 5; they are 1 of 3 voters."""
+    it = cluster(3)
+    run(it, "add-node 4 5", "change 1 add 4", "stabilize", "change 1 add 5", "stabilize")
+    assert raft(it, 1).membership.learners == (4, 5)
+    run(it, "crash 2 3", "propose 1 x=1", "stabilize 1 4 5", "run 1000")
+    leader = raft(it, 1)
+    for learner in (4, 5):  # the learners hold it ...
+        assert raft(it, learner).log.last_index == leader.log.last_index
+    assert leader.commit_index < leader.log.last_index  # ... and it is not committed
+    assert leader.role is Role.FOLLOWER  # CheckQuorum: the learners' answers are no quorum
+
+
+def test_a_learner_never_campaigns_and_its_vote_never_counts() -> None:
+    it = cluster(3)
+    run(it, "add-node 4", "change 1 add 4", "run 500")
+    assert raft(it, 4).next_deadline() == float("inf")  # after heartbeats, too
+    run(it, "crash 1", "advance 5000 4")
+    assert raft(it, 4).role is Role.FOLLOWER and raft(it, 4).term == raft(it, 2).term
+    # 2 campaigns cut off from 3: the learner's grant alone is no majority of {1, 2, 3}.
+    run(it, "partition 2 4 / 3", "campaign 2", "stabilize 2 4")
+    run(it, "advance 1 2", "stabilize 2 4")
+    assert raft(it, 2).role is not Role.LEADER
+
+
+def test_truncating_an_uncommitted_config_entry_reverts_the_membership() -> None:
+    it = cluster(5, "check_quorum=false")
+    run(it, "add-node 6", "change 1 add 6")
+    run(it, "drop to=3,4,5,6", "deliver to=2", "drop")  # the entry reaches 2 only
+    r2 = raft(it, 2)
+    assert r2.membership.learners == (6,)
+    run(it, "crash 1", "campaign 3", "stabilize 3 4 5")
+    assert raft(it, 3).role is Role.LEADER
+    out = run(it, "stabilize 2 3 4 5")
+    assert r2.membership.learners == () and r2.membership_index == 2
+    assert any("membership @2" in line for line in out)  # MembershipChanged on the revert
+
+
+def test_a_change_survives_the_leaders_crash_if_the_next_leader_has_it() -> None:
+    it = cluster(3)
+    run(it, "change 1 remove 3", "drop to=3", "deliver to=2", "crash 1")
+    # 2's membership is {1, 2}: it needs 1. Without it, the change waits; no one can lead.
+    run(it, "campaign 2", "stabilize 2 3", "advance 2000 2 3", "stabilize 2 3")
+    assert all(raft(it, i).role is not Role.LEADER for i in (2, 3))
+    run(it, "restart 1", "run 3000")
+    assert {raft(it, i).role for i in (1, 2)} == {Role.LEADER, Role.FOLLOWER}
+    for i in (1, 2):
+        assert raft(it, i).membership.ids == (1, 2) and not raft(it, i).pending_conf_index
+
+
+def test_the_removed_leader_hands_over_and_stops() -> None:
+    it = cluster(3)
+    out = run(it, "change 1 remove 1", "stabilize")
+    old = raft(it, 1)
+    assert old.role is Role.FOLLOWER and old.next_deadline() == float("inf")
+    assert any("MsgTimeoutNow" in line for line in out)
+    new = [i for i in (2, 3) if raft(it, i).role is Role.LEADER]
+    assert len(new) == 1 and raft(it, new[0]).membership.ids == (2, 3)
+    run(it, f"propose {new[0]} y=2", "run 5000")
+    assert old.role is Role.FOLLOWER and raft(it, new[0]).role is Role.LEADER
+
+
+def test_the_removed_leader_counts_quorums_without_itself_until_it_commits() -> None:
+    it = cluster(3)
+    run(it, "change 1 remove 1")
+    leader = raft(it, 1)
+    index = leader.log.last_index
+    run(it, "drop to=3", "stabilize 1 2")  # only 2 acknowledges: no majority of {2, 3}
+    assert leader.commit_index < index and leader.role is Role.LEADER
+    run(it, "run 100")  # the next heartbeat brings 3 the entry: committed, handed over
+    assert leader.role is Role.FOLLOWER
+
+
+def test_a_removed_node_cannot_disrupt_even_without_prevote() -> None:
+    it = cluster(3, "pre_vote=false", "check_quorum=false")  # nothing else to stop it
+    run(it, "partition 1 2 / 3", "change 1 remove 3", "stabilize 1 2")
+    assert raft(it, 1).membership.ids == (1, 2) and raft(it, 3).membership.is_voter(3)
+    term = raft(it, 1).term
+    run(it, "heal", "campaign 3", "stabilize 2 3")  # not delivered to 1 yet: it is cut below
+    run(it, "advance 3000 3", "stabilize")
+    assert raft(it, 3).term > term  # it campaigned, again and again ...
+    assert raft(it, 1).term == raft(it, 2).term == term  # ... and nobody moved
+    assert raft(it, 1).role is Role.LEADER
+
+
+def test_a_wiped_voter_votes_again_only_once_its_bind_is_appended() -> None:
+    it = cluster(3)
+    out = run(it, "wipe 3")
+    wiped = raft(it, 3)
+    assert wiped.membership.implicit and wiped.uuid == "u3-1"
+    # What the leader knew of 3's log described a disk that is gone: probe from scratch.
+    assert raft(it, 1).progress[3].match_index == 0
+    # The leader noticed the new data directory; no BIND yet reached 3: the leader goes down.
+    run(it, "drop", "crash 1", "campaign 2", "stabilize 2 3", "advance 3000 2 3", "stabilize 2 3")
+    assert raft(it, 2).role is not Role.LEADER  # 3 would not vote: no leader without 1
+    assert "granted" not in " ".join(o for o in out if "3->2 MsgVoteResp" in o)
+    run(it, "restart 1", "campaign 1", "stabilize", "advance 50", "stabilize")
+    leader = next(i for i in (1, 2) if raft(it, i).role is Role.LEADER)
+    assert wiped.membership.get(3) == Member(3, "", True, "u3-1")  # bound, by a BIND
+    run(it, f"crash {leader}", "run 3000")
+    assert {raft(it, i).role for i in (3 - leader, 3)} == {Role.LEADER, Role.FOLLOWER}
+
+
+def test_an_implicit_node_helps_elect_a_candidate_that_binds_it() -> None:
+    """The bootstrap entry reached 2 only and the leader died: 3, still implicit, votes for 2
+    because 2's membership binds it to 3's own data directory (no deadlock)."""
+    it = Interaction()
+    run(it, "start 3 cluster=c1", "campaign 1", "stabilize")
+    it2 = Interaction()
+    run(
+        it2,
+        "start 3 cluster=c1",
+        "campaign 1",
+        "deliver type=MsgPreVote",
+        "deliver type=MsgPreVoteResp",
+        "deliver type=MsgVote",
+        "deliver type=MsgVoteResp",
+        "deliver to=2 type=MsgApp",
+        "drop",
+        "crash 1",
+    )
+    assert not raft(it2, 2).membership.implicit and raft(it2, 3).membership.implicit
+    run(it2, "campaign 2", "stabilize 2 3")
+    assert raft(it2, 2).role is Role.LEADER
+
+
+def test_an_implicit_node_refuses_an_explicit_candidate_that_does_not_bind_it() -> None:
+    r = RaftNode(RaftConfig(node_id=3, voters=(1, 2, 3)), random.Random(0), uuid="new")
+    for dst_uuid in ("", "old"):
+        vote = RequestVote(5, 2, 3, 0, 0, explicit=True, dst_uuid=dst_uuid)
+        assert not [e for e in r.step(0.0, Receive(vote)) if type(e).__name__ == "Send"]
+        assert r.term == 0  # ignored: not even the term moved
+    vote = RequestVote(5, 2, 3, 0, 0, explicit=True, dst_uuid="new")
+    r.step(0.0, Receive(vote))
+    assert r.voted_for == 2
+
+
+def test_a_joining_node_is_no_member_and_neither_votes_nor_campaigns() -> None:
+    r = RaftNode(
+        RaftConfig(node_id=4, voters=(1, 2, 3)), random.Random(0), membership=Membership("", ())
+    )
+    assert r.next_deadline() == float("inf")
+    r.step(0.0, Receive(RequestVote(5, 2, 4, 0, 0)))
+    assert r.term == 0 and r.voted_for == 0
+
+
+def test_promoting_a_far_behind_learner_is_rejected_with_its_lag() -> None:
+    it = cluster(3, "max_promote_lag_entries=2")
+    run(it, "change 1 add 4", "stabilize")  # node 4 never started: it holds nothing
+    run(it, "propose 1 a=1 b=2 c=3", "stabilize")
+    out = run(it, "change 1 promote 4")
+    assert rejected(out) == ["behind"]
+    assert any("lag=" + str(raft(it, 1).log.last_index) in line for line in out)
+
+
+def test_a_joiner_is_promoted_automatically_once_caught_up_but_a_replica_is_not() -> None:
+    it = cluster(3)
+    run(it, "propose 1 a=1", "stabilize")
+    run(it, "add-node 4 5", "change 1 add 4 promote=true", "stabilize")
+    run(it, "change 1 add 5", "stabilize", "advance 100", "stabilize")
+    m = raft(it, 1).membership
+    assert m.voters == (1, 2, 3, 4) and m.learners == (5,)
+    assert m.get(4) == Member(4, "n4", True, "u4") and m.get(5) == Member(5, "n5", False, "u5")
+
+
+def test_a_learner_catching_up_by_snapshot_adopts_its_membership() -> None:
+    it = cluster(3)
+    run(it, "propose 1 a=1", "stabilize", "add-node 4")
+    run(it, "crash 4", "change 1 add 4", "stabilize", "snapshot 1")
+    leader = raft(it, 1)
+    at = leader.membership_at(leader.snapshot_index)
+    assert at.learners == (4,)
+    out = run(it, "restart 4", "run 100")
+    assert any("MsgSnap" in line for line in out)
+    assert raft(it, 4).membership == at and raft(it, 4).membership_index == leader.snapshot_index
+    with pytest.raises(ValueError):
+        leader.membership_at(leader.snapshot_index - 1)
+
+
+def test_a_restart_replays_config_entries_over_the_snapshot_membership() -> None:
+    base = ms((1, V, "u1"), (2, V, "u2"), (3, V, "u3"))
+    after = base.with_change(ConfChange(ConfChangeKind.ADD_LEARNER, 4, "n4"))
+    from dengine_trio.raft import Entry, EntryKind
+
+    entries = [
+        Entry(1, 6, b"x"),
+        Entry(1, 7, encode_membership(after), EntryKind.CONFIG),
+    ]
+    r = RaftNode(
+        RaftConfig(node_id=1, voters=(1, 2, 3)),
+        random.Random(0),
+        term=1,
+        entries=entries,
+        snapshot_index=5,
+        snapshot_term=1,
+        membership=base,
+        membership_index=5,
+        uuid="u1",
+    )
+    assert r.membership == after and r.membership_index == 7 and r.pending_conf_index == 7
+    assert r.membership_at(6) == base
+
+
+def test_a_membership_change_is_announced_before_the_messages_that_rely_on_it() -> None:
+    it = cluster(3)
+    leader = raft(it, 1)
+    effects = leader.step(
+        it.nodes[1].clock, ProposeConfChange(1, ConfChange(ConfChangeKind.ADD_LEARNER, 4, "n4"))
+    )
+    kinds = [type(e).__name__ for e in effects]
+    assert "MembershipChanged" in kinds
+    first_send_to_4 = next(
+        i for i, e in enumerate(effects) if getattr(getattr(e, "message", None), "dst", 0) == 4
+    )
+    changed = next(i for i, e in enumerate(effects) if isinstance(e, MembershipChanged))
+    assert changed < first_send_to_4
+
+
+def test_the_transcript_runner_refuses_a_vote_by_an_unbound_node() -> None:
+    """The runner's amnesia check can fail: a core that ignored its binding is caught."""
+    it = cluster(3, "check_quorum=false")
+    r3 = raft(it, 3)
+    r3.uuid = "another-directory"
+    r3._refuses_candidate = lambda m: False  # type: ignore[method-assign]
+    with pytest.raises(TranscriptError, match="granted a vote while unbound"):
+        run(it, "crash 1", "campaign 2", "stabilize")
