@@ -39,7 +39,8 @@ Write-ahead log segments (``wal/*.wal``)
         u32 payload length in bytes (little-endian)
         u32 CRC32 (zlib.crc32) of the payload (little-endian)
         payload: msgpack array [term, index, kind, data]
-                 (int, int, int: 0 = command, 1 = no-op, bin)
+                 (int, int, int: 0 = command, 1 = no-op, 2 = configuration
+                 (a membership, issue 14), bin)
 
     Segments form one contiguous run of indexes: each segment starts at the index after the
     last one of its predecessor. The first need not start at 1: ``compact`` deletes the oldest

@@ -83,6 +83,7 @@ from typing import TypeVar
 import attrs
 import msgpack
 
+from ..raft.membership import decode_membership
 from ..statemachine import SnapshotImage, StateMachine
 from ._fs import fsync_directory, pwrite_all, write_all
 from .errors import StorageError
@@ -140,10 +141,12 @@ def _sorted_members(voters: Mapping[int, str]) -> dict[int, str]:
     return dict(sorted(voters.items()))
 
 
-def _optional_bytes(value: bytes | None) -> bytes | None:
+def _optional_membership(value: bytes | None) -> bytes | None:
+    """None or non-empty bytes; b"" (how ``InstallSnapshot``/``RestoreSnapshot`` say "none
+    explicit") becomes None."""
     if value is not None and type(value) is not bytes:
         raise TypeError(f"membership must be bytes or None, not {type(value).__name__}")
-    return value
+    return value or None
 
 
 @attrs.frozen(slots=True)
@@ -151,14 +154,17 @@ class SnapshotHeader:
     """What a snapshot covers: the log up to ``last_index`` (whose entry had ``last_term``),
     applied; ``voters`` (``{node id: raft address}``) the voters as of ``last_index`` as the
     configuration lists them (display); ``membership`` the membership in effect at
-    ``last_index`` (``encode_membership`` bytes; None: none explicit, the node uses the
-    implicit one of its configuration); ``cluster_id`` the cluster the file belongs to."""
+    ``last_index`` (``encode_membership`` bytes; None or b"": none explicit, the node uses
+    the implicit one of its configuration); ``cluster_id`` the cluster the file belongs to.
+    Raises ``TypeError`` for a membership that is not bytes."""
 
     last_index: int
     last_term: int
     cluster_id: str
     voters: Mapping[int, str] = attrs.field(converter=_sorted_members)
-    membership: bytes | None = attrs.field(default=None, kw_only=True, converter=_optional_bytes)
+    membership: bytes | None = attrs.field(
+        default=None, kw_only=True, converter=_optional_membership
+    )
 
     def encode(self) -> bytes:
         """The header's msgpack map in the current ``FORMAT_VERSION``, as the file format
@@ -177,7 +183,9 @@ class SnapshotHeader:
     def decode(cls, raw: bytes, version: int = FORMAT_VERSION) -> SnapshotHeader:
         """Read a header of format ``version``. Raise ``ValueError`` (or a msgpack error,
         ``TypeError``, ``KeyError``) when ``raw`` is not a valid header: a missing or
-        mistyped field, impossible index/term."""
+        mistyped field, impossible index/term, a membership that does not decode
+        (``raft.membership.decode_membership``: a CRC-valid header holding one is a bug or a
+        hand-made file, never to be adopted)."""
         fields = msgpack.unpackb(raw)
         if not isinstance(fields, dict):
             raise ValueError("header is not a map")
@@ -203,6 +211,7 @@ class SnapshotHeader:
             if membership is not None:
                 if type(membership) is not bytes:
                     raise ValueError("config is not bytes")
+                decode_membership(membership)
         return cls(last_index, last_term, cluster_id, members, membership=membership)
 
 

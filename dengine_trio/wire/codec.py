@@ -1,7 +1,10 @@
 """Encoding of every message between nodes as a msgpack envelope ``[type_tag, payload]``.
 
 The payload of a message is the list of its attrs fields in declaration order, so a message
-costs no field names on the wire. Tags are fixed below and must never be reused: a node reading
+costs no field names on the wire. A membership a message carries (a CONFIG entry's ``data``,
+``InstallSnapshot.membership``) must decode (``raft.membership.decode_membership``), or the
+message is refused like any other malformed one: a peer's garbage closes its connection and
+never enters the log (issue 14). Tags are fixed below and must never be reused: a node reading
 a tag it does not know refuses the message instead of guessing.
 
 One cattrs converter holds every (un)structure hook. The hooks check types exactly (an ``int``
@@ -21,6 +24,7 @@ import attrs
 import msgpack
 from cattrs.preconf.msgpack import MsgpackConverter, make_converter
 
+from dengine_trio.raft.membership import decode_membership
 from dengine_trio.raft.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -149,8 +153,20 @@ def _structure_entries(obj: Any, _: Any) -> tuple[Entry, ...]:
             raise CodecError("entry: bad field type")
         if type(kind) is not int or kind not in kinds:
             raise CodecError(f"entry: unknown kind {kind!r}")
+        if kind == _CONFIG:
+            _check_membership(data, "CONFIG entry")
         entries.append(_new_entry(term, index, data, kinds[kind]))
     return tuple(entries)
+
+
+_CONFIG = int(EntryKind.CONFIG)
+
+
+def _check_membership(data: bytes, what: str) -> None:
+    try:
+        decode_membership(data)
+    except ValueError as exc:
+        raise CodecError(f"{what}: undecodable membership ({exc})") from None
 
 
 _ENTRY_KINDS = {int(k): k for k in EntryKind}
@@ -229,6 +245,18 @@ def _structure_append_entries(obj: Any, _: Any) -> AppendEntries:
     )
 
 
+def _install_snapshot_hook(
+    structure: Callable[[Any, Any], Any],
+) -> Callable[[Any, Any], InstallSnapshot]:
+    def structure_install_snapshot(obj: Any, tp: Any) -> InstallSnapshot:
+        msg: InstallSnapshot = structure(obj, tp)
+        if msg.membership:  # b"": the sender's membership is implicit
+            _check_membership(msg.membership, "InstallSnapshot")
+        return msg
+
+    return structure_install_snapshot
+
+
 def make_wire_converter() -> MsgpackConverter:
     """The converter behind ``encode``/``decode``: list-shaped payloads, exact type checks."""
     converter = make_converter()
@@ -246,6 +274,8 @@ def make_wire_converter() -> MsgpackConverter:
         if cl is AppendEntries:
             continue
         unstructure, structure = _as_list_hooks(converter, cl, optional_tail=cl is Hello)
+        if cl is InstallSnapshot:
+            structure = _install_snapshot_hook(structure)
         converter.register_unstructure_hook(cl, unstructure)
         converter.register_structure_hook(cl, structure)
     return converter

@@ -17,7 +17,8 @@ to respect), is an arrow from the importing layer to the imported one. The layer
 A module may import its own layer and any lower one, with these exceptions:
 
 - the ranks of one level do not import each other, except that ``storage`` and ``wire`` may
-  use ``raft.messages`` (the core owns the Entry and message types they store and encode);
+  use ``raft.messages`` and ``raft.membership`` (the core owns the Entry, message and
+  membership types they store and encode);
 - ``api`` imports neither ``runtime``, ``raft``, ``storage`` nor ``wire``: it talks to the engine;
 - ``engine`` does not import ``raft`` (nor ``storage`` or ``wire``): it reads the runtime's status.
 
@@ -78,6 +79,10 @@ LAYER_OF = {
 ALLOWED_SIDEWAYS = {
     ("storage", "dengine_trio.raft.messages"),
     ("wire", "dengine_trio.raft.messages"),
+    # Issue 14: a membership is a core type storage keeps (snapshot headers) and the wire
+    # carries (CONFIG entries, InstallSnapshot); both check that what they hold decodes.
+    ("storage", "dengine_trio.raft.membership"),
+    ("wire", "dengine_trio.raft.membership"),
 }
 
 # Layers a given layer must not import even though they rank lower (no skipping past the layer

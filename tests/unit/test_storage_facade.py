@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from dengine_trio.raft.membership import Member, Membership, encode_membership
 from dengine_trio.raft.messages import Entry, EntryKind
 from dengine_trio.storage import (
     CorruptLogError,
@@ -66,3 +67,18 @@ def test_failed_recovery_releases_the_directory(tmp_path: Path) -> None:
 def test_error_classes_share_a_base() -> None:
     for error in (CorruptLogError, StorageLockedError):
         assert issubclass(error, StorageError)
+
+
+def test_config_entries_survive_a_restart_as_config_entries(tmp_path: Path) -> None:
+    """Issue 14: a membership is persisted in the log as a CONFIG entry (kind 2 on disk)."""
+    config = encode_membership(Membership("c-1", (Member(1, "127.0.0.1:9081", True, "ab" * 16),)))
+    written = [
+        Entry(term=1, index=1, kind=EntryKind.NOOP),
+        Entry(term=1, index=2, data=config, kind=EntryKind.CONFIG),
+        Entry(term=1, index=3, data=b"put"),
+    ]
+    with Storage.open(tmp_path) as storage:
+        storage.append(written)
+    with Storage.open(tmp_path) as storage:
+        assert storage.entries == written
+        assert [type(e.kind) for e in storage.entries] == [EntryKind] * 3

@@ -11,6 +11,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from dengine_trio.raft.membership import Member, Membership, encode_membership
+from dengine_trio.raft.messages import Entry
 from dengine_trio.storage import Storage
 from dengine_trio.storage.snapshots import (
     FORMAT_VERSION,
@@ -24,7 +26,9 @@ from dengine_trio.storage.snapshots import (
 
 CLUSTER = "c-0123456789abcdef"
 VOTERS = {1: "127.0.0.1:9081", 2: "127.0.0.1:9082"}
-MEMBERSHIP = b"\x92\xa2c1\x90"  # opaque to storage before verification: any encoded bytes
+MEMBERSHIP = encode_membership(
+    Membership(CLUSTER, (Member(1, VOTERS[1], True, "ab" * 16), Member(2, VOTERS[2], False)))
+)
 
 
 def write(directory: Path, index: int, term: int, membership: bytes | None) -> Path:
@@ -76,7 +80,11 @@ def test_a_version_1_file_reads_with_no_membership(tmp_path: Path) -> None:
     assert verify_snapshot(path, CLUSTER).header == SnapshotHeader(10, 2, CLUSTER, VOTERS)
 
 
-@pytest.mark.parametrize("config", ["text", 5, [1], {"a": 1}, True, "missing"])
+@pytest.mark.parametrize(
+    "config",
+    ["text", 5, [1], {"a": 1}, True, "missing", b"garbage", MEMBERSHIP[:-1],
+     msgpack.packb([1, CLUSTER, [[2, "a", True, "", False], [1, "b", True, "", False]]])],
+)  # fmt: skip
 def test_a_version_2_header_with_a_bad_membership_field_is_damage(
     tmp_path: Path, config: object
 ) -> None:
@@ -89,16 +97,34 @@ def test_a_version_2_header_with_a_bad_membership_field_is_damage(
         verify_snapshot(path, CLUSTER)
 
 
+def test_a_membership_that_does_not_decode_is_refused_so_an_older_snapshot_is_used(
+    tmp_path: Path,
+) -> None:
+    """A header whose CRC matches but whose membership does not decode (a bug, or a file
+    written by hand) is damage: restart falls back to the older file, as for any damage."""
+    db, snapshots = tmp_path / "db", tmp_path / "db" / "snapshots"
+    with Storage.open(db, snapshots_dir=snapshots, cluster_id=CLUSTER) as storage:
+        storage.append([Entry(term=1, index=i) for i in range(1, 13)])
+    write(snapshots, 5, 1, MEMBERSHIP)
+    bad = write(snapshots, 9, 1, MEMBERSHIP)
+    rewrite(bad, 2, {**v1_fields(9, 1), "config": b"\x93\x01"})
+    with Storage.open(db, snapshots_dir=snapshots, cluster_id=CLUSTER) as storage:
+        assert storage.snapshot_index == 5 and storage.snapshot_membership == MEMBERSHIP
+    assert bad.with_name(bad.name + ".rejected").exists()
+
+
 def test_the_header_refuses_a_membership_that_is_not_bytes() -> None:
     with pytest.raises(TypeError):
         SnapshotHeader(1, 1, CLUSTER, VOTERS, membership="text")  # type: ignore[arg-type]
+    # b"" is how InstallSnapshot and RestoreSnapshot say "none explicit".
+    assert SnapshotHeader(1, 1, CLUSTER, VOTERS, membership=b"").membership is None
 
 
 def test_storage_open_returns_the_chosen_snapshots_membership(tmp_path: Path) -> None:
     db, snapshots = tmp_path / "db", tmp_path / "db" / "snapshots"
     with Storage.open(db, snapshots_dir=snapshots, cluster_id=CLUSTER) as storage:
         assert storage.snapshot_membership is None  # no snapshot
-    write(snapshots, 5, 1, b"older")
+    write(snapshots, 5, 1, encode_membership(Membership(CLUSTER, ())))
     write(snapshots, 9, 2, MEMBERSHIP)
     with Storage.open(db, snapshots_dir=snapshots, cluster_id=CLUSTER) as storage:
         assert (storage.snapshot_index, storage.snapshot_term) == (9, 2)
@@ -125,8 +151,6 @@ def test_install_snapshot_takes_the_received_files_membership(tmp_path: Path) ->
 
 
 def test_install_snapshot_with_an_unreadable_header_keeps_the_log(tmp_path: Path) -> None:
-    from dengine_trio.raft.messages import Entry
-
     db = tmp_path / "db"
     with Storage.open(db, snapshots_dir=db / "snapshots", cluster_id=CLUSTER) as storage:
         storage.append([Entry(term=1, index=1)])

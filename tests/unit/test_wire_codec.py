@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dengine_trio.raft.membership import Member, Membership, encode_membership
 from dengine_trio.raft.messages import (
     MESSAGE_TYPES,
     AppendEntries,
@@ -62,10 +63,42 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
     raise AssertionError(f"no strategy for {tp!r}")
 
 
+# A membership as the wire carries it (CONFIG entries, InstallSnapshot.membership): anything
+# else there is refused (tests/unit/test_wire_membership.py).
+memberships = st.builds(
+    lambda cluster_id, rows: encode_membership(
+        Membership(cluster_id, tuple(Member(i, *row) for i, row in sorted(rows.items())))
+    ),
+    st.text(max_size=12),
+    st.dictionaries(
+        st.integers(1, 2**63 - 1),
+        st.tuples(st.text(max_size=12), st.booleans(), st.text(max_size=32), st.booleans()),
+        max_size=5,
+    ),
+)
+entries = st.one_of(
+    st.builds(Entry, MSGPACK_INTS, MSGPACK_INTS, st.binary(max_size=64),
+              st.sampled_from([EntryKind.COMMAND, EntryKind.NOOP])),
+    st.builds(Entry, MSGPACK_INTS, MSGPACK_INTS, memberships, st.just(EntryKind.CONFIG)),
+)  # fmt: skip
+OVERRIDES: dict[tuple[type, str], st.SearchStrategy[Any]] = {
+    (AppendEntries, "entries"): st.lists(entries, max_size=6).map(tuple),
+    (InstallSnapshot, "membership"): st.just(b"") | memberships,
+}
+
+
 def messages_of(cls: type) -> st.SearchStrategy[Any]:
     """Instances of an attrs message class, every field drawn from its declared type."""
     hints = typing.get_type_hints(cls)
-    return st.builds(cls, **{f.name: strategy_for(hints[f.name]) for f in attrs.fields(cls)})
+    return st.builds(
+        cls,
+        **{
+            f.name: OVERRIDES[cls, f.name]
+            if (cls, f.name) in OVERRIDES
+            else strategy_for(hints[f.name])
+            for f in attrs.fields(cls)
+        },
+    )
 
 
 any_message = st.one_of([messages_of(cls) for cls in ALL_TYPES])
@@ -194,6 +227,7 @@ def test_corrupted_encodings_raise_only_codec_error(msg: Any, data: st.DataObjec
         [37, [1, 2, 3, 4, 5, 6]],  # SnapshotOffer without its checksum
         [40, [1, 2, 1, ""]],  # int where SnapshotReceived.ok is a bool
         [10, [1, 2, 3, 4]],  # InstallSnapshot without last_term
+        [10, [1, 2, 3, 4, 5]],  # InstallSnapshot without membership
         [3, [1, 2, 3, 4, 5, [[1, 2, b"", 7]], 6]],  # unknown EntryKind
         [3, [1, 2, 3, 4, 5, [[1, 2, b""]], 6]],  # short entry
         [3, [1, 2, 3, 4, 5, [[1, 2, b"", True]], 6]],  # bool as EntryKind
@@ -242,8 +276,8 @@ def test_forward_status_names_match_client_errors() -> None:
 
 def test_snapshot_messages_encoding_is_stable() -> None:
     """The snapshot connection's frames and InstallSnapshot, as they go on the wire."""
-    # [10, [7, 1, 2, 100, 6]]
-    assert encode(InstallSnapshot(7, 1, 2, 100, 6)) == bytes.fromhex("920a950701026406")
+    # [10, [7, 1, 2, 100, 6, b""]]
+    assert encode(InstallSnapshot(7, 1, 2, 100, 6)) == bytes.fromhex("920a960701026406c400")
     # [39, [1, 2, 3, b"ab"]]
     assert encode(SnapshotChunk(1, 2, 3, b"ab")) == bytes.fromhex("922794010203c4026162")
     # [32, ["c", 1, 2, 4, 5, 1, "u", True]]
