@@ -18,6 +18,16 @@ the install runs in three durable phases (the staged file renamed in, the WAL re
 machine swapped), and a crash between phases leaves exactly the disk state of that moment.
 A restart loads the newest snapshot and the disk log after it, as storage recovery does.
 
+Membership (issue 14; ``Cluster(cluster_id="...")``, off by default so that the older schedules
+replay exactly): the first leader makes the implicit membership explicit, and nodes can then be
+added (``add_node``: a new process with empty storage, joining), promoted, removed and re-bound
+through ``change`` (``ProposeConfChange`` at a node), and WIPED (``wipe``: the process dies, its
+data directory is emptied and it restarts under a new uuid, as an operator replacing a disk
+would). Every node has a data-directory uuid; a node's peers learn it from ``PeerIdentity``
+steps, as the runtime steps them from each connection's ``Hello``: some time after the node
+(re)starts (``identity_delay_ms``), and always before the first message of the new process is
+delivered. Snapshot images carry the membership as of their index, as the files' headers do.
+
 Everything random comes from one ``random.Random(seed)``: the same seed and schedule replay the
 same run exactly.
 """
@@ -62,8 +72,17 @@ from dengine_trio.raft import (
     Tick,
     TransferLeader,
 )
+from dengine_trio.raft.effects import ConfChangeRejected, MembershipChanged
+from dengine_trio.raft.events import PeerIdentity, ProposeConfChange
 from dengine_trio.raft.log import RaftLog
-from dengine_trio.raft.messages import InstallSnapshot
+from dengine_trio.raft.membership import (
+    ConfChange,
+    Membership,
+    decode_membership,
+    encode_membership,
+    implicit_membership,
+)
+from dengine_trio.raft.messages import InstallSnapshot, RequestVote, RequestVoteResponse
 
 from ..support.linearizability import Kind, Operation, Outcome, Result, check
 
@@ -76,13 +95,14 @@ class InvariantViolation(AssertionError):
 class Op:
     """One client operation in the history. ``ok`` is None while (or if forever) unknown."""
 
-    kind: str  # "put", "read-linearizable", "read-lease", "read-eventual"
-    key: str
+    kind: str  # "put", "read-linearizable", "read-lease", "read-eventual", "conf"
+    key: str  # a conf op: the change, as text
     value: str | None
     node: int
     invoke: float
     complete: float | None = None
     ok: bool | None = None
+    code: str = ""  # a refused conf op: ConfChangeRejected.code
 
 
 @dataclass(frozen=True)
@@ -92,6 +112,7 @@ class SimSnapshot:
     index: int
     term: int
     state: tuple[tuple[str, str], ...]  # sorted items: immutable, comparable
+    membership: Membership | None = None  # as of ``index`` (the file header's); None: implicit
 
 
 @dataclass
@@ -126,6 +147,20 @@ class SimNode:
     commit_seen: int = 0  # highest commit index of this incarnation: it never goes back
     waiting_reads: list[tuple[int, int]] = field(default_factory=list)  # (read_index, op id)
     timer_token: int = 0
+    uuid: str = ""  # the data directory's uuid: a new one at every wipe
+    wipes: int = 0
+    # A joining node (its config lists itself as a learner, status Joining): it boots with an
+    # empty membership unless its disk names one.
+    joining: bool = False
+    # What its wiped data directories held, (index -> term) and the newest snapshot's index:
+    # counted as still held for the quorum checks until the node has durably appended a
+    # binding of its new uuid (thesis-style argument in docs/architecture.md: from then on its
+    # log holds everything its old acknowledgements could have helped commit).
+    lost_entries: dict[int, int] = field(default_factory=dict)
+    lost_snapshot: int = 0
+    # The uuid of each peer its runtime has stepped a PeerIdentity for (this incarnation).
+    known_identity: dict[int, str] = field(default_factory=dict)
+    identity_delay: tuple[float, float] | None = None  # for its next start only
 
     def local_time(self, true_now: float) -> float:
         return true_now * self.rate
@@ -219,13 +254,28 @@ class Cluster:
         disk_latency_ms: tuple[float, float] = (0.1, 3.0),
         snapshot_threshold: int = 0,
         snapshot_retained: int = 0,
+        cluster_id: str = "",
+        identity_delay_ms: tuple[float, float] = (0.2, 2.0),
         **raft_overrides: Any,
     ) -> None:
         """``snapshot_threshold``: a node snapshots once it has applied that many entries past
         its last snapshot (0: only when asked, ``take_snapshot``); ``snapshot_retained``: the
-        entries before the snapshot index its log keeps (``retained_log_entries``)."""
+        entries before the snapshot index its log keeps (``retained_log_entries``).
+        ``cluster_id``: "" runs the cluster on the implicit membership forever, as before
+        issue 14 (no ``PeerIdentity`` is stepped); any other value is every node's bootstrap
+        cluster id, so the first leader makes the membership explicit and ``change``,
+        ``add_node`` and ``wipe`` are meaningful. ``identity_delay_ms``: how long after a
+        process starts its peers' runtimes step its ``PeerIdentity`` (a connection's set-up),
+        unless one of its messages reaches them first (the identity then comes just before)."""
         self.rng = random.Random(seed)
-        self.ids = tuple(range(1, size + 1))
+        self.initial_ids = tuple(range(1, size + 1))
+        # Every node process the simulation has (added nodes too); members or not.
+        self.ids = self.initial_ids
+        self.cluster_id = cluster_id
+        self.identity_delay_ms = identity_delay_ms
+        # Memberships of the committed log: (index of the CONFIG entry, membership).
+        self.committed_memberships: list[tuple[int, Membership]] = []
+        self.identity_messages: dict[int, tuple[Message, str]] = {}  # id -> (message, src uuid)
         self.durability = durability
         self.raft_overrides = raft_overrides
         self.disk_latency_ms = disk_latency_ms
@@ -235,7 +285,8 @@ class Cluster:
         # with (moment, node); a hook returning True is removed. Moments: "snapshot-written"
         # (file renamed in, SnapshotTaken not yet stepped), "snapshot-taken" (stepped, disk
         # not yet compacted), "snapshot-compacted", "install-staged" (file staged, not yet
-        # stepped), "install-start", "install-renamed", "install-reset", "install-done".
+        # stepped), "install-start", "install-renamed", "install-reset", "install-done";
+        # "became-leader" (RoleChanged to leader carried out; the step's later effects not yet).
         self.hooks: list[Callable[[str, SimNode], bool]] = []
         self._images: dict[int, tuple[Message, SimSnapshot]] = {}  # InstallSnapshot payloads
         # The state machine as of each committed index (index 0: empty), as applied anywhere.
@@ -250,9 +301,10 @@ class Cluster:
         self._queue: list[tuple[float, int, str, Any]] = []
         self._seq = 0
         self.nodes: dict[int, SimNode] = {}
+        self.drift = drift
         for node_id in self.ids:
             rate = 1.0 + self.rng.uniform(-drift, drift) if drift else 1.0
-            self.nodes[node_id] = SimNode(node_id, rate)
+            self.nodes[node_id] = SimNode(node_id, rate, uuid=f"uuid-{node_id}-0")
             self._boot(self.nodes[node_id])
         # Checker state.
         self.leaders: dict[int, int] = {}  # term -> leader id
@@ -268,8 +320,22 @@ class Cluster:
 
     def config_for(self, node_id: int) -> RaftConfig:
         return RaftConfig(
-            node_id=node_id, voters=self.ids, durability=self.durability, **self.raft_overrides
+            node_id=node_id,
+            voters=self.initial_ids,
+            durability=self.durability,
+            **self.raft_overrides,
         )
+
+    def _boot_membership(self, node: SimNode) -> tuple[Membership | None, int]:
+        """What the runtime passes ``RaftNode``: the snapshot file's membership, else (a
+        joining node) an empty one, else None (the implicit one, from ``initial_cluster``).
+        The core replays the CONFIG entries of the log itself."""
+        snap = node.snapshot
+        if snap is not None and snap.membership is not None:
+            return snap.membership, snap.index
+        if node.joining:
+            return Membership("", ()), 0
+        return None, 0
 
     def _boot(self, node: SimNode) -> None:
         """Start a node from its disk, as storage recovery does: the newest snapshot, then the
@@ -294,6 +360,7 @@ class Cluster:
         node.staged = None
         node.backlog = []
         node.snapshot_writing = False
+        membership, membership_index = self._boot_membership(node)
         node.raft = RaftNode(
             self.config_for(node.id),
             random.Random(self.rng.random()),
@@ -303,13 +370,52 @@ class Cluster:
             now_ms=node.local_time(self.now),
             snapshot_index=snap.index if snap else 0,
             snapshot_term=snap.term if snap else 0,
+            membership=membership,
+            membership_index=membership_index,
+            uuid=node.uuid,
+            bootstrap_cluster_id=self.cluster_id,
         )
+        node.known_identity = {}
         node.state = dict(snap.state) if snap else {}
         node.applied_index = snap.index if snap else 0
         node.applied_term = snap.term if snap else 0
         node.commit_seen = 0
         node.waiting_reads = []
         self._schedule_timer(node)
+        if self.cluster_id:
+            self._introduce(node)
+
+    # ------------------------------------------------------------------ identities
+
+    def _introduce(self, node: SimNode) -> None:
+        """A (re)started process connects to its peers and they to it: each side's runtime
+        steps the other's ``PeerIdentity`` once the connection is up."""
+        incarnation = node.incarnation
+        low, high = node.identity_delay or self.identity_delay_ms
+        node.identity_delay = None
+        for other in self.nodes.values():
+            if other.id == node.id:
+                continue
+            # Fixed draws per pair would do as well; the rng keeps runs reproducible.
+            there = self.now + self.rng.uniform(low, high)
+            back = self.now + self.rng.uniform(0.2, 2.0)
+            self.call_at(there, lambda o=other, u=node.uuid, n=node.id: self._identify(o, n, u))
+
+            def _back(o: SimNode = other) -> None:
+                if node.raft is not None and node.incarnation == incarnation:
+                    self._identify(node, o.id, o.uuid)
+
+            self.call_at(back, _back)
+
+    def _identify(self, node: SimNode, peer: int, uuid: str) -> None:
+        """Step ``PeerIdentity(peer, uuid)`` at ``node`` unless its runtime knows it already."""
+        if node.raft is None or node.known_identity.get(peer) == uuid:
+            return
+        if uuid != self.nodes[peer].uuid:
+            return  # that data directory is gone: no new connection will name it
+        node.known_identity[peer] = uuid
+        self._count("peer-identity")
+        self.step(node.id, [PeerIdentity(peer, uuid)])
 
     def _push(self, at: float, kind: str, payload: Any) -> None:
         self._seq += 1
@@ -369,6 +475,15 @@ class Cluster:
         if node.install is not None:  # busy restoring: the message waits in the inbox
             node.backlog.append(lambda: self._deliver(node, message))
             return
+        if self.cluster_id:
+            # The runtime steps a connection's PeerIdentity before any of its messages.
+            origin = self.identity_messages.get(id(message))
+            if origin is not None and node.known_identity.get(message.src) != origin[1]:
+                self._identify(node, message.src, origin[1])
+                if node.raft is None or node.install is not None:
+                    if node.install is not None:
+                        node.backlog.append(lambda: self._deliver(node, message))
+                    return
         if isinstance(message, InstallSnapshot):
             # The runtime steps the message only once the whole file is received, verified
             # and staged on disk.
@@ -388,8 +503,13 @@ class Cluster:
             pending = list(events)
             node.backlog.append(lambda: self._step_if_alive(node, pending))
             return
-        effects = node.raft.step_many(node.local_time(self.now), events)
+        raft = node.raft
+        leading = raft.role is Role.LEADER
+        term, commit, membership = raft.term, raft.commit_index, raft.membership
+        effects = raft.step_many(node.local_time(self.now), events)
         self.steps += 1
+        if leading and raft.term == term and raft.commit_index > commit:
+            self._check_commit_quorum(node, raft, membership)
         self._carry_out_all(node, effects)
         self._check_node(node)
 
@@ -426,8 +546,12 @@ class Cluster:
         if node.applied_index == 0:
             return
         self._count("snapshot")
+        membership = node.raft.membership_at(node.applied_index)
         image = SimSnapshot(
-            node.applied_index, node.applied_term, tuple(sorted(node.state.items()))
+            node.applied_index,
+            node.applied_term,
+            tuple(sorted(node.state.items())),
+            None if membership.implicit else membership,
         )
         self._check_image(node, image, "took")
         node.snapshot_writing = True
@@ -470,6 +594,10 @@ class Cluster:
         assert snap is not None, f"node {src} has no snapshot"
         self._transmit(InstallSnapshot(self.raft(src).term, src, dst, snap.index, snap.term))
 
+    @staticmethod
+    def _membership_bytes(snap: SimSnapshot) -> bytes:
+        return b"" if snap.membership is None else encode_membership(snap.membership)
+
     def _maybe_snapshot(self, node: SimNode) -> None:
         last = node.snapshot.index if node.snapshot is not None else 0
         if self.snapshot_threshold and node.applied_index - last >= self.snapshot_threshold:
@@ -494,6 +622,12 @@ class Cluster:
                 f"t={self.now}: node {node.id} {verb} a snapshot at {image.index} whose image "
                 f"differs from the committed state there"
             )
+        committed = self.committed_membership(image.index)
+        if image.membership != (None if committed.implicit else committed):
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id} {verb} a snapshot at {image.index} whose "
+                f"membership {image.membership} is not the committed log's there ({committed})"
+            )
 
     def _compact_disk(self, node: SimNode, through: int) -> None:
         if through <= node.disk_offset:
@@ -514,7 +648,12 @@ class Cluster:
                 f"to {message.dst}, but its newest file is "
                 f"{'none' if snap is None else snap.index}"
             )
-        sent = attrs.evolve(message, last_index=snap.index, last_term=snap.term)
+        sent = attrs.evolve(
+            message,
+            last_index=snap.index,
+            last_term=snap.term,
+            membership=self._membership_bytes(snap),
+        )
         self._images[id(sent)] = (sent, snap)
         self._count("install-snapshot")
         return sent
@@ -540,6 +679,11 @@ class Cluster:
                 f"{'none' if image is None else f'{image.term}/{image.index}'}"
             )
         self._check_image(node, image, "installs")
+        if effect.membership != self._membership_bytes(image):
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id} restores the snapshot at {image.index} with "
+                f"membership {effect.membership!r}, but the file's is {image.membership}"
+            )
         self._count("restore-snapshot")
         node.staged = None
         node.install = Install(image, list(rest))
@@ -611,6 +755,8 @@ class Cluster:
         and, at run time, the step, instead of being dropped silently (issue 12 item 1)."""
         match effect:
             case Send(message=message):
+                if isinstance(message, (RequestVote, RequestVoteResponse)):
+                    self._check_vote(node, message)
                 self._transmit(message)
             case PersistHardState(term=term, voted_for=voted_for):
                 node.hard_state = (term, voted_for)  # synchronous, like the runtime
@@ -630,9 +776,16 @@ class Cluster:
                 self._ops_waiting[request_id] = (node.id, index, term)
             case ProposalRejected(request_id=request_id):
                 self._finish(request_id, ok=False)
+            case ConfChangeRejected(request_id=request_id, code=code):
+                self.history[request_id].code = code
+                self._count(f"conf-rejected-{code}")
+                self._finish(request_id, ok=False)
+            case MembershipChanged():
+                self._count("membership-changed")
             case RoleChanged(role=role, term=term):
                 if role is Role.LEADER:
                     self._check_new_leader(node, term)
+                    self._hook("became-leader", node)
             case RestoreSnapshot():
                 raise AssertionError("a barrier: carried out by _carry_out_all")
             case _:
@@ -645,6 +798,7 @@ class Cluster:
             message = self._attach_image(message)
             # A transfer that is lost ends, for the leader's runtime, when it gives up.
             lost_at = self.now + self.rng.uniform(20.0, 400.0)
+        self._mark_origin(message)
         if (message.src, message.dst) in self.cut:
             if isinstance(message, InstallSnapshot):
                 self._snapshot_status(message, False, lost_at)
@@ -909,7 +1063,15 @@ class Cluster:
 
     def inject(self, message: Message, delay_ms: float = 0.0) -> None:
         """Put ``message`` on the network as if its ``src`` had sent it."""
+        self._mark_origin(message)
         self._push(self.now + delay_ms, "deliver", message)
+
+    def _mark_origin(self, message: Message) -> None:
+        """Remember which data directory (uuid) sent ``message``: its connection's Hello."""
+        if self.cluster_id:
+            sender = self.nodes.get(message.src)
+            if sender is not None:
+                self.identity_messages[id(message)] = (message, sender.uuid)
 
     def bounce(
         self,
@@ -972,9 +1134,180 @@ class Cluster:
             self.run_for(10)
         raise AssertionError(f"no leader within {timeout_ms} ms")
 
+    # ------------------------------------------------------------------ membership
+
+    def committed_membership(self, index: int | None = None) -> Membership:
+        """The membership of the committed log as of ``index`` (default: its end): its last
+        CONFIG entry at or below ``index``, else the implicit one of the initial nodes."""
+        for at, membership in reversed(self.committed_memberships):
+            if index is None or at <= index:
+                return membership
+        return implicit_membership(self.initial_ids)
+
+    def change(self, node_id: int, change: ConfChange) -> int:
+        """Step ``ProposeConfChange`` at ``node_id`` (what the runtime does for an admin
+        request or a JoinRequest); returns the op id. The op completes ok once the CONFIG
+        entry applies there, or fails (``code`` set if the core refused it)."""
+        op_id = len(self.history)
+        what = f"{change.kind.name} {change.id}{' ' + repr(change.uuids) if change.uuids else ''}"
+        self.history.append(Op("conf", what, None, node_id, self.now))
+        self._count(f"conf-{change.kind.name}")
+        if self.nodes[node_id].raft is None:
+            self._finish(op_id, ok=False)
+        else:
+            self.step(node_id, [ProposeConfChange(op_id, change)])
+        return op_id
+
+    @staticmethod
+    def address(node_id: int) -> str:
+        """A node's Raft address, as carried in the membership (opaque to the core)."""
+        return f"sim-{node_id}:7000"
+
+    def add_node(self, node_id: int | None = None, *, start: bool = True) -> int:
+        """A new node process with empty storage whose config says it joins (it boots with an
+        empty membership): a fresh id (default: one past the highest), or a former member's
+        id again, in which case that node's disk stays as it is (``wipe`` it first to model
+        a new machine). Started now unless ``start`` is False; returns its id."""
+        if node_id is None:
+            node_id = max(self.ids) + 1
+        node = self.nodes.get(node_id)
+        if node is None:
+            rate = 1.0 + self.rng.uniform(-self.drift, self.drift) if self.drift else 1.0
+            node = self.nodes[node_id] = SimNode(node_id, rate, uuid=f"uuid-{node_id}-0")
+            self.ids = (*self.ids, node_id)
+            self._count("node-added")
+        node.joining = True
+        if start and node.raft is None:
+            self._boot(node)
+        return node_id
+
+    def wipe(
+        self,
+        node_id: int,
+        *,
+        down_ms: float = 0.0,
+        joining: bool | None = None,
+        identity_delay_ms: tuple[float, float] | None = None,
+    ) -> None:
+        """The node's process dies, its data directory is emptied (hard state, log, snapshots)
+        and it starts again ``down_ms`` later under a new uuid, with the membership its config
+        gives (implicit, or empty if ``joining``); its peers step its new ``PeerIdentity``
+        ``identity_delay_ms`` after that start (default ``Cluster.identity_delay_ms``) or
+        just before its first message reaches them. What the old directory held is
+        remembered for the quorum checks until the node durably appends a binding of its new
+        uuid."""
+        node = self.nodes[node_id]
+        node.identity_delay = identity_delay_ms
+        self._count("wipe")
+        self.crash(node_id, lose_unflushed=True)
+        for entry in node.disk_log:
+            node.lost_entries[entry.index] = entry.term
+        if node.snapshot is not None:
+            node.lost_snapshot = max(node.lost_snapshot, node.snapshot.index)
+        node.hard_state = (0, 0)
+        node.disk_log = []
+        node.disk_offset = 0
+        node.snapshot = None
+        node.state = {}
+        node.applied_index = node.applied_term = 0
+        node.wipes += 1
+        node.uuid = f"uuid-{node_id}-{node.wipes}"
+        if joining is not None:
+            node.joining = joining
+        if down_ms <= 0:
+            self.restart(node_id)
+        else:
+            wipes = node.wipes
+            self.call_at(
+                self.now + down_ms, lambda: self.restart(node_id) if node.wipes == wipes else None
+            )
+
+    def _durably_bound(self, node: SimNode) -> bool:
+        """Does the node's durable state name a membership binding it to its own uuid?"""
+        membership = None
+        for entry in reversed(node.disk_log):
+            if entry.kind is EntryKind.CONFIG:
+                membership = decode_membership(entry.data)
+                break
+        if membership is None and node.snapshot is not None:
+            membership = node.snapshot.membership
+        member = membership.get(node.id) if membership is not None else None
+        return member is not None and member.uuid == node.uuid
+
+    def _holds(self, node_id: int, index: int, term: int, durable: bool) -> bool:
+        """Does node ``node_id`` hold entry (``index``, ``term``): on disk (log or covered by
+        its snapshot file), or with ``durable`` False also in its live log; or did a wiped
+        directory of it hold it, and it has not yet durably re-bound its new uuid?"""
+        node = self.nodes.get(node_id)
+        if node is None:
+            return False
+        if node.snapshot is not None and node.snapshot.index >= index:
+            return True
+        held = node.disk_entry(index)
+        if held is not None and held.term == term:
+            return True
+        if not durable and node.raft is not None and node.raft.log.term_at(index) == term:
+            return True
+        if node.lost_entries or node.lost_snapshot:
+            if self._durably_bound(node):
+                node.lost_entries, node.lost_snapshot = {}, 0  # its log holds it all now
+                return False
+            return node.lost_entries.get(index) == term or node.lost_snapshot >= index
+        return False
+
+    def may_vote(self, node: SimNode) -> bool:
+        """The rule the core must keep: a node votes (and campaigns) only as a voter of its
+        membership, and in an explicit one only while bound there to its own uuid."""
+        assert node.raft is not None
+        membership = node.raft.membership
+        member = membership.get(node.id)
+        if member is None or not member.voter:
+            return False
+        return membership.implicit or member.uuid == node.uuid
+
+    def _check_vote(self, node: SimNode, message: RequestVote | RequestVoteResponse) -> None:
+        if isinstance(message, RequestVoteResponse) and not message.granted:
+            return
+        if not self.may_vote(node):
+            assert node.raft is not None
+            what = "granted a" if isinstance(message, RequestVoteResponse) else "asked for a"
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id} {what} {'pre-' if message.pre_vote else ''}vote "
+                f"in term {message.term} while not a bound voter: its membership is "
+                f"{node.raft.membership}, its uuid {node.uuid}"
+            )
+
+    def _check_commit_quorum(self, node: SimNode, raft: RaftNode, before: Membership) -> None:
+        """A leader commits an entry only once a majority of the voters of the membership in
+        effect at it (its latest appended configuration) hold it: durably under DiskFirst,
+        appended under MemFirst. Seen from outside one step, the membership in effect when
+        the commit index moved is the one before the step or the one after it (the step may
+        have appended a configuration before or after counting)."""
+        index = raft.commit_index
+        term = raft.log.term_at(index)
+        assert term is not None
+        durable = self.durability is Durability.DISK_FIRST
+        for membership in (before, raft.membership):
+            voters = membership.voters
+            holders = [v for v in voters if self._holds(v, index, term, durable)]
+            if len(holders) >= len(voters) // 2 + 1:
+                return
+        raise InvariantViolation(
+            f"t={self.now}: leader {node.id} committed {term}/{index} held only by "
+            f"{holders} of its voters {voters} (before the step: {before.voters})"
+        )
+
     # ------------------------------------------------------------------ invariants
 
     def _check_new_leader(self, node: SimNode, term: int) -> None:
+        # A leader is a bound voter of its own membership (a learner, a removed node, or a
+        # wiped voter not yet re-bound never leads).
+        if not self.may_vote(node):
+            assert node.raft is not None
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id} leads term {term} while not a bound voter of "
+                f"its membership {node.raft.membership}"
+            )
         # Election safety: at most one leader per term.
         other = self.leaders.setdefault(term, node.id)
         if other != node.id:
@@ -1014,6 +1347,8 @@ class Cluster:
         else:
             assert entry.index == len(self.committed) + 1
             self.committed.append(entry)
+            if entry.kind is EntryKind.CONFIG:
+                self.committed_memberships.append((entry.index, decode_membership(entry.data)))
             state = dict(self.committed_states[-1])
             if entry.kind is EntryKind.COMMAND:
                 key, value = decode_put(entry.data)
@@ -1025,13 +1360,13 @@ class Cluster:
         # must leave a majority still holding the entry durably (DiskFirst guarantees this).
         if self.durability is not Durability.DISK_FIRST or first > len(self.committed):
             return
+        voters = self.committed_membership().voters
         for index in range(first, len(self.committed) + 1):
+            entry = self.committed[index - 1]
             holders = sum(
-                1
-                for other in self.nodes.values()
-                if other.id != node.id and other.durably_holds(index, self.committed[index - 1])
+                1 for v in voters if v != node.id and self._holds(v, index, entry.term, True)
             )
-            if holders < len(self.ids) // 2 + 1:
+            if holders < len(voters) // 2 + 1:
                 raise InvariantViolation(
                     f"t={self.now}: node {node.id} truncated committed entry {index} from disk "
                     f"and only {holders} other nodes hold it"
@@ -1109,10 +1444,14 @@ class Cluster:
         deadline = self.now + timeout_ms
         while True:
             target = len(self.committed)
+            members = self.committed_membership().ids
             behind = [
-                n.id
-                for n in self.nodes.values()
-                if n.raft is None or n.install is not None or n.applied_index < target
+                m
+                for m in members
+                if (n := self.nodes.get(m)) is None
+                or n.raft is None
+                or n.install is not None
+                or n.applied_index < target
             ]
             if not behind:
                 return
@@ -1128,9 +1467,10 @@ class Cluster:
         """Every committed entry is on a majority of durable logs (DiskFirst)."""
         if self.durability is not Durability.DISK_FIRST:
             return
+        voters = self.committed_membership().voters
         for index, entry in enumerate(self.committed, start=1):
-            holders = sum(1 for n in self.nodes.values() if n.durably_holds(index, entry))
-            if holders < len(self.ids) // 2 + 1:
+            holders = sum(1 for v in voters if self._holds(v, index, entry.term, True))
+            if holders < len(voters) // 2 + 1:
                 raise InvariantViolation(
                     f"committed entry {index} is durable on only {holders} nodes"
                 )
