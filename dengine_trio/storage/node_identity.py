@@ -27,7 +27,13 @@ from pathlib import Path
 from ._fs import fsync_directory, write_all
 from .errors import StorageError
 
-__all__ = ["NODE_UUID_FILE", "CorruptNodeUuidError", "load_node_uuid", "load_or_create_node_uuid"]
+__all__ = [
+    "NODE_UUID_FILE",
+    "CorruptNodeUuidError",
+    "load_node_uuid",
+    "load_or_create_node_uuid",
+    "new_node_uuid",
+]
 
 NODE_UUID_FILE = "node_uuid"
 """Name of the file in ``db_root_dir``."""
@@ -66,10 +72,18 @@ def load_or_create_node_uuid(directory: str | Path) -> tuple[str, bool]:
     """The uuid of ``directory``, created durably first if it has none; returns (uuid,
     created). The caller holds the directory's lock (``Storage.open`` does), so two processes
     never create two. Raises :class:`CorruptNodeUuidError`, ``OSError``."""
-    directory = Path(directory)
     existing = load_node_uuid(directory)
     if existing is not None:
         return existing, False
+    return new_node_uuid(directory), True
+
+
+def new_node_uuid(directory: str | Path) -> str:
+    """Give ``directory`` a new identity, durably, replacing any it had; return it. For a
+    directory whose contents now come from elsewhere (``snapshot restore`` seeding it): it
+    must not keep the binding of whatever it held before. The caller holds the directory's
+    lock. Raises ``OSError``."""
+    directory = Path(directory)
     fresh = uuid.uuid4().hex
     temporary = directory / (NODE_UUID_FILE + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -80,4 +94,4 @@ def load_or_create_node_uuid(directory: str | Path) -> tuple[str, bool]:
         os.close(fd)
     os.replace(temporary, directory / NODE_UUID_FILE)
     fsync_directory(directory)
-    return fresh, True
+    return fresh

@@ -15,6 +15,7 @@ from dengine_trio.storage.node_identity import (
     CorruptNodeUuidError,
     load_node_uuid,
     load_or_create_node_uuid,
+    new_node_uuid,
 )
 
 
@@ -69,3 +70,14 @@ def test_a_damaged_file_stops_the_open_naming_it(tmp_path: Path, content: bytes)
         assert isinstance(caught.value, StorageError)
         assert "\n" not in str(caught.value)
     assert (tmp_path / NODE_UUID_FILE).read_bytes() == content  # never replaced silently
+
+
+def test_a_new_uuid_replaces_the_old_one_durably(tmp_path: Path) -> None:
+    # What `snapshot restore` does to the directory it seeds: a damaged file is replaced too.
+    old, _ = load_or_create_node_uuid(tmp_path)
+    fresh = new_node_uuid(tmp_path)
+    assert fresh != old and load_node_uuid(tmp_path) == fresh
+    (tmp_path / NODE_UUID_FILE).write_bytes(b"damaged")
+    replaced = new_node_uuid(tmp_path)
+    assert load_node_uuid(tmp_path) == replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NODE_UUID_FILE]
