@@ -71,7 +71,9 @@ class ConfChange:
     """One membership change. ADD_LEARNER: a new member ``id`` at ``address``, a learner,
     ``promote`` as ``Member.promote`` (``uuids`` may bind it at once); PROMOTE: learner ``id``
     becomes a voter; REMOVE: member ``id`` leaves; BIND: every ``(id, uuid)`` of ``uuids``
-    becomes bound to that uuid (``id`` is ignored)."""
+    becomes bound to that uuid (``id`` is ignored); a voter bound (or unbound) to another
+    uuid is another server on a new disk: BIND makes it a learner to be promoted once caught
+    up (``promote``), so at most one voter per BIND."""
 
     kind: ConfChangeKind
     id: int = 0
@@ -188,14 +190,35 @@ class Membership:
         if not uuids:
             raise ConfChangeError("bad_request", "BIND names no member")
         binding = dict(uuids)
+        rebound_voters = []
         for member_id, uuid in uuids:
-            if self.get(member_id) is None:
+            member = self.get(member_id)
+            if member is None:
                 raise ConfChangeError("unknown_member", f"node {member_id} is not a member")
             if not uuid or not isinstance(uuid, str):
                 raise ConfChangeError("bad_request", f"node {member_id}: empty uuid")
-        return self._replace(
-            [attrs.evolve(m, uuid=binding[m.id]) if m.id in binding else m for m in self.members]
-        )
+            if member.voter and member.uuid != uuid:
+                rebound_voters.append(member_id)
+        if len(rebound_voters) > 1:
+            raise ConfChangeError(
+                "bad_request", f"BIND rebinds voters {rebound_voters}: one voter at a time"
+            )
+        if rebound_voters and self.voters == tuple(rebound_voters):
+            raise ConfChangeError(
+                "last_voter", f"node {rebound_voters[0]} is the last voter: it cannot be rebound"
+            )
+        members = []
+        for m in self.members:
+            if m.id not in binding or m.uuid == binding[m.id]:
+                members.append(m)
+            elif m.voter:
+                # A voter on another data directory is another server (its old disk's votes
+                # and acknowledgements are forgotten): it comes back as a learner, promoted
+                # once caught up. One server out, later one in (thesis §4.1), never a swap.
+                members.append(attrs.evolve(m, voter=False, uuid=binding[m.id], promote=True))
+            else:
+                members.append(attrs.evolve(m, uuid=binding[m.id]))
+        return self._replace(members)
 
     def _replace(self, members: list[Member]) -> Membership:
         return Membership(self.cluster_id, tuple(members))

@@ -177,6 +177,7 @@ class RaftNode:
             if entry.kind is EntryKind.CONFIG and entry.index > membership_index:
                 self._record_config(entry)
         self.membership_index, self.membership = self._configs[-1]
+        self._vote_floor = self._bound_since_term()
         # The data-directory uuid each peer last said it runs on (``PeerIdentity``).
         self._peer_uuids: dict[int, str] = {}
 
@@ -538,6 +539,7 @@ class RaftNode:
         self._change_state(Role.LEADER, self.term, self.id)
         leader = self._leader
         leader.tracker.start_progress(self.log.last_index + 1)
+        self._refresh_uncounted()
         for peer in voters:
             if peer in self.progress:
                 # The votes that made us leader count as contact at the win (however long
@@ -1221,6 +1223,7 @@ class RaftNode:
         index, membership = self._configs[-1]
         changed = membership != self.membership
         self.membership_index, self.membership = index, membership
+        self._vote_floor = self._bound_since_term()
         if not changed:
             return  # the same members from another entry or a snapshot: nothing to redo
         self._out.append(MembershipChanged(membership, index))
@@ -1231,6 +1234,7 @@ class RaftNode:
             state.tracker.set_members(
                 membership.voters, membership.learners, min(index, self.log.last_index) or 1
             )
+            self._refresh_uncounted()
             # A member gone (or turned learner) may have been what held the commit index or
             # a read round back; the quorum is over the new voters from now on.
             self._maybe_commit()
@@ -1246,6 +1250,40 @@ class RaftNode:
         """Is ``member`` (this node) bound to this node's data directory? Always, in the
         implicit membership, which binds nobody."""
         return self.membership.implicit or member.uuid == self.uuid
+
+    def _bound_since_term(self) -> int:
+        """The term of the entry that made this node what it is in its membership (a member
+        with its current voter flag and binding): it grants votes only in later terms. A node
+        that came back on a new data directory may have voted, before, in any term up to the
+        one in which it was taken back; nothing older than its binding can be trusted."""
+        mine = self._configs[-1][1].get(self.id)
+        record = None if mine is None else (mine.voter, mine.uuid)
+        since = self._configs[-1][0]
+        for index, membership in reversed(self._configs):
+            m = membership.get(self.id)
+            if (None if m is None else (m.voter, m.uuid)) != record:
+                break
+            since = index
+        term = self.log.term_at(since)
+        return self.snapshot_term if term is None else term
+
+    def _refresh_uncounted(self) -> None:
+        """Leader: a voter whose data directory is not the one its membership binds (a wiped
+        voter, or one the bootstrap entry could not bind) counts in no quorum: what it says
+        may rest on promises its old disk made and forgot (see ``_on_peer_identity``)."""
+        ms = self.membership
+        uncounted: frozenset[int] = frozenset()
+        if not ms.implicit:
+            uncounted = frozenset(
+                m.id
+                for m in ms.members
+                if m.voter and m.id != self.id and self._known_uuid(m.id) != m.uuid
+            )
+        tracker = self._leader.tracker
+        if uncounted != tracker.uncounted:
+            tracker.uncounted = uncounted
+            self._maybe_commit()
+            self._advance_reads()
 
     def _may_campaign(self) -> bool:
         """A voter of its membership, bound to this data directory (thesis §4.2.1: learners
@@ -1272,7 +1310,7 @@ class RaftNode:
             return True
         if ms.implicit:
             return m.explicit and not (m.dst_uuid and m.dst_uuid == self.uuid)
-        if me.uuid != self.uuid:
+        if me.uuid != self.uuid or m.term <= self._vote_floor:
             return True
         return not m.explicit or ms.get(m.src) is None
 
@@ -1361,14 +1399,15 @@ class RaftNode:
             return
         previous = self._peer_uuids.get(peer)
         self._peer_uuids[peer] = uuid
-        member = self.membership.get(peer)
-        if previous == uuid or member is None or member.uuid == uuid:
+        if self.role is not Role.LEADER:
             return
+        member = self.membership.get(peer)
         progress = self.progress.get(peer)
-        if progress is not None:
+        if previous != uuid and member is not None and member.uuid != uuid and progress:
             progress.match_index = 0
             progress.become_probe()
             progress.next_index = self.log.last_index + 1
+        self._refresh_uncounted()
 
     def _maybe_hand_over(self) -> None:
         """Thesis §4.2.2: a leader removed from the membership keeps leading (counting

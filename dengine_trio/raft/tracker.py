@@ -23,6 +23,10 @@ class VoteResult(Enum):
     LOST = "lost"
 
 
+_ABSENT = Progress(1)
+"""What an uncounted voter contributes to a quorum: nothing matched, acknowledged or heard."""
+
+
 class Tracker:
     """The voter set (``self_id`` included while it votes), the learners, the leader's
     ``progress`` map (one ``Progress`` per other member, voter or learner) and a campaign's
@@ -39,6 +43,7 @@ class Tracker:
         "quorum",
         "self_id",
         "self_votes",
+        "uncounted",
         "voter_set",
         "voters",
         "votes",
@@ -56,6 +61,8 @@ class Tracker:
         self.peers: tuple[int, ...] = ()
         self.quorum = 1
         self.self_votes = False
+        # Voters that count as absent in every quorum (a data directory not the one bound).
+        self.uncounted: frozenset[int] = frozenset()
         self._set(voters, learners)
 
     def _set(self, voters: tuple[int, ...], learners: tuple[int, ...]) -> None:
@@ -88,8 +95,13 @@ class Tracker:
                 self.progress[peer] = Progress(next_index)
 
     def voter_progress(self) -> list[Progress]:
-        """The progress of every other voter (learners left out)."""
-        return [p for peer, p in self.progress.items() if peer in self.voter_set]
+        """The progress of every other voter (learners left out); an ``uncounted`` voter
+        stands for an absent one (match 0, never heard from)."""
+        out = []
+        for peer, p in self.progress.items():
+            if peer in self.voter_set:
+                out.append(_ABSENT if peer in self.uncounted else p)
+        return out
 
     # --- votes (§5.2, thesis §9.6 for PreVote)
 

@@ -133,8 +133,25 @@ def test_changes_apply_one_server_at_a_time() -> None:
     assert m.learners == (3,) and m.get(3) == Member(3, "n3", False, "u3", True)
     m = m.with_change(ConfChange(ConfChangeKind.PROMOTE, 3))
     assert m.voters == (1, 3) and m.get(3) == Member(3, "n3", True, "u3", False)
+    m = m.with_change(ConfChange(ConfChangeKind.BIND, uuids=((3, "u3"), (1, "u1"))))
+    assert m.voters == (1, 3)  # bound as they are: nothing changes
+    # A voter on another data directory is another server: out as a voter, in as a learner
+    # promoted once caught up, never swapped in place (two servers at once).
     m = m.with_change(ConfChange(ConfChangeKind.BIND, uuids=((1, "u1b"),)))
-    assert m.get(1) == Member(1, "n1", True, "u1b")
+    assert m.get(1) == Member(1, "n1", False, "u1b", True) and m.voters == (3,)
+    with pytest.raises(ConfChangeError) as e:
+        m.with_change(ConfChange(ConfChangeKind.BIND, uuids=((3, "u3b"),)))
+    assert e.value.code == "last_voter"
+
+
+def test_bind_rebinds_one_voter_at_a_time_but_any_learners() -> None:
+    m = ms((1, V, "u1"), (2, V, "u2"), (3, V, "u3"), (4, L, ""), (5, L, ""))
+    with pytest.raises(ConfChangeError) as e:
+        m.with_change(ConfChange(ConfChangeKind.BIND, uuids=((1, "x"), (2, "y"))))
+    assert e.value.code == "bad_request"
+    m = m.with_change(ConfChange(ConfChangeKind.BIND, uuids=((1, "x"), (4, "a"), (5, "b"))))
+    assert m.voters == (2, 3) and m.learners == (1, 4, 5)
+    assert [x.uuid for x in m.members] == ["x", "u2", "u3", "a", "b"]
     with pytest.raises(ConfChangeError):
         implicit_membership((1, 2)).with_change(ConfChange(ConfChangeKind.REMOVE, 2))
 
@@ -330,6 +347,49 @@ def test_a_wiped_voter_votes_again_only_once_its_bind_is_appended() -> None:
     assert wiped.membership.get(3) == Member(3, "", True, "u3-1")  # bound, by a BIND
     run(it, f"crash {leader}", "run 3000")
     assert {raft(it, i).role for i in (3 - leader, 3)} == {Role.LEADER, Role.FOLLOWER}
+
+
+def test_a_wiped_voter_counts_in_no_quorum_until_it_is_a_voter_again() -> None:
+    """Its acknowledgements after the wipe could rest on promises its old disk made (a vote
+    for a newer leader): the leader and the wiped node alone must not commit anything."""
+    it = cluster(3)
+    # A change is pending (never delivered), so no BIND can take 3 back as a learner yet:
+    # it stays a voter in the leader's membership, on a data directory not the bound one.
+    run(it, "change 1 add 4", "drop", "wipe 3", "crash 2", "propose 1 lost?=1")
+    leader = raft(it, 1)
+    assert leader.membership.voters == (1, 2, 3) and leader.pending_conf_index
+    add_index, last = leader.pending_conf_index, leader.log.last_index
+    run(it, "stabilize 1 3")
+    assert raft(it, 3).log.last_index >= last  # 3 holds everything, acknowledged ...
+    assert leader.commit_index < add_index  # ... and nothing is committed
+    run(it, "restart 2", "run 3000")
+    m = raft(it, 1).membership
+    assert m.voters == (1, 2, 3) and m.get(3) == Member(3, "", True, "u3-1")
+
+
+def test_a_node_never_votes_in_the_term_that_bound_it() -> None:
+    """A voter taken back on a new disk may have voted in that term before the wipe."""
+    from dengine_trio.raft import Entry, EntryKind
+
+    bound = ms((1, V, "u1"), (2, V, "u2"), (3, V, "new"))
+    old = ms((1, V, "u1"), (2, V, "u2"), (3, L, "new"))
+    entries = [
+        Entry(4, 1, encode_membership(old), EntryKind.CONFIG),
+        Entry(5, 2, encode_membership(bound), EntryKind.CONFIG),
+    ]
+    r = RaftNode(
+        RaftConfig(node_id=3, voters=(1, 2, 3), check_quorum=False),
+        random.Random(0),
+        term=5,
+        entries=entries,
+        uuid="new",
+        now_ms=0.0,
+    )
+    later = 10_000.0  # past the quiet period after a restart
+    r.step(later, Receive(RequestVote(5, 2, 3, 2, 5, explicit=True, dst_uuid="new")))
+    assert r.voted_for == 0
+    r.step(later, Receive(RequestVote(6, 2, 3, 2, 5, explicit=True, dst_uuid="new")))
+    assert r.voted_for == 2 and r.term == 6
 
 
 def test_an_implicit_node_helps_elect_a_candidate_that_binds_it() -> None:
