@@ -54,3 +54,121 @@ def test_the_check_finds_the_reported_bare_commands() -> None:
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_documented_commands_use_the_venv(doc: Path) -> None:
     assert bare_commands(doc.read_text()) == [], f"{doc.name}: use .venv/bin/ for these"
+
+
+# ---------------------------------------------------------------------------------------------
+# The README's Business API examples, run as written against a real cluster (issue 17).
+
+README = ROOT / "README.md"
+
+
+def business_api_examples(text: str) -> list[tuple[str, list[str]]]:
+    """(command, documented answer lines) for every ``curl`` of the README's "Business API"
+    section, in order; a command spans continuation lines and open quotes."""
+    section = text.split("### Business API", 1)[1].split("### Health check API", 1)[0]
+    examples: list[tuple[str, list[str]]] = []
+    in_block = False
+    pending = ""
+    for line in section.splitlines():
+        if FENCE.match(line):
+            in_block = not in_block
+            continue
+        if not in_block:
+            continue
+        stripped = line.strip()
+        if pending.endswith("\x00"):
+            pending = pending[:-1] + line.strip()
+        elif pending:
+            pending += "\n" + line
+        elif stripped.startswith("curl "):
+            pending = line
+        elif stripped.startswith("# ") and examples:
+            answer = stripped[2:].removeprefix("Response: ")
+            examples[-1][1].append(answer)
+            continue
+        else:
+            continue
+        if pending.endswith("\\"):
+            pending = pending[:-1].rstrip() + " \x00"  # joined to the next line by a space
+            continue
+        if pending.count("'") % 2:
+            continue  # a quoted body goes on
+        command = pending.split("  #", 1)[0].strip()  # drop a trailing comment
+        examples.append((command, []))
+        pending = ""
+    return examples
+
+
+def test_the_example_parser_joins_continuations_and_collects_answers() -> None:
+    text = (
+        "### Business API\n```bash\ncurl -X POST http://localhost:8081/kv \\\n  -d '{\n"
+        '  "key": "k"}\'\n# Response: {"index":3}\ncurl http://localhost:8082/kv/k   # note\n'
+        "```\n### Health check API\n"
+    )
+    assert business_api_examples(text) == [
+        ('curl -X POST http://localhost:8081/kv -d \'{\n  "key": "k"}\'', ['{"index":3}']),
+        ("curl http://localhost:8082/kv/k", []),
+    ]
+
+
+_INDEXES = re.compile(
+    r'("(?:index|create_index|mod_index)":|at index |_index=|"prev_index": )(\d+)'
+)
+_TTL = re.compile(r'"ttl_ms":\d+')
+
+
+def _shifted(text: str, offset: int) -> str:
+    """``text`` with every log index moved by ``offset`` and remaining TTLs as N: the
+    documented indexes are a fresh cluster's, whose first entries (the leader's no-op,
+    membership) may differ by a constant."""
+    moved = _INDEXES.sub(lambda m: m.group(1) + str(int(m.group(2)) + offset), text.strip())
+    return _TTL.sub('"ttl_ms":N', moved)
+
+
+def test_readme_business_api_examples_run_as_written(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Every curl of the README's Business API section, in order, against three nodes (its
+    ports 8081-8083 moved to theirs): each exits 0 and prints what the README says after it,
+    the log indexes of commands and answers moved by one constant (see ``_shifted``), remaining
+    TTLs compared as numbers."""
+    import subprocess
+
+    from tests.e2e.cluster import running_cluster
+
+    examples = business_api_examples(README.read_text())
+    assert len(examples) >= 20, examples
+    with running_cluster(tmp_path_factory.mktemp("readme")) as cluster:
+        cluster.wait_for_leader()
+        ports = {f"localhost:808{n.node_id}": f"127.0.0.1:{n.port}" for n in cluster.nodes}
+        offset: int | None = None
+        for command, answer in examples:
+            if "https://" in command or "Authorization" in command:
+                continue
+            runnable = re.sub(r"localhost:808[123]", lambda m: ports[m.group(0)], command)
+            runnable = _shifted(runnable, offset or 0)
+            result = subprocess.run(
+                ["bash", "-c", runnable + " --silent --show-error --noproxy '*'"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert result.returncode == 0, (command, result.stderr)
+            if not answer:
+                continue
+            out = result.stdout.replace("\r\n", "\n")
+            if offset is None:  # the first write: how far this cluster's indexes are moved
+                found = re.fullmatch(r'\{"index":(\d+)\}', out.strip())
+                documented = re.fullmatch(r'\{"index":(\d+)\}', answer[0])
+                assert found and documented, (command, out, answer)
+                offset = int(found.group(1)) - int(documented.group(1))
+            if answer[0].startswith("HTTP/1.1 "):
+                head, _, body = out.partition("\n\n")
+                status = answer[0].split()[1]
+                assert head.startswith(f"HTTP/1.1 {status}"), (command, out)
+                for header in answer[1:-1]:
+                    assert header.lower() in head.lower(), (command, header, out)
+                assert _shifted(body, 0) == _shifted(answer[-1], offset), (command, out)
+            else:
+                assert _shifted(out, 0) == _shifted(answer[0], offset), (command, out)
