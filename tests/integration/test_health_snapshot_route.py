@@ -16,6 +16,7 @@ from dengine_trio.api.snapshot import CLUSTER_HEADER, INDEX_HEADER, OPEN_ATTEMPT
 from dengine_trio.config import SnapshotConfig
 from dengine_trio.engine import EmbeddedEngine
 from dengine_trio.statemachine import KVStateMachine
+from dengine_trio.storage.cluster_identity import load_cluster_id
 from dengine_trio.storage.snapshots import SnapshotFile, restore_snapshot, verify_snapshot
 from tests.support.cluster import free_ports, node_config
 
@@ -56,13 +57,15 @@ async def test_the_file_holds_every_acknowledged_write(
     file = tmp_path / "got.snap"
     file.write_bytes(body)
     checked = verify_snapshot(file, response.headers[CLUSTER_HEADER])
-    assert response.headers[CLUSTER_HEADER] == engine.config.cluster_id()
+    # Issue 14: the node's cluster id is the one generated at bootstrap and persisted.
+    cluster_id = load_cluster_id(engine.config.db_root_path())
+    assert cluster_id and response.headers[CLUSTER_HEADER] == cluster_id
     assert (checked.last_index, checked.last_term) == (
         int(response.headers[INDEX_HEADER]),
         int(response.headers[TERM_HEADER]),
     )
     machine = KVStateMachine()
-    restore_snapshot(file, engine.config.cluster_id(), machine)
+    restore_snapshot(file, cluster_id, machine)
     assert all(machine.get(f"k{i}".encode()) == f"v{i}".encode() for i in range(20))
 
 
