@@ -49,6 +49,7 @@ __all__ = [
     "ConfigError",
     "FlushPolicy",
     "HttpConfig",
+    "KvConfig",
     "Limits",
     "NodeConfig",
     "PeerConfig",
@@ -392,6 +393,21 @@ class WatchConfig:
 
 
 @attrs.frozen(slots=True)
+class KvConfig:
+    """``[kv]``: the default key-value state machine's exactly-once table (docs/api.md).
+
+    ``idempotency_ttl_ms``: how long (ms, by the writes' own clock in the log) the outcome of a
+    write with an idempotency key is kept, so a retry within it returns that outcome;
+    ``idempotency_max_keys``: the most outcomes kept (the oldest go first). Both must be the
+    same on every node: each replica evicts by them, and replicas that evicted differently
+    would answer the same retry differently.
+    """
+
+    idempotency_ttl_ms: int = 600_000
+    idempotency_max_keys: int = 100_000
+
+
+@attrs.frozen(slots=True)
 class _FileSchema:
     """What the TOML file holds; NodeConfig adds where it came from."""
 
@@ -402,6 +418,7 @@ class _FileSchema:
     http: HttpConfig = attrs.Factory(HttpConfig)
     auth: AuthConfig = attrs.Factory(AuthConfig)
     watch: WatchConfig = attrs.Factory(WatchConfig)
+    kv: KvConfig = attrs.Factory(KvConfig)
 
 
 @attrs.frozen(slots=True)
@@ -420,6 +437,7 @@ class NodeConfig:
     http: HttpConfig = attrs.Factory(HttpConfig)
     auth: AuthConfig = attrs.Factory(AuthConfig)
     watch: WatchConfig = attrs.Factory(WatchConfig)
+    kv: KvConfig = attrs.Factory(KvConfig)
 
     def __attrs_post_init__(self) -> None:
         for key, problem in _problems(self):
@@ -694,6 +712,7 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
     yield from _snapshot_problems(cfg.raft.snapshot)
     yield from _positive("limits", cfg.limits)
     yield from _positive("watch", cfg.watch)
+    yield from _positive("kv", cfg.kv)
     yield from _peer_tls_problems(cfg.tls)
     if cfg.limits.max_key_bytes > MAX_KEY_BYTES_CEILING:
         yield (
@@ -1304,4 +1323,5 @@ def load_config(path: str | Path) -> NodeConfig:
         http=schema.http,
         auth=schema.auth,
         watch=schema.watch,
+        kv=schema.kv,
     )

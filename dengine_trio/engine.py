@@ -54,7 +54,10 @@ class EmbeddedEngine:
     ) -> None:
         self.config = config
         self.node_id = config.cluster.node_id
-        self.state_machine: StateMachine = state_machine or KVStateMachine()
+        self.state_machine: StateMachine = state_machine or KVStateMachine(
+            idempotency_max_keys=config.kv.idempotency_max_keys,
+            idempotency_ttl_ms=config.kv.idempotency_ttl_ms,
+        )
         self._runtime = NodeRuntime(config, self.state_machine, metrics)
         self.watch_hub: WatchHub | None = None
         """Changes applied here, for watchers (``runtime/watch.py``); None with a custom state
