@@ -69,6 +69,10 @@ LAYER_OF = {
     "errors": "base",
     "policy": "base",
     "statemachine": "base",
+    "kv_commands": "base",
+    "kv_index": "base",
+    "client_types": "base",
+    "kvbridge": "engine",
     "log": "base",
     # The sink protocol the runtime and engine report to, and its Prometheus implementation:
     # it imports nothing of the package, so any layer may be handed one.
