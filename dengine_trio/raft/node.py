@@ -1417,17 +1417,16 @@ class RaftNode:
         leader = self._leader
         if self.membership.is_voter(self.id) or self.commit_index < self.membership_index:
             return
-        if leader.timeout_now_sent:
-            self._become_follower(self.term, 0)
-            return
-        if leader.transfer_target:
+        if leader.transfer_target and not leader.timeout_now_sent:
             return  # the handover is under way
         if not leader.handover_started:
             leader.handover_started = True
             self._on_transfer_leader(TransferLeader(0))
             if leader.transfer_target and not leader.timeout_now_sent:
                 return  # bringing the target up to date first
-        # TimeoutNow went out, or no voter could take over, or the transfer timed out.
+        # TimeoutNow went out, or no voter could take over, or the transfer timed out. The
+        # followers learn the commit index (the removal's, at least) before we go quiet.
+        self._notify_commit()
         self._become_follower(self.term, 0)
 
     def _maybe_auto_change(self) -> None:

@@ -221,7 +221,13 @@ def fmt_message(m: Message) -> str:
         outcome = f"index={m.read_index}" if m.ok else "failed"
         return f"{head} MsgReadIndexResp term={m.term} req=#{m.request_id} {outcome}"
     if isinstance(m, InstallSnapshot):
-        return f"{head} MsgSnap term={m.term} snapshot={m.last_term}/{m.last_index}"
+        conf = ""
+        if m.membership:
+            try:
+                conf = f" conf{{{fmt_membership(decode_membership(m.membership))}}}"
+            except ValueError:
+                conf = " conf(undecodable)"
+        return f"{head} MsgSnap term={m.term} snapshot={m.last_term}/{m.last_index}{conf}"
     _unreachable(m)
 
 
@@ -495,7 +501,10 @@ class Interaction:
         node.pending_writes = []
         node.state = dict(image.state)
         node.applied = image.index
-        self.emit(f"restore snapshot {image.term}/{image.index}", 1)
+        adopted = ""
+        if effect.membership:
+            adopted = f" conf{{{fmt_membership(decode_membership(effect.membership))}}}"
+        self.emit(f"restore snapshot {image.term}/{image.index}{adopted}", 1)
         self.serve_reads(node)
 
     def check_vote(self, m: Message) -> None:
