@@ -172,3 +172,37 @@ def test_readme_business_api_examples_run_as_written(
                 assert _shifted(body, 0) == _shifted(answer[-1], offset), (command, out)
             else:
                 assert _shifted(out, 0) == _shifted(answer[0], offset), (command, out)
+
+
+API = ROOT / "docs" / "api.md"
+
+
+def documented_example(text: str, heading: str) -> tuple[str, str]:
+    """(the first ``python`` block after ``heading``, the plain block after "Output:")."""
+    section = text.split(heading, 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    output = re.search(r"Output:\n\n```\n(.*?)```", section, re.S)
+    assert code is not None and output is not None, heading
+    return code.group(1), output.group(1)
+
+
+def test_api_kv2_example_runs_as_written(tmp_path: Path) -> None:
+    """docs/api.md's issue-17 example (a one-node cluster of its own) prints what it says."""
+    import subprocess
+    import sys
+
+    code, output = documented_example(
+        API.read_text(), "## Example: indexes, compare-and-swap, TTL, a transaction"
+    )
+    script = tmp_path / "kv2_example.py"
+    script.write_text(code)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == output
