@@ -8,7 +8,9 @@ linearizably, wait for the nodes to converge, then judge:
 - no acknowledged write is lost (``workload.lost_writes``);
 - every node applied the same index and holds the same value for every key, and that value is
   what the final linearizable read returned or the value of a put of unknown outcome (one still
-  in flight when the reads ran may land later).
+  in flight when the reads ran may land later);
+- every node is a voter again, bound to its data directory (a node removed and added back
+  with a wiped directory was promoted; a voter wiped under its old id was re-bound).
 """
 
 from __future__ import annotations
@@ -123,6 +125,10 @@ async def _play(
     await cluster.wait_for_leader(HEAL_TIMEOUT_S)
     final = await workload.final_reads(HEAL_TIMEOUT_S)
     converged = await cluster.wait_converged(keys, HEAL_TIMEOUT_S)
+    if not await nemesis.members_settled(HEAL_TIMEOUT_S):
+        leader = await cluster.leader()
+        view = await cluster.member_view(leader) if leader is not None else None
+        raise failure(f"not every node is a bound voter again after the heal: {view}")
 
     history = workload.history
     report.operations = len(history)

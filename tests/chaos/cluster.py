@@ -12,15 +12,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import trio
 
+from dengine_trio.config import ROLE_LEARNER, STATUS_JOINING, load_config, render_toml
 from dengine_trio.raft.config import Durability
 from tests.e2e.cluster import Node, key_path, node_env
 from tests.support.cluster import Settings, free_ports, write_cluster
@@ -155,6 +158,10 @@ class ChaosCluster:
             )
             for c in configs
         }
+        # Each node's file as written at the start (a voter of the initial cluster), to go
+        # back to after it was rewritten as a joining node's.
+        self.voter_configs = {i: node.config_path.read_text() for i, node in self.nodes.items()}
+        self.wipes = 0  # data directories emptied (membership faults)
         self.paused: set[int] = set()
         self.http = httpx.AsyncClient(trust_env=False, timeout=STATUS_TIMEOUT_S)
         self._nursery_scope: trio.CancelScope | None = None
@@ -209,6 +216,56 @@ class ChaosCluster:
         for proc in procs:
             await trio.to_thread.run_sync(proc.wait)
         self.paused.clear()
+
+    async def wipe(self, node_id: int, *, joining: bool) -> None:
+        """SIGKILL the node, empty its data directory (log, hard state, snapshots, uuid,
+        cluster id: a replaced disk) and rewrite its file: a joining node's (its own entry
+        ``role = 3``, ``status = 0``: it asks the members to add it and is promoted once
+        caught up) or, with ``joining`` False, its original voter's file (a voter restarted
+        with a wiped directory under its old id). Not restarted here."""
+        await self.kill(node_id)
+        node = self.nodes[node_id]
+        shutil.rmtree(node.db_dir, ignore_errors=True)
+        self.wipes += 1
+        node.config_path.write_text(self.voter_configs[node_id])
+        if joining:
+            cfg = load_config(node.config_path)
+            members = [
+                attrs.evolve(p, role=ROLE_LEARNER, status=STATUS_JOINING) if p.id == node_id else p
+                for p in cfg.cluster.initial_cluster
+            ]
+            cfg = attrs.evolve(cfg, cluster=attrs.evolve(cfg.cluster, initial_cluster=members))
+            node.config_path.write_text(render_toml(cfg))
+
+    async def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> int:
+        """One admin request (``/members``...) on the health port of the first node that
+        answers with something other than a transport error or a 503; returns the status
+        (0 if none answered). Followers forward to the leader."""
+        for i in self.ids:
+            if not self.running(i) or i in self.paused:
+                continue
+            url = f"http://{HOST}:{self.nodes[i].health_port}{path}"
+            try:
+                response = await self.http.request(method, url, json=body, timeout=10.0)
+            except httpx.HTTPError:
+                continue
+            if response.status_code != 503:
+                return response.status_code
+        return 0
+
+    async def member_view(self, node_id: int) -> dict[str, Any] | None:
+        """``GET /members`` of one node, or None."""
+        if not self.running(node_id) or node_id in self.paused:
+            return None
+        url = f"http://{HOST}:{self.nodes[node_id].health_port}/members"
+        try:
+            response = await self.http.get(url)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        view: dict[str, Any] = json.loads(response.content)
+        return view
 
     def pause(self, node_id: int) -> None:
         proc = self.nodes[node_id].proc

@@ -13,6 +13,7 @@ import random
 from collections import Counter
 
 import attrs
+import trio
 
 from .cluster import ChaosCluster
 from .proxy import LinkFault, LinkMode
@@ -34,8 +35,22 @@ FAULT_KINDS = (
     "blackhole",  # every link of one node swallows bytes silently, both ways
     "delay",  # every link delayed
     "delay_node",  # every link of one node delayed
+    # Membership (issue 14): DELETE /members/<follower>, SIGKILL it, empty its data directory
+    # and start it again as a joining node (own entry role 3, status 0): it asks to be added
+    # back as a learner, catches up (snapshot, then log) and is promoted automatically.
+    "replace_follower",
+    # SIGKILL a voter (or the leader), empty its data directory and start it again with its
+    # original voter's file, under its old id: what docs/operations.md says not to do. It
+    # must not vote until the leader has bound its new data directory (issue 14).
+    "wipe_voter",
 )
 LONG_HOLD = frozenset({"kill_follower"})
+MEMBERSHIP = frozenset({"replace_follower", "wipe_voter"})
+"""Faults that change the membership: each waits until every node is a bound voter again
+(``MEMBERS_SETTLE_S``), since wiping a second directory before the first is bound again
+takes two of three voters' votes away (a cluster that cannot elect, not a safety question)."""
+MEMBERS_SETTLE_S = 60.0
+REMOVE_TIMEOUT_S = 20.0
 """Faults held 4-8 s rather than 0.5-6 s (1.5-3 s in the covering schedule)."""
 LEADER = 0
 """``Fault.target`` for "whichever node leads when the fault is injected"."""
@@ -97,9 +112,10 @@ def make_schedule(seed: int, durability: str, duration_s: float, size: int = 3) 
     while elapsed < duration_s:
         first = rng.choice(FAULT_KINDS)
         faults = [_fault(rng, first, size)]
-        if rng.random() < 0.3 and first != "kill_all":
-            second = rng.choice([k for k in FAULT_KINDS if k not in (first, "kill_all")])
-            faults.append(_fault(rng, second, size))
+        if rng.random() < 0.3 and first != "kill_all" and first not in MEMBERSHIP:
+            # A membership fault comes alone: its removal must commit while it is carried out.
+            others = [k for k in FAULT_KINDS if k not in (first, "kill_all", *MEMBERSHIP)]
+            faults.append(_fault(rng, rng.choice(others), size))
         hold = rng.uniform(0.5, 6.0)
         if any(f.kind in LONG_HOLD for f in faults):
             hold = rng.uniform(4.0, 8.0)
@@ -176,6 +192,32 @@ class Nemesis:
         elif kind == "delay_node":
             net.set_links(net.links_of(node), LinkFault(delay_s=fault.delay_ms / 1000))
             done = f"delay n{node} links {fault.delay_ms} ms"
+        elif kind in MEMBERSHIP:
+            if not await self.members_settled(MEMBERS_SETTLE_S):
+                self.injected[f"{kind}_skipped"] += 1
+                done = f"{kind} skipped: members not all bound voters"
+                self.log.append(done)
+                return done
+            if kind == "replace_follower":
+                leader = await c.leader()
+                followers = [i for i in c.ids if i != leader]
+                node = followers[fault.other_offset % len(followers)]
+                status = 0
+                with trio.move_on_after(REMOVE_TIMEOUT_S):
+                    while status not in (200, 404):
+                        status = await c.admin("DELETE", f"/members/{node}")
+                        if status not in (200, 404):
+                            await trio.sleep(0.3)
+                removed = status in (200, 404) or await self.removed(node)
+                # Not removed (no leader in time): it comes back as a wiped voter instead.
+                await c.wipe(node, joining=removed)
+                c.start(node)
+                back = "a joining learner" if removed else "a voter (not removed)"
+                done = f"remove n{node} ({status}), wipe, back as {back}"
+            else:
+                await c.wipe(node, joining=False)
+                c.start(node)
+                done = f"wipe n{node}, restart as a voter under its old id"
         else:
             raise ValueError(f"unknown fault kind {kind!r}")
         self.injected[kind] += 1
@@ -185,3 +227,36 @@ class Nemesis:
     def heal(self) -> None:
         self.cluster.heal()
         self.log.append("heal")
+
+    async def removed(self, node: int) -> bool:
+        """After a DELETE that got no clear answer: is ``node`` out of the leader's view?"""
+        c = self.cluster
+        with trio.move_on_after(10.0):
+            while True:
+                leader = await c.leader()
+                view = await c.member_view(leader) if leader is not None else None
+                if view is not None:
+                    return node not in {m["id"] for m in view["members"]}
+                await trio.sleep(0.2)
+        return False
+
+    async def members_settled(self, timeout_s: float) -> bool:
+        """Wait (bounded) until the leader's ``GET /members`` lists every node as a voter
+        bound to a data directory; False if that did not happen in time."""
+        c = self.cluster
+        want = set(c.ids)
+        with trio.move_on_after(timeout_s):
+            while True:
+                leader = await c.leader()
+                view = await c.member_view(leader) if leader is not None else None
+                if view is not None:
+                    members = {m["id"]: m for m in view["members"]}
+                    running = all(c.running(i) and i not in c.paused for i in c.ids)
+                    if (
+                        running
+                        and set(members) == want
+                        and all(m["voter"] and m.get("bound", True) for m in members.values())
+                    ):
+                        return True
+                await trio.sleep(0.2)
+        return False

@@ -38,7 +38,8 @@ def _check_report(report: ScheduleReport) -> None:
 
 
 async def test_covering_schedule(tmp_path: Path) -> None:
-    """Every fault kind once (kills, pauses, partitions, one-way cuts, black holes, delays)
+    """Every fault kind once (kills, pauses, partitions, one-way cuts, black holes, delays,
+    a follower removed and added back with a wiped directory, a voter wiped under its old id)
     under DiskFirst, with snapshots every ``SNAPSHOT_EVERY`` entries: linearizable, nothing
     acknowledged lost, the nodes converge, and snapshots were taken during the faults."""
     seed = int(os.environ.get("DENGINE_CHAOS_SEED", "1"))
@@ -52,6 +53,11 @@ async def test_covering_schedule(tmp_path: Path) -> None:
     assert report.proxy["bytes_swallowed"] > 0
     # Snapshots and compaction ran under the faults (installs depend on timing: printed).
     assert report.snapshots["written"] > 0, report.snapshots
+    # The membership faults did what they say: a follower removed (200) and back as a
+    # joining learner (then promoted: run_schedule checks every node is a voter at the end).
+    assert any("(200), wipe, back as a joining learner" in s for s in report.nemesis_log), (
+        report.nemesis_log
+    )
 
 
 @pytest.mark.skipif(not REPLAY, reason="set DENGINE_CHAOS_REPLAY=<seed>:<durability>:<s>")
