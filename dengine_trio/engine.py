@@ -417,16 +417,9 @@ class Client:
         ``Timeout`` the write may or may not have been applied (retry it with the same
         ``idempotency_key`` to find out, applying it at most once).
         """
-        return (
-            await self.put_outcome(
-                key,
-                value,
-                ttl_ms=ttl_ms,
-                prev_value=prev_value,
-                prev_index=prev_index,
-                idempotency_key=idempotency_key,
-            )
-        ).index
+        # Not a call of put_outcome: one more coroutine frame per write is measurable.
+        command = self._put_command(key, value, ttl_ms, prev_value, prev_index, idempotency_key)
+        return kvbridge.write_outcome(await self._engine.propose(command)).index
 
     async def put_outcome(
         self,
@@ -440,6 +433,19 @@ class Client:
     ) -> WriteOutcome:
         """:meth:`put`, returning its :class:`WriteOutcome` (index, and whether it was the
         replay of an earlier request with the same ``idempotency_key``)."""
+        command = self._put_command(key, value, ttl_ms, prev_value, prev_index, idempotency_key)
+        return kvbridge.write_outcome(await self._engine.propose(command))
+
+    def _put_command(
+        self,
+        key: bytes,
+        value: bytes,
+        ttl_ms: int | None,
+        prev_value: bytes | _Unset | None,
+        prev_index: int | None,
+        idempotency_key: bytes | None,
+    ) -> bytes:
+        """Check the arguments of a put (see :meth:`put`) and encode its command."""
         self._check_key(key)
         self._check_value(value)
         self._check_idempotency_key(idempotency_key)
@@ -448,7 +454,7 @@ class Client:
         if prev_index is not None and prev_index < 0:
             raise ValueError(f"prev_index must be >= 0, got {prev_index}")
         now_ms = kvbridge.wall_clock_ms()
-        command = kvbridge.encode_put(
+        return kvbridge.encode_put(
             key,
             value,
             now_ms=now_ms,
@@ -457,7 +463,6 @@ class Client:
             prev_index=prev_index,
             idempotency_key=idempotency_key,
         )
-        return kvbridge.write_outcome(await self._engine.propose(command))
 
     async def delete(
         self,
@@ -469,10 +474,8 @@ class Client:
         """Remove ``key`` (a missing key is not an error); return the index it applied at.
         ``prev_index``: only if the key's ``mod_index`` is this, else ``CompareFailed``.
         Otherwise like :meth:`put`."""
-        outcome = await self.delete_outcome(
-            key, prev_index=prev_index, idempotency_key=idempotency_key
-        )
-        return outcome.index
+        command = self._delete_command(key, prev_index, idempotency_key)
+        return kvbridge.write_outcome(await self._engine.propose(command)).index
 
     async def delete_outcome(
         self,
@@ -482,17 +485,23 @@ class Client:
         idempotency_key: bytes | None = None,
     ) -> WriteOutcome:
         """:meth:`delete`, returning its :class:`WriteOutcome`."""
+        command = self._delete_command(key, prev_index, idempotency_key)
+        return kvbridge.write_outcome(await self._engine.propose(command))
+
+    def _delete_command(
+        self, key: bytes, prev_index: int | None, idempotency_key: bytes | None
+    ) -> bytes:
+        """Check the arguments of a delete (see :meth:`delete`) and encode its command."""
         self._check_key(key)
         self._check_idempotency_key(idempotency_key)
         if prev_index is not None and prev_index < 0:
             raise ValueError(f"prev_index must be >= 0, got {prev_index}")
-        command = kvbridge.encode_delete(
+        return kvbridge.encode_delete(
             key,
             now_ms=kvbridge.wall_clock_ms(),
             prev_index=prev_index,
             idempotency_key=idempotency_key,
         )
-        return kvbridge.write_outcome(await self._engine.propose(command))
 
     async def txn(
         self,
