@@ -7,14 +7,15 @@ before anything else is stored there, so every vote and log entry a directory ev
 written under its uuid. A membership binds each member to the uuid of the directory that
 acknowledged entries and cast votes as that member (issue 14, ``raft/membership.py``); a node
 whose directory's uuid is not the one it is bound to has forgotten its votes and does not vote
-until a configuration change binds its new uuid (Ongaro's thesis section 4.1 assumes a server
-never forgets; this is how the cluster notices one that did).
+until configuration changes have taken it back (as a learner bound to its new uuid, then
+promoted once caught up: docs/durability.md, "A voter's data directory"). Ongaro's thesis
+(section 4.1) assumes a server never forgets; this is how the cluster notices one that did.
 
 The file is written once: to ``node_uuid.tmp``, fsynced, renamed, directory fsynced. A crash
 leaves no file (the next open makes a new uuid: nothing was stored under the lost one) or the
 whole file. A damaged file stops the node (``CorruptNodeUuidError``, one line naming it): the
 disk under it is suspect. Deleting the file is safe: the node then gets a new uuid and the
-cluster treats it as one that lost its directory (it is re-bound before it votes again).
+cluster treats it as one that lost its directory (it is taken back before it votes again).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def load_node_uuid(directory: str | Path) -> str | None:
         raise CorruptNodeUuidError(
             f"{path}: {shown!r} is not a node uuid (32 hex digits); the file is damaged "
             "(deleting it gives this data directory a new identity: the cluster then "
-            "re-binds the node before it votes again)"
+            "takes the node back as a learner before it votes again)"
         )
     return text
 
