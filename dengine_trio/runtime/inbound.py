@@ -47,6 +47,22 @@ from .tls import PeerTls
 _PEER_TYPES = frozenset(PEER_MESSAGE_TYPES)
 
 
+def same_cluster(theirs: str, ours: str) -> bool:
+    """Whether a caller naming cluster ``theirs`` may be of this node's cluster ``ours``.
+
+    A node that knows its cluster's id (persisted at bootstrap: ``<configuration id>-<12
+    hex>``, ``runtime/membership.py``) names it; one that knows none yet names the id its
+    configuration derives (``NodeConfig.cluster_id()``: name and initial voters), or "" (a
+    joining node, whose configuration need not list the voters the cluster started with).
+    Equal ids match, "" matches anything (the membership rules decide), and a configuration
+    id matches the cluster ids derived from it (a wiped node of this cluster, a new cluster's
+    nodes before their first leader): two clusters bootstrapped apart never match, even from
+    the same configuration."""
+    if not theirs or not ours or theirs == ours:
+        return True
+    return ours.startswith(theirs + "-") or theirs.startswith(ours + "-")
+
+
 class InboundSide(PeerIdentity):
     """Mixin of ``Transport``: serves the connections peers open to this node."""
 
@@ -274,10 +290,7 @@ class InboundSide(PeerIdentity):
             return f"expected Hello, got {type(hello).__name__}"
         if hello.protocol_version != PROTOCOL_VERSION:
             return f"protocol version {hello.protocol_version}, expected {PROTOCOL_VERSION}"
-        # "" is a node that has no cluster id yet (a new cluster before its first leader
-        # made the membership explicit, a joining node, a wiped one): it is let in, and the
-        # membership rules below and in the core decide what it may do.
-        if hello.cluster_id and self.cluster_id and hello.cluster_id != self.cluster_id:
+        if not same_cluster(hello.cluster_id, self.cluster_id):
             return f"cluster id {hello.cluster_id!r} is not {self.cluster_id!r}"
         if hello.dst != self.node_id:
             return f"Hello addressed to node {hello.dst}, this is node {self.node_id}"

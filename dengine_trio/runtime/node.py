@@ -163,7 +163,10 @@ class NodeRuntime:
         self.uuid = ""
         """This data directory's uuid (``Storage.node_uuid``), set by ``open_storage``."""
         self.bootstrap_cluster_id = ""
-        """The id this node gives the cluster if it makes the first explicit membership."""
+        """The id this node gives the cluster if it makes the first explicit membership:
+        ``<NodeConfig.cluster_id()>-<12 random hex digits>``."""
+        self.hello_cluster_id = ""
+        """What the handshake names before the cluster's id is known (``open_storage``)."""
         self.membership = MembershipRuntime(self)
         self.snapshotter = Snapshotter(self)
         if self.snapshotter.enable and not callable(getattr(state_machine, "snapshot", None)):
@@ -198,6 +201,12 @@ class NodeRuntime:
             # configuration's: nodes restored from different backups must refuse each other.
             persisted = load_cluster_id(cfg.db_root_path())
             self.set_cluster_id(persisted or "")
+            # Until it knows its cluster's id, a node names its configuration's in the
+            # handshake (a joining node none: its configuration need not list the voters the
+            # cluster started with); ``inbound.same_cluster``.
+            self.hello_cluster_id = persisted or (
+                "" if self.membership.joiner else cfg.cluster_id()
+            )
             # Without a persisted id (a new node, or one from before issue 14) any
             # snapshot's id is accepted: the membership decides who it talks to.
             storage = Storage.open(
@@ -207,7 +216,7 @@ class NodeRuntime:
             )
             self.uuid = storage.node_uuid
             self.bootstrap_cluster_id = (
-                persisted or f"{cfg.cluster.name}-{uuid_module.uuid4().hex[:16]}"
+                persisted or f"{cfg.cluster_id()}-{uuid_module.uuid4().hex[:12]}"
             )
             try:
                 self.snapshotter.clean_incoming()
@@ -293,7 +302,7 @@ class NodeRuntime:
             peers = self.membership.peer_addresses()
             self.transport = Transport(
                 self.node_id,
-                self.cluster_id,
+                self.hello_cluster_id,
                 cfg.listen_host_port(),
                 peers,
                 self._deliver,
@@ -315,6 +324,7 @@ class NodeRuntime:
                 joining=self.membership.joiner and not self.membership.is_member(),
                 admit=self.membership.admit,
                 identified=self._identified,
+                known_cluster_id=self.cluster_id,
             )
             async with (
                 WorkerThread(f"dengine-fsync-{self.node_id}") as fsync_thread,

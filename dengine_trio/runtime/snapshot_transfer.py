@@ -731,7 +731,7 @@ class SnapshotTransfers:
         expected = (offer.last_index, offer.last_term)
         # A node that knows no cluster id yet (a joining or wiped one) takes its cluster's
         # first snapshot whatever id it names; the membership in it then names the id.
-        cluster_id = self.transport.cluster_id or None
+        cluster_id = self.transport.known_cluster_id or None
         try:
             staged = await trio.to_thread.run_sync(incoming.receiver.finish, cluster_id, expected)
         except SnapshotError as exc:

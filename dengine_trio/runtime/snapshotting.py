@@ -161,6 +161,7 @@ class Snapshotter:
             and self.enable
             and raft is not None
             and index - raft.snapshot_index >= self.threshold
+            and index >= raft.snapshot_index
             and trio.current_time() >= self._retry_at
             and self._node.nursery is not None
             and not self._node.stopped
@@ -327,6 +328,12 @@ class Snapshotter:
             if self._installing is not None:
                 # The state machine is being replaced: capture the new state once it is in.
                 await self._installing.wait()
+                continue
+            raft = node.raft
+            if raft is not None and node.applied_index < raft.snapshot_index:
+                # The core took a leader's snapshot whose install has not begun yet (the
+                # barrier waits for the Raft loop): the state to capture is the installed one.
+                await trio.sleep(0.005)
                 continue
             run = self._run
             if run is None:

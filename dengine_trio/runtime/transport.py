@@ -115,6 +115,7 @@ class Transport(InboundSide):
         joining: bool = False,
         admit: Callable[[Hello], str] | None = None,
         identified: Callable[[int, str], None] | None = None,
+        known_cluster_id: str | None = None,
     ) -> None:
         if node_id in peers:
             raise ValueError(f"peers must be the other nodes, but include node {node_id}")
@@ -124,6 +125,11 @@ class Transport(InboundSide):
         self.incarnation = new_incarnation() if incarnation is None else incarnation
         """This process's incarnation, sent in both halves of every handshake."""
         self.cluster_id = cluster_id
+        """The id ``Hello`` names: the cluster's once known, else what this node's
+        configuration says (``NodeConfig.cluster_id()``), else "" (see ``same_cluster``)."""
+        self.known_cluster_id = cluster_id if known_cluster_id is None else known_cluster_id
+        """The cluster's id once this node knows it ("" before; default ``cluster_id``):
+        snapshot files received must name it."""
         self.listen = listen
         self.peers = dict(peers)
         self.deliver = deliver
@@ -173,9 +179,9 @@ class Transport(InboundSide):
         return link
 
     def set_cluster_id(self, cluster_id: str) -> None:
-        """From now on ``Hello`` names ``cluster_id`` and callers of another non-empty id are
-        refused (connections already open stay)."""
-        self.cluster_id = cluster_id
+        """The cluster's id is ``cluster_id``: ``Hello`` names it from now on, callers of
+        another cluster are refused (connections already open stay; see ``same_cluster``)."""
+        self.cluster_id = self.known_cluster_id = cluster_id
 
     def set_peers(self, peers: dict[int, tuple[str, int]]) -> None:
         """Make ``peers`` (every OTHER node's id -> ``(host, port)``) the nodes this node

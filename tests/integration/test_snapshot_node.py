@@ -125,10 +125,10 @@ async def test_snapshots_bound_the_log_memory_and_disk(tmp_path: Path) -> None:
             assert 1 <= len(snapshots) <= 2
             newest = snapshots[0]
             assert newest.last_index == status.snapshot_index
-            verify_snapshot(newest.path, engine.config.cluster_id())
+            verify_snapshot(newest.path, engine._runtime.cluster_id)
             image = KVStateMachine()
             await trio.to_thread.run_sync(
-                restore_snapshot, newest.path, engine.config.cluster_id(), image
+                restore_snapshot, newest.path, engine._runtime.cluster_id, image
             )
             # As of its index: put i is entry i + 2 (after the leader's no-op) or a little
             # later (a no-op per further term), so the newest value in the image is there.
@@ -220,14 +220,14 @@ async def test_take_snapshot_is_fresh_and_complete(tmp_path: Path) -> None:
         engine = engines[leader]
         first = await engine.take_snapshot()
         assert first.last_index == engine.node_status().applied_index
-        verified = verify_snapshot(first.path, engine.config.cluster_id())
+        verified = verify_snapshot(first.path, engine._runtime.cluster_id)
         assert (verified.last_index, verified.last_term) == (first.last_index, first.last_term)
         assert (await engine.take_snapshot()).path == first.path
         await write(engine, 1, start=3 * THRESHOLD)
         second = await engine.take_snapshot()
         assert second.last_index == first.last_index + 1
         image = KVStateMachine()
-        restore_snapshot(second.path, engine.config.cluster_id(), image)
+        restore_snapshot(second.path, engine._runtime.cluster_id, image)
         assert image.data == expected(3 * THRESHOLD + 1)
         # Callers during a write: each gets a complete file as of the index applied when
         # it asked or later; one that asked after the write was applied sees the write.
@@ -248,7 +248,7 @@ async def test_take_snapshot_is_fresh_and_complete(tmp_path: Path) -> None:
         assert len(results) == 3
         assert all(r.last_index >= second.last_index for r in results)
         assert results[-1].last_index == engine.node_status().applied_index == second.last_index + 1
-        verify_snapshot(results[-1].path, engine.config.cluster_id())
+        verify_snapshot(results[-1].path, engine._runtime.cluster_id)
         assert len(list_snapshots(engine.config.snapshots_path())) <= 2
 
 
@@ -293,7 +293,7 @@ async def test_a_staged_snapshot_is_installed_or_discarded(tmp_path: Path) -> No
         taken = await alone.take_snapshot()
         assert taken.last_index == snapshot.last_index
         image = KVStateMachine()
-        restore_snapshot(taken.path, alone.config.cluster_id(), image)
+        restore_snapshot(taken.path, alone._runtime.cluster_id, image)
         assert image.data == expected(220)
         await wait_until(lambda: alone.node_status().applied_index == snapshot.last_index)
         status = alone.node_status()
@@ -410,7 +410,7 @@ async def test_a_snapshot_that_cannot_be_written_is_retried_and_writes_go_on(
         )
         for engine in engines.values():
             assert verify_snapshot(
-                list_snapshots(engine.config.snapshots_path())[0].path, engine.config.cluster_id()
+                list_snapshots(engine.config.snapshots_path())[0].path, engine._runtime.cluster_id
             )
 
 

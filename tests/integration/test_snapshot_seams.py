@@ -79,7 +79,7 @@ async def test_a_leader_whose_newest_snapshot_is_damaged_still_catches_a_followe
         # The leader's newest file is a valid one again; the damaged one is out of the way.
         fresh = runtime.snapshotter.latest
         assert fresh is not None
-        verify_snapshot(fresh.path, configs[0].cluster_id())
+        verify_snapshot(fresh.path, runtime.cluster_id)
         assert latest.path.with_name(latest.path.name + ".rejected").exists()
         nursery.cancel_scope.cancel()
 
