@@ -399,11 +399,18 @@ class Cluster:
             # Fixed draws per pair would do as well; the rng keeps runs reproducible.
             there = self.now + self.rng.uniform(low, high)
             back = self.now + self.rng.uniform(0.2, 2.0)
-            self.call_at(there, lambda o=other, u=node.uuid, n=node.id: self._identify(o, n, u))
+
+            def _there(o: SimNode = other, u: str = node.uuid) -> None:
+                # No connection over a cut link (its first message, later, brings the Hello).
+                if (node.id, o.id) not in self.cut:
+                    self._identify(o, node.id, u)
 
             def _back(o: SimNode = other) -> None:
-                if node.raft is not None and node.incarnation == incarnation:
+                alive = node.raft is not None and node.incarnation == incarnation
+                if alive and (o.id, node.id) not in self.cut:
                     self._identify(node, o.id, o.uuid)
+
+            self.call_at(there, _there)
 
             self.call_at(back, _back)
 
@@ -1221,6 +1228,24 @@ class Cluster:
             self.call_at(
                 self.now + down_ms, lambda: self.restart(node_id) if node.wipes == wipes else None
             )
+
+    def amnesiac(self) -> set[int]:
+        """Nodes that lost a data directory and have not yet durably re-bound a new one."""
+        return {
+            n.id
+            for n in self.nodes.values()
+            if (n.lost_entries or n.lost_snapshot) and not self._durably_bound(n)
+        }
+
+    def may_wipe(self, node_id: int) -> bool:
+        """Would wiping ``node_id`` now leave the committed membership's voters with at most a
+        minority of amnesiacs? Beyond that the cluster has lost the memory of a majority of
+        its voters, as with a majority of disks lost in any Raft: the amnesiacs can form a
+        new cluster (fresh implicit memberships vote for each other). The generator wipes
+        within that bound only."""
+        voters = set(self.committed_membership().voters)
+        lost = (self.amnesiac() | {node_id}) & voters
+        return len(lost) <= (len(voters) - 1) // 2
 
     def _durably_bound(self, node: SimNode) -> bool:
         """Does the node's durable state name a membership binding it to its own uuid?"""

@@ -384,3 +384,26 @@ def test_a_violating_vote_is_caught() -> None:
     node = c.nodes[learner]
     with pytest.raises(InvariantViolation, match="granted a vote"):
         c._check_vote(node, RequestVoteResponse(c.raft(learner).term, learner, leader, True))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvariantViolation,
+    reason="core (A): a PeerIdentity that resets a peer's Progress is not followed by CheckQuorum",
+)
+def test_a_leader_that_learns_its_only_contact_was_wiped_steps_down() -> None:
+    """Found by the generator (wiped-race): the leader hears from C only (B cut off for longer
+    than an election timeout); C is wiped and its new uuid reaches the leader, which resets
+    C's progress (its old acknowledgements describe a disk that is gone). Whatever that does
+    to the leader's view of its contacts, it must not end the step leading without quorum
+    contact."""
+    c, leader = explicit_cluster(seed=16)
+    b, cc = (n for n in c.ids if n != leader)
+    c.cut_link(leader, b)
+    c.cut_link(b, leader)
+    c.run_for(c.config_for(leader).election_timeout_min_ms + 100)
+    assert c.leader() == leader and c.raft(leader).has_quorum_contact(c.raft(leader).now)
+    c.wipe(cc, identity_delay_ms=(1.0, 1.0))
+    c.run_for(5)  # the identity arrives: the step's check raises if it still leads
+    assert c.raft(leader).membership.get(cc).uuid != c.nodes[cc].uuid  # type: ignore[union-attr]
+    finish(c)
