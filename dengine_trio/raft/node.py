@@ -289,8 +289,9 @@ class RaftNode:
 
     @property
     def progress(self) -> dict[int, Progress]:
-        """Leader only (empty otherwise): what it knows of each other voter's log, node id ->
-        ``Progress`` (§5.3, Figure 2's nextIndex/matchIndex). Read-only to callers."""
+        """Leader only (empty otherwise): what it knows of each other member's log (voters
+        and learners), node id -> ``Progress`` (§5.3, Figure 2's nextIndex/matchIndex).
+        Read-only to callers."""
         state = self._state
         return state.tracker.progress if isinstance(state, LeaderState) else {}
 

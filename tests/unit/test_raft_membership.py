@@ -515,3 +515,30 @@ def test_the_transcript_runner_refuses_a_vote_by_an_unbound_node() -> None:
     r3._refuses_candidate = lambda m: False  # type: ignore[method-assign]
     with pytest.raises(TranscriptError, match="granted a vote while unbound"):
         run(it, "crash 1", "campaign 2", "stabilize")
+
+
+def test_leadership_is_never_transferred_to_a_learner() -> None:
+    """A learner never campaigns: a TimeoutNow to it would leave the cluster leaderless."""
+    it = cluster(3)
+    run(it, "add-node 4", "change 1 add 4", "stabilize")
+    out = run(it, "transfer-leader 1 to=4", "stabilize")
+    assert not any("MsgTimeoutNow" in line for line in out)
+    assert raft(it, 1).role is Role.LEADER
+    out = run(it, "transfer-leader 1", "stabilize")  # the best follower is a voter
+    assert any("1->2 MsgTimeoutNow" in line or "1->3 MsgTimeoutNow" in line for line in out)
+
+
+def test_membership_at_answers_from_the_snapshot_on_after_compaction() -> None:
+    it = cluster(3)
+    run(it, "add-node 4", "change 1 add 4", "stabilize", "propose 1 a=1", "stabilize")
+    run(it, "change 1 remove 4", "stabilize", "propose 1 b=2", "stabilize")
+    leader = raft(it, 1)
+    run(it, "snapshot 1")
+    assert leader.snapshot_index > leader.membership_index
+    assert leader.membership_at(leader.snapshot_index).ids == (1, 2, 3)
+    assert leader._configs == [(leader.membership_index, leader.membership)]  # the rest dropped
+    with pytest.raises(ValueError):
+        leader.membership_at(leader.snapshot_index - 1)
+    run(it, "add-node 5", "change 1 add 5", "stabilize")
+    assert leader.membership_at(leader.snapshot_index).ids == (1, 2, 3)
+    assert leader.membership_at(leader.log.last_index).ids == (1, 2, 3, 5)
