@@ -20,7 +20,8 @@ digits>.snap``. All integers are little-endian::
     payload length                u64
     file CRC32                    u32   of every byte before it (the whole file but these 4)
 
-The header map has ``"last_index"`` (int), ``"last_term"`` (int), ``"cluster_id"`` (str),
+The header map has ``"last_index"`` (int), ``"last_term"`` (int), ``"cluster_id"`` (str; ""
+from a node that did not know its cluster's id yet, which any reader accepts as its own),
 ``"membership"``: ``{"voters": [[id, address], ...]}``, the voters as of ``last_index`` (what
 the configuration listed; kept for display), and since version 2 ``"config"``: the
 membership in effect at ``last_index`` as ``raft.membership.encode_membership`` bytes (its
@@ -264,7 +265,9 @@ class SnapshotReader:
     the end (``b""``) before it commits what it read. Memory: one ``read`` request at a time.
 
     Raises ``CorruptSnapshotError``, ``UnsupportedSnapshotVersionError``,
-    ``ForeignSnapshotError`` (``cluster_id`` given and different), ``OSError`` from the disk.
+    ``ForeignSnapshotError`` (``cluster_id`` given and the file's different; a file whose
+    cluster id is "" was taken before its node knew its cluster's id and passes any check),
+    ``OSError`` from the disk.
     """
 
     def __init__(self, path: Path, fd: int, header: SnapshotHeader, start: int, end: int) -> None:
@@ -318,7 +321,9 @@ class SnapshotReader:
             header = SnapshotHeader.decode(raw[:header_length], version)
         except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
             raise CorruptSnapshotError(path, f"undecodable header ({exc})") from None
-        if cluster_id is not None and header.cluster_id != cluster_id:
+        # "" was written by a node that did not know its cluster's id yet (an implicit
+        # membership): its own file, taken before the id it now checks against reached it.
+        if cluster_id is not None and header.cluster_id and header.cluster_id != cluster_id:
             raise ForeignSnapshotError(
                 path,
                 f"cluster id {header.cluster_id!r}, expected {cluster_id!r}: a snapshot "

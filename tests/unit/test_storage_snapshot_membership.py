@@ -17,6 +17,7 @@ from dengine_trio.storage import Storage
 from dengine_trio.storage.snapshots import (
     FORMAT_VERSION,
     CorruptSnapshotError,
+    ForeignSnapshotError,
     SnapshotHeader,
     SnapshotReceiver,
     SnapshotWriter,
@@ -159,3 +160,24 @@ def test_install_snapshot_with_an_unreadable_header_keeps_the_log(tmp_path: Path
         with pytest.raises(CorruptSnapshotError):
             storage.install_snapshot(20, 3)
         assert storage.last_index == 1
+
+
+def test_a_snapshot_taken_before_the_node_knew_its_cluster_is_its_own(tmp_path: Path) -> None:
+    """A node writes cluster id "" in the snapshots it takes before it has learned its
+    cluster's id (an implicit membership: a directory from before issue 14, before its first
+    leader's configuration entry applied). Once it has persisted the id, those files must still
+    restart it (with its log compacted behind them it could not start otherwise) and be
+    accepted by a follower that knows the id. Another non-empty id is still refused."""
+    db, snapshots = tmp_path / "db", tmp_path / "db" / "snapshots"
+    header = SnapshotHeader(9, 2, "", VOTERS)
+    with SnapshotWriter.create(snapshots, header) as writer:
+        writer.write(b"image")
+        path = writer.commit().path
+    with Storage.open(db, snapshots_dir=snapshots, cluster_id=CLUSTER) as storage:
+        assert storage.snapshot_index == 9
+    receiver = SnapshotReceiver.create(tmp_path / "follower")
+    receiver.write_chunk(0, read_raw_chunk(path, 0, 1 << 20))
+    assert receiver.finish(CLUSTER, (9, 2)).last_index == 9
+    write(tmp_path / "other", 9, 2, None)  # CLUSTER's file, checked against another id
+    with pytest.raises(ForeignSnapshotError):
+        verify_snapshot(tmp_path / "other" / path.name, "c-another")
