@@ -149,6 +149,32 @@ def test_a_learner_never_votes_nor_campaigns() -> None:
     finish(c)
 
 
+def test_learners_never_make_a_quorum() -> None:
+    """Three voters and two read replicas; the leader is cut off from both other voters but
+    still reaches both learners (three of five nodes, one of three voters): its writes must
+    not commit (the simulator checks every commit against the voters of the leader's
+    membership), and it steps down by CheckQuorum; the two voters elect a leader."""
+    c, leader = explicit_cluster(seed=17)
+    learners = [c.add_node(), c.add_node()]
+    for n in learners:
+        op = c.change(leader, ConfChange(ADD, n, c.address(n), promote=False))
+        wait_op(c, op)
+        assert c.history[op].ok
+    c.run_for(500)
+    assert c.raft(leader).membership.learners == tuple(learners)
+    voters = [n for n in c.ids if n not in (leader, *learners)]
+    c.partition([leader, *learners], voters)
+    ops = [c.put(leader, "k") for _ in range(5)]
+    c.run_for(300)
+    # The learners hold the writes (replicated to), the leader counts them for nothing.
+    assert all(c.raft(n).log.last_index == c.raft(leader).log.last_index for n in learners)
+    assert not any(c.history[o].ok for o in ops)
+    c.run_for(c.config_for(leader).election_timeout_min_ms + 100)
+    assert c.raft(leader).role is not Role.LEADER
+    assert wait_until(c, lambda: c.leader() in voters)
+    finish(c)
+
+
 def test_removing_the_leader_hands_over_and_it_never_campaigns_again() -> None:
     """REMOVE of the leader itself: once committed the old leader steps down (handing over),
     another node leads, and the removed node never asks for a vote again (checked at every
