@@ -216,7 +216,8 @@ async def test_a_voter_back_with_a_wiped_directory_is_rebound_before_it_votes(
         def rebound() -> bool:
             m = fresh._runtime.raft.membership  # type: ignore[union-attr]
             me = m.get(wiped)
-            return me is not None and me.uuid == new_uuid
+            # Taken back as a learner bound to its new directory, then promoted.
+            return me is not None and me.voter and me.uuid == new_uuid
 
         await wait_until(rebound, WAIT_S)
         assert await fresh.client().get(b"k19", ReadPolicy.LINEARIZABLE) == b"v19"
