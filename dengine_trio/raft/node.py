@@ -206,6 +206,9 @@ class RaftNode:
         self._round_open = False  # a heartbeat round was started during this step
         # Proposals appended in this step and not yet handed out as one PersistEntries.
         self._proposed: list[Entry] = []
+        # The leader's quorum changed in this step (membership, an uncounted voter): CheckQuorum
+        # is checked again at its end, so a leader has quorum contact at every step boundary.
+        self._quorum_changed = False
 
     # ------------------------------------------------------------------ driving the node
 
@@ -1236,6 +1239,7 @@ class RaftNode:
                 membership.voters, membership.learners, min(index, self.log.last_index) or 1
             )
             self._refresh_uncounted()
+            self._quorum_changed = True
             # A member gone (or turned learner) may have been what held the commit index or
             # a read round back; the quorum is over the new voters from now on.
             self._maybe_commit()
@@ -1283,6 +1287,7 @@ class RaftNode:
         tracker = self._leader.tracker
         if uncounted != tracker.uncounted:
             tracker.uncounted = uncounted
+            self._quorum_changed = True
             self._maybe_commit()
             self._advance_reads()
 
@@ -1480,6 +1485,9 @@ class RaftNode:
         MemFirst append toward commit and sends what each follower lacks (batching), a new
         commit index is scheduled to reach the followers, committed entries go out as one
         ``Apply``, and a changed (role, term, leader) as ``RoleChanged``. (Not an fsync.)"""
+        if self._quorum_changed:
+            self._quorum_changed = False
+            self._check_quorum()
         if isinstance(self._state, LeaderState):
             self._maybe_hand_over()
         if isinstance(self._state, LeaderState):
