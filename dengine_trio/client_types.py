@@ -70,14 +70,18 @@ class TxnOp:
 
     @classmethod
     def put(cls, key: bytes, value: bytes, ttl_ms: int | None = None) -> TxnOp:
+        """Set ``key`` to ``value``, expiring ``ttl_ms`` ms after the proposer's clock when
+        given (>= 1)."""
         return cls("put", key, value, ttl_ms)
 
     @classmethod
     def delete(cls, key: bytes) -> TxnOp:
+        """Remove ``key`` (absent: nothing happens)."""
         return cls("delete", key)
 
     @classmethod
     def get(cls, key: bytes) -> TxnOp:
+        """Read ``key`` as of this point of the transaction."""
         return cls("get", key)
 
 

@@ -350,7 +350,7 @@ class Client:
     This is the one place ``limits.max_key_bytes``, ``limits.max_value_bytes``,
     ``limits.max_txn_ops`` and ``limits.max_txn_bytes`` are checked (the HTTP API relies on
     it): every method raises ``TooLarge`` (``limit`` ``"key"``, ``"value"``, ``"txn_ops"``,
-    ``"txn"``, ``"idempotency_key"``) before waiting for anything.
+    ``"txn"``) before waiting for anything.
 
     Every write returns the Raft index it applied at (``X-Dengine-Index`` over HTTP). Reads
     given ``min_index`` first wait until this node has applied that index
@@ -390,8 +390,14 @@ class Client:
 
     @staticmethod
     def _check_idempotency_key(idempotency_key: bytes | None) -> None:
-        if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_BYTES:
-            raise TooLarge("idempotency_key", len(idempotency_key), MAX_IDEMPOTENCY_KEY_BYTES)
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= (
+            MAX_IDEMPOTENCY_KEY_BYTES
+        ):
+            # A programming mistake, like a negative TTL (HTTP refuses it first: 400).
+            raise ValueError(
+                f"an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes, "
+                f"got {len(idempotency_key)}"
+            )
 
     # ------------------------------------------------------------------ writes
 
@@ -412,10 +418,11 @@ class Client:
         if the key's value is this (None: only if the key does not exist); ``prev_index``:
         only if the key's ``mod_index`` is this (0: only if it does not exist); else
         ``CompareFailed`` (the key's current value and index), nothing written.
-        Raises ``TooLarge`` (key, value, idempotency key), ``ValueError`` (a ``ttl_ms`` < 1,
-        a negative ``prev_index``), and what :meth:`EmbeddedEngine.propose` raises: on
-        ``Timeout`` the write may or may not have been applied (retry it with the same
-        ``idempotency_key`` to find out, applying it at most once).
+        Raises ``TooLarge`` (key, value), ``ValueError`` (a ``ttl_ms`` < 1, a negative
+        ``prev_index``, an idempotency key not of 1 to 256 bytes), and what
+        :meth:`EmbeddedEngine.propose` raises: on ``Timeout`` the write may or may not have
+        been applied (retry it with the same ``idempotency_key`` to find out, applying it at
+        most once).
         """
         # Not a call of put_outcome: one more coroutine frame per write is measurable.
         command = self._put_command(key, value, ttl_ms, prev_value, prev_index, idempotency_key)

@@ -303,7 +303,6 @@ _TOO_LARGE_CODES: dict[errors.SizeLimit, str] = {
     "command": "too_large",
     "txn_ops": "too_many_txn_ops",
     "txn": "txn_too_large",
-    "idempotency_key": "invalid_idempotency_key",
 }
 """The 413 error code of each size limit (README's error table)."""
 
@@ -323,8 +322,7 @@ def engine_error_response(exc: errors.DengineError) -> Response:
     if isinstance(exc, errors.Timeout):
         return json_error(504, "timeout", "not committed in time; a write may still apply")
     if isinstance(exc, errors.TooLarge):
-        status = 400 if exc.limit == "idempotency_key" else 413
-        return json_error(status, _TOO_LARGE_CODES[exc.limit], str(exc))
+        return json_error(413, _TOO_LARGE_CODES[exc.limit], str(exc))
     if isinstance(exc, errors.CompareFailed):
         current = None if exc.value is None else exc.value.decode("utf-8", "replace")
         body = json.dumps(
@@ -354,8 +352,8 @@ def install_error_handlers(app: Quart) -> None:
     Engine errors map to: ``NotLeader``, ``NoLeader``, ``Stopped``, ``Overloaded`` -> 503 with
     ``Retry-After: 1`` (s); ``Timeout`` -> 504 (a write may still apply); ``TooLarge`` -> 413
     ``key_too_large``, ``value_too_large``, ``body_too_large``, ``too_large`` (a command
-    over the frame limit), ``too_many_txn_ops`` or ``txn_too_large`` by its ``limit`` (400
-    ``invalid_idempotency_key`` for an idempotency key over 256 bytes); ``CompareFailed`` ->
+    over the frame limit), ``too_many_txn_ops`` or ``txn_too_large`` by its ``limit``;
+    ``CompareFailed`` ->
     409 ``compare_failed`` with the key's current ``value`` and ``index`` in the body and the
     deciding entry's index in ``X-Dengine-Index``;
     another ``DengineError`` -> 500. Quart/werkzeug errors keep their status (a 405 with

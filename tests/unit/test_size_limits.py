@@ -33,6 +33,8 @@ RAISED_IN = {
     "value": {"engine.py"},
     "command": {"runtime/operations.py", "runtime/forwarding.py"},
     "body": {"api/kv.py"},
+    "txn_ops": {"engine.py"},
+    "txn": {"engine.py"},
 }
 
 
