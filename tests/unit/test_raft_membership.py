@@ -542,3 +542,14 @@ def test_membership_at_answers_from_the_snapshot_on_after_compaction() -> None:
     run(it, "add-node 5", "change 1 add 5", "stabilize")
     assert leader.membership_at(leader.snapshot_index).ids == (1, 2, 3)
     assert leader.membership_at(leader.log.last_index).ids == (1, 2, 3, 5)
+
+
+def test_a_leader_whose_quorum_shrinks_mid_step_steps_down_in_that_step() -> None:
+    """CheckQuorum holds at every step boundary: 2 is long gone, 3 answers; then 3 turns out
+    to run on a wiped directory (counted nowhere): the leader hears from no majority."""
+    it = cluster(3, "disk=manual")  # no Persisted step after it: the identity step alone
+    run(it, "crash 2", "run 700")
+    leader = raft(it, 1)
+    assert leader.role is Role.LEADER and leader.has_quorum_contact(leader.now)
+    run(it, "wipe 3")  # steps 1 with PeerIdentity(3, "u3-1"), nothing else
+    assert leader.role is Role.FOLLOWER
