@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dengine_trio.config import load_config
+from dengine_trio.storage.cluster_identity import load_cluster_id
 from dengine_trio.storage.snapshots import (
     SnapshotError,
     list_snapshots,
@@ -54,7 +55,8 @@ def restart(cluster: Cluster, node: Node) -> None:
 def _valid_here(path: Path, cluster: Cluster) -> bool:
     config = load_config(cluster.nodes[0].config_path)
     try:
-        verify_snapshot(path, config.cluster_id())
+        # The cluster's id, persisted by the node (issue 14: not the configuration's).
+        verify_snapshot(path, load_cluster_id(config.db_root_path()))
     except (SnapshotError, FileNotFoundError):  # deleted by the node's clean-up meanwhile
         return False
     return True
