@@ -1158,8 +1158,10 @@ class RaftNode:
         """Thesis §3.10: stop taking proposals, bring the target up to date, then TimeoutNow."""
         if self.role is not Role.LEADER:
             return
-        # Only a voter can be elected: a learner would never campaign.
-        voters = [p for p in self.progress if self.membership.is_voter(p)]
+        # Only a voter can be elected: a learner would never campaign, and a voter on a data
+        # directory it is not bound to would find nobody to vote for it.
+        uncounted = self._leader.tracker.uncounted
+        voters = [p for p in self.progress if self.membership.is_voter(p) and p not in uncounted]
         if not voters:
             return
         target = event.target

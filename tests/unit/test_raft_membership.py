@@ -553,3 +553,12 @@ def test_a_leader_whose_quorum_shrinks_mid_step_steps_down_in_that_step() -> Non
     assert leader.role is Role.LEADER and leader.has_quorum_contact(leader.now)
     run(it, "wipe 3")  # steps 1 with PeerIdentity(3, "u3-1"), nothing else
     assert leader.role is Role.FOLLOWER
+
+
+def test_leadership_is_never_transferred_to_a_voter_on_an_unbound_directory() -> None:
+    """It would find nobody to vote for it (its membership is implicit, the others explicit)."""
+    it = cluster(3)
+    run(it, "change 1 add 4", "drop", "wipe 3")  # pending change: 3 stays an (uncounted) voter
+    assert raft(it, 1).membership.is_voter(3)
+    out = run(it, "transfer-leader 1 to=3", "stabilize 1 3")
+    assert not any("MsgTimeoutNow" in line for line in out)
