@@ -246,7 +246,16 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
     @app.delete("/kv/<key:key>")
     async def delete_kv(key: str) -> Response:
         encoded_key = path_key(key)
-        prev_index = index_param(request.args, "prev_index") if request.query_string else None
+        prev_index = None
+        if request.query_string:
+            args = request.args
+            for name in args:
+                # A misspelt condition (prev_indx=5) must not become an unconditional delete.
+                if name != "prev_index":
+                    raise ApiError(
+                        400, "invalid_request", f"unknown query parameter {name!r} (prev_index)"
+                    )
+            prev_index = index_param(args, "prev_index")
         outcome = await client.delete_outcome(
             encoded_key, prev_index=prev_index, idempotency_key=idempotency_key(request.headers)
         )

@@ -284,6 +284,7 @@ BAD: list[tuple[str, str, Any, dict[str, str], int, str]] = [
      "invalid_idempotency_key"),
     ("DELETE", "/kv/k?prev_index=abc", None, {}, 400, "invalid_index"),
     ("DELETE", "/kv/k?prev_index=-1", None, {}, 400, "invalid_index"),
+    ("DELETE", "/kv/k?prev_indx=3", None, {}, 400, "invalid_request"),
     ("GET", "/kv/k?min_index=x", None, {}, 400, "invalid_index"),
     ("GET", "/kv/k?min_index=99999999999999999999", None, {}, 400, "invalid_index"),
     ("GET", "/kv/k?meta=maybe", None, {}, 400, "invalid_request"),
