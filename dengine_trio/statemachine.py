@@ -424,8 +424,8 @@ class KVStateMachine:
     def __init__(
         self, *, idempotency_max_keys: int = 100_000, idempotency_ttl_ms: int = 600_000
     ) -> None:
-        if idempotency_max_keys < 0 or idempotency_ttl_ms < 0:
-            raise ValueError("idempotency bounds must be >= 0")
+        if idempotency_max_keys < 0 or idempotency_ttl_ms < 1:
+            raise ValueError("idempotency_max_keys must be >= 0 and idempotency_ttl_ms >= 1")
         self.idempotency_max_keys = idempotency_max_keys
         self.idempotency_ttl_ms = idempotency_ttl_ms
         self.listener: Callable[[KVChange], None] | None = None
