@@ -720,6 +720,7 @@ class RaftNode:
             )
             return
         new: tuple[Entry, ...] = ()
+        configs_changed = False
         for pos, entry in enumerate(entries):
             have = self.log.term_at(entry.index)
             if have is None:
@@ -729,7 +730,7 @@ class RaftNode:
                 # §5.3: a conflicting suffix is deleted; it can never hold a committed entry.
                 # A CONFIG entry in it takes its membership back with it (thesis §4.1).
                 self.log.truncate_from(entry.index)
-                self._forget_configs_from(entry.index)
+                configs_changed = self._forget_configs_from(entry.index)
                 self.durable_index = min(self.durable_index, entry.index - 1)
                 # (Never below a match of this term: this leader's log only grows.)
                 follower.leader_match = min(follower.leader_match, entry.index - 1)
@@ -741,7 +742,9 @@ class RaftNode:
             for entry in new:
                 if entry.kind is EntryKind.CONFIG:
                     self._record_config(entry)
-        self._sync_membership()
+                    configs_changed = True
+        if configs_changed:
+            self._sync_membership()
         last_new = prev_index + len(entries)
         follower.leader_match = max(follower.leader_match, last_new)
         self._advance_follower_commit(min(m.leader_commit, last_new))
@@ -1217,11 +1220,14 @@ class RaftNode:
             return
         self._configs.append((entry.index, membership))
 
-    def _forget_configs_from(self, index: int) -> None:
-        """Entries from ``index`` on were truncated away: so were their memberships. (The
-        base, at or below the commit index, is never truncated.)"""
+    def _forget_configs_from(self, index: int) -> bool:
+        """Entries from ``index`` on were truncated away: so were their memberships (True if
+        there were any). The base, at or below the commit index, is never truncated."""
+        forgot = False
         while len(self._configs) > 1 and self._configs[-1][0] >= index:
             self._configs.pop()
+            forgot = True
+        return forgot
 
     def _sync_membership(self) -> None:
         """Make the newest recorded membership the one in effect, and tell the runtime and
