@@ -49,7 +49,7 @@ from ..raft import (
 )
 from ..raft.effects import ConfChangeRejected, Effect, MembershipChanged
 from ..raft.events import PeerIdentity
-from ..raft.membership import ConfChange, decode_membership
+from ..raft.membership import ConfChange, decode_membership, implicit_membership
 from ..raft.messages import (
     MESSAGE_TYPES,
     AppendEntries,
@@ -246,12 +246,25 @@ class NodeRuntime:
                 snapshot_index, snapshot_term = snapshot.last_index, snapshot.last_term
                 self.applied_index, self.applied_term = snapshot_index, snapshot_term
             self.node_log.started_empty = (
-                hs.term == 0 and hs.voted_for == 0 and not entries and snapshot is None
+                hs.term == 0
+                and hs.voted_for == 0
+                and not entries
+                and snapshot is None
+                and not self.membership.joiner  # a joining node is expected to start empty
             )
             encoded = storage.snapshot_membership
             # None: no snapshot, or none explicit in it: the implicit membership of the
             # configuration, then the configuration entries of the log.
-            membership = decode_membership(encoded) if encoded else None
+            if encoded:
+                membership = decode_membership(encoded)
+            else:
+                # With the members' addresses: the first explicit membership, which the first
+                # leader copies from it, carries them to every node (and to later joiners).
+                voters = set(cfg.bootstrap_voters())
+                membership = implicit_membership(
+                    tuple(voters),
+                    {p.id: p.address for p in cfg.cluster.initial_cluster if p.id in voters},
+                )
             self.raft = RaftNode(
                 self.raft_config,
                 random.Random(),
@@ -262,7 +275,7 @@ class NodeRuntime:
                 snapshot_index=snapshot_index,
                 snapshot_term=snapshot_term,
                 membership=membership,
-                membership_index=snapshot_index if membership is not None else 0,
+                membership_index=snapshot_index if encoded else 0,
                 uuid=self.uuid,
                 bootstrap_cluster_id=self.bootstrap_cluster_id,
             )

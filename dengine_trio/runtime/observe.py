@@ -75,9 +75,12 @@ class NodeLog:
 
     def peer_message(self, message: object, last_index: int) -> None:
         """One loud line when this node started with no term, vote or log but a peer's message
-        shows a log it never received: a voter whose data directory was wiped can lose
-        acknowledged writes (issue 11 item 5; the real fix needs membership). Also seen on a
-        node's very first start after its peers made progress without it; the line says so."""
+        shows a log it never received: a member whose data directory was wiped or replaced
+        (issue 11 item 5). Since issue 14 it is safe (the cluster takes it back as a learner
+        bound to its new directory and promotes it once caught up; it votes only then), but
+        a disk replaced by surprise deserves the operator's eye. Also seen on a voter's very
+        first start after its peers made progress without it; the line says so. A joining
+        node (not a member yet) never says it."""
         if last_index > 0:
             self.started_empty = False  # it holds entries now: later evidence is its own
             return
@@ -94,9 +97,10 @@ class NodeLog:
             log.warning(
                 "node %d started with an empty data directory (%s), but node %d has a log up "
                 "to index %d (term %d): if this node held data before (a wiped or replaced "
-                "directory), acknowledged writes can be lost; stop it and see docs/durability.md, "
-                "section \"A voter's data directory\". (On a node's very first start, after its "
-                "peers made progress without it, this is expected.)",
+                "directory), it does not vote until the cluster has taken it back as a learner "
+                "bound to its new directory and promoted it once caught up; see "
+                "docs/durability.md, section \"A voter's data directory\". (On a node's very "
+                "first start, after its peers made progress without it, this is expected.)",
                 self.node_id,
                 self.db_root,
                 getattr(message, "src", 0),

@@ -90,8 +90,9 @@ async def writer(engine: EmbeddedEngine, prefix: str, count: int, done: list[int
 
 
 async def test_a_joining_node_becomes_a_learner_catches_up_by_snapshot_and_is_promoted(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="dengine_trio")
     configs = write_configs(
         tmp_path,
         extra={
@@ -131,6 +132,74 @@ async def test_a_joining_node_becomes_a_learner_catches_up_by_snapshot_and_is_pr
                 listed = await engine.members()
                 [entry] = [m for m in listed["members"] if m["id"] == 4]  # type: ignore[union-attr,index]
                 assert entry["voter"] is True
+        # A node that joins is expected to start empty: no wiped-directory warning for it.
+        assert not [
+            r for r in caplog.records if r.getMessage().startswith("node 4 started with an empty")
+        ]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_read_replica_stays_a_learner_and_serves_reads(tmp_path: Path) -> None:
+    configs = write_configs(tmp_path)
+    nodes = {c.cluster.node_id: EngineHandle(c) for c in configs}
+    async with bounded_nursery() as nursery:
+        for node in nodes.values():
+            await node.start(nursery)
+        leader = await agreed_leader(nodes)
+        engine = nodes[leader].engine
+        await writer(engine, "k", 30, [])
+        async with EmbeddedEngine.start(
+            joiner_config(configs, tmp_path, 4, promote=False)
+        ) as replica:
+            await wait_until(lambda: members(replica).get(4) is False, WAIT_S)
+            await wait_until(replica.caught_up, WAIT_S)
+            assert await replica.client().get(b"k29", ReadPolicy.EVENTUAL) == b"v29"
+            # Writes and linearizable reads go through the leader as from any follower.
+            await replica.client().put(b"from-replica", b"1")
+            assert await replica.client().get(b"from-replica", ReadPolicy.LINEARIZABLE) == b"1"
+            await trio.sleep(1.0)  # many heartbeats: still a learner, never promoted
+            assert members(engine).get(4) is False
+            assert replica.node_status().role == "follower"
+            assert not replica.is_leader()
+        nursery.cancel_scope.cancel()
+
+
+async def test_admin_requests_through_a_follower(tmp_path: Path) -> None:
+    configs = write_configs(tmp_path)
+    nodes = {c.cluster.node_id: EngineHandle(c) for c in configs}
+    async with bounded_nursery() as nursery:
+        for node in nodes.values():
+            await node.start(nursery)
+        leader = await agreed_leader(nodes)
+        follower = next(n for n in nodes if n != leader)
+        other = next(n for n in nodes if n not in (leader, follower))
+        engine = nodes[follower].engine
+        taken = nodes[other].config.cluster.initial_cluster[other - 1].address
+        # Refusals come back from the leader with their code, status and detail.
+        with pytest.raises(MembershipError) as refused:
+            await engine.change_membership(ConfChange(ConfChangeKind.ADD_LEARNER, 9, taken))
+        assert (refused.value.code, refused.value.status) == ("duplicate_address", 409)
+        with pytest.raises(MembershipError) as refused:
+            await engine.change_membership(ConfChange(ConfChangeKind.PROMOTE, other))
+        assert refused.value.code == "not_learner"
+        with pytest.raises(MembershipError) as refused:
+            await engine.transfer_leadership_to(7)
+        assert refused.value.code == "unknown_member"
+        # A learner nobody runs: added (forwarded), listed everywhere, then removed.
+        index = await engine.change_membership(
+            ConfChange(ConfChangeKind.ADD_LEARNER, 9, "127.0.0.1:1")
+        )
+        assert index > 0
+        listed = await engine.members()
+        assert {m["id"]: m["voter"] for m in listed["members"]} == {  # type: ignore[attr-defined]
+            1: True, 2: True, 3: True, 9: False,
+        }  # fmt: skip
+        await engine.change_membership(ConfChange(ConfChangeKind.REMOVE, 9))
+        await wait_until(lambda: 9 not in members(nodes[leader].engine), WAIT_S)
+        # Leadership handed to a named voter, asked through another follower.
+        new_leader = await engine.transfer_leadership_to(other)
+        assert new_leader == other
+        await wait_until(lambda: nodes[other].engine.is_leader(), WAIT_S)
         nursery.cancel_scope.cancel()
 
 

@@ -1,7 +1,8 @@
 """A voter restarted with a wiped data directory says so, once (issue 11 item 5).
 
-The real fix (a voter that lost its storage does not vote until re-added) needs membership;
-until then the node warns, and docs/durability.md ("A voter's data directory") says what to do.
+Since issue 14 such a node does not vote until the cluster has bound its new directory
+(tests/integration/test_membership.py); the line still tells the operator, and
+docs/durability.md ("A voter's data directory") says what happens.
 Three engines in one process: real TCP on loopback, real files.
 """
 
