@@ -209,6 +209,11 @@ class RaftNode:
         # The leader's quorum changed in this step (membership, an uncounted voter): CheckQuorum
         # is checked again at its end, so a leader has quorum contact at every step boundary.
         self._quorum_changed = False
+        # Is there anything ``_maybe_auto_change`` could propose (a learner to promote, a
+        # member to rebind)? Recomputed when the membership or a peer's uuid changes, so the
+        # leader's every step does not walk the members for nothing.
+        self._auto_change_due = False
+        self._update_auto_change_due()
 
     # ------------------------------------------------------------------ driving the node
 
@@ -1238,6 +1243,7 @@ class RaftNode:
         self._vote_floor = self._bound_since_term()
         if not changed:
             return  # the same members from another entry or a snapshot: nothing to redo
+        self._update_auto_change_due()
         self._out.append(MembershipChanged(membership, index))
         state = self._state
         if isinstance(state, LeaderState):
@@ -1413,6 +1419,7 @@ class RaftNode:
             return
         previous = self._peer_uuids.get(peer)
         self._peer_uuids[peer] = uuid
+        self._update_auto_change_due()
         if self.role is not Role.LEADER:
             return
         member = self.membership.get(peer)
@@ -1443,6 +1450,15 @@ class RaftNode:
         self._notify_commit()
         self._become_follower(self.term, 0)
 
+    def _update_auto_change_due(self) -> None:
+        """See ``_auto_change_due``: a learner to promote, or a member whose data directory
+        (as last heard) is not the one bound."""
+        ms = self.membership
+        self._auto_change_due = not ms.implicit and any(
+            (m.promote and not m.voter) or ((u := self._known_uuid(m.id)) != "" and u != m.uuid)
+            for m in ms.members
+        )
+
     def _maybe_auto_change(self) -> None:
         """Changes the leader proposes itself, one at a time, once nothing is pending: BIND
         members whose data directory is not the one bound (a wiped voter, a member the
@@ -1451,7 +1467,7 @@ class RaftNode:
         the minimum election timeout."""
         ms = self.membership
         if (
-            ms.implicit
+            not self._auto_change_due
             or self.pending_conf_index
             or self._leader.transfer_target
             or not ms.is_voter(self.id)
