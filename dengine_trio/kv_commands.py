@@ -150,10 +150,10 @@ class WriteResult:
 
     ``index``: the Raft index it applied at (for a ``duplicate``, the original's).
     ``succeeded``: its compares held and it was applied (an expire: the key was removed).
-    ``existed``: the key existed (not expired) before the write. ``item``: after a successful
-    put, the key as written; when a compare failed, the key as it is (None: absent), which is
-    what a 409 ``compare_failed`` shows; None otherwise. ``duplicate``: an idempotent replay
-    (nothing was applied this time)."""
+    ``existed``: the key existed (not expired) before the write. ``item``: when a compare
+    failed, the key as it is (None: absent), which is what a 409 ``compare_failed`` shows;
+    None otherwise (a put's mod_index is ``index``, its create_index too if not ``existed``).
+    ``duplicate``: an idempotent replay (nothing was applied this time)."""
 
     index: int
     succeeded: bool
@@ -165,8 +165,8 @@ class WriteResult:
 @dataclass(frozen=True, slots=True)
 class OpResult:
     """The result of one op of the branch a txn ran, in op order. ``existed``: the key
-    existed before the op; ``item``: for a get, the key (None: absent); for a put, the key as
-    written; None for a delete."""
+    existed before the op; ``item``: for a get, the key (None: absent); None for a put or a
+    delete (a put's mod_index is the txn's index)."""
 
     kind: Literal["put", "delete", "get"]
     key: bytes

@@ -325,21 +325,14 @@ def _decode_ops(raw: object) -> list[tuple[int, bytes, bytes, int]] | None:
 
 
 def _decode_v2(op: list[Any]) -> _Plan | None:
-    """Validate a version-2 command completely before anything is applied (a txn is atomic:
-    a malformed op must not leave the ops before it applied)."""
+    """Validate a version-2 delete, txn or expire completely before anything is applied (a
+    txn is atomic: a malformed op must not leave the ops before it applied). A put is decoded
+    in ``KVStateMachine.apply``."""
     if len(op) < 4:
         return None
     _, now_ms, idem, kind = op[:4]
     if not _is_index(now_ms) or not (idem is None or type(idem) is bytes):
         return None
-    if kind == KIND_PUT and len(op) == 8:
-        key, value, expires_at_ms, raw = op[4:]
-        if type(key) is not bytes or type(value) is not bytes or not _is_index(expires_at_ms):
-            return None
-        compares = _decode_compares(raw, key)
-        if compares is None:
-            return None
-        return _Plan(now_ms, idem, kind, key, value, expires_at_ms, compares, [], [], 0)
     if kind == KIND_DELETE and len(op) == 6:
         key, raw = op[4:]
         compares = _decode_compares(raw, key) if type(key) is bytes else None
@@ -371,7 +364,14 @@ def _holds(actual: Any, op: int, operand: Any) -> bool:
 
 
 def _write_result(index: int, flags: int, item: list[Any] | None) -> bytes:
+    if item is None:
+        # The common answer, without msgpack's call: [0, flags, uint64 index, nil] (a uint64
+        # for any index is valid msgpack; decode_result reads it as any other int).
+        return _SHORT_RESULT.pack(0x94, RESULT_WRITE, flags, 0xCF, index, 0xC0)
     return msgpack.packb((RESULT_WRITE, flags, index, item))
+
+
+_SHORT_RESULT = struct.Struct(">BBBBQB")
 
 
 def _as_duplicate(result: bytes) -> bytes:
@@ -460,6 +460,22 @@ class KVStateMachine:
             op = msgpack.unpackb(command)
             code = op[0]
             if code == OP_WRITE:
+                if len(op) == 8 and op[3] == KIND_PUT:
+                    # The most common command, decoded here without building a _Plan.
+                    _, now_ms, idem, _, key, value, expires_at_ms, raw = op
+                    compares = _decode_compares(raw, key) if raw else raw
+                    if (
+                        type(now_ms) is not int
+                        or now_ms < 0
+                        or not (idem is None or type(idem) is bytes)
+                        or type(key) is not bytes
+                        or type(value) is not bytes
+                        or type(expires_at_ms) is not int
+                        or expires_at_ms < 0
+                        or type(compares) is not list
+                    ):
+                        return IGNORED
+                    return self._put_v2(index, now_ms, idem, key, value, expires_at_ms, compares)
                 plan = _decode_v2(op)
                 if plan is None:
                     return IGNORED
@@ -484,28 +500,60 @@ class KVStateMachine:
             self._remove(index, key, "delete")
         return b""
 
-    def _apply_v2(self, index: int, plan: _Plan) -> bytes:
-        now_ms = plan.now_ms
+    def _idempotent(self, now_ms: int, idem: bytes | None) -> bytes | None:
+        """Advance the log's clock to ``now_ms`` (evicting by age); the remembered result
+        (marked duplicate) if ``idem`` is in the table, else None."""
         if now_ms > self._idem_clock:
             self._idem_clock = now_ms
             self._evict(None)
-        idem = plan.idempotency_key
         if idem is not None:
             record = self._idem.get(idem)
             if record is not None:
                 return _as_duplicate(record[1])
+        return None
+
+    def _put_v2(
+        self,
+        index: int,
+        now_ms: int,
+        idem: bytes | None,
+        key: bytes,
+        value: bytes,
+        expires_at_ms: int,
+        compares: list[tuple[bytes, int, int, Any]],
+    ) -> bytes:
+        """The body of apply for a version-2 put (decoded and validated)."""
+        if now_ms > self._idem_clock or idem is not None:
+            duplicate = self._idempotent(now_ms, idem)
+            if duplicate is not None:
+                return duplicate
+        existed = self._expire_due(index, key, now_ms)
+        if compares and not all(self._compare(c, now_ms) for c in compares):
+            result = self._compare_failed(index, key, existed)
+        else:
+            self._set(index, key, value, expires_at_ms)
+            result = _write_result(index, FLAG_SUCCEEDED | (FLAG_EXISTED * existed), None)
+        if idem is not None:
+            self._remember(idem, result, index)
+        return result
+
+    def _compare_failed(self, index: int, key: bytes, existed: bool) -> bytes:
+        meta = self.meta.get(key)
+        current = None if meta is None else [key, self.data[key], *meta]
+        return _write_result(index, FLAG_EXISTED * existed, current)
+
+    def _apply_v2(self, index: int, plan: _Plan) -> bytes:
+        """The body of apply for a version-2 delete, txn or expire (decoded, validated)."""
+        now_ms, idem = plan.now_ms, plan.idempotency_key
+        duplicate = self._idempotent(now_ms, idem)
+        if duplicate is not None:
+            return duplicate
         kind = plan.kind
-        if kind == KIND_PUT or kind == KIND_DELETE:
+        if kind == KIND_DELETE:
             key = plan.key
             existed = self._expire_due(index, key, now_ms)
             if not all(self._compare(c, now_ms) for c in plan.compares):
-                meta = self.meta.get(key)
-                current = None if meta is None else [key, self.data[key], *meta]
-                result = _write_result(index, FLAG_EXISTED if existed else 0, current)
-            elif kind == KIND_PUT:
-                meta = self._set(index, key, plan.value, plan.expires_at_ms)
-                flags = FLAG_SUCCEEDED | (FLAG_EXISTED if existed else 0)
-                result = _write_result(index, flags, [key, plan.value, *meta])
+                result = self._compare_failed(index, key, existed)
             else:
                 removed = self._remove(index, key, "delete")
                 result = _write_result(index, FLAG_SUCCEEDED | (FLAG_EXISTED * removed), None)
@@ -516,7 +564,7 @@ class KVStateMachine:
             removed = meta is not None and meta[1] == plan.mod_index and 0 < meta[2] <= now_ms
             if removed:
                 self._remove(index, plan.key, "expire")
-            flags = (FLAG_SUCCEEDED if removed else 0) | (FLAG_EXISTED if meta else 0)
+            flags = (FLAG_SUCCEEDED * removed) | (FLAG_EXISTED * (meta is not None))
             result = _write_result(index, flags, None)
         if idem is not None:
             self._remember(idem, result, index)
@@ -529,8 +577,8 @@ class KVStateMachine:
         for op, key, value, expires_at_ms in plan.success if succeeded else plan.failure:
             existed = self._expire_due(index, key, now_ms)
             if op == TXN_PUT:
-                meta = self._set(index, key, value, expires_at_ms)
-                results.append((op, key, existed, [key, value, *meta]))
+                self._set(index, key, value, expires_at_ms)
+                results.append((op, key, existed, None))
             elif op == TXN_DELETE:
                 results.append((op, key, self._remove(index, key, "delete"), None))
             else:

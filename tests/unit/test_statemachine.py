@@ -71,14 +71,16 @@ def test_legacy_commands_keep_their_encoding_and_empty_result() -> None:
 def test_writes_answer_their_index_and_keep_create_and_mod_index() -> None:
     sm = KVStateMachine()
     first = write(sm, 7, encode_kv_put(b"k", b"1", now_ms=1))
-    assert first == WriteResult(7, True, False, False, KVItem(b"k", b"1", 7, 7, 0))
+    assert first == WriteResult(7, True, False, False, None)
     second = write(sm, 9, encode_kv_put(b"k", b"2", now_ms=1))
-    assert second.item == KVItem(b"k", b"2", 7, 9, 0) and second.existed
+    assert second == WriteResult(9, True, False, True, None)
+    assert sm.get_item(b"k", 0) == KVItem(b"k", b"2", 7, 9, 0)
     gone = write(sm, 10, encode_kv_delete(b"k", now_ms=1))
     assert gone == WriteResult(10, True, False, True, None)
     again = write(sm, 11, encode_kv_delete(b"k", now_ms=1))
     assert again == WriteResult(11, True, False, False, None)
-    assert write(sm, 12, encode_kv_put(b"k", b"3", now_ms=1)).item == KVItem(b"k", b"3", 12, 12)
+    assert write(sm, 12, encode_kv_put(b"k", b"3", now_ms=1)).index == 12
+    assert sm.get_item(b"k", 0) == KVItem(b"k", b"3", 12, 12)
 
 
 def test_compare_and_swap_on_value_absence_and_mod_index() -> None:
@@ -117,7 +119,7 @@ def test_txn_runs_one_branch_atomically_at_one_index() -> None:
     result = decode_result(sm.apply(5, command))
     assert isinstance(result, TxnResult) and result.succeeded and result.index == 5
     assert [(r.kind, r.key, r.existed, r.item) for r in result.results] == [
-        ("put", b"b", False, KVItem(b"b", b"2", 5, 5)),
+        ("put", b"b", False, None),
         ("get", b"b", True, KVItem(b"b", b"2", 5, 5)),
         ("delete", b"a", True, None),
         ("get", b"a", False, None),
@@ -220,7 +222,8 @@ def test_a_write_to_a_key_past_its_deadline_recreates_it_and_reports_the_expiry(
     changes: list[KVChange] = []
     sm.listener = changes.append
     result = write(sm, 2, encode_kv_put(b"k", b"new", now_ms=1_100, prev_value=None))
-    assert result == WriteResult(2, True, False, False, KVItem(b"k", b"new", 2, 2, 0))
+    assert result == WriteResult(2, True, False, False, None)
+    assert sm.get_item(b"k", 1_100) == KVItem(b"k", b"new", 2, 2, 0)
     assert changes == [KVChange(2, b"k", None, "expire"), KVChange(2, b"k", b"new", "put")]
 
 
@@ -285,7 +288,7 @@ def test_idempotent_replay_returns_the_first_outcome_and_applies_nothing() -> No
     changes: list[KVChange] = []
     sm.listener = changes.append
     retry = write(sm, 5, encode_kv_put(b"k", b"1", now_ms=12, idempotency_key=b"req-1"))
-    assert retry == WriteResult(3, True, True, False, first.item)
+    assert retry == replace(first, duplicate=True)
     assert sm.get(b"k") == b"2" and changes == []
     # Any write kind, any outcome: a failed compare is remembered as such.
     cas = encode_kv_delete(b"k", now_ms=13, prev_value=b"x", idempotency_key="req-2")
@@ -451,3 +454,12 @@ def test_capture_stays_o1_and_metadata_drains_back_with_the_values() -> None:
         assert dict(sm.meta) == expected_meta
     assert sm.get_item(b"000", 1) == KVItem(b"000", b"new", 1, 200, 0)
     assert sm.get_item(b"001", 1) is None
+
+
+@pytest.mark.parametrize("index", [0, 1, 127, 2**32, 2**63])
+def test_results_carry_any_index(index: int) -> None:
+    sm = KVStateMachine()
+    put = sm.apply(index, encode_kv_put(b"k", b"v", now_ms=1, idempotency_key=b"i"))
+    assert decode_result(put) == WriteResult(index, True, False, False, None)
+    replay = sm.apply(index + 1, encode_kv_put(b"k", b"v", now_ms=1, idempotency_key=b"i"))
+    assert decode_result(replay) == WriteResult(index, True, True, False, None)

@@ -105,9 +105,8 @@ class Model:
             _, key, value, expires_at_ms, compares, _, _ = command
             existed = self.touch(index, key, now)
             if all(self.holds(c, now) for c in compares):
-                result: Any = WriteResult(
-                    index, True, False, existed, self.put(index, key, value, expires_at_ms)
-                )
+                self.put(index, key, value, expires_at_ms)
+                result: Any = WriteResult(index, True, False, existed, None)
             else:
                 result = WriteResult(index, False, False, existed, self.live(key, now))
         elif kind == "delete":
@@ -124,8 +123,8 @@ class Model:
             for op in success if succeeded else failure:
                 existed = self.touch(index, op.key, now)
                 if isinstance(op, Put):
-                    item = self.put(index, op.key, op.value, op.expires_at_ms)
-                    results.append(OpResult("put", op.key, existed, item))
+                    self.put(index, op.key, op.value, op.expires_at_ms)
+                    results.append(OpResult("put", op.key, existed, None))
                 elif isinstance(op, Delete):
                     results.append(OpResult("delete", op.key, self.delete(index, op.key), None))
                 else:
