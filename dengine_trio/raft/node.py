@@ -178,6 +178,8 @@ class RaftNode:
                 self._record_config(entry)
         self.membership_index, self.membership = self._configs[-1]
         self._vote_floor = self._bound_since_term()
+        self._self_voter = self._campaigns = False
+        self._cache_self()
         # The data-directory uuid each peer last said it runs on (``PeerIdentity``).
         self._peer_uuids: dict[int, str] = {}
 
@@ -1243,6 +1245,7 @@ class RaftNode:
         self._vote_floor = self._bound_since_term()
         if not changed:
             return  # the same members from another entry or a snapshot: nothing to redo
+        self._cache_self()
         self._update_auto_change_due()
         self._out.append(MembershipChanged(membership, index))
         state = self._state
@@ -1307,9 +1310,15 @@ class RaftNode:
 
     def _may_campaign(self) -> bool:
         """A voter of its membership, bound to this data directory (thesis §4.2.1: learners
-        never campaign; a removed node neither, thesis §4.2.3)."""
+        never campaign; a removed node neither, thesis §4.2.3). Cached per membership."""
+        return self._campaigns
+
+    def _cache_self(self) -> None:
+        """What this node is in the membership in effect (asked on hot paths: every heartbeat
+        resets the election timer, every leader step checks for a removal)."""
         me = self.membership.get(self.id)
-        return me is not None and me.voter and self._bound(me)
+        self._self_voter = me is not None and me.voter
+        self._campaigns = me is not None and me.voter and self._bound(me)
 
     def _refuses_candidate(self, m: RequestVote) -> bool:
         """Must this (pre-)vote request be ignored for membership reasons alone?
@@ -1436,7 +1445,7 @@ class RaftNode:
         most up-to-date voter (TimeoutNow, §3.10) and steps down, at once if the transfer
         cannot start or once it timed out."""
         leader = self._leader
-        if self.membership.is_voter(self.id) or self.commit_index < self.membership_index:
+        if self._self_voter or self.commit_index < self.membership_index:
             return
         if leader.transfer_target and not leader.timeout_now_sent:
             return  # the handover is under way
@@ -1470,7 +1479,7 @@ class RaftNode:
             not self._auto_change_due
             or self.pending_conf_index
             or self._leader.transfer_target
-            or not ms.is_voter(self.id)
+            or not self._self_voter
             or not self._committed_in_term()
         ):
             return
@@ -1512,9 +1521,9 @@ class RaftNode:
         if self._quorum_changed:
             self._quorum_changed = False
             self._check_quorum()
-        if isinstance(self._state, LeaderState):
+        if not self._self_voter and isinstance(self._state, LeaderState):
             self._maybe_hand_over()
-        if isinstance(self._state, LeaderState):
+        if self._auto_change_due and isinstance(self._state, LeaderState):
             self._maybe_auto_change()
         if isinstance(leader := self._state, LeaderState):
             if self._mem_first:

@@ -37,13 +37,14 @@ class Tracker:
     membership in effect changes (``set_members``)."""
 
     __slots__ = (
+        "_uncounted",
+        "_voter_progress",
         "learners",
         "peers",
         "progress",
         "quorum",
         "self_id",
         "self_votes",
-        "uncounted",
         "voter_set",
         "voters",
         "votes",
@@ -62,7 +63,8 @@ class Tracker:
         self.quorum = 1
         self.self_votes = False
         # Voters that count as absent in every quorum (a data directory not the one bound).
-        self.uncounted: frozenset[int] = frozenset()
+        self._uncounted: frozenset[int] = frozenset()
+        self._voter_progress: list[Progress] = []
         self._set(voters, learners)
 
     def _set(self, voters: tuple[int, ...], learners: tuple[int, ...]) -> None:
@@ -73,9 +75,28 @@ class Tracker:
         self.peers = tuple(sorted((set(voters) | set(learners)) - {self.self_id}))
         self.quorum = majority(len(voters)) if voters else 1
 
+    @property
+    def uncounted(self) -> frozenset[int]:
+        """Voters that count as absent in every quorum (match 0, never heard from)."""
+        return self._uncounted
+
+    @uncounted.setter
+    def uncounted(self, voters: frozenset[int]) -> None:
+        self._uncounted = voters
+        self._cache()
+
+    def _cache(self) -> None:
+        # Quorums are asked at every step (commit, CheckQuorum): build the list once.
+        self._voter_progress = [
+            _ABSENT if peer in self._uncounted else p
+            for peer, p in self.progress.items()
+            if peer in self.voter_set
+        ]
+
     def start_progress(self, next_index: int) -> None:
         """A new leader's view: every other member in probe, next at ``next_index``."""
         self.progress = {p: Progress(next_index) for p in self.peers}
+        self._cache()
 
     def set_members(
         self, voters: tuple[int, ...], learners: tuple[int, ...], next_index: int | None
@@ -93,15 +114,12 @@ class Tracker:
         for peer in self.peers:
             if peer not in self.progress:
                 self.progress[peer] = Progress(next_index)
+        self._cache()
 
     def voter_progress(self) -> list[Progress]:
         """The progress of every other voter (learners left out); an ``uncounted`` voter
-        stands for an absent one (match 0, never heard from)."""
-        out = []
-        for peer, p in self.progress.items():
-            if peer in self.voter_set:
-                out.append(_ABSENT if peer in self.uncounted else p)
-        return out
+        stands for an absent one (match 0, never heard from). Do not modify the list."""
+        return self._voter_progress
 
     # --- votes (§5.2, thesis §9.6 for PreVote)
 
