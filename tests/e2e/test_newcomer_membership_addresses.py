@@ -1,15 +1,15 @@
-"""Newcomer reproducers (issue 14): the original members' Raft addresses are missing from
-the membership the first leader makes explicit (the bootstrap CONFIG entry copies the
-implicit membership, which the runtime builds without the ``initial_cluster`` addresses).
-So the duplicate-address refusal cannot see them, and a node that learns the membership from
-the log knows no address for an original member its own file does not list."""
+"""Newcomer reproducers (issue 14): the original members' Raft addresses must be in the
+membership the first leader makes explicit. They were missing (the bootstrap CONFIG entry
+copied an implicit membership built without the ``initial_cluster`` addresses): the
+duplicate-address refusal could not see them (200 instead of 409), and a joiner that did not
+list them could not reach them ("node 4 has no peer 2": 3 of 4 voters up, no write
+committed). Both failed as strict xfails on 54d3d8e; C's 31e3e97 fixed the class."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import attrs
-import pytest
 
 from dengine_trio.config import ROLE_LEARNER, STATUS_JOINING, PeerConfig, load_config, render_toml
 from tests.e2e.cluster import Cluster, Node, free_ports, running_cluster, wait_until
@@ -44,13 +44,6 @@ def _joiner_listing(cluster: Cluster, node_id: int, listed: list[int]) -> Node:
     return node
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the bootstrap membership carries no addresses, so a learner at an original "
-        "member's Raft address is accepted (200, not 409 duplicate_address)"
-    ),
-)
 def test_adding_a_learner_at_an_original_members_address_is_refused(tmp_path: Path) -> None:
     with running_cluster(tmp_path) as cluster:
         leader = cluster.wait_for_leader()
@@ -60,14 +53,6 @@ def test_adding_a_learner_at_an_original_members_address_is_refused(tmp_path: Pa
         assert response.json()["error"] == "duplicate_address"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "original members have address '' in the membership: a joiner that does not list "
-        "them cannot reach them ('node 4 has no peer 2'), 3 of 4 voters alive yet no "
-        "write commits"
-    ),
-)
 def test_a_joiner_listing_only_the_leader_keeps_the_cluster_writable_when_the_leader_dies(
     tmp_path: Path,
 ) -> None:
