@@ -210,7 +210,19 @@ class MembershipRuntime:
         """``MembershipChanged``: links follow the members, a newly learned cluster id is
         persisted (in the calling task: a few hundred bytes, fsynced, once per cluster)."""
         first = self.membership is None
+        was_member = self.is_member()
         self.membership, self.index = membership, index
+        if was_member and not self.is_member() and not membership.implicit:
+            # (A truncation can take the change back: the line says what the log says now.)
+            log.warning(
+                "node %d: removed from cluster %s by the configuration entry at index %d; it "
+                "takes no further part (the members refuse it): stop this process. To bring "
+                "the node back, start it with an empty data directory as a joining node "
+                "(docs/operations.md)",
+                self.node_id,
+                membership.cluster_id,
+                index,
+            )
         node = self._node
         if membership.cluster_id and membership.cluster_id != node.cluster_id:
             self._learn_cluster_id(membership.cluster_id)

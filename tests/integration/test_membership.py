@@ -243,6 +243,13 @@ async def test_removing_a_follower_then_the_leader(
         await wait_until(lambda: nodes[other].engine.is_leader(), WAIT_S)
         await writer(nodes[other].engine, "c", 20, [])
         assert members(nodes[other].engine) == {other: True}
+        # The leader removed itself appended its own removal: it says so, once.
+        said = [
+            r
+            for r in caplog.records
+            if r.getMessage().startswith(f"node {leader}: removed from cluster")
+        ]
+        assert len(said) == 1 and said[0].levelno == logging.WARNING
         # Neither removed node disrupts the one left: its term stays put while they run.
         term = nodes[other].engine.node_status().term
         await trio.sleep(1.5)  # three election timeouts of the removed nodes
