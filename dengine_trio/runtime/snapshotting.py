@@ -425,7 +425,7 @@ class Snapshotter:
         the state machine's ``SnapshotImageError``, ``OSError``."""
         started = time.perf_counter()
         await trio.to_thread.run_sync(
-            restore_snapshot,  # type: ignore[arg-type]  # takes None (any id), typed str
+            restore_snapshot,
             snapshot.path,
             self.cluster_id,
             self._node.state_machine,
@@ -504,7 +504,7 @@ class Snapshotter:
 
         size = await trio.to_thread.run_sync(put_in_place)
         header = await trio.to_thread.run_sync(
-            restore_snapshot,  # type: ignore[arg-type]  # takes None (any id), typed str
+            restore_snapshot,
             final,
             self.cluster_id,
             node.state_machine,

@@ -21,7 +21,9 @@ digits>.snap``. All integers are little-endian::
     file CRC32                    u32   of every byte before it (the whole file but these 4)
 
 The header map has ``"last_index"`` (int), ``"last_term"`` (int), ``"cluster_id"`` (str; ""
-from a node that did not know its cluster's id yet, which any reader accepts as its own),
+from a node that did not know its cluster's id yet, which any reader accepts as its own; in
+version 1 files the configuration's id, which a cluster whose id was generated from it,
+``<that id>-<suffix>``, accepts as its own),
 ``"membership"``: ``{"voters": [[id, address], ...]}``, the voters as of ``last_index`` (what
 the configuration listed; kept for display), and since version 2 ``"config"``: the
 membership in effect at ``last_index`` as ``raft.membership.encode_membership`` bytes (its
@@ -103,6 +105,7 @@ MAX_HEADER_BYTES = 1 << 20
 SNAPSHOT_SUFFIX = ".snap"
 TEMPORARY_PREFIX = ".snapshot-"
 TEMPORARY_SUFFIX = ".tmp"
+_HEX = re.compile(r"[0-9a-f]+")
 _NAME = re.compile(r"snapshot-(\d{20})-(\d{20})" + re.escape(SNAPSHOT_SUFFIX))
 
 _MAGIC = b"DTSN"
@@ -254,6 +257,26 @@ def list_snapshots(directory: str | Path) -> list[SnapshotFile]:
     return found
 
 
+def _same_cluster(written: str, version: int, expected: str) -> bool:
+    """Whether a file whose header names cluster ``written`` (format ``version``) belongs to
+    cluster ``expected``: the same id; "" (written by a node that did not know its cluster's
+    id yet, an implicit membership: its own file, taken before the id reached it); or, for a
+    version 1 file, the configuration id it was written under when a cluster's id is now
+    generated from it (``<that id>-<hex digits>``, issue 14; ``runtime/node.py``), so a
+    directory from before then restarts from its snapshot, and its leader can send it, once
+    the node has persisted the generated id. A restored cluster's id (``<that id>-r<hex>``,
+    ``cluster_identity.restored_cluster_id``) accepts no such file: it starts from the backup
+    alone."""
+    if written == expected or not written:
+        return True
+    prefix = written + "-"
+    return (
+        version == 1
+        and expected.startswith(prefix)
+        and _HEX.fullmatch(expected[len(prefix) :]) is not None
+    )
+
+
 class SnapshotReader:
     """Reads one snapshot file's payload in chunks, verifying as it goes.
 
@@ -265,9 +288,8 @@ class SnapshotReader:
     the end (``b""``) before it commits what it read. Memory: one ``read`` request at a time.
 
     Raises ``CorruptSnapshotError``, ``UnsupportedSnapshotVersionError``,
-    ``ForeignSnapshotError`` (``cluster_id`` given and the file's different; a file whose
-    cluster id is "" was taken before its node knew its cluster's id and passes any check),
-    ``OSError`` from the disk.
+    ``ForeignSnapshotError`` (``cluster_id`` given and the file of another cluster: see
+    ``_same_cluster`` for the ids that count as the same), ``OSError`` from the disk.
     """
 
     def __init__(self, path: Path, fd: int, header: SnapshotHeader, start: int, end: int) -> None:
@@ -321,9 +343,7 @@ class SnapshotReader:
             header = SnapshotHeader.decode(raw[:header_length], version)
         except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
             raise CorruptSnapshotError(path, f"undecodable header ({exc})") from None
-        # "" was written by a node that did not know its cluster's id yet (an implicit
-        # membership): its own file, taken before the id it now checks against reached it.
-        if cluster_id is not None and header.cluster_id and header.cluster_id != cluster_id:
+        if cluster_id is not None and not _same_cluster(header.cluster_id, version, cluster_id):
             raise ForeignSnapshotError(
                 path,
                 f"cluster id {header.cluster_id!r}, expected {cluster_id!r}: a snapshot "
@@ -796,11 +816,12 @@ def write_snapshot(
 
 def restore_snapshot(
     path: str | Path,
-    cluster_id: str,
+    cluster_id: str | None,
     state_machine: StateMachine,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> SnapshotHeader:
     """Verify ``path`` completely, then restore ``state_machine`` from it; return its header.
+    ``cluster_id`` None accepts a file of any cluster (a node that knows no id yet).
 
     Two passes: the first checks the whole file before the state machine sees a byte (so even
     a ``restore`` that changes its state before reading to the end never sees a damaged

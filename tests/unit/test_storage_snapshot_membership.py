@@ -181,3 +181,27 @@ def test_a_snapshot_taken_before_the_node_knew_its_cluster_is_its_own(tmp_path: 
     write(tmp_path / "other", 9, 2, None)  # CLUSTER's file, checked against another id
     with pytest.raises(ForeignSnapshotError):
         verify_snapshot(tmp_path / "other" / path.name, "c-another")
+
+
+def test_a_version_1_file_belongs_to_the_clusters_derived_from_its_id(tmp_path: Path) -> None:
+    """A version 1 file carries the id the configuration used to be hashed into; since issue
+    14 a cluster's id is generated from it (``<that id>-<hex>``). A pre-issue-14 directory
+    must still restart from its snapshot once its node has persisted the generated id, and a
+    leader must still be able to send it (tests/integration/test_upgrade_identity.py)."""
+    path = write(tmp_path, 10, 2, None)
+    rewrite(path, 1, {**v1_fields(10, 2), "cluster_id": "dengine-7d4e9f4a1abc"})
+    assert verify_snapshot(path, "dengine-7d4e9f4a1abc-05c417550eba").last_index == 10
+    for other in (
+        "dengine-7d4e9f4a1abcd",
+        "dengine-7d4e9f4a1ab-x",
+        "other-05c417550eba",
+        "dengine-7d4e9f4a1abc-",
+        "dengine-7d4e9f4a1abc-r05c417550eba",  # a restored cluster starts from its backup alone
+    ):
+        with pytest.raises(ForeignSnapshotError):
+            verify_snapshot(path, other)
+    # Only version 1 files: no writer of version 2 names a configuration's id.
+    v2 = write(tmp_path / "v2", 10, 2, None)
+    rewrite(v2, 2, {**v1_fields(10, 2), "cluster_id": "dengine-7d4e9f4a1abc", "config": None})
+    with pytest.raises(ForeignSnapshotError):
+        verify_snapshot(v2, "dengine-7d4e9f4a1abc-05c417550eba")
