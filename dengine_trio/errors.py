@@ -73,12 +73,16 @@ class CompareFailed(DengineError):
     failed compare was decided at; a duplicate of an idempotent retry reports the original's).
     """
 
-    def __init__(self, value: bytes | None, index: int, at_index: int) -> None:
+    def __init__(
+        self, value: bytes | None, index: int, at_index: int, duplicate: bool = False
+    ) -> None:
         state = "absent" if value is None else f"modified at index {index}"
         super().__init__(f"compare failed: the key is {state}")
         self.value = value
         self.index = index
         self.at_index = at_index
+        self.duplicate = duplicate
+        """The stored outcome of an earlier request with the same idempotency key."""
 
 
 class MembershipError(DengineError):

@@ -149,6 +149,7 @@ def write_outcome(result: bytes) -> WriteOutcome:
             None if item is None else item.value,
             0 if item is None else item.mod_index,
             decoded.index,
+            decoded.duplicate,
         )
     return WriteOutcome(decoded.index, decoded.duplicate)
 

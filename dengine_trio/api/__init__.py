@@ -335,6 +335,8 @@ def engine_error_response(exc: errors.DengineError) -> Response:
             separators=(",", ":"),
         )
         headers = {"X-Dengine-Index": str(exc.at_index)}
+        if exc.duplicate:
+            headers["Idempotent-Replayed"] = "true"
         return Response(body, status=409, content_type=JSON_CONTENT_TYPE, headers=headers)
     return json_error(500, "internal", f"{type(exc).__name__}: {exc}")
 

@@ -232,6 +232,10 @@ def test_an_idempotent_write_applies_once_on_any_node(cluster: Cluster) -> None:
         "compare_failed",
     )
     assert again["index"] == body["index"]
+    replayed = leader.kv.post(
+        "/kv", json={"key": "idem", "value": "x", "prev_value": "1"}, headers=headers
+    )
+    assert replayed.headers["Idempotent-Replayed"] == "true"
     headers = {"Idempotency-Key": "e2e-once-3"}
     txn = {"success": [{"op": "put", "key": "idem/t", "value": "t"}]}
     index = write_index(follower.kv.post("/txn", json=txn, headers=headers))

@@ -35,6 +35,7 @@ same run exactly.
 from __future__ import annotations
 
 import heapq
+import json
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -103,6 +104,13 @@ class Op:
     complete: float | None = None
     ok: bool | None = None
     code: str = ""  # a refused conf op: ConfChangeRejected.code
+    # A cas or txn (issue 17): its command, and once applied whether its compare held and
+    # what its gets returned (``apply_command``). A cas writes ``value`` if ``key`` holds
+    # ``expected`` (None: absent).
+    expected: str | None = None
+    command: bytes = b""
+    succeeded: bool | None = None
+    reads: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -241,6 +249,48 @@ def encode_put(key: str, value: str) -> bytes:
 def decode_put(data: bytes) -> tuple[str, str]:
     key, _, value = data.decode().partition("=")
     return key, value
+
+
+def encode_cas(key: str, expected: str | None, value: str) -> bytes:
+    """Write ``value`` if ``key`` holds ``expected`` (None: absent): the KV API's CAS."""
+    return json.dumps({"cas": [key, expected, value]}).encode()
+
+
+def encode_txn(
+    compares: list[tuple[str, str | None]],
+    success: list[tuple[str, str, str | None]],
+    failure: list[tuple[str, str, str | None]],
+) -> bytes:
+    """etcd-like txn: if every ``(key, value)`` compare holds (None: absent), the ``success``
+    ops ``(kind, key, value)`` (put/delete/get) run, else the ``failure`` ops."""
+    return json.dumps({"txn": [compares, success, failure]}).encode()
+
+
+def apply_command(state: dict[str, str], data: bytes) -> tuple[bool, tuple[str | None, ...]]:
+    """The simulated state machine: apply a put, cas or txn to ``state``; returns whether the
+    compare held (a put: True) and what the txn's gets returned."""
+    if not data.startswith(b"{"):
+        key, value = decode_put(data)
+        state[key] = value
+        return True, ()
+    command = json.loads(data)
+    if "cas" in command:
+        key, expected, value = command["cas"]
+        if state.get(key) != expected:
+            return False, ()
+        state[key] = value
+        return True, ()
+    compares, success, failure = command["txn"]
+    held = all(state.get(key) == value for key, value in compares)
+    reads = []
+    for kind, key, value in success if held else failure:
+        if kind == "put":
+            state[key] = value
+        elif kind == "delete":
+            state.pop(key, None)
+        else:
+            reads.append(state.get(key))
+    return held, tuple(reads)
 
 
 class Cluster:
@@ -889,8 +939,7 @@ class Cluster:
             node.applied_index = entry.index
             node.applied_term = entry.term
             if entry.kind is EntryKind.COMMAND:
-                key, value = decode_put(entry.data)
-                node.state[key] = value
+                apply_command(node.state, entry.data)
         # State machine safety across snapshots and logs: whatever mix of restored image and
         # applied entries got it here, the node's state is the committed prefix's.
         if node.state != self.committed_states[node.applied_index]:
@@ -907,7 +956,13 @@ class Cluster:
         for op_id, (node_id, index, term) in list(self._ops_waiting.items()):
             if node_id == node.id and index <= node.applied_index:
                 del self._ops_waiting[op_id]
-                self._finish(op_id, ok=self.committed[index - 1].term == term)
+                ok = self.committed[index - 1].term == term
+                op = self.history[op_id]
+                if ok and op.command:
+                    # What the entry's apply answered, from the state before it.
+                    before = dict(self.committed_states[index - 1])
+                    op.succeeded, op.reads = apply_command(before, op.command)
+                self._finish(op_id, ok=ok)
 
     def _serve_reads(self, node: SimNode) -> None:
         still = []
@@ -938,6 +993,50 @@ class Cluster:
             self._finish(op_id, ok=False)
         else:
             self.step(node_id, [Propose(op_id, encode_put(key, value))])
+        return op_id
+
+    def cas(self, node_id: int, key: str, expected: str | None) -> int:
+        """Propose "``key`` = <fresh unique value> if it holds ``expected``" at ``node_id``;
+        returns the op id."""
+        self._value_counter += 1
+        value = f"v{self._value_counter}"
+        return self._propose_op(
+            Op("cas", key, value, node_id, self.now, expected=expected),
+            encode_cas(key, expected, value),
+        )
+
+    def txn(
+        self,
+        node_id: int,
+        compares: list[tuple[str, str | None]],
+        success: list[tuple[str, str]],
+        failure: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    ) -> int:
+        """Propose a txn at ``node_id``; ops are ``(kind, key)``, kind "put" (a fresh unique
+        value) or "get" ("delete" applies too, but ``check_history`` assumes keys are never
+        deleted). Returns the op id."""
+
+        def values(ops: list[tuple[str, str]]) -> list[tuple[str, str, str | None]]:
+            out: list[tuple[str, str, str | None]] = []
+            for kind, key in ops:
+                value = None
+                if kind == "put":
+                    self._value_counter += 1
+                    value = f"v{self._value_counter}"
+                out.append((kind, key, value))
+            return out
+
+        command = encode_txn(compares, values(success), values(list(failure)))
+        return self._propose_op(Op("txn", "", None, node_id, self.now), command)
+
+    def _propose_op(self, op: Op, command: bytes) -> int:
+        op.command = command
+        op_id = len(self.history)
+        self.history.append(op)
+        if self.nodes[op.node].raft is None:
+            self._finish(op_id, ok=False)
+        else:
+            self.step(op.node, [Propose(op_id, command)])
         return op_id
 
     def read(self, node_id: int, key: str, policy: str) -> int:
@@ -1376,8 +1475,7 @@ class Cluster:
                 self.committed_memberships.append((entry.index, decode_membership(entry.data)))
             state = dict(self.committed_states[-1])
             if entry.kind is EntryKind.COMMAND:
-                key, value = decode_put(entry.data)
-                state[key] = value
+                apply_command(state, entry.data)
             self.committed_states.append(state)
 
     def _check_truncation(self, node: SimNode, first: int) -> None:
@@ -1520,6 +1618,9 @@ class Cluster:
                 if not op.ok:
                     continue
                 outcome, kind = "ok", "get"
+            elif op.kind in ("cas", "txn"):
+                operations.append(self._cas_or_txn(op_id, op))
+                continue
             else:
                 continue
             operations.append(
@@ -1535,6 +1636,59 @@ class Cluster:
             )
         return operations
 
+    @staticmethod
+    def _cas_or_txn(op_id: int, op: Op) -> Operation:
+        outcome: Outcome = "unknown" if op.ok is None else "ok" if op.ok else "fail"
+        succeeded = op.succeeded if outcome == "ok" else None
+        if op.kind == "cas":
+            return Operation(
+                f"#{op_id}@n{op.node}",
+                "cas",
+                op.key,
+                op.value,
+                op.invoke,
+                op.complete,
+                outcome,
+                expected=op.expected,
+                succeeded=succeeded,
+            )
+        compares, success, failure = json.loads(op.command)["txn"]
+        return Operation(
+            f"#{op_id}@n{op.node}",
+            "txn",
+            f"txn#{op_id}",
+            None,
+            op.invoke,
+            op.complete,
+            outcome,
+            succeeded=succeeded,
+            compares=tuple(map(tuple, compares)),
+            success=tuple(map(tuple, success)),
+            failure=tuple(map(tuple, failure)),
+            reads=op.reads,
+        )
+
+    def _writes(self) -> list[Op]:
+        """Every write as a put, cas and txn puts too: ok True where it applied and its
+        branch ran, False where it certainly wrote nothing, None where unknown."""
+        writes = []
+        for op in self.history:
+            if op.kind == "put":
+                writes.append(op)
+            elif op.kind == "cas":
+                ok = None if op.ok is None else bool(op.ok and op.succeeded)
+                writes.append(Op("put", op.key, op.value, op.node, op.invoke, op.complete, ok))
+            elif op.kind == "txn":
+                _, success, failure = json.loads(op.command)["txn"]
+                for branch, ran in ((success, True), (failure, False)):
+                    ok = None if op.ok is None else bool(op.ok and op.succeeded is ran)
+                    for kind, key, value in branch:
+                        if kind == "put":
+                            writes.append(
+                                Op("put", key, value, op.node, op.invoke, op.complete, ok)
+                            )
+        return writes
+
     def check_linearizability(self) -> Result:
         """Puts, linearizable and lease reads form a linearizable history, key by key. Raises
         on a violation; an inconclusive search (step budget spent) is returned, not raised."""
@@ -1547,9 +1701,8 @@ class Cluster:
         """Reads never return a value that was never written, nor (linearizable and lease
         reads) one that had certainly been overwritten before the read began."""
         writes: dict[str, list[Op]] = {}
-        for op in self.history:
-            if op.kind == "put":
-                writes.setdefault(op.key, []).append(op)
+        for op in self._writes():
+            writes.setdefault(op.key, []).append(op)
         for op in self.history:
             if not op.kind.startswith("read") or not op.ok:
                 continue
