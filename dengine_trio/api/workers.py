@@ -26,6 +26,13 @@ cost more CPU per request than the engine's work, move to N worker processes:
   Hypercorn serves (the node serves its health port only once every worker is ready, so a
   probe's 200 means the KV port is served too). A request whose body is complete when it starts
   (nearly all) costs one frame each way.
+* Streamed answers (``GET /watch``'s Server-Sent Events; any body sent in several messages):
+  the worker acknowledges each body frame with ``more_body`` once Hypercorn has written it
+  to the client, ``[ACK, id, bytes]``, and the node's ``send`` waits while more than
+  :data:`STREAM_WINDOW_BYTES` are unacknowledged, so a slow client slows the node's sender
+  (whose own bounds then apply: a watch's ``[watch] queue_events``) instead of filling the
+  link and the worker's memory. From the first such frame on, the worker also forwards the
+  client's disconnect (``[DISCONNECT, id]``), so a stream ends with its client.
 * Supervision (:class:`WorkerPool`, in the node): a worker that exits is logged with its
   status and restarted (after 0.1 s, doubling to 5 s while it keeps dying young); the
   listening socket stays open in the node, so new connections go to the other workers or
@@ -77,7 +84,7 @@ __all__ = [
 
 log = logging.getLogger("dengine_trio.http_workers")
 
-OPEN, BODY, DISCONNECT, RESPONSE, END, READY = range(6)
+OPEN, BODY, DISCONNECT, RESPONSE, END, READY, ACK = range(7)
 READ_BYTES = 256 * 1024
 RESTART_DELAY_S = 0.1
 RESTART_DELAY_MAX_S = 5.0
@@ -92,6 +99,10 @@ anyway (with a warning): a worker that cannot start must not keep probes dark fo
 BODY_CHUNK_BYTES = 1024 * 1024
 """A response body larger than this (bytes) crosses the link in frames of at most this much
 body each, so a frame's size does not grow with a value's JSON (up to 6x the value)."""
+
+STREAM_WINDOW_BYTES = 256 * 1024
+"""How much of a streamed answer (bytes) may be on its way to one client, written by the node
+but not yet by the worker: past this the node's ``send`` waits for the worker's ``ACK``."""
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 _HEADER = struct.Struct(">I")
@@ -245,7 +256,7 @@ class _Link:
 class _Exchange:
     """One request being served by the node's app: its receive and send callables."""
 
-    __slots__ = ("done", "link", "messages", "rid", "start", "waiter")
+    __slots__ = ("acked", "done", "link", "messages", "rid", "start", "unacked", "waiter")
 
     def __init__(self, link: _Link, rid: int, first: dict[str, Any]) -> None:
         self.link = link
@@ -254,6 +265,14 @@ class _Exchange:
         self.waiter: trio.Event | None = None
         self.start: dict[str, Any] | None = None
         self.done = False
+        self.unacked = 0
+        """Bytes of ``more_body`` frames the worker has not yet written to its client."""
+        self.acked: trio.Event | None = None
+
+    def ack(self, size: int) -> None:
+        self.unacked -= size
+        if self.acked is not None:
+            self.acked.set()
 
     def put(self, message: dict[str, Any]) -> None:
         self.messages.append(message)
@@ -279,6 +298,10 @@ class _Exchange:
         elif kind == "http.response.body" and not self.done:
             more = message.get("more_body", False)
             body = message.get("body", b"")
+            while self.unacked > STREAM_WINDOW_BYTES and not self.link.closed:
+                # A stream to a slow client: wait until the worker has written more of it.
+                self.acked = trio.Event()
+                await self.acked.wait()
             if len(body) > BODY_CHUNK_BYTES:
                 size = BODY_CHUNK_BYTES
                 chunks = [body[at : at + size] for at in range(0, len(body), size)]
@@ -289,6 +312,8 @@ class _Exchange:
             self.done = not more
 
     def _write_body(self, body: bytes, more: bool) -> None:
+        if more:
+            self.unacked += len(body)
         start = self.start
         if start is not None:
             self.start = None
@@ -353,6 +378,8 @@ class _NodeBridge:
                 known.put({"type": "http.request", "body": message[2], "more_body": message[3]})
             elif kind == DISCONNECT:
                 known.put({"type": "http.disconnect"})
+            elif kind == ACK:
+                known.ack(message[2])
 
     async def serve(self, scope: dict[str, Any], exchange: _Exchange) -> None:
         try:
@@ -633,11 +660,15 @@ class _WorkerBridge:
             if more:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._forward, rid, receive)
-                    await self._answer(exchange, send)
+                    await self._answer(exchange, send, rid)
                     nursery.cancel_scope.cancel()
-            else:
-                # Complete: the node holds a later disconnect anyway (App), so none is sent.
-                await self._answer(exchange, send)
+            # Complete: the node holds a later disconnect anyway (App), so none is sent, unless
+            # the answer turns out to be a stream, which must end with its client.
+            elif await self._answer(exchange, send, rid, until_stream=True):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._forward, rid, receive)
+                    await self._answer(exchange, send, rid)
+                    nursery.cancel_scope.cancel()
         finally:
             del self.exchanges[rid]
 
@@ -653,7 +684,12 @@ class _WorkerBridge:
                 self.link.write([DISCONNECT, rid])
                 return
 
-    async def _answer(self, exchange: _WorkerExchange, send: Any) -> None:
+    async def _answer(
+        self, exchange: _WorkerExchange, send: Any, rid: int, *, until_stream: bool = False
+    ) -> bool:
+        """Write the node's answer; with ``until_stream``, return True after its first body
+        frame with ``more_body`` (a stream: the caller goes on, listening for a disconnect),
+        else False once the answer is complete."""
         while True:
             message = await exchange.next()
             kind = message[0]
@@ -671,9 +707,13 @@ class _WorkerBridge:
                 body, more = message[2:4]
                 await send({"type": "http.response.body", "body": body, "more_body": more})
             else:  # END: the node's app returned without an answer
-                return
+                return False
             if not more:
-                return
+                return False
+            # Written to the client (or the client is gone): the node may send more.
+            self.link.write([ACK, rid, len(body)])
+            if until_stream:
+                return True
 
 
 async def _serve_worker(args: argparse.Namespace) -> None:

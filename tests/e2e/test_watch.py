@@ -1,0 +1,241 @@
+"""``GET /watch`` on a cluster of real node processes, with one process per node and with HTTP
+workers (``[http] workers = 2``: the stream crosses the worker link, with its flow control and
+the client's disconnect forwarded).
+
+The streams of every node are checked against the writes' own answers (each write answers the
+index it applied at) and against each other: every acknowledged write appears once, at its
+index, in index order, with no gap, across a leader change (the leader killed) and a restart of
+that node (its client resumes with ``Last-Event-ID``). A consumer that stops reading gets a final
+``slow_consumer`` event and is disconnected; a client that leaves frees its place.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.cluster import Cluster, Node, running_cluster, wait_until
+
+QUEUE_EVENTS = 64
+MAX_WATCHERS = 6
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-workers"])
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    settings = {
+        "http.workers": request.param,
+        "watch.queue_events": QUEUE_EVENTS,
+        "watch.max_watchers": MAX_WATCHERS,
+    }
+    with running_cluster(tmp_path_factory.mktemp("watch"), settings=settings) as c:
+        c.wait_for_leader()
+        yield c
+
+
+class SseClient:
+    """A watch read in a thread (raw HTTP/1.0: the body is the stream, until the close)."""
+
+    def __init__(self, port: int, target: str, last_event_id: str | None = None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        header = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
+        self.sock.sendall(f"GET {target} HTTP/1.0\r\nHost: x\r\n{header}\r\n".encode())
+        self.status = 0
+        self.events: list[dict[str, Any]] = []
+        self.closed = False
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        buffer = b""
+        head_done = False
+        try:
+            while chunk := self.sock.recv(65536):
+                buffer += chunk
+                if not head_done:
+                    if b"\r\n\r\n" not in buffer:
+                        continue
+                    head, _, buffer = buffer.partition(b"\r\n\r\n")
+                    self.status = int(head.split()[1])
+                    head_done = True
+                while b"\n\n" in buffer:
+                    block, _, buffer = buffer.partition(b"\n\n")
+                    event = _parse(block.decode())
+                    if event is not None:
+                        with self.lock:
+                            self.events.append(event)
+        except OSError:
+            pass
+        self.closed = True
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.events)
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(10)
+
+
+def _parse(block: str) -> dict[str, Any] | None:
+    fields: dict[str, Any] = {}
+    for line in block.split("\n"):
+        if line and not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            fields[name] = json.loads(value) if name == "data" else value
+    return fields or None
+
+
+def write(cluster: Cluster, key: str, value: str) -> int:
+    """Put through whichever node leads (retrying while there is none); the applied index."""
+
+    def attempt() -> int | None:
+        for node in cluster.alive():
+            try:
+                # A retry after an unknown outcome (the leader killed) must not apply twice.
+                answer = node.kv.post(
+                    "/kv", json={"key": key, "value": value}, headers={"Idempotency-Key": key}
+                )
+            except httpx.TransportError:
+                continue
+            if answer.status_code == 200:
+                return int(answer.json()["index"])
+        return None
+
+    return wait_until(attempt, 60, f"a write of {key}")
+
+
+def changes(events: list[dict[str, Any]]) -> list[tuple[int, str, Any, str]]:
+    return [
+        (e["data"]["index"], e["data"]["key"], e["data"]["value"], e["event"])
+        for e in events
+        if e.get("event") != "error"
+    ]
+
+
+def test_every_node_streams_the_committed_changes_across_a_leader_change_and_a_restart(
+    cluster: Cluster,
+) -> None:
+    leader = cluster.wait_for_leader()
+    target = "/watch?prefix=e/&from_index=1"
+    streams = {node.node_id: [SseClient(node.port, target)] for node in cluster.nodes}
+    wait_until(lambda: all(s[0].status == 200 for s in streams.values()), 30, "streams open")
+    acked: dict[str, int] = {}
+    for i in range(20):
+        acked[f"e/{i:03d}"] = write(cluster, f"e/{i:03d}", f"v{i}")
+    # A leader change: the leader dies, its stream with it.
+    leader.kill()
+    cluster.wait_for_leader()
+    for i in range(20, 40):
+        acked[f"e/{i:03d}"] = write(cluster, f"e/{i:03d}", f"v{i}")
+    # The node comes back (its watch history starts again from its log's replay) ...
+    leader.stop_requested = False
+    leader.start(cluster.root)
+    wait_until(lambda: leader.status_code(leader.health, "/status") == 200, 60, "restart")
+    last = max(acked.values())
+    wait_until(lambda: leader.health.get("/status").json()["applied_index"] >= last, 60, "catch-up")
+    # ... and its client resumes where its stream broke, as EventSource does.
+    before = streams[leader.node_id][0]
+    wait_until(lambda: before.closed, 30, "the killed node's stream to be closed")
+    with_ids = [e for e in before.snapshot() if "id" in e]
+    resumed = SseClient(leader.port, target, with_ids[-1]["id"] if with_ids else "0")
+    streams[leader.node_id].append(resumed)
+    for i in range(40, 60):
+        acked[f"e/{i:03d}"] = write(cluster, f"e/{i:03d}", f"v{i}")
+
+    def collected(node_id: int) -> list[tuple[int, str, Any, str]]:
+        found: list[tuple[int, str, Any, str]] = []
+        for stream in streams[node_id]:
+            found.extend(changes(stream.snapshot()))
+        return found
+
+    def complete() -> bool:
+        return all({c[1] for c in collected(n)} >= set(acked) for n in streams)
+
+    wait_until(complete, 60, "every node's streams to carry every acknowledged write")
+    reference = collected(cluster.nodes[0].node_id)
+    for node_id in streams:
+        seen = collected(node_id)
+        indexes = [c[0] for c in seen]
+        assert indexes == sorted(set(indexes)), f"node {node_id}: duplicate or out of order"
+        # Each acknowledged write once, at the index its write answered, with its value.
+        at = {c[1]: (c[0], c[2], c[3]) for c in seen}
+        assert len(at) == len(seen), f"node {node_id}: a key twice"
+        for key, index in acked.items():
+            assert at[key] == (index, f"v{key[2:].lstrip('0') or '0'}", "put"), (node_id, key)
+        # No gap: the same committed changes on every node (a write whose answer was lost in
+        # the leader change may be there too, but then everywhere).
+        assert seen == reference, f"node {node_id} differs from node {cluster.nodes[0].node_id}"
+    for node_streams in streams.values():
+        for stream in node_streams:
+            stream.close()
+
+
+def test_a_consumer_that_stops_reading_gets_slow_consumer_and_is_disconnected(
+    cluster: Cluster,
+) -> None:
+    leader = cluster.wait_for_leader()
+    follower = cluster.followers(leader)[0]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(60)
+    sock.connect(("127.0.0.1", follower.port))
+    sock.sendall(b"GET /watch?prefix=slow/ HTTP/1.0\r\n\r\n")
+    value = "x" * 32768
+    writes = 400  # ~13 MiB: more than every buffer between the node and this socket
+    for i in range(writes):
+        write(cluster, f"slow/{i:03d}", value)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    events = [e for e in (_parse(b) for b in body.decode().split("\n\n")) if e is not None]
+    assert events[-1]["event"] == "error", events[-1]
+    assert events[-1]["data"]["error"] == "slow_consumer"
+    delivered = changes(events)
+    assert 0 < len(delivered) < writes
+    assert [c[1] for c in delivered] == [f"slow/{i:03d}" for i in range(len(delivered))]
+    assert events[-1]["data"]["from_index"] == delivered[-1][0] + 1
+
+
+def test_bad_input_and_the_bound_on_watchers_through_the_node(cluster: Cluster) -> None:
+    leader = cluster.wait_for_leader()
+    node: Node = cluster.followers(leader)[-1]
+    answer = node.kv.get("/watch", params={"prefix": ""})
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "empty_prefix"
+    answer = node.kv.get("/watch", params={"key": "a", "from_index": "x"})
+    assert answer.json()["error"] == "invalid_from_index"
+    # Every place taken, then given back by clients that leave (a disconnect crosses the
+    # worker link to the node).
+    for _ in range(2):
+
+        def opened() -> list[SseClient] | None:
+            clients = [SseClient(node.port, "/watch?key=bound") for _ in range(MAX_WATCHERS)]
+            wait_until(lambda: all(c.status for c in clients), 30, "answers")
+            if all(c.status == 200 for c in clients):
+                return clients
+            for client in clients:
+                client.close()
+            return None
+
+        clients = wait_until(opened, 30, f"{MAX_WATCHERS} watchers open at once")
+        refused = node.kv.get("/watch", params={"key": "bound"})
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "too_many_watchers"
+        for client in clients:
+            client.close()
