@@ -483,7 +483,8 @@ class RaftNode:
     def _new_role_state(self, role: Role) -> RoleState:
         ms = self.membership
         if role is Role.LEADER:
-            return LeaderState(Tracker(self.id, ms.voters, ms.learners), since_ms=self.now)
+            tracker = Tracker(self.id, ms.voters, ms.learners, self._departing())
+            return LeaderState(tracker, since_ms=self.now)
         if role is Role.FOLLOWER:
             return FollowerState()
         return CandidateState(Tracker(self.id, ms.voters, ms.learners))
@@ -902,8 +903,13 @@ class RaftNode:
         candidate = leader.tracker.committed_index(self._self_match())
         if candidate > self.commit_index and self.log.term_at(candidate) == self.term:
             first_in_term = not self._committed_in_term()
+            departing = leader.tracker.departing and candidate >= self.membership_index
             self.commit_index = candidate
             leader.commit_advanced = True
+            if departing:
+                # The removal is committed: stop replicating to the members it removed.
+                ms = self.membership
+                leader.tracker.set_members(ms.voters, ms.learners, self.log.last_index + 1)
             if first_in_term:
                 self._release_reads_before_commit()
 
@@ -1253,7 +1259,10 @@ class RaftNode:
             # A new member is probed from the entry that made it one: its first AppendEntries
             # carries that entry (and the answer tells how far back its log really ends).
             state.tracker.set_members(
-                membership.voters, membership.learners, min(index, self.log.last_index) or 1
+                membership.voters,
+                membership.learners,
+                min(index, self.log.last_index) or 1,
+                self._departing(),
             )
             self._refresh_uncounted()
             self._quorum_changed = True
@@ -1323,25 +1332,55 @@ class RaftNode:
     def _refuses_candidate(self, m: RequestVote) -> bool:
         """Must this (pre-)vote request be ignored for membership reasons alone?
 
-        Not a member (removed, or joining): we never vote. Implicit membership: we grant an
-        explicit candidate only if its membership binds us to our own uuid (so a wiped node,
-        which restarts implicit with a new uuid, cannot vote in a running cluster, yet a
-        member that missed the bootstrap entry can help elect a leader that has it).
-        Explicit membership: we vote only if bound to our uuid (the amnesia rule), and only
-        for members of our membership (a removed node cannot disrupt) that are explicit too
-        (a wiped node cannot). A candidate that is a learner here may be a voter in its own
-        log (a PROMOTE we have not received yet): refusing it could leave a committed
-        configuration without a leader while a majority of it is up, so it gets the usual
-        checks."""
+        Implicit membership: we grant an explicit candidate only if its membership binds us
+        to our own uuid (so a wiped node, which restarts implicit with a new uuid, cannot vote
+        in a running cluster, yet a member that missed the bootstrap entry can help elect a
+        leader that has it). Explicit membership: we vote only while bound to our uuid (the
+        amnesia rule), only in terms after the entry that bound us, and only for explicit
+        candidates (a wiped node cannot disrupt) that are members (a removed node cannot).
+
+        "Member" and "bound" are judged over every membership our log may still fall back
+        to: the committed one and each uncommitted one after it. A removal not committed yet
+        (ours, or the candidate's) may be truncated, and the candidate, with a later log
+        without it, may need our vote: refusing could leave a majority of the committed
+        configuration without a leader. Likewise a candidate that is only a learner here may
+        be a voter in its own log (a PROMOTE we have not received): it gets the usual checks.
+        """
         ms = self.membership
-        me = ms.get(self.id)
-        if me is None:
-            return True
         if ms.implicit:
+            if ms.get(self.id) is None:
+                return True  # a joining node, no member of anything yet
             return m.explicit and not (m.dst_uuid and m.dst_uuid == self.uuid)
-        if me.uuid != self.uuid or m.term <= self._vote_floor:
+        if not m.explicit or m.term <= self._vote_floor:
             return True
-        return not m.explicit or ms.get(m.src) is None
+        bound = candidate = False
+        for membership in self._fallback_memberships():
+            me = membership.get(self.id)
+            if me is not None and (membership.implicit or me.uuid == self.uuid):
+                bound = True
+            if membership.get(m.src) is not None:
+                candidate = True
+        return not (bound and candidate)
+
+    def _departing(self) -> tuple[int, ...]:
+        """Members removed by a CONFIG entry not committed yet: a leader goes on replicating
+        to them (not counting them) until the removal commits, so that they learn of it and
+        stop campaigning (thesis §4.2.3)."""
+        current = set(self.membership.ids)
+        gone: set[int] = set()
+        for membership in self._fallback_memberships():
+            gone.update(i for i in membership.ids if i not in current and i != self.id)
+        return tuple(sorted(gone))
+
+    def _fallback_memberships(self) -> list[Membership]:
+        """The membership in effect at the commit index and every later one in the log: what
+        a truncation could still bring back."""
+        configs = self._configs
+        first = 0
+        for i, (index, _) in enumerate(configs):
+            if index <= self.commit_index:
+                first = i
+        return [membership for _, membership in configs[first:]]
 
     def _known_uuid(self, member_id: int) -> str:
         """The data-directory uuid ``member_id`` last said it runs on ("" if not heard)."""

@@ -39,6 +39,7 @@ class Tracker:
     __slots__ = (
         "_uncounted",
         "_voter_progress",
+        "departing",
         "learners",
         "peers",
         "progress",
@@ -51,13 +52,18 @@ class Tracker:
     )
 
     def __init__(
-        self, self_id: int, voters: tuple[int, ...], learners: tuple[int, ...] = ()
+        self,
+        self_id: int,
+        voters: tuple[int, ...],
+        learners: tuple[int, ...] = (),
+        departing: tuple[int, ...] = (),
     ) -> None:
         self.self_id = self_id
         self.progress: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
         self.voters: tuple[int, ...] = ()
         self.learners: tuple[int, ...] = ()
+        self.departing: tuple[int, ...] = ()
         self.voter_set: frozenset[int] = frozenset()
         self.peers: tuple[int, ...] = ()
         self.quorum = 1
@@ -65,14 +71,18 @@ class Tracker:
         # Voters that count as absent in every quorum (a data directory not the one bound).
         self._uncounted: frozenset[int] = frozenset()
         self._voter_progress: list[Progress] = []
-        self._set(voters, learners)
+        self._set(voters, learners, departing)
 
-    def _set(self, voters: tuple[int, ...], learners: tuple[int, ...]) -> None:
+    def _set(
+        self, voters: tuple[int, ...], learners: tuple[int, ...], departing: tuple[int, ...]
+    ) -> None:
         self.voters = voters
         self.learners = learners
+        self.departing = departing
         self.voter_set = frozenset(voters)
         self.self_votes = self.self_id in self.voter_set
-        self.peers = tuple(sorted((set(voters) | set(learners)) - {self.self_id}))
+        members = set(voters) | set(learners) | set(departing)
+        self.peers = tuple(sorted(members - {self.self_id}))
         self.quorum = majority(len(voters)) if voters else 1
 
     @property
@@ -99,13 +109,18 @@ class Tracker:
         self._cache()
 
     def set_members(
-        self, voters: tuple[int, ...], learners: tuple[int, ...], next_index: int | None
+        self,
+        voters: tuple[int, ...],
+        learners: tuple[int, ...],
+        next_index: int | None,
+        departing: tuple[int, ...] = (),
     ) -> None:
         """The membership in effect changed (thesis §4.1, on append or truncation): every
         quorum is over the new voters from now on; with ``next_index`` (a leader's tracker)
-        new members get a fresh ``Progress`` probing from there and removed ones lose theirs.
-        """
-        self._set(voters, learners)
+        new members get a fresh ``Progress`` probing from there and removed ones lose theirs,
+        except the ``departing``: removed by an entry not committed yet, they are still
+        replicated to (so they learn of their removal), never counted."""
+        self._set(voters, learners, departing)
         self.votes = {v: g for v, g in self.votes.items() if v in self.voter_set}
         if next_index is None:
             return

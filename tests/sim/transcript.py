@@ -508,16 +508,21 @@ class Interaction:
         self.serve_reads(node)
 
     def check_vote(self, m: Message) -> None:
-        """The amnesia rule: a node never grants a vote while its explicit membership does
-        not bind it to its own data directory."""
+        """The amnesia rule: a node never grants a vote while its explicit membership (or one
+        its log may fall back to) does not bind it to its own data directory."""
         if not (isinstance(m, RequestVoteResponse) and m.granted):
             return
         raft = self.nodes[m.src].raft
         assert raft is not None
-        ms = raft.membership
-        me = ms.get(m.src)
-        if not ms.implicit and (me is None or me.uuid != raft.uuid):
-            raise TranscriptError(f"node {m.src} granted a vote while unbound or no member")
+        if raft.membership.implicit:
+            return
+        # Bound in the membership in effect, or in one a truncation could still bring back
+        # (a removal of this node not committed yet).
+        for ms in raft._fallback_memberships():
+            me = ms.get(m.src)
+            if me is not None and (ms.implicit or me.uuid == raft.uuid):
+                return
+        raise TranscriptError(f"node {m.src} granted a vote while unbound or no member")
 
     def send(self, m: Message) -> None:
         self.check_vote(m)

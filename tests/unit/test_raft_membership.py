@@ -321,8 +321,9 @@ def test_the_removed_leader_counts_quorums_without_itself_until_it_commits() -> 
 
 def test_a_removed_node_cannot_disrupt_even_without_prevote() -> None:
     it = cluster(3, "pre_vote=false", "check_quorum=false")  # nothing else to stop it
-    run(it, "partition 1 2 / 3", "change 1 remove 3", "stabilize 1 2")
+    run(it, "partition 1 2 / 3", "change 1 remove 3", "stabilize 1 2", "run 100")
     assert raft(it, 1).membership.ids == (1, 2) and raft(it, 3).membership.is_voter(3)
+    assert not raft(it, 2).pending_conf_index  # 2 knows the removal is committed
     term = raft(it, 1).term
     run(it, "heal", "campaign 3", "stabilize 2 3")  # not delivered to 1 yet: it is cut below
     run(it, "advance 3000 3", "stabilize")
@@ -562,3 +563,15 @@ def test_leadership_is_never_transferred_to_a_voter_on_an_unbound_directory() ->
     assert raft(it, 1).membership.is_voter(3)
     out = run(it, "transfer-leader 1 to=3", "stabilize 1 3")
     assert not any("MsgTimeoutNow" in line for line in out)
+
+
+def test_a_removed_node_learns_of_its_removal_and_stops_campaigning() -> None:
+    """The leader goes on replicating to a member it removed until the removal commits, so
+    the removed node appends it too: no member any more, it has no election timer."""
+    it = cluster(3)
+    run(it, "change 1 remove 3", "stabilize", "run 100")
+    removed = raft(it, 3)
+    assert not removed.membership.is_voter(3) and removed.next_deadline() == float("inf")
+    assert 3 not in raft(it, 1).progress  # committed: no longer replicated to
+    out = run(it, "propose 1 z=1", "stabilize")
+    assert not any("->3 " in line for line in out)
