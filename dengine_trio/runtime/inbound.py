@@ -80,6 +80,10 @@ class InboundSide(PeerIdentity):
     _links: dict[int, OutboundLink]
     _stranger_inbound: dict[trio.CancelScope, int]
 
+    def reply_link(self, peer_id: int, address: str) -> None:
+        """See ``Transport.reply_link``."""
+        raise NotImplementedError
+
     async def _serve_inbound(self, tcp: trio.SocketStream) -> None:
         remote = remote_address(tcp)
         deadline = trio.current_time() + HANDSHAKE_TIMEOUT_S
@@ -269,6 +273,8 @@ class InboundSide(PeerIdentity):
             if hello.incarnation:
                 self._meet_incarnation(link, hello.incarnation)
             link.redial.set()
+        elif hello.channel is Channel.MESSAGES:
+            self.reply_link(hello.src, hello.address)
         if self.identified is not None and hello.channel is Channel.MESSAGES:
             # Before any message of this connection reaches the core: which data directory
             # the caller runs on (a member that lost its disk must not count as itself).

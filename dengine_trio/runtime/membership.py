@@ -22,7 +22,8 @@ membership the Raft core holds (``raft/membership.py``).
 * **Joining.** A node whose own ``initial_cluster`` entry is ``role = 3`` sends
   ``JoinRequest`` to every member listed, with backoff (0.5 s doubling to 5 s), until it
   sees itself in its membership. The leader proposes ``ADD_LEARNER`` (``promote`` as the
-  joiner asked); followers ignore it (the joiner asks the leader too). The new learner then
+  joiner asked); a follower forwards it to the leader (the joiner's file need not list
+  the leader). The new learner then
   catches up (snapshot, then log) and the leader promotes it (core rule 7).
 """
 
@@ -152,6 +153,7 @@ class MembershipRuntime:
         self.membership: Membership | None = None
         self.index = 0
         self._join_refusals: dict[tuple[int, str], float] = {}
+        self._joins_in_flight: set[int] = set()
         self._joined = trio.Event()
 
     # -- state -----------------------------------------------------------------------------
@@ -259,8 +261,11 @@ class MembershipRuntime:
     def admit(self, hello: Hello) -> str:
         """Why the transport refuses ``hello`` by membership, or "" to admit it."""
         m = self.membership
-        if m is None:
-            return ""  # not started yet: only the core can tell; it is told at once
+        if m is None or m.implicit:
+            # Not started yet, or this node knows no explicit membership: its file's list
+            # is no authority (a wiped node whose file predates the members leading now);
+            # the cluster id was checked, and the core's rules decide what the caller may do.
+            return ""
         if m.get(hello.src) is not None or hello.joining:
             return ""
         if not self.is_member() and hello.src in self.listed:
@@ -308,11 +313,16 @@ class MembershipRuntime:
             log.info("node %d: added to cluster %s", self.node_id, node.cluster_id)
 
     def join_requested(self, request: JoinRequest) -> None:
-        """A node asks to join (the leader proposes ``ADD_LEARNER``; others ignore it)."""
+        """A node asks to join: ``ADD_LEARNER`` is proposed here if this node leads, else
+        forwarded to the leader like any change (the joiner's file need not list the
+        leader). One request per joiner at a time on this node; a joiner already a member at
+        that address is left alone."""
         node = self._node
         raft = node.raft
         m = self.membership
-        if raft is None or m is None or not raft.is_leader or request.id != request.src:
+        if raft is None or m is None or m.implicit or request.id != request.src:
+            return
+        if not raft.leader_id or request.id in self._joins_in_flight:
             return
         existing = m.get(request.id)
         if existing is not None and existing.address == request.address:
@@ -323,11 +333,20 @@ class MembershipRuntime:
             address=request.address,
             promote=request.promote,
         )
-        node.propose_change_quietly(change, on_rejected=self._join_refused)
+        self._joins_in_flight.add(request.id)
+        node.propose_change_quietly(
+            change,
+            on_rejected=self._join_refused,
+            on_done=lambda: self._joins_in_flight.discard(request.id),
+        )
 
     def _join_refused(self, change: ConfChange, error: MembershipError) -> None:
         if error.code == "pending":
             return  # another change first: the joiner asks again
+        m = self.membership
+        existing = m.get(change.id) if m is not None else None
+        if existing is not None and existing.address == change.address:
+            return  # another member's forward of the same request got there first
         key = (change.id, error.code)
         now = trio.current_time()
         if now - self._join_refusals.get(key, -JOIN_WARNING_INTERVAL_S) < JOIN_WARNING_INTERVAL_S:

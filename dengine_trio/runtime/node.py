@@ -338,6 +338,7 @@ class NodeRuntime:
                 admit=self.membership.admit,
                 identified=self._identified,
                 known_cluster_id=self.cluster_id,
+                address=cfg.own_member().address,
             )
             async with (
                 WorkerThread(f"dengine-fsync-{self.node_id}") as fsync_thread,
@@ -660,27 +661,27 @@ class NodeRuntime:
         self._send(message)
 
     def propose_change_quietly(
-        self, change: ConfChange, on_rejected: Callable[[ConfChange, MembershipError], None]
+        self,
+        change: ConfChange,
+        on_rejected: Callable[[ConfChange, MembershipError], None],
+        on_done: Callable[[], None],
     ) -> None:
-        """Propose ``change`` here (the leader) in a task of its own, nobody waiting for it;
-        ``on_rejected`` hears a refusal (a join request's change)."""
+        """Make ``change`` through the leader (here, or forwarded) in a task of its own,
+        nobody waiting for it (a join request's change); ``on_rejected`` hears a refusal,
+        ``on_done`` the end, whatever it was."""
         if self._nursery is None or self.stopped or self.refusing:
+            on_done()
             return
 
         async def propose() -> None:
             try:
-                self.requests.admit()
-            except DengineError:
-                return
-            try:
-                deadline = trio.current_time() + self.request_timeout_s
-                await self.operations.change_local(change, deadline)
+                await self.operations.change_membership(change)
             except MembershipError as exc:
                 on_rejected(change, exc)
             except DengineError:
-                pass  # not the leader any more, timed out, stopping: the joiner asks again
+                pass  # no leader took it in time, stopping: the joiner asks again
             finally:
-                self.requests.release()
+                on_done()
 
         self._nursery.start_soon(propose)
 

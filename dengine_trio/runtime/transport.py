@@ -116,6 +116,7 @@ class Transport(InboundSide):
         admit: Callable[[Hello], str] | None = None,
         identified: Callable[[int, str], None] | None = None,
         known_cluster_id: str | None = None,
+        address: str = "",
     ) -> None:
         if node_id in peers:
             raise ValueError(f"peers must be the other nodes, but include node {node_id}")
@@ -151,6 +152,9 @@ class Transport(InboundSide):
         self.uuid = uuid
         """This node's data-directory uuid, sent in every ``Hello``."""
         self.joining = joining
+        self.address = address
+        """This node's own Raft address ("host:port"), sent in every ``Hello`` so that a
+        listener with no link to it can dial it to answer (``reply_link``)."""
         """Sent in every ``Hello``: this node is not a member yet and asks to join."""
         self.admit = admit
         """``admit(hello)``: why a caller is refused by membership ("" to accept), checked
@@ -203,6 +207,32 @@ class Transport(InboundSide):
                     self._nursery.start_soon(self._run_link, link)
         self.peers = dict(peers)
 
+    def reply_link(self, peer_id: int, address: str) -> None:
+        """An admitted caller that is no peer (a leader this node's membership does not
+        list yet, a joining node) said it listens at ``address``: link to it there, so that
+        answers to its messages reach it. The link lasts until the next ``set_peers``
+        (which keeps it if the membership lists the caller by then). Ignores a malformed
+        address, this node's id and a caller already linked."""
+        if peer_id == self.node_id or peer_id in self._links or not address:
+            return
+        host, sep, port_text = address.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            return
+        target = (host, int(port_text))
+        link = self._add_link(peer_id, target)
+        self.peers[peer_id] = target
+        if self.snapshots is not None:
+            self.snapshots.add_link(link)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._run_link, link)
+        self.log.info(
+            "node %d: linked back to node %d at %s (not in its membership yet)",
+            self.node_id,
+            peer_id,
+            link.stats.address,
+        )
+
     def _remove_link(self, peer_id: int) -> None:
         link = self._links.pop(peer_id)
         self.stats.peers.pop(peer_id, None)
@@ -233,6 +263,7 @@ class Transport(InboundSide):
                     channel,
                     uuid=self.uuid,
                     joining=self.joining,
+                    address=self.address,
                 )
             )
         )

@@ -68,6 +68,10 @@ class Hello:
     """The caller's data-directory uuid ("" only from a caller that has none: tests, tools)."""
     joining: bool = False
     """The caller is a node asking to join (not a member of the listener's membership)."""
+    address: str = ""
+    """The caller's own Raft address ("host:port", its ``initial_cluster`` entry): a
+    listener that has no link to the caller (the caller is not in its membership yet: a
+    wiped node whose file does not list the leader) dials it there to answer."""
 
 
 @attrs.frozen(slots=True)

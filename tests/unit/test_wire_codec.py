@@ -280,9 +280,9 @@ def test_snapshot_messages_encoding_is_stable() -> None:
     assert encode(InstallSnapshot(7, 1, 2, 100, 6)) == bytes.fromhex("920a960701026406c400")
     # [39, [1, 2, 3, b"ab"]]
     assert encode(SnapshotChunk(1, 2, 3, b"ab")) == bytes.fromhex("922794010203c4026162")
-    # [32, ["c", 1, 2, 4, 5, 1, "u", True]]
-    hello = Hello("c", 1, 2, 4, 5, Channel.SNAPSHOT, "u", True)
-    assert encode(hello) == bytes.fromhex("922098a1630102040501a175c3")
+    # [32, ["c", 1, 2, 4, 5, 1, "u", True, "a"]]
+    hello = Hello("c", 1, 2, 4, 5, Channel.SNAPSHOT, "u", True, "a")
+    assert encode(hello) == bytes.fromhex("922099a1630102040501a175c3a161")
 
 
 def test_older_hello_decodes_so_its_version_can_be_named() -> None:
