@@ -1,10 +1,13 @@
 """The business app: a JSON key-value API over the embedded client.
 
-``POST /kv`` ``{"key": "...", "value": "..."}`` -> ``200 {}`` once committed (a follower's
-engine forwards it to the leader); ``GET /kv/<key>`` -> ``200 {"value": "..."}`` or ``404``;
-``DELETE /kv/<key>`` -> ``200 {}``. Keys and values are JSON strings, stored as their UTF-8
-bytes. Handlers only parse, call the client and map errors, so the per-request cost stays close
-to Quart's own.
+``POST /kv`` ``{"key": "...", "value": "..."}`` -> ``200 {"index": N}`` once committed (a
+follower's engine forwards it to the leader); ``GET /kv/<key>`` -> ``200 {"value": "..."}`` or
+``404``; ``DELETE /kv/<key>`` -> ``200 {"index": N}``. Keys and values are JSON strings, stored
+as their UTF-8 bytes. Handlers only parse, call the client and map errors, so the per-request
+cost stays close to Quart's own. Issue 17's additions (TTL, compare-and-swap, ``?meta``,
+``?min_index``, ``Idempotency-Key``) are on the same routes; listing (``GET /kv``) is in
+:mod:`dengine_trio.api.listing`, ``POST /txn`` in :mod:`dengine_trio.api.txn`, their shared
+parsing in :mod:`dengine_trio.api.kvparse`.
 """
 
 from __future__ import annotations
@@ -117,11 +120,18 @@ class KeyConverter(PathConverter):
 def create_kv_app(engine: EmbeddedEngine) -> App:
     """The KV app of ``engine``; limits and the default read policy come from its config.
 
-    Routes: ``POST /kv`` (JSON ``{"key": str, "value": str}``, at most ``max_body_bytes``
-    bytes) -> ``200 {}`` once committed and applied; ``GET /kv/<key>?consistency=linearizable
-    |lease|eventual`` -> ``200 {"value": str}`` or ``404`` ``not_found``; ``DELETE /kv/<key>``
-    -> ``200 {}``. A bad request is a 4xx JSON error (``invalid_json``, ``invalid_key``,
-    ``invalid_value``, ``invalid_consistency``, ``too_large`` ...: the table in README.md);
+    Routes: ``POST /kv`` (JSON ``{"key": str, "value": str}`` and optionally ``"ttl_ms"``
+    (int >= 1), ``"prev_value"`` (str or null), ``"prev_index"`` (int >= 0), at most
+    ``max_body_bytes`` bytes) -> ``200 {"index": int}`` with ``X-Dengine-Index`` once committed
+    and applied, or ``409 compare_failed`` with the key's ``value`` and ``index``;
+    ``GET /kv/<key>?consistency=linearizable|lease|eventual[&meta=true][&min_index=N]`` ->
+    ``200 {"value": str}`` (with ``meta``: plus ``create_index``, ``mod_index``, ``ttl_ms``) or
+    ``404`` ``not_found``, ``504`` when ``min_index`` is not applied in time;
+    ``DELETE /kv/<key>[?prev_index=N]`` -> ``200 {"index": int}`` or ``409``; ``GET /kv``
+    (listing) and ``POST /txn``. Writes take an ``Idempotency-Key`` header (a replay answers
+    the first outcome with ``Idempotent-Replayed: true``). A bad request is a 4xx JSON error
+    (``invalid_json``, ``invalid_key``, ``invalid_value``, ``invalid_consistency``,
+    ``invalid_ttl``, ``invalid_index``, ``too_large`` ...: the table in README.md);
     engine errors map as in :func:`install_error_handlers`. Sizes are not checked here but
     where each limit lives (key and value: ``Client``; command: the runtime; body: Quart's
     ``MAX_CONTENT_LENGTH``), all raising ``TooLarge``: so a malformed request is 400 whatever
