@@ -25,8 +25,9 @@ from .errors import Stopped, Timeout, TooLarge
 from .kv_commands import UNSET, Compare, _Unset
 from .metrics import MetricsSink
 from .policy import ReadPolicy
-from .raft.membership import ConfChange
 from .runtime.expiry import Expirer
+from .runtime.membership import ConfChange as ConfChange  # re-exported for the admin API
+from .runtime.membership import ConfChangeKind as ConfChangeKind
 from .runtime.node import NodeRuntime
 from .runtime.snapshotting import SnapshotFile
 from .runtime.status import NodeStatus
@@ -223,7 +224,7 @@ class EmbeddedEngine:
         return self._runtime.membership.members()
 
     async def change_membership(self, change: ConfChange, timeout_s: float | None = None) -> int:
-        """Make one membership change (``dengine_trio.raft.membership.ConfChange``: add a
+        """Make one membership change (:class:`ConfChange`, re-exported here: add a
         learner, promote it, remove a member; Ongaro thesis section 4.1, one server at a
         time), on whichever node leads (a follower forwards it like a write); return the index
         of its configuration entry once committed and applied on the leader. ``timeout_s``

@@ -110,7 +110,7 @@ async def _json_body(allow_empty: bool) -> dict[str, Any]:
 
 def install_member_routes(app: Quart, engine: EmbeddedEngine) -> None:
     """Add the routes of the module docstring to the health ``app`` of ``engine``."""
-    from dengine_trio.raft.membership import ConfChange, ConfChangeKind
+    from dengine_trio.engine import ConfChange, ConfChangeKind
 
     # The health app takes no other body: bound it here, chunked bodies included (Quart
     # answers 413 past it while reading), so no request makes the node buffer much.

@@ -10,10 +10,12 @@ membership the Raft core holds (``raft/membership.py``).
   ``initial_cluster`` lists, to ask them to add it.
 * **Cluster id.** A node's id is the one persisted in ``<db_root_dir>/cluster_id``, or ""
   before it knows one (a new cluster before its first leader made the membership explicit,
-  a joining or wiped node). The first explicit membership it sees names the cluster's id:
-  persisted then (``origin`` ``bootstrap`` on the node that generated it, ``learned`` on the
-  others). An explicit membership of ANOTHER id than the persisted one is a bug or a mixed-up
-  directory: logged as an error, and the persisted id stays (the handshake keeps refusing).
+  a joining or wiped node). The first COMMITTED explicit membership it sees names the
+  cluster's id (an uncommitted bootstrap entry can be replaced by another leader's, with
+  another id): persisted then (``origin`` ``bootstrap`` on the node that generated it,
+  ``learned`` on the others). An explicit membership of ANOTHER id than the persisted one
+  is a bug or a mixed-up directory: logged as an error, and the persisted id stays (the
+  handshake keeps refusing).
 * **Handshake.** A caller is admitted if it is a member, or says it is joining, or this node
   is not a member itself (a joiner, a removed node) and its ``initial_cluster`` lists the
   caller. Otherwise: ``node 4 is not a member of cluster <id> (removed?)`` (one WARNING per
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
 __all__ = [
     "JOIN_BACKOFF_MAX_S",
     "JOIN_BACKOFF_MIN_S",
+    "ConfChange",
+    "ConfChangeKind",
     "MembershipRuntime",
     "decode_admin_request",
     "encode_admin_request",
@@ -191,7 +195,9 @@ class MembershipRuntime:
         return raft.membership_at(max(raft.commit_index, raft.snapshot_index))
 
     def committed(self) -> None:
-        """A configuration entry was applied: links to members it removed close now."""
+        """A configuration entry was applied: links to members it removed close now, and a
+        cluster id it names is this node's from now on."""
+        self._learn_committed_id()
         transport = self._node.transport
         if transport is not None:
             transport.set_peers(self.peer_addresses())
@@ -226,8 +232,7 @@ class MembershipRuntime:
                 index,
             )
         node = self._node
-        if membership.cluster_id and membership.cluster_id != node.cluster_id:
-            self._learn_cluster_id(membership.cluster_id)
+        self._learn_committed_id()
         transport = node.transport
         if transport is not None:
             transport.set_peers(self.peer_addresses())
@@ -242,6 +247,13 @@ class MembershipRuntime:
                 describe(membership),
             )
         node.notify_state_change()
+
+    def _learn_committed_id(self) -> None:
+        # Only a COMMITTED membership names the cluster: an uncommitted bootstrap entry can
+        # be truncated and replaced by another leader's, with another random id.
+        m = self._committed()
+        if m is not None and m.cluster_id and m.cluster_id != self._node.cluster_id:
+            self._learn_cluster_id(m.cluster_id)
 
     def _learn_cluster_id(self, cluster_id: str) -> None:
         node = self._node
@@ -332,6 +344,9 @@ class MembershipRuntime:
             id=request.id,
             address=request.address,
             promote=request.promote,
+            # Bound at once to the directory that asked (else a BIND follows its first
+            # connection to the leader).
+            uuids=((request.id, request.uuid),) if request.uuid else (),
         )
         self._joins_in_flight.add(request.id)
         node.propose_change_quietly(
