@@ -59,8 +59,10 @@ def main() -> None:
     sm = KVStateMachine()
     value = os.urandom(args.value_bytes)
     for i in range(args.keys):
-        # Distinct value objects, as committed commands produce them.
-        sm.data[b"key-%011d" % i] = value[: args.value_bytes - 8] + i.to_bytes(8, "little")
+        # Distinct value objects, as committed commands produce them; through apply, so the
+        # per-key indexes and the key index (issue 17) are in the state as on a node.
+        key, filler = b"key-%011d" % i, value[: args.value_bytes - 8] + i.to_bytes(8, "little")
+        sm.apply(i + 1, encode_put(key, filler))
     gc.collect()
     print(f"keys: {args.keys:,}, value bytes: {args.value_bytes}, rss: {rss_now_mib():.0f} MiB")
 
