@@ -150,7 +150,10 @@ class Membership:
             raise ConfChangeError(
                 "bad_request", "the membership is implicit (no cluster id yet): nothing to change"
             )
-        kind = change.kind
+        try:
+            kind = ConfChangeKind(change.kind)
+        except ValueError:
+            raise ConfChangeError("bad_request", f"unknown change kind {change.kind!r}") from None
         if kind is ConfChangeKind.BIND:
             return self._bind(change.uuids)
         if change.id <= 0:
@@ -184,7 +187,7 @@ class Membership:
                     "last_voter", f"node {change.id} is the last voter: the cluster needs one"
                 )
             return self._replace([m for m in self.members if m.id != member.id])
-        raise ConfChangeError("bad_request", f"unknown change kind {kind!r}")
+        raise AssertionError(f"unhandled change kind {kind!r}")  # pragma: no cover
 
     def _bind(self, uuids: tuple[tuple[int, str], ...]) -> Membership:
         if not uuids:
