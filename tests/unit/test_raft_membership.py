@@ -13,6 +13,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dengine_trio.raft import (
     ConfChange,
@@ -576,3 +578,44 @@ def test_a_removed_node_learns_of_its_removal_and_stops_campaigning() -> None:
     assert 3 not in raft(it, 1).progress  # committed: no longer replicated to
     out = run(it, "propose 1 z=1", "stabilize")
     assert not any("->3 " in line for line in out)
+
+
+_members = st.lists(
+    st.builds(
+        Member,
+        st.integers(1, 6),
+        st.sampled_from(["", "a:1", "b:2", "c:3"]),
+        st.booleans(),
+        st.sampled_from(["", "u", "v"]),
+        st.booleans(),
+    ),
+    max_size=6,
+    unique_by=lambda m: m.id,
+).map(lambda ms_: tuple(sorted(ms_, key=lambda m: m.id)))
+_changes = st.builds(
+    ConfChange,
+    st.sampled_from(list(ConfChangeKind)),
+    st.integers(0, 7),
+    st.sampled_from(["", "a:1", "d:4"]),
+    st.booleans(),
+    st.lists(st.tuples(st.integers(1, 7), st.sampled_from(["", "u", "w"])), max_size=3).map(tuple),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_members, _changes)
+def test_every_change_moves_at_most_one_voter_and_round_trips(
+    members: tuple[Member, ...], change: ConfChange
+) -> None:
+    """Thesis §4.1: the voter sets before and after any change differ by at most one server
+    (so their majorities overlap), the last voter is never removed, and every membership
+    survives its encoding."""
+    before = Membership("c1", members)
+    assert decode_membership(encode_membership(before)) == before
+    try:
+        after = before.with_change(change)
+    except ConfChangeError:
+        return
+    assert len(set(before.voters) ^ set(after.voters)) <= 1
+    assert after.voters or not before.voters
+    assert decode_membership(encode_membership(after)) == after
