@@ -524,8 +524,12 @@ class NodeConfig:
 # ---------------------------------------------------------------------------------------------
 # Validation beyond types: (dotted key, problem) pairs, in file order.
 
-PUT_COMMAND_OVERHEAD_BYTES = 64
-"""Upper bound of what ``encode_put`` adds around key and value (msgpack headers: 12 bytes)."""
+PUT_COMMAND_OVERHEAD_BYTES = 512
+"""Upper bound of what a put command adds around key and value: the client's
+``kv_commands.encode_kv_put`` with every field at its largest (64-bit clock, deadline and
+``prev_index``, a 256-byte idempotency key) adds 301 bytes. A ``prev_value`` is not counted:
+a compare-and-swap whose ``prev_value`` and value together exceed the frame is refused
+(``TooLarge("command")``, HTTP 413 ``too_large``)."""
 
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 

@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 
 from dengine_trio import Compare, EmbeddedEngine, TooLarge, TxnOp
+from dengine_trio.config import PUT_COMMAND_OVERHEAD_BYTES
 from dengine_trio.engine import Client
+from dengine_trio.kv_commands import encode_kv_put
+from dengine_trio.runtime.operations import MAX_COMMAND_BYTES
 from tests.support.cluster import node_config
 
 
@@ -55,3 +58,16 @@ async def test_programming_mistakes_are_value_errors(
 ) -> None:
     with pytest.raises(ValueError):
         await call(client(tmp_path))
+
+
+def test_the_largest_put_a_config_allows_fits_one_command() -> None:
+    """Every field at its largest (a 64-bit clock, deadline and prev_index, a 256-byte
+    idempotency key) around the largest key and value a loadable config allows: it fits
+    ``MAX_COMMAND_BYTES`` (with the old 64-byte allowance it did not: 301 bytes are added)."""
+    key = b"k" * 1024
+    value = b"v" * (MAX_COMMAND_BYTES - len(key) - PUT_COMMAND_OVERHEAD_BYTES)
+    big = 2**63 - 1
+    command = encode_kv_put(
+        key, value, now_ms=big, expires_at_ms=big, prev_index=big, idempotency_key=b"i" * 256
+    )
+    assert len(command) <= MAX_COMMAND_BYTES

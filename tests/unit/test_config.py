@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from dengine_trio.cli import load_node_config
 from dengine_trio.config import (
+    PUT_COMMAND_OVERHEAD_BYTES,
     Batch,
     ClusterConfig,
     ConfigError,
@@ -564,7 +565,7 @@ def test_limits_over_the_transport_frame_limit_are_refused_at_load(
 
 
 def test_limits_just_under_the_frame_limit_load(tmp_path: Path) -> None:
-    value = MAX_COMMAND_BYTES - 1024 - 64
+    value = MAX_COMMAND_BYTES - 1024 - PUT_COMMAND_OVERHEAD_BYTES
     text = MISSION_TOML + f"\n[limits]\nmax_value_bytes = {value}\nmax_body_bytes = {value}\n"
     assert load_node_config(str(write(tmp_path, text))).limits.max_value_bytes == value
     text = MISSION_TOML + f"\n[raft.replication]\nmax_bytes_per_msg = {MAX_COMMAND_BYTES}\n"
