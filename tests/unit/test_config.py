@@ -537,7 +537,7 @@ OVER_THE_FRAME_LIMIT = [
      "limits.max_value_bytes"),
     ("key-and-value",
      MISSION_TOML + f"\n[limits]\nmax_key_bytes = 4096\n"
-     f"max_value_bytes = {MAX_COMMAND_BYTES - 4096 - 64 + 1}\n",
+     f"max_value_bytes = {MAX_COMMAND_BYTES - 4096 - PUT_COMMAND_OVERHEAD_BYTES + 1}\n",
      "limits.max_value_bytes"),
     ("batch", MISSION_TOML + "\n[raft.replication]\nmax_bytes_per_msg = 20000000\n",
      "raft.replication.max_bytes_per_msg"),
