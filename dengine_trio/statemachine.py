@@ -116,7 +116,7 @@ from .kv_commands import (
     encode_kv_put,
     encode_txn,
 )
-from .kv_index import SortedKeys
+from .kv_index import SORT_RUN, SortedKeys
 
 __all__ = [
     "COMPARE_OPS",
@@ -266,6 +266,16 @@ class _Plan(NamedTuple):
     success: list[tuple[int, bytes, bytes, int]]
     failure: list[tuple[int, bytes, bytes, int]]
     mod_index: int
+
+
+def _sorted_in_runs(items: list[Any]) -> list[Any]:
+    """``sorted(items)`` (a sorted list is a heap too) without holding the GIL for long: runs
+    of ``SORT_RUN`` sorted by C, merged in Python (``restore`` runs in a worker thread while
+    the event loop goes on)."""
+    if len(items) <= SORT_RUN:
+        return sorted(items)
+    runs = [sorted(items[at : at + SORT_RUN]) for at in range(0, len(items), SORT_RUN)]
+    return list(heapq.merge(*runs))
 
 
 def _is_index(value: object) -> bool:
@@ -805,8 +815,7 @@ class KVStateMachine:
         unchanged. Then calls ``listener_reset`` with the image's last applied index."""
         state = read_kv_state(source)
         keys = SortedKeys(state.data)
-        deadlines = [(m[2], key, m[1]) for key, m in state.meta.items() if m[2]]
-        heapq.heapify(deadlines)
+        deadlines = _sorted_in_runs([(m[2], key, m[1]) for key, m in state.meta.items() if m[2]])
         table: dict[bytes, tuple[bytes, bytes, int, int]] = {}
         chunks: deque[list[tuple[bytes, bytes, int, int]]] = deque()
         for record in state.idempotency.records():

@@ -463,3 +463,18 @@ def test_results_carry_any_index(index: int) -> None:
     assert decode_result(put) == WriteResult(index, True, False, False, None)
     replay = sm.apply(index + 1, encode_kv_put(b"k", b"v", now_ms=1, idempotency_key=b"i"))
     assert decode_result(replay) == WriteResult(index, True, True, False, None)
+
+
+def test_restore_builds_the_key_index_and_heap_in_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built in runs merged in Python (no single sort holding the GIL): the same order."""
+    monkeypatch.setattr(statemachine, "SORT_RUN", 7)
+    monkeypatch.setattr("dengine_trio.kv_index.SORT_RUN", 7)
+    sm = KVStateMachine()
+    for i in range(100):
+        key = b"%03d" % ((i * 37) % 100)
+        sm.apply(i + 1, encode_kv_put(key, b"v", now_ms=1, expires_at_ms=1_000 - (i * 13) % 50))
+    back = restored(image_of(sm))
+    assert [item.key for item in back.range(b"", None, 1_000, 0)[0]] == sorted(sm.data)
+    due = sorted((m[2], key, m[1]) for key, m in sm.meta.items())
+    assert back.expired(2_000, 1_000) == [(key, mod) for _, key, mod in due]
+    assert list(SortedKeys([b"%03d" % i for i in range(99, -1, -1)])) == sorted(sm.data)
