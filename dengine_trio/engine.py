@@ -31,7 +31,11 @@ from .runtime.membership import ConfChangeKind as ConfChangeKind
 from .runtime.node import NodeRuntime
 from .runtime.snapshotting import SnapshotFile
 from .runtime.status import NodeStatus
+from .runtime.watch import SlowConsumer as SlowConsumer  # re-exported for api/ and users
+from .runtime.watch import TooManyWatchers as TooManyWatchers
+from .runtime.watch import WatchCompacted as WatchCompacted
 from .runtime.watch import Watcher, WatchHub
+from .runtime.watch import WatchEvent as WatchEvent
 from .runtime.watch import attach as attach_watch_hub
 from .statemachine import KVStateMachine, StateMachine
 

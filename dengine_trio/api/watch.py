@@ -54,14 +54,14 @@ from dengine_trio.api import (
     send_response,
 )
 from dengine_trio.api.auth import TokenTable, authorized
-from dengine_trio.errors import DengineError, Stopped, TooLarge
-from dengine_trio.runtime.watch import (
+from dengine_trio.engine import (
     SlowConsumer,
     TooManyWatchers,
     WatchCompacted,
     Watcher,
     WatchEvent,
 )
+from dengine_trio.errors import DengineError, Stopped, TooLarge
 
 if TYPE_CHECKING:
     from dengine_trio.engine import EmbeddedEngine
