@@ -1522,12 +1522,25 @@ class RaftNode:
             or not self._committed_in_term()
         ):
             return
-        rebind = tuple(
-            (m.id, uuid) for m in ms.members if (uuid := self._known_uuid(m.id)) and uuid != m.uuid
-        )
+        # Every learner whose directory changed, and at most one voter (a rebound voter is
+        # taken back as a learner: one server out per change, thesis §4.1).
+        rebind: list[tuple[int, str]] = []
+        voter_rebound = False
+        for m in ms.members:
+            uuid = self._known_uuid(m.id)
+            if not uuid or uuid == m.uuid or (m.voter and voter_rebound):
+                continue
+            voter_rebound = voter_rebound or m.voter
+            rebind.append((m.id, uuid))
         if rebind:
-            self._append_config(ms.with_change(ConfChange(ConfChangeKind.BIND, uuids=rebind)))
-            return
+            # First: a voter on a directory not its own counts in the quorum's size and
+            # never in a majority, worse than a learner.
+            change = ConfChange(ConfChangeKind.BIND, uuids=tuple(rebind))
+            try:
+                self._append_config(ms.with_change(change))
+                return
+            except ConfChangeError:
+                pass  # e.g. the last voter: nothing the leader can do by itself
         horizon = self.now - self.config.election_timeout_min_ms
         for m in ms.members:
             progress = self.progress.get(m.id)

@@ -619,3 +619,14 @@ def test_every_change_moves_at_most_one_voter_and_round_trips(
     assert len(set(before.voters) ^ set(after.voters)) <= 1
     assert after.voters or not before.voters
     assert decode_membership(encode_membership(after)) == after
+
+
+def test_two_wiped_voters_are_taken_back_one_at_a_time() -> None:
+    """S's simulator: two voters wiped while a change was pending; once it committed, the
+    leader's automatic BIND named both voters (two servers at once) and raised."""
+    it = cluster(5)
+    run(it, "change 1 add 6", "drop", "wipe 4", "wipe 5")  # the pending change blocks a BIND
+    run(it, "run 3000")
+    m = raft(it, 1).membership
+    assert m.voters == (1, 2, 3, 4, 5)
+    assert m.get(4) == Member(4, "", True, "u4-1") and m.get(5) == Member(5, "", True, "u5-1")
