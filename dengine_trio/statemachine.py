@@ -27,10 +27,12 @@ Idempotency (exactly-once writes)
 A version-2 write may carry an idempotency key. The first command with that key is applied and
 its result remembered with its index; a later command with the same key (a client's retry
 after a timeout or a failover, through any node) applies nothing and returns the remembered
-result with ``duplicate`` set. The table is bounded by count (``idempotency_max_keys``) and
-age (``idempotency_ttl_ms``), oldest first; age is measured on the log's own clock, the
+result with ``duplicate`` set, whatever the retry's command says (the key names the request).
+The table is bounded by count (``idempotency_max_keys``), by bytes (``idempotency_max_bytes``:
+keys plus results; a failed compare's result holds the key's current value, a txn's its gets')
+and by age (``idempotency_ttl_ms``), oldest first; age is measured on the log's own clock, the
 highest ``now_ms`` of any version-2 command applied so far, never a local clock, so every
-replica evicts the same keys at the same index. Both bounds must be equal on every node (a
+replica evicts the same keys at the same index. The bounds must be equal on every node (a
 node with a smaller table would apply a retry that the others answer from theirs). A retry
 after its key was evicted is applied again.
 
@@ -409,20 +411,23 @@ class KVStateMachine:
     thread) and by ``reset`` (index 0): history before it is gone. A listener that raises
     makes ``apply`` raise (the node stops); keep it to queueing.
 
-    ``idempotency_max_keys`` and ``idempotency_ttl_ms`` bound the idempotency table (module
-    docstring); they must be the same on every node.
+    ``idempotency_max_keys``, ``idempotency_max_bytes`` and ``idempotency_ttl_ms`` (ms) bound
+    the idempotency table (module docstring); they must be the same on every node. Raises
+    ValueError for a negative bound or a TTL below 1 ms.
     """
 
     __slots__ = (
         "_capture",
         "_deadlines",
         "_idem",
+        "_idem_bytes",
         "_idem_chunks",
         "_idem_clock",
         "_idem_head",
         "_keys",
         "_ttl_keys",
         "data",
+        "idempotency_max_bytes",
         "idempotency_max_keys",
         "idempotency_ttl_ms",
         "last_index",
@@ -432,11 +437,19 @@ class KVStateMachine:
     )
 
     def __init__(
-        self, *, idempotency_max_keys: int = 100_000, idempotency_ttl_ms: int = 600_000
+        self,
+        *,
+        idempotency_max_keys: int = 100_000,
+        idempotency_ttl_ms: int = 600_000,
+        idempotency_max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
-        if idempotency_max_keys < 0 or idempotency_ttl_ms < 1:
-            raise ValueError("idempotency_max_keys must be >= 0 and idempotency_ttl_ms >= 1")
+        if idempotency_max_keys < 0 or idempotency_max_bytes < 0 or idempotency_ttl_ms < 1:
+            raise ValueError(
+                "idempotency_max_keys and idempotency_max_bytes must be >= 0, "
+                "idempotency_ttl_ms >= 1"
+            )
         self.idempotency_max_keys = idempotency_max_keys
+        self.idempotency_max_bytes = idempotency_max_bytes
         self.idempotency_ttl_ms = idempotency_ttl_ms
         self.listener: Callable[[KVChange], None] | None = None
         self.listener_reset: Callable[[int], None] | None = None
@@ -455,6 +468,7 @@ class KVStateMachine:
         self._idem_chunks: deque[list[tuple[bytes, bytes, int, int]]] = deque()
         self._idem_head = 0
         self._idem_clock = 0
+        self._idem_bytes = 0
 
     # ------------------------------------------------------------------ apply
 
@@ -515,7 +529,7 @@ class KVStateMachine:
         (marked duplicate) if ``idem`` is in the table, else None."""
         if now_ms > self._idem_clock:
             self._idem_clock = now_ms
-            self._evict(None)
+            self._evict(by_size=False)
         if idem is not None:
             record = self._idem.get(idem)
             if record is not None:
@@ -675,20 +689,28 @@ class KVStateMachine:
             chunks.append([])
         chunks[-1].append(record)
         self._idem[idem] = record
-        self._evict(self.idempotency_max_keys)
+        self._idem_bytes += len(idem) + len(result)
+        self._evict(by_size=True)
 
-    def _evict(self, max_keys: int | None) -> None:
-        """Evict the oldest records while the table holds more than ``max_keys`` (None: no
-        count bound here) or the oldest is ``idempotency_ttl_ms`` (or more) older than the log's
-        clock."""
+    def _evict(self, *, by_size: bool) -> None:
+        """Evict the oldest records while the oldest is ``idempotency_ttl_ms`` (or more) older
+        than the log's clock or, ``by_size``, while the table is over its count or byte
+        bound (checked where it grows: a record added, a restore)."""
         table, chunks = self._idem, self._idem_chunks
         oldest_kept = self._idem_clock - self.idempotency_ttl_ms
         while chunks:
             chunk = chunks[0]
             record = chunk[self._idem_head]
-            if record[3] > oldest_kept and (max_keys is None or len(table) <= max_keys):
+            if record[3] > oldest_kept and not (
+                by_size
+                and (
+                    len(table) > self.idempotency_max_keys
+                    or self._idem_bytes > self.idempotency_max_bytes
+                )
+            ):
                 break
             del table[record[0]]
+            self._idem_bytes -= len(record[0]) + len(record[1])
             self._idem_head += 1
             if self._idem_head == len(chunk):
                 # Drop the chunk; a capture still holding it keeps its records unchanged.
@@ -823,14 +845,15 @@ class KVStateMachine:
                 chunks.append([])
             chunks[-1].append(record)
             table[record[0]] = record
+        size = sum(len(record[0]) + len(record[1]) for record in table.values())
         self._abandon()
         self._clear()
         self.data, self.meta = state.data, state.meta
         self.last_index, self._idem_clock = state.last_index, state.idempotency_clock
         self._keys, self._deadlines, self._ttl_keys = keys, deadlines, len(deadlines)
-        self._idem, self._idem_chunks = table, chunks
+        self._idem, self._idem_chunks, self._idem_bytes = table, chunks, size
         # A table written under larger bounds than this node's: evict down to ours now.
-        self._evict(self.idempotency_max_keys)
+        self._evict(by_size=True)
         if self.listener_reset is not None:
             self.listener_reset(state.last_index)
 

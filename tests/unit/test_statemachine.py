@@ -478,3 +478,18 @@ def test_restore_builds_the_key_index_and_heap_in_runs(monkeypatch: pytest.Monke
     due = sorted((m[2], key, m[1]) for key, m in sm.meta.items())
     assert back.expired(2_000, 1_000) == [(key, mod) for _, key, mod in due]
     assert list(SortedKeys([b"%03d" % i for i in range(99, -1, -1)])) == sorted(sm.data)
+
+
+def test_the_idempotency_table_is_bounded_in_bytes() -> None:
+    """A failed compare's result holds the key's current value: without a byte bound, 100,000
+    retried CAS on a large value would keep 100,000 copies of it."""
+    sm = KVStateMachine(idempotency_max_bytes=10_000)
+    sm.apply(1, encode_kv_put(b"big", b"x" * 4_000, now_ms=1))
+    for i in range(5):
+        cas = encode_kv_put(b"big", b"y", now_ms=1, prev_value=b"other", idempotency_key=b"%d" % i)
+        assert not write(sm, 2 + i, cas).succeeded
+    assert [r[0] for r in sm._idem_records()] == [b"3", b"4"]
+    assert sm._idem_bytes == sum(len(r[0]) + len(r[1]) for r in sm._idem_records()) <= 10_000
+    assert restored(image_of(sm), idempotency_max_bytes=5_000).idempotency_keys == 1
+    with pytest.raises(ValueError):
+        KVStateMachine(idempotency_max_bytes=-1)

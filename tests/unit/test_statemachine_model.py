@@ -8,6 +8,7 @@ import io
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -42,13 +43,16 @@ class Model:
 
     max_keys: int
     ttl_ms: int
+    max_bytes: int
     kv: dict[bytes, KVItem] = field(default_factory=dict)
     table: list[tuple[bytes, Any, int]] = field(default_factory=list)  # oldest first
     clock: int = 0
     changes: list[KVChange] = field(default_factory=list)
 
     def copy(self) -> Model:
-        return Model(self.max_keys, self.ttl_ms, dict(self.kv), list(self.table), self.clock)
+        return Model(
+            self.max_keys, self.ttl_ms, self.max_bytes, dict(self.kv), list(self.table), self.clock
+        )
 
     def live(self, key: bytes, now: int) -> KVItem | None:
         item = self.kv.get(key)
@@ -142,7 +146,26 @@ class Model:
         if idem is not None:
             self.table.append((idem, result, self.clock))
             self.table = self.table[-self.max_keys :] if self.max_keys else []
+            while sum(len(r[0]) + len(encode_result(r[1])) for r in self.table) > self.max_bytes:
+                del self.table[0]
         return result
+
+
+def encode_result(result: Any) -> bytes:
+    """The size the state machine counts for a result: its encoding (kv_commands)."""
+
+    def item(i: KVItem | None) -> Any:
+        return None if i is None else [i.key, i.value, i.create_index, i.mod_index, i.expires_at_ms]
+
+    flags = result.succeeded | (result.duplicate << 1)
+    if isinstance(result, WriteResult):
+        flags |= result.existed << 2
+        if result.item is None:
+            return bytes(13)  # [0, flags, uint64 index, nil]: 1 + 1 + 1 + 9 + 1
+        return msgpack.packb((0, flags, result.index, item(result.item)))
+    ops = {"put": 0, "delete": 1, "get": 2}
+    results = [(ops[r.kind], r.key, r.existed, item(r.item)) for r in result.results]
+    return msgpack.packb((1, flags, result.index, results))
 
 
 def encode(command: tuple) -> bytes:
@@ -301,12 +324,20 @@ def assert_same_listing(data: st.DataObject, sm: KVStateMachine, model: Model, n
     data=st.data(),
     max_keys=st.sampled_from([0, 1, 2, 100]),
     ttl_ms=st.sampled_from([1, 150, 10_000]),
+    max_bytes=st.sampled_from([10, 60, 10**6]),
 )
-def test_commands_match_the_model(data: st.DataObject, max_keys: int, ttl_ms: int) -> None:
-    sm = KVStateMachine(idempotency_max_keys=max_keys, idempotency_ttl_ms=ttl_ms)
+def test_commands_match_the_model(
+    data: st.DataObject, max_keys: int, ttl_ms: int, max_bytes: int
+) -> None:
+    bounds = {
+        "idempotency_max_keys": max_keys,
+        "idempotency_ttl_ms": ttl_ms,
+        "idempotency_max_bytes": max_bytes,
+    }
+    sm = KVStateMachine(**bounds)
     changes: list[KVChange] = []
     sm.listener = changes.append
-    model = Model(max_keys, ttl_ms)
+    model = Model(max_keys, ttl_ms, max_bytes)
     now = 1_000
     images: list[tuple[Any, Model]] = []
     for index in range(1, data.draw(st.integers(1, 40)) + 1):
@@ -328,7 +359,7 @@ def test_commands_match_the_model(data: st.DataObject, max_keys: int, ttl_ms: in
                 image(sink)
             except RuntimeError:
                 continue  # abandoned by a later snapshot()
-            restored = KVStateMachine(idempotency_max_keys=max_keys, idempotency_ttl_ms=ttl_ms)
+            restored = KVStateMachine(**bounds)
             resets: list[int] = []
             restored.listener_reset = resets.append
             restored.restore(io.BytesIO(sink.getvalue()))
