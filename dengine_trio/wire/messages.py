@@ -19,8 +19,8 @@ PROTOCOL_VERSION = 5
 ``commit_term``; 3: incarnations in the handshake and in forwarded requests,
 ``ForwardAccepted``; 4: ``Hello.channel`` and the snapshot connection, issue 13; 5:
 membership changes, issue 14: ``EntryKind.CONFIG`` entries, ``RequestVote.explicit``,
-``InstallSnapshot.membership``, ``Hello.uuid`` and ``Hello.joining``, ``ForwardPropose.conf``
-and ``ForwardStatus.CONF_REJECTED``, ``JoinRequest``)."""
+``InstallSnapshot.membership``, ``Hello.uuid``, ``Hello.joining`` and ``Hello.address``,
+``ForwardPropose.conf`` and ``ForwardStatus.CONF_REJECTED``, ``JoinRequest``)."""
 
 
 class Channel(IntEnum):
@@ -40,21 +40,24 @@ class Channel(IntEnum):
 class Hello:
     """First frame on every connection: who is calling whom, in which cluster.
 
-    ``cluster_id`` is the caller's cluster id, ``""`` when it has none yet (a new node, a
-    joining node, a wiped directory: ``storage/cluster_identity.py``).
+    ``cluster_id`` is the caller's cluster id; one that knows none yet (a new node, a wiped
+    directory: ``storage/cluster_identity.py``) names its configuration's, a joining node
+    ``""``.
     ``incarnation`` names the caller's process: a random 63-bit number drawn at each start, so
     the listener can tell a restarted peer (whose earlier requests nobody waits for any more)
     from the process it knew, and two processes claiming one node id from each other.
     ``uuid`` is the caller's data-directory uuid (``storage/node_identity.py``, 32 hex digits;
     the listener hands it to its Raft core as ``PeerIdentity`` before any message of the
-    connection, so a member that came back with another directory is re-bound before it
+    connection, so a member that came back with another directory is taken back before it
     votes). ``joining`` says the caller is not a member yet and asks to be added
     (``JoinRequest``), so a listener accepts it although it is none of its peers.
     The listener refuses (``HelloReply(ok=False, reason)``) a ``protocol_version`` other than
-    ``PROTOCOL_VERSION``, a ``cluster_id`` other than its own when both are non-empty, a
-    ``dst`` that is not itself and a ``src`` that is neither a member nor ``joining``. A
-    ``Hello`` of an older version may lack the trailing fields (``channel`` since version 4,
-    ``uuid`` and ``joining`` since 5): it still decodes, so the refusal names the version.
+    ``PROTOCOL_VERSION``, a ``cluster_id`` of another cluster (``runtime.inbound.same_cluster``:
+    equal, ``""``, or the configuration id the listener's own id was generated from are the
+    same), a ``dst`` that is not itself and a ``src`` its membership does not admit
+    (``runtime/membership.py``). A ``Hello`` of an older version may lack the trailing fields
+    (``channel`` since version 4, ``uuid``, ``joining`` and ``address`` since 5): it still
+    decodes, so the refusal names the version.
     """
 
     cluster_id: str

@@ -221,7 +221,8 @@ def test_corrupted_encodings_raise_only_codec_error(msg: Any, data: st.DataObjec
         [32, ["c", 1, 2]],  # Hello without its version
         [32, ["c", 1, 2, 4, 1, 1, 0]],  # int where Hello.uuid is a str
         [32, ["c", 1, 2, 4, 1, 1, "u", 1]],  # int where Hello.joining is a bool
-        [32, ["c", 1, 2, 4, 1, 1, "u", False, 0]],  # Hello with a field too many
+        [32, ["c", 1, 2, 4, 1, 1, "u", False, 0]],  # int where Hello.address is a str
+        [32, ["c", 1, 2, 4, 1, 1, "u", False, "a", 0]],  # Hello with a field too many
         [39, [1, 2, 0, "data"]],  # SnapshotChunk with str data
         [39, [1, 2, 0]],  # SnapshotChunk without data
         [37, [1, 2, 3, 4, 5, 6]],  # SnapshotOffer without its checksum

@@ -34,6 +34,7 @@ UUID = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 NEW_MESSAGES: list[Any] = [
     Hello("", 4, 1, PROTOCOL_VERSION, 77, Channel.MESSAGES, UUID, True),
     Hello("c-0123456789abcdef", 2, 1, PROTOCOL_VERSION, 2**62, Channel.SNAPSHOT, UUID, False),
+    Hello("c-1", 3, 1, PROTOCOL_VERSION, 5, Channel.MESSAGES, UUID, False, "127.0.0.1:9083"),
     JoinRequest(4, 1, 4, "127.0.0.1:9084", UUID, True),
     JoinRequest(5, 2, 5, "[::1]:9085", UUID, False),
     ForwardPropose(2, 1, 9, msgpack.packb({"kind": 1, "id": 4}), 5, True),
@@ -137,6 +138,9 @@ def test_garbage_between_frames_is_refused_and_the_frames_around_it_are_intact()
         [32, ["", 4, 1, 5, 1, 0, UUID, "yes"]],  # str where Hello.joining is a bool
         [32, ["", 4, 1, 5, 1, 0, 7, True]],  # int where Hello.uuid is a str
         [32, [None, 4, 1, 5, 1, 0, UUID, True]],  # nil cluster id ("" is the empty one)
+        [32, ["", 4, 1, 5, 1, 0, UUID, True, 9083]],  # int where Hello.address is a str
+        [32, ["", 4, 1, 5, 1, 0, UUID, True, b"h:1"]],  # bytes where Hello.address is a str
+        [32, ["", 4, 1, 5, 1, 0, UUID, True, "h:1", 0]],  # Hello with a field too many
     ],
 )
 def test_wrong_shapes_and_types_of_the_new_fields_are_refused(payload: Any) -> None:
