@@ -413,6 +413,8 @@ class MembershipRuntime:
         }
 
     def listed_address(self, node_id: int) -> str:
+        """``node_id``'s address in this node's ``initial_cluster`` ("host:port"), "" if
+        the file does not list it."""
         address = {p.id: p.address for p in self._node.config.cluster.initial_cluster}
         return address.get(node_id, "")
 
