@@ -323,6 +323,8 @@ class Cluster:
         self.ids = self.initial_ids
         self.cluster_id = cluster_id
         self.identity_delay_ms = identity_delay_ms
+        # Granted votes delivered: (candidate, term) -> voters.
+        self.grants: dict[tuple[int, int], set[int]] = {}
         # Memberships of the committed log: (index of the CONFIG entry, membership).
         self.committed_memberships: list[tuple[int, Membership]] = []
         self.identity_messages: dict[int, tuple[Message, str]] = {}  # id -> (message, src uuid)
@@ -532,6 +534,8 @@ class Cluster:
         if node.install is not None:  # busy restoring: the message waits in the inbox
             node.backlog.append(lambda: self._deliver(node, message))
             return
+        if isinstance(message, RequestVoteResponse) and message.granted and not message.pre_vote:
+            self.grants.setdefault((message.dst, message.term), set()).add(message.src)
         if self.cluster_id:
             # The runtime steps a connection's PeerIdentity before any of its messages.
             origin = self.identity_messages.get(id(message))
@@ -1336,14 +1340,28 @@ class Cluster:
             if (n.lost_entries or n.lost_snapshot) and not self._durably_bound(n)
         }
 
+    def _implicit(self, node: SimNode) -> bool:
+        """Does the node run on (or would it restart with) the implicit membership?"""
+        if node.raft is not None:
+            return node.raft.membership.implicit
+        if node.joining:
+            return False
+        if any(e.kind is EntryKind.CONFIG for e in node.disk_log):
+            return False
+        return node.snapshot is None or node.snapshot.membership is None
+
     def may_wipe(self, node_id: int) -> bool:
-        """Would wiping ``node_id`` now leave the committed membership's voters with at most a
-        minority of amnesiacs? Beyond that the cluster has lost the memory of a majority of
-        its voters, as with a majority of disks lost in any Raft: the amnesiacs can form a
-        new cluster (fresh implicit memberships vote for each other). The generator wipes
-        within that bound only."""
+        """Would wiping ``node_id`` now leave fewer than a majority of the committed
+        membership's voters either amnesiac (wiped, not yet re-bound) or on the implicit
+        membership (wiped, or never reached by the bootstrap entry)? Otherwise the wipe can
+        cost the cluster its memory: the implicit nodes, the wiped one among them, grant each
+        other's votes (the implicit membership has nobody bound, and a wiped node cannot tell
+        a vote it forgot) and elect a leader without the committed entries, as in any Raft
+        whose majority loses its disks. The generator wipes within that bound only; the
+        window is real (docs/testing.md, "Known limits")."""
         voters = set(self.committed_membership().voters)
-        lost = (self.amnesiac() | {node_id}) & voters
+        implicit = {v for v in voters if v in self.nodes and self._implicit(self.nodes[v])}
+        lost = (self.amnesiac() | implicit | {node_id}) & voters
         return len(lost) <= (len(voters) - 1) // 2
 
     def _durably_bound(self, node: SimNode) -> bool:
@@ -1379,26 +1397,45 @@ class Cluster:
             return node.lost_entries.get(index) == term or node.lost_snapshot >= index
         return False
 
-    def may_vote(self, node: SimNode) -> bool:
-        """The rule the core must keep: a node votes (and campaigns) only as a voter of its
-        membership, and in an explicit one only while bound there to its own uuid."""
+    def may_vote(self, node: SimNode, *, as_learner: bool = False) -> bool:
+        """The rule the core must keep: a node campaigns (and leads) only as a voter of its
+        membership, and in an explicit one only while bound there to its own uuid. With
+        ``as_learner``, what granting a vote needs: the same, except that a learner may grant
+        (etcd raft's campaign_learner_must_vote: the candidate's log may already hold the
+        learner's promotion, and a candidate counts only its own configuration's voters,
+        ``_check_votes_counted``)."""
         assert node.raft is not None
         membership = node.raft.membership
         member = membership.get(node.id)
-        if member is None or not member.voter:
+        if member is None or not (member.voter or as_learner):
             return False
         return membership.implicit or member.uuid == node.uuid
 
     def _check_vote(self, node: SimNode, message: RequestVote | RequestVoteResponse) -> None:
+        granting = isinstance(message, RequestVoteResponse)
         if isinstance(message, RequestVoteResponse) and not message.granted:
             return
-        if not self.may_vote(node):
+        if not self.may_vote(node, as_learner=granting):
             assert node.raft is not None
-            what = "granted a" if isinstance(message, RequestVoteResponse) else "asked for a"
+            what = "granted a" if granting else "asked for a"
             raise InvariantViolation(
                 f"t={self.now}: node {node.id} {what} {'pre-' if message.pre_vote else ''}vote "
-                f"in term {message.term} while not a bound voter: its membership is "
+                f"in term {message.term} while not a bound "
+                f"{'member' if granting else 'voter'}: its membership is "
                 f"{node.raft.membership}, its uuid {node.uuid}"
+            )
+
+    def _check_votes_counted(self, node: SimNode, term: int) -> None:
+        """A new leader of ``term`` was granted votes, delivered to it in that term, by a
+        majority of the voters of its own membership (itself included): a learner's or a
+        stranger's grant counts for nothing."""
+        assert node.raft is not None
+        voters = node.raft.membership.voters
+        granted = (self.grants.get((node.id, term), set()) | {node.id}) & set(voters)
+        if len(granted) < len(voters) // 2 + 1:
+            raise InvariantViolation(
+                f"t={self.now}: node {node.id} leads term {term} with grants from "
+                f"{sorted(granted)} of its voters {voters}"
             )
 
     def _check_commit_quorum(self, node: SimNode, raft: RaftNode, before: Membership) -> None:
@@ -1432,6 +1469,7 @@ class Cluster:
                 f"t={self.now}: node {node.id} leads term {term} while not a bound voter of "
                 f"its membership {node.raft.membership}"
             )
+        self._check_votes_counted(node, term)
         # Election safety: at most one leader per term.
         other = self.leaders.setdefault(term, node.id)
         if other != node.id:
@@ -1483,17 +1521,32 @@ class Cluster:
         # must leave a majority still holding the entry durably (DiskFirst guarantees this).
         if self.durability is not Durability.DISK_FIRST or first > len(self.committed):
             return
-        voters = self.committed_membership().voters
         for index in range(first, len(self.committed) + 1):
             entry = self.committed[index - 1]
-            holders = sum(
-                1 for v in voters if v != node.id and self._holds(v, index, entry.term, True)
-            )
-            if holders < len(voters) // 2 + 1:
+            if not self._quorum_holds(index, entry.term, but=node.id):
                 raise InvariantViolation(
                     f"t={self.now}: node {node.id} truncated committed entry {index} from disk "
-                    f"and only {holders} other nodes hold it"
+                    f"and no majority of the voters of a configuration in play holds it "
+                    f"(committed voters {self.committed_membership().voters})"
                 )
+
+    def _quorum_holds(self, index: int, term: int, but: int = 0) -> bool:
+        """Do the nodes other than ``but`` durably holding entry (``index``, ``term``) make a
+        majority of the voters of a configuration in play: the committed log's latest, or
+        one a live node has appended since (in effect there, so a leader may count by it)?"""
+        committed = self.committed_membership()
+        since = self.committed_memberships[-1][0] if self.committed_memberships else 0
+        configs = [committed] + [
+            n.raft.membership
+            for n in self.nodes.values()
+            if n.raft is not None and n.raft.membership_index > since
+        ]
+        for membership in configs:
+            voters = membership.voters
+            holders = sum(1 for v in voters if v != but and self._holds(v, index, term, True))
+            if holders >= len(voters) // 2 + 1:
+                return True
+        return False
 
     def _check_node(self, node: SimNode) -> None:
         raft = node.raft
@@ -1590,12 +1643,12 @@ class Cluster:
         """Every committed entry is on a majority of durable logs (DiskFirst)."""
         if self.durability is not Durability.DISK_FIRST:
             return
-        voters = self.committed_membership().voters
         for index, entry in enumerate(self.committed, start=1):
-            holders = sum(1 for v in voters if self._holds(v, index, entry.term, True))
-            if holders < len(voters) // 2 + 1:
+            if not self._quorum_holds(index, entry.term):
+                holders = [n for n in self.ids if self._holds(n, index, entry.term, True)]
                 raise InvariantViolation(
-                    f"committed entry {index} is durable on only {holders} nodes"
+                    f"committed entry {index} is durable only on {holders}, no majority of "
+                    f"the voters {self.committed_membership().voters}"
                 )
 
     def client_history(self) -> list[Operation]:

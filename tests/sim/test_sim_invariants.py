@@ -43,6 +43,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dengine_trio.raft import MESSAGE_TYPES, Durability, Role
+from dengine_trio.raft.membership import ConfChange, ConfChangeKind
 from dengine_trio.raft.messages import InstallSnapshot, RequestVote, TimeoutNow
 
 from .cluster import Cluster, InvariantViolation, LinkRule, NetworkFaults, SimNode
@@ -65,6 +66,9 @@ class Schedule:
     options: tuple[tuple[str, bool], ...] = ()
     # (snapshot_threshold, snapshot_retained) of the simulated runtime; (0, 0): no snapshots.
     snapshots: tuple[int, int] = (0, 0)
+    # The nodes' bootstrap cluster id; "" keeps the implicit membership (no membership
+    # actions then: they are skipped), as every schedule before issue 14 ran.
+    cluster_id: str = ""
 
 
 SNAPSHOT_SETTINGS = [(0, 0), (10, 0), (10, 3), (25, 5), (50, 10)]
@@ -76,6 +80,19 @@ INSTALL_MOMENTS = [
     "install-done",
 ]
 SNAPSHOT_MOMENTS = ["snapshot-written", "snapshot-taken", "snapshot-compacted"]
+MEMBER_OPS = ["add", "add", "promote", "remove", "remove-leader", "replace", "readd", "bind"]
+MAX_NODES = 7
+"""Node processes a schedule may have, added ones included (bounds a schedule's cost)."""
+RACE_TYPES = [
+    "AppendEntries",
+    "AppendEntriesResponse",
+    "Heartbeat",
+    "HeartbeatResponse",
+    "InstallSnapshot",
+    "RequestVote",
+    "RequestVoteResponse",
+    "TimeoutNow",
+]
 
 
 def actions(size: int) -> st.SearchStrategy[tuple[object, ...]]:
@@ -186,7 +203,55 @@ def actions(size: int) -> st.SearchStrategy[tuple[object, ...]]:
             st.sampled_from(INSTALL_MOMENTS),
             st.sampled_from([0.0, 100.0, 300.0]),
         ),
+        *membership_actions(size),
     )
+
+
+def membership_actions(size: int) -> list[st.SearchStrategy[tuple[object, ...]]]:
+    """Membership changes (issue 14), each proposed at the leader of the moment (at some node
+    if none leads: refused as not_leader), under whatever else the schedule does."""
+    end = st.integers(-1, size)
+    return [
+        # One change: add a learner (a new node, started at once or late; auto-promoted or a
+        # read replica), promote a learner, remove a member or the leader, replace a voter
+        # (remove it, wipe it, add it back as a joining learner), re-add a removed node (its
+        # old disk or wiped), or a BIND of a member's current uuid.
+        st.tuples(st.just("member"), st.sampled_from(MEMBER_OPS), st.booleans()),
+        # Wipe a node (-1: the leader, 0: any node) and start it again down_ms later under a
+        # new uuid; its PeerIdentity reaches the others after identity_ms (a slow handshake)
+        # unless one of its messages gets there first.
+        st.tuples(
+            st.just("wipe"),
+            end,
+            st.sampled_from([0.0, 50.0, 400.0]),
+            st.sampled_from([1.0, 300.0, 2_000.0]),
+        ),
+        # A change with a fault at its worst moment, ``ms`` after the proposal: the leader
+        # crashed (back 100-500 ms later), partitioned away (with or without the change's
+        # target), leadership transferred, one message type held on one of the leader's links
+        # (to a follower or from it) for ``ms``; or, "before-noop", the leader deposed and
+        # the change proposed the moment the next leader takes office (its no-op not yet
+        # committed: refused as pending).
+        st.tuples(
+            st.just("member-race"),
+            st.sampled_from(["crash-leader", "partition", "transfer", "hold", "before-noop"]),
+            st.sampled_from(MEMBER_OPS),
+            st.sampled_from([0.0, 1.0, 5.0, 30.0, 300.0]),
+            st.sampled_from(RACE_TYPES),
+        ),
+        # A follower cut off while the leader removes it: it never learns, and once the cut
+        # heals it campaigns (pre-votes, or votes with PreVote off) against a cluster that
+        # must ignore it; restarted too, sometimes.
+        st.tuples(st.just("removed-campaign"), st.booleans()),
+        # A voter wiped and back just before another node's campaign (the leader's links to
+        # that candidate cut): its amnesia must not give the candidate a second vote of a
+        # term; its identity reaches the leader late or at once.
+        st.tuples(
+            st.just("wiped-race"),
+            st.sampled_from([0.0, 50.0, 200.0]),
+            st.sampled_from([1.0, 500.0]),
+        ),
+    ]
 
 
 @st.composite
@@ -212,7 +277,189 @@ def schedules(draw: st.DrawFn, max_actions: int = 12) -> Schedule:
             if draw(st.sampled_from([True, True, True, False])) is False
         ),
         snapshots=draw(st.sampled_from(SNAPSHOT_SETTINGS)),
+        cluster_id=draw(st.sampled_from(["", "c1", "c1", "c1"])),
     )
+
+
+def member_op(c: Cluster, op: str, promote: bool, mem_first: bool) -> int | None:
+    """Carry out one membership ``op`` at the leader of the moment (any node if none leads:
+    the core refuses it, not_leader). Returns the target node, if there was one."""
+    leader = c.leader()
+    at = leader or c.rng.choice(c.ids)
+    raft = c.nodes[at].raft
+    if raft is None:
+        return None
+    membership = raft.membership
+    if membership.implicit:
+        return None  # no cluster id in the log yet: nothing to change
+    others = [n for n in membership.ids if n != at]
+    learners = list(membership.learners)
+    removed = [n for n in c.ids if n not in membership.ids]
+    if op == "promote" and not learners:
+        op = "add"
+    if op == "readd" and not removed:
+        op = "add"
+    if op == "add" and len(c.ids) >= MAX_NODES:
+        op = "readd" if removed else "bind"
+    change: ConfChange
+    target: int
+    if op == "add":
+        late = c.rng.random() < 0.3  # the node starts only after the change is proposed
+        target = c.add_node(start=not late)
+        change = ConfChange(ConfChangeKind.ADD_LEARNER, target, c.address(target), promote)
+        c.change(at, change)
+        if late:
+            c.call_at(c.now + c.rng.uniform(20, 500), lambda: c.restart(target))
+        return target
+    if op == "readd":
+        target = c.rng.choice(removed)
+        if c.rng.random() < 0.5 and c.may_wipe(target):
+            c.wipe(target, joining=True)
+        else:
+            c.add_node(target)  # its old disk, its config now a joining node's
+        c.change(at, ConfChange(ConfChangeKind.ADD_LEARNER, target, c.address(target), promote))
+        return target
+    if op == "promote":
+        target = c.rng.choice(learners)
+        c.change(at, ConfChange(ConfChangeKind.PROMOTE, target))
+        return target
+    if op == "remove" and others:
+        target = c.rng.choice(others)
+        c.change(at, ConfChange(ConfChangeKind.REMOVE, target))
+        if c.rng.random() < 0.5:  # the operator stops it some time later (or never)
+            c.call_at(
+                c.now + c.rng.uniform(50, 1_000),
+                lambda: c.crash(target, lose_unflushed=not mem_first),
+            )
+        return target
+    if op == "remove-leader" or op == "remove":
+        c.change(at, ConfChange(ConfChangeKind.REMOVE, at))
+        return at
+    if op == "replace":
+        voters = [v for v in membership.voters if v != at]
+        if not voters:
+            return None
+        target = c.rng.choice(voters)
+        done = c.change(at, ConfChange(ConfChangeKind.REMOVE, target))
+        for _ in range(150):  # the operator waits for the removal (at most 1.5 s)
+            if c.history[done].complete is not None:
+                break
+            c.run_for(10)
+        if not c.may_wipe(target):
+            return target  # not removed after all, and already a minority is amnesiac
+        c.wipe(target, joining=True)
+        new_leader = c.leader() or at
+        c.change(
+            new_leader, ConfChange(ConfChangeKind.ADD_LEARNER, target, c.address(target), True)
+        )
+        return target
+    # BIND of a member's current uuid: no change but one more CONFIG entry.
+    target = c.rng.choice(membership.ids)
+    c.change(at, ConfChange(ConfChangeKind.BIND, uuids=((target, c.nodes[target].uuid),)))
+    return target
+
+
+def member_race(
+    c: Cluster,
+    twist: str,
+    op: str,
+    ms: float,
+    type_name: str,
+    mem_first: bool,
+    healed: list[bool],
+) -> None:
+    """A membership change with a fault at its worst moment (see ``membership_actions``)."""
+    leader = c.leader()
+    if leader is None:
+        return
+    if twist == "before-noop":
+        # Depose the leader; the moment another node takes office, propose the change there.
+        def on_leader(moment: str, node: SimNode) -> bool:
+            if healed[0]:
+                return True
+            if moment != "became-leader" or node.id == leader:
+                return False
+            c.call_at(c.now, lambda: member_op(c, op, True, mem_first))
+            return True
+
+        c.hooks.append(on_leader)
+        if c.rng.random() < 0.5:
+            c.transfer(leader, 0)
+        else:
+            c.bounce(leader, c.rng.uniform(100, 600), lose_unflushed=not mem_first)
+        return
+    follower = c.rng.choice([n for n in c.ids if n != leader])
+    types = (TYPES[type_name],)
+    rule = None
+    if twist == "hold":
+        src, dst = (leader, follower) if c.rng.random() < 0.5 else (follower, leader)
+        rule = c.hold(src, dst, *types)
+    target = member_op(c, op, True, mem_first)
+
+    def fault() -> None:
+        if healed[0]:
+            return
+        current = c.leader()
+        if twist == "crash-leader" and current is not None:
+            c.bounce(current, c.rng.uniform(100, 500), lose_unflushed=not mem_first)
+        elif twist == "partition" and current is not None:
+            side = [current] + ([target] if target and c.rng.random() < 0.5 else [])
+            c.partition(side, [n for n in c.ids if n not in side])
+        elif twist == "transfer" and current is not None:
+            c.transfer(current, c.rng.choice([0, follower]))
+        elif twist == "hold" and rule is not None:
+            c.release(rule.src, rule.dst, *types)
+
+    c.call_at(c.now + ms, fault)
+
+
+def removed_campaign(c: Cluster, restart: bool, mem_first: bool) -> None:
+    """Cut a follower off, remove it, let the removal commit without it, heal: it campaigns."""
+    leader = c.leader()
+    if leader is None:
+        return
+    membership = c.raft(leader).membership
+    if membership.implicit:
+        return
+    followers = [v for v in membership.ids if v != leader and c.nodes[v].raft is not None]
+    if not followers:
+        return
+    f = c.rng.choice(followers)
+    c.partition([f], [n for n in c.ids if n != f])
+    op = c.change(leader, ConfChange(ConfChangeKind.REMOVE, f))
+    for _ in range(100):
+        if c.history[op].complete is not None:
+            break
+        c.run_for(10)
+    if restart:
+        c.bounce(f, 50.0, lose_unflushed=not mem_first)
+    c.cut = set()  # the removed node is heard again: its campaigns reach everyone
+    c.run_for(c.config_for(f).election_timeout_max_ms * 2)
+
+
+def wiped_race(c: Cluster, down: float, identity_ms: float) -> None:
+    """A voter W wiped and back just before candidate C's campaign, the leader's links to C
+    cut, W's identity slow to reach the leader."""
+    leader = c.leader()
+    if leader is None:
+        return
+    voters = [v for v in c.raft(leader).membership.voters if v != leader]
+    live = [v for v in voters if c.nodes[v].raft is not None]
+    if len(live) < 2:
+        return
+    candidate, w = c.rng.sample(live, 2)
+    c.cut_link(leader, candidate)
+    c.cut_link(candidate, leader)
+    campaign_at = c.raft(candidate).next_deadline() / c.nodes[candidate].rate
+    if campaign_at == float("inf"):
+        return
+    delay = (identity_ms, identity_ms * 1.5)
+
+    def wipe() -> None:
+        if c.may_wipe(w):
+            c.wipe(w, down_ms=down, identity_delay_ms=delay)
+
+    c.call_at(max(c.now, campaign_at - down - 5), wipe)
 
 
 def replay(schedule: Schedule) -> Cluster:
@@ -232,6 +479,7 @@ def _run(schedule: Schedule) -> Cluster:
         drift=0.02,
         snapshot_threshold=schedule.snapshots[0],
         snapshot_retained=schedule.snapshots[1],
+        cluster_id=schedule.cluster_id,
         **dict[str, Any](schedule.options),
     )
     keys = ["a", "b", "c"]
@@ -304,7 +552,9 @@ def _run(schedule: Schedule) -> Cluster:
         name, *args = action
         if name == "partition":
             groups: dict[int, list[int]] = {}
-            for node_id, group in zip(c.ids, args[0], strict=True):  # type: ignore[call-overload]
+            # Nodes added by membership actions join a group drawn at run time.
+            drawn = [*args[0], *(c.rng.randint(0, 2) for _ in c.ids[schedule.size :])]  # type: ignore[misc]
+            for node_id, group in zip(c.ids, drawn, strict=True):
                 groups.setdefault(group, []).append(node_id)
             c.partition(*groups.values())
         elif name == "cut" and args[0] != args[1]:
@@ -582,6 +832,25 @@ def _run(schedule: Schedule) -> Cluster:
         elif name == "install-crash":
             target, moment, down = cast(tuple[int, str, float], tuple(args))
             once(moment, target, crash_and_return(down))
+        elif not schedule.cluster_id:
+            continue  # membership actions need an explicit membership
+        elif name == "member":
+            op, promote = cast(tuple[str, bool], tuple(args))
+            member_op(c, op, promote, mem_first)
+        elif name == "wipe":
+            target, down, identity_ms = cast(tuple[int, float, float], tuple(args))
+            target = resolve(target) if target else c.rng.choice(c.ids)
+            if target and c.may_wipe(target):
+                c.wipe(target, down_ms=down, identity_delay_ms=(identity_ms, identity_ms * 1.5))
+        elif name == "member-race":
+            member_race(c, *cast(tuple[str, str, float, str], tuple(args)), mem_first, healed)
+            client_load(300, 10)
+        elif name == "removed-campaign":
+            removed_campaign(c, cast(bool, args[0]), mem_first)
+        elif name == "wiped-race":
+            down, identity_ms = cast(tuple[float, float], tuple(args))
+            wiped_race(c, down, identity_ms)
+            client_load(200, 20, ("put", "linearizable", "lease"))
 
     # Heal everything: the cluster must elect a leader and commit again. Faults an action
     # scheduled for later are off from here on.
