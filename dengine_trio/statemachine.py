@@ -337,20 +337,14 @@ def _decode_ops(raw: object) -> list[tuple[int, bytes, bytes, int]] | None:
 
 
 def _decode_v2(op: list[Any]) -> _Plan | None:
-    """Validate a version-2 delete, txn or expire completely before anything is applied (a
-    txn is atomic: a malformed op must not leave the ops before it applied). A put is decoded
-    in ``KVStateMachine.apply``."""
+    """Validate a version-2 txn or expire completely before anything is applied (a txn is
+    atomic: a malformed op must not leave the ops before it applied). A put or delete is
+    decoded in ``KVStateMachine.apply``."""
     if len(op) < 4:
         return None
     _, now_ms, idem, kind = op[:4]
     if not _is_index(now_ms) or not (idem is None or type(idem) is bytes):
         return None
-    if kind == KIND_DELETE and len(op) == 6:
-        key, raw = op[4:]
-        compares = _decode_compares(raw, key) if type(key) is bytes else None
-        if compares is None:
-            return None
-        return _Plan(now_ms, idem, kind, key, b"", 0, compares, [], [], 0)
     if kind == KIND_TXN and len(op) == 7:
         compares = _decode_compares(op[4], None)
         success, failure = _decode_ops(op[5]), _decode_ops(op[6])
@@ -500,6 +494,18 @@ class KVStateMachine:
                     ):
                         return IGNORED
                     return self._put_v2(index, now_ms, idem, key, value, expires_at_ms, compares)
+                if len(op) == 6 and op[3] == KIND_DELETE:
+                    _, now_ms, idem, _, key, raw = op
+                    compares = _decode_compares(raw, key) if raw else raw
+                    if (
+                        type(now_ms) is not int
+                        or now_ms < 0
+                        or not (idem is None or type(idem) is bytes)
+                        or type(key) is not bytes
+                        or type(compares) is not list
+                    ):
+                        return IGNORED
+                    return self._delete_v2(index, now_ms, idem, key, compares)
                 plan = _decode_v2(op)
                 if plan is None:
                     return IGNORED
@@ -561,27 +567,41 @@ class KVStateMachine:
             self._remember(idem, result, index)
         return result
 
+    def _delete_v2(
+        self,
+        index: int,
+        now_ms: int,
+        idem: bytes | None,
+        key: bytes,
+        compares: list[tuple[bytes, int, int, Any]],
+    ) -> bytes:
+        """The body of apply for a version-2 delete (decoded and validated)."""
+        if now_ms > self._idem_clock or idem is not None:
+            duplicate = self._idempotent(now_ms, idem)
+            if duplicate is not None:
+                return duplicate
+        existed = self._expire_due(index, key, now_ms)
+        if compares and not all(self._compare(c, now_ms) for c in compares):
+            result = self._compare_failed(index, key, existed)
+        else:
+            removed = self._remove(index, key, "delete")
+            result = _write_result(index, FLAG_SUCCEEDED | (FLAG_EXISTED * removed), None)
+        if idem is not None:
+            self._remember(idem, result, index)
+        return result
+
     def _compare_failed(self, index: int, key: bytes, existed: bool) -> bytes:
         meta = self.meta.get(key)
         current = None if meta is None else [key, self.data[key], *meta]
         return _write_result(index, FLAG_EXISTED * existed, current)
 
     def _apply_v2(self, index: int, plan: _Plan) -> bytes:
-        """The body of apply for a version-2 delete, txn or expire (decoded, validated)."""
+        """The body of apply for a version-2 txn or expire (decoded and validated)."""
         now_ms, idem = plan.now_ms, plan.idempotency_key
         duplicate = self._idempotent(now_ms, idem)
         if duplicate is not None:
             return duplicate
-        kind = plan.kind
-        if kind == KIND_DELETE:
-            key = plan.key
-            existed = self._expire_due(index, key, now_ms)
-            if not all(self._compare(c, now_ms) for c in plan.compares):
-                result = self._compare_failed(index, key, existed)
-            else:
-                removed = self._remove(index, key, "delete")
-                result = _write_result(index, FLAG_SUCCEEDED | (FLAG_EXISTED * removed), None)
-        elif kind == KIND_TXN:
+        if plan.kind == KIND_TXN:
             result = self._apply_txn(index, plan)
         else:
             meta = self.meta.get(plan.key)
