@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 import msgpack
 import trio
 
+from ..config import check_member_address
 from ..errors import DengineError, MembershipError, NoLeader, NotLeader, Stopped, TooLarge
 from ..metrics import reason_of
 from ..raft import Event, Propose, ReadRequest, Role, TransferLeader
 from ..raft.events import ProposeConfChange
-from ..raft.membership import ConfChange
+from ..raft.membership import ConfChange, ConfChangeKind
 from ..wire import MAX_FRAME_BYTES
 from .membership import decode_admin_request, encode_admin_request
 
@@ -234,6 +235,12 @@ class Operations:
         """Propose ``change`` on this node (it leads); (index, term) of its entry once
         applied. The caller holds the request's slot. Raises ``MembershipError``,
         ``NotLeader``, ``Timeout`` at ``deadline`` (trio time, s), ``Stopped``."""
+        if change.kind is ConfChangeKind.ADD_LEARNER:
+            # The core carries addresses opaquely; one nobody can dial would be a member no
+            # leader ever reaches (a forwarded or joining node's request is checked here too).
+            problem = check_member_address(change.address)
+            if problem:
+                raise MembershipError("bad_request", f"address {change.address!r}: {problem}")
         placed: list[tuple[int, int]] = []
 
         def proposed(index: int, term: int) -> None:

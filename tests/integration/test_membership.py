@@ -180,6 +180,9 @@ async def test_admin_requests_through_a_follower(tmp_path: Path) -> None:
             await engine.change_membership(ConfChange(ConfChangeKind.ADD_LEARNER, 9, taken))
         assert (refused.value.code, refused.value.status) == ("duplicate_address", 409)
         with pytest.raises(MembershipError) as refused:
+            await engine.change_membership(ConfChange(ConfChangeKind.ADD_LEARNER, 9, "no-port"))
+        assert (refused.value.code, refused.value.status) == ("bad_request", 400)
+        with pytest.raises(MembershipError) as refused:
             await engine.change_membership(ConfChange(ConfChangeKind.PROMOTE, other))
         assert refused.value.code == "not_learner"
         with pytest.raises(MembershipError) as refused:
