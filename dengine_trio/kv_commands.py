@@ -71,6 +71,8 @@ _TXN_OP_NAMES = ("put", "delete", "get")
 
 
 class _Unset(enum.Enum):
+    """The type of ``UNSET``: ``prev_value`` not given (None has a meaning of its own)."""
+
     UNSET = 0
 
 
