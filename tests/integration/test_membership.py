@@ -341,3 +341,45 @@ async def test_a_node_of_another_cluster_is_refused(
         assert nodes[stranger].engine.node_status().last_log_index == 0
         assert nodes[stranger].engine._runtime.cluster_id == "other-0123456789abcdef"
         nursery.cancel_scope.cancel()
+
+
+async def test_grow_to_five_under_writes_then_lose_two_of_the_original_three(
+    tmp_path: Path,
+) -> None:
+    """Nodes 4 and 5 join at once (one change at a time: the second waits for the first)
+    while writes flow; once both vote, two of the original three stop (the leader among
+    them) and the five-node cluster still commits and reads: nothing acknowledged is lost."""
+    configs = write_configs(tmp_path)
+    nodes = {c.cluster.node_id: EngineHandle(c) for c in configs}
+    async with bounded_nursery() as nursery:
+        for node in nodes.values():
+            await node.start(nursery)
+        leader = await agreed_leader(nodes)
+        done: list[int] = []
+        async with trio.open_nursery() as load:
+            # Bounded; cancelled once both joiners vote (the writes span the whole change).
+            load.start_soon(writer, nodes[leader].engine, "w", 100_000, done)
+            for joiner_id in (4, 5):
+                nodes[joiner_id] = EngineHandle(joiner_config(configs, tmp_path, joiner_id))
+                await nodes[joiner_id].start(nursery)
+            engine = nodes[leader].engine
+            await wait_until(
+                lambda: members(engine) == {1: True, 2: True, 3: True, 4: True, 5: True}, WAIT_S
+            )
+            acked_when_grown = len(done)
+            await wait_until(lambda: len(done) > acked_when_grown, WAIT_S)
+            load.cancel_scope.cancel()
+        assert done
+        lost = [leader, next(n for n in (1, 2, 3) if n != leader)]
+        for n in lost:
+            await nodes[n].stop()
+        rest = {n: h for n, h in nodes.items() if n not in lost}
+        await wait_until(lambda: any(h.engine.is_leader() for h in rest.values()), WAIT_S)
+        survivor = nodes[4].engine
+        await writer(survivor, "after", 20, [])
+        for i in (0, len(done) // 2, done[-1]):
+            assert await survivor.client().get(f"w{i}".encode(), ReadPolicy.LINEARIZABLE) == (
+                b"v%d" % i
+            )
+        assert await survivor.client().get(b"after19", ReadPolicy.LINEARIZABLE) == b"v19"
+        nursery.cancel_scope.cancel()
