@@ -5,6 +5,8 @@
 * the request table (``requests.py``): pending proposals and reads, capacity, deadlines;
 * the forwarding protocol (``forwarding.py``): a follower's writes sent to the leader;
 * the snapshotter (``snapshotting.py``): snapshots taken, restored at start, installed;
+* the membership (``membership.py``): links following the members, the cluster id, the
+  handshake's admission, joining, the admin requests' encoding;
 * the transport (``transport.py``) and the storage.
 
 ``NodeRuntime`` owns their lifecycle and carries out the effects that are not I/O: it applies
@@ -13,8 +15,10 @@ committed entries to the state machine (in log order, in whichever task stepped 
 
 Tasks in the node's nursery: the Raft loop (``Driver.run``), the transport (its listener and
 one outbound link per peer; a task that receives from a peer steps the core itself), the flush
-task (``Driver.flush_loop``, in the node's fsync thread), the deadline sweeper, one short
-task per write forwarded to this node, and one per snapshot being written. Cancelling the
+task (``Driver.flush_loop``, in the node's fsync thread), the deadline sweeper, the join
+loop (``MembershipRuntime.join``: a joining node asks to be added, then ends), one short
+task per write or membership change forwarded to this node, and one per snapshot being
+written. Cancelling the
 nursery is shutdown; ``run`` then flushes and closes the storage before it returns, so
 nothing keeps running and nothing acknowledged is left unflushed.
 """
