@@ -1333,7 +1333,8 @@ class Cluster:
             )
 
     def amnesiac(self) -> set[int]:
-        """Nodes that lost a data directory and have not yet durably re-bound a new one."""
+        """Nodes that lost a data directory and have not yet durably re-bound a new one (as a
+        voter or a learner: either way its log then holds what its old one helped commit)."""
         return {
             n.id
             for n in self.nodes.values()
@@ -1359,10 +1360,24 @@ class Cluster:
         a vote it forgot) and elect a leader without the committed entries, as in any Raft
         whose majority loses its disks. The generator wipes within that bound only; the
         window is real (docs/testing.md, "Known limits")."""
-        voters = set(self.committed_membership().voters)
-        implicit = {v for v in voters if v in self.nodes and self._implicit(self.nodes[v])}
-        lost = (self.amnesiac() | implicit | {node_id}) & voters
-        return len(lost) <= (len(voters) - 1) // 2
+        amnesiac = self.amnesiac()
+        for membership in self._configs_in_play():
+            voters = set(membership.voters)
+            implicit = {v for v in voters if v in self.nodes and self._implicit(self.nodes[v])}
+            lost = (amnesiac | implicit | {node_id}) & voters
+            if len(lost) > (len(voters) - 1) // 2:
+                return False
+        return True
+
+    def _configs_in_play(self) -> list[Membership]:
+        """The committed log's latest membership and those live nodes appended after it (in
+        effect there: a leader counts by its own, committed or not)."""
+        since = self.committed_memberships[-1][0] if self.committed_memberships else 0
+        return [self.committed_membership()] + [
+            n.raft.membership
+            for n in self.nodes.values()
+            if n.raft is not None and n.raft.membership_index > since
+        ]
 
     def _durably_bound(self, node: SimNode) -> bool:
         """Does the node's durable state name a membership binding it to its own uuid?"""
@@ -1534,14 +1549,7 @@ class Cluster:
         """Do the nodes other than ``but`` durably holding entry (``index``, ``term``) make a
         majority of the voters of a configuration in play: the committed log's latest, or
         one a live node has appended since (in effect there, so a leader may count by it)?"""
-        committed = self.committed_membership()
-        since = self.committed_memberships[-1][0] if self.committed_memberships else 0
-        configs = [committed] + [
-            n.raft.membership
-            for n in self.nodes.values()
-            if n.raft is not None and n.raft.membership_index > since
-        ]
-        for membership in configs:
+        for membership in self._configs_in_play():
             voters = membership.voters
             holders = sum(1 for v in voters if v != but and self._holds(v, index, term, True))
             if holders >= len(voters) // 2 + 1:
