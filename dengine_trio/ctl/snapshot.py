@@ -55,6 +55,7 @@ from dengine_trio.storage import StorageError
 from dengine_trio.storage.cluster_identity import restored_cluster_id, save_cluster_id
 from dengine_trio.storage.hard_state import HARD_STATE_FILE, HardState, save_hard_state
 from dengine_trio.storage.lock import DirectoryLock
+from dengine_trio.storage.node_identity import new_node_uuid
 from dengine_trio.storage.snapshots import (
     DEFAULT_CHUNK_BYTES,
     TEMPORARY_PREFIX,
@@ -487,6 +488,9 @@ def restore_snapshot_file(source: Path, config: NodeConfig) -> tuple[SnapshotFil
         # The id first: a restore interrupted after it leaves a node with no data under the
         # new id (a rerun replaces it); one interrupted before it leaves nothing.
         save_cluster_id(db, cluster_id, origin="restore", detail={"source": origin})
+        # A new identity for the seeded directory: a uuid left by a node that started here
+        # (and stored nothing) may be bound in some membership (storage/node_identity.py).
+        new_node_uuid(db)
         header = SnapshotHeader(
             original.last_index,
             original.last_term,

@@ -22,6 +22,7 @@ from dengine_trio.config import NodeConfig
 from dengine_trio.statemachine import KVStateMachine, encode_put
 from dengine_trio.storage.cluster_identity import load_cluster_id
 from dengine_trio.storage.hard_state import HardState, load_hard_state, save_hard_state
+from dengine_trio.storage.node_identity import load_node_uuid, load_or_create_node_uuid
 from dengine_trio.storage.snapshots import (
     SnapshotHeader,
     list_snapshots,
@@ -175,6 +176,9 @@ def test_restore_seeds_each_node_for_the_target_cluster(
     # Empty directories (a node started once and stopped) hold nothing to lose.
     (target[2].db_root_path() / "wal").mkdir(parents=True)
     (target[2].snapshots_path() / "incoming").mkdir(parents=True)
+    # ... and the identity it then got: a leader may have bound it; the restored directory
+    # gets a new one (storage/node_identity.py).
+    started_once, _ = load_or_create_node_uuid(target[2].db_root_path())
     restored_ids = set()
     for config in target:
         code, out, err = restore(good, config, tmp_path)
@@ -196,6 +200,8 @@ def test_restore_seeds_each_node_for_the_target_cluster(
         # A node's term is never below its log's last term (the snapshot's).
         assert load_hard_state(config.db_root_path()) == HardState(term=7, voted_for=0)
     assert len(restored_ids) == 1  # the same file: one cluster
+    uuids = {load_node_uuid(config.db_root_path()) for config in target}
+    assert None not in uuids and started_once not in uuids and len(uuids) == 3
     # Twice is refused: the directory now holds the restored node.
     code, _, err = restore(good, target[0], tmp_path)
     assert code == 2 and "not empty" in err
