@@ -285,6 +285,8 @@ def _is_index(value: object) -> bool:
 
 
 def _compare_ok(target: object, op: object, operand: object) -> bool:
+    if type(target) is not int or type(op) is not int:
+        return False  # not even a bool (True == 1): one spelling per command
     if target == _VALUE:
         return type(operand) is bytes and op in (_EQ, _NE, _LT, _GT)
     if target == _EXISTS:
@@ -323,7 +325,12 @@ def _decode_ops(raw: object) -> list[tuple[int, bytes, bytes, int]] | None:
         return None
     out = []
     for item in raw:
-        if type(item) is not list or len(item) < 2 or type(item[1]) is not bytes:
+        if (
+            type(item) is not list
+            or len(item) < 2
+            or type(item[0]) is not int
+            or type(item[1]) is not bytes
+        ):
             return None
         if item[0] == TXN_PUT and len(item) == 4:
             if type(item[2]) is not bytes or not _is_index(item[3]):

@@ -159,6 +159,8 @@ def test_a_txn_with_one_malformed_op_changes_nothing() -> None:
         [2, 1, None, 0, b"k", b"v", 0, [[1, 2, True]]],  # exists with <
         [2, 1, None, 0, b"k", b"v", 0, [[9, 0, b"x"]]],  # unknown target
         [2, 1, None, 0, b"k", b"v", 0, [[0, 0, 5]]],  # value compare with an int
+        [2, 1, None, 0, b"k", b"v", 0, [[0, True, b"x"]]],  # a bool for an op
+        [2, 1, None, 2, [], [[True, b"k"]], []],  # a bool for an op kind
         [2, 1, None, 0, b"k", b"v", 0],  # missing compares
         [2, 1, None, 1, "k", []],
         [2, 1, None, 2, [[b"k", 2, 0, -1]], [], []],
