@@ -1309,6 +1309,11 @@ class Cluster:
         node = self.nodes[node_id]
         node.identity_delay = identity_delay_ms
         self._count("wipe")
+        if node.raft is not None and self.durability is Durability.MEM_FIRST:
+            # MemFirst acknowledges what is appended in memory: all of it was "held".
+            log = node.raft.log
+            for entry in log.slice(log.first_index, log.last_index):
+                node.lost_entries[entry.index] = entry.term
         self.crash(node_id, lose_unflushed=True)
         for entry in node.disk_log:
             node.lost_entries[entry.index] = entry.term
@@ -1370,14 +1375,21 @@ class Cluster:
         return True
 
     def _configs_in_play(self) -> list[Membership]:
-        """The committed log's latest membership and those live nodes appended after it (in
-        effect there: a leader counts by its own, committed or not)."""
+        """The committed log's latest membership and those nodes appended after it (in effect
+        there: a leader counts by its own, committed or not; a node down has its disk's)."""
         since = self.committed_memberships[-1][0] if self.committed_memberships else 0
-        return [self.committed_membership()] + [
-            n.raft.membership
-            for n in self.nodes.values()
-            if n.raft is not None and n.raft.membership_index > since
-        ]
+        configs = [self.committed_membership()]
+        for n in self.nodes.values():
+            if n.raft is not None:
+                if n.raft.membership_index > since:
+                    configs.append(n.raft.membership)
+                continue
+            for entry in reversed(n.disk_log):  # a node down: what it restarts with
+                if entry.kind is EntryKind.CONFIG:
+                    if entry.index > since:
+                        configs.append(decode_membership(entry.data))
+                    break
+        return configs
 
     def _durably_bound(self, node: SimNode) -> bool:
         """Does the node's durable state name a membership binding it to its own uuid?"""

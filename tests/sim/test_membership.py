@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from dengine_trio.raft import Receive, Role
+from dengine_trio.raft import Durability, Receive, Role
 from dengine_trio.raft.effects import Send
 from dengine_trio.raft.membership import ConfChange, ConfChangeKind
 from dengine_trio.raft.messages import (
@@ -461,3 +461,35 @@ def test_a_wipe_before_the_bootstrap_entry_reaches_a_majority() -> None:
     c.wipe(w)
     c.partition([n for n in (1, 2, 3) if n != w], [4, 5, w])
     c.run_for(5_000)  # two leaders in term 1: the wiped node votes in it a second time
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=InvariantViolation,
+    reason="core (A, 67c2fb0): a wiped node whose fallback membership is implicit grants",
+)
+def test_a_wiped_node_whose_log_may_fall_back_to_the_implicit_membership_does_not_vote() -> None:
+    """Found by the generator (MemFirst, a node wiped while the bootstrap entry was not yet
+    committed): node 2 comes back with a new uuid, receives the explicit membership (which
+    binds its OLD uuid) but not its commit, and grants a pre-vote to an explicit candidate:
+    its log may still fall back to the implicit membership, and 67c2fb0 counts that as
+    "bound" without the implicit rule (an explicit candidate only if it binds our uuid), so a
+    node that forgot its vote of a term could give another one in it."""
+    from .test_sim_invariants import Schedule, replay
+
+    replay(
+        Schedule(
+            size=3,
+            seed=1,
+            durability=Durability.MEM_FIRST,
+            actions=(
+                (1.0, ("reads", 1)),
+                (650.0, ("cut", 1, 1)),
+                (1.0, ("cut", 1, 1)),
+                (1.0, ("partition", [0, 0, 0])),
+                (1.0, ("member-race", "crash-leader", "remove", 0.0, "AppendEntries")),
+                (1.0, ("wipe", 0, 0.0, 1.0)),
+            ),
+            cluster_id="c1",
+        )
+    )

@@ -281,7 +281,9 @@ def schedules(draw: st.DrawFn, max_actions: int = 12) -> Schedule:
     )
 
 
-def member_op(c: Cluster, op: str, promote: bool, mem_first: bool) -> int | None:
+def member_op(
+    c: Cluster, op: str, promote: bool, mem_first: bool, healed: list[bool]
+) -> int | None:
     """Carry out one membership ``op`` at the leader of the moment (any node if none leads:
     the core refuses it, not_leader). Returns the target node, if there was one."""
     leader = c.leader()
@@ -325,12 +327,14 @@ def member_op(c: Cluster, op: str, promote: bool, mem_first: bool) -> int | None
         return target
     if op == "remove" and others:
         target = c.rng.choice(others)
-        c.change(at, ConfChange(ConfChangeKind.REMOVE, target))
-        if c.rng.random() < 0.5:  # the operator stops it some time later (or never)
-            c.call_at(
-                c.now + c.rng.uniform(50, 1_000),
-                lambda: c.crash(target, lose_unflushed=not mem_first),
-            )
+        op_id = c.change(at, ConfChange(ConfChangeKind.REMOVE, target))
+        if c.rng.random() < 0.5:
+            # The operator stops it some time later, once removed (or never).
+            def stop() -> None:
+                if c.history[op_id].ok and not healed[0]:
+                    c.crash(target, lose_unflushed=not mem_first)
+
+            c.call_at(c.now + c.rng.uniform(50, 1_000), stop)
         return target
     if op == "remove-leader" or op == "remove":
         c.change(at, ConfChange(ConfChangeKind.REMOVE, at))
@@ -379,7 +383,7 @@ def member_race(
                 return True
             if moment != "became-leader" or node.id == leader:
                 return False
-            c.call_at(c.now, lambda: member_op(c, op, True, mem_first))
+            c.call_at(c.now, lambda: member_op(c, op, True, mem_first, healed))
             return True
 
         c.hooks.append(on_leader)
@@ -394,7 +398,7 @@ def member_race(
     if twist == "hold":
         src, dst = (leader, follower) if c.rng.random() < 0.5 else (follower, leader)
         rule = c.hold(src, dst, *types)
-    target = member_op(c, op, True, mem_first)
+    target = member_op(c, op, True, mem_first, healed)
 
     def fault() -> None:
         if healed[0]:
@@ -836,7 +840,7 @@ def _run(schedule: Schedule) -> Cluster:
             continue  # membership actions need an explicit membership
         elif name == "member":
             op, promote = cast(tuple[str, bool], tuple(args))
-            member_op(c, op, promote, mem_first)
+            member_op(c, op, promote, mem_first, healed)
         elif name == "wipe":
             target, down, identity_ms = cast(tuple[int, float, float], tuple(args))
             target = resolve(target) if target else c.rng.choice(c.ids)
