@@ -105,6 +105,10 @@ class EmbeddedEngine:
         await engine._runtime.open_storage()
         async with trio.open_nursery() as nursery:
             await nursery.start(engine._run)
+            if engine.watch_hub is not None:
+                # The state restored at start covers the log through its snapshot, whatever
+                # the image said (a version-1 image carries no index).
+                engine.watch_hub.starts_after(engine._runtime.status().snapshot_index)
             engine._start_expirer()
             try:
                 yield engine

@@ -673,13 +673,14 @@ class _WorkerBridge:
             del self.exchanges[rid]
 
     async def _forward(self, rid: int, receive: Any) -> None:
+        """Forward the request's body, then its client's disconnect (until the answer is
+        complete, when the caller cancels this): a stream must end with its client, and the
+        node's app holds a disconnect that follows a complete request of any other kind."""
         while True:
             message = await receive()
             if message["type"] == "http.request":
                 more = message.get("more_body", False)
                 self.link.write([BODY, rid, message.get("body", b""), more])
-                if not more:
-                    return
             else:
                 self.link.write([DISCONNECT, rid])
                 return

@@ -303,13 +303,15 @@ class WatchHub:
             self.last_index = index
         if len(history) > self.history_events or self._history_bytes > self.history_bytes:
             self._evict()
+        # Over copies: a push that overflows a queue removes its watcher from these lists.
         watchers = self._by_key.get(key)
         if watchers:
-            for watcher in watchers:
+            for watcher in tuple(watchers):
                 watcher._push(event)
-        for watcher in self._by_prefix:
-            if key.startswith(watcher.prefix):  # type: ignore[arg-type]
-                watcher._push(event)
+        if self._by_prefix:
+            for watcher in tuple(self._by_prefix):
+                if key.startswith(watcher.prefix):  # type: ignore[arg-type]
+                    watcher._push(event)
 
     def listener(self, change: object) -> None:
         """``KVStateMachine.listener``: a ``KVChange(index, key, value, kind)``."""
@@ -337,6 +339,15 @@ class WatchHub:
                 self._token.run_sync_soon(self._settle_reset)
             except trio.RunFinishedError:
                 pass
+
+    def starts_after(self, index: int) -> None:
+        """The state machine holds the log through ``index`` (restored at start) and has applied
+        nothing after it yet: changes at or below it are not known here. A no-op when a
+        ``reset`` said so already, or once a later change was seen."""
+        if self._reset_pending is not None:
+            self._settle_reset()
+        if index > self.compacted_through and self.last_index == self.compacted_through:
+            self.compacted_through = self.last_index = index
 
     def _settle_reset(self) -> None:
         index = self._reset_pending

@@ -193,11 +193,13 @@ def test_a_consumer_that_stops_reading_gets_slow_consumer_and_is_disconnected(
     sock.settimeout(60)
     sock.connect(("127.0.0.1", follower.port))
     sock.sendall(b"GET /watch?prefix=slow/ HTTP/1.0\r\n\r\n")
+    received = b""
+    while b"\r\n\r\n" not in received:  # watching from now: write once it is open
+        received += sock.recv(4096)
     value = "x" * 32768
     writes = 400  # ~13 MiB: more than every buffer between the node and this socket
     for i in range(writes):
         write(cluster, f"slow/{i:03d}", value)
-    received = b""
     while chunk := sock.recv(65536):
         received += chunk
     sock.close()
@@ -239,3 +241,24 @@ def test_bad_input_and_the_bound_on_watchers_through_the_node(cluster: Cluster) 
         assert refused.json()["error"] == "too_many_watchers"
         for client in clients:
             client.close()
+
+
+def test_a_node_stopped_with_sigterm_ends_its_streams_with_a_stopped_event(
+    cluster: Cluster,
+) -> None:
+    # Last in the module: the node stays stopped.
+    leader = cluster.wait_for_leader()
+    node = cluster.followers(leader)[0]
+    client = SseClient(node.port, "/watch?key=stop/k")
+    wait_until(lambda: client.status == 200, 30, "the stream open")
+    index = write(cluster, "stop/k", "1")
+    wait_until(lambda: bool(changes(client.snapshot())), 30, "the change")
+    node.terminate()
+    assert node.wait() == 0
+    wait_until(lambda: client.closed, 30, "the stream closed")
+    events = client.snapshot()
+    assert changes(events) == [(index, "stop/k", "1", "put")]
+    assert events[-1]["event"] == "error"
+    assert events[-1]["data"]["error"] == "stopped"
+    assert events[-1]["data"]["from_index"] == index + 1
+    client.close()

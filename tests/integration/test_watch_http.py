@@ -315,6 +315,10 @@ async def test_a_slow_consumer_gets_a_final_error_event_and_is_disconnected(
         await trio.to_thread.run_sync(sock.connect, ("127.0.0.1", port))
         stream = Stream(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
         await stream.stream.send_all(b"GET /watch?prefix=s/ HTTP/1.0\r\n\r\n")
+        # Watching from now: the writes start once the stream is open.
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in stream.buffer:
+                await stream._more()
         value = b"x" * 32768
         writes = 300  # ~10 MiB: more than every buffer between the node and this socket
         for i in range(writes):

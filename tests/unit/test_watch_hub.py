@@ -313,3 +313,31 @@ def test_model_every_watcher_delivers_its_changes_once_in_order_without_gap(
         assert got == expected[: len(got)]
         if position not in ended:
             assert got == expected
+
+
+def test_starts_after_covers_a_restored_state_that_named_no_index() -> None:
+    hub = WatchHub()
+    hub.reset(0)  # a version-1 image: no index
+    hub.starts_after(30)
+    assert hub.oldest_index == 31
+    with pytest.raises(WatchCompacted):
+        hub.subscribe(key=b"k", from_index=5)
+    hub.on_change(31, b"k", b"v", "put")
+    hub.starts_after(20)  # older, or after changes: nothing
+    hub.starts_after(40)
+    assert hub.oldest_index == 31
+
+
+def test_a_watcher_ended_by_a_change_does_not_make_the_next_one_miss_it() -> None:
+    # Found by the model check: the first watcher's overflow removed it from the list being
+    # walked, and the second never got the change.
+    hub = WatchHub(queue_events=1)
+    first = hub.subscribe(prefix=b"a")
+    second = hub.subscribe(prefix=b"a")
+    by_key = [hub.subscribe(key=b"a"), hub.subscribe(key=b"a")]
+    hub.on_change(1, b"a", b"1", "put")
+    hub.on_change(2, b"a", b"2", "put")
+    for watcher in (first, second, *by_key):
+        with pytest.raises(SlowConsumer):
+            watcher.next_nowait()
+    assert hub.watchers == 0
