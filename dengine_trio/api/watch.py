@@ -36,7 +36,6 @@ the link carries the stream with flow control (``api/workers.py``).
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -271,7 +270,7 @@ def install_watch(app: App, engine: EmbeddedEngine, auth: TokenTable | None) -> 
 
             nursery.start_soon(until_disconnect)
             while True:
-                with trio.move_on_after(heartbeat_s if math.isfinite(heartbeat_s) else 1e9):
+                with trio.move_on_after(heartbeat_s):
                     await watcher.wait_queued()
                 chunks: list[bytes] = []
                 size = 0

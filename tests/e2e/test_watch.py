@@ -12,9 +12,12 @@ that node (its client resumes with ``Last-Event-ID``). A consumer that stops rea
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -262,3 +265,30 @@ def test_a_node_stopped_with_sigterm_ends_its_streams_with_a_stopped_event(
     assert events[-1]["data"]["error"] == "stopped"
     assert events[-1]["data"]["from_index"] == index + 1
     client.close()
+
+
+def _haproxy_timeout_server_s() -> float:
+    from tests.e2e.test_haproxy import SHIPPED_CONFIG
+
+    match = re.search(r"^\s*timeout server (\d+)s\b", SHIPPED_CONFIG.read_text(), re.M)
+    assert match is not None, "deploy/haproxy.cfg has no 'timeout server <N>s'"
+    return float(match.group(1))
+
+
+def test_an_idle_watch_through_the_shipped_haproxy_stays_open(tmp_path: Path) -> None:
+    from tests.e2e.test_haproxy import HAPROXY, lb_cluster
+
+    if HAPROXY is None:
+        pytest.skip("haproxy is not installed")
+    with lb_cluster(tmp_path) as (cluster, lb):
+        cluster.wait_for_leader()
+        client = SseClient(lb.port, "/watch?key=idle")
+        wait_until(lambda: client.status == 200, 30, "the stream open through HAProxy")
+        # Idle for longer than HAProxy lets a server stay silent: the node's heartbeat
+        # comments must keep the stream open.
+        time.sleep(_haproxy_timeout_server_s() + 2)
+        assert not client.closed, "HAProxy closed an idle watch"
+        index = write(cluster, "idle", "1")
+        wait_until(lambda: bool(changes(client.snapshot())), 30, "the change through HAProxy")
+        assert changes(client.snapshot()) == [(index, "idle", "1", "put")]
+        client.close()
