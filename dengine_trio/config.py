@@ -382,14 +382,15 @@ class WatchConfig:
     ``max_watchers``: watches open at once on one node (HTTP 503 ``too_many_watchers`` beyond).
     ``queue_events``: how far one watcher may fall behind the live changes it matches before
     it is ended with a final ``slow_consumer`` event. ``heartbeat_ms``: an idle stream gets an
-    SSE comment this often (ms), so proxies keep it open and a vanished client is noticed.
+    SSE comment this often (ms), below the shipped HAProxy's ``timeout server`` (10 s), so
+    proxies keep it open and a vanished client is noticed.
     """
 
     history_events: int = 10_000
     history_bytes: int = 64 * 1024 * 1024
     max_watchers: int = 1_000
     queue_events: int = 1_000
-    heartbeat_ms: int = 15_000
+    heartbeat_ms: int = 5_000
 
 
 @attrs.frozen(slots=True)
