@@ -29,6 +29,7 @@ from cattrs.gen import make_dict_structure_fn
 
 from dengine_trio.policy import ReadPolicy
 from dengine_trio.raft.config import Durability, RaftConfig
+from dengine_trio.raft.membership import address_key, canonical_address
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,6 +62,7 @@ __all__ = [
     "TimingConfig",
     "TlsConfig",
     "WatchConfig",
+    "canonical_member_address",
     "check_member_address",
     "check_message_limits",
     "http_ssl_context",
@@ -575,6 +577,15 @@ def check_member_address(address: str) -> str | None:
     return None
 
 
+def canonical_member_address(address: str) -> str:
+    """``address`` (``host:port``, valid per :func:`check_member_address`) in the one
+    spelling a membership stores and compares: port without leading zeros, host name in lower
+    case (and IDNA ``xn--`` form), IPv6 compressed in brackets (``raft.membership.
+    canonical_address``). Where addresses enter a membership (``initial_cluster``, ``POST
+    /members``, a join request) they pass through here, so one endpoint has one spelling."""
+    return canonical_address(address)
+
+
 _LABEL_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 
 
@@ -661,7 +672,9 @@ def _problems(cfg: NodeConfig) -> Iterator[tuple[str, str]]:
         except ValueError as exc:
             yield f"{key}.address", f'{exc} (expected e.g. "0.0.0.0:9081")'
         else:
-            normalized = (host_port[0].lower(), host_port[1])
+            # The core's duplicate check (raft.membership.address_key): a zero-padded port,
+            # a host name's case or final dot, an IPv6 spelling name the same endpoint.
+            normalized = (address_key(peer.address), host_port[1])
             if normalized in seen_addresses:
                 other = seen_addresses[normalized]
                 yield f"{key}.address", f"duplicate address {peer.address!r} (also node {other})"

@@ -40,7 +40,7 @@ from quart import Quart, Response, request
 
 from dengine_trio import errors
 from dengine_trio.api import JSON_CONTENT_TYPE, ApiError, engine_error_response
-from dengine_trio.config import check_member_address
+from dengine_trio.config import canonical_member_address, check_member_address
 
 if TYPE_CHECKING:
     from dengine_trio.engine import EmbeddedEngine
@@ -146,6 +146,7 @@ def install_member_routes(app: Quart, engine: EmbeddedEngine) -> None:
         problem = check_member_address(address)
         if problem:
             raise ApiError(400, "invalid_address", problem)
+        address = canonical_member_address(address)
         voter = doc.get("voter", False)
         promote = doc.get("promote", False)
         if type(voter) is not bool or type(promote) is not bool:

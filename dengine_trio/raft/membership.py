@@ -19,6 +19,7 @@ bootstrap entry); a node with a wiped data directory restarts with it.
 
 from __future__ import annotations
 
+import ipaddress
 from enum import IntEnum
 from typing import Any
 
@@ -31,6 +32,8 @@ __all__ = [
     "ConfChangeKind",
     "Member",
     "Membership",
+    "address_key",
+    "canonical_address",
     "decode_membership",
     "encode_membership",
     "implicit_membership",
@@ -164,8 +167,9 @@ class Membership:
                 raise ConfChangeError("duplicate_id", f"node {change.id} is already a member")
             if not change.address:
                 raise ConfChangeError("bad_request", "a new member needs an address")
+            key = address_key(change.address)
             for m in self.members:
-                if m.address == change.address:
+                if m.address and address_key(m.address) == key:
                     raise ConfChangeError(
                         "duplicate_address",
                         f"address {change.address} is already node {m.id}'s",
@@ -225,6 +229,69 @@ class Membership:
 
     def _replace(self, members: list[Member]) -> Membership:
         return Membership(self.cluster_id, tuple(members))
+
+
+def _split(address: str) -> tuple[str, int, bool] | None:
+    """``host:port`` -> ``(host, port, bracketed)``, brackets stripped; None if it is not."""
+    host, sep, port_text = address.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit():
+        return None
+    try:
+        return host, int(port_text), bracketed
+    except ValueError:  # a character isdigit() takes and int() does not (superscripts)
+        return None
+
+
+def canonical_address(address: str) -> str:
+    """The one spelling of a ``host:port`` address that names its endpoint, as stored in a
+    membership and dialed: the port as a decimal number (``09084`` is ``9084``), an IPv6
+    host compressed in lower case and in brackets (``::1:9084``, ``[0:0:0:0:0:0:0:1]:9084``
+    are ``[::1]:9084``), an IPv4 host as ``ipaddress`` writes it, a host name in lower case
+    (RFC 4343: DNS names are case-insensitive) and in the ``xn--`` form the resolver is sent
+    (IDNA). A final dot is kept (``db4.`` is not looked up under search domains). Anything
+    that is not ``host:port`` is returned as written: the core carries addresses opaquely, and
+    the runtime, config and HTTP layer refuse malformed ones before they get here."""
+    split = _split(address)
+    if split is None:
+        return address
+    host, port, bracketed = split
+    if bracketed or ":" in host:
+        try:
+            return f"[{ipaddress.IPv6Address(host).compressed}]:{port}"
+        except ValueError:
+            return address
+    try:
+        return f"{ipaddress.IPv4Address(host)}:{port}"
+    except ValueError:
+        pass
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    return f"{host.lower()}:{port}"
+
+
+def address_key(address: str) -> str:
+    """What two addresses of one endpoint have in common, for the duplicate check: the
+    canonical address (see ``canonical_address``) without a host name's final dot (a fully
+    qualified ``db4.example.com.`` and ``db4.example.com`` are one host to the resolver) and
+    with an IPv4-mapped IPv6 host (``[::ffff:10.0.0.4]``) as its IPv4 address (a dual-stack
+    socket dialing it reaches the IPv4 listener). Host names that resolve to one address are
+    not compared (that would need the resolver, whose answer changes)."""
+    canonical = canonical_address(address)
+    split = _split(canonical)
+    if split is None:
+        return canonical
+    host, port, bracketed = split
+    if bracketed:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+        return f"{mapped}:{port}" if mapped is not None else canonical
+    if host.endswith(".") and not host[:-1].rpartition(".")[2].isdigit():
+        return f"{host[:-1]}:{port}"
+    return canonical
 
 
 def implicit_membership(

@@ -1434,18 +1434,52 @@ class RaftNode:
             self._reject_change(request_id, "bad_request", str(e))
             return
         if change.kind is ConfChangeKind.PROMOTE:
-            lag = self._lag(change.id)
-            if lag > self.config.max_promote_lag_entries:
+            why_not = self._not_caught_up(change.id)
+            if why_not is not None:
+                lag = self._lag(change.id)
                 self._reject_change(
-                    request_id,
-                    "behind",
-                    f"node {change.id} is {lag} entries behind"
-                    f" (at most {self.config.max_promote_lag_entries} to be promoted)",
-                    lag=lag,
+                    request_id, "behind", why_not, lag=lag, heard_ms_ago=self._heard_ago(change.id)
                 )
                 return
         entry = self._append_config(membership)
         self._out.append(Proposed(request_id, entry.index, entry.term))
+
+    def _not_caught_up(self, member_id: int) -> str | None:
+        """Why the learner ``member_id`` may not be promoted yet (one line), or None (leader).
+
+        Caught up: its log is known to match ours (replicating: not probing, no snapshot on
+        the way), at most ``max_promote_lag_entries`` behind our last index, and it answered
+        within the minimum election timeout. A learner that never acknowledged anything (an
+        address nobody answers at) or went silent is refused even when the log is short: as a
+        voter it would be down from its first moment, and the quorum would grow by one voter
+        that cannot help reach it (thesis §4.2.1: a new server is caught up before it votes).
+        Manual and automatic promotion (contract rule 7) ask the same."""
+        progress = self.progress.get(member_id)
+        lag = self._lag(member_id)
+        limit = self.config.max_promote_lag_entries
+        if progress is None or progress.last_contact_ms == float("-inf"):
+            return f"node {member_id} has not answered this leader yet ({lag} entries behind)"
+        if progress.last_contact_ms <= self.now - self.config.election_timeout_min_ms:
+            return (
+                f"node {member_id} has not answered for {self._heard_ago(member_id)} ms "
+                f"(at most {self.config.election_timeout_min_ms} to be promoted; {lag} entries "
+                "behind)"
+            )
+        if lag > limit:
+            return f"node {member_id} is {lag} entries behind (at most {limit} to be promoted)"
+        if progress.state is not ProgressState.REPLICATE:
+            return (
+                f"node {member_id} is still being brought up to date ({lag} entries behind, "
+                f"{'a snapshot on the way' if progress.pending_snapshot else 'probing its log'})"
+            )
+        return None
+
+    def _heard_ago(self, member_id: int) -> int | None:
+        """Milliseconds since ``member_id`` last answered this leader, None if it never did."""
+        progress = self.progress.get(member_id)
+        if progress is None or progress.last_contact_ms == float("-inf"):
+            return None
+        return int(self.now - progress.last_contact_ms)
 
     def _lag(self, member_id: int) -> int:
         """How many entries ``member_id``'s log is known to be behind ours (leader)."""
@@ -1541,19 +1575,8 @@ class RaftNode:
                 return
             except ConfChangeError:
                 pass  # e.g. the last voter: nothing the leader can do by itself
-        horizon = self.now - self.config.election_timeout_min_ms
         for m in ms.members:
-            progress = self.progress.get(m.id)
-            if (
-                not m.voter
-                and m.promote
-                and progress is not None
-                # Caught up: its log is known to match ours (not probing, no snapshot on
-                # the way), and it answers.
-                and progress.state is ProgressState.REPLICATE
-                and progress.last_contact_ms > horizon
-                and self._lag(m.id) <= self.config.max_promote_lag_entries
-            ):
+            if not m.voter and m.promote and self._not_caught_up(m.id) is None:
                 self._append_config(ms.with_change(ConfChange(ConfChangeKind.PROMOTE, m.id)))
                 return
 

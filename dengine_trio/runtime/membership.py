@@ -39,7 +39,13 @@ import trio
 
 from ..config import ROLE_FOLLOWER, _split_address
 from ..errors import MembershipError
-from ..raft.membership import ConfChange, ConfChangeKind, Membership
+from ..raft.membership import (
+    ConfChange,
+    ConfChangeKind,
+    Membership,
+    address_key,
+    canonical_address,
+)
 from ..storage.cluster_identity import ClusterIdMismatchError, persist_cluster_id
 from ..wire.messages import Hello, JoinRequest
 
@@ -313,7 +319,7 @@ class MembershipRuntime:
                             src=self.node_id,
                             dst=peer,
                             id=self.node_id,
-                            address=own.address,
+                            address=canonical_address(own.address),
                             uuid=node.uuid,
                             promote=self.promote,
                         )
@@ -337,7 +343,7 @@ class MembershipRuntime:
         if not raft.leader_id or request.id in self._joins_in_flight:
             return
         existing = m.get(request.id)
-        if existing is not None and existing.address == request.address:
+        if existing is not None and address_key(existing.address) == address_key(request.address):
             return  # added already (its join loop has not heard yet)
         change = ConfChange(
             kind=ConfChangeKind.ADD_LEARNER,
@@ -360,7 +366,7 @@ class MembershipRuntime:
             return  # another change first: the joiner asks again
         m = self.membership
         existing = m.get(change.id) if m is not None else None
-        if existing is not None and existing.address == change.address:
+        if existing is not None and address_key(existing.address) == address_key(change.address):
             return  # another member's forward of the same request got there first
         key = (change.id, error.code)
         now = trio.current_time()

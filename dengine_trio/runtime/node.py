@@ -53,7 +53,12 @@ from ..raft import (
 )
 from ..raft.effects import ConfChangeRejected, Effect, MembershipChanged
 from ..raft.events import PeerIdentity
-from ..raft.membership import ConfChange, decode_membership, implicit_membership
+from ..raft.membership import (
+    ConfChange,
+    canonical_address,
+    decode_membership,
+    implicit_membership,
+)
 from ..raft.messages import (
     MESSAGE_TYPES,
     AppendEntries,
@@ -267,7 +272,11 @@ class NodeRuntime:
                 voters = set(cfg.bootstrap_voters())
                 membership = implicit_membership(
                     tuple(voters),
-                    {p.id: p.address for p in cfg.cluster.initial_cluster if p.id in voters},
+                    {
+                        p.id: canonical_address(p.address)
+                        for p in cfg.cluster.initial_cluster
+                        if p.id in voters
+                    },
                 )
             self.raft = RaftNode(
                 self.raft_config,

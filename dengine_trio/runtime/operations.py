@@ -12,6 +12,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
+import attrs
 import msgpack
 import trio
 
@@ -20,7 +21,7 @@ from ..errors import DengineError, MembershipError, NoLeader, NotLeader, Stopped
 from ..metrics import reason_of
 from ..raft import Event, Propose, ReadRequest, Role, TransferLeader
 from ..raft.events import ProposeConfChange
-from ..raft.membership import ConfChange, ConfChangeKind
+from ..raft.membership import ConfChange, ConfChangeKind, canonical_address
 from ..wire import MAX_FRAME_BYTES
 from .membership import decode_admin_request, encode_admin_request
 
@@ -241,6 +242,8 @@ class Operations:
             problem = check_member_address(change.address)
             if problem:
                 raise MembershipError("bad_request", f"address {change.address!r}: {problem}")
+            # One spelling per endpoint in the membership (a join request's, a forward's).
+            change = attrs.evolve(change, address=canonical_address(change.address))
         placed: list[tuple[int, int]] = []
 
         def proposed(index: int, term: int) -> None:

@@ -17,13 +17,6 @@ from dengine_trio.raft.membership import ConfChange, ConfChangeKind
 from .cluster import EngineHandle, agreed_leader, write_configs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "duplicate_address compares address text: another spelling of a member's "
-        "host:port (port 09084) is added as a second member"
-    ),
-)
 async def test_a_zero_padded_port_of_a_members_address_is_a_duplicate(tmp_path: Path) -> None:
     configs = write_configs(tmp_path)
     nodes = {c.cluster.node_id: EngineHandle(c) for c in configs}

@@ -20,13 +20,6 @@ from tests.support.cluster import free_ports
 from .cluster import EngineHandle, agreed_leader, write_configs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a learner that never acknowledged anything (match 0, unreachable) is promoted to "
-        "voter when the log is under 1000 entries"
-    ),
-)
 async def test_a_learner_that_never_answered_is_not_promoted(tmp_path: Path) -> None:
     configs = write_configs(tmp_path)
     nodes = {c.cluster.node_id: EngineHandle(c) for c in configs}

@@ -327,6 +327,8 @@ BAD_FILES = [
      "duplicate id 2"),
     ("duplicate-address", sub('"0.0.0.0:9083"', '"0.0.0.0:9082"'),
      "cluster.initial_cluster[2].address", "duplicate address '0.0.0.0:9082' (also node 2)"),
+    ("duplicate-address-zero-padded-port", sub('"0.0.0.0:9083"', '"0.0.0.0:09082"'),
+     "cluster.initial_cluster[2].address", "duplicate address '0.0.0.0:09082' (also node 2)"),
     ("address-no-port", sub('address = "0.0.0.0:9082"', 'address = "0.0.0.0"'),
      "cluster.initial_cluster[1].address", "is not host:port"),
     ("address-port-zero", sub('address = "0.0.0.0:9082"', 'address = "0.0.0.0:0"'),

@@ -29,6 +29,7 @@ from dengine_trio.raft import (
     RaftNode,
     Receive,
     Role,
+    canonical_address,
     decode_membership,
     encode_membership,
     implicit_membership,
@@ -630,3 +631,76 @@ def test_two_wiped_voters_are_taken_back_one_at_a_time() -> None:
     m = raft(it, 1).membership
     assert m.voters == (1, 2, 3, 4, 5)
     assert m.get(4) == Member(4, "", True, "u4-1") and m.get(5) == Member(5, "", True, "u5-1")
+
+
+@pytest.mark.parametrize(
+    ("member", "other"),
+    [
+        ("127.0.0.1:9084", "127.0.0.1:09084"),  # a zero-padded port is the same port
+        ("127.0.0.1:9084", "127.0.0.1:0009084"),
+        ("db4.example.com:9084", "DB4.Example.COM:9084"),  # host names are case-insensitive
+        ("db4.example.com:9084", "db4.example.com.:9084"),  # the fully qualified spelling
+        ("[::1]:9084", "::1:9084"),  # IPv6 with or without brackets
+        ("[::1]:9084", "[0:0:0:0:0:0:0:1]:9084"),  # compressed or not
+        ("[fe80::a:1]:9084", "[FE80::A:1]:9084"),  # hex digits' case
+        ("127.0.0.1:9084", "[::ffff:127.0.0.1]:9084"),  # an IPv4-mapped IPv6 address
+        ("xn--bcher-kva.example:9084", "bücher.example:9084"),  # IDNA: what the resolver gets
+        ("127.0.0.1:9084", "127.0.0.1:\u0669\u0660\u0668\u0664"),  # int() reads other digits
+    ],
+)
+def test_another_spelling_of_a_members_address_is_a_duplicate(member: str, other: str) -> None:
+    m = Membership("c1", (Member(1, member, True, "u1"),))
+    with pytest.raises(ConfChangeError) as e:
+        m.with_change(ConfChange(ConfChangeKind.ADD_LEARNER, 9, other))
+    assert e.value.code == "duplicate_address" and e.value.detail == {"id": 1}
+
+
+@pytest.mark.parametrize(
+    ("address", "canonical"),
+    [
+        ("127.0.0.1:09084", "127.0.0.1:9084"),
+        ("DB4.Example.COM:9084", "db4.example.com:9084"),
+        ("db4.example.com.:9084", "db4.example.com.:9084"),  # kept: what is dialed
+        ("::1:9084", "[::1]:9084"),
+        ("[0:0:0:0:0:0:0:1]:09084", "[::1]:9084"),
+        ("[::ffff:127.0.0.1]:9084", "[::ffff:7f00:1]:9084"),
+        ("bücher.example:9084", "xn--bcher-kva.example:9084"),
+        ("n4", "n4"),  # not host:port: left as written (the core carries it opaquely)
+        ("", ""),
+    ],
+)
+def test_canonical_address(address: str, canonical: str) -> None:
+    assert canonical_address(address) == canonical
+
+
+def test_different_ports_or_hosts_are_not_duplicates() -> None:
+    m = Membership("c1", (Member(1, "127.0.0.1:9084", True, "u1"), Member(2, "", True, "u2")))
+    for address in ("127.0.0.1:9085", "127.0.0.2:9084", "localhost:9084", "n1"):
+        assert m.with_change(ConfChange(ConfChangeKind.ADD_LEARNER, 9, address)).ids == (1, 2, 9)
+
+
+def test_promoting_a_learner_that_never_acknowledged_is_rejected_with_its_lag() -> None:
+    """A learner whose address nobody answers at (match 0) in a log shorter than
+    ``max_promote_lag_entries``: promoting it would add a voter that is down from its first
+    moment. Refused ``behind`` as rule 7's automatic promotion would be."""
+    it = cluster(3)
+    run(it, "change 1 add 4", "stabilize", "advance 500", "stabilize")  # 4 never started
+    leader = raft(it, 1)
+    assert leader.log.last_index < leader.config.max_promote_lag_entries
+    out = run(it, "change 1 promote 4")
+    assert rejected(out) == ["behind"]
+    assert any(f"lag={leader.log.last_index}" in line for line in out)
+    assert leader.membership.learners == (4,)
+
+
+def test_promoting_a_learner_silent_for_an_election_timeout_is_rejected() -> None:
+    """Caught up once, then gone (crashed) for longer than the election timeout: refused."""
+    it = cluster(3)
+    run(it, "add-node 4", "change 1 add 4", "stabilize", "advance 100", "stabilize")
+    leader = raft(it, 1)
+    assert leader.progress[4].match_index == leader.log.last_index
+    run(it, "crash 4", "run 1000")
+    assert rejected(run(it, "change 1 promote 4")) == ["behind"]
+    run(it, "restart 4", "advance 100", "stabilize")
+    assert rejected(run(it, "change 1 promote 4", "stabilize")) == []
+    assert leader.membership.voters == (1, 2, 3, 4)
