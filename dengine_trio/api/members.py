@@ -11,7 +11,9 @@ forwards writes:
 - ``POST /members`` ``{"id": int, "address": "host:port", "voter": false, "promote": bool}``:
   add a learner (``voter`` may be left out; ``true`` is refused: a node joins as a learner and
   is promoted once caught up, so that a slow new node never holds up the quorum).
-  ``promote`` (default false) asks the leader to promote it by itself once caught up.
+  ``promote`` (default false) asks the leader to promote it by itself once caught up. The
+  address is stored in its canonical spelling (``config.canonical_member_address``: port
+  without leading zeros, host name in lower case, IPv6 compressed in brackets).
 - ``POST /members/{id}/promote``: make the learner ``id`` a voter.
 - ``DELETE /members/{id}``: remove the voter or learner ``id`` (the leader included: it hands
   leadership over once the change commits).
@@ -24,7 +26,8 @@ Refusals are JSON as on the KV port: 400 ``invalid_json`` / ``invalid_request`` 
 ``duplicate_id``, ``duplicate_address``, ``last_voter`` (removing the only voter),
 ``not_learner`` (promoting a voter), ``pending`` (a change is not committed yet, or the
 leader has not committed an entry of its term; ``Retry-After: 1``), ``behind`` (promoting a
-learner too far behind; the body adds ``"lag": entries``), ``not_voter`` (a transfer to a
+learner that is not caught up; the body adds ``"lag": entries`` and ``"heard_ms_ago"``, ms
+since it last answered the leader, null if never), ``not_voter`` (a transfer to a
 learner); 503 ``transfer_failed`` (no voter took leadership in time), and 503
 ``not_leader`` / ``no_leader`` and 504 ``timeout`` as for writes (the codes and statuses are
 :class:`dengine_trio.errors.MembershipError`'s). Under ``[auth]`` every
@@ -55,8 +58,9 @@ def member_error_response(exc: errors.DengineError) -> Response:
     """The JSON answer to ``exc`` raised by a membership call: a
     :class:`~dengine_trio.errors.MembershipError` gets its ``status`` (404, 409, 400; 503
     ``transfer_failed``) and ``{"error": code, "message": ..., **detail}`` (``detail``: e.g.
-    ``{"lag": 1234}`` for ``behind``); any other engine error is answered as for a write
-    (:func:`dengine_trio.api.engine_error_response`: 503 ``not_leader`` ..., 504 ``timeout``)."""
+    ``{"lag": 1234, "heard_ms_ago": 80}`` for ``behind``); any other engine error is answered
+    as for a write (:func:`dengine_trio.api.engine_error_response`: 503 ``not_leader`` ...,
+    504 ``timeout``)."""
     if isinstance(exc, errors.MembershipError):
         body: dict[str, Any] = {"error": exc.code, "message": exc.message}
         body.update({k: v for k, v in exc.detail.items() if k not in body})
