@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from dengine_trio import errors
-from dengine_trio.api import App, install_error_handlers
+from dengine_trio.api import App, engine_error_response, install_error_handlers
 from dengine_trio.api.members import MAX_ADMIN_BODY_BYTES, install_member_routes
+from dengine_trio.errors import TooLarge
 from dengine_trio.raft.membership import ConfChange, ConfChangeKind
 
 MEMBERS = {
@@ -137,10 +138,31 @@ async def test_bad_requests_are_4xx_json_and_reach_no_engine(
 
 
 async def test_an_oversized_body_is_413(client: Any, engine: ScriptedEngine) -> None:
+    """The body limit is answered as every size limit is (tests/unit/test_size_limits.py):
+    ``TooLarge("body")`` through ``engine_error_response``, the KV port's code and message."""
     body = {"id": 4, "address": "h:1", "pad": "x" * MAX_ADMIN_BODY_BYTES}
-    response = await client.post("/members", json=body)
-    assert response.status_code == 413
-    assert engine.changes == []
+    expected = engine_error_response(TooLarge("body", None, MAX_ADMIN_BODY_BYTES))
+    for path in ("/members", "/leader/transfer", "/members/4/promote"):
+        response = await client.post(path, json=body)
+        assert response.status_code == 413
+        doc = await response.get_json()
+        assert doc["error"] == "body_too_large"
+        assert doc["message"].endswith(f"at most {MAX_ADMIN_BODY_BYTES} bytes")
+        assert expected.status_code == 413
+    assert engine.changes == [] and engine.transfers == []
+
+
+async def test_another_spelling_of_an_address_reaches_the_engine_canonical(
+    client: Any, engine: ScriptedEngine
+) -> None:
+    for address, canonical in [
+        ("127.0.0.1:09084", "127.0.0.1:9084"),
+        ("DB4.Example:9084", "db4.example:9084"),
+        ("[0:0::1]:9084", "[::1]:9084"),
+    ]:
+        response = await client.post("/members", json={"id": 4, "address": address})
+        assert (await response.get_json())["change"]["address"] == canonical
+        assert engine.changes[-1].address == canonical
 
 
 @pytest.mark.parametrize(
