@@ -1374,6 +1374,20 @@ class Cluster:
                 return False
         return True
 
+    def may_remove(self, node_id: int) -> bool:
+        """Would removing ``node_id`` keep a majority of the voters left remembering (neither
+        amnesiac nor implicit) in every configuration in play? Otherwise the cluster that
+        remains cannot elect a leader (a wiped voter not yet re-bound never votes): the
+        generator does not remove then (as etcd's strict reconfiguration check refuses a
+        change that loses quorum)."""
+        amnesiac = self.amnesiac()
+        for membership in self._configs_in_play():
+            voters = set(membership.voters) - {node_id}
+            implicit = {v for v in voters if v in self.nodes and self._implicit(self.nodes[v])}
+            if len((amnesiac | implicit) & voters) > (len(voters) - 1) // 2:
+                return False
+        return True
+
     def _configs_in_play(self) -> list[Membership]:
         """The committed log's latest membership and those nodes appended after it (in effect
         there: a leader counts by its own, committed or not; a node down has its disk's)."""

@@ -327,6 +327,8 @@ def member_op(
         return target
     if op == "remove" and others:
         target = c.rng.choice(others)
+        if not c.may_remove(target):
+            return None
         op_id = c.change(at, ConfChange(ConfChangeKind.REMOVE, target))
         if c.rng.random() < 0.5:
             # The operator stops it some time later, once removed (or never).
@@ -337,6 +339,8 @@ def member_op(
             c.call_at(c.now + c.rng.uniform(50, 1_000), stop)
         return target
     if op == "remove-leader" or op == "remove":
+        if not c.may_remove(at):
+            return None  # the voters left would be a majority of amnesiacs
         c.change(at, ConfChange(ConfChangeKind.REMOVE, at))
         return at
     if op == "replace":
@@ -344,6 +348,8 @@ def member_op(
         if not voters:
             return None
         target = c.rng.choice(voters)
+        if not c.may_remove(target):
+            return None
         done = c.change(at, ConfChange(ConfChangeKind.REMOVE, target))
         for _ in range(150):  # the operator waits for the removal (at most 1.5 s)
             if c.history[done].complete is not None:
@@ -429,6 +435,8 @@ def removed_campaign(c: Cluster, restart: bool, mem_first: bool) -> None:
     if not followers:
         return
     f = c.rng.choice(followers)
+    if not c.may_remove(f):
+        return
     c.partition([f], [n for n in c.ids if n != f])
     op = c.change(leader, ConfChange(ConfChangeKind.REMOVE, f))
     for _ in range(100):
