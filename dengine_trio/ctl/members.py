@@ -105,8 +105,11 @@ def _fail(
         )
         return EXIT_FAILED
     code = answer.error_code() or "error"
+    # A null detail (a learner's heard_ms_ago when it never answered) says nothing.
     details = "".join(
-        f", {key} {value}" for key, value in body.items() if key not in ("error", "message")
+        f", {key} {value}"
+        for key, value in body.items()
+        if key not in ("error", "message") and value is not None
     )
     err.write(
         f"dengine-trio {command}: HTTP {answer.status} {code}: {body.get('message', '')}{details}\n"
