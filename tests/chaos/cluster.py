@@ -240,8 +240,10 @@ class ChaosCluster:
     async def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> int:
         """One admin request (``/members``...) on the health port of the first node that
         answers with something other than a transport error or a 503; returns the status
-        (0 if none answered). Followers forward to the leader."""
-        for i in self.ids:
+        (0 if none answered). The leader first (a follower forwards; the follower being
+        removed may answer 504 for a removal that commits)."""
+        leader = await self.leader()
+        for i in sorted(self.ids, key=lambda n: n != leader):
             if not self.running(i) or i in self.paused:
                 continue
             url = f"http://{HOST}:{self.nodes[i].health_port}{path}"
