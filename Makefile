@@ -89,6 +89,14 @@ bench-snapshots: $(STAMP) ## snapshots and compaction (issue 13): 1,000,000 over
 	@$(BIN)/python -c "import pysyncobj" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,bench]'
 	$(BIN)/python -m bench.snapshots
 
+.PHONY: bench-membership bench-kv2
+
+bench-membership: $(STAMP) ## issue 14: join to voter on a cluster holding 1,000,000 keys, removing/killing the leader under writes; rewrites its block of docs/benchmarks.md (about 6 minutes)
+	$(BIN)/python -m bench.membership
+
+bench-kv2: $(STAMP) ## issue 17: CAS, txn of 16 puts and watch fan-out (100 watchers), ours and etcd if installed (about 2 minutes)
+	$(BIN)/python -m bench.kv2 --rounds 3
+
 .PHONY: bench bench-notice
 
 # Printed before anything is installed or run (a prerequisite listed first runs first).
@@ -97,12 +105,12 @@ bench-notice:
 	@echo "  - install the test and bench extras (pysyncobj, matplotlib) into $(VENV) if missing;"
 	@echo "  - if run as root with apt-get, install the OS packages wrk and etcd-server if missing"
 	@echo "    (otherwise those parts are skipped, with a message);"
-	@echo "  - run the benchmarks (about 13 minutes), then rewrite the generated section of the"
+	@echo "  - run the benchmarks (about 16 minutes), then rewrite the generated section of the"
 	@echo "    tracked docs/benchmarks.md and docs/benchmarks.png (git diff shows the change;"
 	@echo "    .venv/bin/python -m bench.suite --no-doc runs them without writing)."
 	@echo "Ctrl+C stops it at any point."
 
-bench: bench-notice $(STAMP) ## the suite: embedded vs PySyncObj, snapshots, HTTP (1 and 2 workers) vs both ceilings and etcd; rewrites docs/benchmarks.md (about 13 minutes)
+bench: bench-notice $(STAMP) ## the suite: embedded vs PySyncObj, snapshots, HTTP (1 and 2 workers) vs both ceilings and etcd, CAS/txn/watch vs etcd, membership; rewrites docs/benchmarks.md (about 16 minutes)
 	@$(BIN)/python -c "import pysyncobj, matplotlib" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,bench]'
 	@missing=""; command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \

@@ -77,7 +77,7 @@ def fmt_ms(seconds: float) -> str:
     if math.isnan(seconds):
         return "-"
     ms = seconds * 1000
-    if ms < 0.1:
+    if abs(ms) < 0.1:
         return f"{ms * 1000:.1f} µs"
     return f"{ms:.2f} ms"
 
@@ -107,6 +107,7 @@ def scenario_table(scenarios: Sequence[Scenario]) -> str:
 def markdown(report: Report) -> str:
     embedded = [s for s in report.scenarios.values() if s.section == "embedded"]
     http = [s for s in report.scenarios.values() if s.section == "http"]
+    kv2 = [s for s in report.scenarios.values() if s.section == "kv2"]
     parts = [*report.header, ""]
     parts += ["#### Targets (issues 7 and 13)", ""]
     parts += ["| target | measured (medians) | |", "|---|---|---|"]
@@ -122,6 +123,18 @@ def markdown(report: Report) -> str:
     if http:
         parts += ["", "#### HTTP (wrk in its own process, one thread)", ""]
         parts.append(scenario_table(http))
+    if kv2:
+        parts += [
+            "",
+            "#### KV API second edition (issue 17; bench.kv2's client in the suite's process)",
+            "",
+            "CAS and txn: ops/s counts writes (16 per txn request), latency per request. Watch "
+            "fan-out: ops/s counts events delivered to all watchers together; p50/p99 are the "
+            "delay of an event after its write's acknowledgement reached the writer (negative: "
+            "the event came first).",
+            "",
+        ]
+        parts.append(scenario_table(kv2))
     for title, body in report.sections:
         parts += ["", f"#### {title}", "", body.rstrip("\n")]
     if report.notes:

@@ -11,6 +11,10 @@ and etcd, every comparison measured in the same run with the sides alternating.
    load. The like-for-like comparison with PySyncObj (both compacting) is part 1's.
 3. **HTTP** (``bench.http_side``): wrk against our leader and a follower, the ceiling app and
    etcd, round-robin over every target, at 16 connections (throughput) and at 1 (latency).
+4. **KV API second edition** (``bench.kv2``, issue 17): compare-and-swap, a transaction of 16
+   puts and watch fan-out (100 watchers), ours and etcd alternating, as ratios.
+5. **Membership** (``bench.membership``, issue 14, at ``--membership-keys``): join to voter on
+   a loaded cluster, then the write unavailability of removing the leader and of killing it.
 
 Progress goes to stderr; the table is printed at the end and written to
 ``docs/benchmarks.md`` (between generated-section markers) with a chart in
@@ -31,12 +35,14 @@ import platform
 import shlex
 import shutil
 import sys
+import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import trio
 
-from bench import http_side, snapshots
+from bench import http_side, kv2, membership, snapshots
 from bench.measure import Run, ratio
 from bench.procs import Worker, WorkerError, worker
 from bench.report import (
@@ -65,6 +71,8 @@ class Suite:
         self.scenarios: dict[str, Scenario] = {}
         self.notes: list[str] = []
         self.snapshot_results: snapshots.Results | None = None
+        self.membership_results: membership.Results | None = None
+        self.membership_options: argparse.Namespace | None = None
 
     def progress(self, message: str) -> None:
         elapsed = int(time.monotonic() - self.started)
@@ -269,6 +277,68 @@ class Suite:
                         self.record(s, run, label)
         self.progress("HTTP: servers stopped")
 
+    # ------------------------------------------------------------------ KV API 2nd edition
+
+    async def kv2(self) -> None:
+        """Issue 17: CAS, a txn of 16 puts and watch fan-out on our leader (1 HTTP worker)
+        and etcd (``bench.kv2``), alternating sides each round."""
+        a = self.args
+        self.progress("KV2: starting our cluster and etcd (CAS, txn, watch fan-out)")
+        root = Path(tempfile.mkdtemp(prefix="dengine-bench-kv2-"))
+        try:
+            async with AsyncExitStack() as stack:
+                ours = await stack.enter_async_context(http_side.our_cluster(root, 1))
+                leader = next(t.url for t in ours if t.system == "ours (leader)")
+                sides = [kv2.Side("ours", leader)]
+                etcd = shutil.which("etcd")
+                if etcd and not a.no_etcd:
+                    targets = await stack.enter_async_context(http_side.etcd_cluster(root, etcd))
+                    sides.append(kv2.Side("etcd", targets[0].url))
+                elif not a.no_etcd:
+                    self.notes.append("KV2: etcd is not installed, ours alone")
+                for round_no in range(1, a.kv2_rounds + 1):
+                    label = f"KV2 {round_no}/{a.kv2_rounds}"
+                    for side in sides:
+                        system = "ours (leader)" if side.name == "ours" else "etcd"
+                        try:
+                            runs = await kv2.one_round(side, a, f"{round_no}")
+                        except (kv2.LoadError, OSError, trio.TooSlowError) as exc:
+                            self.notes.append(f"{label} {side.name} failed: {exc!r}")
+                            self.progress(self.notes[-1])
+                            continue
+                        for name, run in runs:
+                            load = (
+                                f"{a.watch_writes} writes by 4 writers; ops = events delivered, "
+                                "latency = event after the write's ack"
+                                if name.startswith("watch")
+                                else f"{a.connections} connections"
+                            )
+                            s = self.scenario(f"kv2 {side.name} {name}", "kv2", system, name, load)
+                            self.record(s, run, label)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        self.progress("KV2: servers stopped")
+
+    # ------------------------------------------------------------------ membership
+
+    async def membership(self) -> None:
+        """Issue 14: ``bench.membership`` at ``--membership-keys`` (join to voter, removing the
+        leader and killing it under a steady writer)."""
+        a = self.args
+        options = membership.build_parser().parse_args(
+            ["--keys", str(a.membership_keys), "--no-doc"]
+        )
+        options.argv = ["--keys", str(a.membership_keys)]
+        self.progress(f"membership: {a.membership_keys:,} keys, join node 4, remove the leader")
+        try:
+            self.membership_results = await membership.run(options)
+        except (membership.BenchError, OSError) as exc:
+            self.notes.append(f"membership failed: {exc!r}")
+            self.progress(self.notes[-1])
+            return
+        self.membership_options = options
+        self.progress("membership: done")
+
     # ------------------------------------------------------------------ report
 
     def get(self, key: str) -> Scenario | None:
@@ -351,6 +421,27 @@ class Suite:
                         rate >= floor,
                     )
                 )
+        # Issue 17: CAS, txn and watch fan-out, ours / etcd (same run, alternating).
+        for name, what in (
+            ("CAS", "throughput"),
+            (f"txn of {self.args.txn_ops} puts", "writes/s"),
+            (f"watch fan-out ({self.args.watchers} watchers)", "events/s delivered"),
+        ):
+            ours, etcd = self.get(f"kv2 ours {name}"), self.get(f"kv2 etcd {name}")
+            if ours and etcd:
+                comparisons.append(
+                    (
+                        f"KV2 {name}: ours / etcd ({what})",
+                        ratio_text(ours.combined.throughput, etcd.combined.throughput),
+                    )
+                )
+                label = "delay after ack" if name.startswith("watch") else "latency"
+                comparisons.append(
+                    (
+                        f"KV2 {name}: ours / etcd (p99 {label})",
+                        ratio_text(ours.combined.p99_s, etcd.combined.p99_s),
+                    )
+                )
         # HTTP: every figure of ours (1 and 2 workers) against both ceilings and etcd.
         http_comparisons, http_targets = http_side.comparisons(self.get, self.args.http_connections)
         comparisons += http_comparisons
@@ -377,7 +468,12 @@ class Suite:
             f"{a.writers} readers; PySyncObj {a.pysyncobj_sync_writes} sync writes and "
             f"{a.concurrent_writes} pipelined); HTTP {a.http_rounds} rounds of wrk "
             f"({a.http_seconds:g} s at {a.http_connections} connections, {a.latency_seconds:g} s "
-            "at 1). Keys 10-12 bytes, values 256 bytes.",
+            "at 1). Keys 10-12 bytes, values 256 bytes. "
+            f"KV2 (issue 17): {a.kv2_rounds} rounds per side of CAS and txn of {a.txn_ops} puts "
+            f"({a.connections} connections, {a.seconds:g} s or {a.max_requests:,} requests) and "
+            f"watch fan-out ({a.watchers} watchers, {a.watch_writes} writes), bench.kv2's "
+            f"raw HTTP/1.1 client, values 64 bytes; membership (issue 14): bench.membership at "
+            f"{a.membership_keys:,} keys.",
         ]
 
 
@@ -390,6 +486,10 @@ async def run_suite(suite: Suite) -> None:
             await suite.snapshots()
         if not a.skip_http:
             await suite.http()
+        if not a.skip_kv2:
+            await suite.kv2()
+        if not a.skip_membership:
+            await suite.membership()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -421,7 +521,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-etcd", action="store_true", help="leave etcd out")
     add("--skip-embedded", action="store_true")
     add("--skip-http", action="store_true")
-    add("--max-minutes", type=float, default=22.0, help="abort the whole suite after this")
+    add("--skip-kv2", action="store_true", help="leave out CAS, txn and watch fan-out")
+    add("--kv2-rounds", type=int, default=3, help="rounds of CAS, txn and watch per side")
+    kv2.add_arguments(parser)
+    add("--skip-membership", action="store_true", help="leave out bench.membership")
+    add(
+        "--membership-keys",
+        type=int,
+        default=200_000,
+        help="keys the cluster holds before node 4 joins (make bench-membership: 1,000,000)",
+    )
+    add("--max-minutes", type=float, default=30.0, help="abort the whole suite after this")
     add("--no-doc", action="store_true", help="do not write docs/benchmarks.md and the chart")
     return parser
 
@@ -432,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = raw
     counts = ["rounds", "writes", "writers", "concurrent_writes", "eventual_reads"]
     counts += ["lease_reads", "linearizable_reads", "pysyncobj_sync_writes", "http_rounds"]
-    counts += ["snapshot_puts"]
+    counts += ["snapshot_puts", "kv2_rounds", "membership_keys", "watchers", "watch_writes"]
     for flag in counts:
         if getattr(args, flag) < 1:
             print(f"--{flag.replace('_', '-')} must be positive", file=sys.stderr)
@@ -440,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     suite = Suite(args)
     suite.progress(
         f"make bench: {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}; "
-        f"this takes about 13 minutes (bounded at {args.max_minutes:g})"
+        f"this takes about 16 minutes (bounded at {args.max_minutes:g})"
     )
     status = 0
     try:
@@ -463,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
         report.targets += snapshot_targets
         n = args.snapshot_puts
         report.sections.append((f"Snapshots and compaction (bench.snapshots at {n:,})", text))
+    if suite.membership_results is not None and suite.membership_options is not None:
+        text = membership.markdown(suite.membership_results, suite.membership_options, None)
+        report.sections.append(
+            (f"Membership (bench.membership at {args.membership_keys:,} keys)", text)
+        )
     text = markdown(report)
     print()
     print(text)
