@@ -9,6 +9,7 @@ from .engine import Client, EmbeddedEngine
 from .errors import (
     CompareFailed,
     DengineError,
+    IdempotencyKeyReused,
     NoLeader,
     NotLeader,
     Overloaded,
@@ -28,6 +29,7 @@ __all__ = [
     "ConfigError",
     "DengineError",
     "EmbeddedEngine",
+    "IdempotencyKeyReused",
     "Item",
     "KVStateMachine",
     "NoLeader",

@@ -427,8 +427,11 @@ class Client:
         if the key's value is this (None: only if the key does not exist); ``prev_index``:
         only if the key's ``mod_index`` is this (0: only if it does not exist); else
         ``CompareFailed`` (the key's current value and index), nothing written.
-        Raises ``TooLarge`` (key, value), ``ValueError`` (a ``ttl_ms`` < 1, a negative
-        ``prev_index``, an idempotency key not of 1 to 256 bytes), and what
+        ``idempotency_key``: a retry of the same request with the same key returns the first
+        outcome (``duplicate``) and applies nothing; the key reused for a different request
+        (another kind of write, key, value, TTL or compare) raises ``IdempotencyKeyReused``,
+        nothing applied. Raises ``TooLarge`` (key, value), ``ValueError`` (a ``ttl_ms`` < 1, a
+        negative ``prev_index``, an idempotency key not of 1 to 256 bytes), and what
         :meth:`EmbeddedEngine.propose` raises: on ``Timeout`` the write may or may not have
         been applied (retry it with the same ``idempotency_key`` to find out, applying it at
         most once).

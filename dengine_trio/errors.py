@@ -85,6 +85,21 @@ class CompareFailed(DengineError):
         """The stored outcome of an earlier request with the same idempotency key."""
 
 
+class IdempotencyKeyReused(DengineError):
+    """A write's idempotency key was first used by a different request (another kind of
+    write, or another key, value, TTL, compare or operation): nothing was applied, and the
+    key keeps the first request's outcome. ``index`` is the first request's log index.
+    HTTP 422 ``idempotency_key_reused``, as the IETF draft "The Idempotency-Key HTTP Header
+    Field" (section 2.7) answers a key reused with a different payload."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(
+            f"this Idempotency-Key was first used for a different request (applied at index "
+            f"{index}); use a new key for a new request"
+        )
+        self.index = index
+
+
 class MembershipError(DengineError):
     """A membership request (``EmbeddedEngine.change_membership``,
     ``transfer_leadership_to``) was refused. ``code`` says why, ``status`` is the HTTP status

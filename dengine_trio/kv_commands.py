@@ -20,7 +20,8 @@ part of the log format and never changes meaning. Two generations:
   delete, ``[2, key]`` get.
 
 Every version-2 command returns a result (``decode_result``): ``[0, flags, index, item | nil]``
-(``WriteResult``) or ``[1, flags, index, [op_result, ...]]`` (``TxnResult``), ``flags`` a
+(``WriteResult``), ``[1, flags, index, [op_result, ...]]`` (``TxnResult``) or ``[2, 0,
+original_index, nil]`` (``KeyReused``: the idempotency key names another request), ``flags`` a
 positive fixint (bit 0 succeeded, bit 1 duplicate, bit 2 existed) at byte offset 2, so a replay
 sets the duplicate bit without re-encoding; an item is ``[key, value, create_index, mod_index,
 expires_at_ms]``, an op result ``[op, key, existed, item | nil]``.
@@ -34,6 +35,7 @@ command's ``now_ms`` counts as absent.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -63,6 +65,7 @@ COMPARE_OPS: dict[str, int] = {"==": 0, "!=": 1, "<": 2, ">": 3}
 
 RESULT_WRITE = 0
 RESULT_TXN = 1
+RESULT_REUSED = 2
 FLAG_SUCCEEDED = 1
 FLAG_DUPLICATE = 2
 FLAG_EXISTED = 4
@@ -188,6 +191,20 @@ class TxnResult:
     succeeded: bool
     duplicate: bool
     results: tuple[OpResult, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyReused:
+    """What a write answers when its idempotency key was first used by a different request
+    (another kind of write, or the same kind with another key, value, TTL, compares or ops):
+    nothing was applied and nothing remembered; ``index`` is the original request's.
+
+    Why refuse rather than replay the stored outcome: a replay would hand a put the outcome
+    of a txn (or of a put of another value) as if it were its own, and the client would
+    believe a write applied that never was. The IETF draft "The Idempotency-Key HTTP Header
+    Field" (section 2.7) and Stripe answer such a reuse with an error too (422 / 400)."""
+
+    index: int
 
 
 def _idempotency(key: bytes | str | None) -> bytes | None:
@@ -363,6 +380,35 @@ def encode_expire(key: bytes, mod_index: int, *, now_ms: int) -> bytes:
     return msgpack.packb((OP_WRITE, now_ms, None, KIND_EXPIRE, key, mod_index))
 
 
+FINGERPRINT_BYTES = 16
+"""Size of ``request_fingerprint``'s digest (BLAKE2b-128: a collision among the keys of
+one idempotency key's retries is not a practical concern)."""
+
+
+def request_fingerprint(command: Sequence[Any]) -> bytes:
+    """What a decoded, validated version-2 put, delete or txn command asks, as a digest: the
+    command without its ``now_ms`` and idempotency key, each TTL deadline as ``deadline -
+    now_ms`` (the ``ttl_ms`` the client gave; a retry computes a new deadline from its own
+    ``now_ms``). Two commands have the same fingerprint iff they are the same request, so
+    ``KVStateMachine`` replays an idempotency key's outcome only to the same request
+    (``KeyReused`` otherwise). Deterministic: every replica computes it from the log."""
+    now_ms, kind = command[1], command[3]
+    body = list(command[4:])
+
+    def ttl(deadline: int) -> int | None:
+        return deadline - now_ms if deadline else None
+
+    def ops(branch: list[Any]) -> list[Any]:
+        return [[op[0], op[1], op[2], ttl(op[3])] if op[0] == TXN_PUT else op for op in branch]
+
+    if kind == KIND_PUT:
+        body[2] = ttl(body[2])
+    elif kind == KIND_TXN:
+        body[1], body[2] = ops(body[1]), ops(body[2])
+    packed = msgpack.packb([kind, *body])
+    return hashlib.blake2b(packed, digest_size=FINGERPRINT_BYTES).digest()
+
+
 def _item(raw: Any) -> KVItem | None:
     if raw is None:
         return None
@@ -370,7 +416,7 @@ def _item(raw: Any) -> KVItem | None:
     return KVItem(key, value, create_index, mod_index, expires_at_ms)
 
 
-def decode_result(data: bytes) -> WriteResult | TxnResult:
+def decode_result(data: bytes) -> WriteResult | TxnResult | KeyReused:
     """Decode what ``KVStateMachine.apply`` returned for a version-2 command.
 
     Raises ValueError for ``b""`` (a legacy command's result), ``b"\\x00"`` (a command the
@@ -401,6 +447,8 @@ def decode_result(data: bytes) -> WriteResult | TxnResult:
                     for op, key, existed, item in rest
                 ),
             )
+        if kind == RESULT_REUSED and type(index) is int:
+            return KeyReused(index)
     except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
         raise ValueError(f"not a state machine result: {exc}") from None
     raise ValueError(f"not a state machine result (kind {kind!r})")

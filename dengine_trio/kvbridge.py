@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from msgpack import UnpackException, unpackb
 
 from .client_types import Item, Page, TxnOp, TxnOpResult, TxnOutcome, WriteOutcome
-from .errors import CompareFailed
+from .errors import CompareFailed, IdempotencyKeyReused
 from .kv_commands import (
     FLAG_DUPLICATE,
     FLAG_SUCCEEDED,
@@ -130,7 +130,10 @@ def _item(raw: KVItem, now_ms: int) -> Item:
 
 def write_outcome(result: bytes) -> WriteOutcome:
     """A put's or delete's result: its :class:`WriteOutcome`; raises ``CompareFailed`` (the
-    key's current value and mod_index) when a compare did not hold."""
+    key's current value and mod_index) when a compare did not hold, ``IdempotencyKeyReused``
+    when its idempotency key was first used by another request (the state machine's
+    ``KeyReused``; or a txn's outcome replayed from a record of before request fingerprints,
+    which is not a write's outcome either)."""
     # The write path's common case read straight from the result's array ``[0, flags, index,
     # item]`` (kv_commands): decode_result builds two frozen dataclasses, ~3x the cost of the
     # unpacking, for fields this answer does not use.
@@ -142,7 +145,7 @@ def write_outcome(result: bytes) -> WriteOutcome:
         return WriteOutcome(index, bool(flags & FLAG_DUPLICATE))
     decoded = decode_result(result)
     if not isinstance(decoded, WriteResult):
-        raise ValueError("expected a write's result, got a txn's")
+        raise IdempotencyKeyReused(decoded.index)
     if not decoded.succeeded:
         item = decoded.item
         raise CompareFailed(
@@ -156,10 +159,10 @@ def write_outcome(result: bytes) -> WriteOutcome:
 
 def txn_outcome(result: bytes) -> TxnOutcome:
     """A txn's result as a :class:`TxnOutcome` (a ``get``'s item with its remaining TTL as
-    of this node's clock now)."""
+    of this node's clock now). Raises ``IdempotencyKeyReused`` as :func:`write_outcome`."""
     decoded = decode_result(result)
     if not isinstance(decoded, TxnResult):
-        raise ValueError("expected a txn's result, got a write's")
+        raise IdempotencyKeyReused(decoded.index)
     now = wall_clock_ms()
     return TxnOutcome(
         decoded.succeeded,

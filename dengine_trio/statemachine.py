@@ -25,11 +25,17 @@ its deadline by at most the clock offset between that node and the proposer of t
 Idempotency (exactly-once writes)
 ---------------------------------
 A version-2 write may carry an idempotency key. The first command with that key is applied and
-its result remembered with its index; a later command with the same key (a client's retry
-after a timeout or a failover, through any node) applies nothing and returns the remembered
-result with ``duplicate`` set, whatever the retry's command says (the key names the request).
+its result remembered with its index and the request's fingerprint
+(``kv_commands.request_fingerprint``: the command without its clock, TTLs as given); a later
+command with the same key and the same request (a client's retry after a timeout or a
+failover, through any node) applies nothing and returns the remembered result with
+``duplicate`` set. A later command with the same key and a different request (another kind
+of write, another value, TTL, compare or op) applies nothing either and returns
+``KeyReused`` (the original's index); nothing is remembered for it. Records restored from a
+version-2 image have no fingerprint and replay to any request, as they did then.
 The table is bounded by count (``idempotency_max_keys``), by bytes (``idempotency_max_bytes``:
-keys plus results; a failed compare's result holds the key's current value, a txn's its gets')
+keys, fingerprints and results; a failed compare's result holds the key's current value, a
+txn's its gets')
 and by age (``idempotency_ttl_ms``), oldest first; age is measured on the log's own clock, the
 highest ``now_ms`` of any version-2 command applied so far, never a local clock, so every
 replica evicts the same keys at the same index. The bounds must be equal on every node (a
@@ -57,14 +63,17 @@ in 0.8-4 s; 1 ms loop sleeps late by p99 6-12 ms during it. ``docs/architecture.
 
 KV image format (the payload of a snapshot file, ``dengine_trio.storage.snapshots``)::
 
-    b"DTKV" | u32 version (2, little-endian) | msgpack objects:
+    b"DTKV" | u32 version (3, little-endian) | msgpack objects:
         [last applied index, idempotency clock (ms)]
         zero or more key batches, each an array of 5-tuples flattened:
             [key, value, create_index, mod_index, expires_at_ms, key, ...]
         one int: the total number of keys
-        zero or more idempotency batches, oldest record first, flattened 4-tuples:
-            [idempotency key, result bytes, index, clock ms, ...]
+        zero or more idempotency batches, oldest record first, flattened 5-tuples:
+            [idempotency key, result bytes, index, clock ms, fingerprint, ...]
         one int: the total number of idempotency records, which ends the image
+
+Version 2 (read, never written since the fingerprints): the same with 4-tuples, no
+fingerprint (such records replay to any request).
 
 Version 1 (read, never written since issue 17): after the prefix, batches ``[key, value, key,
 value, ...]`` then the key count; its keys restore with create and mod index 1 (their real
@@ -85,6 +94,7 @@ import msgpack
 
 from .kv_commands import (
     COMPARE_OPS,
+    FINGERPRINT_BYTES,
     FLAG_DUPLICATE,
     FLAG_EXISTED,
     FLAG_SUCCEEDED,
@@ -95,6 +105,7 @@ from .kv_commands import (
     OP_DELETE,
     OP_PUT,
     OP_WRITE,
+    RESULT_REUSED,
     RESULT_TXN,
     RESULT_WRITE,
     TARGETS,
@@ -105,6 +116,7 @@ from .kv_commands import (
     Compare,
     Delete,
     Get,
+    KeyReused,
     KVChange,
     KVItem,
     OpResult,
@@ -117,6 +129,7 @@ from .kv_commands import (
     encode_kv_delete,
     encode_kv_put,
     encode_txn,
+    request_fingerprint,
 )
 from .kv_index import SORT_RUN, SortedKeys
 
@@ -133,6 +146,7 @@ __all__ = [
     "KVChange",
     "KVItem",
     "KVStateMachine",
+    "KeyReused",
     "OpResult",
     "Put",
     "SnapshotImage",
@@ -253,6 +267,15 @@ with a TTL plus this many (entries of keys overwritten or deleted before their d
 
 Meta = tuple[int, int, int]
 """Per key: (create_index, mod_index, expires_at_ms)."""
+
+Record = tuple[bytes, bytes, int, int, bytes]
+"""An idempotency record: (idempotency key, result, index, log clock ms when remembered,
+request fingerprint; b"" when restored from a version-2 image, which kept none)."""
+
+
+def _record_bytes(record: Record) -> int:
+    """What a record counts against ``idempotency_max_bytes``: key, result, fingerprint."""
+    return len(record[0]) + len(record[1]) + len(record[4])
 
 
 class _Plan(NamedTuple):
@@ -465,8 +488,8 @@ class KVStateMachine:
         self._keys = SortedKeys()
         self._deadlines: list[tuple[int, bytes, int]] = []
         self._ttl_keys = 0
-        self._idem: dict[bytes, tuple[bytes, bytes, int, int]] = {}
-        self._idem_chunks: deque[list[tuple[bytes, bytes, int, int]]] = deque()
+        self._idem: dict[bytes, Record] = {}
+        self._idem_chunks: deque[list[Record]] = deque()
         self._idem_head = 0
         self._idem_clock = 0
         self._idem_bytes = 0
@@ -500,7 +523,9 @@ class KVStateMachine:
                         or type(compares) is not list
                     ):
                         return IGNORED
-                    return self._put_v2(index, now_ms, idem, key, value, expires_at_ms, compares)
+                    return self._put_v2(
+                        index, now_ms, idem, key, value, expires_at_ms, compares, op
+                    )
                 if len(op) == 6 and op[3] == KIND_DELETE:
                     _, now_ms, idem, _, key, raw = op
                     compares = _decode_compares(raw, key) if raw else raw
@@ -512,7 +537,7 @@ class KVStateMachine:
                         or type(compares) is not list
                     ):
                         return IGNORED
-                    return self._delete_v2(index, now_ms, idem, key, compares)
+                    return self._delete_v2(index, now_ms, idem, key, compares, op)
                 plan = _decode_v2(op)
                 if plan is None:
                     return IGNORED
@@ -530,22 +555,26 @@ class KVStateMachine:
             return IGNORED
         # Decoded and validated: nothing below is caught (a listener's error stops the node).
         if plan is not None:
-            return self._apply_v2(index, plan)
+            return self._apply_v2(index, plan, op)
         if code == OP_PUT:
             self._set(index, key, value, 0)
         else:
             self._remove(index, key, "delete")
         return b""
 
-    def _idempotent(self, now_ms: int, idem: bytes | None) -> bytes | None:
-        """Advance the log's clock to ``now_ms`` (evicting by age); the remembered result
-        (marked duplicate) if ``idem`` is in the table, else None."""
+    def _idempotent(self, now_ms: int, idem: bytes | None, command: list[Any]) -> bytes | None:
+        """Advance the log's clock to ``now_ms`` (evicting by age); if ``idem`` is in the
+        table, the remembered result (marked duplicate) when ``command`` is the same request
+        (its fingerprint; a record without one: any request), else a ``KeyReused`` result;
+        None if ``idem`` is not in the table."""
         if now_ms > self._idem_clock:
             self._idem_clock = now_ms
             self._evict(by_size=False)
         if idem is not None:
             record = self._idem.get(idem)
             if record is not None:
+                if record[4] and record[4] != request_fingerprint(command):
+                    return msgpack.packb((RESULT_REUSED, 0, record[2], None))
                 return _as_duplicate(record[1])
         return None
 
@@ -558,10 +587,11 @@ class KVStateMachine:
         value: bytes,
         expires_at_ms: int,
         compares: list[tuple[bytes, int, int, Any]],
+        command: list[Any],
     ) -> bytes:
         """The body of apply for a version-2 put (decoded and validated)."""
         if now_ms > self._idem_clock or idem is not None:
-            duplicate = self._idempotent(now_ms, idem)
+            duplicate = self._idempotent(now_ms, idem, command)
             if duplicate is not None:
                 return duplicate
         existed = self._expire_due(index, key, now_ms)
@@ -571,7 +601,7 @@ class KVStateMachine:
             self._set(index, key, value, expires_at_ms)
             result = _write_result(index, FLAG_SUCCEEDED | (FLAG_EXISTED * existed), None)
         if idem is not None:
-            self._remember(idem, result, index)
+            self._remember(idem, result, index, command)
         return result
 
     def _delete_v2(
@@ -581,10 +611,11 @@ class KVStateMachine:
         idem: bytes | None,
         key: bytes,
         compares: list[tuple[bytes, int, int, Any]],
+        command: list[Any],
     ) -> bytes:
         """The body of apply for a version-2 delete (decoded and validated)."""
         if now_ms > self._idem_clock or idem is not None:
-            duplicate = self._idempotent(now_ms, idem)
+            duplicate = self._idempotent(now_ms, idem, command)
             if duplicate is not None:
                 return duplicate
         existed = self._expire_due(index, key, now_ms)
@@ -594,7 +625,7 @@ class KVStateMachine:
             removed = self._remove(index, key, "delete")
             result = _write_result(index, FLAG_SUCCEEDED | (FLAG_EXISTED * removed), None)
         if idem is not None:
-            self._remember(idem, result, index)
+            self._remember(idem, result, index, command)
         return result
 
     def _compare_failed(self, index: int, key: bytes, existed: bool) -> bytes:
@@ -602,10 +633,10 @@ class KVStateMachine:
         current = None if meta is None else [key, self.data[key], *meta]
         return _write_result(index, FLAG_EXISTED * existed, current)
 
-    def _apply_v2(self, index: int, plan: _Plan) -> bytes:
+    def _apply_v2(self, index: int, plan: _Plan, command: list[Any]) -> bytes:
         """The body of apply for a version-2 txn or expire (decoded and validated)."""
         now_ms, idem = plan.now_ms, plan.idempotency_key
-        duplicate = self._idempotent(now_ms, idem)
+        duplicate = self._idempotent(now_ms, idem, command)
         if duplicate is not None:
             return duplicate
         if plan.kind == KIND_TXN:
@@ -618,7 +649,7 @@ class KVStateMachine:
             flags = (FLAG_SUCCEEDED * removed) | (FLAG_EXISTED * (meta is not None))
             result = _write_result(index, flags, None)
         if idem is not None:
-            self._remember(idem, result, index)
+            self._remember(idem, result, index, command)
         return result
 
     def _apply_txn(self, index: int, plan: _Plan) -> bytes:
@@ -709,14 +740,14 @@ class KVStateMachine:
 
     # ------------------------------------------------------------------ idempotency table
 
-    def _remember(self, idem: bytes, result: bytes, index: int) -> None:
-        record = (idem, result, index, self._idem_clock)
+    def _remember(self, idem: bytes, result: bytes, index: int, command: list[Any]) -> None:
+        record = (idem, result, index, self._idem_clock, request_fingerprint(command))
         chunks = self._idem_chunks
         if not chunks or len(chunks[-1]) >= IDEMPOTENCY_CHUNK:
             chunks.append([])
         chunks[-1].append(record)
         self._idem[idem] = record
-        self._idem_bytes += len(idem) + len(result)
+        self._idem_bytes += _record_bytes(record)
         self._evict(by_size=True)
 
     def _evict(self, *, by_size: bool) -> None:
@@ -737,14 +768,14 @@ class KVStateMachine:
             ):
                 break
             del table[record[0]]
-            self._idem_bytes -= len(record[0]) + len(record[1])
+            self._idem_bytes -= _record_bytes(record)
             self._idem_head += 1
             if self._idem_head == len(chunk):
                 # Drop the chunk; a capture still holding it keeps its records unchanged.
                 chunks.popleft()
                 self._idem_head = 0
 
-    def _idem_records(self) -> Iterator[tuple[bytes, bytes, int, int]]:
+    def _idem_records(self) -> Iterator[Record]:
         """The table's records, oldest first (live state; for tests and the model)."""
         for position, chunk in enumerate(self._idem_chunks):
             yield from chunk[self._idem_head if position == 0 else 0 :]
@@ -859,20 +890,20 @@ class KVStateMachine:
         return image
 
     def restore(self, source: SnapshotSource) -> None:
-        """Replace the state by the image in ``source`` (``read_kv_state``: version 2 or 1),
+        """Replace the state by the image in ``source`` (``read_kv_state``: version 3, 2 or 1),
         read fully first: on ``SnapshotImageError`` or an error of ``source.read`` the state is
         unchanged. Then calls ``listener_reset`` with the image's last applied index."""
         state = read_kv_state(source)
         keys = SortedKeys(state.data)
         deadlines = _sorted_in_runs([(m[2], key, m[1]) for key, m in state.meta.items() if m[2]])
-        table: dict[bytes, tuple[bytes, bytes, int, int]] = {}
-        chunks: deque[list[tuple[bytes, bytes, int, int]]] = deque()
+        table: dict[bytes, Record] = {}
+        chunks: deque[list[Record]] = deque()
         for record in state.idempotency.records():
             if not chunks or len(chunks[-1]) >= IDEMPOTENCY_CHUNK:
                 chunks.append([])
             chunks[-1].append(record)
             table[record[0]] = record
-        size = sum(len(record[0]) + len(record[1]) for record in table.values())
+        size = sum(_record_bytes(record) for record in table.values())
         self._abandon()
         self._clear()
         self.data, self.meta = state.data, state.meta
@@ -1012,11 +1043,11 @@ class _IdempotencyCapture(NamedTuple):
     past ``last_length`` or to a newer chunk), the first record's offset in the first chunk,
     and the last chunk's length then."""
 
-    chunks: tuple[list[tuple[bytes, bytes, int, int]], ...]
+    chunks: tuple[list[Record], ...]
     head: int
     last_length: int
 
-    def records(self) -> Iterator[tuple[bytes, bytes, int, int]]:
+    def records(self) -> Iterator[Record]:
         last = len(self.chunks) - 1
         for position, chunk in enumerate(self.chunks):
             start = self.head if position == 0 else 0
@@ -1071,8 +1102,8 @@ class _KVImage:
 
 
 KV_IMAGE_MAGIC = b"DTKV"
-KV_IMAGE_VERSION = 2
-KV_IMAGE_VERSIONS = (1, 2)
+KV_IMAGE_VERSION = 3
+KV_IMAGE_VERSIONS = (1, 2, 3)
 """Versions ``read_kv_state`` decodes."""
 _KV_PREFIX = struct.Struct("<4sI")
 KV_BATCH_BYTES = 256 * 1024
@@ -1085,7 +1116,7 @@ _META_BYTES = 16
 
 
 def write_kv_image(state: _KVState, sink: SnapshotSink) -> None:
-    """Serialize ``state`` (not changed by anyone meanwhile) to ``sink`` as a version-2 image,
+    """Serialize ``state`` (not changed by anyone meanwhile) to ``sink`` as a version-3 image,
     in batches of ``KV_BATCH_BYTES`` (256 KiB) or ``KV_BATCH_KEYS`` keys; raises what
     ``sink.write`` raises."""
     sink.write(_KV_PREFIX.pack(KV_IMAGE_MAGIC, KV_IMAGE_VERSION))
@@ -1108,9 +1139,9 @@ def write_kv_image(state: _KVState, sink: SnapshotSink) -> None:
     batch, batch_bytes, count = [], 0, 0
     for record in state.idempotency.records():
         batch += record
-        batch_bytes += len(record[0]) + len(record[1]) + _META_BYTES
+        batch_bytes += _record_bytes(record) + _META_BYTES
         count += 1
-        if batch_bytes >= KV_BATCH_BYTES or len(batch) >= 4 * KV_BATCH_KEYS:
+        if batch_bytes >= KV_BATCH_BYTES or len(batch) >= 5 * KV_BATCH_KEYS:
             sink.write(packer.pack(batch))
             batch = []
             batch_bytes = 0
@@ -1120,7 +1151,7 @@ def write_kv_image(state: _KVState, sink: SnapshotSink) -> None:
 
 
 def read_kv_image(source: SnapshotSource) -> dict[bytes, bytes]:
-    """The keys and values of an image (version 1 or 2); ``read_kv_state`` has the rest.
+    """The keys and values of an image (version 1, 2 or 3); ``read_kv_state`` has the rest.
     Raises as ``read_kv_state``."""
     return read_kv_state(source).data
 
@@ -1130,7 +1161,8 @@ def _is_count(item: object) -> bool:
 
 
 def read_kv_state(source: SnapshotSource) -> _KVState:
-    """Decode an image ``write_kv_image`` wrote (version 2, or version 1 of before issue 17);
+    """Decode an image ``write_kv_image`` wrote (version 3; version 2, whose idempotency
+    records have no fingerprint; or version 1 of before issue 17);
     read ``source`` to its end (``b""``).
 
     Raises ``SnapshotImageError`` when it is not a KV image of a known version or is
@@ -1153,7 +1185,7 @@ def read_kv_state(source: SnapshotSource) -> _KVState:
     try:
         if version == 1:
             return _read_v1(unpacker)
-        return _read_v2(unpacker)
+        return _read_v2(unpacker, 5 if version == 3 else 4)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         if isinstance(exc, SnapshotImageError):
             raise
@@ -1185,7 +1217,8 @@ def _read_v1(unpacker: msgpack.Unpacker) -> _KVState:
     return _KVState(data, dict.fromkeys(data, meta), _NO_IDEMPOTENCY, 0, 0)
 
 
-def _read_v2(unpacker: msgpack.Unpacker) -> _KVState:
+def _read_v2(unpacker: msgpack.Unpacker, width: int) -> _KVState:
+    """Versions 2 (idempotency records of ``width`` 4) and 3 (5: with a fingerprint)."""
     items = iter(unpacker)
     header = next(items, None)
     if not (isinstance(header, list) and len(header) == 2 and all(_is_index(x) for x in header)):
@@ -1211,7 +1244,7 @@ def _read_v2(unpacker: msgpack.Unpacker) -> _KVState:
             meta[key] = (create_index, mod_index, expires_at_ms)
     else:
         raise SnapshotImageError("the image ends before its key count")
-    records: list[tuple[bytes, bytes, int, int]] = []
+    records: list[Record] = []
     seen: set[bytes] = set()
     count: int | None = None
     for item in items:
@@ -1220,16 +1253,19 @@ def _read_v2(unpacker: msgpack.Unpacker) -> _KVState:
         if _is_count(item):
             count = item
             continue
-        if not isinstance(item, list) or len(item) % 4:
-            raise SnapshotImageError("an idempotency batch is not a list of 4-tuples")
-        for at in range(0, len(item), 4):
+        if not isinstance(item, list) or len(item) % width:
+            raise SnapshotImageError(f"an idempotency batch is not a list of {width}-tuples")
+        for at in range(0, len(item), width):
             idem, result, index, clock = item[at : at + 4]
+            fingerprint = item[at + 4] if width == 5 else b""
             if not (isinstance(idem, bytes) and isinstance(result, bytes) and len(result) > 2):
                 raise SnapshotImageError("an idempotency record is not bytes")
             if not (_is_index(index) and _is_index(clock)) or idem in seen:
                 raise SnapshotImageError("an idempotency record is malformed")
+            if not (type(fingerprint) is bytes and len(fingerprint) in (0, FINGERPRINT_BYTES)):
+                raise SnapshotImageError("an idempotency record's fingerprint is malformed")
             seen.add(idem)
-            records.append((idem, result, index, clock))
+            records.append((idem, result, index, clock, fingerprint))
     if count is None:
         raise SnapshotImageError("the image ends before its idempotency count")
     if count != len(records):

@@ -338,6 +338,12 @@ def engine_error_response(exc: errors.DengineError) -> Response:
         if exc.duplicate:
             headers["Idempotent-Replayed"] = "true"
         return Response(body, status=409, content_type=JSON_CONTENT_TYPE, headers=headers)
+    if isinstance(exc, errors.IdempotencyKeyReused):
+        body = json.dumps(
+            {"error": "idempotency_key_reused", "message": str(exc), "index": exc.index},
+            separators=(",", ":"),
+        )
+        return Response(body, status=422, content_type=JSON_CONTENT_TYPE)
     return json_error(500, "internal", f"{type(exc).__name__}: {exc}")
 
 
@@ -357,7 +363,8 @@ def install_error_handlers(app: Quart) -> None:
     over the frame limit), ``too_many_txn_ops`` or ``txn_too_large`` by its ``limit``;
     ``CompareFailed`` ->
     409 ``compare_failed`` with the key's current ``value`` and ``index`` in the body and the
-    deciding entry's index in ``X-Dengine-Index``;
+    deciding entry's index in ``X-Dengine-Index``; ``IdempotencyKeyReused`` -> 422
+    ``idempotency_key_reused`` with the first request's ``index`` in the body;
     another ``DengineError`` -> 500. Quart/werkzeug errors keep their status (a 405 with
     ``Allow``); any other exception is logged with its traceback and answered 500 ``internal``.
     Also closes the connection after a request framed both by Content-Length and

@@ -17,6 +17,7 @@ from dengine_trio.statemachine import (
     Compare,
     Delete,
     Get,
+    KeyReused,
     KVChange,
     KVItem,
     KVStateMachine,
@@ -307,6 +308,84 @@ def test_idempotent_replay_returns_the_first_outcome_and_applies_nothing() -> No
     assert sm.get_item(b"t", 0) == KVItem(b"t", b"1", 9, 9)
 
 
+def test_an_idempotency_key_reused_for_another_request_applies_nothing() -> None:
+    """The key names one request: reused for another kind of write (the newcomer's 500: a
+    txn's key on a put or delete), or for the same kind with another key, value, TTL,
+    compare or op, the write answers KeyReused (the first request's index), applies
+    nothing and leaves the first outcome in place for the real retries."""
+    sm = KVStateMachine()
+    txn = encode_txn([], [Put(b"t", b"1", 100)], now_ms=10, idempotency_key=b"t")
+    assert decode_result(sm.apply(1, txn)).index == 1  # type: ignore[union-attr]
+    put = encode_kv_put(b"p", b"1", now_ms=10, expires_at_ms=60, idempotency_key=b"p")
+    assert write(sm, 2, put).succeeded
+    delete = encode_kv_delete(b"d", now_ms=10, prev_index=0, idempotency_key=b"d")
+    assert write(sm, 3, delete).succeeded
+    changes: list[KVChange] = []
+    sm.listener = changes.append
+    others = {
+        b"t": [
+            encode_kv_put(b"t", b"1", now_ms=11, idempotency_key=b"t"),
+            encode_kv_delete(b"t", now_ms=11, idempotency_key=b"t"),
+            encode_txn([], [Put(b"t", b"1", 102)], now_ms=11, idempotency_key=b"t"),  # ttl 91
+            encode_txn([], [Put(b"t", b"1")], now_ms=11, idempotency_key=b"t"),
+            encode_txn(
+                [Compare(b"t", "exists", "==", True)],
+                [Put(b"t", b"1", 100)],
+                now_ms=10,
+                idempotency_key=b"t",
+            ),
+        ],
+        b"p": [
+            encode_kv_put(b"p", b"2", now_ms=11, expires_at_ms=61, idempotency_key=b"p"),
+            encode_kv_put(b"q", b"1", now_ms=11, expires_at_ms=61, idempotency_key=b"p"),
+            encode_kv_put(b"p", b"1", now_ms=11, expires_at_ms=62, idempotency_key=b"p"),
+            encode_kv_put(b"p", b"1", now_ms=11, idempotency_key=b"p"),
+            encode_kv_put(
+                b"p", b"1", now_ms=11, expires_at_ms=61, prev_index=2, idempotency_key=b"p"
+            ),
+            encode_kv_delete(b"p", now_ms=11, idempotency_key=b"p"),
+            encode_txn([], [Put(b"p", b"1", 61)], now_ms=11, idempotency_key=b"p"),
+        ],
+        b"d": [
+            encode_kv_delete(b"d", now_ms=11, idempotency_key=b"d"),
+            encode_kv_delete(b"d", now_ms=11, prev_index=1, idempotency_key=b"d"),
+            encode_kv_delete(b"e", now_ms=11, prev_index=0, idempotency_key=b"d"),
+            encode_kv_put(b"d", b"", now_ms=11, prev_index=0, idempotency_key=b"d"),
+        ],
+    }
+    first = {b"t": 1, b"p": 2, b"d": 3}
+    index = 4
+    for key, commands in others.items():
+        for command in commands:
+            assert decode_result(sm.apply(index, command)) == KeyReused(first[key])
+            index += 1
+    assert changes == [] and sm.idempotency_keys == 3
+    # The same requests, retried later (their TTLs as given), still replay.
+    retry_txn = encode_txn([], [Put(b"t", b"1", 150)], now_ms=60, idempotency_key=b"t")
+    assert decode_result(sm.apply(index, retry_txn)).duplicate  # type: ignore[union-attr]
+    retry_put = encode_kv_put(b"p", b"1", now_ms=60, expires_at_ms=110, idempotency_key=b"p")
+    assert write(sm, index + 1, retry_put) == WriteResult(2, True, True, False, None)
+    assert write(sm, index + 2, delete).duplicate
+    assert changes == []
+
+
+def test_records_of_a_version_2_image_replay_to_any_request() -> None:
+    """A version-2 image kept no fingerprints: its records replay as they did then."""
+    stored = KVStateMachine().apply(5, encode_kv_put(b"k", b"v", now_ms=1, idempotency_key=b"i"))
+    image = (
+        struct.pack("<4sI", b"DTKV", 2)
+        + msgpack.packb([5, 1])
+        + msgpack.packb([b"k", b"v", 5, 5, 0])
+        + msgpack.packb(1)
+        + msgpack.packb([b"i", stored, 5, 1])
+        + msgpack.packb(1)
+    )
+    back = restored(image)
+    other = encode_kv_delete(b"k", now_ms=2, idempotency_key=b"i")
+    assert write(back, 6, other) == WriteResult(5, True, True, False, None)
+    assert back.get(b"k") == b"v"
+
+
 def test_the_idempotency_table_evicts_by_count_and_by_the_logs_clock() -> None:
     sm = KVStateMachine(idempotency_max_keys=3, idempotency_ttl_ms=1_000)
     for i in range(5):
@@ -338,9 +417,7 @@ def test_the_idempotency_table_survives_a_snapshot_taken_while_it_changes() -> N
     # ... do not reach the image.
     back = restored(sink.getvalue(), idempotency_max_keys=2_000)
     assert [r[0] for r in back._idem_records()] == [b"%d" % i for i in range(1_500)]
-    assert write(
-        back, 9_999, encode_kv_put(b"k0", b"again", now_ms=1, idempotency_key=b"7")
-    ).duplicate
+    assert write(back, 9_999, encode_kv_put(b"k7", b"v", now_ms=5, idempotency_key=b"7")).duplicate
     # A node with a smaller bound evicts down to it when it restores.
     assert restored(sink.getvalue(), idempotency_max_keys=10).idempotency_keys == 10
 
@@ -359,7 +436,12 @@ def test_image_round_trip_keeps_indexes_deadlines_and_the_applied_index() -> Non
     assert back.get_item(b"b", 0) == KVItem(b"b", b"3", 8, 8, 0)
     assert back.expired(700, 10) == [(b"a", 6)]
     assert [i.key for i in back.range(b"", None, 10, 0)[0]] == [b"a", b"b"]
-    assert write(back, 9, encode_kv_put(b"x", b"", now_ms=9, idempotency_key=b"i")).index == 4
+    # The same request retried later (its TTL as given: 495 ms from its own clock) ...
+    retry = encode_kv_put(b"a", b"1", now_ms=9, expires_at_ms=504, idempotency_key=b"i")
+    assert write(back, 9, retry).index == 4
+    # ... and not another one: the fingerprint came through the image.
+    other = encode_kv_put(b"a", b"1", now_ms=9, expires_at_ms=505, idempotency_key=b"i")
+    assert decode_result(back.apply(10, other)) == KeyReused(4)
     back.reset()
     assert resets == [8, 0] and dict(back.data) == {}
 
@@ -491,7 +573,11 @@ def test_the_idempotency_table_is_bounded_in_bytes() -> None:
         cas = encode_kv_put(b"big", b"y", now_ms=1, prev_value=b"other", idempotency_key=b"%d" % i)
         assert not write(sm, 2 + i, cas).succeeded
     assert [r[0] for r in sm._idem_records()] == [b"3", b"4"]
-    assert sm._idem_bytes == sum(len(r[0]) + len(r[1]) for r in sm._idem_records()) <= 10_000
+    assert (
+        sm._idem_bytes
+        == sum(len(r[0]) + len(r[1]) + len(r[4]) for r in sm._idem_records())
+        <= 10_000
+    )
     assert restored(image_of(sm), idempotency_max_bytes=5_000).idempotency_keys == 1
     with pytest.raises(ValueError):
         KVStateMachine(idempotency_max_bytes=-1)

@@ -12,11 +12,13 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dengine_trio.kv_commands import FINGERPRINT_BYTES
 from dengine_trio.statemachine import (
     UNSET,
     Compare,
     Delete,
     Get,
+    KeyReused,
     KVChange,
     KVItem,
     KVStateMachine,
@@ -45,7 +47,7 @@ class Model:
     ttl_ms: int
     max_bytes: int
     kv: dict[bytes, KVItem] = field(default_factory=dict)
-    table: list[tuple[bytes, Any, int]] = field(default_factory=list)  # oldest first
+    table: list[tuple[bytes, Any, int, tuple]] = field(default_factory=list)  # oldest first
     clock: int = 0
     changes: list[KVChange] = field(default_factory=list)
 
@@ -104,6 +106,8 @@ class Model:
         self.table = [r for r in self.table if r[2] > self.clock - self.ttl_ms]
         for record in self.table:
             if idem is not None and record[0] == idem:
+                if record[3] != request(command):
+                    return KeyReused(record[1].index)
                 return replace(record[1], duplicate=True)
         if kind == "put":
             _, key, value, expires_at_ms, compares, _, _ = command
@@ -144,11 +148,37 @@ class Model:
                 self.delete(index, key, "expire")
             result = WriteResult(index, removed, False, item is not None, None)
         if idem is not None:
-            self.table.append((idem, result, self.clock))
+            self.table.append((idem, result, self.clock, request(command)))
             self.table = self.table[-self.max_keys :] if self.max_keys else []
-            while sum(len(r[0]) + len(encode_result(r[1])) for r in self.table) > self.max_bytes:
+            while (
+                sum(len(r[0]) + len(encode_result(r[1])) + FINGERPRINT_BYTES for r in self.table)
+                > self.max_bytes
+            ):
                 del self.table[0]
         return result
+
+
+def request(command: tuple) -> tuple:
+    """What a (model) command asks, as the idempotency table tells requests apart: without
+    its clock and idempotency key, each TTL deadline as a TTL from its clock."""
+    now = command[-2]
+
+    def ttl(deadline: int) -> int | None:
+        return deadline - now if deadline else None
+
+    def ops(branch: list[Any]) -> tuple:
+        return tuple(
+            (op.key, op.value, ttl(op.expires_at_ms)) if isinstance(op, Put) else op
+            for op in branch
+        )
+
+    if command[0] == "put":
+        _, key, value, deadline, compares, _, _ = command
+        return ("put", key, value, ttl(deadline), tuple(compares))
+    if command[0] == "delete":
+        return ("delete", command[1], tuple(command[2]))
+    _, compares, success, failure, _, _ = command
+    return ("txn", tuple(compares), ops(success), ops(failure))
 
 
 def encode_result(result: Any) -> bytes:
@@ -282,7 +312,9 @@ def assert_same_state(sm: KVStateMachine, model: Model, now: int) -> None:
         key: (item.create_index, item.mod_index, item.expires_at_ms)
         for key, item in model.kv.items()
     }
-    assert [(r[0], decode_result(r[1]), r[3]) for r in sm._idem_records()] == model.table
+    assert [(r[0], decode_result(r[1]), r[3]) for r in sm._idem_records()] == [
+        r[:3] for r in model.table
+    ]
     assert sm.idempotency_keys == len(model.table)
     for key in [*KEYS, b"absent"]:
         assert sm.get_item(key, now) == model.live(key, now)
