@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from quart import Response, request
 
@@ -34,21 +35,36 @@ LIST_MAX_BYTES = 1 << 20
 least one key per page), so one request cannot make the node build a huge answer."""
 
 
-def _text_param(args: Any, name: str) -> bytes | None:
-    text = args.get(name)
+def _text_params(query: bytes) -> dict[str, str]:
+    """The query's parameters, decoded so that a percent-escape (or byte) that is not UTF-8
+    stays detectable: as a lone surrogate (``surrogateescape``), which ``_text_param``
+    refuses. ``request.args`` decodes leniently (werkzeug), so ``prefix=%FF`` became a
+    prefix of text that no UTF-8 key has, and a listing of the wrong keys; the first value of
+    a repeated name, as ``request.args.get``."""
+    params: dict[str, str] = {}
+    text = query.decode("ascii", "surrogateescape")
+    for name, value in parse_qsl(text, keep_blank_values=True, errors="surrogateescape"):
+        params.setdefault(name, value)
+    return params
+
+
+def _text_param(params: dict[str, str], name: str) -> bytes | None:
+    text = params.get(name)
     if text is None:
         return None
     try:
         return text.encode()
     except UnicodeEncodeError:
-        raise ApiError(400, "invalid_key", f"{name} is not valid Unicode") from None
+        raise ApiError(
+            400, "invalid_key", f"{name} is not valid Unicode (percent-encoded UTF-8)"
+        ) from None
 
 
 def install_listing_route(
     app: App, client: Client, policy_param: Callable[[Any], ReadPolicy | None]
 ) -> None:
     """Add ``GET /kv`` to the KV ``app``. Refusals: 400 ``invalid_limit`` (``limit`` not an
-    integer from 1 to 1000), ``invalid_key`` (``prefix``/``after`` not valid Unicode),
+    integer from 1 to 1000), ``invalid_key`` (``prefix``/``after`` not percent-encoded UTF-8),
     ``invalid_consistency``, ``invalid_index`` (``min_index``); 504 ``timeout`` when
     ``min_index`` is not applied in time."""
     dumps = json.dumps
@@ -56,8 +72,9 @@ def install_listing_route(
     @app.get("/kv")
     async def list_kv() -> Response:
         args = request.args
-        prefix = _text_param(args, "prefix") or b""
-        after = _text_param(args, "after")
+        params = _text_params(request.query_string)
+        prefix = _text_param(params, "prefix") or b""
+        after = _text_param(params, "after")
         text = args.get("limit")
         limit = DEFAULT_LIMIT
         if text is not None:
