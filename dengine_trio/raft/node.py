@@ -1354,9 +1354,14 @@ class RaftNode:
         if not m.explicit or m.term <= self._vote_floor:
             return True
         bound = candidate = False
+        # The implicit rule above, for a fallback membership that is implicit: our own uuid
+        # named by the candidate. Not "bound" outright: a wiped node (new uuid) that appended
+        # the bootstrap entry (binding its old uuid) before it committed would vote again in
+        # a term its old directory may have voted in (S's generator, tests/sim/test_membership).
+        own_uuid_named = bool(m.dst_uuid) and m.dst_uuid == self.uuid
         for membership in self._fallback_memberships():
             me = membership.get(self.id)
-            if me is not None and (membership.implicit or me.uuid == self.uuid):
+            if me is not None and (own_uuid_named if membership.implicit else me.uuid == self.uuid):
                 bound = True
             if membership.get(m.src) is not None:
                 candidate = True
@@ -1457,6 +1462,8 @@ class RaftNode:
         progress = self.progress.get(member_id)
         lag = self._lag(member_id)
         limit = self.config.max_promote_lag_entries
+        if lag > limit:
+            return f"node {member_id} is {lag} entries behind (at most {limit} to be promoted)"
         if progress is None or progress.last_contact_ms == float("-inf"):
             return f"node {member_id} has not answered this leader yet ({lag} entries behind)"
         if progress.last_contact_ms <= self.now - self.config.election_timeout_min_ms:
@@ -1465,8 +1472,6 @@ class RaftNode:
                 f"(at most {self.config.election_timeout_min_ms} to be promoted; {lag} entries "
                 "behind)"
             )
-        if lag > limit:
-            return f"node {member_id} is {lag} entries behind (at most {limit} to be promoted)"
         if progress.state is not ProgressState.REPLICATE:
             return (
                 f"node {member_id} is still being brought up to date ({lag} entries behind, "

@@ -463,11 +463,6 @@ def test_a_wipe_before_the_bootstrap_entry_reaches_a_majority() -> None:
     c.run_for(5_000)  # two leaders in term 1: the wiped node votes in it a second time
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolation,
-    reason="core (A, 67c2fb0): a wiped node whose fallback membership is implicit grants",
-)
 def test_a_wiped_node_whose_log_may_fall_back_to_the_implicit_membership_does_not_vote() -> None:
     """Found by the generator (MemFirst, a node wiped while the bootstrap entry was not yet
     committed): node 2 comes back with a new uuid, receives the explicit membership (which
