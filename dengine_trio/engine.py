@@ -537,7 +537,9 @@ class Client:
 
         Raises ``TooLarge``: compares and operations (both branches) over
         ``limits.max_txn_ops`` (``"txn_ops"``), their keys and values over
-        ``limits.max_txn_bytes`` (``"txn"``), a key or value over its own limit;
+        ``limits.max_txn_bytes`` (``"txn"``), a key or value over its own limit, the keys and
+        values the branch's gets would read over ``limits.max_txn_bytes`` (``"txn_read"``,
+        decided when the txn applies: nothing applied);
         ``ValueError`` for a ``ttl_ms`` < 1 or a negative index; and as :meth:`put`.
         """
         ops = len(compares) + len(success) + len(failure)
@@ -563,6 +565,9 @@ class Client:
             failure,
             now_ms=kvbridge.wall_clock_ms(),
             idempotency_key=idempotency_key,
+            # Each get copies a value into the answer, built at apply on every replica: bounded
+            # like the request, so a small txn of many gets of a big key cannot build a huge one.
+            max_read_bytes=self._max_txn_bytes,
         )
         return kvbridge.txn_outcome(await self._engine.propose(command))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-SizeLimit = Literal["key", "value", "body", "command", "txn_ops", "txn"]
+SizeLimit = Literal["key", "value", "body", "command", "txn_ops", "txn", "txn_read"]
 """Which size limit a request exceeded (``TooLarge.limit``)."""
 
 _LIMIT_NAMES: dict[str, str] = {
@@ -14,6 +14,7 @@ _LIMIT_NAMES: dict[str, str] = {
     "command": "the command exceeds what one transport frame carries",
     "txn_ops": "the transaction's compares and operations exceed limits.max_txn_ops",
     "txn": "the transaction's keys and values exceed limits.max_txn_bytes",
+    "txn_read": "the keys and values the transaction's gets read exceed limits.max_txn_bytes",
 }
 
 
@@ -47,7 +48,8 @@ class TooLarge(DengineError):
     body over ``limits.max_body_bytes``, ``"command"``: a command over the transport frame
     limit less the envelope headroom; ``"txn_ops"``: a transaction's compares and operations
     over ``limits.max_txn_ops``, a count; ``"txn"``: its keys and values over
-    ``limits.max_txn_bytes``); ``size`` is the
+    ``limits.max_txn_bytes``; ``"txn_read"``: the keys and values its gets would read over
+    ``limits.max_txn_bytes``, decided at apply, nothing applied); ``size`` is the
     request's size (None if unknown, e.g. a chunked body cut once over), ``max_bytes`` the limit.
     Each limit is checked in one place (key and value by ``Client``, the command by the runtime's
     ``propose``, the body by the HTTP app) and raises this; the HTTP layer maps ``limit`` to its 413

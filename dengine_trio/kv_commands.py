@@ -10,7 +10,9 @@ part of the log format and never changes meaning. Two generations:
 
   - put:    ``[.., 0, key, value, expires_at_ms, compares]`` (``encode_kv_put``)
   - delete: ``[.., 1, key, compares]`` (``encode_kv_delete``)
-  - txn:    ``[.., 2, compares, success_ops, failure_ops]`` (``encode_txn``)
+  - txn:    ``[.., 2, compares, success_ops, failure_ops]`` (``encode_txn``), optionally
+    followed by ``max_read_bytes``: the most bytes of keys and values the branch's gets may
+    read, else the txn applies nothing and answers ``TxnReadTooLarge``
   - expire: ``[.., 3, key, mod_index]`` (``encode_expire``; never an idempotency key)
 
   A put's or delete's ``compares`` are ``[target, op, operand]`` on its own key (compare-and-
@@ -21,7 +23,8 @@ part of the log format and never changes meaning. Two generations:
 
 Every version-2 command returns a result (``decode_result``): ``[0, flags, index, item | nil]``
 (``WriteResult``), ``[1, flags, index, [op_result, ...]]`` (``TxnResult``) or ``[2, 0,
-original_index, nil]`` (``KeyReused``: the idempotency key names another request), ``flags`` a
+original_index, nil]`` (``KeyReused``: the idempotency key names another request) or ``[3,
+flags, index, [read_bytes, max_read_bytes]]`` (``TxnReadTooLarge``), ``flags`` a
 positive fixint (bit 0 succeeded, bit 1 duplicate, bit 2 existed) at byte offset 2, so a replay
 sets the duplicate bit without re-encoding; an item is ``[key, value, create_index, mod_index,
 expires_at_ms]``, an op result ``[op, key, existed, item | nil]``.
@@ -66,6 +69,7 @@ COMPARE_OPS: dict[str, int] = {"==": 0, "!=": 1, "<": 2, ">": 3}
 RESULT_WRITE = 0
 RESULT_TXN = 1
 RESULT_REUSED = 2
+RESULT_READ_TOO_LARGE = 3
 FLAG_SUCCEEDED = 1
 FLAG_DUPLICATE = 2
 FLAG_EXISTED = 4
@@ -205,6 +209,19 @@ class KeyReused:
     Field" (section 2.7) and Stripe answer such a reuse with an error too (422 / 400)."""
 
     index: int
+
+
+@dataclass(frozen=True, slots=True)
+class TxnReadTooLarge:
+    """What a txn with ``max_read_bytes`` answers when the gets of the branch that would run
+    read more than that (keys plus values, each get counted, ``read_bytes`` in all): nothing
+    was applied. A get copies its value into the answer, so without this a small txn of N
+    gets of one big key built an answer of N times the value on every replica at apply."""
+
+    index: int
+    duplicate: bool
+    read_bytes: int
+    max_read_bytes: int
 
 
 def _idempotency(key: bytes | str | None) -> bytes | None:
@@ -350,24 +367,29 @@ def encode_txn(
     *,
     now_ms: int,
     idempotency_key: bytes | str | None = None,
+    max_read_bytes: int | None = None,
 ) -> bytes:
     """A transaction, applied atomically at one index (etcd ``Txn``): if every compare holds
     the ``success`` ops run in order, else the ``failure`` ops; answers a ``TxnResult``.
     Each op sees the ops before it. The number of ops and bytes is the caller's to bound
-    (``max_txn_ops``). Raises ValueError for a key written twice in one branch, an unknown
-    compare target or op, a bad operand; TypeError for a wrong type."""
+    (``max_txn_ops``); ``max_read_bytes`` (None: unbounded) bounds the keys and values the
+    branch's gets read (``TxnReadTooLarge`` beyond, nothing applied). Raises ValueError for a
+    key written twice in one branch, an unknown compare target or op, a bad operand or
+    bound; TypeError for a wrong type."""
     _check_index("now_ms", now_ms)
-    return msgpack.packb(
-        (
-            OP_WRITE,
-            now_ms,
-            _idempotency(idempotency_key),
-            KIND_TXN,
-            [_compare(c) for c in compares],
-            _txn_ops(success),
-            _txn_ops(failure),
-        )
+    command: tuple[object, ...] = (
+        OP_WRITE,
+        now_ms,
+        _idempotency(idempotency_key),
+        KIND_TXN,
+        [_compare(c) for c in compares],
+        _txn_ops(success),
+        _txn_ops(failure),
     )
+    if max_read_bytes is not None:
+        _check_index("max_read_bytes", max_read_bytes)
+        command += (max_read_bytes,)
+    return msgpack.packb(command)
 
 
 def encode_expire(key: bytes, mod_index: int, *, now_ms: int) -> bytes:
@@ -393,7 +415,8 @@ def request_fingerprint(command: Sequence[Any]) -> bytes:
     ``KVStateMachine`` replays an idempotency key's outcome only to the same request
     (``KeyReused`` otherwise). Deterministic: every replica computes it from the log."""
     now_ms, kind = command[1], command[3]
-    body = list(command[4:])
+    # A txn's max_read_bytes is the proposer's config, not the request: left out.
+    body = list(command[4:7] if kind == KIND_TXN else command[4:])
 
     def ttl(deadline: int) -> int | None:
         return deadline - now_ms if deadline else None
@@ -416,7 +439,7 @@ def _item(raw: Any) -> KVItem | None:
     return KVItem(key, value, create_index, mod_index, expires_at_ms)
 
 
-def decode_result(data: bytes) -> WriteResult | TxnResult | KeyReused:
+def decode_result(data: bytes) -> WriteResult | TxnResult | KeyReused | TxnReadTooLarge:
     """Decode what ``KVStateMachine.apply`` returned for a version-2 command.
 
     Raises ValueError for ``b""`` (a legacy command's result), ``b"\\x00"`` (a command the
@@ -449,6 +472,9 @@ def decode_result(data: bytes) -> WriteResult | TxnResult | KeyReused:
             )
         if kind == RESULT_REUSED and type(index) is int:
             return KeyReused(index)
+        if kind == RESULT_READ_TOO_LARGE:
+            read_bytes, max_read_bytes = rest
+            return TxnReadTooLarge(index, bool(flags & FLAG_DUPLICATE), read_bytes, max_read_bytes)
     except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
         raise ValueError(f"not a state machine result: {exc}") from None
     raise ValueError(f"not a state machine result (kind {kind!r})")

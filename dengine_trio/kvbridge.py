@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from msgpack import UnpackException, unpackb
 
 from .client_types import Item, Page, TxnOp, TxnOpResult, TxnOutcome, WriteOutcome
-from .errors import CompareFailed, IdempotencyKeyReused
+from .errors import CompareFailed, IdempotencyKeyReused, TooLarge
 from .kv_commands import (
     FLAG_DUPLICATE,
     FLAG_SUCCEEDED,
@@ -26,6 +26,7 @@ from .kv_commands import (
     Get,
     KVItem,
     Put,
+    TxnReadTooLarge,
     TxnResult,
     WriteResult,
     _Unset,
@@ -96,9 +97,11 @@ def encode_txn_ops(
     *,
     now_ms: int,
     idempotency_key: bytes | None,
+    max_read_bytes: int | None = None,
 ) -> bytes:
-    """A txn command; each put's ``ttl_ms`` becomes a deadline from ``now_ms``. Raises
-    ValueError (``kv_commands.encode_txn``: a key written twice in a branch, a bad compare)."""
+    """A txn command; each put's ``ttl_ms`` becomes a deadline from ``now_ms``;
+    ``max_read_bytes`` bounds what its gets read. Raises ValueError
+    (``kv_commands.encode_txn``: a key written twice in a branch, a bad compare)."""
 
     def ops(branch: Sequence[TxnOp]) -> list[Put | Delete | Get]:
         out: list[Put | Delete | Get] = []
@@ -113,7 +116,12 @@ def encode_txn_ops(
         return out
 
     return encode_txn(
-        compares, ops(success), ops(failure), now_ms=now_ms, idempotency_key=idempotency_key
+        compares,
+        ops(success),
+        ops(failure),
+        now_ms=now_ms,
+        idempotency_key=idempotency_key,
+        max_read_bytes=max_read_bytes,
     )
 
 
@@ -159,8 +167,12 @@ def write_outcome(result: bytes) -> WriteOutcome:
 
 def txn_outcome(result: bytes) -> TxnOutcome:
     """A txn's result as a :class:`TxnOutcome` (a ``get``'s item with its remaining TTL as
-    of this node's clock now). Raises ``IdempotencyKeyReused`` as :func:`write_outcome`."""
+    of this node's clock now). Raises ``TooLarge("txn_read")`` when its gets would have read
+    more than the command's ``max_read_bytes`` (nothing applied), ``IdempotencyKeyReused``
+    as :func:`write_outcome`."""
     decoded = decode_result(result)
+    if isinstance(decoded, TxnReadTooLarge):
+        raise TooLarge("txn_read", decoded.read_bytes, decoded.max_read_bytes)
     if not isinstance(decoded, TxnResult):
         raise IdempotencyKeyReused(decoded.index)
     now = wall_clock_ms()

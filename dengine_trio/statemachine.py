@@ -105,6 +105,7 @@ from .kv_commands import (
     OP_DELETE,
     OP_PUT,
     OP_WRITE,
+    RESULT_READ_TOO_LARGE,
     RESULT_REUSED,
     RESULT_TXN,
     RESULT_WRITE,
@@ -122,6 +123,7 @@ from .kv_commands import (
     OpResult,
     Put,
     TxnOp,
+    TxnReadTooLarge,
     TxnResult,
     WriteResult,
     decode_result,
@@ -155,6 +157,7 @@ __all__ = [
     "SnapshotSource",
     "StateMachine",
     "TxnOp",
+    "TxnReadTooLarge",
     "TxnResult",
     "WriteResult",
     "decode_result",
@@ -291,6 +294,7 @@ class _Plan(NamedTuple):
     success: list[tuple[int, bytes, bytes, int]]
     failure: list[tuple[int, bytes, bytes, int]]
     mod_index: int
+    max_read_bytes: int | None = None
 
 
 def _sorted_in_runs(items: list[Any]) -> list[Any]:
@@ -375,12 +379,15 @@ def _decode_v2(op: list[Any]) -> _Plan | None:
     _, now_ms, idem, kind = op[:4]
     if not _is_index(now_ms) or not (idem is None or type(idem) is bytes):
         return None
-    if kind == KIND_TXN and len(op) == 7:
+    if kind == KIND_TXN and len(op) in (7, 8):
         compares = _decode_compares(op[4], None)
         success, failure = _decode_ops(op[5]), _decode_ops(op[6])
         if compares is None or success is None or failure is None:
             return None
-        return _Plan(now_ms, idem, kind, b"", b"", 0, compares, success, failure, 0)
+        max_read = op[7] if len(op) == 8 else None
+        if max_read is not None and not _is_index(max_read):
+            return None
+        return _Plan(now_ms, idem, kind, b"", b"", 0, compares, success, failure, 0, max_read)
     if kind == KIND_EXPIRE and len(op) == 6 and idem is None:
         key, mod_index = op[4:]
         if type(key) is not bytes or not _is_index(mod_index):
@@ -655,8 +662,13 @@ class KVStateMachine:
     def _apply_txn(self, index: int, plan: _Plan) -> bytes:
         now_ms = plan.now_ms
         succeeded = all(self._compare(c, now_ms) for c in plan.compares)
+        branch = plan.success if succeeded else plan.failure
+        if plan.max_read_bytes is not None:
+            read = self._read_bytes(branch, now_ms)
+            if read > plan.max_read_bytes:
+                return msgpack.packb((RESULT_READ_TOO_LARGE, 0, index, [read, plan.max_read_bytes]))
         results: list[tuple[int, bytes, bool, list[Any] | None]] = []
-        for op, key, value, expires_at_ms in plan.success if succeeded else plan.failure:
+        for op, key, value, expires_at_ms in branch:
             existed = self._expire_due(index, key, now_ms)
             if op == TXN_PUT:
                 self._set(index, key, value, expires_at_ms)
@@ -668,6 +680,28 @@ class KVStateMachine:
                 item = None if current is None else [key, self.data[key], *current]
                 results.append((op, key, existed, item))
         return msgpack.packb((RESULT_TXN, FLAG_SUCCEEDED if succeeded else 0, index, results))
+
+    def _read_bytes(self, branch: list[tuple[int, bytes, bytes, int]], now_ms: int) -> int:
+        """The keys and values the gets of ``branch`` would read (each get counted), without
+        applying anything: a get sees the branch's earlier puts and deletes, else the state
+        as of ``now_ms``."""
+        written: dict[bytes, int | None] = {}
+        total = 0
+        for op, key, value, _ in branch:
+            if op == TXN_PUT:
+                written[key] = len(value)
+            elif op == TXN_DELETE:
+                written[key] = None
+            else:
+                if key in written:
+                    size = written[key]
+                else:
+                    meta = self.meta.get(key)
+                    live = meta is not None and not 0 < meta[2] <= now_ms
+                    size = len(self.data[key]) if live else None
+                if size is not None:
+                    total += len(key) + size
+        return total
 
     def _compare(self, compare: tuple[bytes, int, int, Any], now_ms: int) -> bool:
         key, target, op, operand = compare

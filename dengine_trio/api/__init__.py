@@ -303,6 +303,7 @@ _TOO_LARGE_CODES: dict[errors.SizeLimit, str] = {
     "command": "too_large",
     "txn_ops": "too_many_txn_ops",
     "txn": "txn_too_large",
+    "txn_read": "txn_read_too_large",
 }
 """The 413 error code of each size limit (README's error table)."""
 

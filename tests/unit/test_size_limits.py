@@ -29,12 +29,13 @@ PACKAGE = Path(dengine_trio.__file__).parent
 # Where each limit may be raised. The forwarding relay passes on a leader's verdict (a leader
 # of another version): it checks nothing.
 RAISED_IN = {
-    "key": {"engine.py"},
+    "key": {"engine.py", "api/watch.py"},  # /watch checks its key before a stream opens
     "value": {"engine.py"},
     "command": {"runtime/operations.py", "runtime/forwarding.py"},
     "body": {"api/kv.py", "api/members.py"},  # the KV app's and the health app's bodies
     "txn_ops": {"engine.py"},
     "txn": {"engine.py"},
+    "txn_read": {"kvbridge.py"},  # decided at apply (the gets' read bytes)
 }
 
 

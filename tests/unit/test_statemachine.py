@@ -23,6 +23,7 @@ from dengine_trio.statemachine import (
     KVStateMachine,
     Put,
     SnapshotImageError,
+    TxnReadTooLarge,
     TxnResult,
     WriteResult,
     decode_result,
@@ -367,6 +368,45 @@ def test_an_idempotency_key_reused_for_another_request_applies_nothing() -> None
     assert write(sm, index + 1, retry_put) == WriteResult(2, True, True, False, None)
     assert write(sm, index + 2, delete).duplicate
     assert changes == []
+
+
+def test_a_txn_whose_gets_read_more_than_its_bound_applies_nothing() -> None:
+    """Each get copies its value into the answer, built at apply on every replica: a 7 KB txn
+    of 128 gets of a 1 MB key built 128 MB (newcomer, 023a427). With ``max_read_bytes`` the
+    branch's reads are summed first (earlier puts and deletes of the branch seen, TTLs
+    honoured) and over the bound nothing applies."""
+    sm = KVStateMachine()
+    sm.apply(1, encode_kv_put(b"big", b"x" * 1_000, now_ms=1))
+    sm.apply(2, encode_kv_put(b"old", b"y" * 1_000, now_ms=1, expires_at_ms=5))
+    gets = [Get(b"big")] * 3
+    over = encode_txn([], [Put(b"p", b"1"), *gets], now_ms=1, max_read_bytes=3 * 1_002)
+    assert decode_result(sm.apply(3, over)) == TxnReadTooLarge(3, False, 3 * 1_003, 3 * 1_002)
+    assert sm.get(b"p") is None
+    # Within it: the same reads; a get after the branch's own delete or put counts that.
+    fits = encode_txn(
+        [],
+        [Delete(b"big"), Get(b"big"), Put(b"q", b"z"), Get(b"q"), Get(b"old")],
+        now_ms=10,
+        max_read_bytes=2,  # b"q" + b"z": the bound itself is within
+    )
+    result = decode_result(sm.apply(4, fits))
+    assert isinstance(result, TxnResult) and result.succeeded and sm.get(b"q") == b"z"
+    assert sm.get(b"big") is None
+    sm.apply(5, encode_kv_put(b"big", b"x" * 1_000, now_ms=10))
+    # The failure branch is the one counted when the compares fail; a replay says duplicate.
+    failing = encode_txn(
+        [Compare(b"big", "exists", "==", False)],
+        [],
+        gets,
+        now_ms=10,
+        max_read_bytes=3,
+        idempotency_key=b"i",
+    )
+    assert decode_result(sm.apply(6, failing)) == TxnReadTooLarge(6, False, 3_009, 3)
+    assert decode_result(sm.apply(7, failing)) == TxnReadTooLarge(6, True, 3_009, 3)
+    # Without a bound (a command of before it): unbounded, as it was.
+    unbounded = decode_result(sm.apply(8, encode_txn([], gets, now_ms=10)))
+    assert isinstance(unbounded, TxnResult) and len(unbounded.results) == 3
 
 
 def test_records_of_a_version_2_image_replay_to_any_request() -> None:
