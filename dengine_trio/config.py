@@ -401,13 +401,17 @@ class KvConfig:
 
     ``idempotency_ttl_ms``: how long (ms, by the writes' own clock in the log) the outcome of a
     write with an idempotency key is kept, so a retry within it returns that outcome;
-    ``idempotency_max_keys``: the most outcomes kept (the oldest go first). Both must be the
-    same on every node: each replica evicts by them, and replicas that evicted differently
-    would answer the same retry differently.
+    ``idempotency_max_keys``: the most outcomes kept (the oldest go first);
+    ``idempotency_max_bytes``: the most bytes of idempotency keys, stored outcomes and request
+    fingerprints kept (the oldest go first; a failed compare's outcome holds the key's value,
+    a txn's its gets'). All three must be the same on every node: each replica evicts by them,
+    and replicas that evicted differently would answer the same retry differently. Each must
+    be >= 1 (a 0 is refused at load: one line, exit 2).
     """
 
     idempotency_ttl_ms: int = 600_000
     idempotency_max_keys: int = 100_000
+    idempotency_max_bytes: int = 64 * 1024 * 1024
 
 
 @attrs.frozen(slots=True)

@@ -62,6 +62,7 @@ class EmbeddedEngine:
         self.state_machine: StateMachine = state_machine or KVStateMachine(
             idempotency_max_keys=config.kv.idempotency_max_keys,
             idempotency_ttl_ms=config.kv.idempotency_ttl_ms,
+            idempotency_max_bytes=config.kv.idempotency_max_bytes,
         )
         self._runtime = NodeRuntime(config, self.state_machine, metrics)
         self.watch_hub: WatchHub | None = None

@@ -604,6 +604,7 @@ def test_the_complete_file_of_the_docs_loads_with_the_defaults_it_claims(tmp_pat
     assert complete.raft.replication == minimal.raft.replication
     assert complete.raft.snapshot == minimal.raft.snapshot
     assert complete.limits == minimal.limits
+    assert complete.kv == minimal.kv
     assert complete.http == minimal.http
     assert complete.cluster == minimal.cluster
 
@@ -755,3 +756,45 @@ def test_a_bad_role_stops_the_node_with_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert err.startswith(f"{path}: cluster.initial_cluster[3].status: unsupported status 1")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("idempotency_ttl_ms", 0),
+        ("idempotency_max_keys", 0),
+        ("idempotency_max_bytes", 0),
+        ("idempotency_max_bytes", -1),
+    ],
+)
+def test_a_bad_kv_bound_stops_the_node_with_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: int
+) -> None:
+    """KF: the state machine raises ValueError for these; the config refuses them first, as
+    one line naming the file and key, not a traceback at start."""
+    from dengine_trio.cli import EXIT_CONFIG, main
+
+    path = write(tmp_path, MISSION_TOML + f"\n[kv]\n{key} = {value}\n")
+    assert main(["--config-path", str(path)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"{path}: kv.{key}: must be positive, got {value}"), err
+
+
+def test_the_kv_bounds_reach_the_state_machine(tmp_path: Path) -> None:
+    from dengine_trio.engine import EmbeddedEngine
+    from dengine_trio.statemachine import KVStateMachine
+
+    text = MISSION_TOML + (
+        "\n[kv]\nidempotency_ttl_ms = 5000\nidempotency_max_keys = 7\n"
+        "idempotency_max_bytes = 4096\n"
+    )
+    cfg = load_config(write(tmp_path, text))
+    assert (
+        cfg.kv.idempotency_max_bytes,
+        load_config(write(tmp_path, MISSION_TOML, "d.toml")).kv.idempotency_max_bytes,
+    ) == (4096, 64 * 1024 * 1024)
+    sm = EmbeddedEngine(cfg).state_machine
+    assert isinstance(sm, KVStateMachine)
+    bounds = (sm.idempotency_ttl_ms, sm.idempotency_max_keys, sm.idempotency_max_bytes)
+    assert bounds == (5000, 7, 4096)
