@@ -741,7 +741,12 @@ async def _serve_worker(args: argparse.Namespace) -> None:
         connections=connections,
     )
     # Served from a socket object of ours (hypercorn_config took the descriptor for its
-    # bind), so that it can be closed the moment Hypercorn stops accepting from it.
+    # bind). Hypercorn's accept loop (trio.serve_listeners) closes it the moment the stop
+    # cancels that loop, so connects are refused from then on. Nothing may run between the
+    # stop and that close: a blocking step there (an import that took 0.3-0.7 s on a loaded
+    # machine) left the socket listening with no one accepting, and every connect queued in
+    # that time was reset at the close (a write neither answered nor refused:
+    # tests/e2e/test_newcomer_http_workers.py, 1 run in 2-6 failed).
     listener = socket.socket(fileno=args.listen_fd)
     secure = hypercorn.ssl_enabled
     sockets = Sockets([listener] if secure else [], [] if secure else [listener], [])
@@ -763,23 +768,9 @@ async def _serve_worker(args: argparse.Namespace) -> None:
                 log.info("HTTP worker %s: the node closed the link; exiting", args.slot)
                 nursery.cancel_scope.cancel()
 
-            async def release_listener() -> None:
-                await stop.wait()
-                # Hypercorn cancels its accept loop when stop is set; once every task has
-                # settled (blocked) that loop is gone, and the socket can be closed under it.
-                # Imported here: trio.testing imports pytest when it is installed, which
-                # would cost every worker (and node) start ~0.3 s.
-                import trio.testing
-
-                with trio.move_on_after(1.0):
-                    await trio.testing.wait_all_tasks_blocked()
-                trio.lowlevel.notify_closing(listener)
-                listener.close()
-
             nursery.start_soon(watch_signals)
             nursery.start_soon(watch_link)
             nursery.start_soon(link.pump)
-            nursery.start_soon(release_listener)
             async with trio.open_nursery() as server:
                 serve = partial(
                     worker_serve, app, hypercorn, sockets=sockets, shutdown_trigger=stop.wait
