@@ -346,7 +346,7 @@ def test_an_image_of_another_state_machine_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("payload", "problem"),
     [
-        (b"DTKV\x03\x00\x00\x00", "version 3"),
+        (b"DTKV\x04\x00\x00\x00", "version 4"),
         (b"DTKV\x01\x00\x00\x00", "ends before its key count"),
         (b"DTKV\x01\x00\x00\x00\x92\xc4\x01a\xc4\x01b\x02", "holds 1 keys, its end says 2"),
         (b"DTKV\x01\x00\x00\x00\x91\xc4\x01a\x00", "not a list of key, value pairs"),
