@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+import attrs
 import trio
 
 from dengine_trio.wire.codec import decode, encode
@@ -27,6 +28,7 @@ from dengine_trio.wire.messages import (
     Channel,
     Hello,
     HelloReply,
+    JoinRequest,
 )
 
 from .links import (
@@ -98,7 +100,10 @@ class InboundSide(PeerIdentity):
         accepted = await self._accept_handshake(stream, reader, remote, deadline, cert)
         if accepted is None:
             return
-        peer_id, incarnation, pending, channel = accepted
+        peer_id, incarnation, pending, channel, hello = accepted
+        # A caller admitted only because it says it is joining may ask to join and nothing
+        # else until it is a member (checked per message: its link outlives its admission).
+        joiner = hello if hello.joining and not self._admitted_as_member(hello) else None
         self.stats.inbound_open += 1
         scope = trio.CancelScope()
         # A caller that is no peer (yet): a node joining the cluster, admitted by ``admit``.
@@ -110,7 +115,7 @@ class InboundSide(PeerIdentity):
                 if channel is Channel.SNAPSHOT and self.snapshots is not None:
                     await self.snapshots.receive(stream, reader, peer_id, remote, pending)
                 else:
-                    await self._receive_from(stream, reader, peer_id, remote, pending)
+                    await self._receive_from(stream, reader, peer_id, remote, pending, joiner)
         finally:
             del inbound[scope]
             self.stats.inbound_open -= 1
@@ -147,12 +152,15 @@ class InboundSide(PeerIdentity):
         peer_id: int,
         remote: str,
         pending: list[bytes],
+        joiner: Hello | None = None,
     ) -> None:
+        """Deliver the frames of an accepted connection until it ends; a bad frame closes it.
+        ``joiner``: the ``Hello`` of a caller admitted only as joining (see ``_receive``)."""
         link = self._links.get(peer_id)
         peer_stats = link.stats if link is not None else None
         try:
             for payload in pending:
-                self._receive(peer_id, payload)
+                joiner = self._receive(peer_id, payload, joiner)
             while True:
                 if self.delivered is not None:
                     self.delivered()
@@ -165,7 +173,7 @@ class InboundSide(PeerIdentity):
                     peer_stats.bytes_in += len(data)
                 # A buffer either way (bytes from TCP, maybe bytearray from TLS).
                 for payload in reader.feed(cast(bytes, data)):
-                    self._receive(peer_id, payload)
+                    joiner = self._receive(peer_id, payload, joiner)
         except (CodecError, ProtocolViolation) as exc:
             self.stats.connections_closed_on_error += 1
             self.log.warning(
@@ -184,7 +192,15 @@ class InboundSide(PeerIdentity):
                 exc,
             )
 
-    def _receive(self, peer_id: int, payload: bytes) -> None:
+    def _receive(self, peer_id: int, payload: bytes, joiner: Hello | None = None) -> Hello | None:
+        """Decode and deliver one frame of ``peer_id``'s connection; raise
+        ``ProtocolViolation`` (closing that connection only) for anything it may not send.
+
+        ``joiner`` is the ``Hello`` of a caller admitted only because it said it is joining
+        (not a member when it connected): until the membership admits it as a member, it
+        may send ``JoinRequest`` only, else a stranger could depose the leader with a higher
+        term, vote, or forward proposals (issue 14). Returns ``joiner``, or None once the
+        caller is a member (no more checks on this connection)."""
         msg: Any = decode(payload)
         if type(msg) not in _PEER_TYPES:
             raise ProtocolViolation(f"unexpected {type(msg).__name__} after the handshake")
@@ -193,8 +209,22 @@ class InboundSide(PeerIdentity):
                 f"{type(msg).__name__} from {msg.src} to {msg.dst} "
                 f"on the link from peer {peer_id} to node {self.node_id}"
             )
+        if joiner is not None and type(msg) is not JoinRequest:
+            if not self._admitted_as_member(joiner):
+                raise ProtocolViolation(
+                    f"{type(msg).__name__} from node {peer_id}, which is no member "
+                    "(a joining node may send JoinRequest only)"
+                )
+            joiner = None
         self.stats.frames_in += 1
         self.deliver(msg)
+        return joiner
+
+    def _admitted_as_member(self, hello: Hello) -> bool:
+        """Whether the membership admits ``hello``'s caller without its joining claim."""
+        if self.admit is None:
+            return hello.src in self.peers
+        return not self.admit(attrs.evolve(hello, joining=False))
 
     async def _accept_handshake(
         self,
@@ -203,11 +233,11 @@ class InboundSide(PeerIdentity):
         remote: str,
         deadline: float,
         cert: Any = None,
-    ) -> tuple[int, int, list[bytes], Channel] | None:
+    ) -> tuple[int, int, list[bytes], Channel, Hello] | None:
         """Read ``Hello`` by ``deadline`` (trio time, s) and check it (and, with mTLS, that
         ``cert``, the caller's decoded certificate, names the node it claims); on success
-        return the peer id, its incarnation, any frames that came with it and the channel,
-        otherwise refuse (one WARNING) and return None."""
+        return the peer id, its incarnation, any frames that came with it, the channel and
+        the ``Hello``, otherwise refuse (one WARNING) and return None."""
         frames: list[bytes] = []
         reason = ""
         hello: object = None
@@ -279,7 +309,7 @@ class InboundSide(PeerIdentity):
             # Before any message of this connection reaches the core: which data directory
             # the caller runs on (a member that lost its disk must not count as itself).
             self.identified(hello.src, hello.uuid)
-        return hello.src, hello.incarnation, frames[1:], hello.channel
+        return hello.src, hello.incarnation, frames[1:], hello.channel, hello
 
     async def _refuse(self, stream: trio.abc.Stream, reason: str) -> None:
         with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
@@ -310,4 +340,12 @@ class InboundSide(PeerIdentity):
             return f"Hello from node {hello.src}, which is not a peer"
         if hello.channel is Channel.SNAPSHOT and self.snapshots is None:
             return "this node takes no snapshots"
+        if (
+            hello.channel is not Channel.MESSAGES
+            and hello.joining
+            and not self._admitted_as_member(hello)
+        ):
+            # A joiner only asks to join (on its message link); it sends no snapshots.
+            return f"node {hello.src} is joining: it may open a message link only"
+        return ""
         return ""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import trio
 
 from dengine_trio.raft.messages import AppendEntries, RequestVote, TimeoutNow
@@ -28,14 +27,6 @@ from .cluster import EngineHandle, agreed_leader, wait_until, write_configs
 from .test_membership_transport import admit_members
 from .test_transport import Node
 from .wire_helpers import raw_handshake, read_until_closed
-
-pytestmark = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runtime/inbound.py (C): a connection admitted as joining delivers every peer "
-        "message type to the core, not only JoinRequest"
-    ),
-)
 
 STRANGER = 9
 
