@@ -519,7 +519,8 @@ class RaftNode:
             self._persist_hard_state()
             campaign_term = self.term
         self._reset_election_timer()
-        if self._candidate.tracker.start_votes() is VoteResult.WON:  # a single-node cluster
+        votes = self._candidate.tracker.start_votes(unanimous=self._bootstrap_election())
+        if votes is VoteResult.WON:  # a single-node cluster
             self._won_votes()
             return
         ms = self.membership
@@ -539,6 +540,31 @@ class RaftNode:
                     dst_uuid=member.uuid if explicit and member is not None else "",
                 )
             )
+
+    def _bootstrap_election(self) -> bool:
+        """Is our campaign a bootstrap election, to be won only with every voter's grant?
+
+        Yes with a cluster id (the runtime's; a simulator or transcript schedule with one),
+        an implicit membership and a log that holds nothing but no-ops, no snapshot. An
+        empty data directory looks the same whether it is new or wiped, and so does one that
+        holds only a first leader's no-op (its bootstrap entry, the next entry, never
+        arrived): such nodes cannot tell a brand-new cluster from a running one whose
+        bootstrap entry and writes a majority holds, so a majority of them must not elect
+        (a wiped majority, or a wiped voter and one that missed the bootstrap entry,
+        would start a second cluster). Every voter of the implicit membership is asked, and
+        a node holding the bootstrap entry refuses (explicit, it ignores implicit
+        candidates), as does one holding any other entry (§5.4.1). The price: a brand-new
+        cluster elects only once every initial member is up (rqlite's
+        ``-bootstrap-expect`` of all of them). A log with a command is an implicit cluster
+        from before issue 14, which keeps the majority rule (docs/architecture.md,
+        "Membership changes in the core", rule 9)."""
+        if not self._bootstrap_cluster_id or not self.membership.implicit:
+            return False
+        log = self.log
+        if log.snapshot_index:
+            return False
+        # Stops at the first command: cheap on the long log of a cluster from before issue 14.
+        return all(log.entry(i).kind is EntryKind.NOOP for i in range(1, log.last_index + 1))
 
     def _won_votes(self) -> None:
         if self.role is Role.PRE_CANDIDATE:

@@ -46,6 +46,7 @@ class Tracker:
         "quorum",
         "self_id",
         "self_votes",
+        "unanimous",
         "voter_set",
         "voters",
         "votes",
@@ -61,6 +62,7 @@ class Tracker:
         self.self_id = self_id
         self.progress: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
+        self.unanimous = False
         self.voters: tuple[int, ...] = ()
         self.learners: tuple[int, ...] = ()
         self.departing: tuple[int, ...] = ()
@@ -138,9 +140,12 @@ class Tracker:
 
     # --- votes (§5.2, thesis §9.6 for PreVote)
 
-    def start_votes(self) -> VoteResult:
-        """A campaign begins with our own vote."""
+    def start_votes(self, *, unanimous: bool = False) -> VoteResult:
+        """A campaign begins with our own vote. ``unanimous``: a bootstrap election
+        (docs/architecture.md, "Membership changes in the core", rule 9), won only with every
+        voter's grant and lost at the first refusal."""
         self.votes = {self.self_id: True}
+        self.unanimous = unanimous
         return self.vote_result()
 
     def record_vote(self, voter: int, granted: bool) -> VoteResult:
@@ -152,8 +157,13 @@ class Tracker:
         return self.vote_result()
 
     def vote_result(self) -> VoteResult:
-        """WON once a majority of the voters granted, LOST once a majority refused."""
+        """WON once a majority of the voters granted, LOST once a majority refused (in a
+        unanimous campaign: once every voter granted, at the first refusal)."""
         granted = sum(1 for g in self.votes.values() if g)
+        if self.unanimous:
+            if granted >= len(self.voter_set):
+                return VoteResult.WON
+            return VoteResult.LOST if granted < len(self.votes) else VoteResult.PENDING
         if granted >= self.quorum:
             return VoteResult.WON
         if len(self.votes) - granted >= self.quorum:

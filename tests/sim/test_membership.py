@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from dengine_trio.raft import Durability, Receive, Role
+from dengine_trio.raft import Durability, InstallSnapshot, Receive, Role
 from dengine_trio.raft.effects import Send
 from dengine_trio.raft.membership import ConfChange, ConfChangeKind
 from dengine_trio.raft.messages import (
@@ -438,29 +438,33 @@ def test_a_leader_that_learns_its_only_contact_was_wiped_steps_down() -> None:
     finish(c)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolation,
-    reason="known limit (A/C to decide): a wipe before the bootstrap entry reaches a majority",
-)
 def test_a_wipe_before_the_bootstrap_entry_reaches_a_majority() -> None:
     """Found by the generator (wiped-race on five nodes, two of them cut off from the
     start): the bootstrap entry commits on {1, 2, 3} while 4 and 5 never receive it; 3 is
     then wiped. 3, 4 and 5 are a majority on the implicit membership, where nobody is bound:
-    they grant each other's (pre-)votes, and one of them leads without the committed entries.
-    No vote rule can tell a vote 3 forgot from one it never gave; the runtime could (3's
-    peers have a cluster id, 3 has none). ``Cluster.may_wipe`` keeps the generator out of
-    this window."""
+    before the bootstrap election (docs/architecture.md, "Membership changes in the core",
+    rule 9) they granted each other's (pre-)votes, and one of them led without the committed
+    entries (InvariantViolation; a strict xfail until then). Now a candidate that is
+    implicit with an empty log needs every voter, and 1 and 2 (explicit, with data) refuse.
+    (4 and 5 now vote in the first election, which needs all five, and miss every entry.)"""
     c = Cluster(5, seed=18, cluster_id="c1")
-    c.partition([1, 2, 3], [4], [5])
+    for late in (4, 5):  # they vote, never campaign, and receive no entry
+        c.drop(0, late, AppendEntries, InstallSnapshot)
+        c.drop(late, 0, RequestVote)
     leader = c.wait_for_leader()
     assert wait_until(c, lambda: not c.committed_membership().implicit)
+    c.partition([1, 2, 3], [4], [5])
     assert c.raft(4).membership.implicit and c.raft(5).membership.implicit
+    assert c.raft(4).log.last_index == c.raft(5).log.last_index == 0
     w = 3 if leader != 3 else 2  # a follower that voted in term 1
     assert not c.may_wipe(w)
     c.wipe(w)
     c.partition([n for n in (1, 2, 3) if n != w], [4, 5, w])
-    c.run_for(5_000)  # two leaders in term 1: the wiped node votes in it a second time
+    c.run_for(5_000)  # before: a second leader, the wiped node voting a second time
+    assert all(c.raft(n).role is not Role.LEADER for n in (4, 5, w))
+    c.heal()
+    c.rules.clear()
+    c.wait_for_leader()  # the cluster's own members, bound to 4 and 5, lead again
 
 
 def test_a_wiped_node_whose_log_may_fall_back_to_the_implicit_membership_does_not_vote() -> None:
