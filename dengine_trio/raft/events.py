@@ -102,6 +102,18 @@ class PeerIdentity:
     uuid: str
 
 
+@attrs.frozen(slots=True)
+class Removed:
+    """A member of this node's cluster refused it at the handshake, saying the membership it
+    committed at log ``index`` does not include this node (the runtime steps this only for
+    such a refusal: ``HelloReply.removed_index``). Unless the node's own log holds a
+    membership at ``index`` or later, it goes passive as a node that appended its own removal
+    (thesis §4.2.3): no campaign, no vote; a candidate or leader steps down. Passivity never
+    breaks safety, so a false claim costs only this node's liveness."""
+
+    index: int
+
+
 Event = (
     Tick
     | Receive
@@ -113,4 +125,5 @@ Event = (
     | SnapshotStatus
     | ProposeConfChange
     | PeerIdentity
+    | Removed
 )

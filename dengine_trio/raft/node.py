@@ -35,6 +35,7 @@ from .events import (
     ProposeConfChange,
     ReadRequest,
     Receive,
+    Removed,
     SnapshotStatus,
     SnapshotTaken,
     Tick,
@@ -179,6 +180,8 @@ class RaftNode:
         self.membership_index, self.membership = self._configs[-1]
         self._vote_floor = self._bound_since_term()
         self._self_voter = self._campaigns = False
+        # A member's claim that a membership of index > ours leaves us out (``Removed``).
+        self._removed_at = 0
         self._cache_self()
         # The data-directory uuid each peer last said it runs on (``PeerIdentity``).
         self._peer_uuids: dict[int, str] = {}
@@ -392,6 +395,8 @@ class RaftNode:
             self._on_propose_conf_change(event)
         elif isinstance(event, PeerIdentity):
             self._on_peer_identity(event)
+        elif isinstance(event, Removed):
+            self._on_removed(event)
         else:  # pragma: no cover - exhaustive over Event
             raise TypeError(f"unknown event {event!r}")
 
@@ -1354,6 +1359,8 @@ class RaftNode:
         me = self.membership.get(self.id)
         self._self_voter = me is not None and me.voter
         self._campaigns = me is not None and me.voter and self._bound(me)
+        if self._removed_at > self.membership_index:
+            self._campaigns = False  # told we were removed (``Removed``), and not re-added
 
     def _refuses_candidate(self, m: RequestVote) -> bool:
         """Must this (pre-)vote request be ignored for membership reasons alone?
@@ -1373,6 +1380,8 @@ class RaftNode:
         be a voter in its own log (a PROMOTE we have not received): it gets the usual checks.
         """
         ms = self.membership
+        if self._removed_at > self.membership_index:
+            return True  # told we were removed (``Removed``): passive, as if we had appended it
         if ms.implicit:
             if ms.get(self.id) is None:
                 return True  # a joining node, no member of anything yet
@@ -1521,6 +1530,24 @@ class RaftNode:
         self, request_id: int, code: str, message: str, leader_id: int = 0, **detail: object
     ) -> None:
         self._out.append(ConfChangeRejected(request_id, code, message, leader_id, dict(detail)))
+
+    def _on_removed(self, event: Removed) -> None:
+        """A member says the configuration committed at ``event.index`` leaves us out (a
+        removal whose entry never reached us: we were paused or cut off when it committed, and
+        the leader stops replicating to a member once its removal commits). Unless our own log
+        holds a membership that new, we go passive as a node that appended its own removal is
+        (thesis §4.2.3: it must not disrupt): no campaign, no vote, a candidate or leader
+        steps down. Being passive never breaks safety, so a false claim costs at most this
+        node's liveness; a membership at ``index`` or later in our log (we were added again)
+        lifts it."""
+        if event.index <= self.membership_index or event.index <= self._removed_at:
+            return
+        self._removed_at = event.index
+        self._cache_self()
+        if self.role is not Role.FOLLOWER:
+            self._become_follower(self.term, 0)
+        else:
+            self._reset_election_timer()
 
     def _on_peer_identity(self, event: PeerIdentity) -> None:
         """A peer said which data directory it runs on. If that is not the one its

@@ -64,11 +64,12 @@ class _Forward:
     ``index``/``term`` the entry the leader made of it, once a ``ForwardAccepted`` said so.
     """
 
-    __slots__ = ("conf", "frame", "index", "leader", "term", "waiter")
+    __slots__ = ("conf", "frame", "index", "leader", "removes_self", "term", "waiter")
 
-    def __init__(self, leader: int, conf: bool = False) -> None:
+    def __init__(self, leader: int, conf: bool = False, removes_self: bool = False) -> None:
         self.leader = leader
         self.conf = conf
+        self.removes_self = removes_self
         self.waiter = Waiter()
         self.frame: bytes | None = None
         self.index = 0
@@ -123,18 +124,26 @@ class Forwarding:
     # -- follower side ---------------------------------------------------------------------
 
     async def propose(
-        self, leader: int, command: bytes, deadline: float, *, conf: bool = False
+        self,
+        leader: int,
+        command: bytes,
+        deadline: float,
+        *,
+        conf: bool = False,
+        removes_self: bool = False,
     ) -> bytes:
         """Forward ``command`` to ``leader``; its result once committed. Raises ``NotLeader``
         (or ``NoLeader``) only when the command certainly was not committed; ``Timeout`` at
         ``deadline`` (trio time, s); ``Stopped`` once the node stops; the leader's error
         otherwise (``MembershipError`` for a refused admin request). ``conf``: ``command`` is
-        an admin request (``runtime/membership.py``), not a state machine command. The caller
-        holds the request's slot (``RequestTable.admit``)."""
+        an admin request (``runtime/membership.py``), not a state machine command;
+        ``removes_self``: it removes this node, whose answer the leader's closing link may
+        lose, so it also settles once this node learns it was removed (``removed``). The
+        caller holds the request's slot (``RequestTable.admit``)."""
         requests = self._requests
         requests.check_open()
         request_id = next(requests.ids)
-        forward = _Forward(leader, conf)
+        forward = _Forward(leader, conf, removes_self)
         self._forwards[request_id] = forward
         forward.frame = self._send(
             ForwardPropose(
@@ -251,6 +260,16 @@ class Forwarding:
             if forward.frame is not None and forward.leader == dst and id(forward.frame) in unsent:
                 forward.frame = None
                 forward.waiter.fail(NotLeader(None))
+
+    def removed(self, index: int) -> None:
+        """This node learned that a membership committed by ``index`` leaves it out (its
+        own log, or a member's refusal at the handshake): a forwarded request to remove it is
+        done, answered with its entry's index if the leader named it, else ``index``. The
+        leader stops replicating to a removed member and closes its link once the removal
+        commits, so its own answer may never arrive."""
+        for forward in self._forwards.values():
+            if forward.removes_self and not forward.waiter.done:
+                forward.waiter.resolve(msgpack.packb(forward.index or index))
 
     def fail_all(self, error: BaseException) -> None:
         """Fail every pending forwarded write with ``error`` (the node is stopping)."""

@@ -74,6 +74,7 @@ class InboundSide(PeerIdentity):
     deliver: Callable[[object], None]
     admit: Callable[[Hello], str] | None
     identified: Callable[[int, str], None] | None
+    removal: Callable[[Hello], tuple[int, bytes] | None] | None
     delivered: Callable[[], None] | None
     max_frame_bytes: int
     stats: TransportStats
@@ -281,7 +282,10 @@ class InboundSide(PeerIdentity):
             self._log_refusal(
                 remote, reason, f"node {self.node_id}: refused connection from {remote}: {reason}"
             )
-            await self._refuse(stream, reason)
+            proof = None
+            if type(hello) is Hello and self.removal is not None:
+                proof = self.removal(hello)  # a removed member learns it (raft ``Removed``)
+            await self._refuse(stream, reason, proof)
             return None
         assert isinstance(hello, Hello)
         try:
@@ -311,12 +315,14 @@ class InboundSide(PeerIdentity):
             self.identified(hello.src, hello.uuid)
         return hello.src, hello.incarnation, frames[1:], hello.channel, hello
 
-    async def _refuse(self, stream: trio.abc.Stream, reason: str) -> None:
+    async def _refuse(
+        self, stream: trio.abc.Stream, reason: str, removed: tuple[int, bytes] | None = None
+    ) -> None:
+        index, membership = removed if removed is not None else (0, b"")
+        reply = HelloReply(False, reason, self.incarnation, index, membership)
         with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
             try:
-                await stream.send_all(
-                    encode_frame(encode(HelloReply(False, reason, self.incarnation)))
-                )
+                await stream.send_all(encode_frame(encode(reply)))
             except STREAM_ERRORS:
                 pass
 

@@ -39,12 +39,15 @@ import trio
 
 from ..config import ROLE_FOLLOWER, _split_address
 from ..errors import MembershipError
+from ..raft.events import Removed
 from ..raft.membership import (
     ConfChange,
     ConfChangeKind,
     Membership,
     address_key,
     canonical_address,
+    decode_membership,
+    encode_membership,
 )
 from ..storage.cluster_identity import ClusterIdMismatchError, persist_cluster_id
 from ..wire.messages import Hello, JoinRequest
@@ -162,6 +165,9 @@ class MembershipRuntime:
         """As a joiner: to be promoted to voter once caught up (False: a read replica)."""
         self.membership: Membership | None = None
         self.index = 0
+        self.told_removed: tuple[Membership, int] | None = None
+        """A member's refusal said the membership it committed by this index (shown) leaves
+        this node out, and this node's own log has nothing that new (``removed``)."""
         self._join_refusals: dict[tuple[int, str], float] = {}
         self._joins_in_flight: set[int] = set()
         self._joined = trio.Event()
@@ -200,10 +206,30 @@ class MembershipRuntime:
             return None
         return raft.membership_at(max(raft.commit_index, raft.snapshot_index))
 
+    def _say_removed(self, cluster_id: str, by: str) -> None:
+        log.warning(
+            "node %d: removed from cluster %s by %s; it takes no further part (the members "
+            "refuse it): stop this process. To bring the node back, start it with an empty "
+            "data directory as a joining node (docs/operations.md)",
+            self.node_id,
+            cluster_id,
+            by,
+        )
+
     def committed(self) -> None:
         """A configuration entry was applied: links to members it removed close now, and a
-        cluster id it names is this node's from now on."""
+        cluster id it names is this node's from now on; if it removed this node, a forwarded
+        request to remove it is answered (its leader may never answer it)."""
         self._learn_committed_id()
+        committed = self._committed()
+        raft = self._node.raft
+        if (
+            committed is not None
+            and raft is not None
+            and not committed.implicit
+            and committed.get(self.node_id) is None
+        ):
+            self._node.forwarding.removed(raft.commit_index)
         transport = self._node.transport
         if transport is not None:
             transport.set_peers(self.peer_addresses())
@@ -228,15 +254,9 @@ class MembershipRuntime:
         self.membership, self.index = membership, index
         if was_member and not self.is_member() and not membership.implicit:
             # (A truncation can take the change back: the line says what the log says now.)
-            log.warning(
-                "node %d: removed from cluster %s by the configuration entry at index %d; it "
-                "takes no further part (the members refuse it): stop this process. To bring "
-                "the node back, start it with an empty data directory as a joining node "
-                "(docs/operations.md)",
-                self.node_id,
-                membership.cluster_id,
-                index,
-            )
+            self._say_removed(membership.cluster_id, f"the configuration entry at index {index}")
+        if self.told_removed is not None and self.told_removed[1] <= index:
+            self.told_removed = None  # our own log is as new now: it says what we are
         node = self._node
         self._learn_committed_id()
         transport = node.transport
@@ -290,6 +310,54 @@ class MembershipRuntime:
             return ""  # this node joins (or was removed): the cluster it was given talks to it
         cluster = m.cluster_id or "(implicit)"
         return f"node {hello.src} is not a member of cluster {cluster} (removed?)"
+
+    def removal(self, hello: Hello) -> tuple[int, bytes] | None:
+        """For a caller ``admit`` refuses: (commit index, committed membership bytes) if
+        it names this node's cluster and that membership leaves it out (a removed member,
+        told so in the refusal as etcd does), else None."""
+        committed = self._committed()
+        raft = self._node.raft
+        if committed is None or raft is None or committed.implicit or hello.joining:
+            return None
+        if not committed.cluster_id or hello.cluster_id != committed.cluster_id:
+            return None
+        if committed.get(hello.src) is not None or self.admit(hello) == "":
+            return None
+        return max(raft.commit_index, raft.snapshot_index), encode_membership(committed)
+
+    def removed(self, peer: int, index: int, data: bytes) -> None:
+        """``peer`` refused our link saying its membership committed by ``index`` (bytes
+        ``data``) leaves us out. Believed only from a member of our own membership that names
+        our cluster, and only if our log holds no membership that new; then this node goes
+        passive (``raft.Removed``: no campaign, no vote) and answers a forwarded request to
+        remove it. A false claim costs this node's liveness only, never safety (passivity
+        is always safe; docs/architecture.md)."""
+        m = self.membership
+        node = self._node
+        if m is None or m.implicit or m.get(peer) is None or index < self.index:
+            return
+        if self.told_removed is not None and self.told_removed[1] >= index:
+            return
+        try:
+            told = decode_membership(data)
+        except ValueError:
+            return
+        if not told.cluster_id or told.cluster_id != node.cluster_id:
+            return
+        if told.get(self.node_id) is not None:
+            return
+        if not self.is_member():
+            # Our log holds our removal already (we are passive): the refusal says it is
+            # committed, which our leader, no longer replicating to us, never will.
+            node.forwarding.removed(index)
+            return
+        self.told_removed = (told, index)
+        self._say_removed(told.cluster_id, f"a configuration committed by index {index} "
+                          f"(node {peer} says so)")  # fmt: skip
+        if node.driver is not None:
+            node.driver.receive(Removed(index))
+            node.driver.step_now()
+        node.forwarding.removed(index)
 
     # -- joining ---------------------------------------------------------------------------
 
@@ -391,6 +459,9 @@ class MembershipRuntime:
         node = self._node
         raft = node.raft
         m = self.membership
+        index = self.index
+        if self.told_removed is not None:
+            m, index = self.told_removed  # newer than our log: what the cluster committed
         members: list[dict[str, Any]] = []
         progress = raft.progress if raft is not None and raft.is_leader else None
         for member in m.members if m is not None else ():
@@ -414,7 +485,7 @@ class MembershipRuntime:
         return {
             "leader_id": (raft.leader_id or None) if raft is not None else None,
             "cluster_id": node.cluster_id,
-            "index": self.index,
+            "index": index,
             "members": members,
         }
 

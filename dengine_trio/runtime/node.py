@@ -350,6 +350,8 @@ class NodeRuntime:
                 joining=self.membership.joiner and not self.membership.is_member(),
                 admit=self.membership.admit,
                 identified=self._identified,
+                removal=self.membership.removal,
+                removed=self.membership.removed,
                 known_cluster_id=self.cluster_id,
                 address=cfg.own_member().address,
             )

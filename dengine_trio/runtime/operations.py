@@ -219,7 +219,12 @@ class Operations:
                     if leader == self._node.node_id:
                         index, _ = await self.change_local(change, deadline)
                         return index
-                    result = await self._node.forwarding.propose(leader, data, deadline, conf=True)
+                    removes_self = (
+                        change.kind is ConfChangeKind.REMOVE and change.id == self._node.node_id
+                    )
+                    result = await self._node.forwarding.propose(
+                        leader, data, deadline, conf=True, removes_self=removes_self
+                    )
                     index = msgpack.unpackb(result)
                     return int(index)
                 except (NotLeader, NoLeader) as exc:

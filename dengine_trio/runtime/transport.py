@@ -117,6 +117,8 @@ class Transport(InboundSide):
         identified: Callable[[int, str], None] | None = None,
         known_cluster_id: str | None = None,
         address: str = "",
+        removal: Callable[[Hello], tuple[int, bytes] | None] | None = None,
+        removed: Callable[[int, int, bytes], None] | None = None,
     ) -> None:
         if node_id in peers:
             raise ValueError(f"peers must be the other nodes, but include node {node_id}")
@@ -160,6 +162,13 @@ class Transport(InboundSide):
         """``admit(hello)``: why a caller is refused by membership ("" to accept), checked
         after the cluster id and the address; None: only ``peers`` are admitted."""
         self.identified = identified
+        self.removal = removal
+        """``removal(hello)``: for a caller ``admit`` refused, (index, membership bytes) of
+        this node's committed membership if the caller is no member of it (sent in the
+        refusal, ``HelloReply.removed_index``), else None."""
+        self.removed = removed
+        """``removed(peer, index, membership)``: ``peer`` refused our link saying its
+        membership committed at ``index`` (bytes ``membership``) leaves us out."""
         """``identified(peer, uuid)``: called once a message connection from ``peer`` is
         accepted, before any of its messages is delivered."""
         self._links: dict[int, OutboundLink] = {}
@@ -483,6 +492,8 @@ class Transport(InboundSide):
                 raise ProtocolViolation(f"answered Hello with {type(reply).__name__}")
             if not reply.ok:
                 link.stats.refusals += 1
+                if reply.removed_index and self.removed is not None:
+                    self.removed(link.peer_id, reply.removed_index, reply.membership)
                 link.last_error = f"refused the link: {reply.reason}"
                 # A misconfigured peer refuses every second: say it once per reason.
                 level = logging.WARNING if reply.reason != link.last_refusal else logging.DEBUG

@@ -111,13 +111,15 @@ def _field_types(cl: type) -> list[tuple[str, Any]]:
 
 
 def _as_list_hooks(
-    converter: MsgpackConverter, cl: type, *, optional_tail: bool = False
+    converter: MsgpackConverter, cl: type, *, optional_tail: bool = False, min_fields: int = 0
 ) -> tuple[Callable[[Any], Any], Callable[[Any, Any], Any]]:
     """(Un)structure hooks for a message whose fields are primitives or int enums.
 
     The payload has every field. With ``optional_tail`` a payload may also stop before the
     trailing fields that have defaults (``Hello``: an older version's ``Hello`` decodes, so
-    the listener can refuse it naming its protocol version instead of "undecodable")."""
+    the listener can refuse it naming its protocol version instead of "undecodable");
+    ``min_fields`` (with ``optional_tail``) keeps the first that many fields mandatory
+    (``HelloReply``: only its fields added since version 5 may be missing)."""
     fields = _field_types(cl)
     for name, tp in fields:
         if tp not in _PRIMITIVES and tp not in _INT_ENUMS:
@@ -125,7 +127,7 @@ def _as_list_hooks(
     n = len(fields)
     required = n
     if optional_tail:
-        required = sum(1 for f in attrs.fields(cl) if f.default is attrs.NOTHING)
+        required = min_fields or sum(1 for f in attrs.fields(cl) if f.default is attrs.NOTHING)
     field_hooks = [(converter.get_structure_hook(tp), tp) for _, tp in fields]
     # attrgetter builds the payload in C; msgpack packs the tuple as an array and the int enums
     # as plain ints.
@@ -273,7 +275,12 @@ def make_wire_converter() -> MsgpackConverter:
     for cl in TAGS:
         if cl is AppendEntries:
             continue
-        unstructure, structure = _as_list_hooks(converter, cl, optional_tail=cl is Hello)
+        unstructure, structure = _as_list_hooks(
+            converter,
+            cl,
+            optional_tail=cl in (Hello, HelloReply),
+            min_fields=3 if cl is HelloReply else 0,  # ok, reason, incarnation
+        )
         if cl is InstallSnapshot:
             structure = _install_snapshot_hook(structure)
         converter.register_unstructure_hook(cl, unstructure)

@@ -79,12 +79,21 @@ class Hello:
 
 @attrs.frozen(slots=True)
 class HelloReply:
-    """The listener's answer to ``Hello``; on ``ok=False`` it closes the connection."""
+    """The listener's answer to ``Hello``; on ``ok=False`` it closes the connection.
+
+    A refusal because the caller is no member of the listener's committed membership (a
+    removed node: etcd tells such a member at the handshake too) names that membership:
+    ``removed_index`` is its log index (0: not such a refusal) and ``membership`` its bytes
+    (``raft.membership.encode_membership``). The caller goes passive (``raft.Removed``) if
+    the listener is a member of its cluster. ``removed_index`` and ``membership`` are
+    trailing and optional (since protocol version 5): a reply without them still decodes."""
 
     ok: bool
     reason: str = ""
     incarnation: int = 0
     """The listener's own incarnation (see ``Hello``)."""
+    removed_index: int = 0
+    membership: bytes = b""
 
 
 class ForwardStatus(IntEnum):

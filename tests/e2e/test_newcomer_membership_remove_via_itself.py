@@ -9,19 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.cluster import running_cluster
 from tests.e2e.membership import put, voters_of
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "removing a follower through its own health port answers 504 timeout although the "
-        "removal is committed (the leader closes the link the answer would take)"
-    ),
-)
 def test_removing_a_follower_through_its_own_endpoint_answers_200(tmp_path: Path) -> None:
     with running_cluster(tmp_path) as cluster:
         leader = cluster.wait_for_leader()

@@ -16,21 +16,12 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.cluster import running_cluster, wait_until
 from tests.e2e.membership import members_of, put
 
 PAUSED_WRITES = 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a follower paused while it is removed never learns its removal: it stays a voter "
-        "in its own membership and campaigns (pre_candidate) for as long as it runs"
-    ),
-)
 def test_a_follower_removed_while_paused_learns_it_and_stops_campaigning(
     tmp_path: Path,
 ) -> None:

@@ -33,7 +33,7 @@ from dengine_trio.wire import (
     decode,
     encode,
 )
-from dengine_trio.wire.messages import HANDSHAKE_TYPES, SNAPSHOT_TYPES
+from dengine_trio.wire.messages import HANDSHAKE_TYPES, SNAPSHOT_TYPES, HelloReply
 
 # Every type a node may put on the wire: what the message links carry (the Raft messages and
 # the runtime's own), the handshake, what snapshot connections carry, and InstallSnapshot
@@ -209,7 +209,9 @@ def test_corrupted_encodings_raise_only_codec_error(msg: Any, data: st.DataObjec
     [
         [33, [1, ""]],  # int where a bool is declared
         [33, [True]],  # too few fields
-        [33, [True, "", 1, 2]],  # too many fields
+        [33, [True, "", 1, 2, b"", 3]],  # too many fields
+        [33, [False, "r", 1, "2", b""]],  # str where HelloReply.removed_index is an int
+        [33, [False, "r", 1, 2, "m"]],  # str where HelloReply.membership is bytes
         [33, {"ok": True, "reason": ""}],  # a map instead of a list
         [5, [1, 2, 3, 4, True]],  # bool where an int is declared
         [5, [1, 2, 3, 4, 5.0]],  # float where an int is declared
@@ -294,6 +296,14 @@ def test_older_hello_decodes_so_its_version_can_be_named() -> None:
     assert decode(msgpack.packb([32, ["c", 1, 2, 3, 9]])) == Hello("c", 1, 2, 3, 9)
     assert decode(msgpack.packb([32, ["c", 1, 2, 2]])) == Hello("c", 1, 2, 2)
     assert Hello("c", 1, 2, 3).channel is Channel.MESSAGES
+
+
+def test_a_hello_reply_without_its_removal_fields_decodes() -> None:
+    """``HelloReply.removed_index`` and ``membership`` (a refusal that tells a removed member)
+    are trailing and optional: a reply without them decodes with their defaults."""
+    assert decode(msgpack.packb([33, [False, "no", 7]])) == HelloReply(False, "no", 7)
+    reply = HelloReply(False, "removed?", 7, 12, b"m")
+    assert decode(encode(reply)) == reply
 
 
 def test_install_snapshot_and_snapshot_frames_are_not_link_messages() -> None:
