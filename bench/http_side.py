@@ -13,8 +13,9 @@ is bounded in time (``-d``) and in count (the script stops after ``max_requests`
 are run round-robin, ``rounds`` times, so each side of every comparison alternates with the
 other under the same background load.
 
-``python -m bench.http_side --cpu [--workers 1 2]`` is the HTTP path's cost probe (issue 18):
-the CPU time per request of the leader's process and of its HTTP workers, route by route.
+``python -m bench.http_side --cpu [--workers 1 2] [--raw]`` is the HTTP path's cost probe
+(issue 18): the CPU time per request of the leader's process and of its HTTP workers, route
+by route, with ``--raw`` beside the raw ASGI ceiling's under the same load.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
@@ -427,18 +430,48 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+IDLE_SAMPLE_S = 3.0
 CPU_LOADS = [
     ("POST", "kv-post", ""),
     ("GET lease", "kv-get", "?consistency=lease"),
+    ("GET eventual", "kv-get", "?consistency=eventual"),
     ("GET linearizable", "kv-get", "?consistency=linearizable"),
 ]
 
 
-def cpu_per_request(workers: int, seconds: float, connections: int) -> list[str]:
+def _wrk_cpu(
+    wrk: str, url: str, pids: Sequence[int], mode: str, arg: str, seconds: float, connections: int
+) -> tuple[float, list[float]]:
+    """One wrk load: (requests/s, CPU time per request of each of ``pids`` in µs)."""
+    command = [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(WRK_SCRIPT)]
+    command += [url, "--", mode, "cpu", "1000000", arg]
+    before = [_cpu_s(pid) for pid in pids]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
+    after = [_cpu_s(pid) for pid in pids]
+    result = [line for line in done.stdout.splitlines() if line.startswith("WRKJSON ")]
+    data = json.loads(result[0][len("WRKJSON ") :])
+    count = data["requests"]
+    spent = [(a - b) / count * 1e6 for a, b in zip(after, before, strict=True)]
+    return count / data["duration_us"] * 1e6, spent
+
+
+def _raw_up(url: str) -> Callable[[httpx.AsyncClient], Awaitable[bool]]:
+    async def up(http: httpx.AsyncClient) -> bool:
+        return (await http.get(f"{url}/kv/{GET_KEYS[0]}")).status_code == 200
+
+    return up
+
+
+def cpu_per_request(
+    workers: int, seconds: float, connections: int, raw_ceiling: bool = False
+) -> list[str]:
     """A three-node cluster (the e2e suite's MemFirst nodes, ``[http] workers``) loaded by
     wrk on the leader, route by route: its throughput and the CPU time per request of the
-    leader's process and of its HTTP workers together (``/proc/<pid>/stat``), in µs.
-    Linux only. Returns one line per route."""
+    leader's process and of its HTTP workers together (``/proc/<pid>/stat``), in µs. With
+    ``raw_ceiling``, each load also runs on ``bench.ceiling --raw`` (a raw ASGI app answering
+    fixed bodies on the same Hypercorn settings) for its CPU per request beside ours. CPU time,
+    unlike requests/s, holds up on a machine loaded by other work. Linux only. Returns one
+    line per route."""
     from tests.e2e.cluster import Cluster
 
     wrk = shutil.which("wrk")
@@ -456,27 +489,142 @@ def cpu_per_request(workers: int, seconds: float, connections: int) -> list[str]
         node = leader.proc.pid
         kids = _children(node) if workers > 1 else []
         url = f"http://127.0.0.1:{leader.port}"
-        for name, mode, arg in CPU_LOADS:
-            command = [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(WRK_SCRIPT)]
-            command += [url, "--", mode, "cpu", "1000000", arg]
-            before = {pid: _cpu_s(pid) for pid in (node, *kids)}
-            done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
-            after = {pid: _cpu_s(pid) for pid in (node, *kids)}
-            result = [line for line in done.stdout.splitlines() if line.startswith("WRKJSON ")]
-            data = json.loads(result[0][len("WRKJSON ") :])
-            count = data["requests"]
-            node_us = (after[node] - before[node]) / count * 1e6
-            workers_us = sum(after[p] - before[p] for p in kids) / count * 1e6
-            rate = count / data["duration_us"] * 1e6
-            lines.append(
-                f"workers={workers} {name}: {rate:,.0f} req/s; CPU per request: node "
-                f"process {node_us:.0f} us, HTTP workers {workers_us:.0f} us"
-            )
-            print(lines[-1], flush=True)
+        raw: subprocess.Popen[bytes] | None = None
+        if raw_ceiling:
+            (raw_port,) = free_ports(1)
+            raw_command = [sys.executable, "-m", "bench.ceiling", "--port", str(raw_port), "--raw"]
+            with open(root / "ceiling-raw.log", "wb") as raw_log:
+                raw = subprocess.Popen(raw_command, stdout=raw_log, stderr=subprocess.STDOUT)
+            raw_url = f"http://127.0.0.1:{raw_port}"
+            try:
+                trio.run(wait_http, _raw_up(raw_url), "the raw ASGI app")
+            except RuntimeError:
+                raw.kill()
+                raise RuntimeError((root / "ceiling-raw.log").read_text()[-2000:]) from None
+        # The node's own work without requests (heartbeats, timers): CPU s per s. Part of
+        # every figure below, as idle_share / rate per request.
+        idle_before = _cpu_s(node)
+        time.sleep(IDLE_SAMPLE_S)
+        idle_share = (_cpu_s(node) - idle_before) / IDLE_SAMPLE_S
+        try:
+            for name, mode, arg in CPU_LOADS:
+                rate, (node_us, *worker_us) = _wrk_cpu(
+                    wrk, url, [node, *kids], mode, arg, seconds, connections
+                )
+                line = (
+                    f"workers={workers} {name}: {rate:,.0f} req/s; CPU per request: node "
+                    f"process {node_us:.0f} us (its idle work {idle_share * 1e6 / rate:.0f} us of "
+                    f"it), HTTP workers {sum(worker_us):.0f} us"
+                )
+                if raw is not None:
+                    # The same load on the raw ASGI app (fixed bodies) on the same Hypercorn
+                    # settings, in the same run: the stack's own cost per request.
+                    raw_rate, (raw_us,) = _wrk_cpu(
+                        wrk, raw_url, [raw.pid], mode, "", seconds, connections
+                    )
+                    line += (
+                        f"; raw ASGI app {raw_rate:,.0f} req/s, {raw_us:.0f} us "
+                        f"(ours/raw CPU {node_us / raw_us:.2f}x)"
+                    )
+                lines.append(line)
+                print(lines[-1], flush=True)
+        finally:
+            if raw is not None:
+                raw.terminate()
+                raw.wait(30)
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
     return lines
+
+
+APP_ROUTES = [
+    ("POST", "POST", "/kv", b""),
+    ("GET lease", "GET", "/kv/k", b"consistency=lease"),
+    ("GET eventual", "GET", "/kv/k", b"consistency=eventual"),
+    ("GET linearizable", "GET", "/kv/k", b"consistency=linearizable"),
+    ("DELETE", "DELETE", "/kv/k", b""),
+]
+
+
+async def _app_cpu(requests: int) -> list[str]:
+    from bench.ceiling import raw_ceiling_app
+    from dengine_trio.api.kv import create_kv_app
+    from dengine_trio.engine import EmbeddedEngine
+    from dengine_trio.metrics.http import instrument_app
+    from dengine_trio.metrics.prometheus import PrometheusSink
+    from tests.support.cluster import node_config
+
+    body = json.dumps({"key": "k", "value": VALUE_TEXT}, separators=(",", ":")).encode()
+    root = Path(tempfile.mkdtemp(prefix="dengine-bench-app-cpu-"))
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    config = node_config(root / "n1.toml", 1, address, {1: address}, root / "db")
+    lines = []
+
+    async def drive(app: Any, method: str, path: str, query: bytes, n: int) -> float:
+        # As Hypercorn calls an app: its scope, a trio channel's receive holding the whole
+        # body, a send that takes the messages.
+        headers = [(b"host", b"127.0.0.1"), (b"user-agent", b"wrk")]
+        if method == "POST":
+            headers += [(b"content-type", b"application/json")]
+            headers += [(b"content-length", b"%d" % len(body))]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query,
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8080),
+            "extensions": {},
+        }
+        message = {"type": "http.request", "body": body if method == "POST" else b""}
+
+        async def send(_: Any) -> None:
+            pass
+
+        started = time.process_time()
+        for _ in range(n):
+            to_app, receive = trio.open_memory_channel[Any](1)
+            to_app.send_nowait(message)
+            await app(dict(scope), receive.receive, send)
+        return (time.process_time() - started) / n * 1e6
+
+    try:
+        async with EmbeddedEngine.start(config, metrics=PrometheusSink()) as engine:
+            await engine.wait_ready(READY_TIMEOUT_S)
+            app = create_kv_app(engine)
+            instrument_app(app, engine.metrics)
+            for name, method, path, query in APP_ROUTES:
+                best: dict[str, float] = {}
+                for _ in range(3):  # the best of three: the least disturbed by other work
+                    for side, served in (("ours", app), ("raw", raw_ceiling_app)):
+                        await engine.client().put(b"k", VALUE_TEXT.encode())
+                        spent = await drive(served, method, path, query, requests)
+                        best[side] = min(best.get(side, spent), spent)
+                lines.append(
+                    f"{name}: KV app {best['ours']:.1f} us, raw ASGI app {best['raw']:.1f} us "
+                    f"per request (in process, no HTTP server)"
+                )
+                print(lines[-1], flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return lines
+
+
+def app_cpu_per_request(requests: int) -> list[str]:
+    """The KV app alone, called in process as Hypercorn calls it, one request at a time on a
+    one-node engine (the runtime's default storage), beside the raw ASGI ceiling app: CPU time
+    per request (µs, ``time.process_time``, both threads of the process: a write's includes its
+    fsync). What the fast path and the engine add to a request, without the HTTP server's
+    cost, which is the same for both. The DELETEs after the first delete a key already absent:
+    still a committed write each (200 with its index). Returns one line per route."""
+    return trio.run(_app_cpu, requests)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -486,11 +634,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--raw", action="store_true", help="also the raw ASGI ceiling's CPU per request"
+    )
+    parser.add_argument(
+        "--app", type=int, metavar="N", help="the KV app in process: N requests per route"
+    )
     args = parser.parse_args(argv)
+    if args.app:
+        app_cpu_per_request(args.app)
+        return 0
     if not args.cpu:
-        parser.error("nothing to do: pass --cpu")
+        parser.error("nothing to do: pass --cpu or --app N")
     for count in args.workers:
-        cpu_per_request(count, args.seconds, args.connections)
+        cpu_per_request(count, args.seconds, args.connections, args.raw)
     return 0
 
 
