@@ -29,7 +29,7 @@ async def test_the_client_refuses_what_http_refuses(tmp_path: Path) -> None:
     async with EmbeddedEngine.start(config) as engine:
         with trio.fail_after(15):
             await engine.wait_ready(10)
-        c = engine.client()
+        c: Any = engine.client()  # wrong argument types on purpose
         await c.put(b"a", b"1")
         bad: list[tuple[str, Any]] = [
             ("min_index=-1", lambda: c.get(b"a", min_index=-1)),
