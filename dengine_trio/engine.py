@@ -21,8 +21,8 @@ import trio
 from . import kvbridge
 from .client_types import Item, Page, TxnOp, TxnOutcome, WriteOutcome
 from .config import NodeConfig
-from .errors import Stopped, Timeout, TooLarge
-from .kv_commands import UNSET, Compare, _Unset
+from .errors import NodeRemoved, Stopped, Timeout, TooLarge
+from .kv_commands import MAX_INDEX, MAX_TTL_MS, UNSET, Compare, _Unset
 from .metrics import MetricsSink
 from .policy import ReadPolicy
 from .runtime.expiry import Expirer
@@ -278,9 +278,22 @@ class EmbeddedEngine:
         command certainly was not committed. ``timeout_s`` in seconds, default
         ``request_timeout_ms``. Raises ``TooLarge`` (``command`` over ``MAX_COMMAND_BYTES``, the
         transport frame limit less 1 MiB), ``Timeout`` (it may or may not have been applied),
-        ``NoLeader``, ``Overloaded`` (``max_pending_requests`` reached), ``Stopped``.
+        ``NoLeader``, ``Overloaded`` (``max_pending_requests`` reached), ``Stopped``,
+        ``NodeRemoved`` (this node was removed from its cluster).
         """
+        self._check_not_removed()
         return await self._runtime.propose(command, timeout_s)
+
+    def removed(self) -> bool:
+        """This node was removed from its cluster (its log holds its removal, or a member
+        told it at the handshake): it serves nothing (``/replica`` 503, KV 503 ``removed``)."""
+        return self._runtime.membership.removed()
+
+    def _check_not_removed(self) -> None:
+        if self.removed():
+            raise NodeRemoved(
+                f"node {self._runtime.node_id} was removed from its cluster and serves nothing"
+            )
 
     async def read_barrier(self, policy: ReadPolicy, timeout_s: float | None = None) -> None:
         """Wait until the local state machine may serve a read under ``policy``.
@@ -290,8 +303,10 @@ class EmbeddedEngine:
         trip to the leader). ``LEASE``: the same while the leader's lease holds, without the
         round (thesis section 6.4.1). ``EVENTUAL``: returns at once. ``timeout_s`` in seconds,
         default ``request_timeout_ms``. Raises ``NoLeader`` (none confirmed the read in time),
-        ``Timeout``, ``Overloaded``, ``Stopped``.
+        ``Timeout``, ``Overloaded``, ``Stopped``, ``NodeRemoved`` (any policy: a removed
+        node's state machine no longer follows the cluster).
         """
+        self._check_not_removed()
         if policy is not ReadPolicy.EVENTUAL:
             await self._runtime.read_barrier(lease=policy is ReadPolicy.LEASE, timeout_s=timeout_s)
 
@@ -399,7 +414,16 @@ class Client:
             raise TooLarge("value", len(value), self._max_value)
 
     @staticmethod
+    def _check_int(name: str, value: object, low: int, high: int) -> None:
+        """ValueError unless ``value`` is an int (not a bool) from ``low`` to ``high``: the
+        bounds HTTP checks (400), so both APIs take the same arguments."""
+        if type(value) is not int or not low <= value <= high:
+            raise ValueError(f"{name} must be an int from {low} to {high}, got {value!r}")
+
+    @staticmethod
     def _check_idempotency_key(idempotency_key: bytes | None) -> None:
+        if idempotency_key is not None and type(idempotency_key) is not bytes:
+            raise ValueError(f"an idempotency key is bytes, got {type(idempotency_key).__name__}")
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= (
             MAX_IDEMPOTENCY_KEY_BYTES
         ):
@@ -431,8 +455,9 @@ class Client:
         ``idempotency_key``: a retry of the same request with the same key returns the first
         outcome (``duplicate``) and applies nothing; the key reused for a different request
         (another kind of write, key, value, TTL or compare) raises ``IdempotencyKeyReused``,
-        nothing applied. Raises ``TooLarge`` (key, value), ``ValueError`` (a ``ttl_ms`` < 1, a
-        negative ``prev_index``, an idempotency key not of 1 to 256 bytes), and what
+        nothing applied. Raises ``TooLarge`` (key, value), ``ValueError`` (a ``ttl_ms`` not an
+        int from 1 to 2**53, a ``prev_index`` not an int from 0 to 2**63-1, bools refused as
+        HTTP refuses them; an idempotency key not bytes of 1 to 256), and what
         :meth:`EmbeddedEngine.propose` raises: on ``Timeout`` the write may or may not have
         been applied (retry it with the same ``idempotency_key`` to find out, applying it at
         most once).
@@ -469,10 +494,10 @@ class Client:
         self._check_key(key)
         self._check_value(value)
         self._check_idempotency_key(idempotency_key)
-        if ttl_ms is not None and ttl_ms < 1:
-            raise ValueError(f"ttl_ms must be >= 1, got {ttl_ms}")
-        if prev_index is not None and prev_index < 0:
-            raise ValueError(f"prev_index must be >= 0, got {prev_index}")
+        if ttl_ms is not None:
+            self._check_int("ttl_ms", ttl_ms, 1, MAX_TTL_MS)
+        if prev_index is not None:
+            self._check_int("prev_index", prev_index, 0, MAX_INDEX)
         now_ms = kvbridge.wall_clock_ms()
         return kvbridge.encode_put(
             key,
@@ -514,8 +539,8 @@ class Client:
         """Check the arguments of a delete (see :meth:`delete`) and encode its command."""
         self._check_key(key)
         self._check_idempotency_key(idempotency_key)
-        if prev_index is not None and prev_index < 0:
-            raise ValueError(f"prev_index must be >= 0, got {prev_index}")
+        if prev_index is not None:
+            self._check_int("prev_index", prev_index, 0, MAX_INDEX)
         return kvbridge.encode_delete(
             key,
             now_ms=kvbridge.wall_clock_ms(),
@@ -554,8 +579,8 @@ class Client:
         for op in (*success, *failure):
             self._check_key(op.key)
             self._check_value(op.value)
-            if op.ttl_ms is not None and op.ttl_ms < 1:
-                raise ValueError(f"ttl_ms must be >= 1, got {op.ttl_ms}")
+            if op.ttl_ms is not None:
+                self._check_int("ttl_ms", op.ttl_ms, 1, MAX_TTL_MS)
             size += len(op.key) + len(op.value)
         if size > self._max_txn_bytes:
             raise TooLarge("txn", size, self._max_txn_bytes)
@@ -576,6 +601,7 @@ class Client:
 
     async def _before_read(self, policy: ReadPolicy | None, min_index: int) -> None:
         """``min_index`` applied here, then ``policy``'s barrier, within one request timeout."""
+        self._check_int("min_index", min_index, 0, MAX_INDEX)
         policy = policy or self._default_policy
         if min_index > 0:
             deadline = trio.current_time() + self._request_timeout_s
@@ -594,7 +620,7 @@ class Client:
         over ``limits.max_key_bytes``: it cannot exist) and as
         :meth:`EmbeddedEngine.read_barrier`."""
         self._check_key(key)
-        if min_index:
+        if min_index or type(min_index) is not int:  # False, 0.0: refused by the check
             await self._before_read(policy, min_index)
         else:  # the hot path: one call, as before min_index existed
             await self._engine.read_barrier(policy or self._default_policy)
@@ -625,8 +651,7 @@ class Client:
         ``next`` continues the listing. One consistent view under ``policy`` (the state as
         of one instant: nothing applies while a page is collected). Raises ``ValueError``
         (``limit`` < 1) and as :meth:`get`."""
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+        self._check_int("limit", limit, 1, MAX_INDEX)
         await self._before_read(policy, min_index)
         return kvbridge.list_page(self._sm, prefix, after, limit, max_bytes)
 
@@ -650,8 +675,10 @@ class Client:
 
     async def get_eventual(self, key: bytes) -> bytes | None:
         """``key``'s value in this node's state machine now (None if absent); never waits,
-        may be stale. Raises only ``TooLarge`` (a key over ``limits.max_key_bytes``)."""
+        may be stale. Raises only ``TooLarge`` (a key over ``limits.max_key_bytes``) and
+        ``NodeRemoved``."""
         self._check_key(key)
+        self._engine._check_not_removed()
         return kvbridge.get_value(self._sm, key)
 
     def watch(

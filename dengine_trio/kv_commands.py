@@ -76,6 +76,12 @@ FLAG_EXISTED = 4
 
 _TXN_OP_NAMES = ("put", "delete", "get")
 
+MAX_INDEX = 2**63 - 1
+"""The largest index (and ``now_ms``, deadline, bound) a command carries: msgpack's int64
+range, so a larger int is a ValueError here rather than msgpack's OverflowError."""
+MAX_TTL_MS = 2**53
+"""The longest TTL the Client and HTTP take (ms; JSON's exact integers)."""
+
 
 class _Unset(enum.Enum):
     """The type of ``UNSET``: ``prev_value`` not given (None has a meaning of its own)."""
@@ -238,8 +244,8 @@ def _check_bytes(name: str, value: object) -> None:
 
 
 def _check_index(name: str, value: object) -> None:
-    if type(value) is not int or value < 0:
-        raise ValueError(f"{name} must be an int >= 0")
+    if type(value) is not int or not 0 <= value <= MAX_INDEX:
+        raise ValueError(f"{name} must be an int from 0 to {MAX_INDEX}")
 
 
 def _cas(prev_value: bytes | _Unset | None, prev_index: int | None) -> list[list[object]]:

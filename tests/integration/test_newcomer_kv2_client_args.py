@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 from dengine_trio import EmbeddedEngine
@@ -20,10 +19,6 @@ from dengine_trio import EmbeddedEngine
 from .cluster import write_configs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Client takes min_index=-1/1.5, ttl_ms=True, a str idempotency key, and 2**70 overflows",
-)
 async def test_the_client_refuses_what_http_refuses(tmp_path: Path) -> None:
     (config,) = write_configs(tmp_path, 1)
     async with EmbeddedEngine.start(config) as engine:

@@ -51,6 +51,20 @@ async def test_a_transaction_over_its_bounds_is_too_large(tmp_path: Path) -> Non
         lambda c: c.txn([], [TxnOp.put(b"k", b"v", ttl_ms=-1)]),
         lambda c: c.txn([], [TxnOp.put(b"k", b"1"), TxnOp.delete(b"k")]),
         lambda c: c.list(b"", limit=0),
+        # KF (newcomer 0469d72's class): what HTTP refuses, the Client refuses too, as
+        # ValueError (bools, floats, str keys; over int64 a ValueError, not OverflowError).
+        lambda c: c.put(b"k", b"v", ttl_ms=True),
+        lambda c: c.put(b"k", b"v", ttl_ms=2**53 + 1),
+        lambda c: c.put(b"k", b"v", prev_index=2**63),
+        lambda c: c.put(b"k", b"v", idempotency_key="x"),
+        lambda c: c.delete(b"k", prev_index=True),
+        lambda c: c.txn([], [TxnOp.put(b"k", b"v", ttl_ms=1.5)]),
+        lambda c: c.txn([Compare(b"k", "mod", "==", 2**70)], []),
+        lambda c: c.get(b"k", min_index=-1),
+        lambda c: c.get(b"k", min_index=False),
+        lambda c: c.get_item(b"k", min_index=1.5),
+        lambda c: c.list(b"", limit=True),
+        lambda c: c.list(b"", min_index=2**64),
     ],
 )
 async def test_programming_mistakes_are_value_errors(
