@@ -42,6 +42,13 @@ class Stopped(DengineError):
     """The engine is stopping or stopped."""
 
 
+class NodeRemoved(DengineError):
+    """This node was removed from its cluster (its log holds its removal, or a member told
+    it at the handshake): it serves nothing, neither reads (not even eventual ones: its
+    state machine no longer follows the cluster) nor writes (issue 14). HTTP: 503
+    ``removed``."""
+
+
 class TooLarge(DengineError):
     """A request exceeds a size limit, in bytes: ``limit`` names which (``"key"``:
     ``limits.max_key_bytes``, ``"value"``: ``limits.max_value_bytes``, ``"body"``: an HTTP

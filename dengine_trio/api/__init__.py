@@ -318,6 +318,8 @@ def engine_error_response(exc: errors.DengineError) -> Response:
         return json_error(503, "no_leader", "no leader reachable, retry shortly", retry)
     if isinstance(exc, errors.Stopped):
         return json_error(503, "stopped", "this node is shutting down", retry)
+    if isinstance(exc, errors.NodeRemoved):
+        return json_error(503, "removed", str(exc))
     if isinstance(exc, errors.Overloaded):
         return json_error(503, "overloaded", "too many pending requests, retry shortly", retry)
     if isinstance(exc, errors.Timeout):

@@ -5,7 +5,8 @@
 timeout and has caught up (``EmbeddedEngine.caught_up``: applied to within
 ``max_promote_lag_entries`` of what its leader committed), else 503 (a follower cut off from
 the cluster, or a joining node still receiving the snapshot or log, ``catching_up``, stays out
-of the read pool); with ``?max_lag=N`` (entries)
+of the read pool; a node removed from its cluster, ``removed``, serves nothing); with
+``?max_lag=N`` (entries)
 also 503 ``lagging`` while the follower has more than N committed entries still to apply
 (``EmbeddedEngine.applied_lag``), so a load balancer can drop a replica that is behind.
 ``GET /status``: the engine's view (role, term, indexes, peers) as JSON. ``GET /metrics``: the
@@ -79,6 +80,10 @@ def create_health_app(engine: EmbeddedEngine) -> App:
         return json_error(503, "not_primary", f"node {node_id} is not the leader ({leader=})")
 
     def replica_response() -> Response:
+        if engine.removed():
+            return json_error(
+                503, "removed", f"node {node_id} was removed from its cluster and serves nothing"
+            )
         if engine.is_leader():
             return json_error(503, "not_replica", f"node {node_id} is the leader")
         if not engine.leader_contact_recent():

@@ -166,6 +166,8 @@ class MembershipRuntime:
         self.membership: Membership | None = None
         self.index = 0
         self.told_removed: tuple[Membership, int] | None = None
+        self._left = False
+        """This node was a member and its explicit membership no longer lists it."""
         """A member's refusal said the membership it committed by this index (shown) leaves
         this node out, and this node's own log has nothing that new (``removed``)."""
         self._join_refusals: dict[tuple[int, str], float] = {}
@@ -205,6 +207,12 @@ class MembershipRuntime:
         if raft is None:
             return None
         return raft.membership_at(max(raft.commit_index, raft.snapshot_index))
+
+    def removed(self) -> bool:
+        """This node was removed from its cluster: its log's explicit membership no longer
+        lists it (it was a member), or a member told it so at the handshake. It serves
+        nothing (``EmbeddedEngine.removed``)."""
+        return self._left or self.told_removed is not None
 
     def _say_removed(self, cluster_id: str, by: str) -> None:
         log.warning(
@@ -252,6 +260,11 @@ class MembershipRuntime:
         first = self.membership is None
         was_member = self.is_member()
         self.membership, self.index = membership, index
+        if self.is_member() or membership.implicit:
+            self._left = False
+        elif was_member or (first and not self.joiner):
+            # (A restart of a removed node: a non-joiner outside an explicit membership.)
+            self._left = True
         if was_member and not self.is_member() and not membership.implicit:
             # (A truncation can take the change back: the line says what the log says now.)
             self._say_removed(membership.cluster_id, f"the configuration entry at index {index}")
@@ -325,7 +338,7 @@ class MembershipRuntime:
             return None
         return max(raft.commit_index, raft.snapshot_index), encode_membership(committed)
 
-    def removed(self, peer: int, index: int, data: bytes) -> None:
+    def told(self, peer: int, index: int, data: bytes) -> None:
         """``peer`` refused our link saying its membership committed by ``index`` (bytes
         ``data``) leaves us out. Believed only from a member of our own membership that names
         our cluster, and only if our log holds no membership that new; then this node goes

@@ -351,7 +351,7 @@ class NodeRuntime:
                 admit=self.membership.admit,
                 identified=self._identified,
                 removal=self.membership.removal,
-                removed=self.membership.removed,
+                removed=self.membership.told,
                 known_cluster_id=self.cluster_id,
                 address=cfg.own_member().address,
             )
