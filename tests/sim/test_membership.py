@@ -492,3 +492,44 @@ def test_a_wiped_node_whose_log_may_fall_back_to_the_implicit_membership_does_no
             cluster_id="c1",
         )
     )
+
+
+# Generator schedules that once failed (issue 14), replayed exactly: each with the finding it
+# showed then. They pass with today's core and generator bounds; a regression shows again here.
+ONCE_FAILED = [
+    # A wipe while a leader's REMOVE was appended, the leader down: no electable node (the
+    # generator now counts a down node's configuration in may_wipe).
+    "Schedule(size=3, seed=1, durability=Durability.MEM_FIRST, actions=((1.0, ('restart', 1)),"
+    " (1.0, ('reads', 1)), (650.0, ('cut', 1, 1)), (1.0, ('cut', 1, 1)), (1.0, ('partition',"
+    " [0, 0, 0])), (1.0, ('member-race', 'crash-leader', 'remove', 0.0, 'AppendEntries')),"
+    " (1.0, ('wipe', 0, 0.0, 1.0))), cluster_id='c1')",
+    # A removal after a wipe left voters {1, 2} with 2 amnesiac (may_remove).
+    "Schedule(size=3, seed=1, durability=Durability.DISK_FIRST, actions=((1.0, ('reads', 1)),"
+    " (1.0, ('partition', [0, 0, 0])), (400.0, ('partition', [0, 0, 0])), (400.0,"
+    " ('partition', [0, 0, 0])), (1.0, ('wiped-race', 0.0, 1.0)), (1.0, ('lease-split', 5.0)),"
+    " (650.0, ('removed-campaign', False))), cluster_id='c1')",
+    # At 5d86135: no leader within 20 s after the heal (four voters, one wiped and not yet
+    # re-bound, a lagging voter campaigning, PreVote off); passes since the core's fafa45f.
+    "Schedule(size=3, seed=533, durability=Durability.MEM_FIRST, actions=((100.0, ('reads', 3)),"
+    " (1000.0, ('member-race', 'transfer', 'add', 1.0, 'AppendEntries')), (10.0,"
+    " ('member-race', 'crash-leader', 'replace', 300.0, 'AppendEntries')), (1000.0,"
+    " ('member-race', 'crash-leader', 'replace', 0.0, 'AppendEntries')), (650.0, ('wiped-race',"
+    " 0.0, 1.0)), (1000.0, ('heal',))), options=(('pre_vote', False),), cluster_id='c1')",
+    # A durability count over the committed configuration only: an entry committed right after
+    # a PROMOTE was appended is on 3 of its 5 voters, 2 of the committed 4 (the checks now
+    # count over every configuration in play).
+    "Schedule(size=5, seed=24102981, durability=Durability.DISK_FIRST, actions=((3000.0,"
+    " ('heal',)), (400.0, ('transfer', 2)), (10.0, ('raised-term', 300.0, 30.0)), (400.0,"
+    " ('stale-term', 1.0)), (100.0, ('member', 'promote', False)), (100.0, ('rule', 'delay', 5,"
+    " 5, 'ReadIndex', 300.0)), (1.0, ('wipe', 0, 50.0, 1.0)), (3000.0, ('crash', 2)), (10.0,"
+    " ('rule', 'drop', 2, 0, 'AppendEntriesResponse', 700.0)), (650.0, ('crash', 2)), (400.0,"
+    " ('transfer-late', 4, 'stall-path', 650.0)), (1.0, ('stall-path', 1, 3, 250.0))),"
+    " options=(('pre_vote', False),), snapshots=(10, 0), cluster_id='c1')",
+]
+
+
+@pytest.mark.parametrize("text", ONCE_FAILED)
+def test_a_generator_schedule_that_once_failed(text: str) -> None:
+    from .test_sim_invariants import Schedule, replay
+
+    replay(eval(text, {"Schedule": Schedule, "Durability": Durability}))
