@@ -44,6 +44,7 @@ from dengine_trio.api.kvparse import (
     key_bytes,
     key_member,
     optional_string_member,
+    refuse_repeated,
     ttl_member,
     value_member,
     write_response,
@@ -225,6 +226,7 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
         min_index = 0
         if request.query_string:
             args = request.args
+            refuse_repeated(args)
             policy = policy_param(args)
             meta = bool_param(args, "meta")
             min_index = index_param(args, "min_index") or 0
@@ -259,6 +261,7 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
         prev_index = None
         if request.query_string:
             args = request.args
+            refuse_repeated(args)
             for name in args:
                 # A misspelt condition (prev_indx=5) must not become an unconditional delete.
                 if name != "prev_index":

@@ -26,6 +26,7 @@ __all__ = [
     "index_param",
     "key_member",
     "optional_string_member",
+    "refuse_repeated",
     "ttl_member",
     "value_member",
     "write_response",
@@ -124,6 +125,16 @@ def index_param(args: Any, name: str) -> int | None:
             400, "invalid_index", f"{name} must be a decimal integer from 0 to {MAX_INDEX}"
         )
     return int(text)
+
+
+def refuse_repeated(args: Any) -> None:
+    """400 ``invalid_request`` if a query parameter is given more than once: taking the first
+    (werkzeug's ``get``) would give ``?prev_index=1&prev_index=7`` and the reverse order two
+    meanings, and a proxy or library that appends a parameter would change a conditional
+    write silently. ``GET /watch`` refuses the same (api/watch.py)."""
+    for name in args:
+        if len(args.getlist(name)) > 1:
+            raise ApiError(400, "invalid_request", f"parameter {name[:40]!r} given twice")
 
 
 def idempotency_key(headers: Any) -> bytes | None:

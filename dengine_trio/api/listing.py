@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 from quart import Response, request
 
 from dengine_trio.api import JSON_CONTENT_TYPE, ApiError, App
-from dengine_trio.api.kvparse import index_param
+from dengine_trio.api.kvparse import index_param, refuse_repeated
 from dengine_trio.errors import Timeout
 from dengine_trio.policy import ReadPolicy
 
@@ -64,14 +64,16 @@ def install_listing_route(
     app: App, client: Client, policy_param: Callable[[Any], ReadPolicy | None]
 ) -> None:
     """Add ``GET /kv`` to the KV ``app``. Refusals: 400 ``invalid_limit`` (``limit`` not an
-    integer from 1 to 1000), ``invalid_key`` (``prefix``/``after`` not percent-encoded UTF-8),
-    ``invalid_consistency``, ``invalid_index`` (``min_index``); 504 ``timeout`` when
-    ``min_index`` is not applied in time."""
+    integer from 1 to 1000), ``invalid_request`` (a parameter given twice), ``invalid_key``
+    (``prefix``/``after`` not percent-encoded UTF-8), ``invalid_consistency``,
+    ``invalid_index`` (``min_index``); 504 ``timeout`` when ``min_index`` is not applied in
+    time."""
     dumps = json.dumps
 
     @app.get("/kv")
     async def list_kv() -> Response:
         args = request.args
+        refuse_repeated(args)
         params = _text_params(request.query_string)
         prefix = _text_param(params, "prefix") or b""
         after = _text_param(params, "after")
