@@ -716,6 +716,8 @@ class Client:
         for watched in (key, prefix):
             if watched is not None:
                 self._check_key(watched)
+        if from_index is not None:
+            self._check_int("from_index", from_index, 1, MAX_INDEX)  # as GET /watch: 400
         return hub.subscribe(key=key, prefix=prefix, from_index=from_index)
 
 

@@ -40,6 +40,10 @@ async def test_a_transaction_over_its_bounds_is_too_large(tmp_path: Path) -> Non
     assert caught.value.limit == "key"
 
 
+async def _watch(c: Client, **arguments: Any) -> object:
+    return c.watch(b"k", **arguments)
+
+
 @pytest.mark.parametrize(
     "call",
     [
@@ -65,6 +69,9 @@ async def test_a_transaction_over_its_bounds_is_too_large(tmp_path: Path) -> Non
         lambda c: c.get_item(b"k", min_index=1.5),
         lambda c: c.list(b"", limit=True),
         lambda c: c.list(b"", min_index=2**64),
+        lambda c: _watch(c, from_index=True),
+        lambda c: _watch(c, from_index=1.5),
+        lambda c: _watch(c, from_index=2**63),
     ],
 )
 async def test_programming_mistakes_are_value_errors(
