@@ -64,6 +64,7 @@ SETTLE_S = 3.0
 once the new leader has acknowledged a write."""
 VALUE = "v" * 32
 RECEIVED = re.compile(r"received snapshot through index (\d+)")
+SENT = re.compile(r"sending snapshot through index \d+ term \d+ \((\d+) bytes\) to peer 4")
 
 
 class BenchError(Exception):
@@ -175,13 +176,25 @@ class Join:
         return sum(self.phases.values())
 
 
-async def join(client: httpx.AsyncClient, cluster: Cluster, leader: Node, result: Join) -> Node:
+async def join(client: httpx.AsyncClient, cluster: Cluster, result: Join) -> Node:
+    """Start node 4 and time its way to voter (the phases of the module docstring). The
+    leader is looked up on every poll (the node that says it leads in its ``/members``):
+    the one that took the load may have handed over since."""
+    original = list(cluster.nodes)
     t0 = time.monotonic()
     joiner = add_joiner(cluster, 4)
     marks: dict[str, float] = {}
 
+    async def leader_and_view() -> tuple[Node, dict[str, object]] | None:
+        for node in original:
+            view = await get_json(client, health(node) + "/members")
+            if view is not None and view.get("leader_id") == node.node_id:
+                return node, view
+        return None
+
     async def members() -> dict[str, object] | None:
-        return await get_json(client, health(leader) + "/members")
+        found = await leader_and_view()
+        return found[1] if found else None
 
     def entry(view: dict[str, object] | None) -> dict[str, object] | None:
         if view is None:
@@ -197,7 +210,9 @@ async def join(client: httpx.AsyncClient, cluster: Cluster, leader: Node, result
     progress(f"join: node 4 is a learner after {marks['added'] - t0:.2f} s")
 
     async def commit_index() -> int:
-        status = await get_json(client, health(leader) + "/status")
+        found = await until(leader_and_view, "a leader", FAULT_TIMEOUT_S)
+        assert isinstance(found, tuple)
+        status = await get_json(client, health(found[0]) + "/status")
         return int(status["commit_index"]) if status else 0  # type: ignore[call-overload]
 
     async def matched(target: int) -> bool:
@@ -218,12 +233,18 @@ async def join(client: httpx.AsyncClient, cluster: Cluster, leader: Node, result
     how = await until(received_or_matched, "node 4's snapshot (or catch-up from the log)")
     marks["snapshot"] = time.monotonic()
     if how == "snapshot":
-        sent = re.search(
-            r"sending snapshot through index \d+ term \d+ \((\d+) bytes\) to peer 4",
-            leader.log_text(),
-        )
-        result.snapshot_bytes = int(sent.group(1)) if sent else 0
-        progress(f"join: snapshot through index {result.snapshot_index:,} installed")
+        for node in original:
+            sent = SENT.search(node.log_text())
+            if sent:
+                result.snapshot_bytes = int(sent.group(1))
+        progress(f"join: snapshot through index {result.snapshot_index:,} received")
+
+        async def installed() -> bool:
+            return "installed snapshot" in joiner.log_text()
+
+        await until(installed, "node 4's snapshot installed")
+        marks["installed"] = time.monotonic()
+        progress("join: snapshot installed")
     else:
         progress("join: no snapshot sent (the leader's log still starts at 1)")
     commit = await commit_index()
@@ -243,11 +264,13 @@ async def join(client: httpx.AsyncClient, cluster: Cluster, leader: Node, result
 
     await until(voter_everywhere, "node 4 a voter on every node")
     marks["voter"] = time.monotonic()
+    installed_at = marks.get("installed", marks["snapshot"])
     result.phases = {
         "added as learner": marks["added"] - t0,
         ("snapshot transfer" if result.snapshot_index else "log replication"): marks["snapshot"]
         - marks["added"],
-        "catch-up": marks["caught_up"] - marks["snapshot"],
+        "snapshot install (restore on node 4)": installed_at - marks["snapshot"],
+        "catch-up": marks["caught_up"] - installed_at,
         "promotion": marks["voter"] - marks["caught_up"],
     }
     progress(f"join: node 4 is a voter {result.total_s:.2f} s after its start")
@@ -261,8 +284,9 @@ async def join(client: httpx.AsyncClient, cluster: Cluster, leader: Node, result
 class Writes:
     acked: dict[str, str] = field(default_factory=dict)
     ack_times: list[float] = field(default_factory=list)
-    attempts: list[tuple[float, bool]] = field(default_factory=list)
-    """(sent, acknowledged) of every attempt."""
+    attempts: list[tuple[float, float, str]] = field(default_factory=list)
+    """(sent, answered, outcome: "200", another status, or the client's exception name) of
+    every attempt."""
 
     def longest_gap(self, start: float, end: float) -> float:
         """The longest time without an acknowledgement from the last one before ``start``
@@ -272,8 +296,13 @@ class Writes:
         points = ([before[-1]] if before else [start]) + inside
         return max((b - a for a, b in itertools.pairwise(points)), default=0.0)
 
-    def failed(self, start: float, end: float) -> int:
-        return sum(1 for sent, ok in self.attempts if start <= sent <= end and not ok)
+    def failed(self, start: float, end: float) -> list[tuple[float, str]]:
+        """(seconds it took, outcome) of each failed attempt sent in [start, end]."""
+        return [
+            (answered - sent, outcome)
+            for sent, answered, outcome in self.attempts
+            if start <= sent <= end and outcome != "200"
+        ]
 
 
 async def steady_writer(
@@ -297,16 +326,17 @@ async def steady_writer(
             target = await leader_of(client, cluster.alive())
         key, value = f"m{seq}", f"value {seq}"
         sent = time.monotonic()
-        ok = False
+        outcome = "no leader"
         if target is not None:
             try:
                 response = await client.post(
                     kv(target) + "/kv", json={"key": key, "value": value}, timeout=timeout_s
                 )
-                ok = response.status_code == 200
-            except httpx.HTTPError:
-                pass
-        writes.attempts.append((sent, ok))
+                outcome = str(response.status_code)
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+        ok = outcome == "200"
+        writes.attempts.append((sent, time.monotonic(), outcome))
         if ok:
             writes.acked[key] = value
             writes.ack_times.append(time.monotonic())
@@ -318,8 +348,22 @@ async def steady_writer(
 class Fault:
     what: str
     gap_s: float
-    failed: int
+    failures: list[tuple[float, str]]
     new_leader_s: float
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    def outcomes(self) -> str:
+        """The failed attempts by outcome: "2 x 503 (longest 0.01 s)", ..."""
+        by: dict[str, list[float]] = {}
+        for took, outcome in self.failures:
+            by.setdefault(outcome, []).append(took)
+        return (
+            ", ".join(f"{len(t)} x {o} (longest {max(t):.2f} s)" for o, t in sorted(by.items()))
+            or "none"
+        )
 
 
 async def fault(
@@ -353,7 +397,7 @@ async def fault(
     result = Fault(what, writes.longest_gap(t0, end), writes.failed(t0, end), new_leader_s)
     progress(
         f"{what}: longest write gap {result.gap_s * 1000:.0f} ms, {result.failed} failed "
-        f"writes, another leader after {new_leader_s * 1000:.0f} ms"
+        f"writes ({result.outcomes()}), another leader after {new_leader_s * 1000:.0f} ms"
     )
     return result
 
@@ -422,7 +466,7 @@ async def run(args: argparse.Namespace) -> Results:
             progress(f"loading {args.keys:,} keys through /txn of {args.txn_ops} puts")
             result.load_s = await load_keys(client, leader, args.keys, args.txn_ops, 4)
             progress(f"loaded in {result.load_s:.1f} s")
-            await join(client, cluster, leader, result)
+            await join(client, cluster, result)
             writes = Writes()
             faults = []
             async with trio.open_nursery() as nursery:
@@ -436,7 +480,10 @@ async def run(args: argparse.Namespace) -> Results:
                     args.write_timeout_ms / 1000,
                 )
 
+                removed: list[Node] = []
+
                 async def remove(node: Node) -> None:
+                    removed.append(node)
                     response = await client.delete(
                         health(node) + f"/members/{node.node_id}", timeout=FAULT_TIMEOUT_S
                     )
@@ -447,13 +494,8 @@ async def run(args: argparse.Namespace) -> Results:
                     node.kill()
 
                 faults.append(await fault(client, cluster, writes, "remove the leader", remove))
-                removed = [n for n in cluster.nodes if n.node_id != 4 and n.running()]
                 # The removed node is no member any more: stop it, as an operator would.
-                for node in removed:
-                    view = await get_json(client, health(node) + "/members")
-                    ids = {m["id"] for m in view["members"]} if view else set()  # type: ignore[attr-defined]
-                    if node.node_id not in ids:
-                        node.terminate()
+                removed[0].terminate()
                 faults.append(await fault(client, cluster, writes, "SIGKILL the leader", kill))
                 nursery.cancel_scope.cancel()
             lost = await verify(client, cluster, writes)
@@ -496,9 +538,10 @@ def markdown(results: Results, args: argparse.Namespace, elapsed_s: float | None
         "",
         "| fault | longest gap between acknowledged writes | failed writes | another "
         "leader after |",
-        "|---|---:|---:|---:|",
+        "|---|---:|---|---:|",
         *[
-            f"| {f.what} | {f.gap_s * 1000:.0f} ms | {f.failed} | {f.new_leader_s * 1000:.0f} ms |"
+            f"| {f.what} | {f.gap_s * 1000:.0f} ms | {f.failed}: {f.outcomes()} "
+            f"| {f.new_leader_s * 1000:.0f} ms |"
             for f in results.faults
         ],
         "",
