@@ -169,7 +169,7 @@ class MembershipRuntime:
         self._left = False
         """This node was a member and its explicit membership no longer lists it."""
         """A member's refusal said the membership it committed by this index (shown) leaves
-        this node out, and this node's own log has nothing that new (``removed``)."""
+        this node out, and this node's own log has nothing that new (``told``)."""
         self._join_refusals: dict[tuple[int, str], float] = {}
         self._joins_in_flight: set[int] = set()
         self._joined = trio.Event()
@@ -364,9 +364,11 @@ class MembershipRuntime:
             # committed, which our leader, no longer replicating to us, never will.
             node.forwarding.removed(index)
             return
+        first = self.told_removed is None
         self.told_removed = (told, index)
-        self._say_removed(told.cluster_id, f"a configuration committed by index {index} "
-                          f"(node {peer} says so)")  # fmt: skip
+        if first:  # once: the refusals repeat every second with a growing commit index
+            self._say_removed(told.cluster_id, f"a configuration committed by index {index} "
+                              f"(node {peer} says so)")  # fmt: skip
         if node.driver is not None:
             node.driver.receive(Removed(index))
             node.driver.step_now()
