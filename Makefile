@@ -91,7 +91,7 @@ bench-snapshots: $(STAMP) ## snapshots and compaction (issue 13): 1,000,000 over
 
 .PHONY: bench-membership bench-kv2
 
-bench-membership: $(STAMP) ## issue 14: join to voter on a cluster holding 1,000,000 keys, removing/killing the leader under writes; rewrites its block of docs/benchmarks.md (about 6 minutes)
+bench-membership: $(STAMP) ## issue 14: join to voter on a cluster holding 1,000,000 keys, removing/killing the leader under writes; rewrites its block of docs/benchmarks.md (2-5 minutes)
 	$(BIN)/python -m bench.membership
 
 bench-kv2: $(STAMP) ## issue 17: CAS, txn of 16 puts and watch fan-out (100 watchers), ours and etcd if installed (about 2 minutes)
