@@ -514,9 +514,9 @@ def markdown(results: Results, args: argparse.Namespace, elapsed_s: float | None
     if elapsed_s is not None:
         lines += [
             f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-            f"`{' '.join(['python -m bench.membership', *args.argv])}` ({elapsed_s / 60:.1f} "
-            f"min); `nproc` = {len(os.sched_getaffinity(0))}, {cpu_model()}, Python "
-            f"{platform.python_version()}; load average at the end {load}.",
+            f"`{' '.join(['.venv/bin/python -m bench.membership', *args.argv])}` "
+            f"({elapsed_s / 60:.1f} min); `nproc` = {len(os.sched_getaffinity(0))}, "
+            f"{cpu_model()}, Python {platform.python_version()}; load average at the end {load}.",
             "",
         ]
     lines += [
