@@ -1561,7 +1561,11 @@ class Cluster:
             return
         for index in range(first, len(self.committed) + 1):
             entry = self.committed[index - 1]
-            if not self._quorum_holds(index, entry.term, but=node.id):
+            # Truncating the committed entry itself: the others must hold it. Truncating
+            # another entry there (a wiped node's stale copy): the entry must still be held,
+            # the node's lost directory counting as for any check.
+            but = node.id if node.disk_entry(index) == entry else 0
+            if not self._quorum_holds(index, entry.term, but=but):
                 raise InvariantViolation(
                     f"t={self.now}: node {node.id} truncated committed entry {index} from disk "
                     f"and no majority of the voters of a configuration in play holds it "

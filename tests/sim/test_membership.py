@@ -524,6 +524,16 @@ ONCE_FAILED = [
     " ('rule', 'drop', 2, 0, 'AppendEntriesResponse', 700.0)), (650.0, ('crash', 2)), (400.0,"
     " ('transfer-late', 4, 'stall-path', 650.0)), (1.0, ('stall-path', 1, 3, 250.0))),"
     " options=(('pre_vote', False),), snapshots=(10, 0), cluster_id='c1')",
+    # A wiped node that took a stale leader's conflicting entries then had them overwritten:
+    # the truncation check excluded the node altogether, its lost copy of the committed entry
+    # too (now only when it truncates the committed entry itself).
+    "Schedule(size=5, seed=207, durability=Durability.DISK_FIRST, actions=((1000.0,"
+    " ('lease-split', 5.0)), (1.0, ('lease-split', 5.0)), (10.0, ('raised-term', 300.0, 5.0)),"
+    " (1000.0, ('net', 0.2, 0.1, 2.0)), (1.0, ('raised-term', 300.0, 2.0)), (650.0,"
+    " ('install-crash', 0, 'install-staged', 0.0)), (1.0, ('crash', 2)), (1000.0, ('member',"
+    " 'replace', False)), (1.0, ('stale-term', 1.0)), (1.0, ('lagging', 'cut', 1, 'none',"
+    " 'install-staged')), (1.0, ('partition', [0, 0, 0, 0, 0]))), options=(('check_quorum',"
+    " False),), snapshots=(10, 0), cluster_id='c1')",
 ]
 
 
