@@ -167,3 +167,28 @@ async def put_recording(
         outcome.append(None)
     except DengineError as exc:
         outcome.append(exc)
+
+
+async def bootstrap_then_stop(config: NodeConfig, others: dict[int, EmbeddedEngine]) -> None:
+    """Run ``config``'s node until the cluster of it and ``others`` has bootstrapped (a leader,
+    and every member bound in the explicit membership on every running node), then stop it,
+    leadership handed to one of ``others`` first.
+
+    A brand-new cluster elects its first leader only with every initial member (membership
+    rule 9 in docs/architecture.md), so a test that wants a cluster running with one member
+    down bootstraps with it first. Raises ``trio.TooSlowError`` after 30 s."""
+
+    def bootstrapped(engines: list[EmbeddedEngine]) -> bool:
+        views = [e._runtime.membership.members() for e in engines]
+        return any(e.is_leader() for e in engines) and all(
+            view["index"] and all(m["bound"] for m in view["members"])  # type: ignore[attr-defined]
+            for view in views
+        )
+
+    with trio.fail_after(30):
+        async with EmbeddedEngine.start(config) as node:
+            everyone = [*others.values(), node]
+            while not bootstrapped(everyone):
+                await trio.sleep(0.02)
+            if node.is_leader():
+                await node.transfer_leadership_to(next(iter(others)))

@@ -246,8 +246,9 @@ async def test_an_unreachable_peer_is_warned_about_once_per_interval(
     configs = write_configs(tmp_path)
     down = configs[2].cluster.node_id
     thresholds = Thresholds(peer_unreachable_s=0.2, **ONCE)
+    # Nodes 1 and 2 of a brand-new cluster elect no leader without node 3 (a bootstrap needs
+    # every member): the warnings about it do not depend on a leader.
     async with metered_cluster(configs[:2], thresholds) as engines:
-        await leader_of(engines)
 
         def retried_several_times() -> bool:
             return all(
