@@ -361,7 +361,9 @@ def _txn_ops(ops: Sequence[TxnOp]) -> list[list[object]]:
         if op.key in written:
             # etcd refuses this too ("duplicate key given in txn request"): one index, one
             # change per key, so a watcher never sees two events of one key at one index.
-            raise ValueError(f"key {op.key!r} is written twice in one branch")
+            raise ValueError(
+                f"key {op.key.decode('utf-8', 'replace')!r} is written twice in one branch"
+            )
         written.add(op.key)
     return encoded
 

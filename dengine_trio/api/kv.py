@@ -173,13 +173,15 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
     dumps = json.dumps
     response_class = app.response_class
 
-    def parse_body(body: str | bytes) -> dict[str, Any]:
+    def parse_body(
+        body: str | bytes, shape: str = '{"key": "...", "value": "..."}'
+    ) -> dict[str, Any]:
         try:
             doc = loads(body)
         except (ValueError, RecursionError):  # bad syntax or encoding; absurd nesting
             raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
         if type(doc) is not dict:
-            raise ApiError(400, "invalid_request", 'expected {"key": "...", "value": "..."}')
+            raise ApiError(400, "invalid_request", f"expected {shape}")
         return doc
 
     @app.post("/kv")

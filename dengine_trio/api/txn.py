@@ -46,6 +46,7 @@ __all__ = ["install_txn_route"]
 _TARGETS = {"value": "value", "exists": "exists", "mod_index": "mod", "create_index": "create"}
 _OPS = frozenset({"==", "!=", "<", ">"})
 _TXN_MEMBERS = frozenset({"compare", "success", "failure"})
+_TXN_SHAPE = '{"compare": [...], "success": [...], "failure": [...]}'
 _COMPARE_MEMBERS = frozenset({"key", "target", "op", "value", "index", "exists"})
 _OP_MEMBERS = {
     "put": frozenset({"op", "key", "value", "ttl_ms"}),
@@ -112,7 +113,7 @@ def parse_op(raw: Any) -> TxnOp:
 
 
 def install_txn_route(
-    app: App, client: Client, parse_body: Callable[[str | bytes], dict[str, Any]]
+    app: App, client: Client, parse_body: Callable[[str | bytes, str], dict[str, Any]]
 ) -> None:
     """Add ``POST /txn`` to the KV ``app``. Refusals: 400 ``invalid_json``,
     ``invalid_request`` (not an object, a list that is not one, an unknown member),
@@ -124,7 +125,7 @@ def install_txn_route(
 
     @app.post("/txn")
     async def txn() -> Response:
-        doc = parse_body(await request.get_data(cache=False))
+        doc = parse_body(await request.get_data(cache=False), _TXN_SHAPE)
         check_members(doc, _TXN_MEMBERS, "a transaction")
         compares = [parse_compare(c) for c in _list(doc, "compare")]
         success = [parse_op(o) for o in _list(doc, "success")]

@@ -344,6 +344,17 @@ def test_bad_input_is_a_json_4xx(
     error(response, status, code)
 
 
+def test_bad_txn_messages_name_the_txn(cluster: Cluster) -> None:
+    """A /txn refusal describes a transaction, in the client's own text (newcomer N2: an array
+    body was told the POST /kv shape; a key written twice was shown as Python bytes b'x')."""
+    node = cluster.alive()[0]
+    body = error(node.kv.post("/txn", content=b"[]"), 400, "invalid_request")
+    assert '"compare"' in body["message"] and '"key"' not in body["message"], body
+    twice = {"success": [{"op": "put", "key": "x", "value": "1"}] * 2}
+    body = error(node.kv.post("/txn", json=twice), 400, "invalid_txn")
+    assert "key 'x' is written twice" in body["message"], body
+
+
 def test_replica_max_lag(cluster: Cluster) -> None:
     leader = cluster.wait_for_leader()
     follower = cluster.followers(leader)[0]
