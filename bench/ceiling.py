@@ -11,6 +11,8 @@ With ``--raw``, the stack's own ceiling instead (issue 18): a raw ASGI app on th
 Hypercorn settings that answers every request with a fixed body (a GET the size of the KV
 app's answer for a 256-byte value; a POST after reading its body, ``{}``), so nothing above
 Hypercorn costs anything. What the KV app serves below this is the price of everything ours.
+Both run with the garbage collector set as a node's process sets it
+(:mod:`dengine_trio.runtime.gc_tuning`).
 
     python -m bench.ceiling --port 8090 [--raw] [--max-seconds 1800]
 """
@@ -29,6 +31,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from dengine_trio.api import JSON_CONTENT_TYPE, bind_listener, hypercorn_config
+from dengine_trio.runtime import gc_tuning
 
 GET_KEYS = [f"g-{i:08d}" for i in range(100)]
 VALUE_TEXT = "v" * 256
@@ -122,6 +125,7 @@ async def run(port: int, max_seconds: float, raw: bool = False) -> None:
 
             nursery.start_soon(watch)
             app: Any = raw_ceiling_app if raw else create_ceiling_app()
+            gc_tuning.freeze_startup()
             await serve(app, config, shutdown_trigger=stop.wait)
             nursery.cancel_scope.cancel()
 
@@ -132,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=1800.0)
     parser.add_argument("--raw", action="store_true", help="the raw ASGI ceiling")
     args = parser.parse_args(argv)
+    gc_tuning.tune_for_serving()  # as a node's process is (same process settings)
     trio.run(run, args.port, args.max_seconds, args.raw)
     return 0
 

@@ -46,6 +46,7 @@ from dengine_trio.engine import EmbeddedEngine
 from dengine_trio.log import LEVELS, LOG_FORMATS, parse_level, setup_logging
 from dengine_trio.metrics.http import instrument_app
 from dengine_trio.metrics.prometheus import PrometheusSink
+from dengine_trio.runtime import gc_tuning
 from dengine_trio.runtime.node import MAX_COMMAND_BYTES
 from dengine_trio.storage import StorageError
 from dengine_trio.wire import MAX_FRAME_BYTES
@@ -222,6 +223,7 @@ def main(argv: Sequence[str] | None = None, *, held_signals: Sequence[int] = ())
     worker_args = ["--node-id", str(node_id)]
     worker_args += ["--log-level", args.log_level, "--log-format", args.log_format]
     worker_args += ["--access-log"] if args.access_log else []
+    gc_tuning.tune_for_serving()
     try:
         trio.run(
             partial(
@@ -325,6 +327,8 @@ async def serve_node(
     :mod:`dengine_trio.api.workers`) serve the KV port on ``kv_listener`` and pass its
     requests to this process.
 
+    Once both servers listen, the objects of startup are frozen out of garbage collection
+    (:func:`dengine_trio.runtime.gc_tuning.freeze_startup`: this runs a node's process).
     Signals in ``held_signals`` (see :func:`main`) count as received once the receiver is up.
     With ``stop_on_stdin_close``, end of file on standard input counts as a SIGTERM.
     Returns after the graceful stop described in the module docstring. Raises OSError or
@@ -398,6 +402,8 @@ async def serve_node(
                             health_address,
                             ", bearer tokens required" if config.auth.enable else "",
                         )
+                        frozen = gc_tuning.freeze_startup()
+                        log.debug("%d objects of startup frozen out of garbage collection", frozen)
                     log.info("HTTP servers stopped")
                     nursery.cancel_scope.cancel()
             log.info("stopping the engine")

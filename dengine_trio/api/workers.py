@@ -75,6 +75,7 @@ import trio
 
 from dengine_trio.api import ConnectionCount
 from dengine_trio.config import HttpConfig
+from dengine_trio.runtime import gc_tuning
 
 __all__ = [
     "SharedConnectionCount",
@@ -778,6 +779,7 @@ async def _serve_worker(args: argparse.Namespace) -> None:
                 await server.start(serve)
                 link.write([READY, 0])
                 log.info("HTTP worker %s (pid %d) serving", args.slot, os.getpid())
+                gc_tuning.freeze_startup()
             # Hypercorn has stopped gracefully (every answer in flight written).
             nursery.cancel_scope.cancel()
 
@@ -799,6 +801,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--access-log", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(parse_level(args.log_level), args.node_id, args.log_format)
+    gc_tuning.tune_for_serving()
     try:
         trio.run(partial(_serve_worker, args))
     except KeyboardInterrupt:

@@ -173,6 +173,13 @@ class RequestTable:
         with ``Timeout`` after ``cleanup``."""
         if not waiter.done:
             heap = self._deadlines
+            # Requests share one timeout, so the oldest deadlines are on top and nearly all
+            # resolved: dropping them here keeps the heap near the requests in flight.
+            # Otherwise up to 2 * max_pending settled entries (each keeping a waiter and
+            # its cleanup alive) piled up for the garbage collector to traverse on every
+            # full collection (issue 18).
+            while heap and heap[0][2].done:
+                heapq.heappop(heap)
             if len(heap) > 2 * self.max_pending + 64:
                 # Compact: at most max_pending entries are unresolved, so most are long done
                 # (each would otherwise wait for its deadline to reach the top of the heap).
