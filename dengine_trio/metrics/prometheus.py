@@ -12,6 +12,10 @@ node's trio thread, so plain integers need no lock; a custom collector turns the
 families when Prometheus scrapes, and ``prometheus_client`` writes the exposition. Gauges that
 mirror the node's state (role, term, indexes, pending proposals, the transport's byte counts)
 are not kept here at all: they are read from the node's frozen status at scrape time.
+
+Each sink's registry also carries ``prometheus_client``'s standard ``process_*``,
+``python_info`` and ``python_gc_*`` series (read from ``/proc`` and ``gc.get_stats()`` at
+scrape time), under the names every Python exporter uses (docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -85,7 +89,9 @@ class _Histogram:
 
 class PrometheusSink(MetricsSink):
     """Keeps one node's metrics and exposes them through its own ``CollectorRegistry``
-    (``registry``), never the process-wide default one."""
+    (``registry``), never the process-wide default one. That registry also holds
+    ``prometheus_client``'s process, platform and garbage-collector collectors
+    (``process_*``, ``python_info``, ``python_gc_*``: the process's, not the node's)."""
 
     def __init__(self, thresholds: Thresholds | None = None) -> None:
         super().__init__(thresholds)
@@ -113,6 +119,15 @@ class PrometheusSink(MetricsSink):
         self.membership: tuple[int, int] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
+        # The process and interpreter series every Python exporter has (process_cpu_seconds_total,
+        # process_resident_memory_bytes, process_open_fds, python_info,
+        # python_gc_collections_total{generation}), on this registry: the default registry has
+        # them too, but the node serves only its own. They describe the whole process, so
+        # several sinks in one process (one per engine) all show the same values. After the
+        # node's own families, so those come first in the exposition as before.
+        ProcessCollector(registry=self.registry)  # reads /proc: nothing where there is none
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)  # CPython only: registers nothing elsewhere
 
     # -- recording (see MetricsSink for what each means) -----------------------------------
 

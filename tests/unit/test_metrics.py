@@ -1,15 +1,18 @@
 """The metrics sink's parts on their own: lock-free histograms against prometheus_client's own,
-the rate limiter of the operator warnings, label values, the health app's /metrics route."""
+the rate limiter of the operator warnings, label values, the health app's /metrics route, the
+process and garbage-collector series on each sink's registry."""
 
 from __future__ import annotations
 
+import gc
 import logging
+import platform
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.metrics_delta import quantile
@@ -166,3 +169,36 @@ def test_snapshot_and_membership_hooks_feed_their_metrics() -> None:
     sent = samples(body, "dengine_snapshots_sent")
     assert sent[("dengine_snapshots_sent_total", (("peer", "2"),))] == 1
     assert samples(body, "dengine_cluster_voters")[("dengine_cluster_voters", ())] == 3
+
+
+def test_each_sink_exposes_the_process_and_gc_series_on_its_own_registry() -> None:
+    """process_*, python_info and python_gc_* on every sink's registry (three in one process,
+    as in the integration tests), each family once; the default registry gains nothing."""
+    default_before = generate_latest(REGISTRY)
+    sinks = [PrometheusSink() for _ in range(3)]
+    bodies = [sink.exposition()[0] for sink in sinks]
+    for body in bodies:
+        names = [f.name for f in text_string_to_metric_families(body.decode())]
+        assert len(names) == len(set(names)), names
+        for family in ("process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds"):
+            assert family in names, names
+        info = samples(body, "python_info")
+        ((_, labels),) = info.keys()
+        assert dict(labels)["implementation"] == platform.python_implementation()
+        collections = samples(body, "python_gc_collections")
+        assert {dict(labels)["generation"] for _, labels in collections} == {"0", "1", "2"}
+        # The node's own families come first, as before these were added.
+        assert names.index("dengine_leader_changes_seen") < names.index("process_cpu_seconds")
+    assert samples(bodies[0], "process_open_fds")[("process_open_fds", ())] > 0
+    # A collection between two scrapes shows on every sink: they read the one process's gc.
+    before = [
+        samples(sink.exposition()[0], "python_gc_collections")[
+            ("python_gc_collections_total", (("generation", "2"),))
+        ]
+        for sink in sinks
+    ]
+    gc.collect()
+    for sink, n in zip(sinks, before, strict=True):
+        after = samples(sink.exposition()[0], "python_gc_collections")
+        assert after[("python_gc_collections_total", (("generation", "2"),))] >= n + 1
+    assert generate_latest(REGISTRY).count(b"\n# HELP") == default_before.count(b"\n# HELP")
