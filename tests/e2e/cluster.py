@@ -117,7 +117,8 @@ class Node:
             base_url=f"http://127.0.0.1:{health_port}", timeout=10, trust_env=False
         )
 
-    def start(self, cwd: Path) -> None:
+    def start(self, cwd: Path, env: dict[str, str] | None = None) -> None:
+        """Start the process in ``cwd``; ``env``: variables over :func:`node_env`'s."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -128,7 +129,7 @@ class Node:
                     "--health-port", str(self.health_port),
                 ],
                 cwd=cwd,
-                env=node_env(),
+                env={**node_env(), **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -175,9 +176,17 @@ class Node:
 class Cluster:
     """Nodes of one cluster, each with its own config file under ``root``."""
 
-    def __init__(self, root: Path, size: int = 3, settings: Settings | None = None) -> None:
-        """``settings``: dotted keys over :data:`NODE_SETTINGS`, for every node."""
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        settings: Settings | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``settings``: dotted keys over :data:`NODE_SETTINGS`, for every node; ``env``:
+        environment variables over :func:`node_env`'s, for every node's process."""
         self.root = root
+        self.env = env
         ports = free_ports(3 * size)
         raft_ports, kv_ports, health_ports = ports[:size], ports[size : 2 * size], ports[2 * size :]
         configs = write_cluster(root, raft_ports, {**NODE_SETTINGS, **(settings or {})})
@@ -188,7 +197,7 @@ class Cluster:
 
     def start(self) -> None:
         for node in self.nodes:
-            node.start(self.root)
+            node.start(self.root, self.env)
 
     def alive(self) -> list[Node]:
         return [n for n in self.nodes if n.running()]
@@ -239,10 +248,13 @@ class Cluster:
 
 @contextmanager
 def running_cluster(
-    root: Path, size: int = 3, settings: Settings | None = None
+    root: Path,
+    size: int = 3,
+    settings: Settings | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Cluster]:
     """A started cluster, stopped (and if need be killed) on the way out."""
-    cluster = Cluster(root, size, settings)
+    cluster = Cluster(root, size, settings, env)
     try:
         cluster.start()
         yield cluster
