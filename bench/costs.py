@@ -5,7 +5,8 @@ unless ``--strategy DiskFirst``), then, one phase after another:
 
 * ``put``: sequential puts, one at a time;
 * ``read``: sequential linearizable reads (a ReadIndex round each);
-* ``64 writers``: 64 tasks sharing ``--concurrent`` puts.
+* ``64 writers``: 64 tasks (``--writers``) sharing ``--concurrent`` puts (16, as many as
+  ``make bench``'s HTTP connections, shows the batches a leader gets under that load).
 
 For each phase it prints the latency p50, node 1's CPU time per operation (all its threads),
 trio's run-loop passes (I/O waits) and task steps per operation, Raft frames out and in per
@@ -14,7 +15,7 @@ engine's hot-path work is judged by (docs/benchmarks.md, "Engine hot paths"); a 
 instrument counts passes and steps, which slows node 1 by a few percent.
 
     python -m bench.costs [--strategy MemFirst|DiskFirst] [--ops 1000] [--concurrent 20000]
-                          [--rounds 2]
+                          [--rounds 2] [--writers 64]
 """
 
 from __future__ import annotations
@@ -146,19 +147,22 @@ async def main_async(args: argparse.Namespace) -> None:
                                 await client.put(b"c%d-%08d" % (r, i), VALUE)
 
                         async with trio.open_nursery() as nursery:
-                            for _ in range(64):
+                            for _ in range(args.writers):
                                 nursery.start_soon(writer)
 
                     await measure("put", engine, followers, args.ops, puts)
                     await measure("read", engine, followers, args.ops, reads)
-                    await measure("64 writers", engine, followers, args.concurrent, writers)
+                    await measure(
+                        f"{args.writers} writers", engine, followers, args.concurrent, writers
+                    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--strategy", choices=("MemFirst", "DiskFirst"), default="MemFirst")
     parser.add_argument("--ops", type=int, default=1000, help="sequential puts and reads")
-    parser.add_argument("--concurrent", type=int, default=20000, help="puts by 64 writers")
+    parser.add_argument("--concurrent", type=int, default=20000, help="puts by the writers")
+    parser.add_argument("--writers", type=int, default=64, help="concurrent writer tasks")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     try:
