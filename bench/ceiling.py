@@ -12,7 +12,7 @@ Hypercorn settings that answers every request with a fixed body (a GET the size 
 app's answer for a 256-byte value; a POST after reading its body, ``{}``), so nothing above
 Hypercorn costs anything. What the KV app serves below this is the price of everything ours.
 Both run with the garbage collector set as a node's process sets it
-(:mod:`dengine_trio.runtime.gc_tuning`).
+(:mod:`dengine_trio.gc_tuning`).
 
     python -m bench.ceiling --port 8090 [--raw] [--max-seconds 1800]
 """
@@ -30,8 +30,8 @@ from hypercorn.trio import serve
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from dengine_trio import gc_tuning
 from dengine_trio.api import JSON_CONTENT_TYPE, bind_listener, hypercorn_config
-from dengine_trio.runtime import gc_tuning
 
 GET_KEYS = [f"g-{i:08d}" for i in range(100)]
 VALUE_TEXT = "v" * 256

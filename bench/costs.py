@@ -32,7 +32,7 @@ from pathlib import Path
 import trio
 
 from bench.write import BenchError, follower_processes, wait_until_leader, write_configs
-from dengine_trio import EmbeddedEngine, load_config
+from dengine_trio import EmbeddedEngine, gc_tuning, load_config
 from dengine_trio.policy import ReadPolicy
 
 VALUE = b"v" * 256
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writers", type=int, default=64, help="concurrent writer tasks")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
+    gc_tuning.tune_for_serving()  # node 1 runs here: with a node process's collector settings
     try:
         trio.run(main_async, args)
     except BenchError as exc:

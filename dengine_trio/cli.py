@@ -29,7 +29,7 @@ from importlib import metadata
 import trio
 from hypercorn.trio import serve
 
-from dengine_trio import errors
+from dengine_trio import errors, gc_tuning
 from dengine_trio.api import bind_listener, hypercorn_config, kernel_backlog_cap
 from dengine_trio.api.health import create_health_app
 from dengine_trio.api.kv import create_kv_app
@@ -46,7 +46,6 @@ from dengine_trio.engine import EmbeddedEngine
 from dengine_trio.log import LEVELS, LOG_FORMATS, parse_level, setup_logging
 from dengine_trio.metrics.http import instrument_app
 from dengine_trio.metrics.prometheus import PrometheusSink
-from dengine_trio.runtime import gc_tuning
 from dengine_trio.runtime.node import MAX_COMMAND_BYTES
 from dengine_trio.storage import StorageError
 from dengine_trio.wire import MAX_FRAME_BYTES
@@ -328,7 +327,7 @@ async def serve_node(
     requests to this process.
 
     Once both servers listen, the objects of startup are frozen out of garbage collection
-    (:func:`dengine_trio.runtime.gc_tuning.freeze_startup`: this runs a node's process).
+    (:func:`dengine_trio.gc_tuning.freeze_startup`: this runs a node's process).
     Signals in ``held_signals`` (see :func:`main`) count as received once the receiver is up.
     With ``stop_on_stdin_close``, end of file on standard input counts as a SIGTERM.
     Returns after the graceful stop described in the module docstring. Raises OSError or

@@ -73,9 +73,9 @@ import attrs
 import msgpack
 import trio
 
+from dengine_trio import gc_tuning
 from dengine_trio.api import ConnectionCount
 from dengine_trio.config import HttpConfig
-from dengine_trio.runtime import gc_tuning
 
 __all__ = [
     "SharedConnectionCount",

@@ -1,4 +1,4 @@
-"""The collector settings of a node's process (``runtime/gc_tuning.py``, issue 18), seen from
+"""The collector settings of a node's process (``gc_tuning.py``, issue 18), seen from
 outside: under concurrent writes the leader's ``python_gc_collections_total`` (its
 ``/metrics``) moves by a handful of generation-0 collections where the interpreter's defaults
 ran hundreds, and the node logs how many objects of startup it froze."""

@@ -1,4 +1,4 @@
-"""``runtime.gc_tuning`` in this process: the generation-0 threshold it sets and what it
+"""``dengine_trio.gc_tuning`` in this process: the generation-0 threshold it sets and what it
 freezes. Each test puts the process's collector back as it found it (thresholds, frozen
 objects), so the rest of the suite runs with the interpreter's own settings."""
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dengine_trio.runtime import gc_tuning
+from dengine_trio import gc_tuning
 
 
 @pytest.fixture(autouse=True)

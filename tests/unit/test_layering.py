@@ -74,6 +74,8 @@ LAYER_OF = {
     "client_types": "base",
     "kvbridge": "engine",
     "log": "base",
+    # The garbage collector's settings for a serving process: imports nothing of the package.
+    "gc_tuning": "base",
     # The sink protocol the runtime and engine report to, and its Prometheus implementation:
     # it imports nothing of the package, so any layer may be handed one.
     "metrics": "base",
