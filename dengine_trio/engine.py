@@ -404,6 +404,8 @@ class Client:
         self._max_txn_bytes = limits.max_txn_bytes
         self._default_policy = engine.config.raft.read_consistency.default_policy
         self._request_timeout_s = engine.config.raft.timing.request_timeout_ms / 1000
+        self._operations = engine._runtime.operations
+        """What ``EmbeddedEngine.propose`` calls: ``put`` and ``delete`` call it directly."""
 
     def _check_key(self, key: bytes) -> None:
         if len(key) > self._max_key:
@@ -462,9 +464,11 @@ class Client:
         been applied (retry it with the same ``idempotency_key`` to find out, applying it at
         most once).
         """
-        # Not a call of put_outcome: one more coroutine frame per write is measurable.
+        # Not a call of put_outcome, nor of EmbeddedEngine.propose (whose check it repeats):
+        # each coroutine frame a write passes through costs it again at every resumption.
         command = self._put_command(key, value, ttl_ms, prev_value, prev_index, idempotency_key)
-        return kvbridge.write_outcome(await self._engine.propose(command)).index
+        self._engine._check_not_removed()
+        return kvbridge.write_outcome(await self._operations.propose(command)).index
 
     async def put_outcome(
         self,
@@ -520,7 +524,8 @@ class Client:
         ``prev_index``: only if the key's ``mod_index`` is this, else ``CompareFailed``.
         Otherwise like :meth:`put`."""
         command = self._delete_command(key, prev_index, idempotency_key)
-        return kvbridge.write_outcome(await self._engine.propose(command)).index
+        self._engine._check_not_removed()  # EmbeddedEngine.propose's, inlined as in put
+        return kvbridge.write_outcome(await self._operations.propose(command)).index
 
     async def delete_outcome(
         self,

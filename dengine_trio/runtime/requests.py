@@ -188,7 +188,9 @@ class RequestTable:
             heapq.heappush(heap, (deadline, next(self.ids), waiter, cleanup))
             if deadline < self._sweep_at:
                 self._deadline_sooner.set()
-            await waiter.wait()
+            # Waiter.wait, inlined (not done, checked above): one coroutine frame less.
+            waiter.task = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(waiter._abort)
         if waiter.error is not None:
             raise waiter.error
         return waiter.value
