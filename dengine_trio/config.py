@@ -383,7 +383,11 @@ class WatchConfig:
     and values take together (bytes; the newest entry's changes are kept whatever their size).
     ``max_watchers``: watches open at once on one node (HTTP 503 ``too_many_watchers`` beyond).
     ``queue_events``: how far one watcher may fall behind the live changes it matches before
-    it is ended with a final ``slow_consumer`` event. ``heartbeat_ms``: an idle stream gets an
+    it is ended with a final ``slow_consumer`` event; ``queue_bytes``: the same in bytes (each
+    change counted as its key, its value and 64 bytes, as for ``history_bytes``; one change is
+    always taken, whatever its size): what bounds the memory a slow watcher holds once the
+    history evicted its changes (4 MiB: four of the largest value or transaction; see
+    ``DEFAULT_QUEUE_BYTES`` in ``runtime/watch.py``). ``heartbeat_ms``: an idle stream gets an
     SSE comment this often (ms), below the shipped HAProxy's ``timeout server`` (10 s), so
     proxies keep it open and a vanished client is noticed.
     """
@@ -392,6 +396,7 @@ class WatchConfig:
     history_bytes: int = 64 * 1024 * 1024
     max_watchers: int = 1_000
     queue_events: int = 1_000
+    queue_bytes: int = 4 * 1024 * 1024
     heartbeat_ms: int = 5_000
 
 

@@ -75,6 +75,7 @@ class EmbeddedEngine:
                 history_bytes=watch.history_bytes,
                 max_watchers=watch.max_watchers,
                 queue_events=watch.queue_events,
+                queue_bytes=watch.queue_bytes,
             )
             if attach_watch_hub(hub, self.state_machine):
                 self.watch_hub = hub
@@ -707,13 +708,14 @@ class Client:
                     print(change.index, change.key, change.value)
 
         To resume, pass ``from_index`` = the last index seen + 1. Iteration raises
-        ``SlowConsumer`` (more than ``[watch] queue_events`` changes were waiting: the watch
-        ended; resume from its ``next_index``), ``WatchCompacted`` (a snapshot installed on
-        this node replaced the changes the watch still needed) or ``Stopped`` (the node
-        stops, or the watcher was closed). Raises at once ``WatchCompacted`` (changes from
-        ``from_index`` are no longer retained: its ``oldest_index`` is), ``TooManyWatchers``
-        (``[watch] max_watchers``), ``TooLarge`` (a key or prefix over ``max_key_bytes``),
-        ``ValueError`` (neither or both of key and prefix, ``from_index`` < 1), ``Stopped``.
+        ``SlowConsumer`` (more than ``[watch] queue_events`` changes, or ``queue_bytes`` of
+        them, were waiting: the watch ended; resume from its ``next_index``),
+        ``WatchCompacted`` (a snapshot installed on this node replaced the changes the watch
+        still needed) or ``Stopped`` (the node stops, or the watcher was closed). Raises at
+        once ``WatchCompacted`` (changes from ``from_index`` are no longer retained: its
+        ``oldest_index`` is), ``TooManyWatchers`` (``[watch] max_watchers``), ``TooLarge`` (a
+        key or prefix over ``max_key_bytes``), ``ValueError`` (neither or both of key and
+        prefix, ``from_index`` < 1), ``Stopped``.
         """
         hub = self._engine.watch_hub
         if hub is None:

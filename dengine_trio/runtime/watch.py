@@ -14,9 +14,13 @@ happened before it is no longer known here). It keeps
   :class:`WatchCompacted` names the oldest index that can;
 * the **watchers**, at most ``max_watchers`` (:class:`TooManyWatchers` beyond). Each has a
   bounded queue of the changes it matches (a key, or a key prefix): at most ``queue_events``
-  beyond the history it was given when it started. A change that finds the queue full drops it
-  and ends the watcher with :class:`SlowConsumer` (the queue never grows past its bound; the
-  consumer learns why, and may come back with ``from_index`` = its last index + 1). A reset
+  changes and ``queue_bytes`` of keys and values (counted as the history counts them; one
+  change is always taken, whatever its size) beyond the history it was given when it started.
+  A change that finds the queue full drops it and ends the watcher with :class:`SlowConsumer`
+  (the queue never grows past its bounds; the consumer learns why, and may come back with
+  ``from_index`` = its last index + 1). The byte bound is what bounds memory: a queue holds
+  its changes after the history evicted them, so without it one slow watcher of large values
+  could pin ``queue_events`` x ``limits.max_value_bytes`` (about 1 GB by default). A reset
   whose index reaches a watcher's ``from_index`` ends it, after what it already holds, with
   :class:`WatchCompacted`. Closing the hub (the node stops) ends every watcher with
   ``Stopped``.
@@ -27,7 +31,8 @@ calls the listener for whole entries between two checkpoints, so nothing is seen
 falls between the replay and the live changes; the queue is FIFO and appended in index order.
 
 Cost on the apply path: one dict lookup for key watchers of the changed key, one
-``startswith`` per prefix watcher, one append to the history.
+``startswith`` per prefix watcher, one append to the history; per watcher a change is queued
+for, one integer compare and add for each bound (the change's size is computed once).
 
 All methods run on the node's trio thread, except :meth:`WatchHub.reset`, which a state
 machine may call from the worker thread that restores a snapshot: it is then carried out on
@@ -39,7 +44,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import trio
@@ -50,7 +55,9 @@ __all__ = [
     "DEFAULT_HISTORY_BYTES",
     "DEFAULT_HISTORY_EVENTS",
     "DEFAULT_MAX_WATCHERS",
+    "DEFAULT_QUEUE_BYTES",
     "DEFAULT_QUEUE_EVENTS",
+    "EVENT_OVERHEAD_BYTES",
     "SlowConsumer",
     "TooManyWatchers",
     "WatchCompacted",
@@ -63,9 +70,17 @@ DEFAULT_HISTORY_EVENTS = 10_000
 DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_WATCHERS = 1_000
 DEFAULT_QUEUE_EVENTS = 1_000
+DEFAULT_QUEUE_BYTES = 4 * 1024 * 1024
+"""Bytes of changes one watcher may hold beyond its replay (``[watch] queue_bytes``): four
+changes of the largest value (``limits.max_value_bytes``, 1 MiB) or the largest transaction
+(``limits.max_txn_bytes``, 1 MiB), so a consumer that keeps up is not ended by one large
+entry; about 4 KiB a change at ``queue_events`` (1,000), so with smaller values the event bound
+is the one that ends a slow consumer, as before. Memory a node's watchers can pin beyond the
+history: ``max_watchers`` x this (about 4 GiB at 1,000 watchers, reached only if each holds
+different changes), where the event bound alone allowed about 1 TB."""
 EVENT_OVERHEAD_BYTES = 64
 """What one retained change costs beyond its key and value (bytes, about: a tuple and ints),
-counted toward ``history_bytes`` so that empty values still count."""
+counted toward ``history_bytes`` and ``queue_bytes`` so that empty values still count."""
 
 Kind = Literal["put", "delete", "expire"]
 
@@ -74,12 +89,15 @@ Kind = Literal["put", "delete", "expire"]
 class WatchEvent:
     """One change: ``key`` was put (``value`` its new value), deleted or expired (``value``
     None) by the log entry at ``index``. Shared by the history and every watcher's queue:
-    never changed."""
+    never changed. ``size``: what it counts toward ``history_bytes`` and ``queue_bytes``
+    (bytes: ``len(key) + len(value or b"") + EVENT_OVERHEAD_BYTES``, set by the hub; not
+    compared)."""
 
     index: int
     key: bytes
     value: bytes | None
     kind: Kind
+    size: int = field(default=0, compare=False, repr=False)
 
 
 class WatchCompacted(DengineError):
@@ -96,9 +114,10 @@ class TooManyWatchers(Overloaded):
 
 
 class SlowConsumer(DengineError):
-    """The watcher's queue was full when a change came: the watcher ended (its queue
-    dropped). ``next_index``: the index of the first change it did not deliver, the
-    ``from_index`` to come back with."""
+    """The watcher's queue was full (``queue_events`` changes, or no room for the change's
+    bytes within ``queue_bytes``) when a change came: the watcher ended (its queue dropped).
+    ``next_index``: the index of the first change it did not deliver, the ``from_index`` to
+    come back with."""
 
     def __init__(self, next_index: int, message: str) -> None:
         super().__init__(message)
@@ -112,9 +131,11 @@ class Watcher:
     async context manager). After :meth:`close`, reading raises ``Stopped``."""
 
     __slots__ = (
+        "_bytes",
         "_end",
         "_hub",
         "_limit",
+        "_max_bytes",
         "_queue",
         "_wake",
         "from_index",
@@ -131,6 +152,7 @@ class Watcher:
         from_index: int,
         replay: deque[WatchEvent],
         queue_events: int,
+        queue_bytes: int,
     ) -> None:
         self._hub = hub
         self.key = key
@@ -142,6 +164,11 @@ class Watcher:
         # The replay counts toward the bound until it is delivered: the bound is on how far a
         # consumer falls behind the live changes, not on how much history it asked for.
         self._limit = queue_events + len(replay)
+        # Bytes of the live changes queued (the replay's are not counted: same reason; they
+        # are the history's, which bounds them). The replay is delivered first, so a change
+        # delivered while _limit is above queue_events is the replay's, any other a live one.
+        self._bytes = 0
+        self._max_bytes = queue_bytes
         self._end: DengineError | None = None
         self._wake: trio.Event | None = None
 
@@ -157,6 +184,12 @@ class Watcher:
         """Changes waiting to be delivered."""
         return len(self._queue)
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes (as counted toward ``queue_bytes``) of the live changes waiting to be
+        delivered: the replay's are not counted."""
+        return self._bytes
+
     def next_nowait(self) -> WatchEvent:
         """The next change if one is queued; raises ``trio.WouldBlock`` if none, or the
         watcher's end (:class:`SlowConsumer`, :class:`WatchCompacted`, ``Stopped``) once its
@@ -169,6 +202,8 @@ class Watcher:
             event = queue.popleft()
             if self._limit > hub.queue_events:
                 self._limit -= 1
+            else:
+                self._bytes -= event.size
             # A transaction's changes share its index: it is delivered once all of them are.
             if not queue or queue[0].index != event.index:
                 self.next_index = event.index + 1
@@ -214,6 +249,7 @@ class Watcher:
         """Stop watching: the hub forgets this watcher and its queue. Idempotent."""
         self._hub._remove(self)
         self._queue.clear()
+        self._bytes = 0
         if self._end is None:
             self._end = Stopped("this watcher was closed")
         self._wakeup()
@@ -224,17 +260,27 @@ class Watcher:
         if self._end is not None or event.index < self.from_index:
             return
         queue = self._queue
-        if len(queue) >= self._limit:
+        held = self._bytes
+        # One live change is always taken (held == 0), whatever its size: the bound is on what
+        # waits behind it.
+        if len(queue) >= self._limit or (held and held + event.size > self._max_bytes):
+            hub = self._hub
+            behind = (
+                f"{hub.queue_events} changes behind ([watch] queue_events)"
+                if len(queue) >= self._limit
+                else f"{hub.queue_bytes} bytes of changes behind ([watch] queue_bytes)"
+            )
             queue.clear()
+            self._bytes = 0
             resume = self.next_index
             self._finish(
                 SlowConsumer(
                     resume,
-                    f"the consumer fell more than {self._hub.queue_events} changes behind "
-                    f"([watch] queue_events); reconnect with from_index={resume}",
+                    f"the consumer fell more than {behind}; reconnect with from_index={resume}",
                 )
             )
             return
+        self._bytes = held + event.size
         queue.append(event)
         self._wakeup()
 
@@ -255,7 +301,8 @@ class WatchHub:
     """Retained history and watchers of one node (see the module docstring).
 
     ``history_events`` (>= 1) and ``history_bytes`` bound the history, ``max_watchers`` the
-    watchers open at once, ``queue_events`` each watcher's queue beyond its replay.
+    watchers open at once, ``queue_events`` (changes) and ``queue_bytes`` (bytes, counted as
+    for ``history_bytes``; one change is always taken) each watcher's queue beyond its replay.
     ``compacted_through``: changes at or below this index are not known (0: all are, from the
     first entry of the log); :meth:`reset` raises it.
     """
@@ -267,14 +314,16 @@ class WatchHub:
         history_bytes: int = DEFAULT_HISTORY_BYTES,
         max_watchers: int = DEFAULT_MAX_WATCHERS,
         queue_events: int = DEFAULT_QUEUE_EVENTS,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
         compacted_through: int = 0,
     ) -> None:
-        if min(history_events, history_bytes, max_watchers, queue_events) < 1:
+        if min(history_events, history_bytes, max_watchers, queue_events, queue_bytes) < 1:
             raise ValueError("every watch bound must be at least 1")
         self.history_events = history_events
         self.history_bytes = history_bytes
         self.max_watchers = max_watchers
         self.queue_events = queue_events
+        self.queue_bytes = queue_bytes
         self.compacted_through = compacted_through
         """Changes at or below this index are not retained: ``from_index`` must be above."""
         self.last_index = compacted_through
@@ -295,10 +344,11 @@ class WatchHub:
         """One applied change (the listener; called on the trio thread, in index order)."""
         if self._reset_pending is not None:
             self._settle_reset()
-        event = WatchEvent(index, key, value, kind)
+        size = len(key) + (len(value) if value else 0) + EVENT_OVERHEAD_BYTES
+        event = WatchEvent(index, key, value, kind, size)
         history = self._history
         history.append(event)
-        self._history_bytes += len(key) + (len(value) if value else 0) + EVENT_OVERHEAD_BYTES
+        self._history_bytes += size
         if index > self.last_index:
             self.last_index = index
         if len(history) > self.history_events or self._history_bytes > self.history_bytes:
@@ -385,10 +435,7 @@ class WatchHub:
             if history[0].index == newest:
                 break  # the newest index is kept whole, whatever its size
             old = history.popleft()
-            value = old.value
-            self._history_bytes -= (
-                len(old.key) + (len(value) if value else 0) + EVENT_OVERHEAD_BYTES
-            )
+            self._history_bytes -= old.size
             # Part of this index may stay: a from_index at it would then miss a change.
             self.compacted_through = max(self.compacted_through, old.index)
 
@@ -451,7 +498,9 @@ class WatchHub:
                     prefix is not None and event.key.startswith(prefix)
                 ):
                     replay.appendleft(event)
-        watcher = Watcher(self, key, prefix, from_index, replay, self.queue_events)
+        watcher = Watcher(
+            self, key, prefix, from_index, replay, self.queue_events, self.queue_bytes
+        )
         if key is not None:
             self._by_key.setdefault(key, []).append(watcher)
         else:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from dengine_trio.errors import Stopped
 from dengine_trio.runtime.watch import (
+    EVENT_OVERHEAD_BYTES,
     SlowConsumer,
     TooManyWatchers,
     WatchCompacted,
@@ -142,6 +143,93 @@ def test_the_replay_does_not_count_toward_the_queue_bound() -> None:
         drain(watcher)
 
 
+# -- queue_bytes: the byte bound on one watcher's queue ------------------------------------------
+
+BIG = b"x" * 3000
+BIG_SIZE = len(b"p/1") + len(BIG) + EVENT_OVERHEAD_BYTES  # what a change of p/<digit> counts
+
+
+def test_a_watcher_of_large_values_overflows_on_bytes_before_events() -> None:
+    hub = WatchHub(queue_events=1000, queue_bytes=3 * BIG_SIZE + 10)
+    slow = hub.subscribe(prefix=b"p/")
+    small = hub.subscribe(prefix=b"s/")
+    for index in range(1, 4):
+        hub.on_change(index, b"p/%d" % index, BIG, "put")
+        hub.on_change(index, b"s/%d" % index, b"v", "put")
+    assert (slow.queued, slow.queued_bytes) == (3, 3 * BIG_SIZE)
+    hub.on_change(4, b"p/4", BIG, "put")  # 4 changes, far below 1000, but over the bytes
+    assert (slow.queued, slow.queued_bytes) == (0, 0)
+    with pytest.raises(SlowConsumer) as caught:
+        slow.next_nowait()
+    assert caught.value.next_index == 1  # nothing delivered: resume from the first
+    assert "[watch] queue_bytes" in str(caught.value)
+    assert hub.watchers == 1  # removed from the hub's lists; the other watcher stays
+    hub.on_change(5, b"p/5", BIG, "put")
+    assert [e.index for e in drain(small)] == [1, 2, 3]
+
+
+def test_a_change_larger_than_the_bound_is_still_delivered_alone() -> None:
+    hub = WatchHub(queue_bytes=100)
+    watcher = hub.subscribe(key=b"p/1")
+    hub.on_change(1, b"p/1", BIG, "put")  # 30x the bound, into an empty queue: taken
+    assert watcher.queued_bytes == BIG_SIZE
+    assert watcher.next_nowait().value == BIG
+    hub.on_change(2, b"p/1", BIG, "put")  # delivered: the next is taken too
+    assert watcher.next_nowait().index == 2
+    hub.on_change(3, b"p/1", BIG, "put")
+    hub.on_change(4, b"p/1", None, "delete")  # even 67 bytes do not fit behind it
+    assert watcher.queued == 0
+    with pytest.raises(SlowConsumer) as caught:
+        watcher.next_nowait()
+    assert caught.value.next_index == 3
+
+
+def test_delivering_frees_the_byte_budget() -> None:
+    hub = WatchHub(queue_bytes=2 * BIG_SIZE)  # exactly two: a full queue is not an overflow
+    watcher = hub.subscribe(prefix=b"p/")
+    index = 0
+    for _ in range(50):  # 100 changes, 300 KB through a 6 KB queue
+        for _ in range(2):
+            index += 1
+            hub.on_change(index, b"p/%d" % (index % 10), BIG, "put")
+        assert watcher.queued_bytes == 2 * BIG_SIZE
+        assert [e.index for e in drain(watcher)] == [index - 1, index]
+        assert watcher.queued_bytes == 0
+    assert hub.watchers == 1
+
+
+def test_the_replay_does_not_count_toward_the_byte_bound() -> None:
+    hub = WatchHub(queue_bytes=2 * BIG_SIZE)
+    for index in range(1, 11):
+        hub.on_change(index, b"p/%d" % (index % 10), BIG, "put")
+    watcher = hub.subscribe(prefix=b"p/", from_index=1)  # a replay of 5x the bound
+    assert (watcher.queued, watcher.queued_bytes) == (10, 0)
+    hub.on_change(11, b"p/1", BIG, "put")
+    hub.on_change(12, b"p/2", BIG, "put")  # two live changes fit, behind the replay
+    assert watcher.queued_bytes == 2 * BIG_SIZE
+    assert [e.index for e in drain(watcher)] == list(range(1, 13))
+    # Once the replay is delivered, the bound is queue_bytes of live changes, as before.
+    assert watcher.queued_bytes == 0
+    for index in range(13, 16):
+        hub.on_change(index, b"p/1", BIG, "put")
+    with pytest.raises(SlowConsumer) as caught:
+        drain(watcher)
+    assert caught.value.next_index == 13
+
+
+def test_live_changes_behind_a_replay_are_still_bounded_in_bytes() -> None:
+    hub = WatchHub(queue_bytes=2 * BIG_SIZE)
+    for index in range(1, 11):
+        hub.on_change(index, b"p/%d" % (index % 10), BIG, "put")
+    watcher = hub.subscribe(prefix=b"p/", from_index=1)
+    hub.on_change(11, b"p/1", BIG, "put")
+    hub.on_change(12, b"p/2", BIG, "put")
+    hub.on_change(13, b"p/3", BIG, "put")  # a third live change: over, replay or not
+    with pytest.raises(SlowConsumer) as caught:
+        drain(watcher)
+    assert caught.value.next_index == 1  # dropped with the queue: nothing was delivered
+
+
 def test_watchers_are_bounded_and_closing_one_frees_its_place() -> None:
     hub = WatchHub(max_watchers=2)
     first = hub.subscribe(key=b"a")
@@ -166,6 +254,8 @@ def test_bad_arguments() -> None:
         hub.subscribe(key=b"a", from_index=0)
     with pytest.raises(ValueError):
         WatchHub(queue_events=0)
+    with pytest.raises(ValueError):
+        WatchHub(queue_bytes=0)
 
 
 def test_a_reset_ends_the_watchers_that_lost_changes_after_what_they_hold() -> None:
@@ -248,11 +338,16 @@ operation = st.one_of(
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(operation, max_size=60), st.integers(2, 6), st.integers(1, 4))
+@given(
+    st.lists(operation, max_size=60),
+    st.integers(2, 6),
+    st.integers(1, 4),
+    st.integers(1, 300),  # a change here counts 66-70 bytes: 0 to 4 of them
+)
 def test_model_every_watcher_delivers_its_changes_once_in_order_without_gap(
-    ops: list[tuple[object, ...]], history: int, queue: int
+    ops: list[tuple[object, ...]], history: int, queue: int, queue_bytes: int
 ) -> None:
-    hub = WatchHub(history_events=history, queue_events=queue)
+    hub = WatchHub(history_events=history, queue_events=queue, queue_bytes=queue_bytes)
     log: list[WatchEvent] = []  # every change applied, in order
     index = 0
     watchers: list[tuple[object, bytes, bool, int, list[WatchEvent]]] = []
@@ -311,6 +406,7 @@ def test_model_every_watcher_delivers_its_changes_once_in_order_without_gap(
                 expected.append(event)
         # A prefix of what it should see, all of it unless it ended; in order, once.
         assert got == expected[: len(got)]
+        assert watcher.queued_bytes == 0  # type: ignore[attr-defined]
         if position not in ended:
             assert got == expected
 
