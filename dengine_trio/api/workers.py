@@ -30,9 +30,10 @@ cost more CPU per request than the engine's work, move to N worker processes:
   the worker acknowledges each body frame with ``more_body`` once Hypercorn has written it
   to the client, ``[ACK, id, bytes]``, and the node's ``send`` waits while more than
   :data:`STREAM_WINDOW_BYTES` are unacknowledged, so a slow client slows the node's sender
-  (whose own bounds then apply: a watch's ``[watch] queue_events``) instead of filling the
-  link and the worker's memory. From the first such frame on, the worker also forwards the
-  client's disconnect (``[DISCONNECT, id]``), so a stream ends with its client.
+  (whose own bounds then apply: a watch's ``[watch] queue_events`` and ``queue_bytes``)
+  instead of filling the link and the worker's memory. From the first such frame on, the
+  worker also forwards the client's disconnect (``[DISCONNECT, id]``), so a stream ends with
+  its client.
 * Supervision (:class:`WorkerPool`, in the node): a worker that exits is logged with its
   status and restarted (after 0.1 s, doubling to 5 s while it keeps dying young); the
   listening socket stays open in the node, so new connections go to the other workers or

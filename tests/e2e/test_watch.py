@@ -6,7 +6,8 @@ The streams of every node are checked against the writes' own answers (each writ
 index it applied at) and against each other: every acknowledged write appears once, at its
 index, in index order, with no gap, across a leader change (the leader killed) and a restart of
 that node (its client resumes with ``Last-Event-ID``). A consumer that stops reading gets a final
-``slow_consumer`` event and is disconnected; a client that leaves frees its place.
+``slow_consumer`` event and is disconnected, whether it fell ``queue_events`` changes or
+``queue_bytes`` bytes behind; a client that leaves frees its place.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import pytest
 from tests.e2e.cluster import Cluster, Node, running_cluster, wait_until
 
 QUEUE_EVENTS = 64
+QUEUE_BYTES = 3 * 1024 * 1024
+"""Above 64 changes of 32 KiB (the events test), below 64 of 384 KiB (the bytes test)."""
 MAX_WATCHERS = 6
 
 
@@ -36,6 +39,7 @@ def cluster(
     settings = {
         "http.workers": request.param,
         "watch.queue_events": QUEUE_EVENTS,
+        "watch.queue_bytes": QUEUE_BYTES,
         "watch.max_watchers": MAX_WATCHERS,
     }
     with running_cluster(tmp_path_factory.mktemp("watch"), settings=settings) as c:
@@ -186,23 +190,21 @@ def test_every_node_streams_the_committed_changes_across_a_leader_change_and_a_r
             stream.close()
 
 
-def test_a_consumer_that_stops_reading_gets_slow_consumer_and_is_disconnected(
-    cluster: Cluster,
-) -> None:
+def _stalled_watch(cluster: Cluster, prefix: str, value: str, writes: int) -> list[dict[str, Any]]:
+    """The events a client that does not read during ``writes`` puts of ``value`` under
+    ``prefix`` (through the leader) gets from a follower's watch of it, once it reads."""
     leader = cluster.wait_for_leader()
     follower = cluster.followers(leader)[0]
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(60)
     sock.connect(("127.0.0.1", follower.port))
-    sock.sendall(b"GET /watch?prefix=slow/ HTTP/1.0\r\n\r\n")
+    sock.sendall(f"GET /watch?prefix={prefix} HTTP/1.0\r\n\r\n".encode())
     received = b""
     while b"\r\n\r\n" not in received:  # watching from now: write once it is open
         received += sock.recv(4096)
-    value = "x" * 32768
-    writes = 400  # ~13 MiB: more than every buffer between the node and this socket
     for i in range(writes):
-        write(cluster, f"slow/{i:03d}", value)
+        write(cluster, f"{prefix}{i:03d}", value)
     while chunk := sock.recv(65536):
         received += chunk
     sock.close()
@@ -213,8 +215,27 @@ def test_a_consumer_that_stops_reading_gets_slow_consumer_and_is_disconnected(
     assert events[-1]["data"]["error"] == "slow_consumer"
     delivered = changes(events)
     assert 0 < len(delivered) < writes
-    assert [c[1] for c in delivered] == [f"slow/{i:03d}" for i in range(len(delivered))]
+    assert [c[1] for c in delivered] == [f"{prefix}{i:03d}" for i in range(len(delivered))]
     assert events[-1]["data"]["from_index"] == delivered[-1][0] + 1
+    return events
+
+
+def test_a_consumer_that_stops_reading_gets_slow_consumer_and_is_disconnected(
+    cluster: Cluster,
+) -> None:
+    # ~13 MiB: more than every buffer between the node and this socket; 64 changes of 32 KiB
+    # are 2 MiB, within queue_bytes: the change count ends it.
+    events = _stalled_watch(cluster, "slow/", "x" * 32768, 400)
+    assert "[watch] queue_events" in events[-1]["data"]["message"]
+
+
+def test_a_consumer_of_large_values_is_ended_by_queue_bytes_before_queue_events(
+    cluster: Cluster,
+) -> None:
+    # ~18 MiB; 3 MiB of the node's queue are 8 changes of 384 KiB, far fewer than 64.
+    events = _stalled_watch(cluster, "large/", "x" * 393216, 48)
+    message = events[-1]["data"]["message"]
+    assert f"more than {QUEUE_BYTES} bytes of changes behind ([watch] queue_bytes)" in message
 
 
 def test_bad_input_and_the_bound_on_watchers_through_the_node(cluster: Cluster) -> None:

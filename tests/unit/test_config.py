@@ -605,6 +605,7 @@ def test_the_complete_file_of_the_docs_loads_with_the_defaults_it_claims(tmp_pat
     assert complete.raft.snapshot == minimal.raft.snapshot
     assert complete.limits == minimal.limits
     assert complete.kv == minimal.kv
+    assert complete.watch == minimal.watch
     assert complete.http == minimal.http
     assert complete.cluster == minimal.cluster
 

@@ -230,6 +230,21 @@ def test_live_changes_behind_a_replay_are_still_bounded_in_bytes() -> None:
     assert caught.value.next_index == 1  # dropped with the queue: nothing was delivered
 
 
+def test_a_transaction_over_the_bound_ends_a_watcher_that_kept_up_and_replays_whole() -> None:
+    # What docs/configuration.md says of a queue_bytes below a transaction's size: its changes
+    # come together, so a watch of them all is ended; from_index resumes it from the history.
+    hub = WatchHub(queue_bytes=2 * BIG_SIZE)
+    hub.on_change(4, b"q", b"v", "put")
+    watcher = hub.subscribe(prefix=b"p/")  # from index 5 on
+    for key in (b"p/1", b"p/2", b"p/3"):
+        hub.on_change(5, key, BIG, "put")
+    with pytest.raises(SlowConsumer) as caught:
+        drain(watcher)
+    assert caught.value.next_index == 5
+    again = hub.subscribe(prefix=b"p/", from_index=caught.value.next_index)
+    assert [e.key for e in drain(again)] == [b"p/1", b"p/2", b"p/3"]
+
+
 def test_watchers_are_bounded_and_closing_one_frees_its_place() -> None:
     hub = WatchHub(max_watchers=2)
     first = hub.subscribe(key=b"a")
