@@ -45,6 +45,7 @@ from dengine_trio.api.kvparse import (
     key_member,
     optional_string_member,
     refuse_repeated,
+    refuse_unknown,
     ttl_member,
     value_member,
     write_response,
@@ -75,6 +76,8 @@ _ABSENT = json.dumps(
 
 
 _PUT_MEMBERS = frozenset({"key", "value", "ttl_ms", "prev_value", "prev_index"})
+_GET_PARAMS = ("consistency", "meta", "min_index")
+_DELETE_PARAMS = ("prev_index",)
 _BOOLS = {"true": True, "false": False, "1": True, "0": False}
 
 
@@ -229,6 +232,7 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
         if request.query_string:
             args = request.args
             refuse_repeated(args)
+            refuse_unknown(args, _GET_PARAMS)
             policy = policy_param(args)
             meta = bool_param(args, "meta")
             min_index = index_param(args, "min_index") or 0
@@ -264,12 +268,7 @@ def create_kv_app(engine: EmbeddedEngine) -> App:
         if request.query_string:
             args = request.args
             refuse_repeated(args)
-            for name in args:
-                # A misspelt condition (prev_indx=5) must not become an unconditional delete.
-                if name != "prev_index":
-                    raise ApiError(
-                        400, "invalid_request", f"unknown query parameter {name!r} (prev_index)"
-                    )
+            refuse_unknown(args, _DELETE_PARAMS)
             prev_index = index_param(args, "prev_index")
         outcome = await client.delete_outcome(
             encoded_key, prev_index=prev_index, idempotency_key=idempotency_key(request.headers)

@@ -137,6 +137,20 @@ def refuse_repeated(args: Any) -> None:
             raise ApiError(400, "invalid_request", f"parameter {name[:40]!r} given twice")
 
 
+def refuse_unknown(args: Any, known: tuple[str, ...]) -> None:
+    """400 ``invalid_request`` naming the first query parameter not in ``known`` (the message
+    lists those): a misspelt condition or freshness bound (``?min_indx=5``) must not turn
+    into a request without it, which would answer a read staler than the client asked
+    for, or make a conditional write unconditional."""
+    for name in args:
+        if name not in known:
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"unknown query parameter {name[:40]!r} ({', '.join(known)})",
+            )
+
+
 def idempotency_key(headers: Any) -> bytes | None:
     """The request's ``Idempotency-Key`` header as bytes (absent: None). 400
     ``invalid_idempotency_key`` when it is empty, repeated, over

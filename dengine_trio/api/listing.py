@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 from quart import Response, request
 
 from dengine_trio.api import JSON_CONTENT_TYPE, ApiError, App
-from dengine_trio.api.kvparse import index_param, refuse_repeated
+from dengine_trio.api.kvparse import index_param, refuse_repeated, refuse_unknown
 from dengine_trio.errors import Timeout
 from dengine_trio.policy import ReadPolicy
 
@@ -33,6 +33,7 @@ MAX_LIMIT = 1000
 LIST_MAX_BYTES = 1 << 20
 """A page stops early (with a ``next``) once its keys and values reach this many bytes (at
 least one key per page), so one request cannot make the node build a huge answer."""
+_LIST_PARAMS = ("prefix", "after", "limit", "consistency", "min_index")
 
 
 def _text_params(query: bytes) -> dict[str, str]:
@@ -65,7 +66,8 @@ def install_listing_route(
 ) -> None:
     """Add ``GET /kv`` to the KV ``app``. Refusals: 400 ``invalid_limit`` (``limit`` not an
     integer from 1 to 1000), ``invalid_request`` (a parameter given twice), ``invalid_key``
-    (``prefix``/``after`` not percent-encoded UTF-8), ``invalid_consistency``,
+    (``prefix``/``after`` not percent-encoded UTF-8), ``invalid_request`` (a parameter other
+    than ``prefix``, ``after``, ``limit``, ``consistency``, ``min_index``), ``invalid_consistency``,
     ``invalid_index`` (``min_index``); 504 ``timeout`` when ``min_index`` is not applied in
     time."""
     dumps = json.dumps
@@ -74,6 +76,7 @@ def install_listing_route(
     async def list_kv() -> Response:
         args = request.args
         refuse_repeated(args)
+        refuse_unknown(args, _LIST_PARAMS)
         params = _text_params(request.query_string)
         prefix = _text_param(params, "prefix") or b""
         after = _text_param(params, "after")

@@ -292,6 +292,12 @@ BAD: list[tuple[str, str, Any, dict[str, str], int, str]] = [
     ("GET", "/kv/k?min_index=x", None, {}, 400, "invalid_index"),
     ("GET", "/kv/k?min_index=99999999999999999999", None, {}, 400, "invalid_index"),
     ("GET", "/kv/k?meta=maybe", None, {}, 400, "invalid_request"),
+    # A misspelt freshness bound was a plain (staler) read; a misspelt policy a default one.
+    ("GET", "/kv/k?min_indx=5", None, {}, 400, "invalid_request"),
+    ("GET", "/kv/k?consistancy=linearizable", None, {}, 400, "invalid_request"),
+    ("GET", "/kv/k?consistency=lease&min_indx=5", None, {}, 400, "invalid_request"),
+    ("GET", "/kv?prefix=a&min_indx=5", None, {}, 400, "invalid_request"),
+    ("GET", "/kv?limt=5", None, {}, 400, "invalid_request"),
     ("GET", "/kv?limit=0", None, {}, 400, "invalid_limit"),
     ("GET", "/kv?limit=1001", None, {}, 400, "invalid_limit"),
     ("GET", "/kv?limit=ten", None, {}, 400, "invalid_limit"),
