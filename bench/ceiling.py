@@ -14,7 +14,13 @@ Hypercorn costs anything. What the KV app serves below this is the price of ever
 Both run with the garbage collector set as a node's process sets it
 (:mod:`dengine_trio.gc_tuning`).
 
-    python -m bench.ceiling --port 8090 [--raw] [--max-seconds 1800]
+With ``--raw --beside-leader``, the same raw app served from a process that also runs the
+leader of a three-node cluster (node 1 here, as ``bench.costs`` runs it; nodes 2 and 3 as
+processes), idle but for its heartbeats: what any app served from a node's process can reach.
+Between the two raw figures is the price of sharing a process (and its core) with an engine,
+which no change to the HTTP path can remove.
+
+    python -m bench.ceiling --port 8090 [--raw [--beside-leader]] [--max-seconds 1800]
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ import argparse
 import json
 import signal
 import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -111,7 +121,12 @@ async def raw_ceiling_app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": _RAW_GET_BODY})
 
 
-async def run(port: int, max_seconds: float, raw: bool = False) -> None:
+async def run(
+    port: int, max_seconds: float, raw: bool = False, beside_leader: bool = False
+) -> None:
+    if beside_leader:
+        await _beside_leader(partial(run, port, max_seconds, raw))
+        return
     config = hypercorn_config(bind_listener("127.0.0.1", port))
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -130,14 +145,33 @@ async def run(port: int, max_seconds: float, raw: bool = False) -> None:
             nursery.cancel_scope.cancel()
 
 
+async def _beside_leader(serve_app: Callable[[], Awaitable[None]]) -> None:
+    """Run ``serve_app()`` in this process beside node 1 of a three-node cluster, leading."""
+    from bench.write import follower_processes, wait_until_leader, write_configs
+    from dengine_trio import EmbeddedEngine, load_config
+
+    with tempfile.TemporaryDirectory(prefix="dengine-ceiling-") as tmp:
+        root = Path(tmp)
+        configs = write_configs(root, "MemFirst")
+        async with follower_processes(root, configs[1:]):
+            async with EmbeddedEngine.start(load_config(configs[0])) as engine:
+                await wait_until_leader(engine, [root / "n2.log", root / "n3.log"])
+                await serve_app()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ceiling")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--max-seconds", type=float, default=1800.0)
     parser.add_argument("--raw", action="store_true", help="the raw ASGI ceiling")
+    parser.add_argument(
+        "--beside-leader",
+        action="store_true",
+        help="serve it from a process that also runs a three-node cluster's leader",
+    )
     args = parser.parse_args(argv)
     gc_tuning.tune_for_serving()  # as a node's process is (same process settings)
-    trio.run(run, args.port, args.max_seconds, args.raw)
+    trio.run(run, args.port, args.max_seconds, args.raw, args.beside_leader)
     return 0
 
 

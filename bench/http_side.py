@@ -47,6 +47,8 @@ from bench.write import follower_processes, write_configs
 from tests.support.cluster import free_ports
 
 WRK_SCRIPT = Path(__file__).with_name("kv.lua")
+BESIDE_LEADER = " beside a leader"
+"""Suffix of the raw ASGI ceiling served from a process that also runs a cluster's leader."""
 READY_TIMEOUT_S = 30.0
 ETCD_INSTALL_HINT = "sudo apt-get install etcd-server"
 WRK_INSTALL_HINT = "sudo apt-get install wrk"
@@ -152,14 +154,23 @@ async def our_cluster(root: Path, workers: int = 1) -> AsyncIterator[list[Target
 
 
 @asynccontextmanager
-async def ceiling(root: Path, raw: bool = False) -> AsyncIterator[list[Target]]:
-    """The Quart ceiling (``ceiling``), or with ``raw`` the raw ASGI one (``raw ASGI``)."""
+async def ceiling(
+    root: Path, raw: bool = False, beside_leader: bool = False
+) -> AsyncIterator[list[Target]]:
+    """The Quart ceiling (``ceiling``), or with ``raw`` the raw ASGI one (``raw ASGI``), with
+    ``beside_leader`` served from a process that also runs a cluster's leader (``raw ASGI
+    beside a leader``: ``bench.ceiling --beside-leader``)."""
     (port,) = free_ports(1)
     command = [sys.executable, "-m", "bench.ceiling", "--port", str(port)]
     name = "raw ASGI" if raw else "ceiling"
-    async with group_process(
-        [*command, "--raw"] if raw else command, root / f"ceiling{'-raw' if raw else ''}.log"
-    ):
+    log_name = f"ceiling{'-raw' if raw else ''}"
+    if raw:
+        command.append("--raw")
+    if beside_leader:
+        command.append("--beside-leader")
+        name += BESIDE_LEADER
+        log_name += "-beside-leader"
+    async with group_process(command, root / f"{log_name}.log"):
         url = f"http://127.0.0.1:{port}"
 
         async def up(http: httpx.AsyncClient) -> bool:
@@ -237,6 +248,7 @@ async def http_servers(
     try:
         async with AsyncExitStack() as stack:
             targets = list(await stack.enter_async_context(ceiling(root, raw=True)))
+            targets += await stack.enter_async_context(ceiling(root, raw=True, beside_leader=True))
             targets += await stack.enter_async_context(ceiling(root))
             for count in workers:
                 targets += await stack.enter_async_context(our_cluster(root, count))
@@ -375,6 +387,29 @@ def comparisons(
                     f"{ours.combined.throughput:,.0f} vs {base.combined.throughput:,.0f} "
                     f"req/s = {r:.2f}x",
                     r >= 0.95,
+                )
+            )
+    # Beside a leader: the same raw app served from a process that also runs an (idle) leader,
+    # so the price of sharing the process with an engine shows apart from the HTTP path's.
+    for method in ("POST", "GET"):
+        raw, beside = get(f"raw ASGI {method} c16"), get(f"raw ASGI{BESIDE_LEADER} {method} c16")
+        if raw and beside:
+            out.append(
+                (
+                    f"HTTP raw ASGI {method} served beside a leader / served alone "
+                    f"({connections} connections)",
+                    ratio_text(beside.combined.throughput, raw.combined.throughput),
+                )
+            )
+    for op in ROUTES:
+        method = op.split()[0]
+        ours, beside = get(f"{leader} {op} c16"), get(f"raw ASGI{BESIDE_LEADER} {method} c16")
+        if ours and beside:
+            out.append(
+                (
+                    f"HTTP {leader} {op}, 1 worker / raw ASGI {method} beside a leader "
+                    f"({connections} connections)",
+                    ratio_text(ours.combined.throughput, beside.combined.throughput),
                 )
             )
     # Issue 18, 2 workers: against etcd.
