@@ -456,7 +456,6 @@ class KVStateMachine:
         "_idem_clock",
         "_idem_head",
         "_keys",
-        "_ttl_keys",
         "data",
         "idempotency_max_bytes",
         "idempotency_max_keys",
@@ -465,6 +464,7 @@ class KVStateMachine:
         "listener",
         "listener_reset",
         "meta",
+        "ttl_keys",
     )
 
     def __init__(
@@ -494,7 +494,9 @@ class KVStateMachine:
         """The index of the last command applied (or of the restored image's)."""
         self._keys = SortedKeys()
         self._deadlines: list[tuple[int, bytes, int]] = []
-        self._ttl_keys = 0
+        self.ttl_keys = 0
+        """Keys that have a TTL deadline now (read-only outside apply and restore): while it
+        is 0 a read needs no clock."""
         self._idem: dict[bytes, Record] = {}
         self._idem_chunks: deque[list[Record]] = deque()
         self._idem_head = 0
@@ -735,13 +737,13 @@ class KVStateMachine:
         else:
             meta = (old[0], index, expires_at_ms)
             if old[2]:
-                self._ttl_keys -= 1
+                self.ttl_keys -= 1
         self.data[key] = value
         meta_map[key] = meta
         if expires_at_ms:
-            self._ttl_keys += 1
+            self.ttl_keys += 1
             heapq.heappush(self._deadlines, (expires_at_ms, key, index))
-            if len(self._deadlines) > 2 * self._ttl_keys + DEADLINE_SLACK:
+            if len(self._deadlines) > 2 * self.ttl_keys + DEADLINE_SLACK:
                 self._rebuild_deadlines()
         listener = self.listener
         if listener is not None:
@@ -755,7 +757,7 @@ class KVStateMachine:
         del self.data[key]
         self._keys.discard(key)
         if old[2]:
-            self._ttl_keys -= 1
+            self.ttl_keys -= 1
         listener = self.listener
         if listener is not None:
             listener(KVChange(index, key, None, kind))
@@ -825,7 +827,7 @@ class KVStateMachine:
         """The value of ``key`` as of the last applied command; None if absent, or (with
         ``now_ms``, this node's wall clock in ms) past its TTL deadline. Not a linearizable
         read by itself: the caller's read barrier makes it one."""
-        if now_ms is not None:
+        if now_ms is not None and self.ttl_keys:
             meta = self.meta.get(key)
             if meta is not None and 0 < meta[2] <= now_ms:
                 return None
@@ -942,7 +944,7 @@ class KVStateMachine:
         self._clear()
         self.data, self.meta = state.data, state.meta
         self.last_index, self._idem_clock = state.last_index, state.idempotency_clock
-        self._keys, self._deadlines, self._ttl_keys = keys, deadlines, len(deadlines)
+        self._keys, self._deadlines, self.ttl_keys = keys, deadlines, len(deadlines)
         self._idem, self._idem_chunks, self._idem_bytes = table, chunks, size
         # A table written under larger bounds than this node's: evict down to ours now.
         self._evict(by_size=True)
