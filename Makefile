@@ -110,7 +110,7 @@ bench-notice:
 	@echo "    .venv/bin/python -m bench.suite --no-doc runs them without writing)."
 	@echo "Ctrl+C stops it at any point."
 
-bench: bench-notice $(STAMP) ## the suite: embedded vs PySyncObj, snapshots, HTTP (1 and 2 workers) vs both ceilings and etcd, CAS/txn/watch vs etcd, membership; rewrites docs/benchmarks.md (about 16 minutes)
+bench: bench-notice $(STAMP) ## the suite: embedded vs PySyncObj, snapshots, HTTP (1 and 2 workers) vs the ceilings (raw ASGI alone and beside a leader, Quart) and etcd, CAS/txn/watch vs etcd, membership; rewrites docs/benchmarks.md (about 16 minutes)
 	@$(BIN)/python -c "import pysyncobj, matplotlib" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[test,bench]'
 	@missing=""; command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \

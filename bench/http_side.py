@@ -317,8 +317,9 @@ def comparisons(
     get: Callable[[str], Scenario | None], connections: int
 ) -> tuple[list[tuple[str, str]], list[Goal]]:
     """The HTTP comparisons and targets of ``make bench``: every figure of ours (1 and 2
-    workers, leader and follower) against both ceilings (the raw ASGI app and the Quart app)
-    and etcd, as ratios; the targets of issue 7 (against the Quart ceiling) and issue 18.
+    workers, leader and follower) against the ceilings (the raw ASGI app alone and beside a
+    leader, the Quart app) and etcd, as ratios; the targets of issue 7 (against the Quart
+    ceiling) and issue 18.
     ``get(key)``: the scenario ``"<system> <operation> c16|c1"`` if it was measured."""
     out: list[tuple[str, str]] = []
     goals: list[Goal] = []

@@ -239,7 +239,7 @@ class Suite:
             self.notes.append(note)
             self.progress(note)
             return
-        self.progress("HTTP: starting our clusters (1 and 2 HTTP workers), both ceilings and etcd")
+        self.progress("HTTP: starting our clusters (1 and 2 HTTP workers), 3 ceilings and etcd")
         async with http_side.http_servers(with_etcd=not a.no_etcd) as servers:
             self.notes += servers.notes
             loads = [
@@ -442,7 +442,7 @@ class Suite:
                         ratio_text(ours.combined.p99_s, etcd.combined.p99_s),
                     )
                 )
-        # HTTP: every figure of ours (1 and 2 workers) against both ceilings and etcd.
+        # HTTP: every figure of ours (1 and 2 workers) against the ceilings and etcd.
         http_comparisons, http_targets = http_side.comparisons(self.get, self.args.http_connections)
         comparisons += http_comparisons
         targets += http_targets
