@@ -113,9 +113,9 @@ class MetricsSink:
         (``dengine_snapshots_received_total``)."""
 
     def membership_changed(self, voters: int, learners: int) -> None:
-        """Hook for membership changes: the configuration now has ``voters`` and ``learners``
-        (``dengine_cluster_voters``, ``dengine_cluster_learners``). Not called yet: the
-        cluster's membership is fixed by ``initial_cluster``."""
+        """The membership in effect now has ``voters`` and ``learners``
+        (``dengine_cluster_voters``, ``dengine_cluster_learners``): called at startup and at
+        every configuration entry appended or truncated (in effect on append, thesis §4.1)."""
 
     # -- exposition ------------------------------------------------------------------------
 

@@ -271,6 +271,7 @@ class MembershipRuntime:
         if self.told_removed is not None and self.told_removed[1] <= index:
             self.told_removed = None  # our own log is as new now: it says what we are
         node = self._node
+        node.metrics.membership_changed(len(membership.voters), len(membership.learners))
         self._learn_committed_id()
         transport = node.transport
         if transport is not None:

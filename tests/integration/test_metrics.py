@@ -19,6 +19,7 @@ from dengine_trio.errors import TooLarge
 from dengine_trio.metrics import Thresholds
 from dengine_trio.metrics.prometheus import PrometheusSink
 from dengine_trio.policy import ReadPolicy
+from dengine_trio.raft.membership import ConfChange, ConfChangeKind
 from dengine_trio.runtime.node import MAX_COMMAND_BYTES
 from dengine_trio.statemachine import KVStateMachine
 from tests.integration.cluster import write_configs
@@ -99,6 +100,9 @@ async def test_writes_reads_and_leader_changes_move_the_metrics(tmp_path: Path) 
         for engine in engines.values():
             assert value(engine, "dengine_has_leader") == 1.0
             assert value(engine, "dengine_term") == leader.node_status().term
+            # The membership in effect (these gauges were never fed before).
+            assert value(engine, "dengine_cluster_voters") == 3.0
+            assert value(engine, "dengine_cluster_learners") == 0.0
 
         committed = value(leader, "dengine_proposals_committed_total")
         for i in range(5):
@@ -113,6 +117,15 @@ async def test_writes_reads_and_leader_changes_move_the_metrics(tmp_path: Path) 
         await wait_until(applied_everywhere)
         for follower in followers:
             assert value(follower, "dengine_proposals_committed_total") == 0
+
+        # A learner (nobody runs it): in effect on each node once its entry is in the log.
+        await leader.change_membership(ConfChange(ConfChangeKind.ADD_LEARNER, 9, "127.0.0.1:1"))
+        await wait_until(
+            lambda: all(value(e, "dengine_cluster_learners") == 1.0 for e in engines.values())
+        )
+        assert value(leader, "dengine_cluster_voters") == 3.0
+        await leader.change_membership(ConfChange(ConfChangeKind.REMOVE, 9))
+        assert value(leader, "dengine_cluster_learners") == 0.0
 
         # A write through a follower is forwarded (and committed by the leader).
         await followers[0].client().put(b"via-follower", b"v")
