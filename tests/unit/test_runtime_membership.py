@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dengine_trio.errors import MembershipError
+from dengine_trio.metrics import MetricsSink
 from dengine_trio.raft.membership import (
     ConfChange,
     ConfChangeKind,
@@ -56,6 +57,7 @@ class FakeNode:
         self.transport = None
         self.raft: Any = None
         self.stopped = False
+        self.metrics = MetricsSink()  # the runtime reports each membership to it (e044ba3)
 
     def set_cluster_id(self, cluster_id: str) -> None:
         self.cluster_id = cluster_id
