@@ -118,8 +118,11 @@ class MembershipError(DengineError):
     (404), ``duplicate_id``, ``duplicate_address``, ``last_voter``, ``not_learner``,
     ``pending`` (a change is not committed yet, or the leader has not committed an entry of
     its term: retry shortly), ``behind`` (a learner too far behind to promote; ``detail``
-    ``{"lag": entries}``) (409 each), ``bad_request`` (400), ``not_voter`` (a transfer to a
-    learner, 409), ``transfer_failed`` (no other node took leadership in time, 503).
+    ``{"lag": entries}``), ``quorum_at_risk`` (the change would drop a voter, or rebind
+    one, leaving fewer active voters than a majority of the new ones: the cluster would lose
+    quorum; ``detail`` ``{"active": [ids], "needed": n, "inactive": [ids]}``) (409 each),
+    ``bad_request`` (400), ``not_voter`` (a transfer to a learner, 409), ``transfer_failed``
+    (no other node took leadership in time, 503).
     """
 
     STATUS: dict[str, int] = {
@@ -130,6 +133,7 @@ class MembershipError(DengineError):
         "not_learner": 409,
         "pending": 409,
         "behind": 409,
+        "quorum_at_risk": 409,
         "not_voter": 409,
         "bad_request": 400,
         "transfer_failed": 503,

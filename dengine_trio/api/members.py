@@ -27,7 +27,9 @@ Refusals are JSON as on the KV port: 400 ``invalid_json`` / ``invalid_request`` 
 ``not_learner`` (promoting a voter), ``pending`` (a change is not committed yet, or the
 leader has not committed an entry of its term; ``Retry-After: 1``), ``behind`` (promoting a
 learner that is not caught up; the body adds ``"lag": entries`` and ``"heard_ms_ago"``, ms
-since it last answered the leader, null if never), ``not_voter`` (a transfer to a
+since it last answered the leader, null if never), ``quorum_at_risk`` (removing a voter
+would leave fewer active voters than a majority of those left; the body adds ``"active"``,
+``"inactive"``, voter ids, and ``"needed"``), ``not_voter`` (a transfer to a
 learner); 503 ``transfer_failed`` (no voter took leadership in time), and 503
 ``not_leader`` / ``no_leader`` and 504 ``timeout`` as for writes (the codes and statuses are
 :class:`dengine_trio.errors.MembershipError`'s). Under ``[auth]`` every

@@ -146,7 +146,8 @@ class ConfChangeRejected:
     ``not_leader`` (``leader_id`` is where to forward, 0 if unknown), ``pending`` (a change is
     uncommitted, or no entry of the leader's term is committed yet), ``unknown_member``,
     ``duplicate_id``, ``duplicate_address``, ``last_voter``, ``not_learner``, ``behind``
-    (``detail`` ``{"lag": entries}``) or ``bad_request``."""
+    (``detail`` ``{"lag": entries}``), ``quorum_at_risk`` (``detail`` ``{"active": [ids],
+    "needed": n, "inactive": [ids]}``) or ``bad_request``."""
 
     barrier: ClassVar[bool] = False
 

@@ -89,7 +89,8 @@ class ConfChangeError(Exception):
     """A change that cannot apply to a membership. ``code`` is one of ``unknown_member``,
     ``duplicate_id``, ``duplicate_address``, ``last_voter``, ``not_learner``,
     ``bad_request`` (and, raised by the leader rather than here, ``not_leader``, ``pending``,
-    ``behind``); ``detail`` holds extra facts for the client (e.g. ``{"lag": 1200}``)."""
+    ``behind``, ``quorum_at_risk``); ``detail`` holds extra facts for the client (e.g.
+    ``{"lag": 1200}``)."""
 
     def __init__(self, code: str, message: str, **detail: Any) -> None:
         super().__init__(message)

@@ -1481,8 +1481,59 @@ class RaftNode:
                     request_id, "behind", why_not, lag=lag, heard_ms_ago=self._heard_ago(change.id)
                 )
                 return
+        if self._loses_voters(membership):
+            inactive, active, needed = self._inactive_voters(membership)
+            if len(active) < needed:
+                self._reject_change(
+                    request_id,
+                    "quorum_at_risk",
+                    f"the cluster would lose quorum: voters {inactive} of the new membership "
+                    f"are not active (silent for an election timeout, or not bound to the data "
+                    f"directory they run on); {len(active)} active of {needed} needed",
+                    active=active,
+                    needed=needed,
+                    inactive=inactive,
+                )
+                return
         entry = self._append_config(membership)
         self._out.append(Proposed(request_id, entry.index, entry.term))
+
+    def _loses_voters(self, membership: Membership) -> bool:
+        """Does ``membership`` (the one a change would make) drop a voter of the one in
+        effect, or bind one to another data directory? (A REMOVE of a voter, a BIND that takes
+        a voter back as a learner; a learner's removal, ADD_LEARNER and PROMOTE never do.)"""
+        for m in self.membership.members:
+            if not m.voter:
+                continue
+            after = membership.get(m.id)
+            if after is None or not after.voter or after.uuid != m.uuid:
+                return True
+        return False
+
+    def _inactive_voters(self, membership: Membership) -> tuple[list[int], list[int], int]:
+        """Leader: the strict reconfiguration check (etcd's ``ErrNotEnoughStartedMembers``).
+        Of ``membership``'s voters, which are not active and which are, and how many a
+        majority is. Active: ourselves (if still a voter: a leader removing itself counts
+        quorums without itself once the entry is appended), and each other voter that
+        answered us within the minimum election timeout (the recency a promotion needs,
+        ``_not_caught_up``) and can vote: bound, to the data directory it last said it runs
+        on (a wiped voter, or one we have not heard name its directory, counts in no quorum
+        and never votes, ``_refresh_uncounted`` and ``_refuses_candidate``)."""
+        active: list[int] = []
+        inactive: list[int] = []
+        recent = self.now - self.config.election_timeout_min_ms
+        for m in membership.members:
+            if not m.voter:
+                continue
+            progress = self.progress.get(m.id)
+            ok = m.id == self.id or (
+                progress is not None
+                and progress.last_contact_ms > recent
+                and m.uuid != ""
+                and self._known_uuid(m.id) == m.uuid
+            )
+            (active if ok else inactive).append(m.id)
+        return inactive, active, len(membership.voters) // 2 + 1
 
     def _not_caught_up(self, member_id: int) -> str | None:
         """Why the learner ``member_id`` may not be promoted yet (one line), or None (leader).

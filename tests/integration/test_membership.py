@@ -262,6 +262,38 @@ async def test_removing_a_follower_then_the_leader(
         nursery.cancel_scope.cancel()
 
 
+async def test_removing_a_healthy_voter_while_another_is_down_is_refused(tmp_path: Path) -> None:
+    """The strict reconfiguration check: with one follower down, removing the other would
+    leave two voters of which only the leader is active, and the cluster could never commit
+    again: refused ``quorum_at_risk`` (409), naming the node that is down. Removing the node
+    that is down is accepted, and the two left go on committing."""
+    configs = write_configs(tmp_path)
+    nodes = {c.cluster.node_id: EngineHandle(c) for c in configs}
+    async with bounded_nursery() as nursery:
+        for node in nodes.values():
+            await node.start(nursery)
+        leader = await agreed_leader(nodes)
+        engine = nodes[leader].engine
+        await writer(engine, "a", 5, [])
+        down, healthy = (n for n in sorted(nodes) if n != leader)
+        await nodes[down].stop()
+        raft = engine._runtime.raft  # type: ignore[union-attr]
+        silent_ms = raft.config.election_timeout_min_ms
+        await wait_until(lambda: (raft._heard_ago(down) or 0) > silent_ms, WAIT_S)
+        with pytest.raises(MembershipError) as refused:
+            await nodes[healthy].engine.change_membership(
+                ConfChange(ConfChangeKind.REMOVE, healthy)
+            )
+        assert (refused.value.code, refused.value.status) == ("quorum_at_risk", 409)
+        assert refused.value.detail["needed"] == 2 and refused.value.detail["active"] == [leader]
+        assert f"[{down}]" in refused.value.message
+        assert set(members(engine)) == {1, 2, 3}
+        await engine.change_membership(ConfChange(ConfChangeKind.REMOVE, down))
+        assert members(engine) == {leader: True, healthy: True}
+        await writer(nodes[healthy].engine, "b", 5, [])
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_voter_back_with_a_wiped_directory_is_rebound_before_it_votes(
     tmp_path: Path,
 ) -> None:

@@ -175,6 +175,11 @@ async def test_another_spelling_of_an_address_reaches_the_engine_canonical(
         (errors.MembershipError("pending", "a change is pending"), 409, {}),
         (errors.MembershipError("behind", "4 is behind", {"lag": 5000}), 409, {"lag": 5000}),
         (errors.MembershipError("not_learner", "2 is a voter"), 409, {}),
+        (
+            errors.MembershipError("quorum_at_risk", "3 is down", {"active": [1], "needed": 2}),
+            409,
+            {"active": [1], "needed": 2},
+        ),
         (errors.MembershipError("bad_request", "no"), 400, {}),
     ],
 )

@@ -704,3 +704,65 @@ def test_promoting_a_learner_silent_for_an_election_timeout_is_rejected() -> Non
     run(it, "restart 4", "advance 100", "stabilize")
     assert rejected(run(it, "change 1 promote 4", "stabilize")) == []
     assert leader.membership.voters == (1, 2, 3, 4)
+
+
+# ------------------------------------------------ strict reconfiguration: quorum_at_risk
+
+
+def test_removing_a_healthy_voter_while_another_is_silent_is_refused() -> None:
+    """3 voters, 3 down: removing 2 would leave {1, 3}, one of them active, a majority of
+    2 needed: the cluster could never commit again. Removing the silent 3 is fine."""
+    it = cluster(3)
+    run(it, "crash 3", "run 1000")
+    leader = raft(it, 1)
+    out = run(it, "change 1 remove 2")
+    assert rejected(out) == ["quorum_at_risk"]
+    assert any("[3]" in line and "needed=2" in line for line in out), out
+    assert leader.membership.voters == (1, 2, 3) and not leader.pending_conf_index
+    assert rejected(run(it, "change 1 remove 3", "stabilize 1 2")) == []
+    assert leader.membership.voters == (1, 2) and leader.commit_index == leader.log.last_index
+
+
+def test_removing_a_healthy_voter_of_five_while_two_are_silent_is_refused() -> None:
+    it = cluster(5)
+    run(it, "crash 4 5", "run 1000")
+    leader = raft(it, 1)
+    assert rejected(run(it, "change 1 remove 2")) == ["quorum_at_risk"]
+    assert rejected(run(it, "change 1 remove 3")) == ["quorum_at_risk"]
+    assert rejected(run(it, "change 1 remove 4", "stabilize 1 2 3")) == []
+    assert leader.membership.voters == (1, 2, 3, 5) and not leader.pending_conf_index
+
+
+def test_removing_a_learner_is_allowed_whoever_is_silent() -> None:
+    it = cluster(3)
+    run(it, "add-node 4", "change 1 add 4", "stabilize", "crash 3 4", "run 1000")
+    leader = raft(it, 1)
+    assert rejected(run(it, "change 1 remove 4", "stabilize 1 2")) == []
+    assert leader.membership.ids == (1, 2, 3) and not leader.pending_conf_index
+
+
+def test_the_leader_removing_itself_while_a_follower_is_silent_is_refused() -> None:
+    """Once its removal is appended the leader counts quorums without itself: {2, 3} with 3
+    silent could never commit it."""
+    it = cluster(3)
+    run(it, "crash 3", "run 1000")
+    leader = raft(it, 1)
+    assert rejected(run(it, "change 1 remove 1")) == ["quorum_at_risk"]
+    assert leader.role is Role.LEADER and leader.membership.voters == (1, 2, 3)
+
+
+def test_a_voter_on_another_data_directory_is_not_active() -> None:
+    """Voter 3 answers the leader but runs on a data directory not the one it is bound to
+    (wiped): it counts in no quorum and never votes. The leader takes it back as a learner
+    (BIND) the moment it hears of the new directory, so the window is set up by hand: the
+    leader knows 3's new uuid, no BIND appended yet. Removing 2 would leave {1, 3}, with 3
+    unable to help: refused, naming 3."""
+    it = cluster(3)
+    leader = raft(it, 1)
+    leader._peer_uuids[3] = "u3-1"  # as ``PeerIdentity`` would, without its BIND
+    run(it, "run 100")
+    assert leader.progress[3].last_contact_ms > leader.now - leader.config.election_timeout_min_ms
+    out = run(it, "change 1 remove 2")
+    assert rejected(out) == ["quorum_at_risk"]
+    assert any("[3]" in line for line in out), out
+    assert leader.membership.voters == (1, 2, 3)
