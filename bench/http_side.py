@@ -392,25 +392,22 @@ def comparisons(
             )
     # Beside a leader: the same raw app served from a process that also runs an (idle) leader,
     # so the price of sharing the process with an engine shows apart from the HTTP path's.
-    for method in ("POST", "GET"):
-        raw, beside = get(f"raw ASGI {method} c16"), get(f"raw ASGI{BESIDE_LEADER} {method} c16")
-        if raw and beside:
+    pairs = [
+        (f"raw ASGI {m} served beside a leader / served alone", f"raw ASGI{BESIDE_LEADER} {m}",
+         f"raw ASGI {m}")
+        for m in ("POST", "GET")
+    ] + [
+        (f"{leader} {op}, 1 worker / raw ASGI {op.split()[0]} beside a leader", f"{leader} {op}",
+         f"raw ASGI{BESIDE_LEADER} {op.split()[0]}")
+        for op in ROUTES
+    ]  # fmt: skip
+    for label, one, other in pairs:
+        a, b = get(f"{one} c16"), get(f"{other} c16")
+        if a and b:
             out.append(
                 (
-                    f"HTTP raw ASGI {method} served beside a leader / served alone "
-                    f"({connections} connections)",
-                    ratio_text(beside.combined.throughput, raw.combined.throughput),
-                )
-            )
-    for op in ROUTES:
-        method = op.split()[0]
-        ours, beside = get(f"{leader} {op} c16"), get(f"raw ASGI{BESIDE_LEADER} {method} c16")
-        if ours and beside:
-            out.append(
-                (
-                    f"HTTP {leader} {op}, 1 worker / raw ASGI {method} beside a leader "
-                    f"({connections} connections)",
-                    ratio_text(ours.combined.throughput, beside.combined.throughput),
+                    f"HTTP {label} ({connections} connections)",
+                    ratio_text(a.combined.throughput, b.combined.throughput),
                 )
             )
     # Issue 18, 2 workers: against etcd.
