@@ -229,8 +229,12 @@ class EmbeddedEngine:
         unknown), "index": int (the configuration entry's, 0: the implicit bootstrap
         membership), "members": [{"id": int, "address": "host:port", "voter": bool,
         "promote": bool (a learner the leader promotes once caught up), "bound": bool (a data
-        directory is bound to it), "match_index": int | None (the leader's view: on the
-        leader, else None)}]}``. Never raises."""
+        directory is bound to it), "match_index": int | None, "heard_ms_ago": int | None (ms
+        since it last answered the leader; 0 for the leader itself, None if never), "active":
+        bool | None (it counts in a quorum now: answered within the minimum election timeout,
+        on the data directory it is bound to; what a ``quorum_at_risk`` refusal is decided
+        by)}]}``: the last three are the leader's view, None on any other node. Never
+        raises."""
         return self._runtime.membership.members()
 
     async def change_membership(self, change: ConfChange, timeout_s: float | None = None) -> int:

@@ -2,7 +2,10 @@
 
 ``GET /members``: this node's view of the membership in effect (the latest configuration
 entry it appended), 200 ``{"leader_id": int | null, "members": [{"id": int, "address":
-"host:port", "voter": bool, "match_index": int | null, ...}]}``, from any node.
+"host:port", "voter": bool, "match_index": int | null, "heard_ms_ago": int | null,
+"active": bool | null, ...}]}``, from any node (the last three only a leader knows: null
+elsewhere; ``active`` says whether the member counts in a quorum now, what decides a
+``quorum_at_risk`` refusal).
 
 Changes, each one configuration entry in the log (single-server changes, Raft thesis section
 4.1), answered once that entry has committed; a follower forwards them to the leader as it

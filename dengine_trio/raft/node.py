@@ -1521,19 +1521,37 @@ class RaftNode:
         and never votes, ``_refresh_uncounted`` and ``_refuses_candidate``)."""
         active: list[int] = []
         inactive: list[int] = []
-        recent = self.now - self.config.election_timeout_min_ms
         for m in membership.members:
-            if not m.voter:
-                continue
-            progress = self.progress.get(m.id)
-            ok = m.id == self.id or (
-                progress is not None
-                and progress.last_contact_ms > recent
-                and m.uuid != ""
-                and self._known_uuid(m.id) == m.uuid
-            )
-            (active if ok else inactive).append(m.id)
+            if m.voter:
+                (active if self._is_active(m) else inactive).append(m.id)
         return inactive, active, len(membership.voters) // 2 + 1
+
+    def _is_active(self, m: Member) -> bool:
+        """Leader: ``m`` would count in a quorum now (``_inactive_voters``' rule): it is
+        ourselves, or it answered within the minimum election timeout, bound to the data
+        directory it last said it runs on."""
+        if m.id == self.id:
+            return True
+        progress = self.progress.get(m.id)
+        return (
+            progress is not None
+            and progress.last_contact_ms > self.now - self.config.election_timeout_min_ms
+            and m.uuid != ""
+            and self._known_uuid(m.id) == m.uuid
+        )
+
+    def member_contact(self) -> dict[int, tuple[int | None, bool]]:
+        """Leader: for each member of the membership in effect, (ms since it last answered
+        this leader, 0 for the leader itself and None if it never did; whether it is active
+        as the strict reconfiguration check counts it, ``_inactive_voters``: what decides a
+        ``quorum_at_risk`` refusal). Empty on any other node: only a leader hears from all.
+        The clock is the core's (``Tick``), so the age is up to one tick old."""
+        if self.role is not Role.LEADER:
+            return {}
+        return {
+            m.id: (0 if m.id == self.id else self._heard_ago(m.id), self._is_active(m))
+            for m in self.membership.members
+        }
 
     def _not_caught_up(self, member_id: int) -> str | None:
         """Why the learner ``member_id`` may not be promoted yet (one line), or None (leader).

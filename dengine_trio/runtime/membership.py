@@ -469,9 +469,11 @@ class MembershipRuntime:
 
     def members(self) -> dict[str, Any]:
         """``GET /members``: ``{"leader_id", "cluster_id", "index", "members": [{"id",
-        "address", "voter", "promote", "bound", "match_index"}]}``; ``match_index`` is the
-        leader's view (on a leader; None elsewhere, and for the leader itself its last
-        index)."""
+        "address", "voter", "promote", "bound", "match_index", "heard_ms_ago", "active"}]}``;
+        the last three are the leader's view (None on any other node): ``match_index`` (the
+        leader's own last index for itself), ``heard_ms_ago`` (ms since the member last
+        answered the leader, 0 for the leader, None if never) and ``active`` (the member
+        counts in a quorum now: what a ``quorum_at_risk`` refusal is decided by)."""
         node = self._node
         raft = node.raft
         m = self.membership
@@ -480,6 +482,7 @@ class MembershipRuntime:
             m, index = self.told_removed  # newer than our log: what the cluster committed
         members: list[dict[str, Any]] = []
         progress = raft.progress if raft is not None and raft.is_leader else None
+        contact = raft.member_contact() if progress is not None and raft is not None else {}
         for member in m.members if m is not None else ():
             match: int | None = None
             if progress is not None:
@@ -488,6 +491,7 @@ class MembershipRuntime:
                 elif member.id in progress:
                     match = progress[member.id].match_index
             address = member.address or self.listed_address(member.id)
+            heard_ms_ago, active = contact.get(member.id, (None, None))
             members.append(
                 {
                     "id": member.id,
@@ -496,6 +500,8 @@ class MembershipRuntime:
                     "promote": member.promote,
                     "bound": bool(member.uuid),
                     "match_index": match,
+                    "heard_ms_ago": heard_ms_ago,
+                    "active": active,
                 }
             )
         return {

@@ -276,10 +276,34 @@ async def test_removing_a_healthy_voter_while_another_is_down_is_refused(tmp_pat
         engine = nodes[leader].engine
         await writer(engine, "a", 5, [])
         down, healthy = (n for n in sorted(nodes) if n != leader)
+
+        async def contact() -> dict[int, tuple[object, object]]:
+            """GET /members' leader view: {id: (heard_ms_ago, active)}."""
+            listed = await engine.members()
+            return {m["id"]: (m["heard_ms_ago"], m["active"]) for m in listed["members"]}  # type: ignore[attr-defined]
+
+        # Every voter active once each has answered on its bound directory; a follower
+        # cannot tell (None), only the leader hears from all.
+        active = {n: True for n in nodes}
+
+        async def all_active() -> bool:
+            return {n: a for n, (_, a) in (await contact()).items()} == active
+
+        with trio.fail_after(WAIT_S):
+            while not await all_active():
+                await trio.sleep(0.02)
+        assert (await contact())[leader] == (0, True)
+        view = await nodes[healthy].engine.members()
+        assert {(m["heard_ms_ago"], m["active"]) for m in view["members"]} == {(None, None)}  # type: ignore[attr-defined]
+
         await nodes[down].stop()
         raft = engine._runtime.raft  # type: ignore[union-attr]
         silent_ms = raft.config.election_timeout_min_ms
         await wait_until(lambda: (raft._heard_ago(down) or 0) > silent_ms, WAIT_S)
+        # What the refusal below is decided by, shown to the operator beforehand.
+        seen = await contact()
+        assert seen[down][1] is False and seen[down][0] > silent_ms  # type: ignore[operator]
+        assert seen[healthy][1] is True and seen[leader] == (0, True)
         with pytest.raises(MembershipError) as refused:
             await nodes[healthy].engine.change_membership(
                 ConfChange(ConfChangeKind.REMOVE, healthy)

@@ -766,3 +766,33 @@ def test_a_voter_on_another_data_directory_is_not_active() -> None:
     assert rejected(out) == ["quorum_at_risk"]
     assert any("[3]" in line for line in out), out
     assert leader.membership.voters == (1, 2, 3)
+
+
+def test_member_contact_shows_the_leader_what_a_quorum_at_risk_refusal_is_decided_by() -> None:
+    """``member_contact`` (``GET /members``' ``heard_ms_ago`` and ``active``) agrees with the
+    check, member by member: all active while all answer; a silent voter inactive with its
+    silence; a voter on another data directory inactive though it answers; followers know
+    nothing (only a leader hears from all)."""
+    it = cluster(3)
+    leader = raft(it, 1)
+    run(it, "run 100")
+    contact = leader.member_contact()
+    assert contact[1] == (0, True)
+    assert all(active for _, active in contact.values()) and set(contact) == {1, 2, 3}
+    assert raft(it, 2).member_contact() == {}
+    run(it, "crash 3", "run 1000")
+    heard, active = leader.member_contact()[3]
+    assert not active and heard is not None
+    assert heard > leader.config.election_timeout_min_ms
+    assert leader.member_contact()[2][1] is True
+    assert rejected(run(it, "change 1 remove 2")) == ["quorum_at_risk"]
+
+
+def test_member_contact_counts_a_voter_on_another_data_directory_inactive() -> None:
+    it = cluster(3)
+    leader = raft(it, 1)
+    leader._peer_uuids[3] = "u3-1"  # as in the test above: a new directory, no BIND yet
+    run(it, "run 100")
+    heard, active = leader.member_contact()[3]
+    assert heard is not None and heard < leader.config.election_timeout_min_ms
+    assert active is False
