@@ -325,6 +325,8 @@ class Cluster:
         self.identity_delay_ms = identity_delay_ms
         # Granted votes delivered: (candidate, term) -> voters.
         self.grants: dict[tuple[int, int], set[int]] = {}
+        self.heard_at: dict[tuple[int, int], float] = {}
+        """(node, peer): the node's local time when it last stepped a message from peer."""
         # Memberships of the committed log: (index of the CONFIG entry, membership).
         self.committed_memberships: list[tuple[int, Membership]] = []
         self.identity_messages: dict[int, tuple[Message, str]] = {}  # id -> (message, src uuid)
@@ -567,10 +569,19 @@ class Cluster:
         raft = node.raft
         leading = raft.role is Role.LEADER
         term, commit, membership = raft.term, raft.commit_index, raft.membership
-        effects = raft.step_many(node.local_time(self.now), events)
+        local = node.local_time(self.now)
+        events = list(events)
+        effects = raft.step_many(local, events)
         self.steps += 1
+        proposed_change = False
+        for event in events:
+            if isinstance(event, Receive):
+                self.heard_at[(node_id, event.message.src)] = local
+            proposed_change = proposed_change or isinstance(event, ProposeConfChange)
         if leading and raft.term == term and raft.commit_index > commit:
             self._check_commit_quorum(node, raft, membership)
+        if proposed_change and raft.membership is not membership:
+            self._check_strict_reconfiguration(node, raft, membership, local)
         self._carry_out_all(node, effects)
         self._check_node(node)
 
@@ -1441,13 +1452,33 @@ class Cluster:
         ``as_learner``, what granting a vote needs: the same, except that a learner may grant
         (etcd raft's campaign_learner_must_vote: the candidate's log may already hold the
         learner's promotion, and a candidate counts only its own configuration's voters,
-        ``_check_votes_counted``)."""
-        assert node.raft is not None
-        membership = node.raft.membership
-        member = membership.get(node.id)
-        if member is None or not (member.voter or as_learner):
-            return False
-        return membership.implicit or member.uuid == node.uuid
+        ``_check_votes_counted``), and it is judged over every membership the node's log may
+        still fall back to (the one at its commit index and each later one): a node that
+        appended its own removal, not committed yet, may grant, for the removal may be
+        truncated and a majority of the committed configuration may need its vote (the
+        core's ``_refuses_candidate``; the generator's ``quorum-risk`` found the check here
+        stricter than that: a leader cut off from its crashed followers removed itself, and
+        once they were back it granted one of them a pre-vote)."""
+        raft = node.raft
+        assert raft is not None
+        memberships = self._memberships_in_reach(raft) if as_learner else [raft.membership]
+        for membership in memberships:
+            member = membership.get(node.id)
+            if member is not None and (member.voter or as_learner):
+                if membership.implicit or member.uuid == node.uuid:
+                    return True
+        return False
+
+    @staticmethod
+    def _memberships_in_reach(raft: RaftNode) -> list[Membership]:
+        """The membership in effect at ``raft``'s commit index (or its snapshot, if later)
+        and each one its log holds after it: what a truncation could still bring back."""
+        found: list[Membership] = []
+        for index in range(max(raft.commit_index, raft.snapshot_index), raft.log.last_index + 1):
+            membership = raft.membership_at(index)
+            if not found or membership is not found[-1]:
+                found.append(membership)
+        return found
 
     def _check_vote(self, node: SimNode, message: RequestVote | RequestVoteResponse) -> None:
         granting = isinstance(message, RequestVoteResponse)
@@ -1495,6 +1526,38 @@ class Cluster:
             f"t={self.now}: leader {node.id} committed {term}/{index} held only by "
             f"{holders} of its voters {voters} (before the step: {before.voters})"
         )
+
+    def _check_strict_reconfiguration(
+        self, node: SimNode, raft: RaftNode, before: Membership, local: float
+    ) -> None:
+        """A leader appends an operator's change that drops or rebinds a voter only if a
+        majority of the new voters may be active (the strict reconfiguration check, 409
+        ``quorum_at_risk``): not a voter from which it has stepped no message for the
+        minimum election timeout of its own clock (``heard_at``: every contact the core can
+        count is such a message, so a voter silent that long is inactive whatever else the
+        core knows). A change appended against that leaves the cluster unable to commit
+        until the silent voters come back."""
+        after = raft.membership
+        lost = False
+        for m in before.members:
+            now_m = after.get(m.id)
+            if m.voter and (now_m is None or not now_m.voter or now_m.uuid != m.uuid):
+                lost = True
+        if not lost:
+            return
+        voters = after.voters
+        window = raft.config.election_timeout_min_ms
+        silent = [
+            v
+            for v in voters
+            if v != node.id and local - self.heard_at.get((node.id, v), float("-inf")) >= window
+        ]
+        if len(voters) - len(silent) < len(voters) // 2 + 1:
+            raise InvariantViolation(
+                f"t={self.now}: leader {node.id} appended {after} (from {before}) with voters "
+                f"{silent} silent for {window} ms or more: a majority of {voters} cannot be "
+                "active (the strict reconfiguration check should have refused it)"
+            )
 
     # ------------------------------------------------------------------ invariants
 
