@@ -180,6 +180,7 @@ class RaftNode:
         self.membership_index, self.membership = self._configs[-1]
         self._vote_floor = self._bound_since_term()
         self._self_voter = self._campaigns = False
+        self._campaigns_until = 0
         # A member's claim that a membership of index > ours leaves us out (``Removed``).
         self._removed_at = 0
         self._cache_self()
@@ -513,7 +514,10 @@ class RaftNode:
         """Start an election (§5.2), first as a pre-candidate when PreVote is on (thesis §9.6):
         a pre-vote asks "would you vote for me?" without bumping anybody's term, so a node
         that cannot win (stale log, partitioned) never disrupts the cluster."""
-        if self.role is Role.LEADER or not self._may_campaign():
+        if self.role is Role.LEADER:
+            return
+        if not self._may_campaign():
+            self._election_deadline = NEVER  # e.g. the entry that removed us has committed
             return
         if pre_vote:
             self._change_state(Role.PRE_CANDIDATE, self.term, 0)
@@ -938,11 +942,28 @@ class RaftNode:
             self.commit_index = candidate
             leader.commit_advanced = True
             if departing:
-                # The removal is committed: stop replicating to the members it removed.
+                # The removal is committed: stop replicating to the members it removed, once
+                # told (they may campaign until they know it committed, ``_may_campaign``).
+                self._tell_commit(leader.tracker.departing)
                 ms = self.membership
                 leader.tracker.set_members(ms.voters, ms.learners, self.log.last_index + 1)
             if first_in_term:
                 self._release_reads_before_commit()
+
+    def _tell_commit(self, peers: Iterable[int]) -> None:
+        """Leader: a heartbeat outside any read round to each of ``peers``, carrying our
+        commit index and its term: a follower takes it only if it holds that very entry
+        (``_on_heartbeat``), so it need not be capped at the match index, which may not yet
+        count the append whose answer is on its way. Best effort: a lost one leaves a
+        removed member campaigning (refused by every member) until the handshake tells it
+        (``Removed``)."""
+        commit = self.commit_index
+        term = self.log.term_at(commit)
+        if term is None:
+            return
+        seq = self._leader.reads.seq
+        for peer in peers:
+            self._send(Heartbeat(self.term, self.id, peer, commit, seq, term))
 
     def _committed_in_term(self) -> bool:
         return self.log.term_at(self.commit_index) == self.term
@@ -1350,8 +1371,13 @@ class RaftNode:
 
     def _may_campaign(self) -> bool:
         """A voter of its membership, bound to this data directory (thesis §4.2.1: learners
-        never campaign; a removed node neither, thesis §4.2.3). Cached per membership."""
-        return self._campaigns
+        never campaign; a removed node neither, thesis §4.2.3); or a bound voter of an
+        earlier membership whose removal of it has not committed yet (thesis §4.2.2: "a
+        server that is not part of its own latest configuration should still start new
+        elections, as it might still be needed until the Cnew entry is committed"; it does
+        not count its own vote then, ``Tracker.start_votes``). Cached per membership, the
+        commit index compared here."""
+        return self._campaigns or self.commit_index < self._campaigns_until
 
     def _cache_self(self) -> None:
         """What this node is in the membership in effect (asked on hot paths: every heartbeat
@@ -1359,8 +1385,24 @@ class RaftNode:
         me = self.membership.get(self.id)
         self._self_voter = me is not None and me.voter
         self._campaigns = me is not None and me.voter and self._bound(me)
+        # Removed (or taken back as a learner) by an entry we hold: we may still be needed
+        # to elect a leader until that entry commits. Without this, a leader that appended
+        # its own removal and lost office before it committed (its only other voter down
+        # just then) stalled the cluster for good: that voter, back without the entry,
+        # needed our vote and our log was longer (found by the simulator's quorum-risk).
+        self._campaigns_until = 0
+        if not self._campaigns and not self.membership.implicit:
+            configs = self._configs
+            for pos in range(len(configs) - 1, 0, -1):
+                before = configs[pos - 1][1]
+                was = before.get(self.id)
+                if not before.implicit and was is not None and was.voter and was.uuid == self.uuid:
+                    self._campaigns_until = configs[pos][0]
+                    break
         if self._removed_at > self.membership_index:
-            self._campaigns = False  # told we were removed (``Removed``), and not re-added
+            # Told we were removed (``Removed``: committed), and not re-added.
+            self._campaigns = False
+            self._campaigns_until = 0
 
     def _refuses_candidate(self, m: RequestVote) -> bool:
         """Must this (pre-)vote request be ignored for membership reasons alone?
@@ -1723,6 +1765,11 @@ class RaftNode:
         if self._quorum_changed:
             self._quorum_changed = False
             self._check_quorum()
+        if self._campaigns_until and self.commit_index >= self._campaigns_until:
+            # The entry that removed us has committed: no more campaigns, no timer.
+            self._campaigns_until = 0
+            if self.role is not Role.LEADER:
+                self._election_deadline = NEVER
         if not self._self_voter and isinstance(self._state, LeaderState):
             self._maybe_hand_over()
         if self._auto_change_due and isinstance(self._state, LeaderState):

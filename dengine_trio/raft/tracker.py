@@ -141,10 +141,12 @@ class Tracker:
     # --- votes (§5.2, thesis §9.6 for PreVote)
 
     def start_votes(self, *, unanimous: bool = False) -> VoteResult:
-        """A campaign begins with our own vote. ``unanimous``: a bootstrap election
-        (docs/architecture.md, "Membership changes in the core", rule 9), won only with every
-        voter's grant and lost at the first refusal."""
-        self.votes = {self.self_id: True}
+        """A campaign begins with our own vote, which counts only if we are a voter (a node
+        campaigning while its own removal is not committed, thesis §4.2.2, does not count
+        it). ``unanimous``: a bootstrap election (docs/architecture.md, "Membership changes
+        in the core", rule 9), won only with every voter's grant and lost at the first
+        refusal."""
+        self.votes = {self.self_id: True} if self.self_votes else {}
         self.unanimous = unanimous
         return self.vote_result()
 

@@ -1448,25 +1448,32 @@ class Cluster:
 
     def may_vote(self, node: SimNode, *, as_learner: bool = False) -> bool:
         """The rule the core must keep: a node campaigns (and leads) only as a voter of its
-        membership, and in an explicit one only while bound there to its own uuid. With
-        ``as_learner``, what granting a vote needs: the same, except that a learner may grant
-        (etcd raft's campaign_learner_must_vote: the candidate's log may already hold the
+        membership, and in an explicit one only while bound there to its own uuid; or as a
+        bound voter of an explicit membership its log may still fall back to, removed by an
+        entry not committed yet (thesis §4.2.2: "it might still be needed until the Cnew
+        entry is committed"; its own vote then counts for nothing, ``_check_votes_counted``).
+        The generator's ``quorum-risk`` found why: a leader that appended its own removal
+        and lost office before it committed never campaigned, and the voter left, back
+        without the entry, needed its vote (a stall for good).
+
+        With ``as_learner``, what granting a vote needs: a member (a learner may grant, as in
+        etcd raft's campaign_learner_must_vote: the candidate's log may already hold the
         learner's promotion, and a candidate counts only its own configuration's voters,
-        ``_check_votes_counted``), and it is judged over every membership the node's log may
-        still fall back to (the one at its commit index and each later one): a node that
-        appended its own removal, not committed yet, may grant, for the removal may be
-        truncated and a majority of the committed configuration may need its vote (the
-        core's ``_refuses_candidate``; the generator's ``quorum-risk`` found the check here
-        stricter than that: a leader cut off from its crashed followers removed itself, and
-        once they were back it granted one of them a pre-vote)."""
+        ``_check_votes_counted``), bound, in any membership the node's log may still fall
+        back to: a node that appended its own removal, not committed yet, may grant, for the
+        removal may be truncated and a majority of the committed configuration may need its
+        vote (the core's ``_refuses_candidate``)."""
         raft = node.raft
         assert raft is not None
-        memberships = self._memberships_in_reach(raft) if as_learner else [raft.membership]
-        for membership in memberships:
+        for membership in self._memberships_in_reach(raft):
             member = membership.get(node.id)
-            if member is not None and (member.voter or as_learner):
-                if membership.implicit or member.uuid == node.uuid:
+            if member is None or not (member.voter or as_learner):
+                continue
+            if membership.implicit:
+                if as_learner or membership is raft.membership:
                     return True
+            elif member.uuid == node.uuid:
+                return True
         return False
 
     @staticmethod
@@ -1562,8 +1569,9 @@ class Cluster:
     # ------------------------------------------------------------------ invariants
 
     def _check_new_leader(self, node: SimNode, term: int) -> None:
-        # A leader is a bound voter of its own membership (a learner, a removed node, or a
-        # wiped voter not yet re-bound never leads).
+        # A leader is a bound voter of its own membership, or of one its log may still fall
+        # back to (thesis §4.2.2, ``may_vote``): a learner, a node whose removal committed, or
+        # a wiped voter not yet re-bound never leads.
         if not self.may_vote(node):
             assert node.raft is not None
             raise InvariantViolation(

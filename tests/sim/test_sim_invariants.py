@@ -253,15 +253,14 @@ def membership_actions(size: int) -> list[st.SearchStrategy[tuple[object, ...]]]
         ),
         # The strict reconfiguration check (409 quorum_at_risk): ``down`` voters crash,
         # and ``wait`` minimum election timeouts later (either side of the check's window)
-        # the leader is asked to remove another voter; the crashed ones come back
+        # the leader is asked to remove another voter or itself; the crashed ones come back
         # ``back_ms`` later. The simulator's invariant (_check_strict_reconfiguration)
         # fails a removal appended while a majority of the voters left cannot be active.
-        # Not the leader itself yet: test_a_leader_that_removed_itself_and_lost_office_
-        # before_the_removal_committed_stalls_the_cluster (strict xfail) is why.
         st.tuples(
             st.just("quorum-risk"),
             st.integers(1, 2),
             st.sampled_from([0.5, 1.0, 1.5, 3.0]),
+            st.sampled_from(["follower", "leader"]),
             st.sampled_from([300.0, 2_000.0]),
         ),
     ]
@@ -463,10 +462,17 @@ def removed_campaign(c: Cluster, restart: bool, mem_first: bool) -> None:
 
 
 def quorum_risk(
-    c: Cluster, down: int, wait: float, back_ms: float, mem_first: bool, healed: list[bool]
+    c: Cluster,
+    down: int,
+    wait: float,
+    whom: str,
+    back_ms: float,
+    mem_first: bool,
+    healed: list[bool],
 ) -> None:
     """Crash ``down`` voters (not the leader), wait ``wait`` minimum election timeouts, then
-    ask the leader to remove another voter; the crashed voters restart ``back_ms`` later."""
+    ask the leader to remove ``whom`` ("follower": another voter, if one is left; "leader":
+    itself); the crashed voters restart ``back_ms`` later."""
     leader = c.leader()
     if leader is None:
         return
@@ -481,7 +487,7 @@ def quorum_risk(
         c.crash(v, lose_unflushed=not mem_first)
     c.run_for(wait * raft.config.election_timeout_min_ms)
     at = c.leader()
-    target = c.rng.choice(others) if others else None
+    target = at if whom == "leader" else (c.rng.choice(others) if others else None)
     if at is not None and target is not None and c.may_remove(target):
         c.change(at, ConfChange(ConfChangeKind.REMOVE, target))
 
@@ -904,8 +910,8 @@ def _run(schedule: Schedule) -> Cluster:
         elif name == "removed-campaign":
             removed_campaign(c, cast(bool, args[0]), mem_first)
         elif name == "quorum-risk":
-            down, wait, back = cast(tuple[int, float, float], tuple(args))
-            quorum_risk(c, down, wait, back, mem_first, healed)
+            down, wait, whom, back = cast(tuple[int, float, str, float], tuple(args))
+            quorum_risk(c, down, wait, whom, back, mem_first, healed)
             client_load(100, 10)
         elif name == "wiped-race":
             down, identity_ms = cast(tuple[float, float], tuple(args))

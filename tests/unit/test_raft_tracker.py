@@ -35,3 +35,16 @@ def test_quorum_values_over_progress() -> None:
     assert t.quorum_contact_ms(100.0) == float("-inf")  # nobody heard from yet
     t.progress[3].last_contact_ms = 40.0
     assert t.quorum_contact_ms(100.0) == 40.0
+
+
+def test_a_candidate_outside_its_own_membership_does_not_count_its_own_vote() -> None:
+    """Thesis §4.2.2: a node removed by an entry not committed yet may campaign (it may be
+    needed to elect a leader), but does not count its own vote: voters {2} need 2's grant."""
+    tracker = Tracker(1, (2,), ())
+    assert tracker.start_votes() is VoteResult.PENDING
+    assert tracker.record_vote(2, True) is VoteResult.WON
+    tracker.start_votes()
+    assert tracker.record_vote(2, False) is VoteResult.LOST
+    voter = Tracker(1, (1, 2, 3), ())
+    assert voter.start_votes() is VoteResult.PENDING
+    assert voter.record_vote(2, True) is VoteResult.WON
