@@ -11,7 +11,12 @@ import pytest
 
 from dengine_trio.raft import Role
 from dengine_trio.raft.membership import ConfChange, ConfChangeKind
-from dengine_trio.raft.messages import AppendEntries, Heartbeat
+from dengine_trio.raft.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Heartbeat,
+    TimeoutNow,
+)
 
 from .cluster import Cluster, SimNode
 from .test_membership import explicit_cluster, finish, wait_op, wait_until
@@ -291,4 +296,44 @@ def test_after_a_full_restart_a_removed_node_may_lead_once_and_hands_over() -> N
     assert wait_until(c, lambda: c.leader() in (a, b))
     c.run_for(2_000)
     assert [n for n, _, _ in leaders].count(r) == 1
+    finish(c)
+
+
+def test_a_stale_timeout_now_lets_a_node_whose_removal_is_pending_lead_and_hand_over() -> None:
+    """Voters {A, B, R}. A transfers leadership to R; the TimeoutNow is held and the
+    transfer times out (A keeps leading, its lease void for the term). A then removes R
+    (C2 = {A, B}); B's AppendEntries answers to A are dropped, so C2 stays uncommitted
+    everywhere while R holds it. The held TimeoutNow lands: R, removed by an entry not
+    committed in its eyes, may campaign (thesis §4.2.2) and a transfer campaign passes
+    stickiness: A and B (C2 uncommitted, R still a member of a membership they may fall back
+    to) grant, and R leads {A, B} without itself, counting neither its vote nor its log.
+    It commits its no-op with A and B (and C2 with it), hands over to a voter and is quiet
+    from then on; writes commit. (Before fa45557 R ignored the TimeoutNow.)"""
+    c, a = explicit_cluster(seed=16)
+    r = next(n for n in c.ids if n != a)
+    b = next(n for n in c.ids if n not in (a, r))
+    c.hold(a, r, TimeoutNow)
+    c.transfer(a, r)
+    assert wait_until(c, lambda: any(isinstance(m, TimeoutNow) for m in c.held), 1_000)
+    c.run_for(c.raft(a).config.election_timeout_min_ms + 50)
+    assert c.leader() == a and not c.raft(a)._leader.transfer_target
+    term = c.raft(a).term
+    slow = c.drop(b, a, AppendEntriesResponse)
+    op = c.change(a, ConfChange(REMOVE, r))
+    assert not c.history[op].code
+    removal = c.raft(a).membership_index
+    assert wait_until(c, lambda: c.raft(r).membership_index == removal, 500)
+    assert c.raft(a).commit_index < removal and c.raft(r).commit_index < removal
+    leaders = _record_leaders(c)
+    assert c.release(a, r, TimeoutNow) == 1
+    assert wait_until(c, lambda: bool(leaders), 1_000)
+    assert leaders[0][:2] == (r, term + 1) and not leaders[0][2]  # R led, a non-voter
+    c.remove_rule(slow)
+    assert wait_until(c, lambda: c.leader() in (a, b), 3_000)
+    assert c.raft(r).commit_index >= removal and c.raft(r).next_deadline() == float("inf")
+    c.run_for(3_000)
+    assert [n for n, _, _ in leaders].count(r) == 1
+    written = c.put(c.wait_for_leader(), "after")
+    c.run_for(500)
+    assert c.history[written].ok
     finish(c)
