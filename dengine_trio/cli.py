@@ -382,6 +382,7 @@ async def serve_node(
                                 health_config.graceful_timeout,
                                 http.listen_backlog,
                             )
+                            engine.metrics.watch_http_workers(pool.pids, lambda: pool.restarts)
                             await servers.start(pool.run, http_stop)
                         else:
                             await servers.start(

@@ -434,8 +434,14 @@ class WorkerPool:
         self.graceful_s = graceful_s
         self.stopping = False
         self.processes: dict[int, trio.Process] = {}
-        self.restarts = 0
+        self.restarts = dict.fromkeys(range(workers), 0)
+        """Times each slot's worker was restarted after it exited (``dengine_http_worker_
+        restarts_total``)."""
         self.stop = trio.Event()
+
+    def pids(self) -> dict[int, int]:
+        """The pid of each worker running now, by slot (``dengine_http_worker_*``)."""
+        return {slot: process.pid for slot, process in self.processes.items()}
 
     async def run(self, stop: trio.Event, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Start the workers, keep them running until ``stop`` is set, then stop them.
@@ -516,7 +522,7 @@ class WorkerPool:
                 return
             lived = trio.current_time() - started
             delay = RESTART_DELAY_S if lived >= STABLE_AFTER_S else delay
-            self.restarts += 1
+            self.restarts[slot] += 1
             log.warning(
                 "HTTP worker %d exited with status %s after %.1f s; restarting it in %.1f s",
                 slot,

@@ -19,7 +19,7 @@ logged by :class:`~dengine_trio.metrics.warnings.OperatorWarnings` with or witho
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .warnings import OperatorWarnings, Thresholds
@@ -116,6 +116,14 @@ class MetricsSink:
         """The membership in effect now has ``voters`` and ``learners``
         (``dengine_cluster_voters``, ``dengine_cluster_learners``): called at startup and at
         every configuration entry appended or truncated (in effect on append, thesis §4.1)."""
+
+    def watch_http_workers(
+        self, pids: Callable[[], Mapping[int, int]], restarts: Callable[[], Mapping[int, int]]
+    ) -> None:
+        """Called once by the node when it runs HTTP worker processes (``[http] workers`` >
+        1): ``pids()`` is the pid of each running worker by slot, ``restarts()`` how many
+        times each slot's worker was restarted; read when scraped
+        (``dengine_http_worker_*``: the workers are processes nobody else scrapes)."""
 
     # -- exposition ------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -215,6 +216,13 @@ class PrometheusSink(MetricsSink):
         """See ``MetricsSink.membership_changed``."""
         self.membership = (voters, learners)
 
+    def watch_http_workers(
+        self, pids: Callable[[], Mapping[int, int]], restarts: Callable[[], Mapping[int, int]]
+    ) -> None:
+        """See ``MetricsSink.watch_http_workers``: adds the ``dengine_http_worker_*`` families
+        (read from each worker's ``/proc/<pid>`` by ``prometheus_client``'s own reader)."""
+        self.registry.register(_WorkerCollector(pids, restarts))
+
     # -- exposition ------------------------------------------------------------------------
 
     def exposition(self) -> tuple[bytes, str]:
@@ -245,6 +253,75 @@ def _counter(
     for values, n in sorted(series.items()):
         family.add_metric([str(v) for v in values], n)
     return family
+
+
+_WORKER_SERIES = (
+    # (prometheus_client's process family, ours, help, a counter?)
+    (
+        "process_cpu_seconds",
+        "dengine_http_worker_cpu_seconds_total",
+        "User plus system CPU time of the HTTP worker process in seconds (from 0 again after "
+        "a restart).",
+        True,
+    ),
+    (
+        "process_resident_memory_bytes",
+        "dengine_http_worker_resident_memory_bytes",
+        "Resident memory size of the HTTP worker process in bytes.",
+        False,
+    ),
+    (
+        "process_open_fds",
+        "dengine_http_worker_open_fds",
+        "File descriptors open in the HTTP worker process (its client connections among them).",
+        False,
+    ),
+    (
+        "process_start_time_seconds",
+        "dengine_http_worker_start_time_seconds",
+        "When the HTTP worker process started, in seconds since the Unix epoch.",
+        False,
+    ),
+)
+
+
+class _WorkerCollector:
+    """The node's HTTP worker processes (``[http] workers`` > 1), one sample per slot: the
+    standard process series of each (``ProcessCollector`` reading ``/proc/<pid>``, so the
+    same numbers ``process_*`` gives for the node), how many run, and their restarts."""
+
+    def __init__(
+        self, pids: Callable[[], Mapping[int, int]], restarts: Callable[[], Mapping[int, int]]
+    ) -> None:
+        self.pids = pids
+        self.restarts = restarts
+
+    def collect(self) -> Iterator[Metric]:
+        pids = dict(self.pids())
+        values: dict[str, list[tuple[int, float]]] = {}
+        for slot, pid in sorted(pids.items()):
+            # A worker that exits while read gives what was read (ProcessCollector ignores
+            # OSError): at worst a missing sample until the next scrape.
+            for read in ProcessCollector(pid=partial(int, pid), registry=None).collect():
+                for sample in read.samples:
+                    values.setdefault(read.name, []).append((slot, sample.value))
+        for source, name, doc, counter in _WORKER_SERIES:
+            kind = CounterMetricFamily if counter else GaugeMetricFamily
+            family = kind(name, doc, labels=["slot"])
+            for slot, value in values.get(source, ()):
+                family.add_metric([str(slot)], value)
+            yield family
+        yield GaugeMetricFamily(
+            "dengine_http_workers_running",
+            "HTTP worker processes running now ([http] workers when every one is up).",
+            value=len(pids),
+        )
+        yield _counter(
+            "dengine_http_worker_restarts_total",
+            "Times the node restarted an HTTP worker after it exited, by slot.",
+            ["slot"],
+            {(slot,): n for slot, n in self.restarts().items()},
+        )
 
 
 class _Collector:

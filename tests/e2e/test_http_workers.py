@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.cluster import Cluster, Node, running_cluster, wait_until
 
@@ -48,6 +49,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
 
 
+def worker_metrics(node: Node) -> dict[tuple[str, str], float]:
+    """The node's ``dengine_http_worker*`` samples: {(sample name, slot or ""): value}."""
+    response = node.health.get("/metrics")
+    assert response.status_code == 200, response.text
+    return {
+        (s.name, s.labels.get("slot", "")): s.value
+        for family in text_string_to_metric_families(response.text)
+        if family.name.startswith("dengine_http_worker")
+        for s in family.samples
+    }
+
+
 def serving(node: Node) -> bool:
     return len(worker_pids(node)) == WORKERS and node.log_text().count(" serving") >= WORKERS
 
@@ -61,6 +74,13 @@ def test_requests_go_through_the_workers_and_a_killed_worker_is_restarted(
     assert leader.kv.get("/kv/w").json() == {"value": "1"}
     pids = worker_pids(leader)
     assert set(pids) == set(range(WORKERS)) and all(alive(p) for p in pids.values())
+    # The workers are processes of their own: the node's /metrics shows each one.
+    before = worker_metrics(leader)
+    assert before[("dengine_http_workers_running", "")] == WORKERS
+    for slot in ("0", "1"):
+        assert before[("dengine_http_worker_restarts_total", slot)] == 0
+        assert before[("dengine_http_worker_resident_memory_bytes", slot)] > 10 * 2**20
+        assert before[("dengine_http_worker_cpu_seconds_total", slot)] > 0
 
     os.kill(pids[0], signal.SIGKILL)
     wait_until(
@@ -69,6 +89,12 @@ def test_requests_go_through_the_workers_and_a_killed_worker_is_restarted(
         "worker 0 restarted under a new pid",
     )
     assert re.search(r"HTTP worker 0 exited with status -9", leader.log_text())
+    after = worker_metrics(leader)
+    assert after[("dengine_http_worker_restarts_total", "0")] == 1
+    assert after[("dengine_http_worker_restarts_total", "1")] == 0
+    started = "dengine_http_worker_start_time_seconds"
+    assert after[(started, "0")] > before[(started, "0")]
+    assert after[(started, "1")] == before[(started, "1")]
     # Served all along (worker 1, and the kernel's queue of worker 0's socket), and after.
     for i in range(20):
         reply = leader.kv.post("/kv", json={"key": f"w{i}", "value": str(i)})

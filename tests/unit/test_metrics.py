@@ -202,3 +202,47 @@ def test_each_sink_exposes_the_process_and_gc_series_on_its_own_registry() -> No
         after = samples(sink.exposition()[0], "python_gc_collections")
         assert after[("python_gc_collections_total", (("generation", "2"),))] >= n + 1
     assert generate_latest(REGISTRY).count(b"\n# HELP") == default_before.count(b"\n# HELP")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_http_worker_series_read_each_running_workers_process() -> None:
+    """``watch_http_workers``: each running worker's CPU, memory, descriptors and start time
+    by slot (read from its /proc like ``process_*``), how many run, restarts by slot; a
+    worker that is not running has no process sample, its restarts stay."""
+    import subprocess
+    import sys
+
+    allocate = "import time; x = bytearray(64 * 2**20); print(flush=True); time.sleep(30)"
+    worker = subprocess.Popen([sys.executable, "-c", allocate], stdout=subprocess.PIPE)
+    try:
+        assert worker.stdout is not None and worker.stdout.readline() == b"\n"  # allocated
+        running = {0: worker.pid}
+        sink = PrometheusSink()
+        sink.watch_http_workers(lambda: running, lambda: {0: 0, 1: 3})
+        body = sink.exposition()[0]
+        slot0 = (("slot", "0"),)
+        rss = samples(body, "dengine_http_worker_resident_memory_bytes")
+        assert rss[("dengine_http_worker_resident_memory_bytes", slot0)] > 64 * 2**20
+        cpu = samples(body, "dengine_http_worker_cpu_seconds")
+        assert list(cpu) == [("dengine_http_worker_cpu_seconds_total", slot0)]
+        assert (
+            samples(body, "dengine_http_worker_open_fds")[("dengine_http_worker_open_fds", slot0)]
+            >= 3
+        )
+        started = samples(body, "dengine_http_worker_start_time_seconds")
+        assert started[("dengine_http_worker_start_time_seconds", slot0)] > 1.7e9
+        assert samples(body, "dengine_http_workers_running") == {
+            ("dengine_http_workers_running", ()): 1.0
+        }
+        assert samples(body, "dengine_http_worker_restarts") == {
+            ("dengine_http_worker_restarts_total", slot0): 0.0,
+            ("dengine_http_worker_restarts_total", (("slot", "1"),)): 3.0,
+        }
+    finally:
+        worker.kill()
+        worker.wait()
+    # Without workers (one HTTP process) the families are not there at all.
+    names = {
+        f.name for f in text_string_to_metric_families(PrometheusSink().exposition()[0].decode())
+    }
+    assert not any(name.startswith("dengine_http_worker") for name in names)
