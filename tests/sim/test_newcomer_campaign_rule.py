@@ -337,3 +337,38 @@ def test_a_stale_timeout_now_lets_a_node_whose_removal_is_pending_lead_and_hand_
     c.run_for(500)
     assert c.history[written].ok
     finish(c)
+
+
+def test_a_wiped_node_holding_its_pending_removal_has_no_election_timer() -> None:
+    """Voters {A, B, R}. B's AppendEntries answers to A are dropped, so A's removal of R
+    (C2 = {A, B}) stays uncommitted. R is wiped at once (new uuid, implicit, empty) and the
+    leader, still replicating to a departing member, brings it the whole log, C2 included.
+    R was a bound voter before C2, but under its old uuid: the rule "removed by an entry not
+    committed yet" must not give the new data directory (which never voted in this
+    cluster's explicit memberships, and has forgotten any vote) an election timer. Then C2
+    commits; R never leads, writes commit."""
+    c, a = explicit_cluster(seed=18)
+    r = next(n for n in c.ids if n != a)
+    b = next(n for n in c.ids if n not in (a, r))
+    slow = c.drop(b, a, AppendEntriesResponse)
+    op = c.change(a, ConfChange(REMOVE, r))
+    assert not c.history[op].code
+    removal = c.raft(a).membership_index
+    leaders = _record_leaders(c)
+    old_uuid = c.nodes[r].uuid
+    c.wipe(r)
+    assert c.nodes[r].uuid != old_uuid and c.raft(r).membership.implicit
+    assert wait_until(c, lambda: c.raft(r).membership_index == removal, 3_000)
+    raft = c.raft(r)
+    assert raft.commit_index < removal and c.raft(a).commit_index < removal
+    assert raft.log.last_index == c.raft(a).log.last_index
+    assert raft.next_deadline() == float("inf") and raft.role is Role.FOLLOWER
+    c.run_for(2_000)
+    assert c.raft(r).role is Role.FOLLOWER and c.leader() == a
+    c.remove_rule(slow)
+    assert wait_until(c, lambda: c.raft(a).commit_index >= removal)
+    written = c.put(a, "after")
+    c.run_for(500)
+    assert c.history[written].ok and c.history[op].ok
+    assert all(n != r for n, _, _ in leaders)
+    finish(c)
