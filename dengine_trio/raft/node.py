@@ -1301,9 +1301,9 @@ class RaftNode:
         changed = membership != self.membership
         self.membership_index, self.membership = index, membership
         self._vote_floor = self._bound_since_term()
+        self._cache_self()  # also for the same members: the entry's index may be another
         if not changed:
             return  # the same members from another entry or a snapshot: nothing to redo
-        self._cache_self()
         self._update_auto_change_due()
         self._out.append(MembershipChanged(membership, index))
         state = self._state
@@ -1385,20 +1385,22 @@ class RaftNode:
         me = self.membership.get(self.id)
         self._self_voter = me is not None and me.voter
         self._campaigns = me is not None and me.voter and self._bound(me)
-        # Removed (or taken back as a learner) by an entry we hold: we may still be needed
-        # to elect a leader until that entry commits. Without this, a leader that appended
-        # its own removal and lost office before it committed (its only other voter down
-        # just then) stalled the cluster for good: that voter, back without the entry,
+        # Removed (or taken back as a learner) by the newest configuration entry: we may
+        # still be needed to elect a leader until it commits. Without this, a leader that
+        # appended its own removal and lost office before it committed (its only other voter
+        # down just then) stalled the cluster for good: that voter, back without the entry,
         # needed our vote and our log was longer (found by the simulator's quorum-risk).
+        # Only the newest entry can be uncommitted: a leader appends one only once the one
+        # before has committed (one change at a time), so a removal with any configuration
+        # after it is committed, whatever our commit index says after a restart (a re-added
+        # read replica or a node removed twice campaigned and led: newcomer strict xfails).
         self._campaigns_until = 0
-        if not self._campaigns and not self.membership.implicit:
-            configs = self._configs
-            for pos in range(len(configs) - 1, 0, -1):
-                before = configs[pos - 1][1]
-                was = before.get(self.id)
-                if not before.implicit and was is not None and was.voter and was.uuid == self.uuid:
-                    self._campaigns_until = configs[pos][0]
-                    break
+        configs = self._configs
+        if not self._campaigns and not self.membership.implicit and len(configs) > 1:
+            before = configs[-2][1]
+            was = before.get(self.id)
+            if not before.implicit and was is not None and was.voter and was.uuid == self.uuid:
+                self._campaigns_until = configs[-1][0]
         if self._removed_at > self.membership_index:
             # Told we were removed (``Removed``: committed), and not re-added.
             self._campaigns = False

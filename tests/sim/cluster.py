@@ -1449,8 +1449,8 @@ class Cluster:
     def may_vote(self, node: SimNode, *, as_learner: bool = False) -> bool:
         """The rule the core must keep: a node campaigns (and leads) only as a voter of its
         membership, and in an explicit one only while bound there to its own uuid; or as a
-        bound voter of an explicit membership its log may still fall back to, removed by an
-        entry not committed yet (thesis §4.2.2: "it might still be needed until the Cnew
+        bound voter of the explicit membership before it, while the newest entry (which
+        removed it) is not committed (thesis §4.2.2: "it might still be needed until the Cnew
         entry is committed"; its own vote then counts for nothing, ``_check_votes_counted``).
         The generator's ``quorum-risk`` found why: a leader that appended its own removal
         and lost office before it committed never campaigned, and the voter left, back
@@ -1465,7 +1465,19 @@ class Cluster:
         vote (the core's ``_refuses_candidate``)."""
         raft = node.raft
         assert raft is not None
-        for membership in self._memberships_in_reach(raft):
+        if as_learner:
+            memberships = self._memberships_in_reach(raft)
+        else:
+            # Campaigning: the membership in effect, and the one before it while the newest
+            # entry is not committed (only the newest can be: one change at a time, so an
+            # older removal is committed whatever the commit index says after a restart).
+            memberships = [raft.membership]
+            newest = raft.membership_index
+            if raft.commit_index < newest and newest - 1 >= raft.snapshot_index:
+                before = raft.membership_at(newest - 1)
+                if not before.implicit:
+                    memberships.append(before)
+        for membership in memberships:
             member = membership.get(node.id)
             if member is None or not (member.voter or as_learner):
                 continue

@@ -7,8 +7,6 @@ them. Each schedule is built step by step and asserts that what it aimed at happ
 
 from __future__ import annotations
 
-import pytest
-
 from dengine_trio.raft import Role
 from dengine_trio.raft.membership import ConfChange, ConfChangeKind
 from dengine_trio.raft.messages import (
@@ -75,11 +73,6 @@ def _readd_as_read_replica(c: Cluster, leader: int) -> tuple[int, int]:
     return r, removal
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a read replica that was once a voter campaigns after a restart and leads: "
-    "_cache_self looks back past the newest CONFIG entry for the one that removed it",
-)
 def test_a_read_replica_that_was_once_a_voter_never_campaigns_after_a_restart() -> None:
     """Voters {A, B, R}, CheckQuorum off (PreVote on, the default).
 
@@ -100,8 +93,10 @@ def test_a_read_replica_that_was_once_a_voter_never_campaigns_after_a_restart() 
     Wrong: learners never campaign (thesis §4.2.1, architecture rule 3); thesis §4.2.2 lets a
     server outside its latest configuration campaign only "until the Cnew entry is
     committed", and here R's own log proves it is. A read replica's restart deposes the
-    leader. (The simulator's ``may_vote`` does not flag it: it judges by the commit index,
-    as the core does.) Expected: R never campaigns."""
+    leader. (The simulator's ``may_vote`` did not flag it: it judged by the commit index,
+    as the core did.) Expected: R never campaigns. Fixed: ``_cache_self`` and ``may_vote``
+    look only at the newest entry (the only one that can be uncommitted); a strict xfail
+    until then."""
     c, leader = explicit_cluster(seed=11, check_quorum=False)
     r, removal = _readd_as_read_replica(c, leader)
     leaders = _record_leaders(c)
@@ -123,11 +118,6 @@ def test_a_read_replica_that_was_once_a_voter_never_campaigns_after_a_restart() 
     finish(c)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a node removed twice (committed both times, its own log shows it) campaigns after "
-    "a restart and, after a full-cluster restart, leads a membership it is not in",
-)
 def test_a_node_removed_twice_never_campaigns_after_a_full_restart() -> None:
     """Voters {A, B, R}, defaults (PreVote and CheckQuorum on).
 
@@ -144,7 +134,8 @@ def test_a_node_removed_twice_never_campaigns_after_a_full_restart() -> None:
 
     Wrong: thesis §4.2.2 lets a server outside its latest configuration campaign only until
     that configuration's entry is committed, and §4.2.3 says removed servers must not
-    disrupt; R's own log shows both removals committed. Expected: R never campaigns."""
+    disrupt; R's own log shows both removals committed. Expected: R never campaigns.
+    Fixed as the test above (a strict xfail until then)."""
     c, a = explicit_cluster(seed=12)
     r, _ = _readd_as_read_replica(c, a)
     op = c.change(a, ConfChange(REMOVE, r))
