@@ -247,3 +247,74 @@ def test_a_removed_node_that_lacks_the_writes_committed_with_its_removal_learns_
         f"(role {raft.role}, term {raft.term}, next deadline {raft.next_deadline()})"
     )
     finish(c)
+
+
+def test_two_nodes_holding_different_uncommitted_removals_and_the_newer_one_leads() -> None:
+    """Voters {A, B, C, D, E}; L (the second leader) is one of B, C, D.
+
+    1. A removes E: C2 = {A, B, C, D} at index i, term t, reaches E only. A crashes.
+    2. The others (E cut off) elect L; L's no-op at i commits. E is back, but L's
+       AppendEntries to E (and to the third voter M) are dropped; its heartbeats pass, so
+       E and M are active and L may remove D: C2' = {A, L, M, E} at i + 1, term t' > t,
+       reaching D only. L crashes.
+    3. Up: M, D, E. E holds C2 (its removal, term t), D holds C2' (its removal, term t'),
+       both uncommitted: both campaign (thesis §4.2.2), without their own votes. D has the
+       newest log but only M and E of its voters {A, L, M, E}; E's log is stale; M (a
+       voter of C1) needs D, which refuses it a shorter log: no leader, as in any Raft
+       with C2' in effect on append (a majority of C2' is down).
+    4. A restarts (its log ends with C2, like E's). A, M and E grant D (a member of every
+       membership their logs may fall back to; D's log is the newest): D leads C2'
+       without itself, commits it with its no-op (overwriting C2 on A and E), hands over
+       to a voter, and is quiet. E, whose removal was overwritten, is a voter again.
+    The simulator checks election safety, leader completeness and every apply."""
+    c, a = explicit_cluster(size=5, seed=24)
+    e, *rest = (n for n in c.ids if n != a)
+    cut = [c.drop(a, n, AppendEntries) for n in rest]
+    op = c.change(a, ConfChange(REMOVE, e))
+    assert not c.history[op].code
+    i = c.raft(a).membership_index
+    t = c.raft(a).term
+    assert wait_until(c, lambda: c.raft(e).durable_index == i, 1_000)
+    c.crash(a, lose_unflushed=False)
+    for rule in cut:
+        c.remove_rule(rule)
+    c.partition([e], rest)
+    assert wait_until(c, lambda: c.leader() in rest and c.raft(c.leader())._committed_in_term())
+    lead = c.leader()
+    assert lead is not None and c.raft(lead).commit_index == i
+    d, m = (n for n in rest if n != lead)
+    c.heal()
+    c.drop(lead, e, AppendEntries)
+    c.drop(lead, m, AppendEntries)
+    assert wait_until(c, lambda: c.raft(e).leader_id == lead, 2_000)
+    c.run_for(200)
+    op2 = c.change(lead, ConfChange(REMOVE, d))
+    assert not c.history[op2].code, c.history[op2]
+    assert c.raft(lead).membership_index == i + 1
+    t2 = c.raft(lead).term
+    assert wait_until(c, lambda: c.raft(d).durable_index == i + 1, 1_000)
+    c.crash(lead, lose_unflushed=False)
+    c.heal()
+    leaders = _record_leaders(c)
+    # Both removed nodes hold a different uncommitted removal of their own.
+    assert e not in c.raft(e).membership.ids and c.raft(e).log.term_at(i) == t
+    assert d not in c.raft(d).membership.ids and c.raft(d).log.term_at(i + 1) == t2
+    assert c.raft(e).commit_index < i and c.raft(d).commit_index < i + 1
+    seen_e = seen_d = False
+    for _ in range(300):
+        c.run_for(10)
+        seen_e = seen_e or c.raft(e).role in CAMPAIGNING
+        seen_d = seen_d or c.raft(d).role in CAMPAIGNING
+    assert seen_e and seen_d and not leaders
+    c.restart(a)
+    assert wait_until(c, lambda: bool(leaders), 5_000)
+    assert leaders[0][0] == d and not leaders[0][2]  # D led C2', a non-voter of it
+    assert wait_until(c, lambda: c.leader() in (a, m, e), 5_000)
+    assert c.raft(d).next_deadline() == float("inf") and d not in c.raft(d).membership.ids
+    assert e in c.raft(e).membership.ids and c.raft(e).log.term_at(i) != t
+    assert [n for n, _, _ in leaders].count(d) == 1
+    written = c.put(c.wait_for_leader(), "after")
+    c.run_for(500)
+    assert c.history[written].ok
+    c.restart(lead)
+    finish(c)
