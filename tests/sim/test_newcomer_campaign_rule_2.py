@@ -318,3 +318,51 @@ def test_two_nodes_holding_different_uncommitted_removals_and_the_newer_one_lead
     assert c.history[written].ok
     c.restart(lead)
     finish(c)
+
+
+def test_reads_at_a_leader_elected_under_the_rule_are_never_served_by_lease() -> None:
+    """Voters {A, B, R}. A write k = v1 commits; A removes R; the removal (index i, the last
+    entry) commits and R is told. Power cut: all restart (every commit index 0) and A and
+    B cannot reach each other. R, whose newest entry removed it, may campaign (thesis
+    §4.2.2) and leads {A, B} without itself. The moment it leads, a lease read and a
+    linearizable read of k are asked of it: it must not serve the lease read locally (no
+    entry of its term is committed, and the previous leader's lease may still run, thesis
+    §6.4.1), and whatever it serves must be linearizable (v1, the simulator's checker).
+    Then R hands over. (With this seed both reads fail: R hands over in the step its no-op
+    commits, failing the reads in flight; a client retries at the new leader.)"""
+    c, a = explicit_cluster(seed=26)
+    r = next(n for n in c.ids if n != a)
+    b = next(n for n in c.ids if n not in (a, r))
+    w = c.put(a, "k")
+    wait_op(c, w)
+    assert c.history[w].ok
+    op = c.change(a, ConfChange(REMOVE, r))
+    wait_op(c, op)
+    assert c.history[op].ok
+    removal = c.raft(a).membership_index
+    assert wait_until(c, lambda: c.raft(r).commit_index >= removal)
+    assert c.raft(a).log.last_index == removal == c.raft(r).log.last_index
+    leaders = _record_leaders(c)
+    for n in c.ids:
+        c.crash(n, lose_unflushed=False)
+    c.partition([a, r], [b, r])
+    for n in c.ids:
+        c.restart(n)
+    for _ in range(5_000):
+        if c.raft(r).role is Role.LEADER:
+            break
+        c.run_for(1)
+    raft = c.raft(r)
+    assert raft.role is Role.LEADER and r not in raft.membership.ids
+    assert raft.commit_index < raft.membership_index or not raft._committed_in_term()
+    assert not raft.lease_valid(raft.now)
+    reads = [c.read(r, "k", "lease"), c.read(r, "k", "linearizable")]
+    assert wait_until(c, lambda: c.raft(r).role is Role.FOLLOWER, 2_000)
+    c.run_for(500)
+    assert all(c.history[x].complete is not None for x in reads)
+    served = [x for x in reads if c.history[x].ok]
+    assert all(c.history[x].value == c.history[w].value for x in served), [
+        c.history[x] for x in reads
+    ]
+    assert [n for n, _, _ in leaders].count(r) == 1
+    finish(c)
