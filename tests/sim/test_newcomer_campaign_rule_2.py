@@ -366,3 +366,60 @@ def test_reads_at_a_leader_elected_under_the_rule_are_never_served_by_lease() ->
     ]
     assert [n for n, _, _ in leaders].count(r) == 1
     finish(c)
+
+
+def test_an_install_snapshot_with_the_node_makes_a_node_whose_removal_was_dropped_a_voter() -> None:
+    """Voters {A, B, C, D, R}, snapshots keep no log before them.
+
+    1. A removes R: C2 = {A, B, C, D} at index i, term t, reaching R only. A crashes; R is
+       cut off and campaigns (its removal uncommitted, thesis §4.2.2), alone.
+    2. B, C, D elect a leader L; its no-op overwrites index i (on them), it writes and
+       snapshots past i (its membership C1, with R: C2 never reached it).
+    3. R is back: its log conflicts with L's at i, below L's log offset: L sends an
+       InstallSnapshot whose membership is C1. R, with its removal C2 in effect until now,
+       installs it: C2 is gone with the log it was in, R is a bound voter of C1 again
+       (counts its own vote, no "removal pending" left), and follows L; writes commit."""
+    c, a = explicit_cluster(size=5, seed=27, snapshot_retained=0)
+    r, *others = (n for n in c.ids if n != a)
+    cut = [c.drop(a, n, AppendEntries) for n in others]
+    op = c.change(a, ConfChange(REMOVE, r))
+    assert not c.history[op].code
+    i = c.raft(a).membership_index
+    t = c.raft(a).term
+    assert wait_until(c, lambda: c.raft(r).durable_index == i, 1_000)
+    c.crash(a)
+    for rule in cut:
+        c.remove_rule(rule)
+    c.partition([r], others)
+    assert wait_until(c, lambda: c.raft(r).role in CAMPAIGNING, 4_000)
+    assert r not in c.raft(r).membership.ids and c.raft(r)._campaigns_until == i
+    assert wait_until(c, lambda: c.leader() in others and c.raft(c.leader())._committed_in_term())
+    lead = c.leader()
+    assert lead is not None and c.raft(lead).log.term_at(i) != t
+    for k in range(3):
+        w = c.put(lead, f"k{k}")
+        wait_op(c, w)
+        assert c.history[w].ok
+    c.take_snapshot(lead)
+    assert wait_until(c, lambda: c.raft(lead).log.first_index > i + 1)
+    seen: dict[str, object] = {}
+
+    def at_install(moment: str, node: SimNode) -> bool:
+        raft = node.raft
+        if node.id == r and raft is not None and moment == "install-start":
+            me = raft.membership.get(r)
+            seen.setdefault("voter", me is not None and me.voter and me.uuid == node.uuid)
+            seen.setdefault("configs", len(raft._configs))
+            seen.setdefault("until", raft._campaigns_until)
+            seen.setdefault("self_votes", raft._may_campaign() and raft._campaigns)
+        return False
+
+    c.hooks.append(at_install)
+    c.heal()  # A stays down
+    assert wait_until(c, lambda: c.raft(r).snapshot_index > i, 3_000)
+    assert seen == {"voter": True, "configs": 1, "until": 0, "self_votes": True}, seen
+    assert c.raft(r).log.term_at(i) is None and c.raft(r).leader_id == c.leader()
+    written = c.put(c.wait_for_leader(), "after")
+    c.run_for(500)
+    assert c.history[written].ok
+    finish(c)
