@@ -423,3 +423,60 @@ def test_an_install_snapshot_with_the_node_makes_a_node_whose_removal_was_droppe
     c.run_for(500)
     assert c.history[written].ok
     finish(c)
+
+
+def test_a_leader_that_removed_itself_is_readded_while_it_campaigns() -> None:
+    """Voters {A, B, R}.
+
+    1. A removes itself: C2 = {B, R} at i reaches B and R, whose answers are lost; A is
+       then cut off: it loses office (CheckQuorum) with C2 uncommitted in its eyes and
+       campaigns (thesis §4.2.2), alone.
+    2. B and R elect a leader L of C2, whose no-op commits C2; its commit heartbeat to A is
+       lost (A is cut off) and L stops replicating to A.
+    3. L adds A back (a joining learner, promoted once caught up). A is reachable again: it
+       takes C2's commit and the re-add (a learner: no timer, no campaign), then its
+       binding and promotion; it ends a bound voter. A never leads in between."""
+    c, a = explicit_cluster(seed=28)
+    r, b = (n for n in c.ids if n != a)
+    c.drop(b, a, AppendEntriesResponse)
+    c.drop(r, a, AppendEntriesResponse)
+    op = c.change(a, ConfChange(REMOVE, a))
+    assert not c.history[op].code
+    i = c.raft(a).membership_index
+    assert wait_until(c, lambda: c.raft(b).membership_index == i == c.raft(r).membership_index)
+    c.partition([a], [b, r])
+    assert wait_until(c, lambda: c.raft(a).role is not Role.LEADER, 3_000)
+    assert c.raft(a).commit_index < i and a not in c.raft(a).membership.ids
+    assert wait_until(c, lambda: c.raft(a).role in CAMPAIGNING, 4_000)
+    assert wait_until(c, lambda: c.leader() in (b, r) and c.raft(c.leader()).commit_index > i)
+    lead = c.leader()
+    assert lead is not None
+    c.run_for(300)
+    assert a not in c.raft(lead).progress  # no longer replicated to
+    leaders = _record_leaders(c)
+    c.add_node(a)
+    op = c.change(lead, ConfChange(ADD, a, c.address(a), promote=True))
+    assert not c.history[op].code
+    readd = c.raft(lead).membership_index
+    c.heal()
+    for _ in range(3_000):
+        c.run_for(1)
+        if c.raft(a).membership_index >= readd:
+            break
+    raft = c.raft(a)
+    me = raft.membership.get(a)
+    assert raft.membership_index >= readd and me is not None
+    assert not me.voter  # a learner, not promoted yet
+    assert raft.next_deadline() == float("inf") and not raft._may_campaign()
+    assert raft.commit_index >= i
+
+    def bound_voter() -> bool:
+        m = c.raft(a).membership.get(a)
+        return m is not None and m.voter and m.uuid == c.nodes[a].uuid
+
+    assert wait_until(c, bound_voter, 5_000)
+    assert not any(n == a for n, _, _ in leaders)
+    written = c.put(c.wait_for_leader(), "after")
+    c.run_for(500)
+    assert c.history[written].ok
+    finish(c)
