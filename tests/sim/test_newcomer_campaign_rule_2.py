@@ -480,3 +480,60 @@ def test_a_leader_that_removed_itself_is_readded_while_it_campaigns() -> None:
     c.run_for(500)
     assert c.history[written].ok
     finish(c)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="with PreVote off a node campaigning under the rule runs its term ahead, and its "
+    "answer to the leader after its removal committed deposes the leader (§4.2.3)",
+)
+def test_a_removed_node_does_not_depose_the_leader_once_its_removal_committed() -> None:
+    """Voters {A, B, R}, PreVote off, CheckQuorum on (a supported configuration).
+
+    1. B's answers to A are dropped, so A's removal of R (C2 = {A, B}, index i) stays
+       uncommitted; R appends it.
+    2. Everything A sends R is dropped for a while: R's election timer fires. R may
+       campaign (its removal is uncommitted in its eyes, thesis §4.2.2) and, PreVote off,
+       does so for real: its term runs ahead of A's (t + 1, ...). A (a leader) and B
+       (which hears from A: sticky) ignore its RequestVotes, so A stays leader of term t:
+       so far, as the thesis wants.
+    3. Both links are back: B's answers commit C2 at A. R's removal is committed; A sends
+       R the commit heartbeat (its AppendEntries before that too), and R, in a higher term,
+       answers with its term (``_receive_stale``). A takes that answer's term and steps
+       down, after R's removal committed. B has not heard the new commit index yet, so R
+       is still a member of a membership B's log may fall back to: R's RequestVotes move
+       B's term and take its vote term after term; A (whose committed C2 has no R) refuses
+       R; A and B split: no leader for seconds (here ~4 s), caused by a removed server.
+
+    Wrong: thesis §4.2.3 (removed servers must not disrupt the cluster once they are
+    removed), architecture rule 6 ("Removed nodes cannot disrupt"). Before fa45557 R had no
+    election timer and its term never ran ahead. Expected: A stays leader of term t, and
+    ignores the answers of a member it no longer replicates to (its removal committed)."""
+    c, a = explicit_cluster(seed=29, pre_vote=False)
+    r = next(n for n in c.ids if n != a)
+    b = next(n for n in c.ids if n not in (a, r))
+    slow = c.drop(b, a, AppendEntriesResponse)
+    op = c.change(a, ConfChange(REMOVE, r))
+    assert not c.history[op].code
+    i = c.raft(a).membership_index
+    assert wait_until(c, lambda: c.raft(r).membership_index == i, 1_000)
+    mute = c.drop(a, r)  # everything A sends R
+    t = c.raft(a).term
+    assert wait_until(c, lambda: c.raft(r).term > t, 4_000)  # R campaigned for real
+    assert c.leader() == a and c.raft(a).term == t  # ignored: A leads on
+    c.remove_rule(mute)
+    c.remove_rule(slow)
+    assert wait_until(c, lambda: c.raft(a).commit_index >= i, 1_000)
+    assert c.raft(r).commit_index < i  # R does not know; it campaigns on
+    deposed = []
+    for _ in range(200):
+        c.run_for(10)
+        if c.raft(a).role is not Role.LEADER or c.raft(a).term != t:
+            deposed.append((c.now, c.raft(a).term, c.raft(r).term))
+            break
+    assert not deposed, (
+        f"leader {a} of term {t}, which committed node {r}'s removal (index {i}), was "
+        f"deposed at t={deposed[0][0]} by node {r}'s term {deposed[0][2]}"
+    )
+    assert c.history[op].ok
+    finish(c)
