@@ -612,6 +612,16 @@ class RaftNode:
             # Before the term is looked at: a campaign we may not take part in must not move
             # our term either (a removed node, a wiped one, must not disrupt, thesis §4.2.3).
             return
+        if (
+            self.role is Role.LEADER
+            and isinstance(m, (AppendEntriesResponse, HeartbeatResponse))
+            and m.src not in self._leader.tracker.progress
+        ):
+            # An answer from a node we no longer replicate to (its removal committed): its
+            # term may have run ahead while it campaigned as ``_may_campaign`` lets it (PreVote
+            # off), and a removed node must not depose us (thesis §4.2.3; a newcomer's
+            # schedule lost its leader for seconds that way).
+            return
         if m.term > self.term:
             if isinstance(m, RequestVote):
                 if not m.transfer and self._in_leader_lease():
@@ -951,19 +961,24 @@ class RaftNode:
                 self._release_reads_before_commit()
 
     def _tell_commit(self, peers: Iterable[int]) -> None:
-        """Leader: a heartbeat outside any read round to each of ``peers``, carrying our
-        commit index and its term: a follower takes it only if it holds that very entry
-        (``_on_heartbeat``), so it need not be capped at the match index, which may not yet
-        count the append whose answer is on its way. Best effort: a lost one leaves a
-        removed member campaigning (refused by every member) until the handshake tells it
-        (``Removed``)."""
-        commit = self.commit_index
-        term = self.log.term_at(commit)
-        if term is None:
-            return
+        """Leader, as the removal at ``membership_index`` commits: a heartbeat outside any
+        read round to each of the members it removed, telling them it committed. A follower
+        takes a commit index only if it holds that very entry (``_on_heartbeat``), so each is
+        sent the newest one it can take: our commit index if it is known to hold it (or may:
+        the match index may not yet count the append whose answer is on its way), else no
+        less than the removal itself (it may lack the entries committed with it, say after a
+        restart, yet hold the removal: a newcomer's schedule, in which it then campaigned for
+        good). Best effort: a lost one leaves a removed member campaigning (refused by every
+        member) until the handshake tells it (``Removed``)."""
         seq = self._leader.reads.seq
         for peer in peers:
-            self._send(Heartbeat(self.term, self.id, peer, commit, seq, term))
+            progress = self.progress.get(peer)
+            match = progress.match_index if progress is not None else 0
+            commit = self.commit_index if match >= self.commit_index else self.membership_index
+            commit = max(min(match, self.commit_index), commit)
+            term = self.log.term_at(commit)
+            if term is not None:
+                self._send(Heartbeat(self.term, self.id, peer, commit, seq, term))
 
     def _committed_in_term(self) -> bool:
         return self.log.term_at(self.commit_index) == self.term
@@ -1654,6 +1669,14 @@ class RaftNode:
         node's liveness; a membership at ``index`` or later in our log (we were added again)
         lifts it."""
         if event.index <= self.membership_index or event.index <= self._removed_at:
+            if self._campaigns_until and event.index >= self._campaigns_until:
+                # Our newest entry removed us, and a member says it committed (the leader's
+                # word, ``_tell_commit``, may not have reached us): no more campaigns.
+                self._campaigns_until = 0
+                if self.role in (Role.PRE_CANDIDATE, Role.CANDIDATE):
+                    self._become_follower(self.term, 0)
+                if self.role is not Role.LEADER:
+                    self._election_deadline = NEVER
             return
         self._removed_at = event.index
         self._cache_self()

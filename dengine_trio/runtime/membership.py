@@ -361,8 +361,12 @@ class MembershipRuntime:
         if told.get(self.node_id) is not None:
             return
         if not self.is_member():
-            # Our log holds our removal already (we are passive): the refusal says it is
-            # committed, which our leader, no longer replicating to us, never will.
+            # Our log holds our removal already: the refusal says it is committed, which our
+            # leader, no longer replicating to us, may never tell us. Until then the core
+            # still campaigns (thesis §4.2.2, ``RaftNode._may_campaign``): tell it too.
+            if node.driver is not None:
+                node.driver.receive(Removed(index))
+                node.driver.step_now()
             node.forwarding.removed(index)
             return
         first = self.told_removed is None

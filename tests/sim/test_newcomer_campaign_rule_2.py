@@ -9,8 +9,6 @@ it aimed at happened."""
 
 from __future__ import annotations
 
-import pytest
-
 from dengine_trio.raft import Role
 from dengine_trio.raft.membership import ConfChange, ConfChangeKind
 from dengine_trio.raft.messages import AppendEntries, AppendEntriesResponse, Heartbeat
@@ -178,11 +176,6 @@ def test_a_removal_overwritten_by_the_same_removal_at_the_next_index_keeps_the_c
     finish(c)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_tell_commit sends the leader's commit index, which the removed node may not hold: "
-    "a node that appended its removal but not the writes committed with it never learns",
-)
 def test_a_removed_node_that_lacks_the_writes_committed_with_its_removal_learns_it() -> None:
     """Voters {A, B, R}, defaults (PreVote, CheckQuorum). No message is lost once the
     removal has committed.
@@ -482,11 +475,6 @@ def test_a_leader_that_removed_itself_is_readded_while_it_campaigns() -> None:
     finish(c)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with PreVote off a node campaigning under the rule runs its term ahead, and its "
-    "answer to the leader after its removal committed deposes the leader (§4.2.3)",
-)
 def test_a_removed_node_does_not_depose_the_leader_once_its_removal_committed() -> None:
     """Voters {A, B, R}, PreVote off, CheckQuorum on (a supported configuration).
 

@@ -28,6 +28,7 @@ from dengine_trio.raft import (
     RaftConfig,
     RaftNode,
     Receive,
+    Removed,
     Role,
     canonical_address,
     decode_membership,
@@ -796,3 +797,18 @@ def test_member_contact_counts_a_voter_on_another_data_directory_inactive() -> N
     heard, active = leader.member_contact()[3]
     assert heard is not None and heard < leader.config.election_timeout_min_ms
     assert active is False
+
+
+def test_a_node_holding_its_uncommitted_removal_campaigns_until_told_it_committed() -> None:
+    """Thesis §4.2.2: node 3 appended its own removal, which has not committed as far as it
+    knows: it keeps an election timer (it may be needed to elect a leader). A member's word
+    that the removal committed (``Removed``, the handshake's refusal, when the leader's
+    heartbeat saying so never arrived) stops it, as the commit itself would."""
+    it = cluster(3)
+    run(it, "change 1 remove 3", "stabilize 1 3")  # 2 never answers: not committed
+    node = raft(it, 3)
+    removal = node.membership_index
+    assert 3 not in node.membership.ids and node.commit_index < removal
+    assert node.next_deadline() != float("inf")  # may campaign
+    node.step_many(node.now, [Removed(removal)])
+    assert node.next_deadline() == float("inf") and node.role is Role.FOLLOWER
