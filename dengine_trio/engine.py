@@ -258,9 +258,10 @@ class EmbeddedEngine:
         return await self._runtime.operations.transfer_leadership_to(to, timeout_s)
 
     def caught_up(self) -> bool:
-        """This node has heard from its leader within ``election_timeout_max_ms`` and its
-        state machine is at most ``raft.max_promote_lag_entries`` behind what that leader
-        told it was committed: a learner (read replica) that may serve eventual reads
+        """This node has heard from its leader within ``election_timeout_max_ms``, has
+        applied, once since it started, as far as a leader had committed when first asked,
+        and its state machine is at most ``raft.max_promote_lag_entries`` behind what that
+        leader told it was committed: a learner (read replica) that may serve eventual reads
         (``/replica``). True on a leader."""
         return self._runtime.caught_up()
 

@@ -2,8 +2,9 @@
 
 ``GET /primary``: 200 on a leader that holds a quorum, else 503 (route writes here).
 ``GET /replica``: 200 on a follower (or learner) that heard from a leader within an election
-timeout and has caught up (``EmbeddedEngine.caught_up``: applied to within
-``max_promote_lag_entries`` of what its leader committed), else 503 (a follower cut off from
+timeout and has caught up (``EmbeddedEngine.caught_up``: applied, once, as far as a leader
+had committed when first asked, and to within ``max_promote_lag_entries`` of what its leader
+committed), else 503 (a follower cut off from
 the cluster, or a joining node still receiving the snapshot or log, ``catching_up``, stays out
 of the read pool; a node removed from its cluster, ``removed``, serves nothing); with
 ``?max_lag=N`` (entries)

@@ -117,6 +117,9 @@ class NodeRuntime:
         """The highest commit index a leader's AppendEntries or heartbeat told this node
         (a lower bound of the cluster's commit index; 0 before any, and after a restart):
         how far this node's ``applied_index`` lags, for ``/replica?max_lag=N``."""
+        self._ready_target: int | None = None
+        """``caught_up``: the commit index a leader announced when first asked, to be applied
+        once before this node counts as caught up (None: not known yet)."""
         self.stopped = False
         self.refusing = False
         """``refuse_requests`` was called: the node is about to stop."""
@@ -442,9 +445,18 @@ class NodeRuntime:
         )
 
     def caught_up(self) -> bool:
-        """Heard from its leader within ``election_timeout_max_ms`` and applied to within
+        """Heard from its leader within ``election_timeout_max_ms``, has applied once as far
+        as a leader had committed when first asked, and applied to within
         ``max_promote_lag_entries`` of the commit index that leader told it (a learner that
-        may serve as a read replica); True on a leader, False stopped."""
+        may serve as a read replica); True on a leader, False stopped.
+
+        The first condition keeps a node that just joined (or restarted) out of a load
+        balancer's read pool until it holds the data: the lag alone let a new read replica
+        of a cluster with fewer than 1,000 entries answer 200 before it had applied any (its
+        leader's heartbeats carry commit 0 until its log is known to match), so its eventual
+        reads answered 404 for keys the cluster holds (tests/e2e/test_membership_cli.py
+        failed so once in CI). The target is fixed when first known, not the moving commit
+        index, so a node under a steady write load still gets there."""
         raft = self.raft
         if raft is None or self.stopped:
             return False
@@ -454,6 +466,12 @@ class NodeRuntime:
         if not raft.leader_id or not raft.leader_contact_within(self.now_ms(), window_ms):
             return False
         heard = max(raft.commit_index, self.leader_commit_heard)
+        if self._ready_target is None:
+            if heard == 0:
+                return False  # no leader has said how far it committed (there is a no-op)
+            self._ready_target = heard
+        if self.applied_index < self._ready_target:
+            return False
         return heard - self.applied_index <= self.raft_config.max_promote_lag_entries
 
     def pending_requests(self) -> int:

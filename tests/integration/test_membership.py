@@ -164,6 +164,45 @@ async def test_a_read_replica_stays_a_learner_and_serves_reads(tmp_path: Path) -
         nursery.cancel_scope.cancel()
 
 
+async def test_a_new_read_replica_is_caught_up_only_once_it_holds_what_was_committed(
+    tmp_path: Path,
+) -> None:
+    """``caught_up`` (``/replica``'s 200, what a load balancer adds a read replica by) turns
+    True for a learner that just joined only once it has applied what the cluster had
+    committed: 1,200 writes, more than one AppendEntries carries (512 entries), fewer than
+    the lag a caught-up node may have (1,000 entries). Watched at every turn of the loop from
+    the replica's start. Before, it was True from the first leader contact (commit 0 or 1,200
+    heard, 0 applied: within the lag, or after the first 512), and an eventual read of the
+    last key answered absent (tests/e2e/test_membership_cli.py, once in CI)."""
+    configs = write_configs(tmp_path)
+    nodes = {c.cluster.node_id: EngineHandle(c) for c in configs}
+    async with bounded_nursery() as nursery:
+        for node in nodes.values():
+            await node.start(nursery)
+        leader = await agreed_leader(nodes)
+        engine = nodes[leader].engine
+        client = engine.client()
+
+        async def put_range(start: int) -> None:
+            for i in range(start, 1_200, 8):
+                await client.put(b"r%04d" % i, b"v")
+
+        async with trio.open_nursery() as writers:
+            for start in range(8):
+                writers.start_soon(put_range, start)
+        committed = engine.node_status().commit_index
+        async with EmbeddedEngine.start(
+            joiner_config(configs, tmp_path, 4, promote=False)
+        ) as replica:
+            with trio.fail_after(WAIT_S):
+                while not replica.caught_up():
+                    await trio.sleep(0)
+            applied = replica.node_status().applied_index
+            assert applied >= committed, (applied, committed)
+            assert await replica.client().get(b"r1199", ReadPolicy.EVENTUAL) == b"v"
+        nursery.cancel_scope.cancel()
+
+
 async def test_admin_requests_through_a_follower(tmp_path: Path) -> None:
     configs = write_configs(tmp_path)
     nodes = {c.cluster.node_id: EngineHandle(c) for c in configs}
