@@ -1377,10 +1377,25 @@ class Cluster:
         amnesiac = self.amnesiac()
         for membership in self._configs_in_play():
             voters = set(membership.voters)
-            lost = (amnesiac | {node_id}) & voters
+            lost = self._amnesiac_in(membership, amnesiac) | ({node_id} & voters)
             if len(lost) > (len(voters) - 1) // 2:
                 return False
         return True
+
+    def _amnesiac_in(self, membership: Membership, amnesiac: set[int]) -> set[int]:
+        """Voters of ``membership`` whose memory it cannot count on: the amnesiac ones, and
+        those it binds to a data directory they no longer run on (wiped, then re-bound only
+        by a later configuration, which may never commit). The campaign once wiped a voter
+        while another, re-bound as a learner by an uncommitted BIND, was still bound to its
+        old directory in the configuration two live voters held: half of that
+        configuration's voters had lost their disks, and no leader could be elected."""
+        lost = amnesiac & set(membership.voters)
+        if not membership.implicit:
+            for m in membership.members:
+                node = self.nodes.get(m.id)
+                if m.voter and m.uuid and node is not None and m.uuid != node.uuid:
+                    lost.add(m.id)
+        return lost
 
     def may_remove(self, node_id: int) -> bool:
         """Would removing ``node_id`` keep a majority of the voters left remembering (neither
@@ -1392,7 +1407,8 @@ class Cluster:
         for membership in self._configs_in_play():
             voters = set(membership.voters) - {node_id}
             implicit = {v for v in voters if v in self.nodes and self._implicit(self.nodes[v])}
-            if len((amnesiac | implicit) & voters) > (len(voters) - 1) // 2:
+            lost = (self._amnesiac_in(membership, amnesiac) | implicit) & voters
+            if len(lost) > (len(voters) - 1) // 2:
                 return False
         return True
 

@@ -583,6 +583,17 @@ def test_the_generators_quorum_risk_schedules_are_refused_and_caught_when_not() 
 # Generator schedules that once failed (issue 14), replayed exactly: each with the finding it
 # showed then. They pass with today's core and generator bounds; a regression shows again here.
 ONCE_FAILED = [
+    # A wipe allowed while another voter, wiped before and re-bound as a learner only by an
+    # uncommitted BIND, was still bound to its old directory in the configuration two live
+    # voters held: half its voters amnesiac, no leader after the heal (the generator's
+    # may_wipe now counts a voter bound to a directory it no longer runs on as amnesiac in
+    # that configuration; found by the campaign once quorum-risk changed the timings).
+    "Schedule(size=5, seed=1, durability=Durability.DISK_FIRST, actions=((650.0,"
+    " ('quorum-risk', 2, 3.0, 'follower', 300.0)), (400.0, ('reads', 14)), (10.0, ('transfer',"
+    " 2)), (400.0, ('heal',)), (1.0, ('member', 'replace', False)), (1.0, ('member-race',"
+    " 'partition', 'replace', 5.0, 'AppendEntries')), (10.0, ('partition', [0, 1, 0, 0, 0])),"
+    " (3000.0, ('bounce', 'now', 0, 0.0, 0.0)), (1.0, ('member', 'replace', False))),"
+    " options=(), snapshots=(10, 0), cluster_id='c1')",
     # A wipe while a leader's REMOVE was appended, the leader down: no electable node (the
     # generator now counts a down node's configuration in may_wipe).
     "Schedule(size=3, seed=1, durability=Durability.MEM_FIRST, actions=((1.0, ('restart', 1)),"
