@@ -47,9 +47,12 @@ def send(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     credentials: Credentials | None = None,
+    retried_conflicts: frozenset[str] = frozenset(),
 ) -> tuple[Answer | None, list[str]]:
     """The first final answer from ``endpoints`` (see the module docstring), or None once
-    ``timeout_s`` seconds passed; with the reasons each retried attempt gave."""
+    ``timeout_s`` seconds passed; with the reasons each retried attempt gave. A 409 whose
+    error code is in ``retried_conflicts`` is retried as a 503 is (the membership commands:
+    ``pending``, a change that was not made yet)."""
     deadline = clock() + timeout_s
     backoff = FIRST_BACKOFF_S
     tried: list[str] = []
@@ -63,8 +66,10 @@ def send(
             except Unreachable as exc:
                 tried.append(f"{endpoint}: unreachable: {exc}")
                 continue
-            if answer.status == 503 and answer.error_code() in RETRYABLE_CODES:
-                tried.append(f"{endpoint}: 503 {answer.error_code()}")
+            if (answer.status == 503 and answer.error_code() in RETRYABLE_CODES) or (
+                answer.status == 409 and answer.error_code() in retried_conflicts
+            ):
+                tried.append(f"{endpoint}: {answer.status} {answer.error_code()}")
                 continue
             return answer, tried
         left = deadline - clock()

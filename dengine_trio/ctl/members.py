@@ -5,28 +5,37 @@ Each is one request to a node's health port (:mod:`dengine_trio.api.members`), t
 forwards a change to its leader. An endpoint that does not answer, or answers 503 (no leader
 yet, stopping, overloaded), passes the request to the next one, and after a round over all of
 them the round starts again (0.1 s, doubling up to 1 s, apart) until ``--timeout`` seconds
-have passed, as ``dengine-trio kv`` does. A change answered 503 was not made, so trying it
-again is safe; one whose answer never came may have been made: a retry then meets 409
-``duplicate_id`` (add), 404 ``unknown_member`` (remove) or 409 ``not_learner`` (promote), and
-``member list`` tells.
+have passed, as ``dengine-trio kv`` does; so does a change answered 409 ``pending`` (another
+change not committed yet, or a new leader's first entry not yet). A change answered 503 or
+``pending`` was not made, so trying it again is safe; one whose answer never came may have
+been made: a retry then meets 409 ``duplicate_id`` (add), 404 ``unknown_member`` (remove) or
+409 ``not_learner`` (promote), and ``member list`` tells.
 
 Output: a table (``member list``) or one line saying what was done; ``--json`` prints the
 node's JSON answer instead. Exit status: 0 done; 2 a usage error, or the cluster refused the
-change (a 4xx: unknown id, duplicate id or address, last voter, a change pending, a learner
-too far behind); 3 no node answered in time, or another error (a 504 ``timeout``: the change
-may still commit).
+change (a 4xx: unknown id, duplicate id or address, last voter, a change still pending at
+``--timeout``, a learner too far behind); 3 no node answered in time, or another error (a
+504 ``timeout``: the change may still commit).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, TextIO
 
 from dengine_trio.ctl._http import Answer, Credentials
 from dengine_trio.ctl.kv import EXIT_FAILED, EXIT_REFUSED, send
 
 __all__ = ["render_members", "run_leader_transfer", "run_member"]
+
+RETRIED_CONFLICTS = frozenset({"pending"})
+"""409 answers a change is retried after, as after a 503: ``pending`` (another change is not
+committed yet, or a new leader has not committed an entry of its term: the change was not
+made, and the server says ``Retry-After: 1``). Right after a failover the new leader answers
+it for a few milliseconds; a command run then failed with exit 2 (a CI run of
+tests/e2e/test_membership_docs.py)."""
 
 BASE_COLUMNS = (("ID", "id"), ("ADDRESS", "address"), ("ROLE", "role"), ("MATCH", "match_index"))
 """Columns every member row has; members the node reports beyond these (lag, promote, ...)
@@ -136,17 +145,16 @@ def run_member(
     command = f"member {action}"
     if action == "list":
         answer, tried = send("GET", "/members", endpoints, timeout_s, credentials=credentials)
-    elif action == "add":
-        payload = {"id": member_id, "address": address, "voter": False, "promote": promote}
-        answer, tried = send(
-            "POST", "/members", endpoints, timeout_s, payload, credentials=credentials
-        )
-    elif action == "promote":
-        path = f"/members/{member_id}/promote"
-        answer, tried = send("POST", path, endpoints, timeout_s, {}, credentials=credentials)
     else:
-        path = f"/members/{member_id}"
-        answer, tried = send("DELETE", path, endpoints, timeout_s, credentials=credentials)
+        change = partial(send, credentials=credentials, retried_conflicts=RETRIED_CONFLICTS)
+        if action == "add":
+            payload = {"id": member_id, "address": address, "voter": False, "promote": promote}
+            answer, tried = change("POST", "/members", endpoints, timeout_s, payload)
+        elif action == "promote":
+            path = f"/members/{member_id}/promote"
+            answer, tried = change("POST", path, endpoints, timeout_s, {})
+        else:
+            answer, tried = change("DELETE", f"/members/{member_id}", endpoints, timeout_s)
     failed = _fail(command, answer, tried, timeout_s, err)
     if failed is not None:
         return failed

@@ -228,3 +228,23 @@ def test_render_members_with_no_leader_known() -> None:
     text = render_members({"leader_id": None, "members": [MEMBERS["members"][2]]})
     assert text.splitlines()[1].split()[2] == "learner"
     assert text.endswith("leader: none known")
+
+
+def test_a_change_answered_pending_is_tried_again_until_it_is_made(
+    servers: list[Scripted], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """409 ``pending`` (a new leader's first entry, or another change, not committed yet: the
+    change was not made) is retried like a 503; the docs' procedure met it right after a
+    failover and the command failed with exit 2."""
+    pending = {"error": "pending", "message": "the new leader has not committed an entry"}
+    node = serve(servers, (409, pending), (409, pending), (200, {"index": 9, "change": {}}))
+    code, out, err = run(capsys, "member", "remove", "3", "--endpoint", node.url)
+    assert (code, err) == (0, "")
+    assert out.startswith("member 3 removed")
+    assert [got[:2] for got in node.got] == [("DELETE", "/members/3")] * 3
+    # Still a refusal for member list (nothing to retry there) and at the timeout.
+    again = serve(servers, *[(409, pending)] * 40)
+    code, _, err = run(
+        capsys, "member", "promote", "4", "--endpoint", again.url, "--timeout", "0.5"
+    )
+    assert code == 3 and "409 pending" in err
