@@ -37,6 +37,25 @@ def _record_leaders(c: Cluster) -> list[tuple[int, int, bool]]:
     return seen
 
 
+def _removed_and_told(c: Cluster, leader: int, r: int) -> int:
+    """``leader`` removes ``r``; once committed and ``r`` knows it: the removal's index."""
+    op = c.change(leader, ConfChange(REMOVE, r))
+    wait_op(c, op)
+    assert c.history[op].ok
+    removal = c.raft(leader).membership_index
+    assert wait_until(c, lambda: c.raft(r).commit_index >= removal)
+    return removal
+
+
+def _power_cut(c: Cluster, *groups: list[int]) -> None:
+    """Every node stops (durable state kept) and starts again within ``groups``."""
+    for n in c.ids:
+        c.crash(n, lose_unflushed=False)
+    c.partition(*groups)
+    for n in c.ids:
+        c.restart(n)
+
+
 def _readd_as_read_replica(c: Cluster, leader: int) -> tuple[int, int]:
     """Remove a follower R (the removal commits and R learns it), then add R back, old disk,
     as a read replica (a learner, promote False), bound again to its uuid and caught up.
@@ -138,19 +157,11 @@ def test_a_node_removed_twice_never_campaigns_after_a_full_restart() -> None:
     Fixed as the test above (a strict xfail until then)."""
     c, a = explicit_cluster(seed=12)
     r, _ = _readd_as_read_replica(c, a)
-    op = c.change(a, ConfChange(REMOVE, r))
-    wait_op(c, op)
-    assert c.history[op].ok
-    again = c.raft(a).membership_index
-    assert wait_until(c, lambda: c.raft(r).commit_index >= again)
+    again = _removed_and_told(c, a, r)
     assert r not in c.raft(r).membership.ids and c.raft(r).next_deadline() == float("inf")
     b = next(n for n in c.ids if n not in (a, r))
     leaders = _record_leaders(c)
-    for n in c.ids:
-        c.crash(n, lose_unflushed=False)
-    c.partition([a, r], [b, r])
-    for n in c.ids:
-        c.restart(n)
+    _power_cut(c, [a, r], [b, r])
     assert r not in c.raft(r).membership.ids and c.raft(r).commit_index == 0
     campaigned = wait_until(c, lambda: c.raft(r).role in CAMPAIGNING, 4_000)
     c.run_for(1_000)
@@ -266,18 +277,10 @@ def test_after_a_full_restart_a_removed_node_may_lead_once_and_hands_over() -> N
     c, a = explicit_cluster(seed=15)
     r = next(n for n in c.ids if n != a)
     b = next(n for n in c.ids if n not in (a, r))
-    op = c.change(a, ConfChange(REMOVE, r))
-    wait_op(c, op)
-    assert c.history[op].ok
-    removal = c.raft(a).membership_index
-    assert wait_until(c, lambda: c.raft(r).commit_index >= removal)
+    removal = _removed_and_told(c, a, r)
     assert c.raft(a).log.last_index == removal == c.raft(r).log.last_index
     leaders = _record_leaders(c)
-    for n in c.ids:
-        c.crash(n, lose_unflushed=False)
-    c.partition([a, r], [b, r])
-    for n in c.ids:
-        c.restart(n)
+    _power_cut(c, [a, r], [b, r])
     assert wait_until(c, lambda: any(n == r for n, _, _ in leaders), 5_000)
     led = [(t, voter) for n, t, voter in leaders if n == r]
     assert len(led) == 1 and not led[0][1]

@@ -10,28 +10,19 @@ it aimed at happened."""
 from __future__ import annotations
 
 from dengine_trio.raft import Role
-from dengine_trio.raft.membership import ConfChange, ConfChangeKind
+from dengine_trio.raft.membership import ConfChange
 from dengine_trio.raft.messages import AppendEntries, AppendEntriesResponse, Heartbeat
 
 from .cluster import Cluster, SimNode
 from .test_membership import explicit_cluster, finish, wait_op, wait_until
-
-ADD, REMOVE = ConfChangeKind.ADD_LEARNER, ConfChangeKind.REMOVE
-CAMPAIGNING = (Role.PRE_CANDIDATE, Role.CANDIDATE, Role.LEADER)
-
-
-def _record_leaders(c: Cluster) -> list[tuple[int, int, bool]]:
-    """(node, term, voter of its own latest membership) for every leader from now on."""
-    seen: list[tuple[int, int, bool]] = []
-
-    def hook(moment: str, node: SimNode) -> bool:
-        if moment == "became-leader" and node.raft is not None:
-            me = node.raft.membership.get(node.id)
-            seen.append((node.id, node.raft.term, me is not None and me.voter))
-        return False
-
-    c.hooks.append(hook)
-    return seen
+from .test_newcomer_campaign_rule import (
+    ADD,
+    CAMPAIGNING,
+    REMOVE,
+    _power_cut,
+    _record_leaders,
+    _removed_and_told,
+)
 
 
 def _campaign_times(c: Cluster, node_id: int, ms: float) -> list[float]:
@@ -329,18 +320,10 @@ def test_reads_at_a_leader_elected_under_the_rule_are_never_served_by_lease() ->
     w = c.put(a, "k")
     wait_op(c, w)
     assert c.history[w].ok
-    op = c.change(a, ConfChange(REMOVE, r))
-    wait_op(c, op)
-    assert c.history[op].ok
-    removal = c.raft(a).membership_index
-    assert wait_until(c, lambda: c.raft(r).commit_index >= removal)
+    removal = _removed_and_told(c, a, r)
     assert c.raft(a).log.last_index == removal == c.raft(r).log.last_index
     leaders = _record_leaders(c)
-    for n in c.ids:
-        c.crash(n, lose_unflushed=False)
-    c.partition([a, r], [b, r])
-    for n in c.ids:
-        c.restart(n)
+    _power_cut(c, [a, r], [b, r])
     for _ in range(5_000):
         if c.raft(r).role is Role.LEADER:
             break
