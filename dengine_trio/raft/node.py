@@ -1663,11 +1663,12 @@ class RaftNode:
         """A member says the configuration committed at ``event.index`` leaves us out (a
         removal whose entry never reached us: we were paused or cut off when it committed, and
         the leader stops replicating to a member once its removal commits). Unless our own log
-        holds a membership that new, we go passive as a node that appended its own removal is
+        holds a membership that new, we go passive as a node whose removal committed is
         (thesis §4.2.3: it must not disrupt): no campaign, no vote, a candidate or leader
         steps down. Being passive never breaks safety, so a false claim costs at most this
         node's liveness; a membership at ``index`` or later in our log (we were added again)
-        lifts it."""
+        lifts it. If our log holds the removal itself, not committed as far as we know, the
+        claim ends the campaigns ``_may_campaign`` still allowed."""
         if event.index <= self.membership_index or event.index <= self._removed_at:
             if self._campaigns_until and event.index >= self._campaigns_until:
                 # Our newest entry removed us, and a member says it committed (the leader's
