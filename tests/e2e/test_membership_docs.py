@@ -147,7 +147,9 @@ class Nodes:
         self.runner = runner
 
     def alive(self) -> list[Node]:
-        return [n for n in self.runner.nodes.values() if n.running()]
+        # A copy: the Writer's thread calls this while the test's thread starts nodes (a CI
+        # run's writer died of "dictionary changed size during iteration", a warning only).
+        return [n for n in list(self.runner.nodes.values()) if n.running()]
 
 
 def test_the_membership_procedures_work_as_written(tmp_path: Path) -> None:
