@@ -612,16 +612,6 @@ class RaftNode:
             # Before the term is looked at: a campaign we may not take part in must not move
             # our term either (a removed node, a wiped one, must not disrupt, thesis §4.2.3).
             return
-        if (
-            self.role is Role.LEADER
-            and isinstance(m, (AppendEntriesResponse, HeartbeatResponse))
-            and m.src not in self._leader.tracker.progress
-        ):
-            # An answer from a node we no longer replicate to (its removal committed): its
-            # term may have run ahead while it campaigned as ``_may_campaign`` lets it (PreVote
-            # off), and a removed node must not depose us (thesis §4.2.3; a newcomer's
-            # schedule lost its leader for seconds that way).
-            return
         if m.term > self.term:
             if isinstance(m, RequestVote):
                 if not m.transfer and self._in_leader_lease():
@@ -633,6 +623,17 @@ class RaftNode:
                     self._become_follower(m.term, 0)
             elif isinstance(m, RequestVoteResponse) and m.pre_vote and m.granted:
                 pass  # a granted pre-vote carries the term we would campaign in
+            elif (
+                self.role is Role.LEADER
+                and isinstance(m, (AppendEntriesResponse, HeartbeatResponse))
+                and m.src not in self._leader.tracker.progress
+            ):
+                # An answer from a node we no longer replicate to (its removal committed): its
+                # term may have run ahead while it campaigned as ``_may_campaign`` lets it
+                # (PreVote off), and a removed node must not depose us (thesis §4.2.3; a
+                # newcomer's schedule lost its leader for seconds that way). Answers of our
+                # term or older from it are dropped by their handlers already.
+                return
             else:
                 leader = m.src if isinstance(m, (AppendEntries, Heartbeat, InstallSnapshot)) else 0
                 self._become_follower(m.term, leader)
@@ -974,8 +975,11 @@ class RaftNode:
         for peer in peers:
             progress = self.progress.get(peer)
             match = progress.match_index if progress is not None else 0
-            commit = self.commit_index if match >= self.commit_index else self.membership_index
-            commit = max(min(match, self.commit_index), commit)
+            commit = (
+                self.commit_index
+                if match >= self.commit_index
+                else max(match, self.membership_index)
+            )
             term = self.log.term_at(commit)
             if term is not None:
                 self._send(Heartbeat(self.term, self.id, peer, commit, seq, term))
