@@ -31,6 +31,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from dengine_trio import errors
+from dengine_trio.api import idle_timer
 from dengine_trio.config import (
     DEFAULT_BODY_TIMEOUT_MS,
     DEFAULT_IDLE_TIMEOUT_MS,
@@ -523,7 +524,7 @@ def _install_release_on_eof() -> None:
     75 s) before closing the socket. Meanwhile the socket sits in CLOSE-WAIT holding a file
     descriptor: a thousand connections opened and closed without a request (connect timeouts,
     TCP-only probes, a port scan) left a node under ``ulimit -n 1024`` unable to accept on
-    either port. Once the client is gone nothing more can arrive, so the timer is stopped then;
+    either port. Once the client is gone nothing more can arrive, so the timer is ended then;
     a request still being answered is waited for (h11 then closes the connection itself, the
     client having closed its side). Patched once per process, like the error responses; if
     Hypercorn lacks the method, nothing is (``tests/e2e/test_newcomer_abandoned_connections.py``
@@ -535,60 +536,14 @@ def _install_release_on_eof() -> None:
 
     async def read_data_then_release(self: Any) -> None:
         await original(self)
-        await self.idle_task.stop()
+        idle = self.idle_task
+        if isinstance(idle, idle_timer.IdleTimer):
+            idle.finish()
+        else:
+            await idle.stop()
 
     read_data_then_release._dengine_release = True  # type: ignore[attr-defined]
     TCPServer._read_data = read_data_then_release  # type: ignore[method-assign]
-
-
-def _install_answer_at_stop() -> None:
-    """Make a stopping Hypercorn answer a request that reached a connection it accepted,
-    instead of closing that connection as idle.
-
-    Hypercorn (0.18, trio) closes every connection without a request in progress the moment
-    its server is told to stop (``TCPServer._idle_timeout`` waits for the stop), the one it
-    has just accepted included: a client that connected before the listening socket closed
-    and sent its request got a close or a reset, neither answered nor refused (with HTTP
-    workers a write sent while the node stops, ``tests/e2e/test_newcomer_http_workers.py``;
-    one process has the same window). Now, at the stop, a connection that has served no
-    request yet, or has request bytes waiting in its socket, stays open: its request is
-    answered (by a stopping node: 503 ``stopped``), after which Hypercorn closes it, the
-    server stopping; the graceful timeout still ends one that sends nothing. A kept-alive
-    connection idle between requests is closed as before (RFC 9112 section 9.6: its client
-    retries on a new connection, which is refused). Patched once per process.
-    """
-    original = getattr(TCPServer, "_idle_timeout", None)
-    if original is None or getattr(original, "_dengine_answer_at_stop", False):
-        return
-
-    async def idle_timeout(self: Any) -> None:
-        # Started at the connect, then again after each answer: a second start means the
-        # connection has served a request.
-        recycled = getattr(self, "_dengine_idled", False)
-        self._dengine_idled = True
-        with trio.move_on_after(self.config.keep_alive_timeout):
-            await self.context.terminated.wait()
-        if self.context.terminated.is_set() and (not recycled or _bytes_waiting(self.stream)):
-            return  # the request is answered first (the graceful timeout bounds the wait)
-        with trio.CancelScope(shield=True):
-            await self._initiate_server_close()
-
-    idle_timeout._dengine_answer_at_stop = True  # type: ignore[attr-defined]
-    TCPServer._idle_timeout = idle_timeout  # type: ignore[method-assign]
-
-
-def _bytes_waiting(stream: Any) -> bool:
-    """Whether the client has sent bytes the server has not read yet (a request begun)."""
-    sock = getattr(stream, "socket", None) or getattr(
-        getattr(stream, "transport_stream", None), "socket", None
-    )
-    if sock is None:
-        return False
-    try:
-        with socket.fromfd(sock.fileno(), socket.AF_INET, socket.SOCK_STREAM) as peek:
-            return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except OSError:  # nothing waiting (EAGAIN), or the connection is gone
-        return False
 
 
 def _install_connection_limit() -> None:
@@ -816,7 +771,7 @@ def hypercorn_config(
     _install_json_protocol_errors()
     _install_coalesced_writes()
     _install_release_on_eof()
-    _install_answer_at_stop()
+    idle_timer.install()
     _install_connection_limit()
     _install_send_timeout()
     config = _NodeHypercornConfig()

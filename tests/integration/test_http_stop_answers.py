@@ -6,7 +6,7 @@ sending its first request (or whose request bytes are already in the socket, not
 a close or a reset instead of an answer. With HTTP workers that was
 ``tests/e2e/test_newcomer_http_workers.py::test_a_write_sent_while_the_node_stops_is_answered_or_refused``
 failing now and then (a ``reset`` between a 503 and the refusals); one process has the same
-window. :func:`dengine_trio.api._install_answer_at_stop` keeps such a connection until its
+window. :class:`dengine_trio.api.idle_timer.IdleTimer` keeps such a connection until its
 request is answered (then it closes, the server stopping) or the graceful timeout ends it.
 """
 
