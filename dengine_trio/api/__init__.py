@@ -623,20 +623,33 @@ def _install_send_timeout() -> None:
             await original(self, event)
             return
         data = memoryview(event.data)
+        if not data:
+            # The end of a response with a Content-Length (h11 has nothing to write for it):
+            # a write of nothing would cost a lock, a scope and a pass of trio's loop.
+            return
         stalled = False
-        async with self.send_lock:
-            try:
-                with trio.CancelScope(shield=True):
-                    for start in range(0, len(data), SEND_PIECE_BYTES):
-                        with trio.move_on_after(timeout) as piece:
-                            await self.stream.send_all(data[start : start + SEND_PIECE_BYTES])
-                        if piece.cancelled_caught:
-                            stalled = True
-                            _abort(self.stream)
-                            break
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.protocol.handle(closed())
-                return
+        lock = self.send_lock
+        # Taken without a pass of trio's loop when free (``async with`` yields even then;
+        # the write below yields anyway).
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
+            for start in range(0, len(data), SEND_PIECE_BYTES):
+                # Shielded from outer cancellation, not from its own deadline.
+                deadline = trio.current_time() + timeout
+                with trio.CancelScope(shield=True, deadline=deadline) as piece:
+                    await self.stream.send_all(data[start : start + SEND_PIECE_BYTES])
+                if piece.cancelled_caught:
+                    stalled = True
+                    _abort(self.stream)
+                    break
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.protocol.handle(closed())
+            return
+        finally:
+            lock.release()
         if stalled:
             now = trio.current_time()
             if now - self.config.dengine_stall_logged_at >= REFUSAL_LOG_INTERVAL_S:
