@@ -24,6 +24,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol import h11 as h11_protocol
+from hypercorn.trio import tcp_server
 from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart, Response, request
 from quart.utils import encode_headers
@@ -529,13 +530,39 @@ def _install_release_on_eof() -> None:
     client having closed its side). Patched once per process, like the error responses; if
     Hypercorn lacks the method, nothing is (``tests/e2e/test_newcomer_abandoned_connections.py``
     then fails).
+
+    With no ``read_timeout`` (the node sets none) the loop itself is Hypercorn's without the
+    cancel scope it enters around every read for that timeout (issue 18: a scope per request).
     """
     original = getattr(TCPServer, "_read_data", None)
     if original is None or getattr(original, "_dengine_release", False):
         return
+    raw_data = RawData
+    closed = Closed
+    max_recv = getattr(tcp_server, "MAX_RECV", 1 << 16)
+    stream_ended = (trio.ClosedResourceError, trio.BrokenResourceError)
+
+    async def read_data(self: Any) -> None:
+        # Hypercorn's read loop, less the ``fail_after(read_timeout or inf)`` it enters around
+        # every read: a cancel scope per request for a timeout the node never sets (the
+        # keep-alive timer bounds a slow head, the body timeout a slow body).
+        stream = self.stream
+        protocol = self.protocol
+        while True:
+            try:
+                data = await stream.receive_some(max_recv)
+            except stream_ended:
+                break
+            await protocol.handle(raw_data(bytes(data)))
+            if not data:
+                break
+        await protocol.handle(closed())
 
     async def read_data_then_release(self: Any) -> None:
-        await original(self)
+        if self.config.read_timeout is None:
+            await read_data(self)
+        else:
+            await original(self)
         idle = self.idle_task
         if isinstance(idle, idle_timer.IdleTimer):
             idle.finish()
