@@ -610,7 +610,10 @@ class RaftNode:
             return
         if isinstance(m, RequestVote) and self._refuses_candidate(m):
             # Before the term is looked at: a campaign we may not take part in must not move
-            # our term either (a removed node, a wiped one, must not disrupt, thesis §4.2.3).
+            # our term either (a removed node, a wiped one, must not disrupt, thesis §4.2.3),
+            # but for one kind whose term we must learn (``_learns_refused_term``).
+            if self._learns_refused_term(m):
+                self._become_follower(m.term, 0)
             return
         if m.term > self.term:
             if isinstance(m, RequestVote):
@@ -662,6 +665,32 @@ class RaftNode:
                 self._campaign(pre_vote=False, transfer=True)
         elif isinstance(m, InstallSnapshot):
             self._on_install_snapshot(m)
+
+    def _learns_refused_term(self, m: RequestVote) -> bool:
+        """Does a campaign refused for membership reasons (``_refuses_candidate``) still raise
+        our term (we vote in it no more than before)?
+
+        Only a real (not pre-) bootstrap campaign of an implicit node, to an explicit node that
+        is not leading and has heard from no leader for the minimum election timeout (nor has
+        just restarted): a cluster whose only holder of the bootstrap entry is us. Its
+        implicit nodes cannot elect without our grant (a bootstrap election is unanimous), and
+        we cannot win while we learn their terms only from the refusals of our own campaigns,
+        each one for a term they have already voted in: with PreVote off that was no leader
+        for good (``test_a_bootstrap_entry_held_by_one_node_with_prevote_off_elects_a_leader``).
+        Learning the term puts our next campaign ahead of theirs. Raft's own rule is to take
+        any higher term (§5.1), which is always safe; what this still ignores keeps a wiped
+        node (implicit) from disrupting a running cluster, whose nodes hear from its leader:
+        with PreVote on (the default) its real campaigns never start, as a bootstrap pre-vote
+        needs our grant too."""
+        return (
+            not m.pre_vote
+            and not m.explicit
+            and m.term > self.term
+            and not self.membership.implicit
+            and self.role is not Role.LEADER
+            and self.now >= self._votes_quiet_until
+            and self.now - self._last_leader_contact >= self.config.election_timeout_min_ms
+        )
 
     def _in_leader_lease(self) -> bool:
         """Would we refuse a (non-transfer) campaign now? While a leader may hold a lease

@@ -1349,12 +1349,13 @@ class Cluster:
             )
 
     def amnesiac(self) -> set[int]:
-        """Nodes that lost a data directory and have not yet durably re-bound a new one (as a
-        voter or a learner: either way its log then holds what its old one helped commit)."""
+        """Nodes that lost a data directory and have not yet recovered (``_recovered``: a new
+        one durably re-bound, as a voter or a learner, whose log holds again what the old one
+        helped commit)."""
         return {
             n.id
             for n in self.nodes.values()
-            if (n.lost_entries or n.lost_snapshot) and not self._durably_bound(n)
+            if (n.lost_entries or n.lost_snapshot) and not self._recovered(n)
         }
 
     def _implicit(self, node: SimNode) -> bool:
@@ -1441,6 +1442,31 @@ class Cluster:
         member = membership.get(node.id) if membership is not None else None
         return member is not None and member.uuid == node.uuid
 
+    def _recovered(self, node: SimNode) -> bool:
+        """Has a wiped node durably re-bound its new uuid and does its durable state hold
+        again every committed entry its lost directory held? A binding alone is not enough:
+        a stale leader (CheckQuorum off, cut off while the others committed without it) may
+        bind a wiped node with a CONFIG entry that will never commit, in a log that lacks
+        what the lost directory helped commit (the campaign of 2026-11-30, schedule 63: the
+        wiped node's lost entries stopped counting there, and a committed entry then looked
+        held by a minority when its log was rightly overwritten)."""
+        if not self._durably_bound(node):
+            return False
+        committed = self.committed
+        covered = node.snapshot.index if node.snapshot is not None else 0
+        lost = [i for i, t in node.lost_entries.items() if i <= len(committed)]
+        lost += range(1, min(node.lost_snapshot, len(committed)) + 1)
+        for index in lost:
+            if index <= covered:
+                continue
+            entry = committed[index - 1]
+            if node.lost_entries.get(index, entry.term) != entry.term:
+                continue  # the lost copy was not the committed entry: nothing to regain
+            held = node.disk_entry(index)
+            if held is None or held.term != entry.term:
+                return False
+        return True
+
     def _holds(self, node_id: int, index: int, term: int, durable: bool) -> bool:
         """Does node ``node_id`` hold entry (``index``, ``term``): on disk (log or covered by
         its snapshot file), or with ``durable`` False also in its live log; or did a wiped
@@ -1456,7 +1482,7 @@ class Cluster:
         if not durable and node.raft is not None and node.raft.log.term_at(index) == term:
             return True
         if node.lost_entries or node.lost_snapshot:
-            if self._durably_bound(node):
+            if self._recovered(node):
                 node.lost_entries, node.lost_snapshot = {}, 0  # its log holds it all now
                 return False
             return node.lost_entries.get(index) == term or node.lost_snapshot >= index

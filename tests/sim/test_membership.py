@@ -528,12 +528,6 @@ def test_a_leader_that_removed_itself_and_lost_office_before_the_removal_committ
     finish(c)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="liveness, PreVote off: the only node holding the bootstrap entry ignores implicit "
-    "campaigns (their terms too) while their bootstrap elections cannot win without it, and "
-    "its own campaigns always come a term too late",
-)
 def test_a_bootstrap_entry_held_by_one_node_with_prevote_off_elects_a_leader() -> None:
     """Found by the campaign of this stop (schedule 1,444 of 3,000; it fails the same at
     3de1407, before any change of the stop). Five nodes, PreVote off. The first leader (3)
@@ -544,8 +538,9 @@ def test_a_bootstrap_entry_held_by_one_node_with_prevote_off_elects_a_leader() -
     the four raise their terms every few hundred ms; 3 learns their terms only from the
     refusals of its own campaigns, so each of its campaigns is for a term they have already
     voted in. No leader, for good (20 s after the heal here). With PreVote (the default) the
-    four cannot raise terms and 3 wins. A fix would let 3 learn a higher term from an
-    implicit campaign it ignores, or let the four see that they cannot win."""
+    four cannot raise terms and 3 wins. Fixed by letting 3 learn the term of an implicit
+    campaign it refuses when it has heard from no leader for an election timeout
+    (``RaftNode._learns_refused_term``); a strict xfail until then."""
     from .test_sim_invariants import Schedule, replay
 
     replay(
@@ -563,6 +558,30 @@ def test_a_bootstrap_entry_held_by_one_node_with_prevote_off_elects_a_leader() -
             cluster_id="c1",
         )
     )
+
+
+@pytest.mark.parametrize("check_quorum", [True, False])
+def test_a_wiped_node_campaigning_without_prevote_does_not_move_a_running_clusters_term(
+    check_quorum: bool,
+) -> None:
+    """The attack on ``_learns_refused_term`` (an explicit node takes the term of an implicit
+    campaign it refuses): a wiped follower W that the leader cannot reach stays implicit and
+    runs bootstrap campaigns, without PreVote, every election timeout, for seconds. The
+    leader and the other follower hear from each other, so neither may take W's terms: the
+    same leader in the same term throughout, with CheckQuorum or without (the rule looks at
+    the last leader contact itself, not at the lease). Without the contact condition the
+    follower took W's term and deposed the leader; without the leader's exemption, the
+    leader stepped down."""
+    c, leader = explicit_cluster(seed=11, pre_vote=False, check_quorum=check_quorum)
+    w, other = [n for n in c.ids if n != leader]
+    term = c.raft(leader).term
+    c.cut_link(leader, w)  # W never hears of the cluster again: implicit, campaigning
+    c.wipe(w)
+    c.run_for(5_000)
+    assert c.raft(w).membership.implicit and c.raft(w).term > term + 2  # it campaigned
+    assert c.leader() == leader
+    assert c.raft(leader).term == term and c.raft(other).term == term
+    finish(c)
 
 
 QUORUM_RISK_SCHEDULES = [
@@ -669,6 +688,18 @@ ONCE_FAILED = [
     " 'replace', False)), (1.0, ('stale-term', 1.0)), (1.0, ('lagging', 'cut', 1, 'none',"
     " 'install-staged')), (1.0, ('partition', [0, 0, 0, 0, 0]))), options=(('check_quorum',"
     " False),), snapshots=(10, 0), cluster_id='c1')",
+    # A wiped node bound again by a stale leader's CONFIG entry (CheckQuorum off; the entry
+    # never commits) in a log lacking entries its lost directory had helped commit: its lost
+    # copies stopped counting, and its rightful overwrite by the next leader then looked like
+    # a committed entry held by a minority (the simulator's _recovered now also asks for the
+    # committed entries back; found by the campaign of 2026-11-30, schedule 63, at every core
+    # back to 3de1407).
+    "Schedule(size=3, seed=0, durability=Durability.DISK_FIRST, actions=((1.0,"
+    " ('removed-campaign', False)), (10.0, ('partition', [0, 0, 0])), (3000.0, ('partition',"
+    " [0, 0, 1])), (1.0, ('stale-term', 1.0)), (100.0, ('net', 0.0, 0.0, 2.0)), (1.0,"
+    " ('partition', [0, 0, 1])), (1.0, ('raised-term', 300.0, 2.0)), (1.0, ('wipe', 1, 0.0,"
+    " 1.0)), (1.0, ('partition', [0, 0, 0]))), options=(('check_quorum', False), ('pre_vote',"
+    " False)), snapshots=(0, 0), cluster_id='c1')",
 ]
 
 
