@@ -657,7 +657,10 @@ def _install_send_timeout() -> None:
         stalled = False
         lock = self.send_lock
         # Taken without a pass of trio's loop when free (``async with`` yields even then;
-        # the write below yields anyway).
+        # the write below yields anyway), but still a cancellation point, as ``async with``
+        # was: an app whose only checkpoints are its sends (a streamed body) must see the
+        # graceful stop's cancellation (``tests/integration/test_newcomer_idle_timer.py``).
+        await trio.lowlevel.checkpoint_if_cancelled()
         if lock.locked():
             await lock.acquire()
         else:

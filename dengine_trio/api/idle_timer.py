@@ -58,7 +58,7 @@ class IdleTimer:
     docstring. Not shared between connections; all methods run in the connection's trio
     thread."""
 
-    __slots__ = ("_deadline", "_idle", "_periods", "_task", "_wait", "_wake")
+    __slots__ = ("_deadline", "_done", "_idle", "_periods", "_task", "_wait", "_wake")
 
     def __init__(self) -> None:
         self._task: trio.CancelScope | None = None  # the timer task's scope; None: no task
@@ -67,10 +67,17 @@ class IdleTimer:
         self._deadline = math.inf  # trio clock (s); inf while a request is in progress
         self._idle = False
         self._periods = 0  # idle periods begun: 1 at the connect, +1 after each answer
+        self._done = False  # the connection reads no more (finish)
 
     async def restart(self, task_group: Any, action: Any) -> None:
         """An idle period begins (``action``: the connection's bound ``_idle_timeout``,
         which names the server; Hypercorn's own action is not called)."""
+        if self._done:
+            # The read loop has ended (EOF, reset): no request can follow, so no idle period
+            # either. An answer still written (a client that reset while its request ran)
+            # restarts us through Hypercorn's recycle; a new timer task would hold the
+            # connection, its task and its descriptor, a whole keep-alive more.
+            return
         server = action.__self__
         self._idle = True
         self._periods += 1
@@ -91,7 +98,9 @@ class IdleTimer:
             self._wait.deadline = math.inf
 
     def finish(self) -> None:
-        """End the timer's task (the connection reads no more); a later restart starts anew."""
+        """End the timer's task for good: the connection reads no more (later restarts do
+        nothing)."""
+        self._done = True
         if self._task is not None:
             self._task.cancel()
             self._task = None
