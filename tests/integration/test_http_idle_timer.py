@@ -15,6 +15,7 @@ import trio
 from hypercorn.trio import serve
 
 from dengine_trio.api import bind_listener, hypercorn_config, idle_timer
+from tests.support.asgi import answer_lifespan
 from tests.support.cluster import free_ports
 
 KEEP_ALIVE_S = 0.4
@@ -25,12 +26,8 @@ SLOW_REQUEST = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            kind = message["type"].replace("lifespan.", "")
-            await send({"type": f"lifespan.{kind}.complete"})
-            if kind == "shutdown":
-                return
+        await answer_lifespan(receive, send)
+        return
     if scope["path"] == "/slow":  # a request in progress for longer than the keep-alive
         await trio.sleep(KEEP_ALIVE_S * 2.5)
     await send(

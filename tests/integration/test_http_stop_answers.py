@@ -20,6 +20,7 @@ import trio.testing
 from hypercorn.trio import serve
 
 from dengine_trio.api import bind_listener, hypercorn_config
+from tests.support.asgi import answer_lifespan
 from tests.support.cluster import free_ports
 
 WAIT_S = 10.0
@@ -27,12 +28,8 @@ WAIT_S = 10.0
 
 async def fixed(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            kind = message["type"].replace("lifespan.", "")
-            await send({"type": f"lifespan.{kind}.complete"})
-            if kind == "shutdown":
-                return
+        await answer_lifespan(receive, send)
+        return
     await receive()
     await send(
         {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}

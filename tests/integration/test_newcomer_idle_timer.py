@@ -34,6 +34,7 @@ import trustme
 from hypercorn.trio import serve
 
 from dengine_trio.api import ConnectionCount, bind_listener, hypercorn_config
+from tests.support.asgi import answer_lifespan
 from tests.support.cluster import free_ports
 
 WAIT_S = 10.0
@@ -55,12 +56,8 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
     ``/forever`` chunked pieces with nothing but ``send`` for up to STREAM_S; ``/pair`` two
     tasks writing chunked pieces at once."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            kind = message["type"].replace("lifespan.", "")
-            await send({"type": f"lifespan.{kind}.complete"})
-            if kind == "shutdown":
-                return
+        await answer_lifespan(receive, send)
+        return
     path = scope["path"]
     if path == "/slow":
         await trio.sleep(SLOW_S)
