@@ -613,7 +613,10 @@ class RaftNode:
             # our term either (a removed node, a wiped one, must not disrupt, thesis §4.2.3),
             # but for one kind whose term we must learn (``_learns_refused_term``).
             if self._learns_refused_term(m):
-                self._become_follower(m.term, 0)
+                # The election timer runs on (Figure 2: only a leader or a granted vote resets
+                # it): reset at each such campaign, it could keep us from ever campaigning
+                # while the implicit nodes take turns.
+                self._change_state(Role.FOLLOWER, m.term, 0)
             return
         if m.term > self.term:
             if isinstance(m, RequestVote):
