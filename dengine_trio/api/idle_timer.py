@@ -14,7 +14,7 @@ What. :class:`IdleTimer` takes ``TrioSingleTask``'s place as ``TCPServer.idle_ta
 ``restart(task_group, action)`` / ``stop()`` calls): one task per connection, spawned at the
 first restart (the connect), waiting on the server's stop under a cancel scope whose deadline
 ``restart`` moves to ``keep_alive_timeout`` from now and ``stop`` moves to infinity. Moving a
-deadline wakes nothing, so a request costs the timer two attribute writes. Its decisions are
+deadline wakes nothing, so a request costs the timer a few attribute writes. Its decisions are
 Hypercorn's, with the node's changes to them:
 
 * an idle period that reaches its deadline closes the connection (Hypercorn's
