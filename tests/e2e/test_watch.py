@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.cluster import Cluster, Node, running_cluster, wait_until
+from tests.e2e.cluster import START_TIMEOUT_S, Cluster, Node, running_cluster, wait_until
 
 QUEUE_EVENTS = 64
 QUEUE_BYTES = 3 * 1024 * 1024
@@ -302,9 +302,14 @@ def test_an_idle_watch_through_the_shipped_haproxy_stays_open(tmp_path: Path) ->
     if HAPROXY is None:
         pytest.skip("haproxy is not installed")
     with lb_cluster(tmp_path) as (cluster, lb):
-        cluster.wait_for_leader()
+        leader = cluster.wait_for_leader()
+        # As every HAProxy test does: until its health checks route, HAProxy answers a read
+        # 503 itself, and this client asks once (two CI runs timed out here, the stream
+        # never 200, since /replica waits for a follower to apply what was committed).
+        lb.wait_for_routes(leader, cluster.followers(leader), START_TIMEOUT_S)
         client = SseClient(lb.port, "/watch?key=idle")
-        wait_until(lambda: client.status == 200, 30, "the stream open through HAProxy")
+        wait_until(lambda: client.status != 0, 30, "HAProxy's answer to the watch")
+        assert client.status == 200, client.status
         # Idle for longer than HAProxy lets a server stay silent: the node's heartbeat
         # comments must keep the stream open.
         time.sleep(_haproxy_timeout_server_s() + 2)
