@@ -1454,7 +1454,7 @@ class Cluster:
             return False
         committed = self.committed
         covered = node.snapshot.index if node.snapshot is not None else 0
-        lost = [i for i, t in node.lost_entries.items() if i <= len(committed)]
+        lost = [i for i in node.lost_entries if i <= len(committed)]
         lost += range(1, min(node.lost_snapshot, len(committed)) + 1)
         for index in lost:
             if index <= covered:
